@@ -1,0 +1,1 @@
+"""dhruva's storage conformance suite, an installable pytest plugin."""

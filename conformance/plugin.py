@@ -1,0 +1,1 @@
+"""pytest plugin entry point for the dhruva conformance suite (placeholder, being written)."""

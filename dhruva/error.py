@@ -1,0 +1,113 @@
+"""The exceptions dhruva raises.
+
+Every error is a :class:`DhruvaError`; each carries the context a user needs to
+understand what happened (the oids, the path and offset, the frame) and says
+what to do about it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+def _format_oids(oids: Iterable[bytes], limit: int = 8) -> str:
+    shown = [int.from_bytes(oid, "big") for oid in list(oids)[:limit]]
+    text = ", ".join(str(n) for n in shown)
+    return text
+
+
+class DhruvaError(Exception):
+    """The base class of every error dhruva raises on purpose."""
+
+
+class DhruvaKeyError(KeyError, DhruvaError):
+    """No object with this oid is stored.
+
+    It is also a :class:`KeyError`, so ``except KeyError`` code from Durus
+    keeps working.
+    """
+
+    def __init__(self, oid: bytes | None = None, message: str | None = None) -> None:
+        self.oid = oid
+        if message is None:
+            if oid is None:
+                message = "no such object"
+            else:
+                message = f"no object with oid {int.from_bytes(oid, 'big')} is stored"
+        super().__init__(message)
+
+    def __str__(self) -> str:
+        # KeyError quotes its argument; a message reads better unquoted.
+        return str(self.args[0])
+
+
+class InvalidObjectReference(DhruvaError):
+    """A persistent object was found in a state where it cannot be stored.
+
+    Raised at commit for an object that belongs to another connection, or for
+    a non-persistent object where a persistent one is required.
+    """
+
+
+class ConflictError(DhruvaError):
+    """Another client changed objects this transaction depends on.
+
+    ``oids`` lists the objects concerned.  Call ``connection.abort()`` and
+    retry the transaction.
+    """
+
+    def __init__(self, oids: Iterable[bytes] = (), message: str | None = None) -> None:
+        self.oids: list[bytes] = list(oids)
+        if message is None:
+            message = (
+                f"{type(self).__name__}: objects [{_format_oids(self.oids)}]"
+                + (" ..." if len(self.oids) > 8 else "")
+                + " were changed by another client; call abort() and retry"
+            )
+        super().__init__(message)
+
+
+class WriteConflictError(ConflictError):
+    """A commit tried to store objects another client changed since the last sync."""
+
+
+class ReadConflictError(ConflictError):
+    """An object was loaded after another client changed it during this transaction."""
+
+
+class ProtocolError(DhruvaError):
+    """A peer sent bytes that break the wire protocol (spec: wire protocol)."""
+
+
+class CorruptionError(DhruvaError):
+    """A database file is damaged at a known place.
+
+    ``path`` names the file, ``offset`` the byte where the damage was found
+    (or None when it is not tied to one), ``reason`` what was wrong.
+    """
+
+    def __init__(self, path: str, offset: int | None, reason: str) -> None:
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+        where = f"{path}" if offset is None else f"{path} at offset {offset}"
+        super().__init__(f"{where}: {reason}")
+
+
+class FormatError(CorruptionError):
+    """A file is not a dhruva file of a version this code can read."""
+
+
+class StorageLockedError(DhruvaError):
+    """Another process holds the write lock on this database file."""
+
+
+class ReadOnlyError(DhruvaError):
+    """A write was attempted on a storage opened read-only."""
+
+
+class SerializationError(DhruvaError):
+    """An object's state could not be turned into bytes, or back.
+
+    The message names the object's class and, where known, the attribute.
+    """

@@ -1,0 +1,257 @@
+"""The storage interface every back-end implements, and MemoryStorage.
+
+Theory of operation (spec: ``spec/storage-api.md``):
+
+A storage maps 8-byte oids to records.  A record is the oid, the object's state
+as opaque bytes, and the packed list of oids that state references.  Storages
+never look inside the state: packing follows the reference lists alone.
+
+Writes happen in transactions: ``begin()``, any number of ``store()`` calls,
+then ``end()``.  ``end()`` returns only once the whole transaction is durable
+(for durable back-ends); if it raises, none of the transaction is visible.
+``abort_transaction()`` drops a transaction that was begun but not ended.
+
+``sync()`` returns the oids that other writers changed since the previous
+``sync()`` of this storage object; a Connection uses it to invalidate its
+cache.  Single-process storages have no other writers and return ``[]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
+
+from dhruva.error import DhruvaError, DhruvaKeyError, ReadOnlyError
+from dhruva.utils import OID_SIZE, int8_to_str, iter_oids, str_to_int8
+
+# Capability names a storage may declare (spec: storage-api.md, "Capabilities").
+CAP_PACK = "pack"
+CAP_RAW_FILE = "raw-file"
+CAP_HISTORY = "history"
+CAP_DURABLE = "durable"
+CAP_READONLY_OPEN = "readonly-open"
+
+
+class Record(NamedTuple):
+    """One stored object: its oid, opaque state bytes and packed references.
+
+    ``refs`` is the concatenation of the 8-byte oids the state references
+    (spec SAPI-003).
+    """
+
+    oid: bytes
+    data: bytes
+    refs: bytes
+
+    def ref_oids(self) -> list[bytes]:
+        """Return the referenced oids as a list."""
+        return list(iter_oids(self.refs))
+
+
+def check_record(oid: bytes, data: bytes, refs: bytes) -> None:
+    """Raise TypeError/ValueError unless the three parts form a valid record."""
+    if not isinstance(oid, bytes) or len(oid) != OID_SIZE:
+        raise ValueError(f"an oid is 8 bytes, not {oid!r}")
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(f"record data must be bytes, not {type(data).__name__}")
+    if not isinstance(refs, bytes) or len(refs) % OID_SIZE:
+        raise ValueError("record refs must be bytes whose length is a multiple of 8")
+
+
+class Storage:
+    """The abstract storage; see the module docstring for the contract.
+
+    Subclasses implement ``load``, ``new_oid``, ``begin``, ``store``, ``end``,
+    ``sync`` and ``close``; the rest have generic implementations.
+    """
+
+    #: Capabilities this back-end provides (``CAP_*`` names).
+    capabilities: frozenset[str] = frozenset()
+
+    def new_oid(self) -> bytes:
+        """Return an oid never returned before by this storage and never stored.
+
+        [SAPI-010] An oid handed out is never handed out again, even after reopen,
+        once any transaction of this storage has stored it.
+        """
+        raise NotImplementedError
+
+    def load(self, oid: bytes) -> Record:
+        """Return the current record of ``oid``; raise DhruvaKeyError if there is none."""
+        raise NotImplementedError
+
+    def bulk_load(self, oids: Iterable[bytes]) -> Iterator[Record]:
+        """Yield the records of ``oids`` in order; raise DhruvaKeyError for a missing one."""
+        for oid in oids:
+            yield self.load(oid)
+
+    def begin(self) -> None:
+        """Start a transaction.  Raise DhruvaError if one is already open."""
+        raise NotImplementedError
+
+    def store(self, oid: bytes, data: bytes, refs: bytes = b"") -> None:
+        """Add a record to the open transaction (last store of an oid wins)."""
+        raise NotImplementedError
+
+    def end(self) -> None:
+        """Commit the open transaction: durable and visible when this returns.
+
+        Raises WriteConflictError (client storages) when another client changed
+        a stored object since this storage's last sync; nothing is then written.
+        """
+        raise NotImplementedError
+
+    def abort_transaction(self) -> None:
+        """Drop the open transaction, if any, without writing anything."""
+        raise NotImplementedError
+
+    def sync(self) -> list[bytes]:
+        """Return the oids changed by other writers since the previous sync."""
+        return []
+
+    def pack(self) -> None:
+        """Remove records unreachable from the root and superseded revisions."""
+        raise DhruvaError(f"{type(self).__name__} does not support pack")
+
+    def close(self) -> None:
+        """Release files, locks and sockets.  Closing twice is harmless."""
+
+    def get_size(self) -> int:
+        """Return the number of objects stored."""
+        return sum(1 for _ in self.iter_oids())
+
+    def iter_oids(self) -> Iterator[bytes]:
+        """Yield every stored oid (order unspecified)."""
+        raise NotImplementedError
+
+    def gen_oid_record(
+        self, start_oid: bytes | None = None, batch_size: int = 100
+    ) -> Iterator[tuple[bytes, Record]]:
+        """Yield ``(oid, record)`` for every stored object (Durus's name).
+
+        With ``start_oid`` the walk follows references from that oid (every
+        reachable object once); without, it yields every stored object.
+        """
+        if start_oid is None:
+            for oid in self.iter_oids():
+                yield oid, self.load(oid)
+            return
+        seen = {start_oid}
+        todo = [start_oid]
+        while todo:
+            batch, todo = todo[:batch_size], todo[batch_size:]
+            for record in self.bulk_load(batch):
+                yield record.oid, record
+                for ref in iter_oids(record.refs):
+                    if ref not in seen:
+                        seen.add(ref)
+                        todo.append(ref)
+
+    def __enter__(self) -> Storage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def reachable_oids(storage: Storage, root: bytes = b"\x00" * 8) -> set[bytes]:
+    """Return the set of oids reachable from ``root`` through reference lists.
+
+    Missing referenced oids (dangling references) are skipped, not raised.
+    """
+    seen: set[bytes] = set()
+    todo = [root]
+    while todo:
+        oid = todo.pop()
+        if oid in seen:
+            continue
+        try:
+            record = storage.load(oid)
+        except DhruvaKeyError:
+            continue
+        seen.add(oid)
+        todo.extend(ref for ref in iter_oids(record.refs) if ref not in seen)
+    return seen
+
+
+class MemoryStorage(Storage):
+    """A storage that keeps everything in a dict; nothing survives close.
+
+    Useful for tests and for caches of throw-away objects.
+    """
+
+    capabilities = frozenset({CAP_PACK})
+
+    def __init__(self) -> None:
+        self._records: dict[bytes, Record] = {}
+        self._pending: dict[bytes, Record] | None = None
+        self._next_oid = 0
+        self._closed = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DhruvaError("the storage is closed")
+
+    def new_oid(self) -> bytes:
+        self._check_open()
+        oid = int8_to_str(self._next_oid)
+        self._next_oid += 1
+        return oid
+
+    def load(self, oid: bytes) -> Record:
+        self._check_open()
+        try:
+            return self._records[oid]
+        except KeyError:
+            raise DhruvaKeyError(oid) from None
+
+    def begin(self) -> None:
+        self._check_open()
+        if self._pending is not None:
+            raise DhruvaError("a transaction is already open")
+        self._pending = {}
+
+    def store(self, oid: bytes, data: bytes, refs: bytes = b"") -> None:
+        if self._pending is None:
+            raise DhruvaError("store() outside a transaction; call begin() first")
+        check_record(oid, data, refs)
+        self._pending[oid] = Record(oid, bytes(data), refs)
+
+    def end(self) -> None:
+        if self._pending is None:
+            raise DhruvaError("end() without begin()")
+        self._records.update(self._pending)
+        # [SAPI-010] Oids stored here must never be handed out again.
+        if self._pending:
+            highest = max(str_to_int8(oid) for oid in self._pending)
+            self._next_oid = max(self._next_oid, highest + 1)
+        self._pending = None
+
+    def abort_transaction(self) -> None:
+        self._pending = None
+
+    def iter_oids(self) -> Iterator[bytes]:
+        self._check_open()
+        return iter(list(self._records))
+
+    def get_size(self) -> int:
+        return len(self._records)
+
+    def pack(self) -> None:
+        self._check_open()
+        keep = reachable_oids(self)
+        for oid in [oid for oid in self._records if oid not in keep]:
+            del self._records[oid]
+
+    def close(self) -> None:
+        self._closed = True
+
+
+class ReadOnlyStorageMixin:
+    """Helpers for storages opened read-only."""
+
+    readonly: bool = False
+
+    def _check_writable(self) -> None:
+        if self.readonly:
+            raise ReadOnlyError("this storage was opened read-only; writes are refused")
