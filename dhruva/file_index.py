@@ -1,0 +1,459 @@
+"""The on-disk index of FileStorage: a dense, memory-mapped oid -> offset array.
+
+Spec: ``spec/file-index.md`` (requirement prefix IDX).
+
+Theory of operation
+-------------------
+The index is derived data kept beside the data file as ``PATH + ".index"``.
+It may be deleted at any time; the caller then rebuilds it with a full scan of
+the data file.  Its job is to make opening a large FileStorage cheap: open
+maps the file and reads one header page and two meta slots, nothing else.
+
+Layout: a 64-byte file header in page 0, meta slot A in page 1, meta slot B
+in page 2, then from ``ENTRIES_OFFSET`` (12288) a dense array of u64
+big-endian entries, entry ``i`` at ``ENTRIES_OFFSET + 8 * i`` for oid ``i``.
+An entry holds the data-file offset of the oid's current record (0 = no
+record), plus in bit 63 the ADDED flag (see below).
+
+State: the valid meta slot with the higher ``seq`` is current.  It says up
+to which data-file offset (``covered_offset``) the entries are complete.
+Records after ``covered_offset`` (the *tail*) are not in the entries; the
+caller scans the tail on open and keeps those in memory until the next
+checkpoint.
+
+Checkpoint order ([IDX-030]): (1) write the changed entries in place, growing
+the file if needed; (2) fsync; (3) write the meta slot *not* current with
+``seq + 1``; (4) fsync.  Every entry written in step 1 belongs to an oid whose
+record lies at or after the current ``covered_offset`` (enforced, [IDX-031]),
+so a crash before step 4 leaves the old meta current, the overwritten entries
+all belong to oids that the caller's tail rescan finds again, and the
+leftover entries are recognisable: their offset is >= the current
+``covered_offset``.  One fact would be lost by such a leftover: whether the
+oid had an entry at all under the current meta, which ``entry_count``
+depends on.  The ADDED flag keeps it: a checkpoint sets bit 63 in an entry
+iff the oid had no entry under the meta current at that time.  A leftover
+with ADDED set is therefore read as "absent" ([IDX-022]); once a later meta
+covers it, the flag is ignored.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import sys
+import zlib
+from array import array
+from collections.abc import Iterator, Mapping
+from types import TracebackType
+from typing import NamedTuple
+
+from dhruva.error import ReadOnlyError
+
+MAGIC = b"\x89DHRIDX\n"
+MAJOR_VERSION = 1
+MINOR_VERSION = 0
+FILE_ID_SIZE = 16
+ENTRY_SIZE = 8
+PAGE_SIZE = 4096
+META_SLOT_OFFSETS = (PAGE_SIZE, 2 * PAGE_SIZE)
+ENTRIES_OFFSET = 3 * PAGE_SIZE
+"""Where entry 0 lives; the header, slot A and slot B each own a page ([IDX-003])."""
+
+ADDED_FLAG = 1 << 63
+OFFSET_MASK = ADDED_FLAG - 1
+MAX_OID = (1 << 40) - 1
+"""The highest oid number an index holds (a 8 TiB sparse array); higher -> ValueError."""
+
+CAPACITY_QUANTUM = PAGE_SIZE // ENTRY_SIZE
+"""The entry array's capacity is a multiple of this many entries (one page)."""
+GROWTH_MIN_ENTRIES = 1 << 17
+"""Grow by at least this many entries (1 MiB), so growth and remapping are rare."""
+
+CHECKPOINT_BYTES = 4 * 1024 * 1024
+"""FileStorage checkpoints when the tail since covered_offset exceeds this ([IDX-040])."""
+
+# File header, 64 bytes at offset 0 ([IDX-001]).
+HEADER = struct.Struct(">8sHHI16sII20sI")
+assert HEADER.size == 64
+# Meta slot, 64 bytes at offsets 4096 and 8192 ([IDX-010]).
+META = struct.Struct(">QQQQQI16sI")
+assert META.size == 64
+_ENTRY = struct.Struct(">Q")
+assert _ENTRY.size == ENTRY_SIZE
+
+_ITER_CHUNK_ENTRIES = 1 << 16
+
+
+class Meta(NamedTuple):
+    """The decoded fields of one meta slot."""
+
+    seq: int
+    covered_offset: int
+    last_tid: int
+    max_oid: int
+    entry_count: int
+    last_trailer_crc: int
+
+
+def encode_header(file_id: bytes) -> bytes:
+    """Return the 64-byte index file header for a data file with ``file_id``."""
+    if len(file_id) != FILE_ID_SIZE:
+        raise ValueError(f"a file_id is {FILE_ID_SIZE} bytes, not {len(file_id)}")
+    body = HEADER.pack(
+        MAGIC, MAJOR_VERSION, MINOR_VERSION, 0, file_id, ENTRY_SIZE, ENTRIES_OFFSET, b"", 0
+    )[:60]
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def encode_meta(meta: Meta) -> bytes:
+    """Return the 64-byte meta slot for ``meta`` (max_oid stored +1, [IDX-011])."""
+    body = META.pack(
+        meta.seq,
+        meta.covered_offset,
+        meta.last_tid,
+        meta.max_oid + 1,
+        meta.entry_count,
+        meta.last_trailer_crc,
+        b"",
+        0,
+    )[:60]
+    return body + struct.pack(">I", zlib.crc32(body))
+
+
+def decode_meta(slot: bytes) -> Meta | None:
+    """Return the Meta in a 64-byte slot, or None if its crc fails or seq is 0 ([IDX-012])."""
+    seq, covered, tid, max_oid_plus_one, count, trailer_crc, _reserved, crc = META.unpack(slot)
+    if crc != zlib.crc32(slot[:60]) or seq == 0:
+        return None
+    return Meta(seq, covered, tid, max_oid_plus_one - 1, count, trailer_crc)
+
+
+def _round_capacity(entries: int) -> int:
+    quantum = CAPACITY_QUANTUM
+    return max(quantum, -(-entries // quantum) * quantum)
+
+
+def _fsync_directory(path: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return  # Platforms without directory handles (Windows) cannot fsync one.
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _check_max_oid(max_oid: int) -> None:
+    if not -1 <= max_oid <= MAX_OID:
+        raise ValueError(f"max_oid {max_oid} is outside the indexable range -1..{MAX_OID}")
+
+
+def _build_entry_array(entries: Mapping[int, int], capacity: int) -> bytes:
+    """Return the big-endian entry array of ``capacity`` entries for ``entries``."""
+    values = array("Q", bytes(capacity * ENTRY_SIZE))
+    for oid, offset in entries.items():
+        if not 0 <= offset <= OFFSET_MASK:
+            raise ValueError(f"offset {offset} of oid {oid} does not fit in 63 bits")
+        values[oid] = offset
+    if sys.byteorder == "little":
+        values.byteswap()
+    return values.tobytes()
+
+
+class DiskIndex:
+    """An open ``.index`` file; see the module docstring and spec/file-index.md.
+
+    Attributes (all from the current meta slot, updated by ``checkpoint``):
+    ``covered_offset``, ``last_tid``, ``last_trailer_crc``, ``max_oid`` (-1 if
+    none) and ``entry_count`` (oids for which ``lookup`` is non-zero).
+    """
+
+    def __init__(
+        self, path: str, fd: int, mapping: mmap.mmap, meta: Meta, slot: int, readonly: bool
+    ) -> None:
+        """Wrap an open, validated index; use ``open`` or ``create`` instead."""
+        self.path = path
+        self.readonly = readonly
+        self._fd: int | None = fd
+        self._map = mapping
+        self._slot = slot
+        self._capacity = (len(mapping) - ENTRIES_OFFSET) // ENTRY_SIZE
+        self._set_meta(meta)
+
+    def _set_meta(self, meta: Meta) -> None:
+        self._seq = meta.seq
+        self.covered_offset = meta.covered_offset
+        self.last_tid = meta.last_tid
+        self.last_trailer_crc = meta.last_trailer_crc
+        self.max_oid = meta.max_oid
+        self.entry_count = meta.entry_count
+
+    # -- opening -------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str, file_id: bytes, readonly: bool) -> DiskIndex | None:
+        """Map the index at ``path`` and read its header and meta slots only.
+
+        Returns None when the index cannot be used and the caller must rebuild
+        it with a full scan: missing, not an index, unknown version, damaged
+        header, both meta slots invalid, or written for another data file
+        (``file_id`` differs) ([IDX-002], [IDX-005], [IDX-013], [IDX-014]).
+        """
+        flags = os.O_RDONLY if readonly else os.O_RDWR
+        try:
+            fd = os.open(path, flags | getattr(os, "O_BINARY", 0))
+        except FileNotFoundError:
+            return None
+        try:
+            index = cls._open_fd(path, fd, file_id, readonly)
+        except BaseException:
+            os.close(fd)
+            raise
+        if index is None:
+            os.close(fd)
+        return index
+
+    @classmethod
+    def _open_fd(cls, path: str, fd: int, file_id: bytes, readonly: bool) -> DiskIndex | None:
+        size = os.fstat(fd).st_size
+        if size < ENTRIES_OFFSET:
+            return None
+        access = mmap.ACCESS_READ if readonly else mmap.ACCESS_WRITE
+        mapping = mmap.mmap(fd, size, access=access)
+        try:
+            meta_and_slot = _validate(mapping, file_id, readonly, size)
+        except BaseException:
+            mapping.close()
+            raise
+        if meta_and_slot is None:
+            mapping.close()
+            return None
+        meta, slot = meta_and_slot
+        return cls(path, fd, mapping, meta, slot, readonly)
+
+    @classmethod
+    def create(
+        cls,
+        path: str,
+        file_id: bytes,
+        entries: Mapping[int, int],
+        covered_offset: int,
+        last_tid: int,
+        last_trailer_crc: int,
+        max_oid: int,
+    ) -> DiskIndex:
+        """Write a complete new index for ``entries`` and return it open for writing.
+
+        The file is written beside ``path``, fsynced, renamed over ``path`` and
+        the directory fsynced, so a crash leaves either the old index or the new
+        one ([IDX-032]).  Entries with offset 0 are absent.  Raises ValueError
+        for an oid above ``max_oid`` or ``MAX_OID``, or an offset not below
+        ``covered_offset``.
+        """
+        _check_max_oid(max_oid)
+        count = 0
+        for oid, offset in entries.items():
+            if not 0 <= oid <= max_oid:
+                raise ValueError(f"oid {oid} is outside 0..max_oid ({max_oid})")
+            if offset >= covered_offset:
+                raise ValueError(f"offset {offset} of oid {oid} is not below covered_offset")
+            count += offset != 0
+        meta = Meta(1, covered_offset, last_tid, max_oid, count, last_trailer_crc)
+        capacity = _round_capacity(max_oid + 1)
+        temp_path = path + ".tmp"
+        fd = os.open(temp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0))
+        try:
+            page = bytearray(ENTRIES_OFFSET)
+            page[0:64] = encode_header(file_id)
+            page[META_SLOT_OFFSETS[0] : META_SLOT_OFFSETS[0] + 64] = encode_meta(meta)
+            # Slot B stays zero: its crc fails, so it is invalid until the first checkpoint.
+            os.write(fd, bytes(page))
+            os.write(fd, _build_entry_array(entries, capacity))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp_path, path)
+        _fsync_directory(path)
+        index = cls.open(path, file_id, readonly=False)
+        if index is None:  # pragma: no cover - we just wrote it
+            raise OSError(f"{path}: the index just written cannot be read back")
+        return index
+
+    @staticmethod
+    def discard(path: str) -> None:
+        """Delete the index at ``path`` (if any) durably, so the next open rebuilds.
+
+        A writer that removes committed transactions from the data file calls
+        this first ([IDX-033]).
+        """
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return
+        _fsync_directory(path)
+
+    # -- reading -------------------------------------------------------
+
+    def _decode_entry(self, raw: int) -> int:
+        offset = raw & OFFSET_MASK
+        # [IDX-022] A leftover of an interrupted checkpoint that added the oid is absent.
+        if raw & ADDED_FLAG and offset >= self.covered_offset:
+            return 0
+        return offset
+
+    def lookup(self, oid_int: int) -> int:
+        """Return the data-file offset of oid ``oid_int``'s record, 0 if absent ([IDX-020])."""
+        if not 0 <= oid_int < self._capacity:
+            return 0
+        raw: int = _ENTRY.unpack_from(self._map, ENTRIES_OFFSET + oid_int * ENTRY_SIZE)[0]
+        return self._decode_entry(raw)
+
+    def iter_entries(self) -> Iterator[tuple[int, int]]:
+        """Yield ``(oid_int, offset)`` for every oid whose ``lookup`` is non-zero, by oid."""
+        for start in range(0, self._capacity, _ITER_CHUNK_ENTRIES):
+            count = min(_ITER_CHUNK_ENTRIES, self._capacity - start)
+            raws = struct.unpack_from(f">{count}Q", self._map, ENTRIES_OFFSET + start * ENTRY_SIZE)
+            for i, raw in enumerate(raws):
+                if raw:
+                    offset = self._decode_entry(raw)
+                    if offset:
+                        yield start + i, offset
+
+    # -- writing -------------------------------------------------------
+
+    def checkpoint(
+        self,
+        entries: Mapping[int, int],
+        covered_offset: int,
+        last_tid: int,
+        last_trailer_crc: int,
+        max_oid: int,
+    ) -> None:
+        """Persist changed ``entries`` and a new meta slot, crash-safely ([IDX-030]).
+
+        ``entries`` MUST hold every oid with a record in the data file between
+        the current and the new ``covered_offset`` ([IDX-034]).  Raises
+        ReadOnlyError on a read-only index and ValueError when an offset lies
+        outside [current covered_offset, new covered_offset) ([IDX-031]), when
+        covered_offset or max_oid would go backwards, or an oid exceeds max_oid.
+        """
+        if self.readonly:
+            raise ReadOnlyError(f"{self.path}: the index was opened read-only")
+        self._require_open()
+        old_covered = self.covered_offset
+        if covered_offset < old_covered:
+            raise ValueError(f"covered_offset {covered_offset} is below {old_covered}")
+        _check_max_oid(max_oid)
+        if max_oid < self.max_oid:
+            raise ValueError(f"max_oid {max_oid} is below {self.max_oid}")
+        for oid, offset in entries.items():
+            if not 0 <= oid <= max_oid:
+                raise ValueError(f"oid {oid} is outside 0..max_oid ({max_oid})")
+            # [IDX-031] The crash argument needs every changed entry to be in the tail.
+            if not old_covered <= offset < covered_offset:
+                raise ValueError(
+                    f"offset {offset} of oid {oid} is outside [{old_covered}, {covered_offset})"
+                )
+        if not entries and covered_offset == old_covered and max_oid == self.max_oid:
+            return  # Nothing changed: no writes, no fsync.
+        if max_oid >= self._capacity:
+            self._grow(max_oid + 1)
+        entry_count = self.entry_count
+        mapping = self._map
+        for oid, offset in entries.items():
+            position = ENTRIES_OFFSET + oid * ENTRY_SIZE
+            raw: int = _ENTRY.unpack_from(mapping, position)[0]
+            # Whether the oid had an entry under the current meta; see the module docstring.
+            present = raw != 0 and not (raw & ADDED_FLAG and raw & OFFSET_MASK >= old_covered)
+            flag = 0 if present else ADDED_FLAG
+            entry_count += not present
+            _ENTRY.pack_into(mapping, position, offset | flag)
+        if entries:
+            self._sync()  # Step 2: entries durable before any meta names them.
+        meta = Meta(self._seq + 1, covered_offset, last_tid, max_oid, entry_count, last_trailer_crc)
+        slot = 1 - self._slot
+        start = META_SLOT_OFFSETS[slot]
+        mapping[start : start + META.size] = encode_meta(meta)
+        self._sync()  # Step 4: the new meta is current once this returns.
+        self._slot = slot
+        self._set_meta(meta)
+
+    def _grow(self, needed_entries: int) -> None:
+        """Extend the file (sparse zeros) and remap, in large steps ([IDX-004])."""
+        assert self._fd is not None
+        capacity = _round_capacity(
+            max(needed_entries, self._capacity + max(self._capacity // 2, GROWTH_MIN_ENTRIES))
+        )
+        self._map.flush()
+        self._map.close()
+        os.ftruncate(self._fd, ENTRIES_OFFSET + capacity * ENTRY_SIZE)
+        self._map = mmap.mmap(self._fd, ENTRIES_OFFSET + capacity * ENTRY_SIZE)
+        self._capacity = capacity
+
+    def _sync(self) -> None:
+        assert self._fd is not None
+        self._map.flush()
+        os.fsync(self._fd)
+
+    def _require_open(self) -> None:
+        if self._fd is None:
+            raise ValueError(f"{self.path}: the index is closed")
+
+    @property
+    def capacity(self) -> int:
+        """The number of entries the file currently holds (grows in large steps)."""
+        return self._capacity
+
+    def close(self) -> None:
+        """Unmap and close the file; closing twice is harmless.  Writes nothing."""
+        if self._fd is None:
+            return
+        self._map.close()
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> DiskIndex:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _validate(
+    mapping: mmap.mmap, file_id: bytes, readonly: bool, size: int
+) -> tuple[Meta, int] | None:
+    """Check the header and pick the current meta slot; None means "rebuild"."""
+    header = mapping[0 : HEADER.size]
+    magic, major, minor, _flags, found_id, entry_size, entries_offset, _res, crc = HEADER.unpack(
+        header
+    )
+    if magic != MAGIC or crc != zlib.crc32(header[:60]):  # [IDX-002]
+        return None
+    # [IDX-005] Unknown major: unreadable.  Higher minor: readable, but a writer
+    # would not maintain what the newer minor added, so a writable open rebuilds.
+    if major != MAJOR_VERSION or (minor > MINOR_VERSION and not readonly):
+        return None
+    if entry_size != ENTRY_SIZE or entries_offset != ENTRIES_OFFSET:
+        return None
+    if found_id != file_id:  # [IDX-014]
+        return None
+    metas = [decode_meta(mapping[start : start + META.size]) for start in META_SLOT_OFFSETS]
+    candidates = [(meta.seq, slot, meta) for slot, meta in enumerate(metas) if meta is not None]
+    if not candidates:  # [IDX-013]
+        return None
+    if len(candidates) == 2 and candidates[0][0] == candidates[1][0]:
+        return None  # Two slots with one seq cannot come from our writes: damaged.
+    _seq, slot, meta = max(candidates)
+    if size < ENTRIES_OFFSET + (meta.max_oid + 1) * ENTRY_SIZE:  # [IDX-004] truncated
+        return None
+    return meta, slot
