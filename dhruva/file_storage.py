@@ -1,0 +1,268 @@
+"""FileStorage: the journal file with an on-disk index; TempFileStorage.
+
+Spec: ``spec/file-format.md`` (journal, recovery, pack) and
+``spec/file-index.md`` (the ``PATH.index`` sidecar).
+
+Theory of operation.  The data file is the same journal FileStorage2 writes.
+The index of current record offsets is split in two:
+
+* the sidecar index ``PATH.index`` (:mod:`dhruva.file_index`) maps each oid to
+  its record offset for every transaction below its *covered offset*;
+* ``_index``, a dict in memory, holds the records of the transactions after
+  the covered offset (the *tail*), and wins over the sidecar.
+
+Opening reads the sidecar's header, checks that it belongs to this data file
+(same file id; the trailer ending at the covered offset has the recorded CRC
+and tid) and scans only the tail.  A missing or mismatched sidecar is rebuilt
+by one full scan.  A checkpoint writes the tail into the sidecar and moves the
+covered offset to the end of data; it runs when the tail grows past
+``CHECKPOINT_BYTES`` and at close, so its cost is amortised over many commits
+and the scan at open stays short.  The sidecar is derived data: deleting it
+costs one full scan at the next open, never data.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+
+from dhruva import journal
+from dhruva.file_index import MAX_OID as INDEX_MAX_OID
+from dhruva.file_index import DiskIndex
+from dhruva.file_storage2 import FileStorage2, JournalStorage
+from dhruva.fileio import FileLayer
+from dhruva.utils import int8_to_str, str_to_int8
+
+__all__ = ["CHECKPOINT_BYTES", "FileStorage", "FileStorage2", "TempFileStorage"]
+
+log = logging.getLogger("dhruva.file_storage")
+
+#: Tail bytes after which a commit also checkpoints the index.
+CHECKPOINT_BYTES = 4 << 20
+
+
+class FileStorage(JournalStorage):
+    """A durable single-process storage in one data file with a sidecar index.
+
+    ``path`` names the data file (created when missing); None means a temporary
+    file removed at close, as in Durus.  ``readonly`` opens with a shared lock
+    and refuses writes (ReadOnlyError); ``repair`` cuts a damaged file at the
+    first damage instead of raising CorruptionError, keeping the cut bytes in
+    ``PATH.trN``; ``file_layer`` replaces the file system (tests).
+    """
+
+    def __init__(
+        self,
+        path: str | None = None,
+        readonly: bool = False,
+        repair: bool = False,
+        file_layer: FileLayer | None = None,
+    ) -> None:
+        self._disk: DiskIndex | None = None
+        self._covered = journal.FILE_HEADER_SIZE
+        self._disk_max_oid = -1
+        self._temporary = path is None
+        if path is None:
+            if readonly:
+                raise ValueError("a temporary FileStorage cannot be read-only")
+            fd, path = tempfile.mkstemp(prefix="dhruva-", suffix=".dhruva")
+            os.close(fd)
+        self.index_path = os.fspath(path) + ".index"
+        super().__init__(path, readonly=readonly, repair=repair, file_layer=file_layer)
+
+    # --- open --------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        disk: DiskIndex | None = None
+        if not self._temporary:
+            disk = DiskIndex.open(self.index_path, self.file_id, self.readonly)
+            if disk is not None and not self._disk_matches(disk):
+                log.warning("%s does not match %s; rebuilding it", self.index_path, self.path)
+                disk.close()
+                disk = None
+        if disk is not None:
+            # [RCV-030] Only the tail after the covered offset is scanned.
+            self._last_tid = disk.last_tid
+            self._last_trailer_crc = disk.last_trailer_crc
+            self._covered = disk.covered_offset
+            self._disk_max_oid = disk.max_oid
+            self._disk = disk
+            tail: dict[bytes, int] = {}
+            self._scan_tail(disk.covered_offset, tail)
+            self._index = tail
+        else:
+            entries: dict[bytes, int] = {}
+            self._scan_tail(journal.FILE_HEADER_SIZE, entries)
+            self._index = entries
+            if not self.readonly and not self._temporary:
+                self._disk = self._create_disk_index(entries)
+        self._next_oid = self._disk_max_oid + 1
+        if self._index:
+            self._next_oid = max(self._next_oid, str_to_int8(max(self._index)) + 1)
+
+    def _disk_matches(self, disk: DiskIndex) -> bool:
+        """Return True when ``disk`` describes a prefix of this data file (RCV-031)."""
+        assert self._file is not None
+        covered = disk.covered_offset
+        if covered == journal.FILE_HEADER_SIZE:
+            return disk.last_tid == 0
+        if covered < journal.FILE_HEADER_SIZE + journal.TXN_OVERHEAD:
+            return False
+        if covered > self._file.size():
+            return False
+        trailer = self._file.pread(journal.TXN_TRAILER_SIZE, covered - journal.TXN_TRAILER_SIZE)
+        tag, crc, total = journal.TXN_TRAILER.unpack(trailer)
+        if tag != journal.COMMIT_TAG or crc != disk.last_trailer_crc:
+            return False
+        start = covered - total
+        if start < journal.FILE_HEADER_SIZE:
+            return False
+        head = self._file.pread(journal.TXN_HEADER_SIZE, start)
+        fields = journal.TXN_HEADER.unpack(head)
+        if fields[0] != journal.TXN_TAG or fields[3] != disk.last_tid:
+            return False
+        self._last_time_us = fields[4]
+        return True
+
+    def _create_disk_index(self, entries: dict[bytes, int]) -> DiskIndex | None:
+        """Write a fresh sidecar from ``entries`` (all current records); return it open.
+
+        On success ``entries`` is emptied (the sidecar now holds them).  Oids
+        beyond what the sidecar can index keep the storage on its in-memory
+        index for this open.
+        """
+        max_oid = str_to_int8(max(entries)) if entries else -1
+        if max_oid > INDEX_MAX_OID:
+            log.warning("%s: oid %d is too large for the index file", self.path, max_oid)
+            return None
+        disk = DiskIndex.create(
+            self.index_path,
+            self.file_id,
+            {str_to_int8(oid): offset for oid, offset in entries.items()},
+            self._end,
+            self._last_tid,
+            self._last_trailer_crc,
+            max_oid,
+        )
+        self._covered = self._end
+        self._disk_max_oid = max_oid
+        entries.clear()
+        return disk
+
+    def _drop_disk_index(self) -> None:
+        """Stop using the sidecar: fold it into ``_index`` and delete it."""
+        disk, self._disk = self._disk, None
+        if disk is None:
+            return
+        for number, offset in disk.iter_entries():
+            self._index.setdefault(int8_to_str(number), offset)
+        disk.close()
+        DiskIndex.discard(self.index_path)
+        self._covered = journal.FILE_HEADER_SIZE
+        self._disk_max_oid = -1
+
+    # --- index lookups -------------------------------------------------------------
+
+    def _lookup_more(self, oid: bytes) -> int:
+        disk = self._disk
+        if disk is None:
+            return 0
+        number = str_to_int8(oid)
+        if number > self._disk_max_oid:
+            return 0
+        return disk.lookup(number)
+
+    def iter_oids(self) -> Iterator[bytes]:
+        self._check_open()
+        tail = list(self._index)
+        yield from tail
+        disk = self._disk
+        if disk is not None:
+            tail_set = set(tail)
+            for number, _offset in disk.iter_entries():
+                oid = int8_to_str(number)
+                if oid not in tail_set:
+                    yield oid
+
+    def get_size(self) -> int:
+        self._check_open()
+        disk = self._disk
+        if disk is None:
+            return len(self._index)
+        # Tail oids with no sidecar entry are new since the last checkpoint.
+        return disk.entry_count + sum(1 for oid in self._index if not self._lookup_more(oid))
+
+    # --- checkpoints -----------------------------------------------------------------
+
+    def _after_commit(self) -> None:
+        if self._disk is not None and self._end - self._covered >= CHECKPOINT_BYTES:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Write the tail's index entries into ``PATH.index`` (IDX checkpoint order)."""
+        disk = self._disk
+        if disk is None or self._end == self._covered:
+            return
+        tail = self._index
+        max_oid = self._disk_max_oid
+        if tail:
+            max_oid = max(max_oid, str_to_int8(max(tail)))
+        if max_oid > INDEX_MAX_OID:
+            log.warning("%s: oid %d is too large for the index file", self.path, max_oid)
+            self._drop_disk_index()
+            return
+        disk.checkpoint(
+            {str_to_int8(oid): offset for oid, offset in tail.items()},
+            self._end,
+            self._last_tid,
+            self._last_trailer_crc,
+            max_oid,
+        )
+        self._covered = self._end
+        self._disk_max_oid = max_oid
+        tail.clear()
+
+    def _before_close(self) -> None:
+        self.checkpoint()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            disk, self._disk = self._disk, None
+            if disk is not None:
+                disk.close()
+            if self._temporary:
+                self._remove_temporary_files()
+
+    def _remove_temporary_files(self) -> None:
+        self._temporary = False
+        for suffix in ("", ".index", ".pack"):
+            try:
+                os.unlink(self.path + suffix)
+            except FileNotFoundError:
+                pass
+
+    # --- pack -------------------------------------------------------------------------
+
+    def _before_replace(self) -> None:
+        # [IDX-033] The sidecar goes before the file it indexes is replaced.
+        # Its entries move to memory so loads keep working if the rename fails.
+        self._drop_disk_index()
+
+    def _replace_index(self, new_index: dict[bytes, int]) -> None:
+        self._covered = journal.FILE_HEADER_SIZE
+        self._disk_max_oid = -1
+        self._index = new_index
+        if not self._temporary:
+            # [RCV-024] A new sidecar for the packed file.
+            self._disk = self._create_disk_index(new_index)
+
+
+class TempFileStorage(FileStorage):
+    """A FileStorage on a new temporary file, removed (with its sidecars) at close."""
+
+    def __init__(self, file_layer: FileLayer | None = None) -> None:
+        super().__init__(None, file_layer=file_layer)

@@ -1,0 +1,214 @@
+"""The thin file layer under FileStorage and FileStorage2.
+
+Spec: ``spec/fault-model.md`` (what is assumed of the disk) and
+``spec/file-format.md`` (RCV: setting torn tails aside).
+
+The storages touch the file system only through a :class:`FileLayer`, so tests
+can substitute one that injects faults.  A fault-injecting layer is expected to
+hold every ``pwrite``/``append``/``truncate`` of a file in memory until that
+file's ``sync()``, and at a simulated crash keep, drop or tear the unsynced
+writes; ``rename`` and ``remove`` take effect in the directory at once but are
+durable only after ``sync_directory``.  That is exactly the disk the fault model
+assumes, so a layer obeying it can exercise every crash the storages must
+survive.
+
+Contract of the methods (all raise OSError for I/O failures):
+
+* ``FileLayer.open(path, create, readonly)`` opens a file for reading and, unless
+  ``readonly``, writing; ``create`` creates it when missing.
+* ``DataFile.append(data)`` writes at the current end (its own notion of the
+  size: the size at open plus what it appended, minus truncations) and returns
+  the offset written at.  ``pwrite`` writes at an offset.  Neither is durable
+  before ``sync()``.
+* ``DataFile.lock(exclusive)`` takes a non-blocking advisory lock on the whole
+  file, shared or exclusive, and raises StorageLockedError when another process
+  holds a conflicting one.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from typing import Protocol
+
+from dhruva.error import StorageLockedError
+
+log = logging.getLogger("dhruva.fileio")
+
+
+class DataFile(Protocol):
+    """An open file (see the module docstring for the contract)."""
+
+    path: str
+
+    def size(self) -> int: ...
+    def pread(self, length: int, offset: int) -> bytes: ...
+    def pwrite(self, data: bytes, offset: int) -> None: ...
+    def append(self, data: bytes) -> int: ...
+    def sync(self) -> None: ...
+    def truncate(self, size: int) -> None: ...
+    def lock(self, exclusive: bool) -> None: ...
+    def close(self) -> None: ...
+
+
+class FileLayer(Protocol):
+    """Opens files and changes directories (see the module docstring)."""
+
+    def open(self, path: str, create: bool, readonly: bool) -> DataFile: ...
+    def exists(self, path: str) -> bool: ...
+    def rename(self, source: str, target: str) -> None: ...
+    def remove(self, path: str) -> None: ...
+    def sync_directory(self, path: str) -> None: ...
+
+
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
+class OSFile:
+    """A DataFile on a real file descriptor."""
+
+    def __init__(self, path: str, create: bool, readonly: bool) -> None:
+        flags = os.O_RDONLY if readonly else os.O_RDWR
+        if create and not readonly:
+            flags |= os.O_CREAT
+        flags |= getattr(os, "O_CLOEXEC", 0)
+        self.path = path
+        self._fd = os.open(path, flags, 0o644)
+        self._size = os.fstat(self._fd).st_size
+
+    def size(self) -> int:
+        return self._size
+
+    def pread(self, length: int, offset: int) -> bytes:
+        data = os.pread(self._fd, length, offset)
+        if len(data) == length or len(data) == 0:
+            return data
+        # A short read that is not at end of file; ask again for the rest.
+        parts = [data]
+        got = len(data)
+        while got < length:
+            more = os.pread(self._fd, length - got, offset + got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        return b"".join(parts)
+
+    def pwrite(self, data: bytes, offset: int) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self._fd, view, offset)
+            view = view[written:]
+            offset += written
+        self._size = max(self._size, offset)
+
+    def append(self, data: bytes) -> int:
+        offset = self._size
+        self.pwrite(data, offset)
+        return offset
+
+    def sync(self) -> None:
+        # [FLT-004] fdatasync suffices: appends change the size, which
+        # fdatasync flushes along with the data.
+        _fdatasync(self._fd)
+
+    def truncate(self, size: int) -> None:
+        os.ftruncate(self._fd, size)
+        self._size = size
+
+    def lock(self, exclusive: bool) -> None:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(self._fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StorageLockedError(
+                f"{self.path} is locked by another process; close the other storage "
+                "(or connect through its server) and retry"
+            ) from None
+        # pack() renames a new file over the path; a lock taken on the old,
+        # replaced inode protects nothing, so check we locked what the path names.
+        try:
+            same = os.path.samestat(os.fstat(self._fd), os.stat(self.path))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            raise StorageLockedError(f"{self.path} was replaced while it was being opened; retry")
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing releases the flock
+            self._fd = -1
+
+
+class OSFileLayer:
+    """The FileLayer of the real file system."""
+
+    def open(self, path: str, create: bool, readonly: bool) -> DataFile:
+        return OSFile(path, create, readonly)
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def rename(self, source: str, target: str) -> None:
+        os.replace(source, target)
+
+    def remove(self, path: str) -> None:
+        os.unlink(path)
+
+    def sync_directory(self, path: str) -> None:
+        """fsync the directory holding ``path`` so a create or rename there is durable."""
+        directory = os.path.dirname(os.path.abspath(path))
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+OS_FILES: FileLayer = OSFileLayer()
+"""The default file layer."""
+
+_COPY_CHUNK = 1 << 20
+
+
+def set_aside(layer: FileLayer, data_file: DataFile, offset: int, reason: str) -> str:
+    """Move bytes ``[offset, end)`` of ``data_file`` into ``PATH.trN``; return its path.
+
+    Order (RCV-005): copy the bytes to the first free ``PATH.tr0``, ``.tr1``,
+    ... and fsync it, fsync the directory, then truncate the data file to
+    ``offset`` and fsync it.  A crash before the truncation leaves the bytes in
+    both places; recovery then sets them aside again into the next ``.trN``.
+    """
+    path = data_file.path
+    number = 0
+    while layer.exists(f"{path}.tr{number}"):
+        number += 1
+    tail_path = f"{path}.tr{number}"
+    end = data_file.size()
+    tail = layer.open(tail_path, create=True, readonly=False)
+    try:
+        position = offset
+        while position < end:
+            chunk = data_file.pread(min(_COPY_CHUNK, end - position), position)
+            if not chunk:
+                break
+            tail.append(chunk)
+            position += len(chunk)
+        tail.sync()
+    finally:
+        tail.close()
+    layer.sync_directory(tail_path)
+    data_file.truncate(offset)
+    data_file.sync()
+    log.warning(
+        "%s: %d bytes at offset %d were not a complete transaction (%s); "
+        "they were moved to %s and the file was cut there",
+        path,
+        end - offset,
+        offset,
+        reason,
+        tail_path,
+    )
+    return tail_path
