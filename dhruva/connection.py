@@ -1,0 +1,377 @@
+"""The Connection: loads persistent objects, caches them, commits and aborts.
+
+Theory of operation (spec: ``spec/connection.md``):
+
+State.  ``_objects`` maps oid to every persistent object of this connection
+that is still alive anywhere (weakly held, ghosts included).  ``_loaded``
+holds a strong reference to every object whose state is loaded, in the order
+they were loaded; it is what ``cache_size`` bounds.  ``_changed`` maps oid to
+each object changed since the last commit or abort.
+
+Loading.  A ghost's first attribute access calls ``load_state``, which reads
+the record, unpickles the state (references become ghosts via
+``get_ghost``), installs it and appends the object to ``_loaded``.
+
+Commit.  (1) serialize every changed object and every new persistent object
+reachable from one, attaching new objects (giving them oids); a failure here
+detaches them again and leaves the connection as it was.  (2) store every
+record in one storage transaction; a failure (a conflict, a full disk)
+aborts the storage transaction, detaches the new objects, and leaves the
+changes in place for the application to ``abort()``.  (3) mark the written
+objects saved, (4) synchronize: ghost every object another client changed,
+(5) shrink the cache.
+
+Abort.  Every changed object becomes a ghost, so its next access reloads the
+committed state; then synchronize and shrink the cache.
+
+Cache.  Shrinking runs at transaction boundaries only, never in the middle of
+a transaction.  It is a CLOCK with a second chance: the hand walks
+``_loaded`` from the oldest end; an object still in its *tracked* class
+(not accessed since the hand last passed) becomes a ghost and leaves
+``_loaded``; an object in its real class is moved to the tracked class and
+to the young end.  Changed objects are never touched.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Iterator
+from types import TracebackType
+from typing import Any
+
+from dhruva.error import DhruvaError, DhruvaKeyError, InvalidObjectReference
+from dhruva.persistent import GHOST, SAVED, UNSAVED, PersistentBase
+from dhruva.serialize import ObjectReader, ObjectWriter
+from dhruva.storage import Storage
+from dhruva.utils import ROOT_OID, int8_to_str
+
+_setattr = object.__setattr__
+
+
+def _as_oid(oid: bytes | int) -> bytes:
+    if isinstance(oid, int):
+        return int8_to_str(oid)
+    if isinstance(oid, bytes) and len(oid) == 8:
+        return oid
+    raise TypeError(f"an oid is an int or 8 bytes, not {oid!r}")
+
+
+class Connection:
+    """A view of one storage as a graph of persistent objects (Durus's API).
+
+    ``storage`` is a Storage, or a path string, which opens a FileStorage.
+    ``cache_size`` is the number of loaded (non-ghost) objects the cache
+    aims to keep between transactions.  ``root_class`` is the class of the
+    root object created in an empty database (PersistentDict by default).
+
+    A Connection is not thread-safe: use one per thread.
+    """
+
+    def __init__(
+        self,
+        storage: Storage | str,
+        cache_size: int = 100000,
+        root_class: type[PersistentBase] | None = None,
+    ) -> None:
+        if isinstance(storage, str):
+            from dhruva.file_storage import FileStorage
+
+            storage = FileStorage(storage)
+        if not isinstance(storage, Storage):
+            raise TypeError(f"storage must be a Storage or a path, not {type(storage).__name__}")
+        self._storage = storage
+        self._objects: weakref.WeakValueDictionary[bytes, PersistentBase] = (
+            weakref.WeakValueDictionary()
+        )
+        self._loaded: dict[bytes, PersistentBase] = {}
+        self._changed: dict[bytes, PersistentBase] = {}
+        self._cache_size = 0
+        self.set_cache_size(cache_size)
+        self._load_count = 0
+        self._transaction_serial = 1
+        self._closed = False
+        self._reader = ObjectReader(self.get_ghost)
+        self._root_class = root_class
+        self._ensure_root(root_class)
+
+    # -- the root --------------------------------------------------------------------
+
+    def _ensure_root(self, root_class: type[PersistentBase] | None) -> None:
+        if root_class is None:
+            from dhruva.persistent_dict import PersistentDict
+
+            root_class = PersistentDict
+        if not (isinstance(root_class, type) and issubclass(root_class, PersistentBase)):
+            raise InvalidObjectReference(
+                f"root_class must be a persistent class, not {root_class!r}"
+            )
+        try:
+            self._storage.load(ROOT_OID)
+            return
+        except DhruvaKeyError:
+            pass
+        if getattr(self._storage, "readonly", False):
+            return
+        oid = self._storage.new_oid()
+        if oid != ROOT_OID:
+            # Another client created the root first (client storages).
+            self._storage.sync()
+            return
+        root = root_class()
+        _setattr(root, "_p_oid", ROOT_OID)
+        _setattr(root, "_p_connection", self)
+        _setattr(root, "_p_status", UNSAVED)
+        self._objects[ROOT_OID] = root
+        self._changed[ROOT_OID] = root
+        self.commit()
+
+    def get_root(self) -> Any:
+        """Return the root object (oid 0)."""
+        root = self.get(ROOT_OID)
+        if root is None:
+            raise DhruvaKeyError(ROOT_OID, "this database has no root object yet")
+        return root
+
+    # -- loading ---------------------------------------------------------------------
+
+    def get(self, oid: bytes | int) -> Any:
+        """Return the object with ``oid`` (bytes or int), or None if none is stored."""
+        oid = _as_oid(oid)
+        obj = self._objects.get(oid)
+        if obj is not None:
+            return obj
+        try:
+            record = self._storage.load(oid)
+        except DhruvaKeyError:
+            return None
+        cls = self._reader.get_class(record.data)
+        obj = self.get_ghost(oid, cls)
+        self._install_state(obj, record.data)
+        return obj
+
+    def __getitem__(self, oid: bytes | int) -> Any:
+        obj = self.get(oid)
+        if obj is None:
+            raise DhruvaKeyError(_as_oid(oid))
+        return obj
+
+    def get_ghost(self, oid: bytes, cls: type) -> PersistentBase:
+        """Return the cached object for ``oid``, or a new ghost of ``cls``."""
+        obj = self._objects.get(oid)
+        if obj is None:
+            real = cls._p_class
+            obj = real.__new__(real)
+            _setattr(obj, "_p_oid", oid)
+            _setattr(obj, "_p_connection", self)
+            _setattr(obj, "_p_status", GHOST)
+            _setattr(obj, "__class__", real._p_ghost_class)
+            self._objects[oid] = obj
+        return obj
+
+    def load_state(self, obj: PersistentBase) -> None:
+        """Load the committed state of the ghost ``obj`` (called on first access)."""
+        oid = obj._p_oid
+        assert oid is not None
+        record = self._storage.load(oid)
+        self._install_state(obj, record.data)
+
+    def _install_state(self, obj: PersistentBase, data: bytes) -> None:
+        cls, state = self._reader.get_class_and_state(data)
+        real = type(obj)._p_class
+        _setattr(obj, "__class__", real)
+        try:
+            obj.__setstate__(state)
+        except BaseException:
+            obj._p_set_status_ghost()
+            raise
+        _setattr(obj, "_p_status", SAVED)
+        _setattr(obj, "_p_serial", self._transaction_serial)
+        oid = obj._p_oid
+        assert oid is not None
+        self._loaded[oid] = obj
+        self._load_count += 1
+
+    def note_change(self, obj: PersistentBase) -> None:
+        """Record that ``obj`` changed (called by ``_p_note_change``)."""
+        oid = obj._p_oid
+        assert oid is not None
+        self._changed[oid] = obj
+
+    def note_access(self, obj: PersistentBase) -> None:
+        """Accesses are tracked by class swapping; kept for interface completeness."""
+
+    # -- transactions ----------------------------------------------------------------
+
+    def commit(self) -> None:
+        """Write every change since the last commit or abort, atomically.
+
+        New persistent objects reachable from a changed object are stored in
+        the same transaction.  Raises WriteConflictError when another client
+        changed a stored object (call ``abort()`` and retry),
+        SerializationError or InvalidObjectReference when a state cannot be
+        stored; in every case nothing is written and the connection stays
+        usable.
+        """
+        self._check_open()
+        if not self._changed:
+            self._sync()
+            return
+        writer = ObjectWriter(self)
+        written: list[PersistentBase] = []
+        storage = self._storage
+        try:
+            records = []
+            for oid, data, refs in writer.gen_records(list(self._changed.values())):
+                records.append((oid, data, refs))
+            storage.begin()
+            try:
+                for oid, data, refs in records:
+                    storage.store(oid, data, refs)
+                storage.end()
+            except BaseException:
+                storage.abort_transaction()
+                raise
+        except BaseException:
+            for obj in writer.attached:
+                self._detach(obj)
+            raise
+        objects = self._objects
+        loaded = self._loaded
+        serial = self._transaction_serial
+        for obj in self._changed.values():
+            written.append(obj)
+        for obj in writer.attached:
+            written.append(obj)
+            oid = obj._p_oid
+            assert oid is not None
+            objects[oid] = obj
+        for obj in written:
+            obj._p_set_status_saved()
+            _setattr(obj, "_p_serial", serial)
+            oid = obj._p_oid
+            assert oid is not None
+            loaded[oid] = obj
+        self._changed.clear()
+        self._transaction_serial += 1
+        self._sync()
+        self.shrink_cache()
+
+    def _detach(self, obj: PersistentBase) -> None:
+        _setattr(obj, "_p_oid", None)
+        _setattr(obj, "_p_connection", None)
+        _setattr(obj, "_p_status", UNSAVED)
+
+    def abort(self) -> None:
+        """Drop every change since the last commit; changed objects reload on next use."""
+        self._check_open()
+        for obj in self._changed.values():
+            self._ghostify(obj)
+        self._changed.clear()
+        self._storage.abort_transaction()
+        self._transaction_serial += 1
+        self._sync()
+        self.shrink_cache()
+
+    def _ghostify(self, obj: PersistentBase) -> None:
+        oid = obj._p_oid
+        obj._p_set_status_ghost()
+        if oid is not None:
+            self._loaded.pop(oid, None)
+
+    def _sync(self) -> None:
+        invalid = self._storage.sync()
+        for oid in invalid:
+            obj = self._objects.get(oid)
+            if obj is not None and obj._p_status != GHOST:
+                self._changed.pop(oid, None)
+                self._ghostify(obj)
+
+    # -- cache -----------------------------------------------------------------------
+
+    def get_cache_count(self) -> int:
+        """Return the number of objects in the cache, ghosts included."""
+        return len(self._objects)
+
+    def get_cache_size(self) -> int:
+        """Return the target number of loaded objects."""
+        return self._cache_size
+
+    def set_cache_size(self, size: int) -> None:
+        """Set the target number of loaded (non-ghost) objects kept between transactions."""
+        if not isinstance(size, int) or size < 0:
+            raise ValueError(f"cache size must be a non-negative int, not {size!r}")
+        self._cache_size = size
+
+    def get_load_count(self) -> int:
+        """Return how many object states this connection has loaded from storage."""
+        return self._load_count
+
+    def shrink_cache(self) -> None:
+        """Ghost least recently used objects until at most ``cache_size`` stay loaded."""
+        loaded = self._loaded
+        excess = len(loaded) - self._cache_size
+        if excess <= 0:
+            return
+        changed = self._changed
+        # At most two passes of the clock hand: the first may only mark.
+        for _ in range(2):
+            for oid, obj in list(loaded.items()):
+                if excess <= 0:
+                    return
+                if oid in changed or obj._p_status != SAVED:
+                    continue
+                if obj._p_is_tracked():
+                    obj._p_set_status_ghost()
+                    del loaded[oid]
+                    excess -= 1
+                else:
+                    obj._p_set_tracked()
+                    del loaded[oid]
+                    loaded[oid] = obj
+
+    # -- misc ------------------------------------------------------------------------
+
+    def new_oid(self) -> bytes:
+        """Return a new oid from the storage."""
+        return self._storage.new_oid()
+
+    def get_storage(self) -> Storage:
+        """Return the storage this connection uses."""
+        return self._storage
+
+    def pack(self) -> None:
+        """Remove unreachable objects and old revisions from the storage."""
+        self._check_open()
+        self._storage.pack()
+
+    def get_transaction_serial(self) -> int:
+        return self._transaction_serial
+
+    def get_crawler(self, start_oid: bytes = ROOT_OID, batch_size: int = 100) -> Iterator[Any]:
+        """Yield every object reachable from ``start_oid`` (loading each)."""
+        for oid, _record in self._storage.gen_oid_record(start_oid, batch_size):
+            yield self.get(oid)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DhruvaError("this connection is closed")
+
+    def close(self) -> None:
+        """Drop uncommitted changes and close the storage.  Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
+        self._changed.clear()
+        self._loaded.clear()
+        self._storage.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,311 @@
+"""Persistent objects: Persistent (state in ``__dict__``) and PersistentObject (slots).
+
+Theory of operation (spec: ``spec/connection.md``, "Object states"):
+
+A persistent object is in one of three states, kept in ``_p_status``:
+
+* ``UNSAVED`` -- new, or changed since it was last loaded or committed; the
+  next commit writes it.
+* ``SAVED`` -- its state matches the last committed record.
+* ``GHOST`` -- it has an oid and a connection but no state yet; the first
+  access to an ordinary attribute loads the state.
+
+Reading an attribute of a loaded object must cost what it costs on a plain
+object, so loaded objects carry no ``__getattribute__`` hook at all.  Ghosts
+get their hook by *class swapping*: a ghost's ``__class__`` is a hidden
+subclass of its real class whose ``__getattribute__`` loads the state and
+swaps the real class back.  A second hidden subclass ("tracked") serves the
+cache: when the cache needs room it moves loaded objects into the tracked
+class; the first access swaps them back, which tells the cache the object was
+used since the sweep (a CLOCK "second chance").  The hidden subclasses add no
+slots, so CPython allows the swap, and they carry the real class's name and
+module, so ``repr``, ``isinstance`` and ``obj.__class__`` behave as usual.
+``type(obj)`` may return a hidden subclass; compare classes with
+``isinstance`` or ``obj.__class__``.
+
+Attribute assignment goes through ``__setattr__``, which loads a ghost first
+and then notes the change with the connection.
+"""
+
+from __future__ import annotations
+
+import copyreg
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+GHOST = -1
+SAVED = 0
+UNSAVED = 1
+
+_p_object_getattribute = object.__getattribute__
+_p_object_setattr = object.__setattr__
+
+
+class ConnectionLike(Protocol):
+    """What a persistent object needs from its connection."""
+
+    def load_state(self, obj: PersistentBase) -> None: ...
+
+    def note_change(self, obj: PersistentBase) -> None: ...
+
+    def note_access(self, obj: PersistentBase) -> None: ...
+
+
+def _ghost_getattribute(self: PersistentBase, name: str) -> Any:
+    # Persistence bookkeeping never loads the state.
+    if name[:3] == "_p_":
+        return _p_object_getattribute(self, name)
+    if name == "__class__":
+        return type(self)._p_class
+    self._p_load_state()
+    return getattr(self, name)
+
+
+def _tracked_getattribute(self: PersistentBase, name: str) -> Any:
+    if name[:3] == "_p_":
+        return _p_object_getattribute(self, name)
+    real = type(self)._p_class
+    _p_object_setattr(self, "__class__", real)
+    return getattr(self, name)
+
+
+def _hidden_subclass(real: type, kind: str, getattribute: Callable[..., Any]) -> type:
+    namespace = {
+        "__slots__": (),
+        "__getattribute__": getattribute,
+        "__module__": real.__module__,
+        "__qualname__": real.__qualname__,
+        "__doc__": real.__doc__,
+        "_p_class": real,
+        "_p_hidden_kind": kind,
+    }
+    return type(real.__name__, (real,), namespace)
+
+
+class PersistentBase:
+    """What Persistent and PersistentObject share: the ``_p_`` bookkeeping.
+
+    Subclass :class:`Persistent` or :class:`PersistentObject`, not this.
+    """
+
+    __slots__ = ("__weakref__", "_p_connection", "_p_oid", "_p_serial", "_p_status")
+
+    _p_class: ClassVar[type]
+    _p_ghost_class: ClassVar[type]
+    _p_tracked_class: ClassVar[type]
+    _p_hidden_kind: ClassVar[str | None] = None
+
+    _p_status: int
+    _p_serial: int
+    _p_oid: bytes | None
+    _p_connection: ConnectionLike | None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("_p_hidden_kind") is not None:
+            return
+        cls._p_class = cls
+        cls._p_ghost_class = _hidden_subclass(cls, "ghost", _ghost_getattribute)
+        cls._p_tracked_class = _hidden_subclass(cls, "tracked", _tracked_getattribute)
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        self = object.__new__(cls)
+        _p_object_setattr(self, "_p_status", UNSAVED)
+        _p_object_setattr(self, "_p_serial", 0)
+        _p_object_setattr(self, "_p_oid", None)
+        _p_object_setattr(self, "_p_connection", None)
+        return self
+
+    # -- state changes ----------------------------------------------------------------
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name[:3] != "_p_" and self._p_status != UNSAVED:
+            self._p_note_change()
+        _p_object_setattr(self, name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name[:3] != "_p_" and self._p_status != UNSAVED:
+            self._p_note_change()
+        object.__delattr__(self, name)
+
+    def _p_note_change(self) -> None:
+        """Mark this object changed so that the next commit writes it.
+
+        Containers call this from every mutating method.  A ghost is loaded
+        first, so that the state written is complete.
+        """
+        status = self._p_status
+        if status == UNSAVED:
+            return
+        if status == GHOST:
+            self._p_load_state()
+        elif type(self) is not type(self)._p_class:
+            _p_object_setattr(self, "__class__", type(self)._p_class)
+        _p_object_setattr(self, "_p_status", UNSAVED)
+        connection = self._p_connection
+        if connection is not None:
+            connection.note_change(self)
+
+    def _p_load_state(self) -> None:
+        """Load the state of a ghost from its connection; no-op otherwise."""
+        if self._p_status == GHOST:
+            connection = self._p_connection
+            if connection is None:
+                raise RuntimeError(f"ghost {self!r} has no connection to load from")
+            connection.load_state(self)
+
+    # -- status transitions used by the connection -----------------------------------------
+
+    def _p_set_status_ghost(self) -> None:
+        """Drop the state and become a ghost (used by the connection)."""
+        cls = type(self)._p_class
+        _p_object_setattr(self, "__class__", cls)
+        self._p_clear_state()
+        _p_object_setattr(self, "_p_status", GHOST)
+        _p_object_setattr(self, "__class__", cls._p_ghost_class)
+
+    def _p_set_status_saved(self) -> None:
+        if type(self) is not type(self)._p_class:
+            _p_object_setattr(self, "__class__", type(self)._p_class)
+        _p_object_setattr(self, "_p_status", SAVED)
+
+    def _p_set_status_unsaved(self) -> None:
+        if type(self) is not type(self)._p_class:
+            _p_object_setattr(self, "__class__", type(self)._p_class)
+        _p_object_setattr(self, "_p_status", UNSAVED)
+
+    def _p_set_tracked(self) -> None:
+        """Enter the tracked class: the next attribute access swaps it back."""
+        if type(self) is type(self)._p_class:
+            _p_object_setattr(self, "__class__", self._p_tracked_class)
+
+    def _p_is_tracked(self) -> bool:
+        return type(self)._p_hidden_kind == "tracked"
+
+    def _p_is_ghost(self) -> bool:
+        return self._p_status == GHOST
+
+    def _p_is_saved(self) -> bool:
+        return self._p_status == SAVED
+
+    def _p_is_unsaved(self) -> bool:
+        return self._p_status == UNSAVED
+
+    def _p_format_oid(self) -> str:
+        oid = self._p_oid
+        return "None" if oid is None else str(int.from_bytes(oid, "big"))
+
+    # -- state access: overridden by Persistent and PersistentObject ------------------------
+
+    def _p_clear_state(self) -> None:
+        raise NotImplementedError
+
+    def __getstate__(self) -> Any:
+        raise NotImplementedError
+
+    def __setstate__(self, state: Any) -> None:
+        raise NotImplementedError
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # Pickling outside a database: a fresh unsaved copy of the state, of
+        # the real class even when this object is a ghost or tracked.
+        state = self.__getstate__()
+        return (copyreg.__newobj__, (type(self)._p_class,), state)
+
+    def __repr__(self) -> str:
+        cls = type(self)._p_class
+        return f"<{cls.__qualname__} {self._p_format_oid()}>"
+
+
+class Persistent(PersistentBase):
+    """A persistent object whose state is its ``__dict__``.
+
+    Subclass it; instances are stored when reachable from the root at commit.
+    Assigning or deleting an attribute marks the object changed.  Mutating a
+    plain mutable attribute in place (``self.items.append(x)``) does not; call
+    ``self._p_note_change()`` then, or use the persistent containers.
+    """
+
+    __slots__ = ("__dict__",)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        d = self.__dict__
+        d.clear()
+        d.update(state)
+
+    def _p_clear_state(self) -> None:
+        self.__dict__.clear()
+
+
+def _state_slot_names(cls: type) -> tuple[str, ...]:
+    names: list[str] = []
+    for klass in reversed(cls.__mro__):
+        slots = klass.__dict__.get("__slots__", ())
+        if isinstance(slots, str):
+            slots = (slots,)
+        for name in slots:
+            if name[:3] == "_p_" or name in ("__dict__", "__weakref__"):
+                continue
+            if name.startswith("__") and not name.endswith("__"):
+                name = f"_{klass.__name__.lstrip('_')}{name}"
+            if name not in names:
+                names.append(name)
+    return tuple(names)
+
+
+_slot_names_cache: dict[type, tuple[str, ...]] = {}
+
+
+class PersistentObject(PersistentBase):
+    """A persistent object friendly to ``__slots__``.
+
+    Subclasses declare ``__slots__``; the state is the values of those slots
+    (and of ``__dict__``, when a subclass has one).
+    """
+
+    __slots__ = ()
+
+    def _p_slot_names(self) -> tuple[str, ...]:
+        cls = type(self)._p_class
+        names = _slot_names_cache.get(cls)
+        if names is None:
+            names = _slot_names_cache[cls] = _state_slot_names(cls)
+        return names
+
+    def __getstate__(self) -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        for name in self._p_slot_names():
+            try:
+                state[name] = _p_object_getattribute(self, name)
+            except AttributeError:
+                pass
+        instance_dict = getattr(self, "__dict__", None)
+        if instance_dict:
+            state.update(instance_dict)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._p_clear_state()
+        slot_names = self._p_slot_names()
+        for name, value in state.items():
+            if name in slot_names or hasattr(self, "__dict__"):
+                _p_object_setattr(self, name, value)
+
+    def _p_clear_state(self) -> None:
+        for name in self._p_slot_names():
+            try:
+                object.__delattr__(self, name)
+            except AttributeError:
+                pass
+        instance_dict = getattr(self, "__dict__", None)
+        if instance_dict:
+            instance_dict.clear()
+
+
+# Durus compatibility: ComputedAttribute and the state constants live here.
+__all__ = ["GHOST", "SAVED", "UNSAVED", "Persistent", "PersistentBase", "PersistentObject"]
