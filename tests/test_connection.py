@@ -1,0 +1,381 @@
+"""Unit tests of the Connection and the pickle object encoding (spec: connection.md,
+object-encoding.md, data-model.md)."""
+
+from __future__ import annotations
+
+import gc
+import pickle
+from typing import Any
+
+import pytest
+
+from dhruva.connection import Connection
+from dhruva.error import (
+    DhruvaError,
+    DhruvaKeyError,
+    FormatError,
+    InvalidObjectReference,
+    SerializationError,
+    WriteConflictError,
+)
+from dhruva.persistent import GHOST, SAVED, UNSAVED, Persistent, PersistentObject
+from dhruva.serialize import PICKLE_CODE, ObjectReader
+from dhruva.storage import MemoryStorage
+from dhruva.utils import ROOT_OID, int8_to_str, split_oids, str_to_int8
+
+
+class Root(Persistent):
+    pass
+
+
+class Item(Persistent):
+    def __init__(self, n: int = 0) -> None:
+        self.n = n
+
+
+class Slotted(PersistentObject):
+    __slots__ = ("a", "b")
+
+
+def connect(storage: MemoryStorage | None = None, **kwargs: Any) -> Connection:
+    return Connection(storage if storage is not None else MemoryStorage(), root_class=Root, **kwargs)
+
+
+@pytest.mark.req("DM-001")
+def test_oids_are_eight_byte_big_endian() -> None:
+    assert int8_to_str(1) == b"\x00" * 7 + b"\x01"
+    assert str_to_int8(int8_to_str(2**64 - 1)) == 2**64 - 1
+    assert sorted([int8_to_str(300), int8_to_str(2)]) == [int8_to_str(2), int8_to_str(300)]
+    with pytest.raises(ValueError):
+        split_oids(b"123")
+
+
+@pytest.mark.req("DM-002", "CONN-014")
+def test_new_database_gets_a_root_of_root_class() -> None:
+    storage = MemoryStorage()
+    connection = connect(storage)
+    root = connection.get_root()
+    assert isinstance(root, Root)
+    assert root._p_oid == ROOT_OID
+    assert storage.load(ROOT_OID).oid == ROOT_OID
+
+
+@pytest.mark.req("CONN-014")
+def test_root_class_must_be_persistent() -> None:
+    with pytest.raises(InvalidObjectReference, match="persistent class"):
+        Connection(MemoryStorage(), root_class=dict)  # type: ignore[arg-type]
+
+
+@pytest.mark.req("CONN-010", "OBJ-006", "OBJ-005")
+def test_commit_stores_new_reachable_objects_in_the_same_transaction() -> None:
+    storage = MemoryStorage()
+    connection = connect(storage)
+    root = connection.get_root()
+    first, second = Item(1), Item(2)
+    first.other = second
+    root.items = [first, first]
+    connection.commit()
+    assert first._p_oid is not None and second._p_oid is not None
+    assert first._p_status == SAVED
+    root_record = storage.load(ROOT_OID)
+    # The list holds the same object twice; the reference list names it once.
+    assert split_oids(root_record.refs) == [first._p_oid]
+    assert split_oids(storage.load(first._p_oid).refs) == [second._p_oid]
+    other = connect(storage)
+    items = other.get_root().items
+    assert items[0] is items[1]
+    assert items[0].other.n == 2
+
+
+@pytest.mark.req("CONN-011")
+def test_abort_reverts_attributes_and_new_attributes() -> None:
+    connection = connect()
+    root = connection.get_root()
+    root.value = 1
+    root.item = Item(5)
+    connection.commit()
+    root.value = 2
+    root.extra = "x"
+    root.item.n = 6
+    del root.item
+    connection.abort()
+    assert root.value == 1
+    assert not hasattr(root, "extra")
+    assert root.item.n == 5
+
+
+@pytest.mark.req("CONN-001", "CONN-021")
+def test_ghosts_load_lazily_and_identity_is_kept() -> None:
+    storage = MemoryStorage()
+    writer = connect(storage)
+    writer.get_root().items = [Item(i) for i in range(10)]
+    writer.commit()
+    reader = connect(storage)
+    items = reader.get_root().items
+    loads = reader.get_load_count()
+    ghost = items[3]
+    assert ghost._p_status == GHOST
+    assert ghost._p_oid is not None  # _p_ attributes do not load
+    assert reader.get_load_count() == loads
+    assert ghost.n == 3
+    assert reader.get_load_count() == loads + 1
+    assert ghost._p_status == SAVED
+    assert reader.get(ghost._p_oid) is ghost
+    assert reader.get(str_to_int8(ghost._p_oid)) is ghost
+    assert reader.get(10**6) is None
+    with pytest.raises(DhruvaKeyError):
+        reader[10**6]
+
+
+@pytest.mark.req("CONN-002")
+def test_assignment_to_a_ghost_loads_it_first_and_keeps_other_attributes() -> None:
+    storage = MemoryStorage()
+    writer = connect(storage)
+    root = writer.get_root()
+    root.item = Item(1)
+    root.item.label = "kept"
+    writer.commit()
+    reader = connect(storage)
+    ghost = reader.get_root().item
+    assert ghost._p_status == GHOST
+    ghost.n = 2
+    assert ghost._p_status == UNSAVED
+    reader.commit()
+    third = connect(storage).get_root().item
+    assert (third.n, third.label) == (2, "kept")
+
+
+@pytest.mark.req("CONN-003")
+def test_class_swapping_is_invisible() -> None:
+    storage = MemoryStorage()
+    writer = connect(storage)
+    writer.get_root().item = Item(1)
+    writer.commit()
+    reader = connect(storage)
+    ghost = reader.get_root().item
+    assert ghost._p_status == GHOST
+    assert isinstance(ghost, Item)
+    assert ghost.__class__ is Item
+    assert repr(ghost).startswith("<Item ")
+    assert ghost.n == 1
+    assert type(ghost) is Item
+
+
+@pytest.mark.req("CONN-004")
+def test_persistent_objects_pickle_outside_a_database() -> None:
+    connection = connect()
+    root = connection.get_root()
+    root.item = Item(7)
+    connection.commit()
+    copy = pickle.loads(pickle.dumps(root.item))
+    assert copy.n == 7
+    assert copy._p_oid is None and copy._p_status == UNSAVED
+    plain = pickle.loads(pickle.dumps(Item(3)))
+    assert plain.n == 3
+
+
+@pytest.mark.req("CONN-012", "OBJ-008")
+def test_unpicklable_attribute_names_class_and_attribute_and_writes_nothing() -> None:
+    storage = MemoryStorage()
+    connection = connect(storage)
+    root = connection.get_root()
+    root.value = 1
+    connection.commit()
+    size = storage.get_size()
+    bad = Item(1)
+    bad.callback = lambda: None
+    root.bad = bad
+    root.value = 2
+    with pytest.raises(SerializationError, match=r"Item.*'callback'"):
+        connection.commit()
+    assert storage.get_size() == size
+    assert bad._p_oid is None and bad._p_connection is None
+    connection.abort()
+    assert root.value == 1 and not hasattr(root, "bad")
+    root.value = 3
+    connection.commit()
+    assert connect(storage).get_root().value == 3
+
+
+@pytest.mark.req("OBJ-007", "CONN-012")
+def test_object_of_another_connection_is_refused() -> None:
+    one, two = connect(), connect()
+    one.get_root().item = Item(1)
+    one.commit()
+    two.get_root().foreign = one.get_root().item
+    with pytest.raises(InvalidObjectReference, match="another connection"):
+        two.commit()
+    two.abort()
+    two.get_root().ok = Item(2)
+    two.commit()
+
+
+@pytest.mark.req("CONN-012")
+def test_failed_storage_commit_detaches_new_objects() -> None:
+    class FailingStorage(MemoryStorage):
+        fail = False
+
+        def end(self) -> None:
+            if self.fail:
+                raise WriteConflictError([ROOT_OID])
+            super().end()
+
+    storage = FailingStorage()
+    connection = connect(storage)
+    root = connection.get_root()
+    item = Item(1)
+    root.item = item
+    storage.fail = True
+    with pytest.raises(WriteConflictError):
+        connection.commit()
+    assert item._p_oid is None
+    assert storage.get_size() == 1
+    connection.abort()
+    storage.fail = False
+    root.item = Item(2)
+    connection.commit()
+    assert connect(storage).get_root().item.n == 2
+
+
+class SyncingStorage(MemoryStorage):
+    def __init__(self) -> None:
+        super().__init__()
+        self.invalid: list[bytes] = []
+
+    def sync(self) -> list[bytes]:
+        invalid, self.invalid = self.invalid, []
+        return invalid
+
+
+@pytest.mark.req("CONN-013")
+def test_commit_and_abort_ghost_objects_changed_elsewhere() -> None:
+    storage = SyncingStorage()
+    connection = connect(storage)
+    root = connection.get_root()
+    root.item = Item(1)
+    connection.commit()
+    item = root.item
+    # Another writer changes the item behind the connection's back.
+    other = connect(storage)
+    other.get_root().item.n = 2
+    other.commit()
+    assert item.n == 1
+    storage.invalid = [item._p_oid]
+    connection.abort()
+    assert item._p_status == GHOST
+    assert item.n == 2
+    storage.invalid = [item._p_oid]
+    connection.commit()
+    assert item._p_status == GHOST
+
+
+@pytest.mark.req("CONN-020")
+def test_cache_shrinks_to_cache_size_and_keeps_recently_used_objects() -> None:
+    storage = MemoryStorage()
+    writer = connect(storage)
+    writer.get_root().items = [Item(i) for i in range(50)]
+    writer.commit()
+    reader = connect(storage, cache_size=10)
+    items = reader.get_root().items
+    assert sum(item.n for item in items) == sum(range(50))
+    reader.shrink_cache()
+    loaded = [item for item in items if item._p_status == SAVED]
+    assert len(loaded) <= 10
+    hot = items[-1]
+    for _ in range(3):
+        assert hot.n == 49
+        reader.abort()
+    assert hot._p_status == SAVED
+    assert [item.n for item in items] == list(range(50))
+
+
+@pytest.mark.req("CONN-020")
+def test_cache_never_ghosts_changed_objects() -> None:
+    storage = MemoryStorage()
+    connection = connect(storage, cache_size=0)
+    root = connection.get_root()
+    root.items = [Item(i) for i in range(5)]
+    connection.commit()
+    item = root.items[0]
+    item.n = 100
+    connection.shrink_cache()
+    assert item._p_status == UNSAVED
+    connection.commit()
+    assert connect(storage).get_root().items[0].n == 100
+
+
+def test_cache_drops_unreferenced_objects() -> None:
+    storage = MemoryStorage()
+    writer = connect(storage)
+    writer.get_root().items = [Item(i) for i in range(20)]
+    writer.commit()
+    reader = connect(storage, cache_size=0)
+    assert len(reader.get_root().items) == 20
+    reader.abort()
+    reader.abort()
+    gc.collect()
+    assert reader.get_cache_count() <= 22
+
+
+def test_slotted_persistent_objects_round_trip() -> None:
+    storage = MemoryStorage()
+    connection = connect(storage)
+    obj = Slotted()
+    obj.a = [1, 2]
+    connection.get_root().obj = obj
+    connection.commit()
+    obj.b = "b"
+    connection.abort()
+    assert not hasattr(obj, "b")
+    assert obj.a == [1, 2]
+    loaded = connect(storage).get_root().obj
+    assert loaded.a == [1, 2]
+
+
+@pytest.mark.req("OBJ-001")
+def test_unknown_serializer_code_is_refused() -> None:
+    reader = ObjectReader(lambda oid, cls: None)  # type: ignore[arg-type,return-value]
+    with pytest.raises(FormatError, match="unknown serializer code 0x5a"):
+        reader.get_class(b"Zjunk")
+
+
+@pytest.mark.req("OBJ-002", "OBJ-003", "OBJ-004")
+def test_record_data_is_code_class_pickle_state_pickle() -> None:
+    storage = MemoryStorage()
+    connection = connect(storage)
+    root = connection.get_root()
+    root.item = Item(4)
+    connection.commit()
+    data = storage.load(ROOT_OID).data
+    assert data[:1] == PICKLE_CODE
+    found: list[Any] = []
+
+    class Unpickler(pickle.Unpickler):
+        def persistent_load(self, pid: Any) -> Any:
+            found.append(pid)
+            return pid
+
+    import io
+
+    unpickler = Unpickler(io.BytesIO(data[1:]))
+    assert unpickler.load() is Root
+    state = unpickler.load()
+    assert found == [(root.item._p_oid, Item)]
+    assert state["item"] == (root.item._p_oid, Item)
+
+
+def test_closed_connection_refuses_work_and_closes_twice() -> None:
+    connection = connect()
+    connection.close()
+    connection.close()
+    with pytest.raises(DhruvaError, match="closed"):
+        connection.commit()
+
+
+def test_context_manager_closes_the_storage(tmp_path: Any) -> None:
+    storage = MemoryStorage()
+    with connect(storage) as connection:
+        connection.get_root().x = 1
+        connection.commit()
+    with pytest.raises(DhruvaError):
+        storage.load(ROOT_OID)
