@@ -1,0 +1,361 @@
+"""The ``dhruva`` command: ``dhruva -s`` (server), ``dhruva -c`` (console), subcommands.
+
+Spec: ``spec/server.md`` ("The dhruva command", CLI-*).
+
+Structure.  The command is a set of subcommands (``server``, ``console``, and
+whatever later tools register with :func:`register_subcommand`, such as
+``pack`` or ``verify``).  The Durus-style flags ``-s`` and ``-c`` are kept:
+``dhruva -s ARGS`` means ``dhruva server ARGS`` and ``dhruva -c ARGS`` means
+``dhruva console ARGS`` [CLI-001].
+
+Errors users can cause (address in use, no server running, file locked, a
+file that is not a dhruva database) print one line on standard error and exit
+with status 1 [CLI-010]; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import code
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from dhruva.error import DhruvaError
+from dhruva.storage import Storage
+from dhruva.storage_server import DEFAULT_HOST, DEFAULT_PORT, Address, StorageServer, format_address
+
+PROG = "dhruva"
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed as one line, exit status 1."""
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+_SUBCOMMANDS: dict[str, Subcommand] = {}
+
+
+def register_subcommand(
+    name: str,
+    help: str,
+    configure: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace], int],
+) -> None:
+    """Add ``dhruva NAME``: ``configure`` adds its options, ``run`` returns the exit status.
+
+    Raise :class:`CommandError` from ``run`` for a one-line error.
+    """
+    _SUBCOMMANDS[name] = Subcommand(name, help, configure, run)
+
+
+def add_address_options(parser: argparse.ArgumentParser) -> None:
+    """The options that name a server: --host, --port, --address."""
+    group = parser.add_argument_group("server address")
+    group.add_argument(
+        "--host", default=DEFAULT_HOST, help=f"TCP host of the server (default {DEFAULT_HOST})"
+    )
+    group.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"TCP port of the server (default {DEFAULT_PORT}; 0 picks a free port for -s)",
+    )
+    group.add_argument(
+        "--address",
+        metavar="SOCKET",
+        default=None,
+        help="path of a Unix socket to use instead of TCP host and port",
+    )
+
+
+def address_from(args: argparse.Namespace) -> Address:
+    if args.address:
+        return str(args.address)
+    return (str(args.host), int(args.port))
+
+
+def _configure_logging(level: str, logfile: str | None) -> None:
+    handler: logging.Handler = (
+        logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logger = logging.getLogger("dhruva")
+    logger.handlers[:] = [handler]
+    logger.setLevel(level.upper())
+    logger.propagate = False
+
+
+def open_file_storage(path: str, readonly: bool = False) -> Storage:
+    """Open the FileStorage at ``path``; user errors become CommandError."""
+    from dhruva.file_storage import FileStorage
+
+    try:
+        storage: Storage = FileStorage(path, readonly=readonly)
+    except DhruvaError as error:
+        # [CLI-010] Locked, damaged or foreign files: one line, status 1.
+        raise CommandError(f"cannot open {path}: {error}") from None
+    except OSError as error:
+        raise CommandError(f"cannot open {path}: {error.strerror or error}") from None
+    return storage
+
+
+# --- dhruva -s ----------------------------------------------------------------------
+
+
+def _configure_server(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--file",
+        metavar="PATH",
+        help="the database file to serve (default: a temporary file removed at stop)",
+    )
+    add_address_options(parser)
+    parser.add_argument(
+        "--gcinterval",
+        type=float,
+        metavar="SECONDS",
+        default=None,
+        help="pack the database every SECONDS seconds (default: never on its own)",
+    )
+    parser.add_argument(
+        "--readonly", action="store_true", help="open the file read-only and refuse every write"
+    )
+    parser.add_argument("--logfile", metavar="PATH", help="write the log here (default: stderr)")
+    parser.add_argument(
+        "--loglevel",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        type=str.upper,
+        help="the least severe log messages written (default INFO)",
+    )
+    parser.add_argument(
+        "--stop",
+        action="store_true",
+        help="stop the server running at the given address instead of starting one",
+    )
+
+
+def _stop_server(address: Address) -> int:
+    from dhruva.client_storage import ClientStorage, ServerConnectionError
+
+    try:
+        client = ClientStorage(address)
+    except ServerConnectionError:
+        # [CLI-011] Stopping a server that is not running is an error.
+        raise CommandError(f"no dhruva server is running at {format_address(address)}") from None
+    client.stop_server()
+    return 0
+
+
+def run_server(args: argparse.Namespace) -> int:
+    address = address_from(args)
+    if args.stop:
+        return _stop_server(address)
+    _configure_logging(args.loglevel, args.logfile)
+    temp_dir: str | None = None
+    if args.file:
+        storage = open_file_storage(args.file, readonly=args.readonly)
+        described = args.file
+    else:
+        if args.readonly:
+            raise CommandError("--readonly needs --file: a new temporary file would stay empty")
+        # [CLI-020] Without --file the server uses a temporary file removed at stop.
+        temp_dir = tempfile.mkdtemp(prefix="dhruva-")
+        storage = open_file_storage(os.path.join(temp_dir, "temp.dhruva"))
+        described = "a temporary file"
+    try:
+        try:
+            server = StorageServer(
+                storage, address, gcinterval=args.gcinterval, readonly=args.readonly
+            )
+        except OSError as error:
+            raise CommandError(
+                f"cannot listen on {format_address(address)}: {error.strerror or error}"
+                " (is another server running there? choose another --port or --address)"
+            ) from None
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            server.stop()
+
+        # [CLI-021] Control-C and SIGTERM stop the server cleanly.
+        previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        logging.getLogger("dhruva.server").info("serving %s", described)
+        try:
+            server.serve()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    finally:
+        storage.close()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+    return 0
+
+
+# --- dhruva -c ----------------------------------------------------------------------
+
+
+def _configure_console(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--file",
+        metavar="PATH",
+        help="open this database file directly and exclusively instead of a server",
+    )
+    add_address_options(parser)
+    parser.add_argument(
+        "--readonly", action="store_true", help="with --file: open the file read-only"
+    )
+    parser.add_argument(
+        "--cache-size", type=int, default=None, help="the connection's object cache size"
+    )
+
+
+class _Console(code.InteractiveConsole):
+    """An InteractiveConsole that stays quiet when standard input is not a terminal."""
+
+    def __init__(self, namespace: dict[str, Any], interactive: bool) -> None:
+        super().__init__(namespace)
+        self._interactive = interactive
+
+    def raw_input(self, prompt: str = "") -> str:
+        if self._interactive:
+            return input(prompt)
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\n")
+
+
+def _enable_completion(namespace: dict[str, Any]) -> None:
+    try:
+        import readline
+        import rlcompleter
+    except ImportError:
+        return
+    readline.set_completer(rlcompleter.Completer(namespace).complete)
+    if "libedit" in (readline.__doc__ or ""):
+        readline.parse_and_bind("bind ^I rl_complete")
+    else:
+        readline.parse_and_bind("tab: complete")
+
+
+def run_console(args: argparse.Namespace) -> int:
+    from dhruva.connection import Connection
+
+    storage: Storage
+    if args.file:
+        storage = open_file_storage(args.file, readonly=args.readonly)
+        where = args.file
+    else:
+        from dhruva.client_storage import ClientStorage
+
+        address = address_from(args)
+        try:
+            storage = ClientStorage(address)
+        except DhruvaError as error:
+            raise CommandError(str(error)) from None
+        where = f"the server at {format_address(address)}"
+    try:
+        options: dict[str, Any] = {}
+        if args.cache_size is not None:
+            options["cache_size"] = args.cache_size
+        connection = Connection(storage, **options)
+        root = connection.get_root()
+        namespace: dict[str, Any] = {
+            "__name__": "__console__",
+            "connection": connection,
+            "root": root,
+            "storage": storage,
+        }
+        interactive = sys.stdin.isatty()
+        if interactive:
+            _enable_completion(namespace)
+        banner = (
+            f"dhruva console on {where}\n"
+            "    root is the root object, connection its Connection:\n"
+            "    connection.commit() writes your changes, connection.abort() drops them."
+        )
+        console = _Console(namespace, interactive)
+        # [CLI-030] Nothing is committed on exit: the console never writes on its own.
+        console.interact(banner=banner if interactive else "", exitmsg="")
+    finally:
+        storage.close()
+    return 0
+
+
+register_subcommand(
+    "server", "run a storage server (also: dhruva -s)", _configure_server, run_server
+)
+register_subcommand(
+    "console",
+    "open an interactive Python console (also: dhruva -c)",
+    _configure_console,
+    run_console,
+)
+
+_FLAG_ALIASES = {"-s": "server", "--server": "server", "-c": "console", "--client": "console"}
+
+
+def _rewrite_flags(argv: list[str]) -> list[str]:
+    """Turn Durus-style ``-s``/``-c`` into the subcommand they stand for [CLI-001]."""
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    found = [arg for arg in head if arg in _FLAG_ALIASES]
+    if not found:
+        return argv
+    if len({_FLAG_ALIASES[arg] for arg in found}) > 1:
+        raise CommandError("use -s (server) or -c (console), not both")
+    rest = [arg for arg in argv if arg not in _FLAG_ALIASES]
+    return [_FLAG_ALIASES[found[0]], *rest]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "dhruva, a persistent object database for Python. "
+            "'dhruva -s' runs a storage server, 'dhruva -c' opens a console."
+        ),
+        epilog="Run 'dhruva COMMAND --help' for the options of one command.",
+    )
+    from dhruva import __version__
+
+    parser.add_argument("--version", action="version", version=f"dhruva {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for sub in _SUBCOMMANDS.values():
+        child = subparsers.add_parser(sub.name, help=sub.help, description=sub.help)
+        sub.configure(child)
+        child.set_defaults(run=sub.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``dhruva`` command; return its exit status."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args_list = _rewrite_flags(args_list)
+        parser = build_parser()
+        args = parser.parse_args(args_list)
+        if getattr(args, "run", None) is None:
+            parser.print_help(sys.stderr)
+            return 2
+        status: int = args.run(args)
+        return status
+    except CommandError as error:
+        print(f"{PROG}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

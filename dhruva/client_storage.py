@@ -1,0 +1,290 @@
+"""ClientStorage: the Storage interface, served by a dhruva storage server.
+
+Spec: ``spec/wire-protocol.md`` (messages) and ``spec/server.md`` (consistency).
+
+Theory of operation.  One blocking socket, one request at a time: send a
+frame, read frames until the answer is complete.  ``begin``/``store`` only
+collect records locally; ``end`` sends them as STAGE frames and one COMMIT
+frame in a single write and waits for one answer, so a commit costs one round
+trip [CLI-xxx is not used here; see WIRE-070].  A successful COMMIT answer
+carries the invalidations the server had for us (the commit synchronized us),
+so the ``sync()`` a Connection makes right after a commit is answered from
+them without a round trip.  ``new_oid`` takes oids from a batch the server
+allocated ahead of time.
+
+Errors: an ERROR frame becomes the matching typed exception
+(WriteConflictError, ReadConflictError, DhruvaKeyError, ReadOnlyError, ...);
+a broken connection becomes :class:`ServerConnectionError`, and every later
+call raises it again: a new ClientStorage is needed once the server is back.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable, Iterator
+
+from dhruva import wire
+from dhruva.error import (
+    DhruvaError,
+    DhruvaKeyError,
+    ProtocolError,
+    ReadConflictError,
+    ReadOnlyError,
+    WriteConflictError,
+)
+from dhruva.storage import Record, Storage, check_record
+from dhruva.storage_server import DEFAULT_ADDRESS, Address, format_address
+from dhruva.utils import int8_to_str, str_to_int8
+
+_RECV_SIZE = 1 << 18
+_LIST_PAGE = 4096
+_BULK_PAGE = 2048
+
+
+class ServerConnectionError(DhruvaError):
+    """The storage server cannot be reached, or the connection to it was lost."""
+
+
+class ClientStorage(Storage):
+    """A Storage whose records live in a dhruva storage server.
+
+    ``address`` is ``(host, port)`` or the path of a Unix socket.  Raises
+    ServerConnectionError when no server answers there, ProtocolError when
+    the peer is not a dhruva server of a compatible version.
+    """
+
+    def __init__(
+        self,
+        address: Address = DEFAULT_ADDRESS,
+        oid_batch_size: int = 128,
+        timeout_s: float | None = None,
+    ) -> None:
+        if isinstance(address, list):
+            address = (str(address[0]), int(address[1]))
+        self.address: Address = address
+        self.oid_batch_size = max(1, min(oid_batch_size, wire.MAX_OIDS_PER_REQUEST))
+        self._where = format_address(address)
+        self._decoder = wire.FrameDecoder()
+        self._payloads: list[bytes] = []
+        self._oid_pool: list[bytes] = []
+        self._transaction: dict[bytes, Record] | None = None
+        self._after_commit: list[bytes] | None = None
+        self._broken: ServerConnectionError | None = None
+        self._closed = False
+        self._sock = self._connect(timeout_s)
+        reply = self._request(wire.Hello(features=""))
+        if not isinstance(reply, wire.HelloOk) or reply.magic != wire.MAGIC:
+            self._sock.close()
+            raise ProtocolError(f"the peer at {self._where} is not a dhruva storage server")
+        self.server_features = frozenset(reply.features.split())
+        self.capabilities = frozenset(reply.storage_capabilities.split())
+
+    def _connect(self, timeout_s: float | None) -> socket.socket:
+        try:
+            if isinstance(self.address, str):
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(timeout_s)
+                sock.connect(self.address)
+            else:
+                sock = socket.create_connection(self.address, timeout=timeout_s)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as error:
+            raise ServerConnectionError(
+                f"cannot connect to a dhruva storage server at {self._where}: "
+                f"{error.strerror or error}; is the server running (dhruva -s)?"
+            ) from None
+        return sock
+
+    # --- request/response -------------------------------------------------------
+
+    def _lost(self, reason: str) -> ServerConnectionError:
+        self._broken = ServerConnectionError(
+            f"lost connection to the storage server at {self._where} ({reason});"
+            " open a new ClientStorage once the server is back"
+        )
+        try:
+            self._sock.close()
+        except OSError:
+            pass
+        return self._broken
+
+    def _check_usable(self) -> None:
+        if self._broken is not None:
+            raise self._broken
+        if self._closed:
+            raise DhruvaError(f"this ClientStorage for {self._where} is closed")
+
+    def _send(self, data: bytes) -> None:
+        try:
+            self._sock.sendall(data)
+        except OSError as error:
+            raise self._lost(error.strerror or str(error)) from None
+
+    def _receive(self) -> wire.Message:
+        while not self._payloads:
+            try:
+                data = self._sock.recv(_RECV_SIZE)
+            except OSError as error:
+                raise self._lost(error.strerror or str(error)) from None
+            if not data:
+                raise self._lost("the server closed the connection")
+            try:
+                self._payloads.extend(self._decoder.feed(data))
+            except ProtocolError as error:
+                raise self._lost(f"bad frame from the server: {error}") from None
+        try:
+            return wire.decode_message(self._payloads.pop(0))
+        except ProtocolError as error:
+            raise self._lost(f"bad message from the server: {error}") from None
+
+    def _request(self, message: wire.Message, *more: bytes) -> wire.Message:
+        """Send ``message`` (after the frames in ``more``) and return the answer."""
+        self._check_usable()
+        self._send(b"".join((*more, message.encode())))
+        reply = self._receive()
+        if isinstance(reply, wire.Error):
+            raise self._error(reply)
+        return reply
+
+    def _error(self, error: wire.Error) -> DhruvaError:
+        code = error.code
+        oids = list(error.oids)
+        if code == wire.ErrorCode.WRITE_CONFLICT:
+            return WriteConflictError(oids)
+        if code == wire.ErrorCode.READ_CONFLICT:
+            return ReadConflictError(oids)
+        if code == wire.ErrorCode.NO_SUCH_OBJECT:
+            return DhruvaKeyError(oids[0] if oids else None)
+        if code == wire.ErrorCode.READ_ONLY:
+            return ReadOnlyError(f"the storage server at {self._where} is read-only")
+        text = f"storage server at {self._where}: {error.message}"
+        if code < 16:
+            # Fatal codes: the server closes the connection after sending them.
+            self._lost(error.message)
+            return ProtocolError(text)
+        if code == wire.ErrorCode.UNALLOCATED_OID:
+            nums = ", ".join(str(str_to_int8(oid)) for oid in oids[:8])
+            return DhruvaError(f"{text} (oids {nums})")
+        return DhruvaError(text)
+
+    def _expect(self, reply: wire.Message, kind: type[wire.Message]) -> None:
+        if not isinstance(reply, kind):
+            raise self._lost(f"unexpected {reply.type.name} answer")
+
+    # --- Storage interface ------------------------------------------------------
+
+    def new_oid(self) -> bytes:
+        if not self._oid_pool:
+            reply = self._request(wire.NewOids(self.oid_batch_size))
+            self._expect(reply, wire.Oids)
+            assert isinstance(reply, wire.Oids)
+            self._oid_pool = list(reversed(reply.oids))
+        self._after_commit = None
+        return self._oid_pool.pop()
+
+    def load(self, oid: bytes) -> Record:
+        reply = self._request(wire.Load(oid))
+        self._expect(reply, wire.RecordMessage)
+        assert isinstance(reply, wire.RecordMessage)
+        self._after_commit = None
+        return reply.record
+
+    def bulk_load(self, oids: Iterable[bytes]) -> Iterator[Record]:
+        batch: list[bytes] = []
+        for oid in oids:
+            batch.append(oid)
+            if len(batch) >= _BULK_PAGE:
+                yield from self._bulk(batch)
+                batch = []
+        if batch:
+            yield from self._bulk(batch)
+
+    def _bulk(self, oids: list[bytes]) -> list[Record]:
+        reply = self._request(wire.BulkLoad(oids))
+        self._expect(reply, wire.Records)
+        assert isinstance(reply, wire.Records)
+        self._after_commit = None
+        return list(reply.records)
+
+    def begin(self) -> None:
+        self._check_usable()
+        if self._transaction is not None:
+            raise DhruvaError("a transaction is already open")
+        self._transaction = {}
+
+    def store(self, oid: bytes, data: bytes, refs: bytes = b"") -> None:
+        if self._transaction is None:
+            raise DhruvaError("store() outside a transaction; call begin() first")
+        check_record(oid, data, refs)
+        self._transaction[oid] = Record(oid, bytes(data), refs)
+
+    def end(self) -> None:
+        """Commit the transaction in one round trip; raise WriteConflictError on conflict."""
+        if self._transaction is None:
+            raise DhruvaError("end() without begin()")
+        records, self._transaction = list(self._transaction.values()), None
+        # [WIRE-070] Stage frames (no answer) then one COMMIT, in a single write.
+        frames = wire.split_commit(records)
+        self._check_usable()
+        self._send(b"".join(frames))
+        reply = self._receive()
+        if isinstance(reply, wire.Error):
+            raise self._error(reply)
+        self._expect(reply, wire.Committed)
+        assert isinstance(reply, wire.Committed)
+        self._after_commit = list(reply.invalidations)
+
+    def abort_transaction(self) -> None:
+        self._transaction = None
+
+    def sync(self) -> list[bytes]:
+        if self._after_commit is not None:
+            # The commit just answered synchronized us; see the module docstring.
+            oids, self._after_commit = self._after_commit, None
+            return oids
+        reply = self._request(wire.Empty(wire.MessageType.SYNC))
+        self._expect(reply, wire.Oids)
+        assert isinstance(reply, wire.Oids)
+        return list(reply.oids)
+
+    def pack(self) -> None:
+        reply = self._request(wire.Empty(wire.MessageType.PACK))
+        self._expect(reply, wire.Empty)
+        self._after_commit = None
+
+    def get_size(self) -> int:
+        reply = self._request(wire.Empty(wire.MessageType.SIZE))
+        self._expect(reply, wire.SizeIs)
+        assert isinstance(reply, wire.SizeIs)
+        return reply.count
+
+    def iter_oids(self) -> Iterator[bytes]:
+        start = 0
+        while True:
+            reply = self._request(wire.ListOids(int8_to_str(start), _LIST_PAGE))
+            self._expect(reply, wire.Oids)
+            assert isinstance(reply, wire.Oids)
+            yield from reply.oids
+            if len(reply.oids) < _LIST_PAGE:
+                return
+            start = str_to_int8(reply.oids[-1]) + 1
+
+    def stop_server(self) -> None:
+        """Ask the server to stop (what ``dhruva -s --stop`` does); closes this storage."""
+        reply = self._request(wire.Empty(wire.MessageType.STOP))
+        self._expect(reply, wire.Empty)
+        self.close()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._broken is None:
+            try:
+                self._sock.sendall(wire.Empty(wire.MessageType.QUIT).encode())
+            except OSError:
+                pass
+        self._sock.close()
+
+    def __repr__(self) -> str:
+        return f"ClientStorage({self._where!r})"

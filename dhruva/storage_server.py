@@ -1,0 +1,624 @@
+"""The storage server: one thread, one storage, many clients (spec: ``spec/server.md``).
+
+Theory of operation.
+
+State.  The server owns one storage.  For every connected client it keeps a
+``_Session``: the frame decoder, the output buffer, whether the handshake is
+done, the *invalidation set* (oids other clients committed since this client
+last synchronized), the oids the server allocated to this client and that
+are not yet stored, and the records STAGEd for its next COMMIT.
+
+Loop.  A ``selectors`` loop accepts clients, reads what is readable, splits
+it into frames and handles each request in arrival order.  Object state is
+never deserialized: records travel as opaque bytes [SRV-001].
+
+Commit.  A COMMIT is not executed at once.  It is checked (write conflicts
+[SRV-020], unallocated oids [SRV-022]) and queued; the session stops handling
+its later requests until the commit is answered, so replies stay in request
+order.  When every readable socket has been read, the queued commits form one
+*group*: one ``begin()``, the stores of every commit in the group, one
+``end()`` [SRV-030].  The storage makes that one transaction durable with a
+single flush, so clients that commit together share one fsync (group
+commit).  Only after ``end()`` returns are the commits answered, so a client
+never hears COMMITTED for data that is not durable [SRV-031].  Two commits in
+one group never store the same oid: the second is refused with a write
+conflict, exactly as if the first had been executed before it.  If ``end()``
+raises, every commit in the group is answered with STORAGE_FAILURE and
+nothing of the group is visible.
+
+Failure of one client.  Malformed frames, unknown messages, a broken
+handshake: an ERROR frame, then that connection is closed [SRV-040].  A client
+that vanishes loses its staged records and its allocated oids; nobody else
+notices [SRV-041].
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import socket
+import stat
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dhruva import wire
+from dhruva.error import DhruvaError, DhruvaKeyError, ProtocolError, ReadOnlyError
+from dhruva.storage import Record, Storage
+from dhruva.utils import str_to_int8
+
+log = logging.getLogger("dhruva.server")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 2972
+DEFAULT_ADDRESS: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT)
+
+Address = tuple[str, int] | str
+"""A TCP ``(host, port)`` pair or the path of a Unix socket."""
+
+_READ_SIZE = 1 << 18
+# A client that does not read its answers must not make the server buffer
+# without bound: past this much unsent output we stop handling its requests.
+_OUTPUT_HIGH_WATER = 16 << 20
+_LIST_OIDS_MAX = 65536
+_KNOWN_OIDS_MAX = 1 << 20
+
+FEATURES = "stage commit-sync bulk-load list-oids"
+
+
+def format_address(address: Address) -> str:
+    """Return ``address`` as people write it: ``host:port`` or the socket path."""
+    if isinstance(address, str):
+        return address
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(eq=False)
+class _Session:
+    sock: socket.socket
+    peer: str
+    decoder: wire.FrameDecoder = field(default_factory=wire.FrameDecoder)
+    out: bytearray = field(default_factory=bytearray)
+    greeted: bool = False
+    invalid: set[bytes] = field(default_factory=set)
+    allocated: set[bytes] = field(default_factory=set)
+    staged: list[Record] = field(default_factory=list)
+    queue: deque[bytes] = field(default_factory=deque)
+    waiting_commit: bool = False
+    closing: bool = False
+    closed: bool = False
+
+
+class StorageServer:
+    """Serve ``storage`` to clients at ``address`` until stopped.
+
+    ``address`` is ``(host, port)`` (port 0 picks a free one; see
+    :attr:`address` after construction) or a Unix socket path.  The socket is
+    bound when the server is constructed, so binding errors (an address in use)
+    raise OSError here.  ``gcinterval`` is in seconds: when set, the server
+    packs the storage that often [SRV-050].  ``readonly`` refuses every write
+    [SRV-060].
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        address: Address = DEFAULT_ADDRESS,
+        gcinterval: float | None = None,
+        readonly: bool = False,
+        on_stop: Callable[[], None] | None = None,
+    ) -> None:
+        self.storage = storage
+        self.gcinterval = gcinterval if gcinterval and gcinterval > 0 else None
+        self.readonly = readonly
+        self._on_stop = on_stop
+        self._selector = selectors.DefaultSelector()
+        self._sessions: set[_Session] = set()
+        self._stopping = False
+        self._known_oids: set[bytes] = set()
+        self._commit_queue: list[tuple[_Session, list[Record]]] = []
+        self._next_pack = time.monotonic() + self.gcinterval if self.gcinterval else None
+        self._unix_path: str | None = None
+        self._listener = self._listen(address)
+        self.address: Address = (
+            self._listener.getsockname()[:2] if self._unix_path is None else self._unix_path
+        )
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._listener, selectors.EVENT_READ, "listener")
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        caps = sorted(getattr(storage, "capabilities", frozenset()))
+        if readonly:
+            caps = [c for c in caps if c != "pack"]
+        self._storage_caps = " ".join(caps)
+
+    # --- sockets ----------------------------------------------------------------
+
+    def _listen(self, address: Address) -> socket.socket:
+        if isinstance(address, str):
+            self._remove_stale_socket(address)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(address)
+            except OSError:
+                sock.close()
+                raise
+            self._unix_path = address
+        else:
+            host, port = address
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                sock.close()
+                raise
+        sock.listen(128)
+        sock.setblocking(False)
+        return sock
+
+    @staticmethod
+    def _remove_stale_socket(path: str) -> None:
+        """Remove a socket file left by a dead server; refuse a live one."""
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(mode):
+            raise OSError(errno.EEXIST, f"{path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)
+            return
+        finally:
+            probe.close()
+        raise OSError(errno.EADDRINUSE, f"a server is already listening at {path}")
+
+    def stop(self) -> None:
+        """Ask the loop to stop; safe from signal handlers and other threads."""
+        self._stopping = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+
+    # --- the loop ---------------------------------------------------------------
+
+    def serve(self) -> None:
+        """Run the event loop until :meth:`stop` (or a STOP request); then close."""
+        log.info("dhruva server listening on %s", format_address(self.address))
+        try:
+            while not self._stopping:
+                timeout = None
+                if self._next_pack is not None:
+                    timeout = max(0.0, self._next_pack - time.monotonic())
+                for key, mask in self._selector.select(timeout):
+                    if key.data == "listener":
+                        self._accept()
+                    elif key.data == "wake":
+                        try:
+                            self._wake_r.recv(4096)
+                        except OSError:
+                            pass
+                    else:
+                        session: _Session = key.data
+                        if mask & selectors.EVENT_WRITE:
+                            self._flush(session)
+                        if mask & selectors.EVENT_READ and not session.closed:
+                            self._read(session)
+                self._run_commit_groups()
+                if self._next_pack is not None and time.monotonic() >= self._next_pack:
+                    self._periodic_pack()
+        finally:
+            self._shutdown()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, peer = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                log.warning("accept failed: %s", error)
+                return
+            sock.setblocking(False)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            name = format_address(peer[:2]) if isinstance(peer, tuple) else "unix client"
+            session = _Session(sock, f"{name}#{sock.fileno()}")
+            self._sessions.add(session)
+            self._selector.register(sock, selectors.EVENT_READ, session)
+            log.debug("client %s connected", session.peer)
+
+    def _read(self, session: _Session) -> None:
+        try:
+            data = session.sock.recv(_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            log.info("client %s: %s; dropping it", session.peer, error)
+            self._drop(session)
+            return
+        if not data:
+            # [SRV-041] A client that vanishes, even mid-request, affects nobody else.
+            if session.decoder.buffered or session.staged:
+                log.info("client %s disconnected mid-request", session.peer)
+            self._drop(session)
+            return
+        try:
+            session.queue.extend(session.decoder.feed(data))
+        except ProtocolError as error:
+            code = wire.ErrorCode.FRAME_TOO_LARGE
+            self._fatal(session, code, str(error))
+            return
+        self._handle_queue(session)
+
+    def _handle_queue(self, session: _Session) -> None:
+        while session.queue and not session.waiting_commit and not session.closing:
+            if len(session.out) > _OUTPUT_HIGH_WATER:
+                break
+            self._handle(session, session.queue.popleft())
+        self._flush(session)
+
+    def _send(self, session: _Session, frame_bytes: bytes) -> None:
+        session.out += frame_bytes
+
+    def _flush(self, session: _Session) -> None:
+        if session.closed:
+            return
+        while session.out:
+            try:
+                sent = session.sock.send(session.out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as error:
+                log.info("client %s: %s; dropping it", session.peer, error)
+                self._drop(session)
+                return
+            del session.out[:sent]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if session.out else 0)
+        if session.closing and not session.out:
+            self._drop(session)
+            return
+        self._selector.modify(session.sock, events, session)
+        if not session.out and session.queue and not session.waiting_commit:
+            # Output drained below the high-water mark: resume its requests.
+            self._handle_queue(session)
+
+    def _drop(self, session: _Session) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        self._sessions.discard(session)
+        try:
+            self._selector.unregister(session.sock)
+        except (KeyError, ValueError):
+            pass
+        session.sock.close()
+        session.staged.clear()
+        session.allocated.clear()
+        log.debug("client %s gone", session.peer)
+
+    def _fatal(self, session: _Session, code: wire.ErrorCode, message: str) -> None:
+        """[SRV-040] Answer with an ERROR frame, then close this connection only."""
+        log.warning("client %s: %s (%s); closing its connection", session.peer, message, code.name)
+        session.queue.clear()
+        self._send(session, wire.Error(code, message).encode())
+        session.closing = True
+        self._flush(session)
+
+    # --- requests ---------------------------------------------------------------
+
+    def _handle(self, session: _Session, payload: bytes) -> None:
+        try:
+            message = wire.decode_message(payload)
+        except ProtocolError as error:
+            code = wire.ErrorCode.MALFORMED
+            if payload and payload[0] not in wire.MessageType._value2member_map_:
+                code = wire.ErrorCode.UNKNOWN_MESSAGE
+            self._fatal(session, code, str(error))
+            return
+        kind = message.type
+        if not session.greeted:
+            # [WIRE-021] The first message must be HELLO.
+            if not isinstance(message, wire.Hello):
+                self._fatal(
+                    session, wire.ErrorCode.HANDSHAKE_REQUIRED, "the first message must be HELLO"
+                )
+                return
+            self._hello(session, message)
+            return
+        if isinstance(message, wire.Load):
+            self._load(session, [message.oid], single=True)
+        elif isinstance(message, wire.BulkLoad):
+            self._load(session, list(message.oids), single=False)
+        elif isinstance(message, wire.NewOids):
+            self._new_oids(session, message.count)
+        elif isinstance(message, wire.Stage):
+            session.staged.extend(message.records)
+        elif isinstance(message, wire.Commit):
+            self._queue_commit(session, message.records)
+        elif kind is wire.MessageType.SYNC:
+            self._send(session, wire.Oids(self._take_invalidations(session)).encode())
+        elif kind is wire.MessageType.SIZE:
+            self._send(session, wire.SizeIs(self.storage.get_size()).encode())
+        elif isinstance(message, wire.ListOids):
+            self._list_oids(session, message)
+        elif kind is wire.MessageType.PACK:
+            self._pack(session)
+        elif kind is wire.MessageType.QUIT:
+            session.closing = True
+        elif kind is wire.MessageType.STOP:
+            log.info("client %s asked the server to stop", session.peer)
+            self._send(session, wire.Empty(wire.MessageType.OK).encode())
+            session.closing = True
+            self.stop()
+        else:
+            # A response type, or a second HELLO, sent as a request.
+            self._fatal(
+                session, wire.ErrorCode.UNKNOWN_MESSAGE, f"{kind.name} is not a request here"
+            )
+
+    def _hello(self, session: _Session, hello: wire.Hello) -> None:
+        if hello.magic != wire.MAGIC:
+            self._fatal(session, wire.ErrorCode.MALFORMED, "bad magic: not a dhruva client")
+            return
+        if hello.major != wire.PROTOCOL_MAJOR:
+            # [WIRE-022] An unknown major version is refused.
+            self._fatal(
+                session,
+                wire.ErrorCode.VERSION_MISMATCH,
+                f"protocol version {hello.major}.{hello.minor} is not supported;"
+                f" this server speaks {wire.PROTOCOL_MAJOR}.{wire.PROTOCOL_MINOR}",
+            )
+            return
+        session.greeted = True
+        reply = wire.HelloOk(features=FEATURES, storage_capabilities=self._storage_caps)
+        self._send(session, reply.encode())
+
+    def _error(
+        self, session: _Session, code: wire.ErrorCode, message: str, oids: list[bytes] | None = None
+    ) -> None:
+        self._send(session, wire.Error(code, message, oids or []).encode())
+
+    def _load(self, session: _Session, oids: list[bytes], single: bool) -> None:
+        # [SRV-021] Loading an oid invalidated for this client and not yet synced
+        # is a read conflict: the client would mix old and new states.
+        conflicts = [oid for oid in oids if oid in session.invalid]
+        if conflicts:
+            self._error(
+                session,
+                wire.ErrorCode.READ_CONFLICT,
+                "objects changed by another client since your last sync",
+                conflicts,
+            )
+            return
+        records: list[Record] = []
+        for oid in oids:
+            try:
+                records.append(self.storage.load(oid))
+            except DhruvaKeyError:
+                self._error(session, wire.ErrorCode.NO_SUCH_OBJECT, "no such object", [oid])
+                return
+            except DhruvaError as error:
+                self._error(session, wire.ErrorCode.STORAGE_FAILURE, str(error), [oid])
+                return
+        if single:
+            self._send(session, wire.RecordMessage(records[0]).encode())
+        else:
+            self._send(session, wire.Records(records).encode())
+
+    def _new_oids(self, session: _Session, count: int) -> None:
+        if self.readonly:
+            self._error(session, wire.ErrorCode.READ_ONLY, "the server is read-only")
+            return
+        try:
+            oids = [self.storage.new_oid() for _ in range(count)]
+        except DhruvaError as error:
+            self._error(session, wire.ErrorCode.STORAGE_FAILURE, str(error))
+            return
+        session.allocated.update(oids)
+        self._send(session, wire.Oids(oids).encode())
+
+    def _take_invalidations(self, session: _Session) -> list[bytes]:
+        oids = sorted(session.invalid)
+        session.invalid.clear()
+        return oids
+
+    def _list_oids(self, session: _Session, message: wire.ListOids) -> None:
+        limit = max(1, min(message.limit, _LIST_OIDS_MAX))
+        start = str_to_int8(message.start)
+        # Sorting every stored oid per page is O(n log n); listing is rare
+        # (conformance tests, tools) and keeps the storage interface minimal.
+        oids = sorted(oid for oid in self.storage.iter_oids() if str_to_int8(oid) >= start)
+        self._send(session, wire.Oids(oids[:limit]).encode())
+
+    def _pack(self, session: _Session) -> None:
+        if self.readonly:
+            self._error(session, wire.ErrorCode.READ_ONLY, "the server is read-only")
+            return
+        try:
+            self._do_pack()
+        except DhruvaError as error:
+            code = wire.ErrorCode.STORAGE_FAILURE
+            if "does not support pack" in str(error):
+                code = wire.ErrorCode.NOT_SUPPORTED
+            self._error(session, code, str(error))
+            return
+        self._send(session, wire.Empty(wire.MessageType.OK).encode())
+
+    def _do_pack(self) -> None:
+        started = time.monotonic()
+        self.storage.pack()
+        self._known_oids.clear()
+        log.info("packed the storage in %.3f s", time.monotonic() - started)
+
+    def _periodic_pack(self) -> None:
+        assert self.gcinterval is not None
+        self._next_pack = time.monotonic() + self.gcinterval
+        if self.readonly:
+            return
+        try:
+            self._do_pack()
+        except DhruvaError as error:
+            log.error("periodic pack failed: %s", error)
+
+    # --- commits ----------------------------------------------------------------
+
+    def _exists(self, oid: bytes) -> bool:
+        if oid in self._known_oids:
+            return True
+        try:
+            self.storage.load(oid)
+        except DhruvaKeyError:
+            return False
+        if len(self._known_oids) >= _KNOWN_OIDS_MAX:
+            self._known_oids.clear()
+        self._known_oids.add(oid)
+        return True
+
+    def _queue_commit(self, session: _Session, records: list[Record] | object) -> None:
+        assert isinstance(records, list | tuple)
+        staged = session.staged + list(records)
+        session.staged = []
+        if self.readonly and staged:
+            self._error(session, wire.ErrorCode.READ_ONLY, "the server is read-only")
+            return
+        # Last store of an oid in a transaction wins.
+        by_oid = {record.oid: record for record in staged}
+        # [SRV-020] A commit storing an oid another client committed since this
+        # client's last sync is refused; nothing of it is written.
+        conflicts = sorted(oid for oid in by_oid if oid in session.invalid)
+        if conflicts:
+            self._error(
+                session,
+                wire.ErrorCode.WRITE_CONFLICT,
+                "objects changed by another client since your last sync",
+                conflicts,
+            )
+            return
+        # [SRV-022] Only oids this client was given, or that are stored, may be stored.
+        unallocated = sorted(
+            oid for oid in by_oid if oid not in session.allocated and not self._exists(oid)
+        )
+        if unallocated:
+            self._error(
+                session,
+                wire.ErrorCode.UNALLOCATED_OID,
+                "the server never allocated these oids to this client",
+                unallocated,
+            )
+            return
+        session.waiting_commit = True
+        self._commit_queue.append((session, list(by_oid.values())))
+
+    def _run_commit_groups(self) -> None:
+        # Answering a group may let sessions handle queued requests that hold
+        # new commits; run groups until none is left.
+        while self._commit_queue:
+            group, self._commit_queue = self._commit_queue, []
+            self._commit_group(group)
+
+    def _commit_group(self, group: list[tuple[_Session, list[Record]]]) -> None:
+        accepted: list[tuple[_Session, list[Record]]] = []
+        written: dict[bytes, _Session] = {}
+        for session, records in group:
+            if session.closed:
+                continue
+            clash = sorted(
+                r.oid for r in records if r.oid in written and written[r.oid] is not session
+            )
+            if clash:
+                # As if the earlier commit of the group had run first [SRV-030].
+                session.waiting_commit = False
+                self._error(
+                    session,
+                    wire.ErrorCode.WRITE_CONFLICT,
+                    "objects changed by another client since your last sync",
+                    clash,
+                )
+                continue
+            for record in records:
+                written[record.oid] = session
+            accepted.append((session, records))
+        if accepted and any(records for _, records in accepted):
+            try:
+                self.storage.begin()
+                try:
+                    for _, records in accepted:
+                        for record in records:
+                            self.storage.store(record.oid, record.data, record.refs)
+                    # [SRV-031] Nobody hears COMMITTED before end() returned.
+                    self.storage.end()
+                except BaseException:
+                    self.storage.abort_transaction()
+                    raise
+            except Exception as error:
+                # A failing storage must not take the server down; the group's
+                # clients hear of it and nothing of the group was acknowledged.
+                log.error("commit of %d clients failed: %s", len(accepted), error)
+                code = wire.ErrorCode.STORAGE_FAILURE
+                if isinstance(error, ReadOnlyError):
+                    code = wire.ErrorCode.READ_ONLY
+                for session, _ in accepted:
+                    session.waiting_commit = False
+                    self._error(session, code, f"the storage failed to commit: {error}")
+                accepted = []
+        for session, records in accepted:
+            stored = {record.oid for record in records}
+            session.allocated -= stored
+            self._known_oids.update(stored)
+            if len(self._known_oids) > _KNOWN_OIDS_MAX:
+                self._known_oids.clear()
+            # [SRV-023] Every other client learns of the change at its next sync.
+            for other in self._sessions:
+                if other is not session:
+                    other.invalid.update(stored)
+        for session, _ in accepted:
+            session.waiting_commit = False
+            # [WIRE-072] COMMITTED also synchronizes the client.
+            self._send(session, wire.Committed(self._take_invalidations(session)).encode())
+        for session, _ in accepted:
+            self._handle_queue(session)
+        for session, _ in group:
+            if not session.closed and not session.waiting_commit:
+                self._handle_queue(session)
+
+    # --- shutdown ---------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        log.info("dhruva server stopping")
+        for session in list(self._sessions):
+            # Best effort: deliver answers already produced (the STOP's OK).
+            if session.out:
+                try:
+                    session.sock.setblocking(True)
+                    session.sock.settimeout(1.0)
+                    session.sock.sendall(session.out)
+                except OSError:
+                    pass
+            self._drop(session)
+        self._selector.close()
+        self._listener.close()
+        self._wake_r.close()
+        self._wake_w.close()
+        if self._unix_path is not None:
+            try:
+                os.unlink(self._unix_path)
+            except OSError:
+                pass
+        if self._on_stop is not None:
+            self._on_stop()
+
+    def close(self) -> None:
+        """Release the listening socket without serving (if serve() never ran)."""
+        if self._listener.fileno() != -1:
+            self._shutdown()

@@ -1,0 +1,566 @@
+"""The wire protocol codec: frames and messages, bytes in and bytes out (sans-IO).
+
+Spec: ``spec/wire-protocol.md``.  Nothing here opens a socket; the server
+(``dhruva.storage_server``) and the client (``dhruva.client_storage``) move the
+bytes.
+
+Theory of operation.  A connection carries a stream of *frames*: a 4-byte
+big-endian payload length followed by that many payload bytes [WIRE-010].  The
+first payload byte is the message type; the rest is the message body, laid out
+as the spec's byte tables say.  :class:`FrameDecoder` turns a byte stream into
+payloads and refuses an oversized or empty length before buffering the body
+[WIRE-011], [WIRE-012].  :func:`decode_message` turns one payload into a
+message object and raises :class:`~dhruva.error.ProtocolError` for anything it
+cannot parse: a short body, trailing bytes, an unknown type, a bad count
+[WIRE-013].  It never raises anything else, whatever the input (a Hypothesis
+test feeds it random bytes).
+
+Messages are small frozen dataclasses; each has ``encode()`` returning the
+whole frame (header included), ready to write to a socket.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from dhruva.error import ProtocolError
+from dhruva.storage import Record
+from dhruva.utils import OID_SIZE
+
+MAGIC = b"DHRV"
+"""The first four body bytes of HELLO and HELLO_OK [WIRE-020]."""
+
+PROTOCOL_MAJOR = 1
+PROTOCOL_MINOR = 0
+
+MAX_FRAME_SIZE = 64 * 1024 * 1024
+"""The largest payload (type byte and body) a peer may send [WIRE-011]: 64 MiB."""
+
+MAX_OIDS_PER_REQUEST = 65536
+"""The largest count NEW_OIDS may ask for [WIRE-041]."""
+
+FRAME_HEADER = struct.Struct(">I")
+assert FRAME_HEADER.size == 4
+_U16 = struct.Struct(">H")
+assert _U16.size == 2
+_U32 = struct.Struct(">I")
+assert _U32.size == 4
+_U64 = struct.Struct(">Q")
+assert _U64.size == 8
+_HELLO_HEAD = struct.Struct(">4sHH")
+assert _HELLO_HEAD.size == 8
+_RECORD_HEAD = struct.Struct(">8sII")
+assert _RECORD_HEAD.size == 16
+_ERROR_HEAD = struct.Struct(">HI")
+assert _ERROR_HEAD.size == 6
+
+
+class MessageType(IntEnum):
+    """The first payload byte.  Requests are below 0x80, responses at or above."""
+
+    HELLO = 0x01
+    NEW_OIDS = 0x02
+    LOAD = 0x03
+    BULK_LOAD = 0x04
+    SYNC = 0x05
+    STAGE = 0x06
+    COMMIT = 0x07
+    PACK = 0x08
+    QUIT = 0x09
+    STOP = 0x0A
+    SIZE = 0x0B
+    LIST_OIDS = 0x0C
+
+    HELLO_OK = 0x81
+    OIDS = 0x82
+    RECORD = 0x83
+    RECORDS = 0x84
+    COMMITTED = 0x87
+    OK = 0x88
+    SIZE_IS = 0x8B
+    ERROR = 0xFF
+
+
+class ErrorCode(IntEnum):
+    """Codes carried by ERROR frames (spec: "Error codes").
+
+    Codes below 16 are fatal: the server closes the connection after sending
+    them [WIRE-091].  Codes from 16 up answer one request; the session goes on.
+    """
+
+    MALFORMED = 1
+    UNKNOWN_MESSAGE = 2
+    VERSION_MISMATCH = 3
+    FRAME_TOO_LARGE = 4
+    HANDSHAKE_REQUIRED = 5
+    NO_SUCH_OBJECT = 16
+    READ_CONFLICT = 17
+    WRITE_CONFLICT = 18
+    READ_ONLY = 19
+    UNALLOCATED_OID = 20
+    NOT_SUPPORTED = 21
+    STORAGE_FAILURE = 22
+    SHUTTING_DOWN = 23
+
+    @property
+    def fatal(self) -> bool:
+        return self < 16
+
+
+def frame(payload: bytes) -> bytes:
+    """Return ``payload`` with its 4-byte length header [WIRE-010]."""
+    if not payload or len(payload) > MAX_FRAME_SIZE:
+        raise ProtocolError(f"a frame payload is 1 to {MAX_FRAME_SIZE} bytes, not {len(payload)}")
+    return FRAME_HEADER.pack(len(payload)) + payload
+
+
+class FrameDecoder:
+    """Split a byte stream into frame payloads.
+
+    Feed it whatever the socket returned; it returns the payloads completed so
+    far and keeps the remainder.  Raises ProtocolError (and stays broken) on a
+    length of zero or above ``max_frame_size`` [WIRE-012].
+    """
+
+    def __init__(self, max_frame_size: int = MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self._buffer = bytearray()
+        self._broken: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as a payload."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
+        """Add ``data`` and return every payload it completes, in order."""
+        if self._broken is not None:
+            raise self._broken
+        self._buffer += data
+        payloads: list[bytes] = []
+        buffer = self._buffer
+        start = 0
+        while len(buffer) - start >= FRAME_HEADER.size:
+            (length,) = FRAME_HEADER.unpack_from(buffer, start)
+            # [WIRE-012] Refuse the length before waiting for (or buffering) the body.
+            if length == 0 or length > self.max_frame_size:
+                self._broken = ProtocolError(
+                    f"frame length {length} is outside 1..{self.max_frame_size}"
+                )
+                raise self._broken
+            end = start + FRAME_HEADER.size + length
+            if len(buffer) < end:
+                break
+            payloads.append(bytes(buffer[start + FRAME_HEADER.size : end]))
+            start = end
+        if start:
+            del buffer[:start]
+        return payloads
+
+
+class _Reader:
+    """Reads fields from a payload body; every short read is a ProtocolError."""
+
+    __slots__ = ("_data", "_offset", "_what")
+
+    def __init__(self, data: bytes, offset: int, what: str) -> None:
+        self._data = data
+        self._offset = offset
+        self._what = what
+
+    def _take(self, size: int) -> bytes:
+        end = self._offset + size
+        if end > len(self._data):
+            raise ProtocolError(
+                f"{self._what} message is truncated: needs {end} bytes, has {len(self._data)}"
+            )
+        chunk = self._data[self._offset : end]
+        self._offset = end
+        return chunk
+
+    def u16(self) -> int:
+        return int(_U16.unpack(self._take(2))[0])
+
+    def u32(self) -> int:
+        return int(_U32.unpack(self._take(4))[0])
+
+    def u64(self) -> int:
+        return int(_U64.unpack(self._take(8))[0])
+
+    def raw(self, size: int) -> bytes:
+        return self._take(size)
+
+    def oid(self) -> bytes:
+        return self._take(OID_SIZE)
+
+    def oids(self) -> list[bytes]:
+        count = self.u32()
+        body = self._take_count(count, OID_SIZE)
+        return [body[i : i + OID_SIZE] for i in range(0, len(body), OID_SIZE)]
+
+    def _take_count(self, count: int, item_size: int) -> bytes:
+        # Check the count against what is left before allocating anything, so
+        # a forged count cannot make us build a huge list.
+        if count * item_size > len(self._data) - self._offset:
+            raise ProtocolError(f"{self._what} message claims {count} items but is too short")
+        return self._take(count * item_size)
+
+    def text(self) -> str:
+        raw = self._take(self.u16())
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProtocolError(f"{self._what} message holds text that is not UTF-8") from None
+
+    def record(self) -> Record:
+        oid, data_length, refs_length = _RECORD_HEAD.unpack(self._take(_RECORD_HEAD.size))
+        if refs_length % OID_SIZE:
+            raise ProtocolError(
+                f"{self._what} message has a reference list of {refs_length} bytes,"
+                " not a multiple of 8"
+            )
+        data = self._take(data_length)
+        refs = self._take(refs_length)
+        return Record(oid, data, refs)
+
+    def records(self) -> list[Record]:
+        count = self.u32()
+        if count * _RECORD_HEAD.size > len(self._data) - self._offset:
+            raise ProtocolError(f"{self._what} message claims {count} records but is too short")
+        return [self.record() for _ in range(count)]
+
+    def end(self) -> None:
+        # [WIRE-013] Trailing bytes mean the peer and we disagree on the layout.
+        if self._offset != len(self._data):
+            raise ProtocolError(
+                f"{self._what} message has {len(self._data) - self._offset} unexpected"
+                " trailing bytes"
+            )
+
+
+def _oids_body(oids: Sequence[bytes]) -> bytes:
+    return _U32.pack(len(oids)) + b"".join(oids)
+
+
+def _text_body(text: str) -> bytes:
+    raw = text.encode("utf-8")
+    if len(raw) > 0xFFFF:
+        raw = raw[:0xFFFF].decode("utf-8", "ignore").encode("utf-8")
+    return _U16.pack(len(raw)) + raw
+
+
+def record_body(record: Record) -> bytes:
+    """Return the wire form of one record (spec: "Record layout")."""
+    return (
+        _RECORD_HEAD.pack(record.oid, len(record.data), len(record.refs))
+        + record.data
+        + record.refs
+    )
+
+
+def record_size(record: Record) -> int:
+    """Return the encoded size of ``record`` in bytes."""
+    return _RECORD_HEAD.size + len(record.data) + len(record.refs)
+
+
+def _records_body(records: Sequence[Record]) -> bytes:
+    return _U32.pack(len(records)) + b"".join(record_body(r) for r in records)
+
+
+# --- messages ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Client's first message: magic, protocol version and features [WIRE-020]."""
+
+    major: int = PROTOCOL_MAJOR
+    minor: int = PROTOCOL_MINOR
+    features: str = ""
+    magic: bytes = MAGIC
+    type = MessageType.HELLO
+
+    def encode(self) -> bytes:
+        head = _HELLO_HEAD.pack(self.magic, self.major, self.minor)
+        return frame(bytes([self.type]) + head + _text_body(self.features))
+
+
+@dataclass(frozen=True, slots=True)
+class HelloOk:
+    """Server's answer to HELLO: its version, features and storage capabilities."""
+
+    major: int = PROTOCOL_MAJOR
+    minor: int = PROTOCOL_MINOR
+    features: str = ""
+    storage_capabilities: str = ""
+    magic: bytes = MAGIC
+    type = MessageType.HELLO_OK
+
+    def encode(self) -> bytes:
+        head = _HELLO_HEAD.pack(self.magic, self.major, self.minor)
+        body = head + _text_body(self.features) + _text_body(self.storage_capabilities)
+        return frame(bytes([self.type]) + body)
+
+
+@dataclass(frozen=True, slots=True)
+class NewOids:
+    """Ask for ``count`` fresh oids (1 to MAX_OIDS_PER_REQUEST)."""
+
+    count: int
+    type = MessageType.NEW_OIDS
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + _U32.pack(self.count))
+
+
+@dataclass(frozen=True, slots=True)
+class Load:
+    """Ask for the current record of one oid."""
+
+    oid: bytes
+    type = MessageType.LOAD
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + self.oid)
+
+
+@dataclass(frozen=True, slots=True)
+class BulkLoad:
+    """Ask for the records of several oids, answered in order by one RECORDS."""
+
+    oids: Sequence[bytes]
+    type = MessageType.BULK_LOAD
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + _oids_body(self.oids))
+
+
+@dataclass(frozen=True, slots=True)
+class ListOids:
+    """Ask for up to ``limit`` stored oids at or above ``start``, ascending."""
+
+    start: bytes
+    limit: int
+    type = MessageType.LIST_OIDS
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + self.start + _U32.pack(self.limit))
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    """Records to hold for the next COMMIT of this session (no response)."""
+
+    records: Sequence[Record]
+    type = MessageType.STAGE
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + _records_body(self.records))
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """Commit the staged records plus these, atomically, in one transaction."""
+
+    records: Sequence[Record]
+    type = MessageType.COMMIT
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + _records_body(self.records))
+
+
+@dataclass(frozen=True, slots=True)
+class Empty:
+    """A message with no body: SYNC, PACK, QUIT, STOP, SIZE, OK."""
+
+    type: MessageType
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]))
+
+
+@dataclass(frozen=True, slots=True)
+class Oids:
+    """A list of oids: the answer to NEW_OIDS, SYNC and LIST_OIDS."""
+
+    oids: Sequence[bytes]
+    type = MessageType.OIDS
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + _oids_body(self.oids))
+
+
+@dataclass(frozen=True, slots=True)
+class RecordMessage:
+    """The answer to LOAD."""
+
+    record: Record
+    type = MessageType.RECORD
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + record_body(self.record))
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """The answer to BULK_LOAD: the records in the order asked."""
+
+    records: Sequence[Record]
+    type = MessageType.RECORDS
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + _records_body(self.records))
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """The answer to a successful COMMIT; carries the client's invalidations [WIRE-072]."""
+
+    invalidations: Sequence[bytes]
+    type = MessageType.COMMITTED
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + _oids_body(self.invalidations))
+
+
+@dataclass(frozen=True, slots=True)
+class SizeIs:
+    """The answer to SIZE: the number of stored objects."""
+
+    count: int
+    type = MessageType.SIZE_IS
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + _U64.pack(self.count))
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """An error answer: a code, the oids concerned and a message for people."""
+
+    code: int
+    message: str = ""
+    oids: Sequence[bytes] = field(default_factory=list)
+    type = MessageType.ERROR
+
+    def encode(self) -> bytes:
+        body = _ERROR_HEAD.pack(self.code, len(self.oids)) + b"".join(self.oids)
+        return frame(bytes([self.type]) + body + _text_body(self.message))
+
+
+Message = (
+    Hello
+    | HelloOk
+    | NewOids
+    | Load
+    | BulkLoad
+    | ListOids
+    | Stage
+    | Commit
+    | Empty
+    | Oids
+    | RecordMessage
+    | Records
+    | Committed
+    | SizeIs
+    | Error
+)
+
+_EMPTY_TYPES = frozenset(
+    {
+        MessageType.SYNC,
+        MessageType.PACK,
+        MessageType.QUIT,
+        MessageType.STOP,
+        MessageType.SIZE,
+        MessageType.OK,
+    }
+)
+
+
+def decode_message(payload: bytes) -> Message:
+    """Parse one frame payload into a message.
+
+    Raises ProtocolError, and nothing else, when the payload is not a
+    well-formed message of a known type [WIRE-013].
+    """
+    if not payload:
+        raise ProtocolError("empty frame payload")
+    try:
+        kind = MessageType(payload[0])
+    except ValueError:
+        raise ProtocolError(f"unknown message type 0x{payload[0]:02x}") from None
+    reader = _Reader(payload, 1, kind.name)
+    message: Message
+    if kind in _EMPTY_TYPES:
+        message = Empty(kind)
+    elif kind is MessageType.HELLO:
+        magic, major, minor = _HELLO_HEAD.unpack(reader.raw(_HELLO_HEAD.size))
+        message = Hello(major, minor, reader.text(), magic)
+    elif kind is MessageType.HELLO_OK:
+        magic, major, minor = _HELLO_HEAD.unpack(reader.raw(_HELLO_HEAD.size))
+        message = HelloOk(major, minor, reader.text(), reader.text(), magic)
+    elif kind is MessageType.NEW_OIDS:
+        count = reader.u32()
+        # [WIRE-041] A count of 0 or above the maximum is malformed.
+        if not 1 <= count <= MAX_OIDS_PER_REQUEST:
+            raise ProtocolError(f"NEW_OIDS count {count} is outside 1..{MAX_OIDS_PER_REQUEST}")
+        message = NewOids(count)
+    elif kind is MessageType.LOAD:
+        message = Load(reader.oid())
+    elif kind is MessageType.BULK_LOAD:
+        message = BulkLoad(reader.oids())
+    elif kind is MessageType.LIST_OIDS:
+        message = ListOids(reader.oid(), reader.u32())
+    elif kind is MessageType.STAGE:
+        message = Stage(reader.records())
+    elif kind is MessageType.COMMIT:
+        message = Commit(reader.records())
+    elif kind is MessageType.OIDS:
+        message = Oids(reader.oids())
+    elif kind is MessageType.RECORD:
+        message = RecordMessage(reader.record())
+    elif kind is MessageType.RECORDS:
+        message = Records(reader.records())
+    elif kind is MessageType.COMMITTED:
+        message = Committed(reader.oids())
+    elif kind is MessageType.SIZE_IS:
+        message = SizeIs(reader.u64())
+    else:
+        assert kind is MessageType.ERROR
+        code, count = _ERROR_HEAD.unpack(reader.raw(_ERROR_HEAD.size))
+        body = reader._take_count(count, OID_SIZE)
+        oids = [body[i : i + OID_SIZE] for i in range(0, len(body), OID_SIZE)]
+        message = Error(code, reader.text(), oids)
+    reader.end()
+    return message
+
+
+def split_commit(records: Iterable[Record], max_frame_size: int = MAX_FRAME_SIZE) -> list[bytes]:
+    """Encode a transaction as zero or more STAGE frames and one COMMIT frame.
+
+    Each frame stays within ``max_frame_size`` [WIRE-070].  Raises
+    ProtocolError when a single record cannot fit in any frame.
+    """
+    # Payload overhead: the type byte and the record count.
+    budget = max_frame_size - 1 - _U32.size
+    frames: list[bytes] = []
+    chunk: list[Record] = []
+    chunk_size = 0
+    for record in records:
+        size = record_size(record)
+        if size > budget:
+            raise ProtocolError(
+                f"object {int.from_bytes(record.oid, 'big')} is {size} bytes encoded;"
+                f" the wire protocol carries at most {budget} bytes per object"
+            )
+        if chunk_size + size > budget:
+            frames.append(Stage(chunk).encode())
+            chunk, chunk_size = [], 0
+        chunk.append(record)
+        chunk_size += size
+    frames.append(Commit(chunk).encode())
+    return frames
