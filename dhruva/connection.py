@@ -159,7 +159,7 @@ class Connection:
         """Return the cached object for ``oid``, or a new ghost of ``cls``."""
         obj = self._objects.get(oid)
         if obj is None:
-            real = cls._p_class
+            real: type[PersistentBase] = cls._p_class  # type: ignore[attr-defined]
             obj = real.__new__(real)
             _setattr(obj, "_p_oid", oid)
             _setattr(obj, "_p_connection", self)
@@ -176,7 +176,9 @@ class Connection:
         self._install_state(obj, record.data)
 
     def _install_state(self, obj: PersistentBase, data: bytes) -> None:
-        cls, state = self._reader.get_class_and_state(data)
+        # The class was fixed when the ghost was made; the record's copy of it
+        # is read only to reach the state.
+        _cls, state = self._reader.get_class_and_state(data)
         real = type(obj)._p_class
         _setattr(obj, "__class__", real)
         try:
@@ -242,15 +244,15 @@ class Connection:
             written.append(obj)
         for obj in writer.attached:
             written.append(obj)
-            oid = obj._p_oid
-            assert oid is not None
-            objects[oid] = obj
+            new_oid = obj._p_oid
+            assert new_oid is not None
+            objects[new_oid] = obj
         for obj in written:
             obj._p_set_status_saved()
             _setattr(obj, "_p_serial", serial)
-            oid = obj._p_oid
-            assert oid is not None
-            loaded[oid] = obj
+            written_oid = obj._p_oid
+            assert written_oid is not None
+            loaded[written_oid] = obj
         self._changed.clear()
         self._transaction_serial += 1
         self._sync()

@@ -164,7 +164,7 @@ class PersistentBase:
         _p_object_setattr(self, "__class__", cls)
         self._p_clear_state()
         _p_object_setattr(self, "_p_status", GHOST)
-        _p_object_setattr(self, "__class__", cls._p_ghost_class)
+        _p_object_setattr(self, "__class__", cls._p_ghost_class)  # type: ignore[attr-defined]
 
     def _p_set_status_saved(self) -> None:
         if type(self) is not type(self)._p_class:
@@ -212,7 +212,7 @@ class PersistentBase:
         # Pickling outside a database: a fresh unsaved copy of the state, of
         # the real class even when this object is a ghost or tracked.
         state = self.__getstate__()
-        return (copyreg.__newobj__, (type(self)._p_class,), state)
+        return (copyreg.__newobj__, (type(self)._p_class,), state)  # type: ignore[attr-defined]
 
     def __repr__(self) -> str:
         cls = type(self)._p_class

@@ -38,7 +38,9 @@ class Slotted(PersistentObject):
 
 
 def connect(storage: MemoryStorage | None = None, **kwargs: Any) -> Connection:
-    return Connection(storage if storage is not None else MemoryStorage(), root_class=Root, **kwargs)
+    if storage is None:
+        storage = MemoryStorage()
+    return Connection(storage, root_class=Root, **kwargs)
 
 
 @pytest.mark.req("DM-001")
