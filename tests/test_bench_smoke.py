@@ -1,0 +1,192 @@
+"""Smoke test of the benchmark harness (tools/bench) at tiny sizes.
+
+It runs every figure the way ``nox -s bench`` does, only with a few hundred
+objects, so the harness cannot rot as dhruva's API changes.  It asserts that
+each figure produced numbers and that the numbers are self-consistent, never
+how fast anything is (no timed assertions).  Durus and ZODB parts are skipped
+when those packages are not installed, which is the usual case outside the
+bench session.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+BENCH_DIR = Path(__file__).resolve().parents[1] / "tools" / "bench"
+
+
+def _load_run_module() -> ModuleType:
+    """Import tools/bench/run.py under a private name; it puts its folder on sys.path."""
+    spec = importlib.util.spec_from_file_location("dhruva_bench_run", BENCH_DIR / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_run = _load_run_module()
+import bench_backends  # noqa: E402 -- importable only once run.py set sys.path
+import bench_figures  # noqa: E402
+import bench_report  # noqa: E402
+
+FIGURE_KEYS = ["attribute_read", "open_time", "durable_commits", "bulk_insert", "cold_load"]
+#: Per figure, the cells a successful backend row must carry as numbers.
+NUMERIC_CELLS = {
+    "attribute_read": ["ns", "ratio"],
+    "open_time": ["unpacked_ms", "packed_ms"],
+    "durable_commits": ["per_s", "bytes", "vs_bare"],
+    "bulk_insert": ["per_s", "seconds"],
+    "cold_load": ["per_s", "seconds"],
+}
+
+
+def _dhruva_missing() -> str | None:
+    try:
+        import dhruva.connection
+        import dhruva.file_storage
+        import dhruva.persistent  # noqa: F401
+    except ImportError as error:
+        return f"dhruva's object layer is not importable yet: {error}"
+    return None
+
+
+def _run_tiny(tmp_path: Path, systems: list[str]) -> tuple[dict[str, Any], str]:
+    out = io.StringIO()
+    results_path = tmp_path / "results.json"
+    bench_run.run(
+        sizes=bench_figures.TINY,
+        cache_dir=tmp_path / "cache",
+        systems=systems,
+        strict=True,
+        json_path=results_path,
+        out=out,
+    )
+    return json.loads(results_path.read_text()), out.getvalue()
+
+
+def _check_rows(results: dict[str, Any], system: str) -> None:
+    figures = results["figures"]
+    assert sorted(figures) == sorted(FIGURE_KEYS)
+    for key in FIGURE_KEYS:
+        rows = {row["system"]: row for row in figures[key]["rows"]}
+        if system.endswith("-fs2") and key != "durable_commits":
+            # The FileStorage2 variants join only the durable-commit figure.
+            assert system not in rows
+            continue
+        row = rows[system]
+        assert row["error"] is None, row["error"]
+        for cell in NUMERIC_CELLS[key]:
+            value = row["cells"][cell]
+            assert isinstance(value, float) and value > 0, (key, cell, value)
+
+
+def _check_references(results: dict[str, Any]) -> None:
+    figures = results["figures"]
+    attribute_rows = figures["attribute_read"]["rows"]
+    assert attribute_rows[0]["system"] == "plain"
+    assert attribute_rows[0]["cells"]["ratio"] == pytest.approx(1.0)
+    commit_rows = figures["durable_commits"]["rows"]
+    assert commit_rows[0]["system"] == "bare"
+    assert commit_rows[0]["cells"]["vs_bare"] == pytest.approx(1.0)
+
+
+def test_dhruva_figures_run_at_tiny_sizes(tmp_path: Path) -> None:
+    reason = _dhruva_missing()
+    if reason:
+        pytest.skip(reason)
+    results, printed = _run_tiny(tmp_path, ["dhruva", "dhruva-fs2"])
+    _check_rows(results, "dhruva")
+    _check_rows(results, "dhruva-fs2")
+    _check_references(results)
+    assert results["environment"]["cpu_count"] >= 1
+    for key in FIGURE_KEYS:
+        assert results["figures"][key]["target_met"] in (True, False, None)
+    assert "Targets" in printed and "dhruva FileStorage" in printed
+    # The bulk database lives in the work folder only while figure 5 runs.
+    assert not list((tmp_path / "cache" / "work").glob("bulk-*"))
+
+
+def test_open_time_databases_are_built_once(tmp_path: Path) -> None:
+    reason = _dhruva_missing()
+    if reason:
+        pytest.skip(reason)
+    backend = next(b for b in bench_run.ALL_BACKENDS if b.name == "dhruva")
+    bench = bench_figures.Bench(
+        sizes=bench_figures.TINY, cache_dir=tmp_path, backends=[backend], strict=True
+    )
+    unpacked, built_s = bench_figures.cached_database(bench, backend, packed=False)
+    assert built_s is not None and unpacked.name == "unpacked.db"
+    path, _ = bench_figures.cached_database(bench, backend, packed=True)
+    assert path.name == "packed.db" and path.exists()
+    again, rebuilt_s = bench_figures.cached_database(bench, backend, packed=False)
+    assert rebuilt_s is None and again == unpacked
+    opened_ms = bench_figures.time_open_ms(backend, path, 1, bench_figures.TINY.open_objects)
+    assert opened_ms > 0
+
+
+@pytest.mark.parametrize(
+    ("system", "module"),
+    [("durus", "durus"), ("durus-fs2", "durus"), ("zodb", "ZODB")],
+)
+def test_comparison_systems_run_at_tiny_sizes(tmp_path: Path, system: str, module: str) -> None:
+    pytest.importorskip(module)
+    results, _ = _run_tiny(tmp_path, [system])
+    _check_rows(results, system)
+    _check_references(results)
+
+
+def test_a_failing_backend_becomes_an_error_row(tmp_path: Path) -> None:
+    class BrokenBackend(bench_backends.Backend):
+        name = "dhruva"
+        label = "broken"
+
+        def available(self) -> str | None:
+            return None
+
+        def open(self, path: Path) -> Any:
+            raise RuntimeError("cannot open")
+
+    bench = bench_figures.Bench(
+        sizes=bench_figures.TINY,
+        cache_dir=tmp_path,
+        backends=[BrokenBackend()],
+        log=lambda message: None,
+    )
+    figure = bench_figures.bulk_insert(bench)
+    (row,) = figure.rows
+    assert row.error == "RuntimeError: cannot open"
+    assert figure.target_met is None
+    table = bench_report.format_figure(figure)
+    assert "RuntimeError: cannot open" in table and "not evaluated" in table
+
+
+def test_table_shows_ratios_and_verdict() -> None:
+    figure = bench_figures.Figure(
+        key="demo",
+        title="demo figure",
+        columns=[("per_s", "objects/s"), ("vs_zodb", "x ZODB")],
+        rows=[
+            bench_figures.Row("dhruva", "dhruva FileStorage", {"per_s": 90000.0, "vs_zodb": 3.0}),
+            bench_figures.Row("zodb", "ZODB FileStorage", {"per_s": 30000.0, "vs_zodb": 1.0}),
+        ],
+        target="dhruva >= 3x ZODB",
+        target_met=True,
+    )
+    lines = bench_report.format_figure(figure).splitlines()
+    assert lines[0] == "demo figure"
+    assert "90,000" in lines[3] and "3.00x" in lines[3]
+    assert lines[-1].endswith("-> MET")
+
+
+def test_cli_rejects_an_unknown_figure() -> None:
+    with pytest.raises(SystemExit):
+        bench_run.main(["--only", "nonsense"])
