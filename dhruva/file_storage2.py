@@ -244,7 +244,7 @@ class JournalStorage(Storage):
             raise DhruvaError("end() without begin()")
         self._pending = None
         if not pending:
-            return  # [RCV-014] An empty transaction writes nothing.
+            return  # [RCV-013] An empty transaction writes nothing.
         records = list(pending.values())
         tid = self._last_tid + 1
         # [FMT-016] Commit times never go backwards within a file.
@@ -356,7 +356,7 @@ class JournalStorage(Storage):
     def pack(self) -> None:
         """Rewrite the file with only the current records reachable from the root.
 
-        Steps (RCV-020..RCV-025): write ``PATH.pack`` holding a new header and
+        Steps (RCV-020..RCV-024): write ``PATH.pack`` holding a new header and
         one transaction (tid and time of the last transaction) of the reachable
         records copied byte for byte; fsync it and the directory; rename it over
         PATH; fsync the directory.  A crash before the rename leaves the old

@@ -124,7 +124,7 @@ class ScanResult(NamedTuple):
 
 
 def encode_file_header(file_id: bytes) -> bytes:
-    """Return the 64-byte file header for a new data file (FMT-001..FMT-006)."""
+    """Return the 64-byte file header for a new data file (FMT-001, FMT-004, FMT-006)."""
     if len(file_id) != FILE_ID_SIZE:
         raise ValueError(f"a file id is {FILE_ID_SIZE} bytes, not {len(file_id)}")
     head = FILE_HEADER.pack(MAGIC, MAJOR_VERSION, MINOR_VERSION, 0, file_id, bytes(28), 0)
@@ -173,7 +173,7 @@ def decode_file_header(buf: Buffer, path: str) -> FileHeader:
 def encode_transaction(
     tid: int, time_us: int, records: Sequence[tuple[bytes, Buffer, bytes]]
 ) -> bytes:
-    """Return the bytes of one transaction holding ``records`` (FMT-010..FMT-023).
+    """Return the bytes of one transaction holding ``records`` (FMT-010..FMT-016).
 
     ``records`` are ``(oid, data, refs)`` with distinct 8-byte oids and refs a
     multiple of 8 bytes.  Raises ValueError for a repeated oid or a field that
