@@ -33,7 +33,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from dhruva.storage import CAP_DURABLE, CAP_RAW_FILE, MemoryStorage, Storage
+from dhruva.storage import CAP_DURABLE, CAP_RAW_FILE, CAP_READONLY_OPEN, MemoryStorage, Storage
 
 # Capabilities of a factory, on top of the storage's own (spec: CONF-020).
 CAP_REOPEN = "reopen"
@@ -44,7 +44,7 @@ CAP_SUBPROCESS = "subprocess"
 """A child process can open the database: ``create_backend(name, directory)``."""
 CAP_REPAIR = "repair"
 """``open(reopen=True, repair=True)`` cuts a damaged file at the damage."""
-CAP_READONLY = "readonly"
+CAP_READONLY = CAP_READONLY_OPEN
 """``open(reopen=True, readonly=True)`` opens without writing anything."""
 
 ENTRY_POINT_GROUP = "dhruva.conformance_backends"
@@ -71,6 +71,10 @@ class StorageFactory(Protocol):
 
     def cleanup(self) -> None:
         """Close anything still open; the directory itself is removed by pytest."""
+        ...
+
+    def replace_data_file(self, data: bytes) -> None:
+        """Make the database a data file holding ``data`` alone (``raw-file`` only)."""
         ...
 
 

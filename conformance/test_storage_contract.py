@@ -486,7 +486,7 @@ def test_context_manager_closes(storage_factory: StorageFactory) -> None:
         storage.load(a)
 
 
-@pytest.mark.needs("reopen", "readonly")
+@pytest.mark.needs("reopen", "readonly-open")
 @pytest.mark.req("SAPI-083")
 def test_readonly_open_refuses_writes(storage_factory: StorageFactory) -> None:
     storage = storage_factory.open()
