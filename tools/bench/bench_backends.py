@@ -76,6 +76,10 @@ class Backend:
         """Name prefix for cached databases; changes whenever the format may."""
         return f"{self.name}-{self.version()}"
 
+    def stale_cache_prefix(self) -> str | None:
+        """Prefix of cached folders this backend's current key replaces, if any."""
+        return None
+
     def open(self, path: Path) -> Session:
         raise NotImplementedError
 
@@ -159,6 +163,18 @@ class DhruvaBackend(Backend):
     def cache_key(self) -> str:
         # dhruva's format changes while it is being written, so a cached
         # database is keyed on the source of the whole package, not the version.
+        # The key is computed once per process: the source may change while a
+        # run is going, and the unpacked and packed copies must share a folder.
+        if self._cache_key is None:
+            self._cache_key = self._source_key()
+        return self._cache_key
+
+    _cache_key: str | None = None
+
+    def stale_cache_prefix(self) -> str | None:
+        return f"{self.name}-{self.storage_class}-"
+
+    def _source_key(self) -> str:
         import dhruva
 
         digest = hashlib.sha256()

@@ -243,6 +243,18 @@ def _copy_database(backend: Backend, source: Path, target: Path) -> None:
             shutil.copyfile(source_file, target.with_name(target.name + suffix))
 
 
+def _remove_stale_caches(bench: Bench, backend: Backend, keep: Path) -> None:
+    """Delete databases built from older dhruva sources; they are never reused."""
+    prefix = backend.stale_cache_prefix()
+    if prefix is None:
+        return
+    suffix = keep.name.rsplit("-", 1)[-1]  # the sizes part, e.g. 1000000x10000
+    for folder in bench.cache_dir.glob(f"{prefix}*-{suffix}"):
+        if folder != keep and folder.is_dir():
+            bench.log(f"  removing stale cache {folder.name}")
+            shutil.rmtree(folder)
+
+
 def cached_database(bench: Bench, backend: Backend, packed: bool) -> tuple[Path, float | None]:
     """Path of the open-time database, building it (and its packed copy) if needed.
 
@@ -254,6 +266,7 @@ def cached_database(bench: Bench, backend: Backend, packed: bool) -> tuple[Path,
     unpacked_path = folder / "unpacked.db"
     built_s: float | None = None
     if not (folder / "unpacked.done").exists():
+        _remove_stale_caches(bench, backend, folder)
         remove_database(backend, unpacked_path)
         bench.log(f"  building {backend.name} {sizes.open_objects} objects (cached for later runs)")
         built_s = build_objects(backend, unpacked_path, sizes.open_objects, sizes.open_per_commit)
