@@ -174,6 +174,7 @@ class ClientStorage(Storage):
     # --- Storage interface ------------------------------------------------------
 
     def new_oid(self) -> bytes:
+        self._check_usable()
         if not self._oid_pool:
             reply = self._request(wire.NewOids(self.oid_batch_size))
             self._expect(reply, wire.Oids)

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from dhruva import wire
 from dhruva.error import DhruvaError, DhruvaKeyError, ProtocolError, ReadOnlyError
 from dhruva.storage import Record, Storage
-from dhruva.utils import str_to_int8
+from dhruva.utils import ROOT_OID, str_to_int8
 
 log = logging.getLogger("dhruva.server")
 
@@ -132,7 +132,9 @@ class StorageServer:
         self._wake_w.setblocking(False)
         self._selector.register(self._listener, selectors.EVENT_READ, "listener")
         self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
-        caps = sorted(getattr(storage, "capabilities", frozenset()))
+        # [SRV-061] Only capabilities a client can use over the wire are announced:
+        # the raw data file is not reachable through the server.
+        caps = sorted(set(getattr(storage, "capabilities", frozenset())) - {"raw-file"})
         if readonly:
             caps = [c for c in caps if c != "pack"]
         self._storage_caps = " ".join(caps)
@@ -256,7 +258,9 @@ class StorageServer:
         try:
             session.queue.extend(session.decoder.feed(data))
         except ProtocolError as error:
-            code = wire.ErrorCode.FRAME_TOO_LARGE
+            code = wire.ErrorCode.MALFORMED
+            if isinstance(error, wire.FrameSizeError):
+                code = wire.ErrorCode.FRAME_TOO_LARGE
             self._fatal(session, code, str(error))
             return
         self._handle_queue(session)
@@ -457,8 +461,9 @@ class StorageServer:
 
     def _do_pack(self) -> None:
         started = time.monotonic()
+        # _known_oids is kept: an oid stored through this server once may be
+        # stored again after pack removed it.
         self.storage.pack()
-        self._known_oids.clear()
         log.info("packed the storage in %.3f s", time.monotonic() - started)
 
     def _periodic_pack(self) -> None:
@@ -505,9 +510,12 @@ class StorageServer:
                 conflicts,
             )
             return
-        # [SRV-022] Only oids this client was given, or that are stored, may be stored.
+        # [SRV-022] Only oids this client was given, or that are stored, may be
+        # stored; the root oid is always allowed, since every database has one.
         unallocated = sorted(
-            oid for oid in by_oid if oid not in session.allocated and not self._exists(oid)
+            oid
+            for oid in by_oid
+            if oid not in session.allocated and oid != ROOT_OID and not self._exists(oid)
         )
         if unallocated:
             self._error(

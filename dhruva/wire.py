@@ -110,6 +110,10 @@ class ErrorCode(IntEnum):
         return self < 16
 
 
+class FrameSizeError(ProtocolError):
+    """A frame header announced a payload longer than the maximum [WIRE-012]."""
+
+
 def frame(payload: bytes) -> bytes:
     """Return ``payload`` with its 4-byte length header [WIRE-010]."""
     if not payload or len(payload) > MAX_FRAME_SIZE:
@@ -146,9 +150,12 @@ class FrameDecoder:
         while len(buffer) - start >= FRAME_HEADER.size:
             (length,) = FRAME_HEADER.unpack_from(buffer, start)
             # [WIRE-012] Refuse the length before waiting for (or buffering) the body.
-            if length == 0 or length > self.max_frame_size:
-                self._broken = ProtocolError(
-                    f"frame length {length} is outside 1..{self.max_frame_size}"
+            if length == 0:
+                self._broken = ProtocolError("frame length 0: a payload has at least a type byte")
+                raise self._broken
+            if length > self.max_frame_size:
+                self._broken = FrameSizeError(
+                    f"frame length {length} exceeds the maximum of {self.max_frame_size} bytes"
                 )
                 raise self._broken
             end = start + FRAME_HEADER.size + length
