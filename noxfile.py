@@ -1,0 +1,81 @@
+"""dhruva's front door: every check a change must pass, one ``nox`` away.
+
+``nox`` with no arguments runs the default sessions (unit tests, the conformance
+suite against every in-repo back-end, lint, typecheck, docs).  ``nox -l`` lists
+them; ``nox -s bench`` runs the benchmarks, which are not part of the default
+run because they compare against Durus and ZODB and take a while.
+
+Each session installs dhruva from this checkout into its own virtualenv (a plain,
+non-editable install, so the sessions test what a user gets from ``pip install``,
+including the ``dhruva_conformance`` plugin and its test vectors).
+"""
+
+from __future__ import annotations
+
+import nox
+
+# The interpreter every session runs on.  ``nox --force-python 3.12`` (or 3.13)
+# runs the same sessions on a newer Python.
+PYTHON = "3.11"
+
+# The back-ends the conformance suite runs against, by the names the
+# conformance plugin's ``--dhruva-backend`` option accepts.  Server-backed
+# names ("server-memory", "server-file") join this list once the server lands.
+CONFORMANCE_BACKENDS = ["memory", "file", "file2"]
+
+nox.options.sessions = ["tests", "conformance", "lint", "typecheck", "docs"]
+nox.options.reuse_existing_virtualenvs = True
+# A session whose interpreter is missing is a failure, not a silent skip.
+nox.options.error_on_missing_interpreters = True
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the unit tests in tests/ (includes the requirement-coverage check)."""
+    session.install(".[test]")
+    session.run("pytest", "tests/", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+@nox.parametrize("backend", CONFORMANCE_BACKENDS)
+def conformance(session: nox.Session, backend: str) -> None:
+    """Run the conformance suite in conformance/ against one back-end."""
+    session.install(".[test]")
+    session.run("pytest", "conformance/", f"--dhruva-backend={backend}", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """Check the whole tree with ruff (rules in pyproject.toml)."""
+    session.install("ruff")
+    session.run("ruff", "check", ".", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """Type-check dhruva/ with mypy in strict mode (config in pyproject.toml)."""
+    session.install("mypy", ".[test]")
+    session.run("mypy", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the Sphinx site (guide, spec, API) with warnings as errors."""
+    session.install(".[docs]")
+    session.run(
+        "sphinx-build",
+        "-W",
+        "--keep-going",
+        "-b",
+        "html",
+        "docs",
+        "docs/_build/html",
+        *session.posargs,
+    )
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks in tools/bench/ against Durus 4.3 and ZODB (not default)."""
+    session.install(".", "durus==4.3", "ZODB")
+    session.run("python", "tools/bench/run.py", *session.posargs)
