@@ -78,7 +78,7 @@ def _rewrite_header(path: str, **fields: Any) -> None:
 # --- round trip and layout -----------------------------------------------------------
 
 
-@pytest.mark.req("IDX-001", "IDX-003", "IDX-011", "IDX-020", "IDX-023", "IDX-032")
+@pytest.mark.req("IDX-001", "IDX-003", "IDX-010", "IDX-011", "IDX-020", "IDX-023", "IDX-032")
 def test_create_then_open_round_trips(path: str) -> None:
     _create(path, {0: 104, 5: 300, 9: 500}, covered=600).close()
     with _open(path, readonly=True) as index:
@@ -167,7 +167,7 @@ def test_open_does_not_read_the_entry_array(path: str) -> None:
 # --- checkpoint --------------------------------------------------------------------------
 
 
-@pytest.mark.req("IDX-030", "IDX-013", "IDX-035")
+@pytest.mark.req("IDX-010", "IDX-030", "IDX-013", "IDX-035")
 def test_reopen_after_checkpoints_alternates_slots(path: str) -> None:
     with _create(path) as index:
         index.checkpoint({2: 1100, 3: 1200}, 1300, 8, 0x11, 3)
@@ -430,7 +430,7 @@ def _replay(path: str, vector: dict[str, Any]) -> None:
     index.close()
 
 
-@pytest.mark.req("IDX-001", "IDX-003", "IDX-011", "IDX-030", "IDX-032", "IDX-035")
+@pytest.mark.req("IDX-001", "IDX-003", "IDX-010", "IDX-011", "IDX-030", "IDX-032", "IDX-035")
 def test_writer_produces_the_vector_bytes(path: str) -> None:
     vector = _vector()
     _replay(path, vector)
