@@ -68,8 +68,8 @@ def test_sigkill_mid_workload(storage_factory: StorageFactory, kill_after: int) 
         pytest.skip(f"back-end {storage_factory.name!r} is not registered by name with a directory")
     storage_factory.open().close()
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, storage_factory.name, str(directory), str(COMMIT_COUNT)]
-        + [str(SEED)],
+        [sys.executable, "-c", CHILD, storage_factory.name, str(directory)]
+        + [str(COMMIT_COUNT), str(SEED)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=child_environment(),
