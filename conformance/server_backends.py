@@ -130,3 +130,21 @@ class ServerFileFactory(_ServerFactory):
 
 register_backend("server-memory", ServerMemoryFactory)
 register_backend("server-file", ServerFileFactory)
+
+
+def pytest_addoption(parser: Any) -> None:
+    """Options of the wire transcript tests (this module is also a pytest plugin)."""
+    group = parser.getgroup("dhruva", "dhruva storage conformance suite")
+    group.addoption(
+        "--dhruva-server-address",
+        dest="dhruva_server_address",
+        default=None,
+        metavar="HOST:PORT|SOCKET",
+        help="replay the wire transcripts against the dhruva server at this address",
+    )
+    group.addoption(
+        "--dhruva-server-fresh",
+        dest="dhruva_server_fresh",
+        action="store_true",
+        help="the server at --dhruva-server-address has an empty database",
+    )

@@ -1,0 +1,234 @@
+"""Write the wire-protocol transcripts in this folder (spec: ``spec/wire-protocol.md``).
+
+Run ``python conformance/vectors/wire/generate.py`` after a change to the
+protocol; the JSON files are the vectors, this script only documents how they
+were made.  Each transcript is a list of steps:
+
+* ``{"client": "a", "send": HEX}``: client ``a`` (connected on first use) sends
+  these bytes;
+* ``{"client": "a", "expect": HEX}``: client ``a`` then receives one frame
+  that must match this one.  ERROR frames match on code and oids (the message
+  text is for people); HELLO_OK frames match on magic and major version;
+  every other frame must be equal byte for byte;
+* ``{"client": "a", "expect_close": true}``: the server then closes client
+  ``a``'s connection.
+
+``"fresh": true`` transcripts expect an empty database (oids 0, 1, ... are
+the first handed out); the others hold against any server.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dhruva import wire
+from dhruva.storage import Record
+from dhruva.utils import int8_to_str
+
+HERE = Path(__file__).parent
+T = wire.MessageType
+E = wire.ErrorCode
+
+
+def hello(major: int = wire.PROTOCOL_MAJOR, magic: bytes = wire.MAGIC) -> bytes:
+    return wire.Hello(major, 0, "", magic).encode()
+
+
+HELLO_OK = wire.HelloOk(features="", storage_capabilities="").encode()
+
+
+def send(data: bytes, client: str = "a") -> dict[str, Any]:
+    return {"client": client, "send": data.hex()}
+
+
+def expect(data: bytes, client: str = "a") -> dict[str, Any]:
+    return {"client": client, "expect": data.hex()}
+
+
+def closed(client: str = "a") -> dict[str, Any]:
+    return {"client": client, "expect_close": True}
+
+
+def error(code: E, oids: list[bytes] | None = None) -> bytes:
+    return wire.Error(code, "", oids or []).encode()
+
+
+def greet(client: str = "a") -> list[dict[str, Any]]:
+    return [send(hello(), client), expect(HELLO_OK, client)]
+
+
+OID0, OID1 = int8_to_str(0), int8_to_str(1)
+MISSING = b"\xff" * 8
+NEVER = int8_to_str(0x7FFF_FFFF_FFFF_FFFF)
+SYNC = wire.Empty(T.SYNC).encode()
+EMPTY_OIDS = wire.Oids([]).encode()
+COMMITTED_NONE = wire.Committed([]).encode()
+
+
+def transcripts() -> dict[str, dict[str, Any]]:
+    r0 = Record(OID0, b"v1", b"")
+    r0b = Record(OID0, b"v2", OID1)
+    r1 = Record(OID1, b"one", b"")
+    return {
+        "handshake": {
+            "description": "HELLO is answered by HELLO_OK (WIRE-020)",
+            "steps": greet(),
+        },
+        "version-mismatch": {
+            "description": "an unknown major version is refused, then closed (WIRE-022)",
+            "steps": [send(hello(major=2)), expect(error(E.VERSION_MISMATCH)), closed()],
+        },
+        "bad-magic": {
+            "description": "a HELLO with the wrong magic is refused, then closed (WIRE-020)",
+            "steps": [send(hello(magic=b"DURS")), expect(error(E.MALFORMED)), closed()],
+        },
+        "handshake-required": {
+            "description": "any first message other than HELLO is refused (WIRE-021)",
+            "steps": [send(SYNC), expect(error(E.HANDSHAKE_REQUIRED)), closed()],
+        },
+        "oversized-frame": {
+            "description": "a length above the maximum is refused before the body (WIRE-012)",
+            "steps": [
+                *greet(),
+                send(bytes.fromhex("7fffffff")),
+                expect(error(E.FRAME_TOO_LARGE)),
+                closed(),
+            ],
+        },
+        "empty-frame": {
+            "description": "a frame of length 0 is malformed (WIRE-012)",
+            "steps": [
+                *greet(),
+                send(bytes.fromhex("00000000")),
+                expect(error(E.MALFORMED)),
+                closed(),
+            ],
+        },
+        "unknown-message": {
+            "description": "an unknown message type is refused, then closed (WIRE-013)",
+            "steps": [
+                *greet(),
+                send(wire.frame(b"\x7e")),
+                expect(error(E.UNKNOWN_MESSAGE)),
+                closed(),
+            ],
+        },
+        "truncated-load": {
+            "description": "a LOAD whose oid is short is malformed (WIRE-013)",
+            "steps": [
+                *greet(),
+                send(wire.frame(b"\x03\x00\x00\x00")),
+                expect(error(E.MALFORMED)),
+                closed(),
+            ],
+        },
+        "sync-fresh-session": {
+            "description": "a new session has no invalidations (WIRE-060)",
+            "steps": [*greet(), send(SYNC), expect(EMPTY_OIDS)],
+        },
+        "load-missing": {
+            "description": "LOAD of an oid that is not stored answers NO_SUCH_OBJECT (WIRE-050)",
+            "steps": [
+                *greet(),
+                send(wire.Load(MISSING).encode()),
+                expect(error(E.NO_SUCH_OBJECT, [MISSING])),
+                send(SYNC),
+                expect(EMPTY_OIDS),
+            ],
+        },
+        "empty-commit": {
+            "description": "a COMMIT of no records synchronizes only (WIRE-072)",
+            "steps": [*greet(), send(wire.Commit([]).encode()), expect(COMMITTED_NONE)],
+        },
+        "unallocated-oid": {
+            "description": "a commit naming an oid never allocated is refused (SRV-022)",
+            "steps": [
+                *greet(),
+                send(wire.Commit([Record(NEVER, b"x", b"")]).encode()),
+                expect(error(E.UNALLOCATED_OID, [NEVER])),
+                send(wire.Load(NEVER).encode()),
+                expect(error(E.NO_SUCH_OBJECT, [NEVER])),
+            ],
+        },
+        "quit": {
+            "description": "QUIT ends the session without an answer (WIRE-080)",
+            "steps": [*greet(), send(wire.Empty(T.QUIT).encode()), closed()],
+        },
+        "new-oids-commit-load": {
+            "description": "allocate, commit, load and bulk-load on an empty database",
+            "fresh": True,
+            "steps": [
+                *greet(),
+                send(wire.NewOids(2).encode()),
+                expect(wire.Oids([OID0, OID1]).encode()),
+                send(wire.Commit([r0, r1]).encode()),
+                expect(COMMITTED_NONE),
+                send(wire.Load(OID0).encode()),
+                expect(wire.RecordMessage(r0).encode()),
+                send(wire.BulkLoad([OID1, OID0]).encode()),
+                expect(wire.Records([r1, r0]).encode()),
+                send(wire.Empty(T.SIZE).encode()),
+                expect(wire.SizeIs(2).encode()),
+                send(wire.ListOids(OID0, 10).encode()),
+                expect(wire.Oids([OID0, OID1]).encode()),
+            ],
+        },
+        "stage-then-commit": {
+            "description": "STAGE frames have no answer; COMMIT commits them too (WIRE-070)",
+            "fresh": True,
+            "steps": [
+                *greet(),
+                send(wire.NewOids(2).encode()),
+                expect(wire.Oids([OID0, OID1]).encode()),
+                send(wire.Stage([r0]).encode() + wire.Commit([r1]).encode()),
+                expect(COMMITTED_NONE),
+                send(wire.Load(OID0).encode()),
+                expect(wire.RecordMessage(r0).encode()),
+            ],
+        },
+        "conflicts": {
+            "description": (
+                "b learns of a's commit at sync; a load or a commit of an oid changed"
+                " since b's last sync is a conflict (SRV-020, SRV-021, SRV-023)"
+            ),
+            "fresh": True,
+            "steps": [
+                *greet("a"),
+                *greet("b"),
+                send(wire.NewOids(2).encode(), "a"),
+                expect(wire.Oids([OID0, OID1]).encode(), "a"),
+                send(wire.Commit([r0, r1]).encode(), "a"),
+                expect(COMMITTED_NONE, "a"),
+                send(SYNC, "b"),
+                expect(wire.Oids([OID0, OID1]).encode(), "b"),
+                send(wire.Load(OID0).encode(), "b"),
+                expect(wire.RecordMessage(r0).encode(), "b"),
+                send(wire.Commit([r0b]).encode(), "a"),
+                expect(COMMITTED_NONE, "a"),
+                send(wire.Load(OID0).encode(), "b"),
+                expect(error(E.READ_CONFLICT, [OID0]), "b"),
+                send(wire.Commit([Record(OID0, b"v3", b"")]).encode(), "b"),
+                expect(error(E.WRITE_CONFLICT, [OID0]), "b"),
+                send(wire.Commit([]).encode(), "b"),
+                expect(wire.Committed([OID0]).encode(), "b"),
+                send(wire.Load(OID0).encode(), "b"),
+                expect(wire.RecordMessage(r0b).encode(), "b"),
+                send(wire.Commit([Record(OID0, b"v3", b"")]).encode(), "b"),
+                expect(COMMITTED_NONE, "b"),
+                send(SYNC, "a"),
+                expect(wire.Oids([OID0]).encode(), "a"),
+            ],
+        },
+    }
+
+
+def main() -> None:
+    for name, body in transcripts().items():
+        body = {"name": name, "fresh": body.pop("fresh", False), **body}
+        (HERE / f"{name}.json").write_text(json.dumps(body, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
