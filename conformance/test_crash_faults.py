@@ -26,7 +26,6 @@ from dhruva_conformance.faults import (
     write_commits,
 )
 
-from dhruva.error import CorruptionError
 from dhruva.storage import Storage
 
 pytestmark = pytest.mark.needs("reopen", "durable", "file-layer")
@@ -116,20 +115,8 @@ def test_crash_while_creating_the_database(
     """Crash points also in the creation of the data file (its header write).
 
     FLT-001 lets a crash keep any part of the unsynced header; [RCV-006]
-    recovers only a file holding a prefix of the magic, so a header torn
-    after the magic (or zero-filled) makes the open raise.  Known gap of the
-    built-in file storages, reported; strict, so a fix turns this red until
-    the marker is removed.
+    recognises every such state as an unfinished creation.
     """
-    if storage_factory.name in ("file", "file2"):
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="known gap: a torn file header from a crash during creation "
-                "is not recovered (RCV-006 covers only a prefix of the magic)",
-                raises=CorruptionError,
-                strict=True,
-            )
-        )
     crash_everywhere(storage_factory, create=True)
 
 

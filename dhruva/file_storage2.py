@@ -107,11 +107,11 @@ class JournalStorage(Storage):
     def _check_header(self, data_file: DataFile) -> bytes:
         size = data_file.size()
         header_size = journal.FILE_HEADER_SIZE
-        if size < header_size and not self.readonly:
+        if size <= header_size and not self.readonly:
             found = data_file.pread(size, 0)
-            # [RCV-006] An empty file, or one holding the start of a header, is a
-            # creation that did not finish: it holds no transaction.
-            if found == journal.MAGIC[: len(found)] or size == 0:
+            # [RCV-006] An empty file, or one holding what a torn header write
+            # can leave, is a creation that did not finish: it holds no transaction.
+            if journal.is_unfinished_header(found):
                 if size:
                     set_aside(self._layer, data_file, 0, "incomplete file header")
                 file_id = os.urandom(journal.FILE_ID_SIZE)

@@ -167,6 +167,31 @@ def decode_file_header(buf: Buffer, path: str) -> FileHeader:
     return FileHeader(major, minor, flags, bytes(file_id))
 
 
+def is_unfinished_header(buf: Buffer) -> bool:
+    """Return True when ``buf`` (a whole file) is what an interrupted creation can leave.
+
+    That is at most 64 bytes, not a valid header, and every byte either zero or
+    the byte a writer puts there: the magic, version 1.0, zero flags and zero
+    reserved bytes; the file id and checksum positions may hold anything
+    (RCV-006).  A foreign file almost never passes this test.
+    """
+    if len(buf) > FILE_HEADER_SIZE:
+        return False
+    expected = encode_file_header(bytes(FILE_ID_SIZE))
+    for position, value in enumerate(bytes(buf)):
+        if 16 <= position < 32 or position >= _FILE_HEADER_CRC_START:
+            continue  # file id and checksum
+        if value and value != expected[position]:
+            return False
+    if len(buf) == FILE_HEADER_SIZE:
+        try:
+            decode_file_header(buf, "")
+        except CorruptionError:
+            return True
+        return False
+    return True
+
+
 # --- transactions ----------------------------------------------------------------
 
 

@@ -310,3 +310,16 @@ def test_memoryview_buffers_are_accepted() -> None:
     assert len(result.spans) == 1 and result.tail is not None
     header = journal.decode_file_header(memoryview(data), PATH)
     assert header.file_id == bytes(16)
+
+
+@pytest.mark.req("RCV-006")
+def test_unfinished_header_recognition() -> None:
+    header = journal.encode_file_header(bytes(range(16)))
+    for cut in range(64):
+        assert journal.is_unfinished_header(header[:cut]), cut
+        zero_filled = header[:cut] + bytes(64 - cut)
+        assert journal.is_unfinished_header(zero_filled), cut
+    assert not journal.is_unfinished_header(header)
+    assert not journal.is_unfinished_header(header + b"x")
+    assert not journal.is_unfinished_header(b"hello world\n")
+    assert not journal.is_unfinished_header(journal.MAGIC[:4] + b"\x01")
