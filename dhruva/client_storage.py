@@ -83,8 +83,12 @@ class ClientStorage(Storage):
         try:
             if isinstance(self.address, str):
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(timeout_s)
-                sock.connect(self.address)
+                try:
+                    sock.settimeout(timeout_s)
+                    sock.connect(self.address)
+                except OSError:
+                    sock.close()
+                    raise
             else:
                 sock = socket.create_connection(self.address, timeout=timeout_s)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,0 +1,234 @@
+"""The wire codec (spec: wire-protocol.md): layouts, hex examples, fuzzing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dhruva import wire
+from dhruva.error import ProtocolError
+from dhruva.storage import Record
+from dhruva.utils import int8_to_str as p64
+
+T = wire.MessageType
+RECORD = Record(p64(0), b"v1", p64(1))
+VECTORS = Path(__file__).resolve().parent.parent / "conformance" / "vectors" / "wire"
+
+# The hex examples of spec/wire-protocol.md, message by message.
+SPEC_EXAMPLES: list[tuple[wire.Message, str]] = [
+    (wire.Hello(), "00 00 00 0b 01 44 48 52 56 00 01 00 00 00 00"),
+    (
+        wire.HelloOk(features="stage", storage_capabilities="pack"),
+        "00 00 00 16 81 44 48 52 56 00 01 00 00 00 05 73 74 61 67 65 00 04 70 61 63 6b",
+    ),
+    (wire.NewOids(2), "00 00 00 05 02 00 00 00 02"),
+    (
+        wire.Oids([p64(0), p64(1)]),
+        "00 00 00 15 82 00 00 00 02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 01",
+    ),
+    (wire.Load(p64(0)), "00 00 00 09 03 00 00 00 00 00 00 00 00"),
+    (
+        wire.RecordMessage(RECORD),
+        "00 00 00 1b 83 00 00 00 00 00 00 00 00 00 00 00 02 00 00 00 08 76 31"
+        " 00 00 00 00 00 00 00 01",
+    ),
+    (wire.BulkLoad([p64(0)]), "00 00 00 0d 04 00 00 00 01 00 00 00 00 00 00 00 00"),
+    (wire.Empty(T.SYNC), "00 00 00 01 05"),
+    (wire.Oids([]), "00 00 00 05 82 00 00 00 00"),
+    (
+        wire.Commit([RECORD]),
+        "00 00 00 1f 07 00 00 00 01 00 00 00 00 00 00 00 00 00 00 00 02 00 00 00 08"
+        " 76 31 00 00 00 00 00 00 00 01",
+    ),
+    (wire.Committed([p64(1)]), "00 00 00 0d 87 00 00 00 01 00 00 00 00 00 00 00 01"),
+    (wire.Empty(T.PACK), "00 00 00 01 08"),
+    (wire.Empty(T.OK), "00 00 00 01 88"),
+    (wire.Empty(T.SIZE), "00 00 00 01 0b"),
+    (wire.SizeIs(2), "00 00 00 09 8b 00 00 00 00 00 00 00 02"),
+    (wire.ListOids(p64(0), 100), "00 00 00 0d 0c 00 00 00 00 00 00 00 00 00 00 00 64"),
+    (wire.Empty(T.QUIT), "00 00 00 01 09"),
+    (wire.Empty(T.STOP), "00 00 00 01 0a"),
+    (
+        wire.Error(18, "conflict", [p64(0)]),
+        "00 00 00 19 ff 00 12 00 00 00 01 00 00 00 00 00 00 00 00 00 08 63 6f 6e 66 6c 69 63 74",
+    ),
+]
+
+
+@pytest.mark.req("WIRE-010", "WIRE-014")
+@pytest.mark.parametrize(("message", "hex_text"), SPEC_EXAMPLES, ids=lambda x: str(x)[:20])
+def test_spec_hex_examples(message: wire.Message, hex_text: str) -> None:
+    encoded = message.encode()
+    assert encoded.hex(" ") == hex_text
+    assert wire.FRAME_HEADER.unpack(encoded[:4])[0] == len(encoded) - 4
+    decoded = wire.decode_message(encoded[4:])
+    assert decoded.encode() == encoded
+
+
+def test_stage_has_commit_layout() -> None:
+    assert wire.Stage([RECORD]).encode()[5:] == wire.Commit([RECORD]).encode()[5:]
+
+
+@pytest.mark.req("WIRE-010")
+def test_decoder_reassembles_frames_fed_byte_by_byte() -> None:
+    stream = b"".join(m.encode() for m, _ in SPEC_EXAMPLES)
+    decoder = wire.FrameDecoder()
+    payloads: list[bytes] = []
+    for i in range(len(stream)):
+        payloads.extend(decoder.feed(stream[i : i + 1]))
+    assert [wire.decode_message(x).encode() for x in payloads] == [
+        m.encode() for m, _ in SPEC_EXAMPLES
+    ]
+    assert decoder.buffered == 0
+
+
+@pytest.mark.req("WIRE-011", "WIRE-012")
+def test_oversized_length_refused_from_the_header_alone() -> None:
+    decoder = wire.FrameDecoder()
+    with pytest.raises(wire.FrameSizeError):
+        decoder.feed(wire.FRAME_HEADER.pack(wire.MAX_FRAME_SIZE + 1))
+    # The decoder stays broken: the stream cannot be resynchronized.
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"\x00\x00\x00\x01\x05")
+    assert wire.FrameDecoder().feed(wire.FRAME_HEADER.pack(wire.MAX_FRAME_SIZE)) == []
+
+
+@pytest.mark.req("WIRE-012")
+def test_zero_length_frame_is_malformed() -> None:
+    with pytest.raises(ProtocolError) as info:
+        wire.FrameDecoder().feed(b"\x00\x00\x00\x00")
+    assert not isinstance(info.value, wire.FrameSizeError)
+
+
+@pytest.mark.req("WIRE-011")
+def test_encoder_refuses_oversized_payload() -> None:
+    with pytest.raises(ProtocolError):
+        wire.frame(b"\x07" * (wire.MAX_FRAME_SIZE + 1))
+
+
+@pytest.mark.req("WIRE-013")
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x7e",  # unknown type
+        b"\x03\x00\x00",  # LOAD with a short oid
+        b"\x03" + b"\x00" * 9,  # LOAD with a trailing byte
+        b"\x05\x00",  # SYNC with a body
+        b"\x04\xff\xff\xff\xff",  # BULK_LOAD claiming 4 billion oids
+        b"\x07\x00\x00\x00\x01" + b"\x00" * 8 + b"\x00\x00\x00\x05\x00\x00\x00\x00",  # short data
+        b"\x01DHRV\x00\x01\x00\x00\x00\x02\xff\xfe",  # HELLO with non-UTF-8 features
+        b"\x02\x00\x00\x00\x00",  # NEW_OIDS of 0
+    ],
+)
+def test_malformed_payloads(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        wire.decode_message(payload)
+
+
+@pytest.mark.req("WIRE-014")
+def test_refs_not_a_multiple_of_eight() -> None:
+    body = b"\x83" + p64(0) + b"\x00\x00\x00\x00\x00\x00\x00\x03" + b"abc"
+    with pytest.raises(ProtocolError, match="multiple of 8"):
+        wire.decode_message(body)
+
+
+@pytest.mark.req("WIRE-041")
+def test_new_oids_count_bounds() -> None:
+    assert wire.decode_message(wire.NewOids(wire.MAX_OIDS_PER_REQUEST).encode()[4:])
+    with pytest.raises(ProtocolError):
+        wire.decode_message(wire.NewOids(wire.MAX_OIDS_PER_REQUEST + 1).encode()[4:])
+
+
+@pytest.mark.req("WIRE-011", "WIRE-070")
+def test_split_commit_keeps_frames_under_the_limit() -> None:
+    records = [Record(p64(i), bytes([i]) * 100, b"") for i in range(10)]
+    frames = wire.split_commit(records, max_frame_size=350)
+    assert len(frames) > 2
+    types = [wire.decode_message(f[4:]).type for f in frames]
+    assert types[:-1] == [T.STAGE] * (len(frames) - 1) and types[-1] == T.COMMIT
+    assert all(len(f) - 4 <= 350 for f in frames)
+    got = [r for f in frames for r in wire.decode_message(f[4:]).records]  # type: ignore[union-attr]
+    assert got == records
+    with pytest.raises(ProtocolError, match="at most"):
+        wire.split_commit([Record(p64(0), b"x" * 400, b"")], max_frame_size=350)
+
+
+def test_empty_commit_is_one_frame() -> None:
+    assert wire.split_commit([]) == [wire.Commit([]).encode()]
+
+
+def test_error_codes_fatality() -> None:
+    assert wire.ErrorCode.MALFORMED.fatal
+    assert not wire.ErrorCode.WRITE_CONFLICT.fatal
+
+
+# --- fuzzing -----------------------------------------------------------------------
+
+
+@pytest.mark.req("WIRE-012", "WIRE-013")
+@settings(max_examples=400, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=64), max_size=8))
+def test_fuzz_decoder_raises_only_protocol_error(chunks: list[bytes]) -> None:
+    decoder = wire.FrameDecoder(max_frame_size=256)
+    try:
+        for chunk in chunks:
+            for payload in decoder.feed(chunk):
+                try:
+                    wire.decode_message(payload)
+                except ProtocolError:
+                    pass
+    except ProtocolError:
+        pass
+
+
+@pytest.mark.req("WIRE-013")
+@settings(max_examples=400, deadline=None)
+@given(
+    kind=st.sampled_from([int(t) for t in T] + [0x00, 0x7E, 0xFE]),
+    body=st.binary(max_size=80),
+)
+def test_fuzz_typed_payloads_raise_only_protocol_error(kind: int, body: bytes) -> None:
+    try:
+        message = wire.decode_message(bytes([kind]) + body)
+    except ProtocolError:
+        return
+    # Whatever decodes re-encodes to the same bytes.
+    assert message.encode()[4:] == bytes([kind]) + body
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    records=st.lists(
+        st.builds(
+            Record,
+            st.binary(min_size=8, max_size=8),
+            st.binary(max_size=40),
+            st.lists(st.binary(min_size=8, max_size=8), max_size=3).map(b"".join),
+        ),
+        max_size=5,
+    )
+)
+def test_records_round_trip(records: list[Record]) -> None:
+    encoded = wire.Records(records).encode()
+    decoded = wire.decode_message(encoded[4:])
+    assert isinstance(decoded, wire.Records)
+    assert list(decoded.records) == records
+
+
+# --- vectors -----------------------------------------------------------------------
+
+
+def test_transcript_vectors_match_their_generator(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("wire_vectors", VECTORS / "generate.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name, body in module.transcripts().items():
+        body = {"name": name, "fresh": body.pop("fresh", False), **body}
+        stored = json.loads((VECTORS / f"{name}.json").read_text())
+        assert stored == body, f"{name}.json is stale: run generate.py"
