@@ -175,8 +175,9 @@ def run_server(args: argparse.Namespace) -> int:
             raise CommandError("--readonly needs --file: a new temporary file would stay empty")
         # [CLI-020] Without --file the server uses a temporary file removed at stop.
         temp_dir = tempfile.mkdtemp(prefix="dhruva-")
-        storage = open_file_storage(os.path.join(temp_dir, "temp.dhruva"))
-        described = "a temporary file"
+        temp_path = os.path.join(temp_dir, "temp.dhruva")
+        storage = open_file_storage(temp_path)
+        described = f"the temporary file {temp_path} (removed at stop)"
     try:
         try:
             server = StorageServer(

@@ -1,0 +1,256 @@
+"""The ``dhruva`` command (spec: server.md, "The dhruva command")."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from dhruva.cli import CommandError, _rewrite_flags, build_parser, main
+from dhruva.file_storage import FileStorage
+
+COMMAND = [sys.executable, "-m", "dhruva"]
+_WAIT_S = 30.0
+
+
+def run(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*COMMAND, *args], input=stdin, capture_output=True, text=True, timeout=60, cwd=cwd
+    )
+
+
+class Server:
+    """A ``dhruva -s`` child process on a Unix socket; killed by pid at the end."""
+
+    def __init__(self, tmp_path: Path, *args: str) -> None:
+        self.socket = str(tmp_path / "server.sock")
+        self.log = tmp_path / "server.log"
+        self.process = subprocess.Popen(
+            [*COMMAND, "-s", "--address", self.socket, "--logfile", str(self.log), *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + _WAIT_S
+        while "listening on" not in self.log_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"server did not start: {self.log_text()}")
+            time.sleep(0.02)
+
+    def log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def wait(self) -> int:
+        return self.process.wait(timeout=_WAIT_S)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        if self.process.stderr:
+            self.process.stderr.close()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def start(*args: str) -> Server:
+        server = Server(tmp_path, *args)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.kill()
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, result
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("dhruva: ")
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+# --- argument structure --------------------------------------------------------------
+
+
+@pytest.mark.req("CLI-001")
+def test_flags_are_subcommand_aliases() -> None:
+    assert _rewrite_flags(["-s", "--port", "1"]) == ["server", "--port", "1"]
+    assert _rewrite_flags(["--file", "x", "-c"]) == ["console", "--file", "x"]
+    assert _rewrite_flags(["pack", "x"]) == ["pack", "x"]
+    with pytest.raises(CommandError):
+        _rewrite_flags(["-s", "-c"])
+    args = build_parser().parse_args(_rewrite_flags(["-s", "--stop", "--port", "7"]))
+    assert args.command == "server" and args.stop and args.port == 7
+
+
+@pytest.mark.req("CLI-001")
+def test_help_explains_every_option() -> None:
+    server_help = run("-s", "--help")
+    assert server_help.returncode == 0
+    for option in ("--file", "--host", "--port", "--address", "--gcinterval", "--readonly",
+                   "--logfile", "--loglevel", "--stop"):  # fmt: skip
+        assert option in server_help.stdout
+    assert run("server", "--help").stdout == server_help.stdout
+    console_help = run("-c", "--help")
+    assert console_help.returncode == 0 and "--file" in console_help.stdout
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    assert "dhruva -s" in capsys.readouterr().err
+
+
+# --- console -----------------------------------------------------------------------
+
+
+@pytest.mark.req("CLI-030")
+def test_console_on_a_file_with_piped_stdin(tmp_path: Path) -> None:
+    path = str(tmp_path / "db.dhruva")
+    first = run("-c", "--file", path, stdin='root["a"] = 1\nconnection.commit()\nroot["b"] = 2\n')
+    assert first.returncode == 0, first.stderr
+    second = run("-c", "--file", path, stdin="print(sorted(root.items()))\n")
+    assert second.returncode == 0, second.stderr
+    # "b" was never committed: the console does not write on its own.
+    assert second.stdout.strip() == "[('a', 1)]"
+
+
+def test_console_reports_errors_of_the_code_it_runs(tmp_path: Path) -> None:
+    result = run("-c", "--file", str(tmp_path / "db.dhruva"), stdin="1/0\nprint('after')\n")
+    assert result.returncode == 0
+    assert "ZeroDivisionError" in result.stderr
+    assert "after" in result.stdout
+
+
+@pytest.mark.req("CLI-010")
+def test_console_on_a_locked_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "db.dhruva")
+    holder = FileStorage(path)
+    try:
+        line = one_line_error(run("-c", "--file", path))
+        assert "lock" in line
+    finally:
+        holder.close()
+
+
+@pytest.mark.req("CLI-010")
+def test_console_without_a_server(tmp_path: Path) -> None:
+    line = one_line_error(run("-c", "--address", str(tmp_path / "nobody.sock")))
+    assert "nobody.sock" in line
+
+
+# --- server ------------------------------------------------------------------------
+
+
+@pytest.mark.req("CLI-022", "CLI-020", "CLI-030")
+def test_server_console_and_stop(start_server: Callable[..., Server]) -> None:
+    server = start_server()
+    temp_file = re.search(r"temporary file (\S+)", server.log_text())
+    assert temp_file and Path(temp_file.group(1)).exists()
+    address = ["--address", server.socket]
+    wrote = run("-c", *address, stdin='root["x"] = [1, 2]\nconnection.commit()\nroot["y"] = 0\n')
+    assert wrote.returncode == 0, wrote.stderr
+    read = run("-c", *address, stdin="print(sorted(root.items()))\n")
+    assert read.stdout.strip() == "[('x', [1, 2])]"
+    stopped = run("-s", "--stop", *address)
+    assert stopped.returncode == 0, stopped.stderr
+    assert server.wait() == 0
+    assert not Path(temp_file.group(1)).exists()
+    assert not Path(server.socket).exists()
+
+
+@pytest.mark.req("CLI-011", "CLI-010")
+def test_stop_without_a_server(tmp_path: Path) -> None:
+    line = one_line_error(run("-s", "--stop", "--address", str(tmp_path / "none.sock")))
+    assert "no dhruva server is running" in line
+
+
+@pytest.mark.req("CLI-021", "CLI-020")
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_stop_cleanly(start_server: Callable[..., Server], signum: int) -> None:
+    server = start_server()
+    temp_file = re.search(r"temporary file (\S+)", server.log_text())
+    assert temp_file
+    os.kill(server.process.pid, signum)
+    assert server.wait() == 0
+    assert not Path(temp_file.group(1)).exists()
+    assert not Path(server.socket).exists()
+    assert "stopping" in server.log_text()
+
+
+def test_file_survives_restart(start_server: Callable[..., Server], tmp_path: Path) -> None:
+    path = str(tmp_path / "test.dhruva")
+    server = start_server("--file", path)
+    run("-c", "--address", server.socket, stdin='root["kept"] = True\nconnection.commit()\n')
+    run("-s", "--stop", "--address", server.socket)
+    assert server.wait() == 0
+    assert Path(path).exists()
+    server = start_server("--file", path)
+    result = run("-c", "--address", server.socket, stdin='print(root["kept"])\n')
+    assert result.stdout.strip() == "True"
+    run("-s", "--stop", "--address", server.socket)
+    assert server.wait() == 0
+    # With the server stopped, the file opens directly.
+    direct = run("-c", "--file", path, stdin='print(root["kept"])\n')
+    assert direct.stdout.strip() == "True"
+
+
+@pytest.mark.req("CLI-010")
+def test_port_in_use() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        line = one_line_error(run("-s", "--port", str(port)))
+    assert "cannot listen on 127.0.0.1:" in line
+
+
+@pytest.mark.req("CLI-010")
+def test_server_on_a_locked_file(tmp_path: Path) -> None:
+    path = str(tmp_path / "db.dhruva")
+    holder = FileStorage(path)
+    try:
+        line = one_line_error(run("-s", "--file", path, "--address", str(tmp_path / "x.sock")))
+        assert "lock" in line
+    finally:
+        holder.close()
+
+
+def test_tcp_server_on_a_free_port(start_server: Callable[..., Server], tmp_path: Path) -> None:
+    # --address is given by the fixture; a TCP server is checked separately.
+    log = tmp_path / "tcp.log"
+    process = subprocess.Popen(
+        [*COMMAND, "-s", "--port", "0", "--logfile", str(log)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + _WAIT_S
+        match = None
+        while match is None and time.monotonic() < deadline and process.poll() is None:
+            match = re.search(
+                r"listening on 127\.0\.0\.1:(\d+)", log.read_text() if log.exists() else ""
+            )
+            time.sleep(0.02)
+        assert match, log.read_text()
+        port = match.group(1)
+        result = run("-c", "--port", port, stdin="print(type(root).__name__)\n")
+        assert result.stdout.strip() == "PersistentDict"
+        assert run("-s", "--stop", "--port", port).returncode == 0
+        assert process.wait(timeout=_WAIT_S) == 0
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
