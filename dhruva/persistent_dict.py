@@ -30,7 +30,10 @@ identity hashes, so such keys behave exactly as identity keys.  Durus's
 containers are hashable the same way.
 
 Derived containers (``copy``, ``|``, ``fromkeys``) are new, unsaved instances
-of the same class, as in Durus and ``collections.UserDict``.
+of the same class, as in Durus and ``collections.UserDict``, except that a
+binary operator with a builtin container on its left returns a builtin
+container (``{} | persistent_dict`` is a dict), as builtin operators return
+the type of their left operand.
 """
 
 from __future__ import annotations
@@ -139,9 +142,11 @@ class PersistentDict(Persistent, MutableMapping[K, V]):
             return self.__class__(self.data | other)
         return NotImplemented
 
-    def __ror__(self, other: Mapping[K, V]) -> Self:
+    def __ror__(self, other: Mapping[K, V]) -> dict[K, V]:
+        # ``dict | PersistentDict``: the result is a dict, the type of the
+        # left operand, as ``dict | OrderedDict`` is a dict.
         if isinstance(other, dict):
-            return self.__class__(other | self.data)
+            return other | self.data
         return NotImplemented
 
     def __repr__(self) -> str:

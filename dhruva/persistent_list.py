@@ -9,6 +9,14 @@ instances are hashable by identity although they compare by contents.
 Reading a slice returns a plain ``list`` (as Durus does on Python 3, and at
 the cost of the builtin slice alone); ``+``, ``*`` and ``copy`` return new,
 unsaved instances of the same class, as in Durus and ``collections.UserList``.
+
+There is deliberately no ``__radd__`` (Durus has one): ``list`` has no
+``__iadd__`` slot of the numeric kind, so with a ``__radd__`` here
+``items += persistent_list`` would call it and rebind ``items`` to a new
+PersistentList instead of extending the plain list in place.  Without it,
+``items += persistent_list`` extends ``items`` as ``list.extend`` does, and
+``[0] + persistent_list`` raises TypeError as ``[0] + (1,)`` does; write
+``[0, *persistent_list]``.
 """
 
 from __future__ import annotations
@@ -77,11 +85,6 @@ class PersistentList(Persistent, MutableSequence[T]):
             return self.__class__(self.data + other)
         if isinstance(other, PersistentList):
             return self.__class__(self.data + other.data)
-        return NotImplemented
-
-    def __radd__(self, other: Iterable[T]) -> Self:
-        if isinstance(other, list):
-            return self.__class__(other + self.data)
         return NotImplemented
 
     def __mul__(self, count: SupportsIndex) -> Self:

@@ -13,7 +13,13 @@ builtin ``set`` accepts -- sets, frozensets, PersistentSets -- and the other
 is ``NotImplemented``, so ``PersistentSet() | [1]`` raises TypeError as
 ``set() | [1]`` does.  The named methods (``union``, ``update``, ...) accept
 any iterables.  Derived sets are new, unsaved instances of the same class, as
-in Durus.
+in Durus, except that with a builtin set on the left of an operator the
+result is a builtin set (``{1} | persistent_set`` is a set,
+``frozenset() | persistent_set`` a frozenset): builtin set operators return
+the type of their left operand.  Durus returns a PersistentSet there; we do
+not, because ``plain_set |= persistent_set`` falls back to the reflected
+operator (``set.__ior__`` accepts only builtin sets) and would otherwise turn
+``plain_set`` into a new persistent object.
 """
 
 from __future__ import annotations
@@ -171,29 +177,29 @@ class PersistentSet(Persistent, MutableSet[T]):
             return NotImplemented
         return self.__class__(self.s ^ other_set)
 
-    def __ror__(self, other: AbstractSet[T]) -> Self:
+    def __ror__(self, other: AbstractSet[T]) -> AbstractSet[Any]:
         other_set = _as_set(other)
         if other_set is None:
             return NotImplemented
-        return self.__class__(other_set | self.s)
+        return other_set | self.s
 
-    def __rand__(self, other: AbstractSet[Any]) -> Self:
+    def __rand__(self, other: AbstractSet[Any]) -> AbstractSet[Any]:
         other_set = _as_set(other)
         if other_set is None:
             return NotImplemented
-        return self.__class__(other_set & self.s)
+        return other_set & self.s
 
-    def __rsub__(self, other: AbstractSet[Any]) -> Self:
+    def __rsub__(self, other: AbstractSet[Any]) -> AbstractSet[Any]:
         other_set = _as_set(other)
         if other_set is None:
             return NotImplemented
-        return self.__class__(other_set - self.s)
+        return other_set - self.s
 
-    def __rxor__(self, other: AbstractSet[T]) -> Self:
+    def __rxor__(self, other: AbstractSet[T]) -> AbstractSet[Any]:
         other_set = _as_set(other)
         if other_set is None:
             return NotImplemented
-        return self.__class__(other_set ^ self.s)
+        return other_set ^ self.s
 
     # -- mutating ---------------------------------------------------------------------
 
