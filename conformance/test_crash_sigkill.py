@@ -67,9 +67,9 @@ def test_sigkill_mid_workload(storage_factory: StorageFactory, kill_after: int) 
     if directory is None or storage_factory.name not in backend_names():
         pytest.skip(f"back-end {storage_factory.name!r} is not registered by name with a directory")
     storage_factory.open().close()
+    arguments = [storage_factory.name, str(directory), str(COMMIT_COUNT), str(SEED)]
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, storage_factory.name, str(directory)]
-        + [str(COMMIT_COUNT), str(SEED)],
+        [sys.executable, "-c", CHILD, *arguments],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=child_environment(),
