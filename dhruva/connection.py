@@ -39,9 +39,16 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
+from dhruva.class_registry import AllowEntry, ClassRegistry
 from dhruva.error import DhruvaError, DhruvaKeyError, InvalidObjectReference
 from dhruva.persistent import GHOST, SAVED, UNSAVED, PersistentBase
-from dhruva.serialize import ObjectReader, ObjectWriter
+from dhruva.serialize import (
+    ObjectReader,
+    ObjectWriter,
+    Serializer,
+    reading_registry,
+    select_serializer,
+)
 from dhruva.storage import Storage
 from dhruva.utils import ROOT_OID, int8_to_str
 
@@ -64,6 +71,16 @@ class Connection:
     aims to keep between transactions.  ``root_class`` is the class of the
     root object created in an empty database (PersistentDict by default).
 
+    ``serializer`` writes every record this connection commits: a name
+    (``"pickle"``, ``"pickle-restricted"``, ``"msgspec"``, ``"dill"``) or a
+    Serializer object.  By default it is the serializer that wrote the root
+    record, so a database keeps the serializer it was created with, and
+    pickle for a new database (spec OBJ-023).  Records of every serializer
+    are read whatever this choice.  ``allowed_classes`` (a ClassRegistry, or
+    classes, modules and dotted names) restricts reading: a record naming
+    anything else raises ForbiddenClassError before any of it runs
+    (OBJ-020); ``"pickle-restricted"`` implies it.
+
     A Connection is not thread-safe: use one per thread.
     """
 
@@ -72,6 +89,9 @@ class Connection:
         storage: Storage | str,
         cache_size: int = 100000,
         root_class: type[PersistentBase] | None = None,
+        *,
+        serializer: str | Serializer | None = None,
+        allowed_classes: ClassRegistry | list[AllowEntry] | None = None,
     ) -> None:
         if isinstance(storage, str):
             from dhruva.file_storage import FileStorage
@@ -90,7 +110,15 @@ class Connection:
         self._load_count = 0
         self._transaction_serial = 1
         self._closed = False
-        self._reader = ObjectReader(self.get_ghost)
+        root_data = None
+        if serializer is None:
+            try:
+                root_data = storage.load(ROOT_OID).data
+            except DhruvaKeyError:
+                pass
+        self._serializer = select_serializer(serializer, root_data)
+        registry = reading_registry(self._serializer, allowed_classes)
+        self._reader = ObjectReader(self.get_ghost, registry=registry)
         self._root_class = root_class
         self._ensure_root(root_class)
 
@@ -218,7 +246,7 @@ class Connection:
         if not self._changed:
             self._sync()
             return
-        writer = ObjectWriter(self)
+        writer = ObjectWriter(self, self._serializer)
         written: list[PersistentBase] = []
         storage = self._storage
         try:
@@ -336,6 +364,10 @@ class Connection:
     def new_oid(self) -> bytes:
         """Return a new oid from the storage."""
         return self._storage.new_oid()
+
+    def get_serializer(self) -> Serializer:
+        """Return the serializer this connection writes records with."""
+        return self._serializer
 
     def get_storage(self) -> Storage:
         """Return the storage this connection uses."""

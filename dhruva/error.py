@@ -111,3 +111,21 @@ class SerializationError(DhruvaError):
 
     The message names the object's class and, where known, the attribute.
     """
+
+
+class ForbiddenClassError(SerializationError):
+    """A record names a class (or other global) that this connection may not load.
+
+    Raised by restricted loading (spec: object-encoding.md, OBJ-020) before
+    anything the record names is imported or called.  ``name`` is the dotted
+    import path the record asked for.  Add it to the connection's
+    ``allowed_classes`` if the database is trusted to use it.
+    """
+
+    def __init__(self, name: str, reason: str | None = None) -> None:
+        self.name = name
+        detail = reason or "it is not on this connection's allow-list"
+        super().__init__(
+            f"refusing to load {name}: {detail} (pass it in allowed_classes= "
+            "only if you trust the database)"
+        )

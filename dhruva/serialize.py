@@ -1,15 +1,29 @@
 """Turning persistent objects into record bytes and back (spec: object-encoding.md).
 
-The pickle encoding of a record's data (spec OBJ-001 .. OBJ-010):
+Theory of operation.  A record's data starts with one byte, the serializer
+code (OBJ-001), and the rest is that serializer's payload:
 
-    data := serializer-code class-pickle state-pickle
+    data := serializer-code payload
 
-``serializer-code`` is one byte, ``P`` (0x50) for this encoding.  The class
-pickle is ``pickle.dumps(cls)``; the state pickle is the object's
-``__getstate__()``.  Both are written by one pickler, so the state pickle may
-refer to the class pickle's memo.  Every persistent object inside the state is
-written as a persistent id ``(oid, class)``; the oids of those references,
-in first-seen order without repeats, are the record's reference list.
+==========  ==============  ==========================================
+code        serializer      module
+==========  ==============  ==========================================
+``P`` 0x50  pickle          here (also "pickle-restricted": same bytes)
+``M`` 0x4D  msgspec         ``dhruva.serialize_msgspec`` (optional)
+``D`` 0x44  dill            ``dhruva.serialize_dill`` (optional)
+==========  ==============  ==========================================
+
+Writing: a Connection has one :class:`Serializer` that writes every record
+of its commits (:class:`ObjectWriter`).  Reading: :class:`ObjectReader`
+dispatches on each record's code with one dict lookup, so a database may mix
+serializers; the decoder of an optional serializer is created the first time
+one of its records is read, and a missing package is reported then, naming
+what to install (OBJ-022).
+
+Restricted reading: when the reader has a :class:`ClassRegistry`, every
+class a record names is checked against it before anything is imported or
+called (OBJ-020); pickle records go through a ``find_class`` that asks the
+registry, dill records are refused outright (dill exists to pickle code).
 
 Storages never run any of this: they see ``data`` and ``refs`` as bytes.
 """
@@ -19,32 +33,295 @@ from __future__ import annotations
 import io
 import pickle
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
+from dhruva.class_registry import AllowEntry, ClassRegistry, as_registry
 from dhruva.error import FormatError, InvalidObjectReference, SerializationError
 from dhruva.persistent import UNSAVED, PersistentBase
 
 PICKLE_CODE = b"P"
 """The serializer code of the pickle encoding (OBJ-002)."""
+MSGSPEC_CODE = b"M"
+"""The serializer code of the msgspec (MessagePack) encoding (OBJ-030)."""
+DILL_CODE = b"D"
+"""The serializer code of the dill encoding (OBJ-040)."""
 
 PICKLE_PROTOCOL = 5
 
+Reference = Callable[[PersistentBase], tuple[bytes, type]]
+"""Called by an encoder for each persistent object in a state: returns ``(oid, class)``."""
+GetGhost = Callable[[bytes, type], PersistentBase]
+"""The connection's ``get_ghost(oid, class)``."""
 
-def _describe(obj: PersistentBase) -> str:
+
+def describe(obj: PersistentBase) -> str:
+    """``"Class (oid N)"`` for error messages; never loads a ghost."""
     return f"{type(obj)._p_class.__qualname__} (oid {obj._p_format_oid()})"
 
 
-class _RecordPickler(pickle.Pickler):
-    """A pickler whose persistent ids are persistent objects."""
+class RecordDecoder(Protocol):
+    """Reads the records of one serializer for one connection."""
 
-    def __init__(self, file: io.BytesIO, writer: ObjectWriter) -> None:
+    def get_class(self, data: bytes) -> type:
+        """Return the persistent class a record names, without reading its state."""
+        ...
+
+    def get_class_and_state(self, data: bytes) -> tuple[type, Any]:
+        """Return ``(class, state)``; references in the state become ghosts."""
+        ...
+
+
+class Serializer:
+    """One way of turning states into record data (subclass it; spec OBJ-001).
+
+    ``code`` is the one-byte serializer code written first in every record;
+    ``name`` is what ``Connection(serializer=...)`` accepts; ``restricted``
+    asks the Connection to read with a ClassRegistry even when no
+    ``allowed_classes`` were given.
+    """
+
+    name: str = ""
+    code: bytes = b""
+    restricted: bool = False
+
+    def encode(self, cls: type, state: Any, reference: Reference) -> bytes:
+        """Return the record data (code byte first) for ``cls`` and ``state``.
+
+        ``reference(obj)`` MUST be called for every persistent object in the
+        state, in the order written.  Any exception other than
+        InvalidObjectReference is turned into a SerializationError by the
+        writer, using :meth:`explain_failure`.
+        """
+        raise NotImplementedError
+
+    def decoder(self, get_ghost: GetGhost, registry: ClassRegistry | None) -> RecordDecoder:
+        """Return a decoder for this serializer's records (restricted when ``registry``)."""
+        raise NotImplementedError
+
+    def explain_failure(self, obj: PersistentBase, state: Any, exc: Exception) -> str:
+        """Return the message of the SerializationError for a failed ``encode``."""
+        return f"cannot store {describe(obj)}: {type(exc).__name__}: {exc}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+# -- pickle ------------------------------------------------------------------------------
+
+
+class _RecordPickler(pickle.Pickler):
+    """A pickler whose persistent ids are persistent objects (OBJ-004)."""
+
+    def __init__(self, file: io.BytesIO, reference: Reference) -> None:
         super().__init__(file, protocol=PICKLE_PROTOCOL)
-        self._writer = writer
+        self._reference = reference
 
     def persistent_id(self, obj: Any) -> Any:
         if not isinstance(obj, PersistentBase):
             return None
-        return self._writer.reference(obj)
+        return self._reference(obj)
+
+
+def check_persistent_id(pid: Any) -> tuple[bytes, type]:
+    """Return ``pid`` as ``(oid, class)`` or raise SerializationError (OBJ-004)."""
+    if (
+        type(pid) is tuple
+        and len(pid) == 2
+        and type(pid[0]) is bytes
+        and len(pid[0]) == 8
+        and isinstance(pid[1], type)
+        and issubclass(pid[1], PersistentBase)
+    ):
+        return pid
+    raise SerializationError(f"a record holds a malformed persistent reference {pid!r:.80}")
+
+
+class _RecordUnpickler(pickle.Unpickler):
+    def __init__(
+        self,
+        file: io.BytesIO,
+        get_ghost: GetGhost,
+        find_class: Callable[[str, str], Any] | None,
+    ) -> None:
+        super().__init__(file)
+        self._get_ghost = get_ghost
+        self._find_class_hook = find_class
+
+    def persistent_load(self, pid: Any) -> Any:
+        oid, cls = check_persistent_id(pid)
+        return self._get_ghost(oid, cls)
+
+    def find_class(self, module: str, name: str) -> Any:
+        if self._find_class_hook is not None:
+            return self._find_class_hook(module, name)
+        return super().find_class(module, name)
+
+
+class PickleDecoder:
+    """Reads ``P`` records; with ``find_class`` every global goes through it (OBJ-020)."""
+
+    def __init__(self, get_ghost: GetGhost, find_class: Callable[[str, str], Any] | None) -> None:
+        self._get_ghost = get_ghost
+        self._find_class = find_class
+
+    def _unpickler(self, data: bytes) -> _RecordUnpickler:
+        file = io.BytesIO(data)
+        file.seek(1)
+        return _RecordUnpickler(file, self._get_ghost, self._find_class)
+
+    def get_class(self, data: bytes) -> type:
+        cls = self._unpickler(data).load()
+        return check_record_class(cls)
+
+    def get_class_and_state(self, data: bytes) -> tuple[type, Any]:
+        unpickler = self._unpickler(data)
+        cls = unpickler.load()
+        state = unpickler.load()
+        return cls, state
+
+
+def check_record_class(cls: Any) -> type:
+    """Return ``cls`` if it is a persistent class, else raise SerializationError."""
+    if not (isinstance(cls, type) and issubclass(cls, PersistentBase)):
+        raise SerializationError(f"record names {cls!r}, which is not a persistent class")
+    return cls
+
+
+class PickleSerializer(Serializer):
+    """The default serializer: pickle protocol 5 (OBJ-002 .. OBJ-008).
+
+    ``PickleSerializer(restricted=True)`` ("pickle-restricted") writes the
+    same bytes but makes the Connection read every record through an
+    allow-list (OBJ-020).
+    """
+
+    code = PICKLE_CODE
+
+    def __init__(self, restricted: bool = False) -> None:
+        self.restricted = restricted
+        self.name = "pickle-restricted" if restricted else "pickle"
+
+    def encode(self, cls: type, state: Any, reference: Reference) -> bytes:
+        # A fresh pickler per object: clear_memo() costs time proportional to
+        # the largest memo seen so far, which a big container makes huge.
+        file = io.BytesIO()
+        file.write(PICKLE_CODE)
+        pickler = _RecordPickler(file, reference)
+        pickler.dump(cls)
+        pickler.dump(state)
+        return file.getvalue()
+
+    def decoder(self, get_ghost: GetGhost, registry: ClassRegistry | None) -> RecordDecoder:
+        # [OBJ-020] A restricted reader resolves every global through the registry.
+        return PickleDecoder(get_ghost, None if registry is None else registry.resolve)
+
+    def explain_failure(self, obj: PersistentBase, state: Any, exc: Exception) -> str:
+        what = describe(obj)
+        if isinstance(state, dict):
+            for name, value in state.items():
+                try:
+                    pickle.dumps(value, protocol=PICKLE_PROTOCOL)
+                except Exception as inner:
+                    if isinstance(value, PersistentBase):
+                        continue
+                    if "persistent" in str(inner).lower():
+                        continue
+                    return (
+                        f"cannot store {what}: attribute {name!r} holds a "
+                        f"{type(value).__qualname__} that cannot be pickled ({inner})"
+                    )
+        return f"cannot store {what}: {type(exc).__name__}: {exc}"
+
+
+# -- choosing a serializer -------------------------------------------------------------------
+
+
+def _load_msgspec() -> Serializer:
+    from dhruva.serialize_msgspec import MsgspecSerializer
+
+    return MsgspecSerializer()
+
+
+def _load_dill() -> Serializer:
+    from dhruva.serialize_dill import DillSerializer
+
+    return DillSerializer()
+
+
+_BY_NAME: dict[str, Callable[[], Serializer]] = {
+    "pickle": PickleSerializer,
+    "pickle-restricted": lambda: PickleSerializer(restricted=True),
+    "msgspec": _load_msgspec,
+    "dill": _load_dill,
+}
+_BY_CODE: dict[bytes, Callable[[], Serializer]] = {
+    PICKLE_CODE: PickleSerializer,
+    MSGSPEC_CODE: _load_msgspec,
+    DILL_CODE: _load_dill,
+}
+SERIALIZER_NAMES: tuple[str, ...] = tuple(_BY_NAME)
+"""The names ``Connection(serializer=...)`` and ``dhruva --serializer`` accept."""
+
+
+def get_serializer(name: str | Serializer) -> Serializer:
+    """Return the serializer called ``name`` (or ``name`` itself if it is one).
+
+    Raises ValueError for an unknown name, SerializationError naming the
+    package to install when an optional serializer's package is missing.
+    """
+    if isinstance(name, Serializer):
+        return name
+    factory = _BY_NAME.get(name)
+    if factory is None:
+        raise ValueError(
+            f"unknown serializer {name!r}; choose one of {', '.join(SERIALIZER_NAMES)}"
+        )
+    return factory()
+
+
+def serializer_for_code(code: bytes) -> Serializer:
+    """Return the serializer whose records start with ``code`` (OBJ-001).
+
+    Raises FormatError naming an unknown code, SerializationError naming
+    the package to install for a known code whose package is missing.
+    """
+    factory = _BY_CODE.get(code)
+    if factory is None:
+        # [OBJ-001] Name the code; never guess.
+        shown = code.hex() or "nothing"
+        known = ", ".join(repr(c.decode()) for c in _BY_CODE)
+        raise FormatError(
+            "<record>", None, f"unknown serializer code 0x{shown} (this reader knows {known})"
+        )
+    return factory()
+
+
+def select_serializer(requested: str | Serializer | None, root_data: bytes | None) -> Serializer:
+    """Return the serializer a Connection writes with (OBJ-023).
+
+    An explicit ``requested`` serializer wins.  Otherwise the serializer that
+    wrote the root record (``root_data``) is the database's default, and a
+    new database (no root yet) gets pickle.
+    """
+    if requested is not None:
+        return get_serializer(requested)
+    if root_data:
+        # [OBJ-023] The root record's code is the database's default serializer.
+        return serializer_for_code(root_data[:1])
+    return PickleSerializer()
+
+
+def reading_registry(
+    serializer: Serializer, allowed_classes: ClassRegistry | list[AllowEntry] | None
+) -> ClassRegistry | None:
+    """Return the registry a Connection reads through, or None for unrestricted reading."""
+    registry = as_registry(allowed_classes)
+    if registry is None and serializer.restricted:
+        registry = ClassRegistry()
+    return registry
+
+
+# -- the writer and the reader a Connection uses ----------------------------------------------
 
 
 class ObjectWriter:
@@ -52,12 +329,14 @@ class ObjectWriter:
 
     ``reference`` attaches new persistent objects found inside states to the
     connection, giving them oids; ``attached`` lists them so that a failed
-    commit can detach them again.
+    commit can detach them again.  ``serializer`` writes every record
+    (pickle by default).
     """
 
-    def __init__(self, connection: Any) -> None:
+    def __init__(self, connection: Any, serializer: Serializer | None = None) -> None:
         self.connection = connection
-        self._file = io.BytesIO()
+        self.serializer = serializer if serializer is not None else PickleSerializer()
+        self._encode = self.serializer.encode
         self._refs: list[bytes] = []
         self._ref_set: set[bytes] = set()
         self.attached: list[PersistentBase] = []
@@ -67,6 +346,7 @@ class ObjectWriter:
         """Return the persistent id of ``obj``, attaching it if it is new."""
         connection = obj._p_connection
         if connection is None:
+            # [OBJ-006] A new object is stored in the same transaction.
             oid = self.connection.new_oid()
             object.__setattr__(obj, "_p_oid", oid)
             object.__setattr__(obj, "_p_connection", self.connection)
@@ -74,13 +354,15 @@ class ObjectWriter:
             self.attached.append(obj)
             self.queue.append(obj)
         elif connection is not self.connection:
+            # [OBJ-007]
             raise InvalidObjectReference(
-                f"{_describe(obj)} belongs to another connection; an object can be stored "
+                f"{describe(obj)} belongs to another connection; an object can be stored "
                 "in one database connection only (copy it instead)"
             )
         oid = obj._p_oid
         assert oid is not None
         if oid not in self._ref_set:
+            # [OBJ-005] Each referenced oid once, in first-seen order.
             self._ref_set.add(oid)
             self._refs.append(oid)
         return (oid, type(obj)._p_class)
@@ -89,25 +371,20 @@ class ObjectWriter:
         """Return ``(data, refs)`` for ``obj`` (OBJ-003).
 
         Raises SerializationError naming the class and attribute when the
-        state cannot be pickled, InvalidObjectReference for a foreign object.
+        state cannot be encoded (OBJ-008), InvalidObjectReference for a
+        foreign object.
         """
-        # A fresh pickler per object: clear_memo() costs time proportional to
-        # the largest memo seen so far, which a big container makes huge.
-        file = self._file = io.BytesIO()
-        file.write(PICKLE_CODE)
         self._refs = []
         self._ref_set = set()
-        pickler = _RecordPickler(file, self)
         cls = type(obj)._p_class
         state = obj.__getstate__()
         try:
-            pickler.dump(cls)
-            pickler.dump(state)
-        except InvalidObjectReference:
+            data = self._encode(cls, state, self.reference)
+        except (InvalidObjectReference, SerializationError):
             raise
         except Exception as exc:
-            raise SerializationError(_explain_failure(obj, state, exc)) from exc
-        return file.getvalue(), b"".join(self._refs)
+            raise SerializationError(self.serializer.explain_failure(obj, state, exc)) from exc
+        return data, b"".join(self._refs)
 
     def gen_records(self, changed: list[PersistentBase]) -> Iterator[tuple[bytes, bytes, bytes]]:
         """Yield ``(oid, data, refs)`` for the changed objects and every new object they reach."""
@@ -125,83 +402,46 @@ class ObjectWriter:
             yield oid, data, refs
 
 
-def _explain_failure(obj: PersistentBase, state: Any, exc: Exception) -> str:
-    what = _describe(obj)
-    if isinstance(state, dict):
-        for name, value in state.items():
-            try:
-                pickle.dumps(value, protocol=PICKLE_PROTOCOL)
-            except Exception as inner:
-                if isinstance(value, PersistentBase):
-                    continue
-                if "persistent" in str(inner).lower():
-                    continue
-                return (
-                    f"cannot store {what}: attribute {name!r} holds a "
-                    f"{type(value).__qualname__} that cannot be pickled ({inner})"
-                )
-    return f"cannot store {what}: {type(exc).__name__}: {exc}"
-
-
-class _RecordUnpickler(pickle.Unpickler):
-    def __init__(
-        self,
-        file: io.BytesIO,
-        persistent_load: Callable[[Any], Any],
-        find_class: Callable[[str, str], Any] | None,
-    ) -> None:
-        super().__init__(file)
-        self._load_ref = persistent_load
-        self._find_class_hook = find_class
-
-    def persistent_load(self, pid: Any) -> Any:
-        return self._load_ref(pid)
-
-    def find_class(self, module: str, name: str) -> Any:
-        if self._find_class_hook is not None:
-            return self._find_class_hook(module, name)
-        return super().find_class(module, name)
-
-
 class ObjectReader:
     """Turns record data back into classes and states (Durus's name).
 
-    ``get_ghost(oid, cls)`` of the connection resolves persistent ids, so
-    references come back as the connection's (possibly ghost) objects.
+    ``get_ghost(oid, cls)`` of the connection resolves references, so they
+    come back as the connection's (possibly ghost) objects.  Each record is
+    read by the decoder of its serializer code (OBJ-001).  With a
+    ``registry`` every class a record names must pass it (OBJ-020); a custom
+    ``find_class`` hook replaces pickle's global lookup (it wins over
+    ``registry`` for pickle records).
     """
 
     def __init__(
         self,
-        get_ghost: Callable[[bytes, type], PersistentBase],
+        get_ghost: GetGhost,
         find_class: Callable[[str, str], Any] | None = None,
+        registry: ClassRegistry | None = None,
     ) -> None:
         self._get_ghost = get_ghost
-        self._find_class = find_class
+        self.registry = registry
+        if find_class is None and registry is not None:
+            find_class = registry.resolve
+        pickle_decoder = PickleDecoder(get_ghost, find_class)
+        # Keyed by the code byte as an int: ``data[0]`` is the cheapest lookup.
+        self._decoders: dict[int, RecordDecoder] = {PICKLE_CODE[0]: pickle_decoder}
 
-    def _persistent_load(self, pid: Any) -> PersistentBase:
-        oid, cls = pid
-        return self._get_ghost(oid, cls)
-
-    def _unpickler(self, data: bytes) -> _RecordUnpickler:
-        if data[:1] != PICKLE_CODE:
-            code = data[:1].hex() or "nothing"
-            raise FormatError(
-                "<record>", None, f"unknown serializer code 0x{code} (this reader knows 'P')"
-            )
-        file = io.BytesIO(data)
-        file.seek(1)
-        return _RecordUnpickler(file, self._persistent_load, self._find_class)
+    def decoder_for(self, data: bytes) -> RecordDecoder:
+        """Return the decoder for ``data``'s serializer code, creating it on first use."""
+        try:
+            return self._decoders[data[0]]
+        except (KeyError, IndexError):
+            pass
+        code = bytes(data[:1])
+        decoder = serializer_for_code(code).decoder(self._get_ghost, self.registry)
+        self._decoders[code[0]] = decoder
+        return decoder
 
     def get_class(self, data: bytes) -> type:
-        """Return the class recorded in ``data`` without unpickling the state."""
-        cls = self._unpickler(data).load()
-        if not (isinstance(cls, type) and issubclass(cls, PersistentBase)):
-            raise SerializationError(f"record names {cls!r}, which is not a persistent class")
-        return cls
+        """Return the class recorded in ``data`` without reading the state."""
+        return self.decoder_for(data).get_class(data)
 
     def get_class_and_state(self, data: bytes) -> tuple[type, Any]:
         """Return ``(class, state)`` from ``data``."""
-        unpickler = self._unpickler(data)
-        cls = unpickler.load()
-        state = unpickler.load()
-        return cls, state
+        return self.decoder_for(data).get_class_and_state(data)
