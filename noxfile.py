@@ -12,6 +12,9 @@ including the ``dhruva_conformance`` plugin and its test vectors).
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import nox
 
 # The interpreter every session runs on.  ``nox --force-python 3.12`` (or 3.13)
@@ -29,10 +32,21 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 
+def install_dhruva(session: nox.Session, *extras: str) -> None:
+    """Install dhruva from this checkout, with ``extras``, into the session's venv.
+
+    setuptools builds in ``build/`` inside the checkout and never empties it, so
+    a module deleted from the source would still be installed from there; the
+    directory is removed first.
+    """
+    shutil.rmtree(Path(__file__).parent / "build", ignore_errors=True)
+    session.install(f".[{','.join(extras)}]" if extras else ".")
+
+
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Run the unit tests in tests/ (includes the requirement-coverage check)."""
-    session.install(".[test]")
+    install_dhruva(session, "test")
     session.run("pytest", "tests/", *session.posargs)
 
 
@@ -40,7 +54,7 @@ def tests(session: nox.Session) -> None:
 @nox.parametrize("backend", CONFORMANCE_BACKENDS)
 def conformance(session: nox.Session, backend: str) -> None:
     """Run the conformance suite in conformance/ against one back-end."""
-    session.install(".[test]")
+    install_dhruva(session, "test")
     session.run("pytest", "conformance/", f"--dhruva-backend={backend}", *session.posargs)
 
 
@@ -54,14 +68,15 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """Type-check dhruva/ with mypy in strict mode (config in pyproject.toml)."""
-    session.install("mypy", ".[test]")
+    install_dhruva(session, "test")
+    session.install("mypy")
     session.run("mypy", *session.posargs)
 
 
 @nox.session(python=PYTHON)
 def docs(session: nox.Session) -> None:
     """Build the Sphinx site (guide, spec, API) with warnings as errors."""
-    session.install(".[docs]")
+    install_dhruva(session, "docs")
     session.run(
         "sphinx-build",
         "-W",
@@ -77,5 +92,6 @@ def docs(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Run the benchmarks in tools/bench/ against Durus 4.3 and ZODB (not default)."""
-    session.install(".", "durus==4.3", "ZODB")
+    install_dhruva(session)
+    session.install("durus==4.3", "ZODB")
     session.run("python", "tools/bench/run.py", *session.posargs)
