@@ -169,7 +169,10 @@ class PersistentDict(Persistent, MutableMapping[K, V]):
             self._p_note_change()
         if isinstance(other, PersistentDict):
             other = other.data
-        self.data |= other
+        # In place on a local name: ``self.data |= ...`` would
+        # assign the attribute again and pass through __setattr__.
+        data = self.data
+        data |= other
         return self
 
     def clear(self) -> None:

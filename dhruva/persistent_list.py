@@ -156,13 +156,19 @@ class PersistentList(Persistent, MutableSequence[T]):
         # Unwrap: extending a list from an iterator over itself never ends.
         if isinstance(other, PersistentList):
             other = other.data
-        self.data += other
+        # In place on a local name: ``self.data += ...`` would
+        # assign the attribute again and pass through __setattr__.
+        data = self.data
+        data += other
         return self
 
     def __imul__(self, count: SupportsIndex) -> Self:
         if self._p_status != UNSAVED:
             self._p_note_change()
-        self.data *= count
+        # In place on a local name: ``self.data *= ...`` would
+        # assign the attribute again and pass through __setattr__.
+        data = self.data
+        data *= count
         return self
 
     def append(self, value: T) -> None:

@@ -256,7 +256,10 @@ class PersistentSet(Persistent, MutableSet[T]):
             return NotImplemented
         if self._p_status != UNSAVED:
             self._p_note_change()
-        self.s |= other_set
+        # In place on a local name: ``self.s |= ...`` would
+        # assign the attribute again and pass through __setattr__.
+        s = self.s
+        s |= other_set
         return self
 
     def __iand__(self, other: AbstractSet[Any]) -> Self:
@@ -265,7 +268,10 @@ class PersistentSet(Persistent, MutableSet[T]):
             return NotImplemented
         if self._p_status != UNSAVED:
             self._p_note_change()
-        self.s &= other_set
+        # In place on a local name: ``self.s &= ...`` would
+        # assign the attribute again and pass through __setattr__.
+        s = self.s
+        s &= other_set
         return self
 
     def __isub__(self, other: AbstractSet[Any]) -> Self:
@@ -274,7 +280,10 @@ class PersistentSet(Persistent, MutableSet[T]):
             return NotImplemented
         if self._p_status != UNSAVED:
             self._p_note_change()
-        self.s -= other_set
+        # In place on a local name: ``self.s -= ...`` would
+        # assign the attribute again and pass through __setattr__.
+        s = self.s
+        s -= other_set
         return self
 
     def __ixor__(self, other: AbstractSet[T]) -> Self:  # type: ignore[override]
@@ -283,7 +292,10 @@ class PersistentSet(Persistent, MutableSet[T]):
             return NotImplemented
         if self._p_status != UNSAVED:
             self._p_note_change()
-        self.s ^= other_set
+        # In place on a local name: ``self.s ^= ...`` would
+        # assign the attribute again and pass through __setattr__.
+        s = self.s
+        s ^= other_set
         return self
 
 

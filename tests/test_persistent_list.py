@@ -155,7 +155,7 @@ WRITE_OPS = st.one_of(
 STEPS = st.lists(st.tuples(st.sampled_from(PRIOR_STATES), st.one_of(READ_OPS, WRITE_OPS)))
 
 
-@settings(deadline=None)
+@settings(deadline=None, max_examples=300)
 @given(lists, STEPS)
 def test_behaves_as_list_and_marks_changes(initial: list[int], steps: list[Any]) -> None:
     check_against_builtin(initial, PersistentList, lambda pl: pl.data, steps)
