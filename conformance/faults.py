@@ -131,11 +131,19 @@ class FaultyFileLayer:
     ``crash_at``: the number of the disk-changing operation (from 0) that
     raises SimulatedCrash instead of happening; None never crashes.
     ``operations`` counts the operations so far, so a dry run with
-    ``crash_at=None`` tells how many crash points a workload has.
+    ``crash_at=None`` tells how many crash points a workload has.  With
+    ``fail_with`` (an OSError class, say) that operation raises that instead,
+    once, and the process lives on: an I/O error rather than a crash.
     """
 
-    def __init__(self, crash_at: int | None = None, base: FileLayer = OS_FILES) -> None:
+    def __init__(
+        self,
+        crash_at: int | None = None,
+        base: FileLayer = OS_FILES,
+        fail_with: type[BaseException] | None = None,
+    ) -> None:
         self.crash_at = crash_at
+        self.fail_with = fail_with
         self.operations = 0
         self.crashed = False
         self._base = base
@@ -193,6 +201,10 @@ class FaultyFileLayer:
 
     def _step(self, what: str) -> None:
         self._check_alive()
+        if self.crash_at is not None and self.operations == self.crash_at and self.fail_with:
+            self.operations += 1
+            self.crash_at = None  # one failure; later operations succeed
+            raise self.fail_with(f"simulated I/O error at operation {self.operations - 1} ({what})")
         if self.crash_at is not None and self.operations >= self.crash_at:
             self.crashed = True
             raise SimulatedCrash(f"simulated crash at operation {self.operations} ({what})")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from dhruva_conformance.backends import StorageFactory
+from dhruva_conformance.faults import FaultyFileLayer
 
 from dhruva.error import DhruvaError, DhruvaKeyError, ReadOnlyError
 from dhruva.storage import Record, Storage
@@ -47,6 +48,12 @@ def test_new_oid_is_eight_bytes_and_unique(storage: Storage) -> None:
     oids = [storage.new_oid() for _ in range(500)]
     assert all(isinstance(oid, bytes) and len(oid) == 8 for oid in oids)
     assert len(set(oids)) == len(oids)
+
+
+@pytest.mark.req("SAPI-011")
+def test_first_new_oid_of_an_empty_database_is_the_root(storage: Storage) -> None:
+    assert storage.new_oid() == ROOT_OID
+    assert storage.new_oid() != ROOT_OID
 
 
 @pytest.mark.req("SAPI-010")
@@ -339,6 +346,43 @@ def test_committed_data_survives_crash(storage_factory: StorageFactory) -> None:
     storage_factory.crash(storage)
     storage = storage_factory.open(reopen=True)
     assert [storage.load(oid).data for oid in oids] == oids
+
+
+@pytest.mark.needs("reopen", "file-layer")
+@pytest.mark.req("SAPI-034")
+def test_failed_end_makes_nothing_visible(storage_factory: StorageFactory) -> None:
+    """An I/O error while committing: end() raises and the commit is absent."""
+    storage_factory.open().close()
+    dry = FaultyFileLayer()
+    storage = storage_factory.open(reopen=True, file_layer=dry)
+    before = dry.operations
+    a, b = fresh_oids(storage, 2)
+    commit(storage, {a: (b"first", b"")})
+    per_commit = dry.operations - before
+    storage.close()
+    for failing in range(per_commit):
+        storage_factory.open().close()
+        layer = FaultyFileLayer(crash_at=before + per_commit + failing, fail_with=OSError)
+        storage = storage_factory.open(reopen=True, file_layer=layer)
+        a, b = fresh_oids(storage, 2)
+        commit(storage, {a: (b"first", b"")})
+        storage.begin()
+        storage.store(a, b"second", b"")
+        storage.store(b, b"second", b"")
+        with pytest.raises((OSError, DhruvaError)):
+            storage.end()
+        # Whatever the storage still answers must not show the failed commit.
+        try:
+            shown = storage.load(a).data
+        except DhruvaError:
+            shown = b"first"
+        assert shown == b"first"
+        storage.close()
+        storage = storage_factory.open(reopen=True)
+        assert storage.load(a).data == b"first"
+        with pytest.raises(DhruvaKeyError):
+            storage.load(b)
+        storage.close()
 
 
 # --- sync, enumeration ---------------------------------------------------------------------
