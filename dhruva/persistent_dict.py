@@ -47,9 +47,12 @@ from collections.abc import (
     MutableMapping,
     ValuesView,
 )
-from typing import Any, Self, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
 from dhruva.persistent import UNSAVED, Persistent
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsKeysAndGetItem
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -73,7 +76,27 @@ class PersistentDict(Persistent, MutableMapping[K, V]):
     # Content equality with identity hashing; see the module docstring.
     __hash__ = object.__hash__
 
-    def __init__(self, *args: Any, **kwargs: V) -> None:
+    # The overloads are dict's, so that ``PersistentDict({1: "a"})`` infers
+    # ``PersistentDict[int, str]`` as ``dict({1: "a"})`` infers ``dict[int, str]``.
+    # (mypy wrongly finds that the implementation does not accept the
+    # ``mapping, **kwargs`` forms; the ignore below is for that.)
+    @overload
+    def __init__(self) -> None: ...
+    @overload
+    def __init__(self: PersistentDict[str, V], **kwargs: V) -> None: ...
+    @overload
+    def __init__(self, mapping: SupportsKeysAndGetItem[K, V], /) -> None: ...
+    @overload
+    def __init__(
+        self: PersistentDict[str, V], mapping: SupportsKeysAndGetItem[str, V], /, **kwargs: V
+    ) -> None: ...
+    @overload
+    def __init__(self, iterable: Iterable[tuple[K, V]], /) -> None: ...
+    @overload
+    def __init__(
+        self: PersistentDict[str, V], iterable: Iterable[tuple[str, V]], /, **kwargs: V
+    ) -> None: ...
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[misc]
         self.data = dict(*args, **kwargs)
 
     @classmethod

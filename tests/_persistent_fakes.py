@@ -42,7 +42,7 @@ class FakeConnection:
         self.loaded.append(obj)
         oid = obj._p_oid
         assert oid is not None
-        state = copy.deepcopy(self.states[oid])
+        state = copy.deepcopy(self.states[oid], {id(obj): obj})
         obj._p_set_status_saved()
         obj.__setstate__(state)
 
@@ -68,7 +68,9 @@ class FakeConnection:
         """Mark ``obj`` saved (its current state counts as committed)."""
         self.attach(obj)
         assert obj._p_oid is not None
-        self.states[obj._p_oid] = copy.deepcopy(obj.__getstate__())
+        # A reference from the state to the object itself stays a reference,
+        # as a stored reference by oid would.
+        self.states[obj._p_oid] = copy.deepcopy(obj.__getstate__(), {id(obj): obj})
 
     def make_ghost(self, obj: PersistentBase) -> None:
         """Commit ``obj``'s current state here and turn it into a ghost."""

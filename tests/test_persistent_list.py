@@ -170,7 +170,7 @@ def test_constructor_accepts_what_list_accepts() -> None:
     assert PersistentList(range(3)).data == [0, 1, 2]
     assert PersistentList(PersistentList("ab")).data == ["a", "b"]
     with pytest.raises(TypeError):
-        PersistentList(5)  # type: ignore[call-overload]
+        PersistentList(5)  # type: ignore[arg-type]
 
 
 def test_constructor_copies_its_argument() -> None:
