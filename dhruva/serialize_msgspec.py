@@ -100,9 +100,13 @@ class UnsupportedValue(Exception):
 def class_name(cls: type) -> str:
     """Return ``"module:qualname"`` for ``cls``, the name records use (OBJ-031)."""
     qualname = cls.__qualname__
-    if "<" in qualname:
+    # Like pickle, check that the name leads back to the class, so that a
+    # record is never written that no reader can resolve.
+    if "<" in qualname or resolve_imported(cls.__module__, qualname) is not cls:
         raise UnsupportedValue(
-            cls, f"class {qualname} is defined inside a function and has no import path"
+            cls,
+            f"class {cls.__module__}.{qualname} has no import path "
+            "(defined inside a function, or not reachable by its name)",
         )
     return f"{cls.__module__}:{qualname}"
 
@@ -354,7 +358,11 @@ class MsgspecSerializer(Serializer):
         return prefix
 
     def encode(self, cls: type, state: Any, reference: Reference) -> bytes:
-        prefix = self._prefix(cls)
+        try:
+            prefix = self._prefix(cls)
+        except UnsupportedValue as exc:
+            exc.attribute = ""
+            raise
         walk = _Walk(self._encode, reference)
         if type(state) is dict and all(type(name) is str for name in state):
             convert = walk.value
@@ -375,6 +383,8 @@ class MsgspecSerializer(Serializer):
     def explain_failure(self, obj: PersistentBase, state: Any, exc: Exception) -> str:
         what = describe(obj)
         if isinstance(exc, UnsupportedValue):
+            if exc.attribute == "":
+                return f"cannot store {what} with the msgspec serializer: {exc.reason}"
             where = f"attribute {exc.attribute!r}" if exc.attribute else "its state"
             # [OBJ-035] Name the class and the attribute.
             return (

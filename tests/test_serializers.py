@@ -119,9 +119,7 @@ def test_a_database_may_mix_serializers() -> None:
     second.get_root()["p"].n = 10
     second.get_root()["m"] = Item(2)
     second.commit()
-    codes = {
-        name: storage.load(second.get_root()[name]._p_oid).data[:1] for name in ("p", "m")
-    }
+    codes = {name: storage.load(second.get_root()[name]._p_oid).data[:1] for name in ("p", "m")}
     assert codes == {"p": b"M", "m": b"M"}
     # The root was rewritten by msgspec, so the database default is now msgspec.
     third = Connection(storage)
