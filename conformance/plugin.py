@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from dhruva_conformance import server_backends  # registers server-memory, server-file
 from dhruva_conformance.backends import StorageFactory, backend_names, create_backend
 
 from dhruva.storage import Storage
@@ -43,6 +44,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             f"(default: {DEFAULT_BACKEND}; built in: memory, file, file2)"
         ),
     )
+    server_backends.add_server_options(group)
 
 
 def pytest_configure(config: pytest.Config) -> None:

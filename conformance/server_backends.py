@@ -132,9 +132,9 @@ register_backend("server-memory", ServerMemoryFactory)
 register_backend("server-file", ServerFileFactory)
 
 
-def pytest_addoption(parser: Any) -> None:
-    """Options of the wire transcript tests (this module is also a pytest plugin)."""
-    group = parser.getgroup("dhruva", "dhruva storage conformance suite")
+
+def add_server_options(group: Any) -> None:
+    """Add the wire transcript options to the conformance plugin's option group."""
     group.addoption(
         "--dhruva-server-address",
         dest="dhruva_server_address",

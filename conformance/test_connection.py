@@ -119,7 +119,7 @@ def test_abort_reverts_attributes_and_items(session: Session) -> None:
     assert connection.get_root()["node"].name == "before"
 
 
-@pytest.mark.req("CONN-010")
+@pytest.mark.req("CONN-010", "DM-003")
 def test_new_reachable_objects_stored_in_the_same_commit(session: Session) -> None:
     connection = session.connection
     root = connection.get_root()

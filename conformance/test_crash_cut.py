@@ -90,7 +90,7 @@ def check_cut(factory: StorageFactory, written: Written, cut: int) -> None:
     storage.close()
 
 
-@pytest.mark.req("CONF-041", "CONF-042", "CONF-043", "CONF-044", "CONF-050", "SAPI-041")
+@pytest.mark.req("CONF-041", "CONF-042", "CONF-043", "CONF-044", "SAPI-043", "CONF-050", "SAPI-041")
 def test_cut_at_transaction_boundaries(storage_factory: StorageFactory, written: Written) -> None:
     data, _commits, spans = written
     boundaries = [FILE_HEADER_SIZE] + [end for _start, end in spans]
@@ -101,7 +101,9 @@ def test_cut_at_transaction_boundaries(storage_factory: StorageFactory, written:
         check_cut(storage_factory, written, cut)
 
 
-@pytest.mark.req("CONF-041", "CONF-042", "CONF-043", "CONF-044", "CONF-050", "SAPI-041")
+@pytest.mark.req(
+    "CONF-041", "CONF-042", "CONF-043", "CONF-044", "SAPI-043", "CONF-050", "SAPI-041", "DM-010"
+)
 def test_cut_at_every_byte_of_the_last_two_transactions(
     storage_factory: StorageFactory, written: Written
 ) -> None:
@@ -165,7 +167,7 @@ def test_bit_flip_in_early_transaction_is_corruption(
 
 
 @pytest.mark.needs("repair")
-@pytest.mark.req("CONF-051", "SAPI-042", "CONF-044")
+@pytest.mark.req("CONF-051", "SAPI-042", "CONF-044", "SAPI-043")
 def test_repair_cuts_at_the_damage(storage_factory: StorageFactory, written: Written) -> None:
     data, commits, spans = written
     data_path = storage_factory.paths()[0]

@@ -102,13 +102,25 @@ def crash_everywhere(factory: StorageFactory, create: bool) -> None:
             storage.close()
 
 
-@pytest.mark.req("CONF-041", "CONF-042", "CONF-043", "CONF-044", "CONF-052", "SAPI-040", "SAPI-041")
+@pytest.mark.req(
+    "CONF-041",
+    "CONF-042",
+    "CONF-043",
+    "CONF-044",
+    "SAPI-043",
+    "CONF-052",
+    "SAPI-040",
+    "SAPI-041",
+    "DM-010",
+    "DM-011",
+    "DM-012",
+)
 def test_crash_at_every_operation(storage_factory: StorageFactory) -> None:
     """Crash points: every commit, the pack, and the commits after it."""
     crash_everywhere(storage_factory, create=False)
 
 
-@pytest.mark.req("CONF-041", "CONF-044", "CONF-052")
+@pytest.mark.req("CONF-041", "CONF-044", "SAPI-043", "CONF-052")
 def test_crash_while_creating_the_database(
     storage_factory: StorageFactory, request: pytest.FixtureRequest
 ) -> None:

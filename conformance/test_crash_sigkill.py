@@ -61,7 +61,17 @@ def child_environment() -> dict[str, str]:
 
 
 @pytest.mark.parametrize("kill_after", [1, 7, 40])
-@pytest.mark.req("CONF-041", "CONF-042", "CONF-043", "CONF-044", "CONF-053", "SAPI-040")
+@pytest.mark.req(
+    "CONF-041",
+    "CONF-042",
+    "CONF-043",
+    "CONF-044",
+    "SAPI-043",
+    "CONF-053",
+    "SAPI-040",
+    "DM-011",
+    "DM-012",
+)
 def test_sigkill_mid_workload(storage_factory: StorageFactory, kill_after: int) -> None:
     directory = getattr(storage_factory, "directory", None)
     if directory is None or storage_factory.name not in backend_names():

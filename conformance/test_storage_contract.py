@@ -125,7 +125,7 @@ def test_store_commit_load_round_trip(storage: Storage) -> None:
     assert storage.load(b) == Record(b, b"", b"")
 
 
-@pytest.mark.req("SAPI-005")
+@pytest.mark.req("SAPI-005", "DM-004")
 def test_data_is_opaque(storage: Storage) -> None:
     every_byte = bytes(range(256)) * 3
     lookalike = b"DTXN\x00\x00\x00\x01DCMT" + b"\x89DHRUVA\n"
@@ -162,7 +162,13 @@ def test_store_rejects_malformed_records(storage: Storage) -> None:
         storage.store(a, b"x", b"1234567")
     with pytest.raises(ValueError):
         storage.store(b"short", b"x", b"")
+    with pytest.raises(TypeError):
+        storage.store(a, "text is not bytes", b"")  # type: ignore[arg-type]
     storage.abort_transaction()
+    storage.begin()
+    storage.end()
+    with pytest.raises(DhruvaKeyError):
+        storage.load(a)
 
 
 @pytest.mark.req("SAPI-005")
