@@ -87,6 +87,10 @@ class Backend:
         """The files that together hold the database at ``path``."""
         return [path]
 
+    def pack_leftovers(self, path: Path) -> list[Path]:
+        """Files a pack leaves beside ``path`` that the database no longer needs."""
+        return []
+
     def is_ghost(self, obj: Any) -> bool:
         raise NotImplementedError
 
@@ -192,6 +196,10 @@ class DhruvaBackend(Backend):
         storage = storage_type(str(path))
         return _connect(Connection, storage)
 
+    def db_files(self, path: Path) -> list[Path]:
+        # FileStorage keeps its on-disk index beside the data file.
+        return [path, path.with_name(path.name + ".index")]
+
     def is_ghost(self, obj: Any) -> bool:
         probe = getattr(obj, "_p_is_ghost", None)
         if probe is not None:
@@ -235,6 +243,9 @@ class DurusBackend(Backend):
 
     def is_ghost(self, obj: Any) -> bool:
         return bool(obj._p_is_ghost())
+
+    def pack_leftovers(self, path: Path) -> list[Path]:
+        return [path.with_name(path.name + ".prepack")]
 
 
 class DurusFileStorage2Backend(DurusBackend):
@@ -291,6 +302,9 @@ class ZodbBackend(Backend):
 
     def db_files(self, path: Path) -> list[Path]:
         return [path, path.with_name(path.name + ".index")]
+
+    def pack_leftovers(self, path: Path) -> list[Path]:
+        return [path.with_name(path.name + ".old")]
 
     def is_ghost(self, obj: Any) -> bool:
         # persistent's protocol: _p_changed is None exactly for a ghost.

@@ -287,6 +287,8 @@ def cached_database(bench: Bench, backend: Backend, packed: bool) -> tuple[Path,
         finally:
             session.close()
         bench.log(f"  packed in {pack_s:.1f} s")
+        for leftover in backend.pack_leftovers(packed_path):
+            leftover.unlink(missing_ok=True)
         (folder / "packed.done").write_text(f"{pack_s}\n")
     return packed_path, None
 
