@@ -46,6 +46,7 @@ DEFINITION_RE = re.compile(
     rf"(?:^|(?:(?<=[.!?])|(?<=[.!?][)\"'*]))\s+)(?:\*\*)?\[({ID_PATTERN})\](?:\*\*)?"
 )
 MUST_RE = re.compile(r"\bMUST\b")
+ID_ONLY_CELL_RE = re.compile(rf"^(?:\*\*)?\[{ID_PATTERN}\](?:\*\*)?$")
 CODE_SPAN_RE = re.compile(r"(`+).*?\1", re.DOTALL)
 FENCE_RE = re.compile(r"^[ ]{0,3}(`{3,}|~{3,})")
 LIST_ITEM_RE = re.compile(r"^[ \t]*(?:[-*+]|\d{1,9}[.)])[ \t]+")
@@ -117,8 +118,13 @@ def _blocks(text: str) -> Iterator[tuple[int, str]]:
             continue
         if stripped.startswith("|"):
             yield from flush()
-            for cell in re.split(r"(?<!\\)\|", stripped.strip("|")):
-                yield number, cell.strip()
+            cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", stripped.strip("|"))]
+            for index, cell in enumerate(cells):
+                if ID_ONLY_CELL_RE.match(cell):
+                    # "| [ID] | text |": the rest of the row is the requirement.
+                    yield number, " ".join(cells[index:])
+                    break
+                yield number, cell
             continue
         item = LIST_ITEM_RE.match(line)
         if item:
@@ -333,6 +339,7 @@ over two lines.
 | ID | rule |
 |---|---|
 | [AB-005] A table cell MUST be read | [AB-006] another cell, no keyword |
+| [AB-008] | A row whose ID has a cell of its own MUST count |
 
 > [AB-007] A quoted note MUST count.
 
@@ -370,8 +377,9 @@ def test_parser_finds_definitions_in_every_form() -> None:
         ("AB-004", 11, False),
         ("AB-005", 15, True),
         ("AB-006", 15, False),
-        ("AB-007", 17, True),
-        ("AB-001", 26, True),
+        ("AB-008", 16, True),
+        ("AB-007", 18, True),
+        ("AB-001", 27, True),
     ]
     assert definitions[0].text == "A line-start requirement MUST hold over two lines."
     assert definitions[2].text.endswith("A continuation line of AB-003.")
@@ -390,9 +398,9 @@ def test_parser_finds_marker_citations_only() -> None:
 def test_checks_report_every_problem_in_the_sample() -> None:
     definitions = parse_definitions(SAMPLE_SPEC, "sample.md")
     citations = parse_citations(SAMPLE_TESTS, "test_sample.py")
-    assert find_duplicates(definitions) == ["AB-001 is defined 2 times: sample.md:3, sample.md:26"]
+    assert find_duplicates(definitions) == ["AB-001 is defined 2 times: sample.md:3, sample.md:27"]
     untested = find_untested_musts(definitions, citations)
-    assert [line.split()[0] for line in untested] == ["AB-005", "AB-007"]
+    assert [line.split()[0] for line in untested] == ["AB-005", "AB-008", "AB-007"]
     unknown = find_unknown_citations(definitions, citations)
     assert unknown == [
         "test_sample.py:6: req() marker cites AB-999, not defined in spec/",
