@@ -391,8 +391,9 @@ def _commits_s(session: Any, obj: Any, first: int, count: int) -> tuple[float, f
     """Wall and CPU seconds for ``count`` commits, each setting one attribute of ``obj``.
 
     The CPU time (this process, user + system) does not include waiting for
-    the disk, so it shows the storage's own cost per commit even on a busy
-    machine, where the wall-clock rate depends on what else runs.
+    the disk, so it shows the storage's own cost per commit; it is less
+    sensitive than the wall-clock rate to what else runs, though a busy
+    machine (cache misses, stolen time) still inflates it.
     """
     start_s = time.perf_counter()
     start_cpu_s = time.process_time()
@@ -491,8 +492,8 @@ def durable_commits(bench: Bench) -> Figure:
             f"in the same directory, alternated with the system in {COMMIT_ROUNDS} rounds",
             "Durus's default FileStorage never fsyncs, so its rate is not durable; "
             "Durus FileStorage2 and ZODB FileStorage fsync each commit",
-            "CPU us/commit is this process's CPU time per commit (not waiting for the "
-            "disk); on a busy machine the wall-clock rates drop but it stays put",
+            "CPU us/commit is this process's CPU time (user + system) per commit, "
+            "without the wait for the disk; less sensitive to other load than the rates",
         ],
     )
 
