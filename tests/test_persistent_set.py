@@ -48,12 +48,13 @@ def _operand(wrapper: str, other: set[int], c: Any) -> Any:
 
 def _binary(symbol: str, wrapper: str, other: set[int], reflected: bool) -> Op:
     function = {**BINARY, **COMPARE}[symbol]
+    # A list operand is not a set: == and != answer without reading the set.
+    reads = wrapper != "list"
     if reflected:
         name = f"{wrapper}({sorted(other)}) {symbol} c"
-        return Op(name, lambda c: function(_operand(wrapper, other, c), c))
-    return Op(
-        f"c {symbol} {wrapper}({sorted(other)})", lambda c: function(c, _operand(wrapper, other, c))
-    )
+        return Op(name, lambda c: function(_operand(wrapper, other, c), c), reads=reads)
+    name = f"c {symbol} {wrapper}({sorted(other)})"
+    return Op(name, lambda c: function(c, _operand(wrapper, other, c)), reads=reads)
 
 
 def _inplace(symbol: str, wrapper: str, other: set[int]) -> Op:
