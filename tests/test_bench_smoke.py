@@ -111,6 +111,10 @@ def test_dhruva_figures_run_at_tiny_sizes(tmp_path: Path) -> None:
     for key in FIGURE_KEYS:
         assert results["figures"][key]["target_met"] in (True, False, None)
     assert "Targets" in printed and "dhruva FileStorage" in printed
+    serializers = results.get("serializers")
+    if (BENCH_DIR / "serializers.py").exists():
+        assert serializers is not None and "skipped" not in serializers, serializers
+        assert serializers["n"] == bench_figures.TINY.serializer_objects
     # The bulk database lives in the work folder only while figure 5 runs.
     assert not list((tmp_path / "cache" / "work").glob("bulk-*"))
 

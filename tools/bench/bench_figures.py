@@ -49,11 +49,12 @@ class Sizes:
     bulk_objects: int  # objects in the bulk-insert and cold-load database
     bulk_per_commit: int
     cold_runs: int  # cold loads timed; the median counts
+    serializer_objects: int  # objects per run of serializers.py's comparison
 
 
-FULL = Sizes(200_000, 5, 1_000_000, 10_000, 7, 1_000, 100_000, 10_000, 3)
-QUICK = Sizes(20_000, 3, 100_000, 10_000, 3, 200, 20_000, 10_000, 2)
-TINY = Sizes(50, 1, 300, 100, 1, 5, 300, 100, 1)
+FULL = Sizes(200_000, 5, 1_000_000, 10_000, 7, 1_000, 100_000, 10_000, 3, 20_000)
+QUICK = Sizes(20_000, 3, 100_000, 10_000, 3, 200, 20_000, 10_000, 2, 2_000)
+TINY = Sizes(50, 1, 300, 100, 1, 5, 300, 100, 1, 50)
 
 #: Attribute reads per pass of the timed loop: unrolled so the loop's own
 #: overhead (a FOR_ITER and a jump) is small against what is measured.

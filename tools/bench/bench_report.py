@@ -118,10 +118,18 @@ def format_summary(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, env: dict[str, Any], figures: list[Figure], seconds: float) -> None:
+def write_json(
+    path: Path,
+    env: dict[str, Any],
+    figures: list[Figure],
+    seconds: float,
+    extras: dict[str, Any] | None = None,
+) -> None:
+    """Write the run as JSON: environment, seconds, figures, extra sections."""
     document = {
         "environment": env,
         "run_seconds": seconds,
         "figures": {figure.key: asdict(figure) for figure in figures},
+        **(extras or {}),
     }
     path.write_text(json.dumps(document, indent=2, sort_keys=False) + "\n")

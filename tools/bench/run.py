@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 # ``python tools/bench/run.py`` puts this directory on sys.path already; a
 # caller that imports run.py from elsewhere (the smoke test) adds it too.
@@ -30,6 +30,26 @@ from bench_report import (  # noqa: E402
     format_summary,
     write_json,
 )
+
+#: Sections that are not side-by-side figures: dhruva-only comparisons that
+#: other modules in this folder provide, printed in their own format.
+EXTRA_SECTIONS = ("serializers",)
+
+
+def run_serializers(sizes: Sizes, stream: TextIO) -> dict[str, Any]:
+    """dhruva's serializers against pickle, from ``serializers.py`` (MemoryStorage).
+
+    Returns that module's result dict, or ``{"skipped": reason}`` when the
+    module is not there.
+    """
+    try:
+        import serializers
+    except ImportError as error:
+        print(f"\nserializers: skipped ({error})", file=stream, flush=True)
+        return {"skipped": str(error)}
+    result: dict[str, Any] = serializers.bench_serializers(sizes.serializer_objects)
+    print("\n6. " + serializers.format_table(result), file=stream, flush=True)
+    return result
 
 
 def run(
@@ -61,11 +81,15 @@ def run(
         figure = figure_function(bench)
         figures.append(figure)
         print("\n" + format_figure(figure), file=stream, flush=True)
+    extras: dict[str, Any] = {}
+    if (only is None or "serializers" in only) and (systems is None or "dhruva" in systems):
+        bench.log("serializers (dhruva only)")
+        extras["serializers"] = run_serializers(sizes, stream)
     elapsed_s = time.perf_counter() - start_s
     print("\n" + format_summary(figures), file=stream)
     print(f"\nran in {elapsed_s:.0f} s", file=stream, flush=True)
     if json_path is not None:
-        write_json(json_path, env, figures, elapsed_s)
+        write_json(json_path, env, figures, elapsed_s, extras)
     return figures
 
 
@@ -76,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="smaller sizes for a smoke run (numbers are not comparable)",
     )
-    parser.add_argument("--only", help=f"comma-separated figures: {','.join(FIGURES)}")
+    sections = [*FIGURES, *EXTRA_SECTIONS]
+    parser.add_argument("--only", help=f"comma-separated sections: {','.join(sections)}")
     parser.add_argument("--systems", help="comma-separated systems (default: all installed)")
     parser.add_argument(
         "--cache-dir",
@@ -97,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     only = args.only.split(",") if args.only else None
-    if only is not None and (unknown := set(only) - set(FIGURES)):
+    if only is not None and (unknown := set(only) - set(sections)):
         parser.error(f"unknown figure(s): {', '.join(sorted(unknown))}")
     run(
         sizes=QUICK if args.quick else FULL,
