@@ -213,3 +213,32 @@ def test_a_cache_built_from_older_dhruva_sources_is_removed(tmp_path: Path) -> N
     assert built_s is not None and path.exists()
     assert not stale.exists()
     assert other_sizes.exists()  # another size is another database, kept
+
+
+@pytest.mark.parametrize(
+    ("system", "module"), [("dhruva", None), ("durus", "durus"), ("zodb", "ZODB")]
+)
+def test_ghost_probe_tells_ghosts_from_loaded_objects(
+    tmp_path: Path, system: str, module: str | None
+) -> None:
+    # Figure 1 relies on is_ghost() to prove it times a loaded object.
+    if module is None:
+        reason = _dhruva_missing()
+        if reason:
+            pytest.skip(reason)
+    else:
+        pytest.importorskip(module)
+    backend = next(b for b in bench_run.ALL_BACKENDS if b.name == system)
+    path = tmp_path / "ghost.db"
+    session = backend.open(path)
+    session.root["obj"] = backend.new_item(7)
+    session.commit()
+    session.close()
+    session = backend.open(path)
+    try:
+        obj = session.root["obj"]
+        assert backend.is_ghost(obj)
+        assert obj.a == 7
+        assert not backend.is_ghost(obj)
+    finally:
+        session.close()
