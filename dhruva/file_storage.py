@@ -198,7 +198,14 @@ class FileStorage(JournalStorage):
 
     def _after_commit(self) -> None:
         if self._disk is not None and self._end - self._covered >= CHECKPOINT_BYTES:
-            self.checkpoint()
+            # The commit is already durable; a failing checkpoint must not make
+            # end() report it as failed.  The index is derived data: stop using
+            # it for this open and let the next open rebuild it.
+            try:
+                self.checkpoint()
+            except (OSError, ValueError) as exc:
+                log.warning("%s: checkpoint failed (%s); index dropped", self.index_path, exc)
+                self._drop_disk_index()
 
     def checkpoint(self) -> None:
         """Write the tail's index entries into ``PATH.index`` (IDX checkpoint order)."""

@@ -685,3 +685,25 @@ def test_oids_beyond_the_index_range_fall_back_to_memory(tmp_path: Path) -> None
         assert storage.load(oid(huge)).data == b"huge"
         assert storage.load(oid(1)).data == b"small"
         assert storage.new_oid() == oid(huge + 1)
+
+
+def test_a_failing_checkpoint_does_not_fail_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dhruva import file_storage
+
+    monkeypatch.setattr(file_storage, "CHECKPOINT_BYTES", 100)
+    path = str(tmp_path / "db")
+    with FileStorage(path) as storage:
+        commit(storage, (0, b"a" * 200, []))
+
+        def broken(*args: object) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(DiskIndex, "checkpoint", broken)
+        commit(storage, (1, b"b" * 200, []))
+        assert contents(storage) == {0: b"a" * 200, 1: b"b" * 200}
+        assert not os.path.exists(path + ".index")
+    monkeypatch.undo()
+    with FileStorage(path) as storage:
+        assert contents(storage) == {0: b"a" * 200, 1: b"b" * 200}
