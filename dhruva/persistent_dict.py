@@ -17,8 +17,8 @@ loads a ghost first (so the state the commit writes is complete) and tells the
 connection; the inline status test only saves a call when the object is
 already marked.  ``_p_`` attributes never load a ghost, so reading
 ``_p_status`` is safe in any state.  A few methods that are often called
-without effect (``setdefault`` on a present key, ``pop`` with a default on a
-missing key, ``clear`` on an empty dict) look first and mark the object only
+without effect (``setdefault`` on a present key, ``pop`` of a missing key,
+``clear`` and ``popitem`` on an empty dict) look first and mark the object only
 when it will change: a needless mark makes the next commit write the object
 and can cause a needless write conflict with another client.
 
@@ -215,7 +215,7 @@ class PersistentDict(Persistent, MutableMapping[K, V]):
         return self.data.pop(key, default)
 
     def popitem(self) -> tuple[K, V]:
-        if self._p_status != UNSAVED:
+        if self._p_status != UNSAVED and self.data:
             self._p_note_change()
         return self.data.popitem()
 
