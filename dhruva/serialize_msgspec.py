@@ -252,13 +252,15 @@ class MsgspecDecoder:
     def __init__(self, get_ghost: GetGhost, registry: ClassRegistry | None) -> None:
         self._get_ghost = get_ghost
         self._registry = registry
-        self._classes: dict[bytes, type] = {}
+        # Resolved names, one cache per kind; keys are the UTF-8 name bytes.
+        self._persistent: dict[bytes, type] = {}
+        self._enums: dict[bytes, type] = {}
         self._decoder = Decoder(ext_hook=self._ext_hook)
         self._decode = self._decoder.decode
 
     def _resolve(self, name: bytes, kind: type) -> type:
-        key = name + (b"\x00E" if kind is enum.Enum else b"")
-        cls = self._classes.get(key)
+        cache = self._enums if kind is enum.Enum else self._persistent
+        cls = cache.get(name)
         if cls is not None:
             return cls
         text = name.decode("utf-8")
@@ -280,12 +282,15 @@ class MsgspecDecoder:
         if not (isinstance(found, type) and issubclass(found, kind)):
             what = "an Enum" if kind is enum.Enum else "a persistent class"
             raise ForbiddenClassError(dotted, f"a msgspec record may name it only as {what}")
-        self._classes[key] = found
+        cache[name] = found
         return found
 
     def _ext_hook(self, code: int, data: memoryview) -> Any:
         if code == EXT_REF:
-            cls = self._resolve(bytes(data[OID_SIZE:]), PersistentBase)
+            # A read-only memoryview hashes and compares like bytes: no copy.
+            cls = self._persistent.get(data[OID_SIZE:])  # type: ignore[call-overload]
+            if cls is None:
+                cls = self._resolve(bytes(data[OID_SIZE:]), PersistentBase)
             return self._get_ghost(bytes(data[:OID_SIZE]), cls)
         decode = self._decode
         if code == EXT_TUPLE:
@@ -331,10 +336,14 @@ class MsgspecDecoder:
 
     def get_class_and_state(self, data: bytes) -> tuple[type, Any]:
         start, end = _str_header(data, 1)
-        cls = self._resolve(bytes(data[start:end]), PersistentBase)
+        name = data[start:end]
+        cls = self._persistent.get(name)
+        if cls is None:
+            cls = self._resolve(bytes(name), PersistentBase)
         try:
             state = self._decode(memoryview(data)[end:])
-        except msgspec.DecodeError as exc:
+        except (msgspec.DecodeError, ValueError, TypeError, OverflowError) as exc:
+            # Bad bytes, or ext payloads that do not make a value (month 13, ...).
             raise SerializationError(
                 f"malformed msgspec record of {cls.__qualname__}: {exc}"
             ) from exc

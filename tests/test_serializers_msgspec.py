@@ -302,6 +302,8 @@ def test_cycle_through_plain_containers_is_a_clear_error() -> None:
         (Encoder().encode({"x": Ext(99, b"")}), "unknown ext type 99"),
         (b"\x81\xa1x", "malformed msgspec record"),
         (b"\x80\x80", "malformed msgspec record"),
+        (Encoder().encode({"x": Ext(6, Encoder().encode([2024, 13, 1]))}), "month"),
+        (Encoder().encode({"x": Ext(5, Encoder().encode([1]))}), "malformed msgspec record"),
     ],
 )
 def test_reader_rejects_bad_state(tail: bytes, message: str) -> None:
