@@ -90,9 +90,19 @@ class FileStorage(JournalStorage):
             self._disk_max_oid = disk.max_oid
             self._disk = disk
             tail: dict[bytes, int] = {}
-            self._scan_tail(disk.covered_offset, tail)
-            self._index = tail
-        else:
+            result = self._scan_tail(disk.covered_offset, tail)
+            if result.corrupt and not self.readonly:
+                # [IDX-033] A repair cut committed bytes after the covered
+                # offset; entries of an interrupted checkpoint could point into
+                # the cut range, so the index is rebuilt from the repaired file.
+                disk.close()
+                DiskIndex.discard(self.index_path)
+                self._disk = None
+                disk = None
+                self._reset_scan_state()
+            else:
+                self._index = tail
+        if disk is None:
             entries: dict[bytes, int] = {}
             self._scan_tail(journal.FILE_HEADER_SIZE, entries)
             self._index = entries
@@ -101,6 +111,15 @@ class FileStorage(JournalStorage):
         self._next_oid = self._disk_max_oid + 1
         if self._index:
             self._next_oid = max(self._next_oid, str_to_int8(max(self._index)) + 1)
+
+    def _reset_scan_state(self) -> None:
+        """Forget what an index-based open learned, before a full rescan."""
+        self._end = journal.FILE_HEADER_SIZE
+        self._last_tid = 0
+        self._last_time_us = 0
+        self._last_trailer_crc = 0
+        self._covered = journal.FILE_HEADER_SIZE
+        self._disk_max_oid = -1
 
     def _disk_matches(self, disk: DiskIndex) -> bool:
         """Return True when ``disk`` describes a prefix of this data file (RCV-031)."""
