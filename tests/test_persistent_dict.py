@@ -243,8 +243,8 @@ def test_ghost_loads_on_first_mutation_and_is_marked_changed() -> None:
     [
         lambda pd: pd.setdefault(1, 9),
         lambda pd: pd.pop(7, None),
-        lambda pd: PersistentDict.clear(PersistentDict()),
     ],
+    ids=["setdefault-present", "pop-missing-with-default"],
 )
 def test_calls_without_effect_do_not_mark(no_op: Any) -> None:
     connection = FakeConnection()
@@ -254,11 +254,13 @@ def test_calls_without_effect_do_not_mark(no_op: Any) -> None:
     assert pd._p_is_saved() and connection.changed == []
 
 
-def test_empty_clear_does_not_mark() -> None:
+def test_clear_and_popitem_of_an_empty_dict_do_not_mark() -> None:
     connection = FakeConnection()
-    pd = PersistentDict()
+    pd: PersistentDict[int, int] = PersistentDict()
     connection.make_saved(pd)
     pd.clear()
+    with pytest.raises(KeyError):
+        pd.popitem()
     assert pd._p_is_saved() and connection.changed == []
 
 
