@@ -1,6 +1,6 @@
 """The ``dhruva`` command: ``dhruva -s`` (server), ``dhruva -c`` (console), subcommands.
 
-Spec: ``spec/server.md`` ("The dhruva command", CLI-*).
+Spec: ``spec/server.md`` ("The dhruva command", ``CLI-*``).
 
 Structure.  The command is a set of subcommands (``server``, ``console``, and
 whatever later tools register with :func:`register_subcommand`, such as
