@@ -11,7 +11,8 @@ A :class:`ClassRegistry` is that check.  It holds entries of three kinds:
 
 * a class object: exactly that class is allowed;
 * a module (a module object, or a dotted string that names a module): every
-  *class* defined in that module is allowed, but not its functions;
+  *class* defined in that module is allowed, but not its functions, nor the
+  classes it merely imports;
 * a qualified name ``"module.QualName"`` (or ``"module:QualName"``): exactly
   that attribute is allowed, even when it is not a class;
 * ``"package.*"``: every class in the package and its submodules.
@@ -192,6 +193,13 @@ class ClassRegistry:
                 f"{module}.{qualname}",
                 "its module is allowed, but only classes are allowed through a module; "
                 "name it exactly to allow it",
+            )
+        if not by_name and value.__module__ != module:
+            # [OBJ-021] A module allows the classes it defines, not the ones it
+            # imports: ``from subprocess import Popen`` must not allow Popen.
+            raise ForbiddenClassError(
+                f"{module}.{qualname}",
+                f"it is defined in {value.__module__}, not in the allowed module {module}",
             )
         self._resolved[key] = value
         return value

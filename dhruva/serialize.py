@@ -444,4 +444,9 @@ class ObjectReader:
 
     def get_class_and_state(self, data: bytes) -> tuple[type, Any]:
         """Return ``(class, state)`` from ``data``."""
-        return self.decoder_for(data).get_class_and_state(data)
+        # The load hot path: one dict lookup on the code byte, no extra call.
+        try:
+            decoder = self._decoders[data[0]]
+        except (KeyError, IndexError):
+            decoder = self.decoder_for(data)
+        return decoder.get_class_and_state(data)

@@ -279,7 +279,9 @@ class MsgspecDecoder:
                     "its module is not imported, and a msgspec reader without an allow-list "
                     "imports nothing a record names; import the module first",
                 )
-        if not (isinstance(found, type) and issubclass(found, kind)):
+        if not (isinstance(found, type) and issubclass(found, kind)) or (
+            found.__module__ != module
+        ):
             what = "an Enum" if kind is enum.Enum else "a persistent class"
             raise ForbiddenClassError(dotted, f"a msgspec record may name it only as {what}")
         cache[name] = found

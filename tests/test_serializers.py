@@ -18,6 +18,7 @@ import sys
 import uuid
 from collections import OrderedDict
 from pathlib import Path
+from subprocess import Popen
 from typing import Any
 
 import pytest
@@ -193,9 +194,13 @@ def test_allow_list_entries_of_every_kind() -> None:
         by_class.resolve(MODULE, "Color")
     by_module = ClassRegistry([sys.modules[MODULE]])
     assert by_module.resolve(MODULE, "Color") is Color
-    # A module entry allows classes only, never functions.
+    # A module entry allows classes only, never functions, and only the
+    # classes the module defines, not those it imports.
     with pytest.raises(ForbiddenClassError, match="only classes"):
         by_module.resolve(MODULE, "helper_function")
+    assert sys.modules[MODULE].Popen is Popen
+    with pytest.raises(ForbiddenClassError, match="defined in subprocess"):
+        by_module.resolve(MODULE, "Popen")
     by_name = ClassRegistry([f"{MODULE}.helper_function", f"{MODULE}:Item"])
     assert by_name.resolve(MODULE, "helper_function") is helper_function
     assert by_name.resolve(MODULE, "Item") is Item
