@@ -40,6 +40,7 @@ SAVED = 0
 UNSAVED = 1
 
 _p_object_getattribute = object.__getattribute__
+_dict_state_base: type | None = None  # Persistent, once it is defined
 _p_object_setattr = object.__setattr__
 
 
@@ -103,9 +104,25 @@ class PersistentBase:
     _p_connection: ConnectionLike | None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Creating the hidden subclasses below runs __init_subclass__ hooks
+        # again, without keywords: a hook in an application class must accept
+        # that and skip classes whose ``_p_hidden_kind`` is set.
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("_p_hidden_kind") is not None:
             return
+        if _dict_state_base is not None and issubclass(cls, _dict_state_base):
+            slots = cls.__dict__.get("__slots__", ())
+            if isinstance(slots, str):
+                slots = (slots,)
+            state_slots = [name for name in slots if name not in ("__dict__", "__weakref__")]
+            if state_slots:
+                # Persistent's state is its __dict__ alone; slot values would
+                # silently be lost at commit.
+                raise TypeError(
+                    f"{cls.__qualname__} declares __slots__ {state_slots}; a Persistent "
+                    "subclass keeps its state in __dict__ -- subclass PersistentObject "
+                    "for slots"
+                )
         cls._p_class = cls
         cls._p_ghost_class = _hidden_subclass(cls, "ghost", _ghost_getattribute)
         cls._p_tracked_class = _hidden_subclass(cls, "tracked", _tracked_getattribute)
@@ -240,6 +257,9 @@ class Persistent(PersistentBase):
 
     def _p_clear_state(self) -> None:
         self.__dict__.clear()
+
+
+_dict_state_base = Persistent
 
 
 def _state_slot_names(cls: type) -> tuple[str, ...]:

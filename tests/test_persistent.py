@@ -414,3 +414,11 @@ def test_weak_references_survive_state_changes() -> None:
     _ghost(point)
     assert ref() is point
     assert point.x == 1 and ref() is point
+
+
+def test_persistent_subclass_with_state_slots_is_refused() -> None:
+    # Persistent keeps its state in __dict__; slot values would be lost at commit.
+    with pytest.raises(TypeError, match="PersistentObject"):
+
+        class Slotted(Persistent):
+            __slots__ = ("x",)
