@@ -1,6 +1,6 @@
 """Run dhruva's benchmark figures against Durus 4.3 and ZODB; see README.md.
 
-Usage: ``python tools/bench/run.py [--quick] [--only attr,open,commit,bulk,cold]
+Usage: ``python tools/bench/run.py [--quick] [--only attr,open,commit,bulk,cold,serializers]
 [--systems dhruva,durus,zodb] [--cache-dir DIR] [--json FILE]``.
 
 Prints the environment and one table per figure to stdout (progress goes to
