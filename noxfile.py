@@ -24,7 +24,7 @@ PYTHON = "3.11"
 # The back-ends the conformance suite runs against, by the names the
 # conformance plugin's ``--dhruva-backend`` option accepts.  Server-backed
 # names ("server-memory", "server-file") join this list once the server lands.
-CONFORMANCE_BACKENDS = ["memory", "file", "file2"]
+CONFORMANCE_BACKENDS = ["memory", "file", "file2", "sqlite"]
 
 nox.options.sessions = ["tests", "conformance", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True

@@ -276,3 +276,7 @@ def create_backend(name: str, directory: str | os.PathLike[str]) -> StorageFacto
 register_backend("memory", MemoryFactory)
 register_backend("file", FileFactory)
 register_backend("file2", File2Factory)
+
+# In-repo back-ends defined in their own modules register themselves on import;
+# imported last, when everything above exists (a child process needs only this module).
+from dhruva_conformance import sqlite_backend  # noqa: E402, F401
