@@ -374,3 +374,16 @@ def test_root_reading_goes_through_the_same_resolution() -> None:
     data = storage.load(ROOT_OID).data
     assert data[:1] == b"M"
     assert ObjectReader(lambda o, c: None).get_class(data) is PersistentDict  # type: ignore[arg-type,return-value]
+
+
+@pytest.mark.req("OBJ-030")
+def test_spec_example_is_the_vector() -> None:
+    spec = (VECTORS.parent.parent.parent / "spec" / "object-encoding.md").read_text()
+    block = spec.split("msgspec-record.hex`):", 1)[1].split("```", 2)[1]
+    example = bytearray()
+    for line in block.splitlines():
+        fields = line.split("#", 1)[0].split()
+        if fields:
+            assert int(fields[0], 16) == len(example)
+            example += bytes(int(pair, 16) for pair in fields[1:])
+    assert bytes(example) == read_vector("msgspec-record")[0]
