@@ -85,6 +85,10 @@ class StorageModel(RuleBasedStateMachine):
     @rule(oid=oids, data=st.binary(max_size=40), refs=st.lists(oids, max_size=3))
     def store(self, oid: bytes, data: bytes, refs: list[bytes]) -> None:
         assert self.pending is not None
+        if oid not in self.handed_out and oid not in self.committed:
+            # Handed out before a reopen and never stored: new_oid may hand
+            # it out again (SAPI-012), so an application must not store it.
+            return
         self.storage.store(oid, data, b"".join(refs))
         self.pending[oid] = (data, b"".join(refs))
 
