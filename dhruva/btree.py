@@ -531,8 +531,8 @@ class BTree(PersistentObject, MutableMapping[Any, Any]):
         for item in _iter_forward(self.root, _MISSING, True):
             yield item[1]
 
-    def keys(self) -> KeysView[Any]:
-        return KeysView(self)
+    def keys(self) -> _BTreeKeysView:
+        return _BTreeKeysView(self)
 
     def values(self) -> _BTreeValuesView:
         return _BTreeValuesView(self)
@@ -750,6 +750,15 @@ class BTree(PersistentObject, MutableMapping[Any, Any]):
         self.root = rebuilt.root
         self._count = len(rebuilt)
         return True
+
+
+class _BTreeKeysView(KeysView[Any]):
+    """A keys view that can also run backward, as a dict's can."""
+
+    _mapping: BTree
+
+    def __reversed__(self) -> Iterator[Any]:
+        return reversed(self._mapping)
 
 
 class _BTreeValuesView(ValuesView[Any]):

@@ -610,6 +610,7 @@ def test_mapping_behaviour() -> None:
     assert len(tree.items()) == 4
     assert list(reversed(tree.items())) == [("flag", True), ("c", 3), ("b", 2), ("a", 1)]
     assert list(reversed(tree.values())) == [True, 3, 2, 1]
+    assert list(reversed(tree.keys())) == ["flag", "c", "b", "a"]
     assert list(tree.iterkeys()) == list(tree) and list(tree.itervalues()) == [1, 2, 3, True]
     other = BTree(BNode4)
     other.update(tree)
