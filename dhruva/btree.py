@@ -608,7 +608,9 @@ class BTree(PersistentObject, MutableMapping[Any, Any]):
         return NotImplemented
 
     def __repr__(self) -> str:
-        return f"<{type(self)._p_class.__qualname__} {self._p_format_oid()} len={len(self)}>"
+        # Not len(self): a tree written by Durus would be counted node by node.
+        count = getattr(self, "_count", "?")
+        return f"<{type(self)._p_class.__qualname__} {self._p_format_oid()} len={count}>"
 
     # -- changing -----------------------------------------------------------------------
 
