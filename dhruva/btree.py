@@ -237,10 +237,7 @@ class BNode512(BNode):
 
 
 class BNode2(BNode):
-    """Degree 2 under the name Durus used before 3.6, for importing such databases.
-
-    New trees of degree 2 use :class:`BNode`, as Durus 4.3 does.
-    """
+    """Degree 2 under Durus's name before 3.6, to read such databases (BT-003)."""
 
     __slots__ = ()
     minimum_degree = 2
@@ -680,10 +677,6 @@ class BTree(PersistentObject, MutableMapping[Any, Any]):
     def __delitem__(self, key: Any) -> None:
         self._remove(key)
 
-    @overload
-    def pop(self, key: Any) -> Any: ...
-    @overload
-    def pop(self, key: Any, default: Any) -> Any: ...
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
         """Remove ``key`` and return its value, or ``default`` if given and absent."""
         if default is not _MISSING and self.root.search(key) is None:
