@@ -23,11 +23,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from dhruva import journal
 from dhruva.error import CorruptionError, DhruvaError, DhruvaKeyError, ReadOnlyError
+from dhruva.file_pack import DEFAULT_STEP_BUDGET, Packer, PackHook, PackProgress
 from dhruva.fileio import OS_FILES, DataFile, FileLayer, set_aside
 from dhruva.storage import (
     CAP_DURABLE,
@@ -38,7 +38,7 @@ from dhruva.storage import (
     Storage,
     check_record,
 )
-from dhruva.utils import ROOT_OID, int8_to_str, iter_oids, str_to_int8
+from dhruva.utils import int8_to_str, str_to_int8
 
 log = logging.getLogger("dhruva.file_storage")
 
@@ -301,6 +301,7 @@ class JournalStorage(Storage):
         if data_file is None:
             return
         self._pending = None
+        self.pack_abort()
         try:
             if not self.readonly and self._broken is None:
                 self._before_close()
@@ -332,105 +333,76 @@ class JournalStorage(Storage):
             yield tid, time_us, offset, length
             offset += length
 
-    def _reachable_records(self) -> list[tuple[int, int, bytes]]:
-        """Return ``(offset, size, oid)`` of current records reachable from the root."""
-        found: list[tuple[int, int, bytes]] = []
-        seen = {ROOT_OID}
-        todo = [ROOT_OID]
-        while todo:
-            oid = todo.pop()
-            try:
-                record = self.load(oid)
-            except DhruvaKeyError:
-                continue  # a dangling reference keeps nothing alive
-            offset = self._index.get(oid) or self._lookup_more(oid)
-            size = journal.RECORD_HEADER_SIZE + len(record.data) + len(record.refs)
-            found.append((offset, size, oid))
-            for ref in iter_oids(record.refs):
-                if ref not in seen:
-                    seen.add(ref)
-                    todo.append(ref)
-        found.sort()
-        return found
+    # Set by tests (and only by tests) to stop a packing process at a step
+    # boundary; see spec/pack.md, "Test hook".
+    _pack_step_hook: PackHook | None = None
+    _packer: Packer | None = None
 
-    def pack(self) -> None:
-        """Rewrite the file with only the current records reachable from the root.
+    @property
+    def packing(self) -> bool:
+        """True between ``pack_begin()`` and ``pack_finish()``/``pack_abort()``."""
+        return self._packer is not None
 
-        Steps (RCV-020..RCV-024): write ``PATH.pack`` holding a new header and
-        one transaction (tid and time of the last transaction) of the reachable
-        records copied byte for byte; fsync it and the directory; rename it over
-        PATH; fsync the directory.  A crash before the rename leaves the old
-        database (and a stale ``PATH.pack``, removed by the next pack); after
-        it, the new one.
+    def pack_begin(self) -> None:
+        """Start a two-phase pack as of the current end of data (spec PACK-010).
+
+        Creates ``PATH.pack``; commits may continue until ``pack_finish()``.
+        Raises DhruvaError when a pack is already running or a transaction is open.
         """
-        old_file = self._check_writable()
+        self._check_writable()
+        if self._packer is not None:
+            raise DhruvaError(f"{self.path}: a pack is already running")
         if self._pending is not None:
             raise DhruvaError("pack() during a transaction; end or abort it first")
-        if self._last_tid == 0:
-            return  # nothing was ever committed
-        keep = self._reachable_records()
-        pack_path = self.path + ".pack"
-        if self._layer.exists(pack_path):
-            self._layer.remove(pack_path)
-        new_file = self._layer.open(pack_path, create=True, readonly=False)
-        renamed = False
-        try:
-            new_file.lock(exclusive=True)
-            file_id = os.urandom(journal.FILE_ID_SIZE)
-            new_index = self._write_packed(old_file, new_file, file_id, keep)
-            new_file.sync()  # [RCV-021]
-            self._layer.sync_directory(pack_path)
-            self._before_replace()
-            self._layer.rename(pack_path, self.path)  # [RCV-022]
-            renamed = True
-            self._layer.sync_directory(self.path)
-        except BaseException as exc:
-            new_file.close()
-            if renamed:
-                self._broken = f"pack: {type(exc).__name__}: {exc}"
-            raise
-        self._file = new_file
-        old_file.close()
-        self.file_id = file_id
-        self._end = new_file.size()
-        self._last_trailer_crc = int.from_bytes(
-            new_file.pread(journal.TXN_TRAILER_SIZE, self._end - 16)[4:8], "big"
-        )
-        self._replace_index(new_index)
+        self._packer = Packer(self)
 
-    def _write_packed(
-        self,
-        old_file: DataFile,
-        new_file: DataFile,
-        file_id: bytes,
-        keep: list[tuple[int, int, bytes]],
-    ) -> dict[bytes, int]:
-        """Write header and the single packed transaction; return the new index."""
-        new_file.append(journal.encode_file_header(file_id))
-        body_length = sum(size for _offset, size, _oid in keep)
-        head = journal.TXN_HEADER.pack(
-            journal.TXN_TAG, len(keep), body_length, self._last_tid, self._last_time_us, 0, 0
-        )[:36]
-        head += zlib.crc32(head).to_bytes(4, "big")
-        crc = zlib.crc32(head)
-        buffered = [head]
-        buffered_bytes = len(head)
-        position = journal.FILE_HEADER_SIZE + journal.TXN_HEADER_SIZE
-        new_index: dict[bytes, int] = {}
-        for offset, size, oid in keep:
-            raw = old_file.pread(size, offset)
-            crc = zlib.crc32(raw, crc)
-            new_index[oid] = position
-            position += size
-            buffered.append(raw)
-            buffered_bytes += size
-            if buffered_bytes >= _PACK_BUFFER_BYTES:
-                new_file.append(b"".join(buffered))
-                buffered, buffered_bytes = [], 0
-        total = journal.TXN_OVERHEAD + body_length
-        buffered.append(journal.TXN_TRAILER.pack(journal.COMMIT_TAG, crc, total))
-        new_file.append(b"".join(buffered))
-        return new_index
+    def pack_step(self, budget: int = DEFAULT_STEP_BUDGET) -> bool:
+        """Copy up to about ``budget`` records; return True when ready to finish (PACK-011)."""
+        packer = self._packer
+        if packer is None:
+            raise DhruvaError("pack_step() without pack_begin()")
+        try:
+            return packer.step(budget)
+        except BaseException:
+            self.pack_abort()
+            raise
+
+    def pack_finish(self) -> PackProgress:
+        """Complete the pack begun by ``pack_begin()`` and return its totals (PACK-012)."""
+        packer = self._packer
+        if packer is None:
+            raise DhruvaError("pack_finish() without pack_begin()")
+        try:
+            return packer.finish()
+        except BaseException:
+            packer.abort()
+            raise
+        finally:
+            self._packer = None
+
+    def pack_abort(self) -> None:
+        """Abandon a running pack; the data file is untouched (PACK-013)."""
+        packer, self._packer = self._packer, None
+        if packer is not None:
+            packer.abort()
+
+    def pack(self, progress: Callable[[PackProgress], None] | None = None) -> None:
+        """Rewrite the file with only the current records reachable from the root.
+
+        The one-call form of ``pack_begin()``, ``pack_step()``...,
+        ``pack_finish()``; ``progress`` is called after each step and at the
+        end.  Steps and crash analysis: spec/file-format.md ("Pack") and
+        spec/pack.md.
+        """
+        self.pack_begin()
+        packer = self._packer
+        assert packer is not None
+        while not self.pack_step():
+            if progress is not None:
+                progress(packer.progress)
+        result = self.pack_finish()
+        if progress is not None:
+            progress(result)
 
     def _before_replace(self) -> None:
         """Run just before the packed file is renamed over the data file (subclass hook)."""

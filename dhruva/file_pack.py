@@ -1,0 +1,436 @@
+"""Two-phase, incremental pack of a journal file (FileStorage and FileStorage2).
+
+Spec: ``spec/pack.md`` (PACK) and ``spec/file-format.md`` ("Pack", RCV-02x).
+
+Theory of operation.  A pack writes a new data file ``PATH.pack`` and renames
+it over ``PATH``.  The old file is never modified by the pack, so until the
+rename the old database is intact, and after it the new one is complete and
+synced.  The pack runs in three phases so that a single-threaded server can
+keep committing to the old file while it runs:
+
+1. ``begin``: remember the *snapshot* -- the end of valid data ``E0``, the last
+   tid ``T0`` and its time -- create ``PATH.pack``, lock it, write the file
+   header and leave 40 bytes for the header of the packed transaction *P*.
+2. ``step`` (any number of times, with commits in between): walk the
+   reference graph from the root.  An oid whose current record lies before
+   ``E0`` has its record bytes appended to P's body; an oid whose current
+   record lies at or after ``E0`` was rewritten during the pack and is left
+   to phase 3.  Every record committed after ``E0`` is scanned as it appears,
+   and the oids it references become roots of the walk, so an object that a
+   commit during the pack makes reachable again is kept.
+3. ``finish`` (no commit may interleave): scan the last commits, complete the
+   walk, write P's trailer and header, copy the bytes ``[E0, end)`` (the
+   commits made during the pack) verbatim after P, fsync once, fsync the
+   directory, drop the sidecar index, rename, fsync the directory.
+
+Why the walk over a moving database is right: take any object Y reachable
+from the root at ``finish``, and a path root -> ... -> Y.  Let R be the last
+record on the path written at or after ``E0`` (if any).  Every record after R
+on the path lies before ``E0`` and is still current, so it was current and
+unchanged during the whole pack; the walk reaches the first of them either as
+a reference of R (scanned in phase 2 or 3) or from the root, and then follows
+the same unchanged records to Y.  Without such an R the whole path is
+unchanged since ``E0`` and the walk from the root finds it.  So P plus the
+copied commits hold every object reachable at the end.  A record copied into
+P and then rewritten during the pack is merely an old revision in the new
+file; the copied commit after P supersedes it (FMT-014).
+
+Memory: the sets and maps of oids (``seen``, the new offsets, the offsets of
+records written during the pack) and a bounded copy buffer; record bytes are
+streamed, never held for the whole file.  The single fsync of the new file
+happens in ``finish``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from dhruva import journal
+from dhruva.error import DhruvaError
+from dhruva.fileio import DataFile
+from dhruva.utils import ROOT_OID
+
+if TYPE_CHECKING:
+    from dhruva.file_storage2 import JournalStorage
+
+#: Bytes of copied records buffered before one write to ``PATH.pack``.
+WRITE_BUFFER_BYTES = 1 << 20
+#: At most this many bytes are read from the old file in one ``pread``.
+READ_SPAN_BYTES = 1 << 20
+#: Records closer than this are read with one ``pread`` (the gap is read too).
+READ_GAP_BYTES = 64 << 10
+#: A record usually fits in this many bytes; larger ones take a second read.
+RECORD_GUESS_BYTES = 4096
+#: Oids walked per batch (sorted by offset so the reads are mostly sequential).
+WALK_BATCH = 4096
+#: Records processed by one ``step()`` when the caller gives no budget.
+DEFAULT_STEP_BUDGET = 50_000
+
+PackHook = Callable[[str], None]
+"""Called with a step name at each step boundary (tests stop the process there)."""
+
+
+@dataclass
+class PackProgress:
+    """What a pack has done so far; passed to progress callbacks and returned."""
+
+    phase: str = "begin"
+    records_copied: int = 0
+    bytes_copied: int = 0
+    objects_before: int = 0
+    commits_during_pack: int = 0
+    old_size_bytes: int = 0
+    new_size_bytes: int = 0
+    seconds: float = 0.0
+
+
+# --- CRC-32 combination (zlib's crc32_combine, which Python does not expose) ------
+
+_CRC_POLY = 0xEDB88320
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total = 0
+    index = 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[index]
+        vector >>= 1
+        index += 1
+    return total
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, matrix[n]) for n in range(32)]
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
+    """Return crc32(A + B) given crc32(A), crc32(B) and len(B).
+
+    P's header can only be written once its record count and body length are
+    known, but its checksum covers the header first; combining lets the body's
+    checksum be computed while streaming and the header's prepended at the end.
+    """
+    if length2 <= 0:
+        return crc1
+    odd = [_CRC_POLY] + [1 << (n - 1) for n in range(1, 32)]
+    even = _gf2_square(odd)
+    odd = _gf2_square(even)
+    while True:
+        even = _gf2_square(odd)
+        if length2 & 1:
+            crc1 = _gf2_times(even, crc1)
+        length2 >>= 1
+        if not length2:
+            break
+        odd = _gf2_square(even)
+        if length2 & 1:
+            crc1 = _gf2_times(odd, crc1)
+        length2 >>= 1
+        if not length2:
+            break
+    return crc1 ^ crc2
+
+
+# --- the packer ---------------------------------------------------------------------
+
+
+class Packer:
+    """One pack of a JournalStorage, driven by ``step()`` and ``finish()``.
+
+    Created by ``JournalStorage.pack_begin()``; see the module docstring.
+    """
+
+    def __init__(self, storage: JournalStorage) -> None:
+        self.storage = storage
+        self.started = time.monotonic()
+        self.progress = PackProgress(objects_before=storage.get_size(), old_size_bytes=storage._end)
+        self.snapshot_end = storage._end
+        self.snapshot_tid = storage._last_tid
+        self.snapshot_time_us = storage._last_time_us
+        self.pack_path = storage.path + ".pack"
+        self._seen: set[bytes] = {ROOT_OID}
+        self._todo: list[bytes] = [ROOT_OID]
+        self._new_offsets: dict[bytes, int] = {}
+        self._tail_offsets: dict[bytes, int] = {}
+        self._scanned = self.snapshot_end
+        self._buffer: list[bytes | memoryview] = []
+        self._buffered_bytes = 0
+        self._body_crc = 0
+        self._body_length = 0
+        self._record_count = 0
+        self._new_file: DataFile | None = None
+        # Where the next record of P goes in the new file.
+        self._position = journal.FILE_HEADER_SIZE + journal.TXN_HEADER_SIZE
+        self.file_id = os.urandom(journal.FILE_ID_SIZE)
+        if self.snapshot_tid == 0:
+            return  # nothing was ever committed: finish() does nothing
+        layer = storage._layer
+        # [RCV-023] A stale PATH.pack of an interrupted pack is never read; replace it.
+        if layer.exists(self.pack_path):
+            layer.remove(self.pack_path)
+        new_file = layer.open(self.pack_path, create=True, readonly=False)
+        try:
+            # [RCV-022] Locked before it bears the database's name.
+            new_file.lock(exclusive=True)
+            new_file.append(journal.encode_file_header(self.file_id))
+            # P's header is written by finish(), once its counts are known.
+            new_file.append(bytes(journal.TXN_HEADER_SIZE))
+        except BaseException:
+            new_file.close()
+            layer.remove(self.pack_path)
+            raise
+        self._new_file = new_file
+        self._hook("created")
+
+    # --- hooks and progress -------------------------------------------------------------
+
+    def _hook(self, step: str) -> None:
+        self.progress.phase = step
+        hook = self.storage._pack_step_hook
+        if hook is not None:
+            hook(step)
+
+    @property
+    def done(self) -> bool:
+        """True when the walk is complete for the commits seen so far."""
+        return not self._todo and self._scanned >= self.storage._end
+
+    # --- phase 2 -----------------------------------------------------------------------
+
+    def step(self, budget: int = DEFAULT_STEP_BUDGET) -> bool:
+        """Copy up to about ``budget`` records; return True when nothing is left to walk.
+
+        Commits may be made between calls.  Raises DhruvaError when the
+        storage was closed or broke.
+        """
+        if self._new_file is None:
+            return True
+        data_file = self.storage._check_writable()
+        self._scan_new_commits(data_file)
+        walked = 0
+        while self._todo and walked < budget:
+            batch = self._todo[-WALK_BATCH:]
+            del self._todo[-WALK_BATCH:]
+            walked += self._walk_batch(data_file, batch)
+        self.progress.seconds = time.monotonic() - self.started
+        return self.done
+
+    def _scan_new_commits(self, data_file: DataFile) -> None:
+        """Make the references of records committed since the last scan roots of the walk."""
+        end = self.storage._end
+        offset = self._scanned
+        seen = self._seen
+        todo = self._todo
+        while offset < end:
+            head = data_file.pread(journal.TXN_HEADER_SIZE, offset)
+            body_length = journal.TXN_HEADER.unpack(head)[2]
+            length = journal.TXN_OVERHEAD + body_length
+            txn = journal.decode_transaction(
+                data_file.pread(length, offset), offset, self.storage.path, base=offset
+            )
+            for record in txn.records:
+                self._tail_offsets[record.oid] = record.offset
+                refs = record.refs
+                for i in range(0, len(refs), 8):
+                    ref = refs[i : i + 8]
+                    if ref not in seen:
+                        seen.add(ref)
+                        todo.append(ref)
+            self.progress.commits_during_pack += 1
+            offset += length
+        self._scanned = offset
+
+    def _walk_batch(self, data_file: DataFile, batch: list[bytes]) -> int:
+        """Copy the current records of ``batch`` (older than the snapshot); follow their refs."""
+        storage = self.storage
+        index_get = storage._index.get
+        lookup_more = storage._lookup_more
+        snapshot_end = self.snapshot_end
+        located: list[tuple[int, bytes]] = []
+        for oid in batch:
+            offset = index_get(oid) or lookup_more(oid)
+            # Missing: a dangling reference keeps nothing alive.  At or after
+            # the snapshot: the record is copied with the commits of the pack.
+            if offset and offset < snapshot_end:
+                located.append((offset, oid))
+        located.sort()
+        count = len(located)
+        start = 0
+        while start < count:
+            # One read covers records that lie close together.
+            first = located[start][0]
+            stop = start + 1
+            while (
+                stop < count
+                and located[stop][0] - located[stop - 1][0] < READ_GAP_BYTES
+                and located[stop][0] - first < READ_SPAN_BYTES
+            ):
+                stop += 1
+            last = located[stop - 1][0]
+            span = data_file.pread(last - first + RECORD_GUESS_BYTES, first)
+            view = memoryview(span)
+            for offset, oid in located[start:stop]:
+                self._copy_record(data_file, view, offset - first, offset, oid)
+            start = stop
+        return len(batch)
+
+    def _copy_record(
+        self, data_file: DataFile, view: memoryview, pos: int, offset: int, oid: bytes
+    ) -> None:
+        header_end = pos + journal.RECORD_HEADER_SIZE
+        if header_end > len(view):
+            view = memoryview(data_file.pread(RECORD_GUESS_BYTES, offset))
+            pos = 0
+        found, data_length, ref_count = journal.RECORD_HEADER.unpack_from(view, pos)
+        if found != oid:
+            raise DhruvaError(
+                f"{self.storage.path}: the index says oid {oid.hex()} is at offset {offset} "
+                f"but the record there is of oid {bytes(found).hex()}; delete the index and retry"
+            )
+        size = journal.RECORD_HEADER_SIZE + data_length + 8 * ref_count
+        if pos + size > len(view):
+            view = memoryview(data_file.pread(size, offset))
+            pos = 0
+        record = view[pos : pos + size]
+        refs = bytes(view[pos + size - 8 * ref_count : pos + size])
+        seen = self._seen
+        todo = self._todo
+        for i in range(0, len(refs), 8):
+            ref = refs[i : i + 8]
+            if ref not in seen:
+                seen.add(ref)
+                todo.append(ref)
+        # [FMT-015] Copied byte for byte; the state is never interpreted.
+        self._new_offsets[oid] = self._position
+        self._position += size
+        self._body_length += size
+        self._record_count += 1
+        self._buffer.append(record)
+        self._buffered_bytes += size
+        if self._buffered_bytes >= WRITE_BUFFER_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        assert self._new_file is not None
+        chunk = b"".join(self._buffer)
+        self._buffer = []
+        self._buffered_bytes = 0
+        self._body_crc = zlib.crc32(chunk, self._body_crc)
+        # [RCV-025] Appended without a sync; the one sync comes in finish().
+        self._new_file.append(chunk)
+        self.progress.records_copied = self._record_count
+        self.progress.bytes_copied = self._body_length
+        self._hook("copied")
+
+    # --- phase 3 -----------------------------------------------------------------------
+
+    def finish(self) -> PackProgress:
+        """Complete the pack and switch the storage to the new file; return the totals.
+
+        No commit may run during this call.  On an error before the rename the
+        old file stays the database and ``PATH.pack`` is removed; after it the
+        storage refuses further work until reopened.
+        """
+        storage = self.storage
+        if self._new_file is None:
+            return self.progress
+        data_file = storage._check_writable()
+        if storage._pending is not None:
+            raise DhruvaError("pack_finish() during a transaction; end or abort it first")
+        while not self.step(budget=1 << 62):
+            pass
+        self._flush()
+        self._hook("walked")
+        new_file = self._new_file
+        self._write_packed_transaction(new_file)
+        tail_start = self._position + journal.TXN_TRAILER_SIZE
+        self._copy_commits_of_the_pack(data_file, new_file)
+        # [RCV-021] One fsync of the whole new file, then of its directory.
+        new_file.sync()
+        layer = storage._layer
+        layer.sync_directory(self.pack_path)
+        self._hook("synced")
+        storage._before_replace()
+        self._hook("index-discarded")
+        renamed = False
+        try:
+            layer.rename(self.pack_path, storage.path)  # [RCV-022]
+            renamed = True
+            self._hook("renamed")
+            layer.sync_directory(storage.path)
+            self._hook("directory-synced")
+        except BaseException as exc:
+            if renamed:
+                storage._broken = f"pack: {type(exc).__name__}: {exc}"
+            raise
+        self._new_file = None
+        delta = tail_start - self.snapshot_end
+        new_index = self._new_offsets
+        for oid, offset in self._tail_offsets.items():
+            new_index[oid] = offset + delta
+        old_file = data_file
+        storage._file = new_file
+        old_file.close()
+        storage.file_id = self.file_id
+        storage._end = new_file.size()
+        trailer = new_file.pread(journal.TXN_TRAILER_SIZE, storage._end - journal.TXN_TRAILER_SIZE)
+        storage._last_trailer_crc = journal.TXN_TRAILER.unpack(trailer)[1]
+        storage._replace_index(new_index)
+        self._hook("index-written")
+        self.progress.new_size_bytes = storage._end
+        self.progress.records_copied = self._record_count
+        self.progress.bytes_copied = self._body_length
+        self.progress.seconds = time.monotonic() - self.started
+        self.progress.phase = "done"
+        return self.progress
+
+    def _write_packed_transaction(self, new_file: DataFile) -> None:
+        """Append P's trailer and write its header into the slot left by begin."""
+        body_length = self._body_length
+        head = journal.TXN_HEADER.pack(
+            journal.TXN_TAG,
+            self._record_count,
+            body_length,
+            self.snapshot_tid,
+            self.snapshot_time_us,
+            0,
+            0,
+        )[:36]
+        head += zlib.crc32(head).to_bytes(4, "big")
+        crc = crc32_combine(zlib.crc32(head), self._body_crc, body_length)
+        total = journal.TXN_OVERHEAD + body_length
+        # [RCV-020] One transaction with the snapshot's tid and time.
+        new_file.append(journal.TXN_TRAILER.pack(journal.COMMIT_TAG, crc, total))
+        new_file.pwrite(head, journal.FILE_HEADER_SIZE)
+        self._hook("packed-transaction")
+
+    def _copy_commits_of_the_pack(self, data_file: DataFile, new_file: DataFile) -> None:
+        """Copy the transactions committed since the snapshot, byte for byte."""
+        position = self.snapshot_end
+        end = self.storage._end
+        while position < end:
+            chunk = data_file.pread(min(READ_SPAN_BYTES, end - position), position)
+            if not chunk:
+                raise DhruvaError(f"{self.storage.path} ended at {position}, before {end}")
+            new_file.append(chunk)
+            position += len(chunk)
+        self._hook("commits-copied")
+
+    def abort(self) -> None:
+        """Give up: close and remove ``PATH.pack``; the old file stays the database."""
+        new_file, self._new_file = self._new_file, None
+        if new_file is None:
+            return
+        new_file.close()
+        try:
+            self.storage._layer.remove(self.pack_path)
+        except FileNotFoundError:
+            pass
