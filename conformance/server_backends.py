@@ -22,13 +22,14 @@ from typing import Any
 from dhruva_conformance.backends import (
     CAP_READONLY,
     CAP_REOPEN,
+    CAP_REPAIR,
     BaseFactory,
     FileFactory,
     register_backend,
 )
 
 from dhruva.client_storage import ClientStorage
-from dhruva.storage import CAP_DURABLE, MemoryStorage, Storage
+from dhruva.storage import CAP_DURABLE, CAP_RAW_FILE, MemoryStorage, Storage
 from dhruva.storage_server import StorageServer
 
 
@@ -37,7 +38,10 @@ class ServedStorage(ClientStorage):
 
     def __init__(self, inner: Storage, socket_path: str, readonly: bool = False) -> None:
         self.inner = inner
-        self.server = StorageServer(inner, socket_path, readonly=readonly)
+        # The storage interface lets a caller store oids of its own choosing
+        # (the suite does); the server's unallocated-oid check (SRV-022) is a
+        # server policy on top of it, tested in tests/test_server.py.
+        self.server = StorageServer(inner, socket_path, readonly=readonly, check_oids=False)
         self._thread = threading.Thread(
             target=self.server.serve, name="dhruva-conformance-server", daemon=True
         )
@@ -105,10 +109,20 @@ class ServerFileFactory(_ServerFactory):
     """A FileStorage behind a storage server."""
 
     name = "server-file"
-    # Not "raw-file", "repair" nor "file-layer": those tests write oids no
-    # client was given, which the server refuses (spec SRV-022); the "file"
-    # back-end runs them directly.
-    capabilities = frozenset({CAP_REOPEN, CAP_DURABLE, CAP_READONLY, "readonly-open", "pack"})
+    # Not "subprocess": a child process would open the file, not the server.
+    # Not "file-layer": a simulated crash inside the server thread cannot reach
+    # the caller as the exception those tests expect.
+    capabilities = frozenset(
+        {
+            CAP_REOPEN,
+            CAP_RAW_FILE,
+            CAP_DURABLE,
+            CAP_REPAIR,
+            CAP_READONLY,
+            "readonly-open",
+            "pack",
+        }
+    )
 
     def __init__(self, directory: Any) -> None:
         super().__init__(directory)
@@ -130,7 +144,6 @@ class ServerFileFactory(_ServerFactory):
 
 register_backend("server-memory", ServerMemoryFactory)
 register_backend("server-file", ServerFileFactory)
-
 
 
 def add_server_options(group: Any) -> None:

@@ -101,7 +101,9 @@ class StorageServer:
     bound when the server is constructed, so binding errors (an address in use)
     raise OSError here.  ``gcinterval`` is in seconds: when set, the server
     packs the storage that often [SRV-050].  ``readonly`` refuses every write
-    [SRV-060].
+    [SRV-060].  ``check_oids=False`` turns off the unallocated-oid check
+    [SRV-022], so that a client may store oids of its own choosing, as the
+    storage interface itself allows (the conformance suite does this).
     """
 
     def __init__(
@@ -111,10 +113,12 @@ class StorageServer:
         gcinterval: float | None = None,
         readonly: bool = False,
         on_stop: Callable[[], None] | None = None,
+        check_oids: bool = True,
     ) -> None:
         self.storage = storage
         self.gcinterval = gcinterval if gcinterval and gcinterval > 0 else None
         self.readonly = readonly
+        self.check_oids = check_oids
         self._on_stop = on_stop
         self._selector = selectors.DefaultSelector()
         self._sessions: set[_Session] = set()
@@ -269,7 +273,13 @@ class StorageServer:
         while session.queue and not session.waiting_commit and not session.closing:
             if len(session.out) > _OUTPUT_HIGH_WATER:
                 break
-            self._handle(session, session.queue.popleft())
+            try:
+                self._handle(session, session.queue.popleft())
+            except Exception as error:
+                # A storage failing in an unexpected way (an OSError from a
+                # load, say) fails this request, not the server.
+                log.exception("client %s: request failed", session.peer)
+                self._error(session, wire.ErrorCode.STORAGE_FAILURE, f"server error: {error}")
         self._flush(session)
 
     def _send(self, session: _Session, frame_bytes: bytes) -> None:
@@ -515,7 +525,10 @@ class StorageServer:
         unallocated = sorted(
             oid
             for oid in by_oid
-            if oid not in session.allocated and oid != ROOT_OID and not self._exists(oid)
+            if self.check_oids
+            and oid not in session.allocated
+            and oid != ROOT_OID
+            and not self._exists(oid)
         )
         if unallocated:
             self._error(
