@@ -55,9 +55,13 @@ myst_enable_extensions = ["colon_fence", "deflist"]
 # API reference: one page per module of the installed dhruva package.
 autosummary_generate = True
 autosummary_imported_members = False
+# Each class is documented once, in the module that defines it: the package's
+# ``__all__`` re-exports the common names, and documenting them there too would
+# give every cross-reference to them two targets.
 autodoc_default_options = {
     "members": True,
     "show-inheritance": True,
+    "ignore-module-all": True,
 }
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
