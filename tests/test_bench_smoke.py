@@ -115,6 +115,10 @@ def test_dhruva_figures_run_at_tiny_sizes(tmp_path: Path) -> None:
     if (BENCH_DIR / "serializers.py").exists():
         assert serializers is not None and "skipped" not in serializers, serializers
         assert serializers["n"] == bench_figures.TINY.serializer_objects
+    btree = results.get("btree")
+    if (BENCH_DIR / "btree_bench.py").exists():
+        assert btree is not None and "skipped" not in btree, btree
+        assert btree["sizes"][-1]["size"] == bench_figures.TINY.btree_keys
     # The bulk database lives in the work folder only while figure 5 runs.
     assert not list((tmp_path / "cache" / "work").glob("bulk-*"))
 

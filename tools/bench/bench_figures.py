@@ -50,11 +50,12 @@ class Sizes:
     bulk_per_commit: int
     cold_runs: int  # cold loads timed; the median counts
     serializer_objects: int  # objects per run of serializers.py's comparison
+    btree_keys: int  # largest tree btree_bench.py grows
 
 
-FULL = Sizes(200_000, 5, 1_000_000, 10_000, 7, 1_000, 100_000, 10_000, 3, 20_000)
-QUICK = Sizes(20_000, 3, 100_000, 10_000, 3, 200, 20_000, 10_000, 2, 2_000)
-TINY = Sizes(50, 1, 300, 100, 1, 5, 300, 100, 1, 50)
+FULL = Sizes(200_000, 5, 1_000_000, 10_000, 7, 1_000, 100_000, 10_000, 3, 20_000, 1_000_000)
+QUICK = Sizes(20_000, 3, 100_000, 10_000, 3, 200, 20_000, 10_000, 2, 2_000, 20_000)
+TINY = Sizes(50, 1, 300, 100, 1, 5, 300, 100, 1, 50, 200)
 
 #: Attribute reads per pass of the timed loop: unrolled so the loop's own
 #: overhead (a FOR_ITER and a jump) is small against what is measured.

@@ -1,6 +1,6 @@
 """Run dhruva's benchmark figures against Durus 4.3 and ZODB; see README.md.
 
-Usage: ``python tools/bench/run.py [--quick] [--only attr,open,commit,bulk,cold,serializers]
+Usage: ``python tools/bench/run.py [--quick] [--only attr,open,commit,bulk,cold,serializers,btree]
 [--systems dhruva,durus,zodb] [--cache-dir DIR] [--json FILE]``.
 
 Prints the environment and one table per figure to stdout (progress goes to
@@ -10,8 +10,10 @@ stderr) and writes the same numbers to ``tools/bench/results.json``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,25 +33,51 @@ from bench_report import (  # noqa: E402
     write_json,
 )
 
-#: Sections that are not side-by-side figures: dhruva-only comparisons that
+#: Sections that are not side-by-side figures: dhruva-only measurements that
 #: other modules in this folder provide, printed in their own format.
-EXTRA_SECTIONS = ("serializers",)
+EXTRA_SECTIONS = ("serializers", "btree")
 
 
-def run_serializers(sizes: Sizes, stream: TextIO) -> dict[str, Any]:
-    """dhruva's serializers against pickle, from ``serializers.py`` (MemoryStorage).
+def _section(
+    title: str, module_name: str, measure: Callable[[Any], dict[str, Any]], stream: TextIO
+) -> dict[str, Any]:
+    """Import ``module_name``, run ``measure(module)`` and print its table.
 
-    Returns that module's result dict, or ``{"skipped": reason}`` when the
-    module is not there.
+    Returns the module's result dict, or ``{"skipped": reason}`` when the
+    module is not there (or cannot import dhruva).
     """
     try:
-        import serializers
+        module = importlib.import_module(module_name)
     except ImportError as error:
-        print(f"\nserializers: skipped ({error})", file=stream, flush=True)
+        print(f"\n{title}: skipped ({error})", file=stream, flush=True)
         return {"skipped": str(error)}
-    result: dict[str, Any] = serializers.bench_serializers(sizes.serializer_objects)
-    print("\n6. " + serializers.format_table(result), file=stream, flush=True)
+    result = measure(module)
+    formatter = getattr(module, "format_table", None) or module.format_result
+    print(f"\n{title}. {formatter(result)}", file=stream, flush=True)
     return result
+
+
+def run_extra_sections(bench: Bench, only: list[str] | None, stream: TextIO) -> dict[str, Any]:
+    """Sections 6 (serializers.py, MemoryStorage) and 7 (btree_bench.py, FileStorage)."""
+    sizes = bench.sizes
+    results: dict[str, Any] = {}
+    if only is None or "serializers" in only:
+        bench.log("6: serializers (dhruva only)")
+        results["serializers"] = _section(
+            "6",
+            "serializers",
+            lambda module: module.bench_serializers(sizes.serializer_objects),
+            stream,
+        )
+    if only is None or "btree" in only:
+        bench.log(f"7: BTree ({sizes.btree_keys} keys, dhruva only)")
+        results["btree"] = _section(
+            "7",
+            "btree_bench",
+            lambda module: module.bench_btree(sizes.btree_keys, directory=str(bench.work_dir)),
+            stream,
+        )
+    return results
 
 
 def run(
@@ -82,9 +110,8 @@ def run(
         figures.append(figure)
         print("\n" + format_figure(figure), file=stream, flush=True)
     extras: dict[str, Any] = {}
-    if (only is None or "serializers" in only) and (systems is None or "dhruva" in systems):
-        bench.log("serializers (dhruva only)")
-        extras["serializers"] = run_serializers(sizes, stream)
+    if systems is None or "dhruva" in systems:
+        extras = run_extra_sections(bench, only, stream)
     elapsed_s = time.perf_counter() - start_s
     print("\n" + format_summary(figures), file=stream)
     print(f"\nran in {elapsed_s:.0f} s", file=stream, flush=True)
