@@ -30,6 +30,7 @@ and then notes the change with the connection.
 from __future__ import annotations
 
 import copyreg
+from sys import intern as _intern
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
@@ -253,7 +254,10 @@ class Persistent(PersistentBase):
     def __setstate__(self, state: dict[str, Any]) -> None:
         d = self.__dict__
         d.clear()
-        d.update(state)
+        # Unpickled attribute names are not interned strings, and CPython's
+        # fast attribute lookup needs interned keys: without this, reading an
+        # attribute of a loaded object costs ten times a plain object's.
+        d.update({_intern(k) if type(k) is str else k: v for k, v in state.items()})
 
     def _p_clear_state(self) -> None:
         self.__dict__.clear()
