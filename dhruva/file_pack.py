@@ -159,7 +159,7 @@ class Packer:
         self._new_offsets: dict[bytes, int] = {}
         self._tail_offsets: dict[bytes, int] = {}
         self._scanned = self.snapshot_end
-        self._buffer: list[bytes | memoryview] = []
+        self._buffer: list[bytes] = []
         self._buffered_bytes = 0
         self._body_crc = 0
         self._body_length = 0
@@ -248,17 +248,14 @@ class Packer:
 
     def _walk_batch(self, data_file: DataFile, batch: list[bytes]) -> int:
         """Copy the current records of ``batch`` (older than the snapshot); follow their refs."""
-        storage = self.storage
-        index_get = storage._index.get
-        lookup_more = storage._lookup_more
         snapshot_end = self.snapshot_end
-        located: list[tuple[int, bytes]] = []
-        for oid in batch:
-            offset = index_get(oid) or lookup_more(oid)
+        located = [
+            (offset, oid)
+            for offset, oid in zip(self.storage._pack_offsets(batch), batch, strict=True)
             # Missing: a dangling reference keeps nothing alive.  At or after
             # the snapshot: the record is copied with the commits of the pack.
-            if offset and offset < snapshot_end:
-                located.append((offset, oid))
+            if offset and offset < snapshot_end
+        ]
         located.sort()
         count = len(located)
         start = 0
@@ -274,47 +271,73 @@ class Packer:
                 stop += 1
             last = located[stop - 1][0]
             span = data_file.pread(last - first + RECORD_GUESS_BYTES, first)
-            view = memoryview(span)
-            for offset, oid in located[start:stop]:
-                self._copy_record(data_file, view, offset - first, offset, oid)
+            self._copy_records(data_file, span, first, located[start:stop])
             start = stop
+            if self._buffered_bytes >= WRITE_BUFFER_BYTES:
+                self._flush()
         return len(batch)
 
-    def _copy_record(
-        self, data_file: DataFile, view: memoryview, pos: int, offset: int, oid: bytes
+    def _copy_records(
+        self, data_file: DataFile, span: bytes, base: int, located: list[tuple[int, bytes]]
     ) -> None:
-        header_end = pos + journal.RECORD_HEADER_SIZE
-        if header_end > len(view):
-            view = memoryview(data_file.pread(RECORD_GUESS_BYTES, offset))
-            pos = 0
-        found, data_length, ref_count = journal.RECORD_HEADER.unpack_from(view, pos)
-        if found != oid:
-            raise DhruvaError(
-                f"{self.storage.path}: the index says oid {oid.hex()} is at offset {offset} "
-                f"but the record there is of oid {bytes(found).hex()}; delete the index and retry"
-            )
-        size = journal.RECORD_HEADER_SIZE + data_length + 8 * ref_count
-        if pos + size > len(view):
-            view = memoryview(data_file.pread(size, offset))
-            pos = 0
-        record = view[pos : pos + size]
-        refs = bytes(view[pos + size - 8 * ref_count : pos + size])
+        """Copy the records at ``located`` (offsets, oids) out of ``span`` (file offset ``base``).
+
+        This is the hot loop of a pack: contiguous records are appended as one
+        slice, and references are checked against ``seen`` without a call.
+        """
         seen = self._seen
         todo = self._todo
-        for i in range(0, len(refs), 8):
-            ref = refs[i : i + 8]
-            if ref not in seen:
-                seen.add(ref)
-                todo.append(ref)
-        # [FMT-015] Copied byte for byte; the state is never interpreted.
-        self._new_offsets[oid] = self._position
-        self._position += size
-        self._body_length += size
-        self._record_count += 1
-        self._buffer.append(record)
-        self._buffered_bytes += size
-        if self._buffered_bytes >= WRITE_BUFFER_BYTES:
-            self._flush()
+        new_offsets = self._new_offsets
+        buffer = self._buffer
+        unpack = journal.RECORD_HEADER.unpack_from
+        header_size = journal.RECORD_HEADER_SIZE
+        span_length = len(span)
+        position = self._position
+        copied = 0
+        run_start = run_end = -1
+        for offset, oid in located:
+            pos = offset - base
+            if pos + header_size > span_length:
+                record = data_file.pread(RECORD_GUESS_BYTES, offset)
+                source, pos = record, 0
+            else:
+                source = span
+            found, data_length, ref_count = unpack(source, pos)
+            size = header_size + data_length + 8 * ref_count
+            end = pos + size
+            if end > len(source):
+                source, pos, end = data_file.pread(size, offset), 0, size
+            if found != oid:
+                raise DhruvaError(
+                    f"{self.storage.path}: the index says oid {oid.hex()} is at offset "
+                    f"{offset} but the record there is of oid {bytes(found).hex()}; "
+                    "delete the index and retry"
+                )
+            for i in range(end - 8 * ref_count, end, 8):
+                ref = source[i : i + 8]
+                if ref not in seen:
+                    seen.add(ref)
+                    todo.append(ref)
+            new_offsets[oid] = position
+            position += size
+            copied += size
+            # [FMT-015] Copied byte for byte; the state is never interpreted.
+            if source is span and pos == run_end:
+                run_end = end
+                continue
+            if run_end > run_start:
+                buffer.append(span[run_start:run_end])
+            if source is span:
+                run_start, run_end = pos, end
+            else:
+                buffer.append(source[pos:end])
+                run_start = run_end = -1
+        if run_end > run_start:
+            buffer.append(span[run_start:run_end])
+        self._position = position
+        self._body_length += copied
+        self._buffered_bytes += copied
+        self._record_count += len(located)
 
     def _flush(self) -> None:
         if not self._buffer:
@@ -358,18 +381,17 @@ class Packer:
         layer = storage._layer
         layer.sync_directory(self.pack_path)
         self._hook("synced")
-        storage._before_replace()
-        self._hook("index-discarded")
-        renamed = False
         try:
+            storage._before_replace()
+            self._hook("index-discarded")
             layer.rename(self.pack_path, storage.path)  # [RCV-022]
-            renamed = True
             self._hook("renamed")
             layer.sync_directory(storage.path)
             self._hook("directory-synced")
         except BaseException as exc:
-            if renamed:
-                storage._broken = f"pack: {type(exc).__name__}: {exc}"
+            # The sidecar is gone, the name may point at either file: only a
+            # reopen (recovery from the bytes on disk) can continue.
+            storage._broken = f"pack: {type(exc).__name__}: {exc}"
             raise
         self._new_file = None
         delta = tail_start - self.snapshot_end

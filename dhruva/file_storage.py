@@ -159,7 +159,7 @@ class FileStorage(JournalStorage):
         disk = DiskIndex.create(
             self.index_path,
             self.file_id,
-            {str_to_int8(oid): offset for oid, offset in entries.items()},
+            {int.from_bytes(oid, "big"): offset for oid, offset in entries.items()},
             self._end,
             self._last_tid,
             self._last_trailer_crc,
@@ -273,10 +273,35 @@ class FileStorage(JournalStorage):
 
     # --- pack -------------------------------------------------------------------------
 
+    def _pack_offsets(self, oids: list[bytes]) -> list[int]:
+        # The pack's hot path: one dict probe, then the sidecar, without the
+        # per-oid conversions of _lookup_more.
+        get = self._index.get
+        disk = self._disk
+        if disk is None:
+            return [get(oid) or 0 for oid in oids]
+        lookup = disk.lookup
+        highest = self._disk_max_oid
+        result = []
+        for oid in oids:
+            offset = get(oid)
+            if offset is None:
+                number = int.from_bytes(oid, "big")
+                offset = lookup(number) if number <= highest else 0
+            result.append(offset)
+        return result
+
     def _before_replace(self) -> None:
         # [IDX-033] The sidecar goes before the file it indexes is replaced.
-        # Its entries move to memory so loads keep working if the rename fails.
-        self._drop_disk_index()
+        # It is not folded into memory (that costs a pass over every entry):
+        # a failure from here to the end of the rename leaves the storage
+        # refusing work until reopened, and the reopen rebuilds the index.
+        disk, self._disk = self._disk, None
+        if disk is not None:
+            disk.close()
+            DiskIndex.discard(self.index_path)
+        self._covered = journal.FILE_HEADER_SIZE
+        self._disk_max_oid = -1
 
     def _replace_index(self, new_index: dict[bytes, int]) -> None:
         self._covered = journal.FILE_HEADER_SIZE

@@ -175,6 +175,12 @@ class JournalStorage(Storage):
     def _after_commit(self) -> None:
         """Run after each acknowledged commit (subclass hook)."""
 
+    def _pack_offsets(self, oids: list[bytes]) -> list[int]:
+        """Return the current record offset of each oid, 0 for a missing one (pack)."""
+        get = self._index.get
+        lookup_more = self._lookup_more
+        return [get(oid) or lookup_more(oid) for oid in oids]
+
     # --- state checks -----------------------------------------------------------
 
     def _check_open(self) -> DataFile:
