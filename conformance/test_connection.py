@@ -133,6 +133,7 @@ def test_new_reachable_objects_stored_in_the_same_commit(session: Session) -> No
         assert obj._p_oid is not None
         record = storage.load(obj._p_oid)
         assert record.data
+    assert middle._p_oid is not None
     assert leaf._p_oid in storage.load(middle._p_oid).ref_oids()
     assert middle._p_oid in storage.load(ROOT_OID).ref_oids()
 

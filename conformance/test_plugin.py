@@ -103,7 +103,7 @@ def test_entry_point_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     def fake_entry_points(group: str) -> list[metadata.EntryPoint]:
         return [entry] if group == ENTRY_POINT_GROUP else []
 
-    monkeypatch.setattr(backends.metadata, "entry_points", fake_entry_points)
+    monkeypatch.setattr(metadata, "entry_points", fake_entry_points)
     try:
         factory = create_backend("entry-point-selftest", tmp_path)
         assert isinstance(factory, MemoryFactory)
