@@ -40,7 +40,13 @@ from types import TracebackType
 from typing import Any
 
 from dhruva.class_registry import AllowEntry, ClassRegistry
-from dhruva.error import DhruvaError, DhruvaKeyError, InvalidObjectReference
+from dhruva.error import (
+    DhruvaError,
+    DhruvaKeyError,
+    InvalidObjectReference,
+    ReadConflictError,
+    WriteConflictError,
+)
 from dhruva.persistent import GHOST, SAVED, UNSAVED, PersistentBase
 from dhruva.serialize import (
     ObjectReader,
@@ -49,7 +55,7 @@ from dhruva.serialize import (
     reading_registry,
     select_serializer,
 )
-from dhruva.storage import Storage
+from dhruva.storage import Record, Storage
 from dhruva.utils import ROOT_OID, int8_to_str
 
 _setattr = object.__setattr__
@@ -108,6 +114,8 @@ class Connection:
         self._cache_size = 0
         self.set_cache_size(cache_size)
         self._load_count = 0
+        self._loads_at_start = 0
+        self._conflicts: set[bytes] = set()
         self._transaction_serial = 1
         self._closed = False
         root_data = None
@@ -169,7 +177,7 @@ class Connection:
         if obj is not None:
             return obj
         try:
-            record = self._storage.load(oid)
+            record = self._load_record(oid)
         except DhruvaKeyError:
             return None
         cls = self._reader.get_class(record.data)
@@ -200,8 +208,37 @@ class Connection:
         """Load the committed state of the ghost ``obj`` (called on first access)."""
         oid = obj._p_oid
         assert oid is not None
-        record = self._storage.load(oid)
+        record = self._load_record(oid)
         self._install_state(obj, record.data)
+
+    def _load_record(self, oid: bytes) -> Record:
+        """Load ``oid``'s record, resolving a read conflict when it is safe to.
+
+        A client storage raises ReadConflictError when another client changed
+        ``oid`` since this connection last synchronized.  [CONN-015] If this
+        transaction has not yet read or changed anything that could be stale,
+        the connection synchronizes and loads again; otherwise the conflict is
+        raised, because the transaction may already have seen older versions
+        of other objects.  dhruva keeps no per-read hook on loaded objects, so
+        every loaded object that was invalidated counts as possibly read.
+        """
+        try:
+            return self._storage.load(oid)
+        except ReadConflictError:
+            conflict = bool(self._changed) or self._load_count != self._loads_at_start
+            for other in self._storage.sync():
+                obj = self._objects.get(other)
+                if obj is None or obj._p_status == GHOST:
+                    continue
+                conflict = True
+                if other in self._changed:
+                    # The change was made on a stale state; commit must refuse it.
+                    self._conflicts.add(other)
+                else:
+                    self._ghostify(obj)
+            if conflict:
+                raise
+            return self._storage.load(oid)
 
     def _install_state(self, obj: PersistentBase, data: bytes) -> None:
         # The class was fixed when the ghost was made; the record's copy of it
@@ -243,8 +280,12 @@ class Connection:
         usable.
         """
         self._check_open()
+        if self._conflicts:
+            # [CONN-016] Changes made on states another client replaced.
+            raise WriteConflictError(sorted(self._conflicts))
         if not self._changed:
             self._sync()
+            self._loads_at_start = self._load_count
             return
         writer = ObjectWriter(self, self._serializer)
         written: list[PersistentBase] = []
@@ -285,6 +326,7 @@ class Connection:
         self._transaction_serial += 1
         self._sync()
         self.shrink_cache()
+        self._loads_at_start = self._load_count
 
     def _detach(self, obj: PersistentBase) -> None:
         _setattr(obj, "_p_oid", None)
@@ -297,10 +339,12 @@ class Connection:
         for obj in self._changed.values():
             self._ghostify(obj)
         self._changed.clear()
+        self._conflicts.clear()
         self._storage.abort_transaction()
         self._transaction_serial += 1
         self._sync()
         self.shrink_cache()
+        self._loads_at_start = self._load_count
 
     def _ghostify(self, obj: PersistentBase) -> None:
         oid = obj._p_oid

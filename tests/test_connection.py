@@ -15,6 +15,7 @@ from dhruva.error import (
     DhruvaKeyError,
     FormatError,
     InvalidObjectReference,
+    ReadConflictError,
     SerializationError,
     WriteConflictError,
 )
@@ -381,3 +382,79 @@ def test_context_manager_closes_the_storage(tmp_path: Any) -> None:
         connection.commit()
     with pytest.raises(DhruvaError):
         storage.load(ROOT_OID)
+
+
+class ConflictingStorage(SyncingStorage):
+    """A storage that refuses loads of oids in ``stale`` until the next sync."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stale: set[bytes] = set()
+
+    def load(self, oid: bytes) -> Any:
+        if oid in self.stale:
+            raise ReadConflictError([oid])
+        return super().load(oid)
+
+    def sync(self) -> list[bytes]:
+        self.stale.clear()
+        return super().sync()
+
+
+def _two_items(storage: MemoryStorage) -> None:
+    writer = connect(storage)
+    root = writer.get_root()
+    root.a, root.b = Item(1), Item(2)
+    writer.commit()
+
+
+@pytest.mark.req("CONN-015")
+def test_read_conflict_is_resolved_when_the_transaction_has_read_nothing() -> None:
+    storage = ConflictingStorage()
+    _two_items(storage)
+    reader = connect(storage)
+    reader.abort()
+    root_oid = ROOT_OID
+    storage.stale = {root_oid}
+    storage.invalid = [root_oid]
+    # Nothing was read in this transaction yet: sync and load again.
+    assert reader.get_root().a.n == 1
+
+
+@pytest.mark.req("CONN-015")
+def test_read_conflict_is_raised_after_reading_in_the_transaction() -> None:
+    storage = ConflictingStorage()
+    _two_items(storage)
+    reader = connect(storage)
+    root = reader.get_root()
+    a = root.a
+    assert a.n == 1  # a state loaded in this transaction
+    b_oid = root.b._p_oid
+    storage.stale = {b_oid}
+    storage.invalid = [b_oid]
+    with pytest.raises(ReadConflictError):
+        root.b.n  # noqa: B018
+    reader.abort()
+    assert root.b.n == 2
+
+
+@pytest.mark.req("CONN-016")
+def test_changed_object_invalidated_at_sync_fails_the_next_commit() -> None:
+    storage = ConflictingStorage()
+    _two_items(storage)
+    connection = connect(storage)
+    root = connection.get_root()
+    a = root.a
+    a.n = 10
+    b_oid = root.b._p_oid
+    storage.stale = {b_oid}
+    storage.invalid = [a._p_oid, b_oid]
+    with pytest.raises(ReadConflictError):
+        root.b.n  # noqa: B018
+    with pytest.raises(WriteConflictError):
+        connection.commit()
+    connection.abort()
+    assert a.n == 1
+    a.n = 11
+    connection.commit()
+    assert connect(storage).get_root().a.n == 11
