@@ -29,6 +29,7 @@ from types import FrameType
 from typing import Any
 
 from dhruva.error import DhruvaError
+from dhruva.serialize import SERIALIZER_NAMES
 from dhruva.storage import Storage
 from dhruva.storage_server import DEFAULT_HOST, DEFAULT_PORT, Address, StorageServer, format_address
 
@@ -223,6 +224,22 @@ def _configure_console(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-size", type=int, default=None, help="the connection's object cache size"
     )
+    parser.add_argument(
+        "--serializer",
+        choices=SERIALIZER_NAMES,
+        default=None,
+        help=(
+            "write records with this serializer (default: the one that wrote the root; "
+            "pickle for a new database)"
+        ),
+    )
+    parser.add_argument(
+        "--allow",
+        action="append",
+        metavar="NAME",
+        default=None,
+        help="restricted loading: allow this class, module or package.* (repeatable)",
+    )
 
 
 class _Console(code.InteractiveConsole):
@@ -274,6 +291,10 @@ def run_console(args: argparse.Namespace) -> int:
         options: dict[str, Any] = {}
         if args.cache_size is not None:
             options["cache_size"] = args.cache_size
+        if args.serializer:
+            options["serializer"] = args.serializer
+        if args.allow is not None:
+            options["allowed_classes"] = args.allow
         connection = Connection(storage, **options)
         root = connection.get_root()
         namespace: dict[str, Any] = {

@@ -254,3 +254,16 @@ def test_tcp_server_on_a_free_port(start_server: Callable[..., Server], tmp_path
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def test_console_serializer_flag_chooses_the_database_serializer(tmp_path: Path) -> None:
+    pytest.importorskip("msgspec")
+    path = str(tmp_path / "m.dhruva")
+    created = run(
+        "-c", "--file", path, "--serializer", "msgspec",
+        stdin='root["x"] = (1, 2)\nconnection.commit()\n',
+    )
+    assert created.returncode == 0, created.stderr
+    query = "print(connection.get_serializer().name, root['x'])\n"
+    reopened = run("-c", "--file", path, stdin=query)
+    assert reopened.stdout.strip() == "msgspec (1, 2)"
