@@ -73,7 +73,7 @@ JOURNAL_SIZE_LIMIT_BYTES = 64 << 20
 _OID_SPACE = 1 << 64
 
 SCHEMA = (
-    "CREATE TABLE objects ( oid INTEGER PRIMARY KEY, data BLOB NOT NULL, refs BLOB NOT NULL)",
+    "CREATE TABLE objects (oid INTEGER PRIMARY KEY, data BLOB NOT NULL, refs BLOB NOT NULL)",
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
 )
 
@@ -468,8 +468,10 @@ class SqliteStorage(Storage):
                 raise
             # [SQL-062] Moving free pages to the end and truncating the file is
             # SQLite's own transaction; a crash in it changes no record.
-            conn.execute("PRAGMA incremental_vacuum")
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # incremental_vacuum frees one page per step of its statement and
+            # execute() steps once; executescript() steps it to the end.
+            conn.executescript("PRAGMA incremental_vacuum;")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
 
