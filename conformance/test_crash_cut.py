@@ -90,7 +90,18 @@ def check_cut(factory: StorageFactory, written: Written, cut: int) -> None:
     storage.close()
 
 
-@pytest.mark.req("CONF-041", "CONF-042", "CONF-043", "CONF-044", "SAPI-043", "CONF-050", "SAPI-041")
+@pytest.mark.req(
+    "CONF-041",
+    "CONF-042",
+    "CONF-043",
+    "CONF-044",
+    "SAPI-043",
+    "CONF-050",
+    "SAPI-041",
+    "RCV-002",
+    "RCV-005",
+    "FLT-020",
+)
 def test_cut_at_transaction_boundaries(storage_factory: StorageFactory, written: Written) -> None:
     data, _commits, spans = written
     boundaries = [FILE_HEADER_SIZE] + [end for _start, end in spans]
@@ -102,7 +113,17 @@ def test_cut_at_transaction_boundaries(storage_factory: StorageFactory, written:
 
 
 @pytest.mark.req(
-    "CONF-041", "CONF-042", "CONF-043", "CONF-044", "SAPI-043", "CONF-050", "SAPI-041", "DM-010"
+    "CONF-041",
+    "CONF-042",
+    "CONF-043",
+    "CONF-044",
+    "SAPI-043",
+    "CONF-050",
+    "SAPI-041",
+    "DM-010",
+    "RCV-002",
+    "RCV-005",
+    "FLT-020",
 )
 def test_cut_at_every_byte_of_the_last_two_transactions(
     storage_factory: StorageFactory, written: Written
@@ -143,7 +164,7 @@ def flip_positions(spans: list[tuple[int, int]], which: int) -> dict[str, int]:
     return positions
 
 
-@pytest.mark.req("CONF-051", "SAPI-042")
+@pytest.mark.req("CONF-051", "SAPI-042", "RCV-001", "RCV-003")
 def test_bit_flip_in_early_transaction_is_corruption(
     storage_factory: StorageFactory, written: Written
 ) -> None:
@@ -167,7 +188,7 @@ def test_bit_flip_in_early_transaction_is_corruption(
 
 
 @pytest.mark.needs("repair")
-@pytest.mark.req("CONF-051", "SAPI-042", "CONF-044", "SAPI-043")
+@pytest.mark.req("CONF-051", "SAPI-042", "CONF-044", "SAPI-043", "RCV-007")
 def test_repair_cuts_at_the_damage(storage_factory: StorageFactory, written: Written) -> None:
     data, commits, spans = written
     data_path = storage_factory.paths()[0]
@@ -182,7 +203,7 @@ def test_repair_cuts_at_the_damage(storage_factory: StorageFactory, written: Wri
     storage.close()
 
 
-@pytest.mark.req("CONF-051", "CONF-041", "CONF-043")
+@pytest.mark.req("CONF-051", "CONF-041", "CONF-043", "RCV-001", "RCV-002", "RCV-005")
 def test_bit_flip_in_last_transaction_is_a_torn_tail(
     storage_factory: StorageFactory, written: Written
 ) -> None:
@@ -242,7 +263,7 @@ def test_flip_with_recomputed_checksum_in_data_is_undetectable(
     storage.close()
 
 
-@pytest.mark.req("CONF-051", "SAPI-042")
+@pytest.mark.req("CONF-051", "SAPI-042", "RCV-001", "RCV-003")
 def test_flip_with_recomputed_checksum_in_length_is_detected(
     storage_factory: StorageFactory, written: Written
 ) -> None:

@@ -114,13 +114,16 @@ def crash_everywhere(factory: StorageFactory, create: bool) -> None:
     "DM-010",
     "DM-011",
     "DM-012",
+    "FLT-020",
+    "RCV-021",
+    "RCV-022",
 )
 def test_crash_at_every_operation(storage_factory: StorageFactory) -> None:
     """Crash points: every commit, the pack, and the commits after it."""
     crash_everywhere(storage_factory, create=False)
 
 
-@pytest.mark.req("CONF-041", "CONF-044", "SAPI-043", "CONF-052")
+@pytest.mark.req("CONF-041", "CONF-044", "SAPI-043", "CONF-052", "FLT-020", "RCV-006")
 def test_crash_while_creating_the_database(
     storage_factory: StorageFactory, request: pytest.FixtureRequest
 ) -> None:
@@ -132,7 +135,7 @@ def test_crash_while_creating_the_database(
     crash_everywhere(storage_factory, create=True)
 
 
-@pytest.mark.req("CONF-052")
+@pytest.mark.req("CONF-052", "RCV-011")
 def test_unsynced_writes_are_what_a_crash_loses(storage_factory: StorageFactory) -> None:
     """The layer itself: after a crash in ``drop`` mode only synced bytes remain."""
     layer = FaultyFileLayer()

@@ -71,6 +71,8 @@ def child_environment() -> dict[str, str]:
     "SAPI-040",
     "DM-011",
     "DM-012",
+    "FLT-003",
+    "FLT-020",
 )
 def test_sigkill_mid_workload(storage_factory: StorageFactory, kill_after: int) -> None:
     directory = getattr(storage_factory, "directory", None)
