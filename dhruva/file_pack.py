@@ -191,6 +191,7 @@ class Packer:
     # --- hooks and progress -------------------------------------------------------------
 
     def _hook(self, step: str) -> None:
+        # [PACK-040] Tests stop the process here; see spec/pack.md.
         self.progress.phase = step
         hook = self.storage._pack_step_hook
         if hook is not None:
@@ -223,6 +224,7 @@ class Packer:
 
     def _scan_new_commits(self, data_file: DataFile) -> None:
         """Make the references of records committed since the last scan roots of the walk."""
+        # [PACK-020] This scan is what keeps objects that commits of the pack reach.
         end = self.storage._end
         offset = self._scanned
         seen = self._seen
@@ -255,7 +257,7 @@ class Packer:
             # Missing: a dangling reference keeps nothing alive.  At or after
             # the snapshot: the record is copied with the commits of the pack.
             if offset and offset < snapshot_end
-        ]
+        ]  # [PACK-001]
         located.sort()
         count = len(located)
         start = 0

@@ -1,0 +1,270 @@
+"""Tests of the two-phase pack of FileStorage and FileStorage2 (spec: pack.md, file-format.md)."""
+
+from __future__ import annotations
+
+import os
+import random
+import tracemalloc
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dhruva import journal
+from dhruva.error import DhruvaError, DhruvaKeyError
+from dhruva.file_pack import PackProgress, crc32_combine
+from dhruva.file_storage import FileStorage, FileStorage2
+from dhruva.file_storage2 import JournalStorage
+from dhruva.fileio import OS_FILES, DataFile
+from dhruva.utils import int8_to_str
+
+
+def oid(n: int) -> bytes:
+    return int8_to_str(n)
+
+
+@pytest.fixture(params=[FileStorage, FileStorage2], ids=["FileStorage", "FileStorage2"])
+def cls(request: pytest.FixtureRequest) -> type[JournalStorage]:
+    result: type[JournalStorage] = request.param
+    return result
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> str:
+    return str(tmp_path / "db.dhruva")
+
+
+def commit(storage: JournalStorage, *records: tuple[int, bytes, list[int]]) -> None:
+    storage.begin()
+    for number, data, refs in records:
+        storage.store(oid(number), data, b"".join(oid(r) for r in refs))
+    storage.end()
+
+
+def contents(storage: JournalStorage) -> dict[int, bytes]:
+    return {int.from_bytes(o, "big"): storage.load(o).data for o in storage.iter_oids()}
+
+
+def check_file(path: str) -> journal.ScanResult:
+    """Scan the whole file; it must be valid with no tail."""
+    data = Path(path).read_bytes()
+    journal.decode_file_header(data, path)
+    result = journal.scan(data, journal.FILE_HEADER_SIZE, path)
+    assert result.tail is None
+    return result
+
+
+# --- CRC combination ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sizes", [(0, 0), (0, 5), (5, 0), (40, 1), (40, 100_000), (3, 7)])
+def test_crc32_combine_matches_zlib(sizes: tuple[int, int]) -> None:
+    rng = random.Random(sum(sizes))
+    first = rng.randbytes(sizes[0])
+    second = rng.randbytes(sizes[1])
+    combined = crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second))
+    assert combined == zlib.crc32(first + second)
+
+
+# --- the two-phase pack -----------------------------------------------------------------
+
+
+@pytest.mark.req("PACK-002", "PACK-010", "PACK-011", "PACK-012", "PACK-020")
+def test_commits_during_a_pack_survive_it(cls: type[JournalStorage], path: str) -> None:
+    with cls(path) as storage:
+        commit(storage, (0, b"root", [1, 2]), (1, b"one", []), (2, b"two", [3]), (3, b"three", []))
+        commit(storage, (4, b"garbage", []), (2, b"two v2", []))  # 3 now unreachable
+        storage.pack_begin()
+        assert storage.packing
+        # Commits interleave with the steps: a new object, a rewrite, and a
+        # reference to an object that was garbage when the pack began.
+        commit(storage, (5, b"new during pack", []), (0, b"root v2", [1, 2, 5]))
+        storage.pack_step(budget=1)
+        commit(storage, (1, b"one v2", [3]))
+        result = storage.pack_finish()
+        assert not storage.packing
+        assert isinstance(result, PackProgress) and result.phase == "done"
+        assert result.commits_during_pack == 2
+        expected = {0: b"root v2", 1: b"one v2", 2: b"two v2", 3: b"three", 5: b"new during pack"}
+        assert contents(storage) == expected
+        commit(storage, (6, b"after", []))
+        expected[6] = b"after"
+        tids = [tid for tid, *_ in storage.iter_transactions()]
+    assert tids == [2, 3, 4, 5]
+    check_file(path)
+    with cls(path) as storage:
+        assert contents(storage) == expected
+
+
+@pytest.mark.req("PACK-020")
+def test_a_rewrite_during_the_pack_wins_over_the_copied_revision(
+    cls: type[JournalStorage], path: str
+) -> None:
+    with cls(path) as storage:
+        commit(storage, (0, b"root", [1]), (1, b"old", []))
+        storage.pack_begin()
+        storage.pack_step()  # object 1's old record is copied now
+        commit(storage, (1, b"new", []))
+        storage.pack_finish()
+        assert storage.load(oid(1)).data == b"new"
+    with cls(path) as storage:
+        assert storage.load(oid(1)).data == b"new"
+
+
+@pytest.mark.req("PACK-013")
+def test_abort_leaves_the_file_untouched(cls: type[JournalStorage], path: str) -> None:
+    with cls(path) as storage:
+        commit(storage, (0, b"root", []), (1, b"garbage", []))
+        before = Path(path).read_bytes()
+        storage.pack_begin()
+        assert os.path.exists(path + ".pack")
+        storage.pack_step()
+        storage.pack_abort()
+        assert not os.path.exists(path + ".pack")
+        assert Path(path).read_bytes() == before
+        assert contents(storage) == {0: b"root", 1: b"garbage"}
+        storage.pack_begin()
+    # Closing abandons the running pack too.
+    assert not os.path.exists(path + ".pack")
+    assert Path(path).read_bytes() == before
+
+
+@pytest.mark.req("PACK-014")
+def test_misuse_of_the_pack_api_raises(cls: type[JournalStorage], path: str) -> None:
+    with cls(path) as storage:
+        commit(storage, (0, b"root", []))
+        with pytest.raises(DhruvaError, match="without pack_begin"):
+            storage.pack_step()
+        with pytest.raises(DhruvaError, match="without pack_begin"):
+            storage.pack_finish()
+        storage.pack_begin()
+        with pytest.raises(DhruvaError, match="already running"):
+            storage.pack_begin()
+        storage.begin()
+        storage.store(oid(1), b"x")
+        with pytest.raises(DhruvaError, match="during a transaction"):
+            storage.pack_finish()
+        assert not os.path.exists(path + ".pack")
+        storage.end()
+        assert storage.load(oid(0)).data == b"root"
+
+
+def test_pack_reports_progress(cls: type[JournalStorage], path: str) -> None:
+    seen: list[PackProgress] = []
+    with cls(path) as storage:
+        commit(storage, (0, b"root", [1]), (1, b"one", []), (2, b"garbage", []))
+        storage.pack(progress=lambda p: seen.append(p))
+    assert seen and seen[-1].phase == "done"
+    assert seen[-1].records_copied == 2 and seen[-1].objects_before == 3
+
+
+@pytest.mark.req("PACK-001")
+def test_dangling_references_keep_nothing_and_do_not_fail(
+    cls: type[JournalStorage], path: str
+) -> None:
+    with cls(path) as storage:
+        commit(storage, (0, b"root", [7, 1]), (1, b"one", [0]))
+        storage.pack()
+        assert contents(storage) == {0: b"root", 1: b"one"}
+        with pytest.raises(DhruvaKeyError):
+            storage.load(oid(7))
+
+
+# --- memory and syncs -------------------------------------------------------------------
+
+
+class CountingLayer:
+    """The OS file layer, counting syncs per path."""
+
+    def __init__(self) -> None:
+        self.syncs: dict[str, int] = {}
+
+    def open(self, path: str, create: bool, readonly: bool) -> DataFile:
+        inner = OS_FILES.open(path, create, readonly)
+        layer = self
+
+        class Counting:
+            def __init__(self) -> None:
+                self.path = inner.path
+
+            def __getattr__(self, name: str) -> Any:
+                return getattr(inner, name)
+
+            def sync(self) -> None:
+                layer.syncs[self.path] = layer.syncs.get(self.path, 0) + 1
+                inner.sync()
+
+        result: DataFile = Counting()  # type: ignore[assignment]
+        return result
+
+    def exists(self, path: str) -> bool:
+        return OS_FILES.exists(path)
+
+    def rename(self, source: str, target: str) -> None:
+        OS_FILES.rename(source, target)
+
+    def remove(self, path: str) -> None:
+        OS_FILES.remove(path)
+
+    def sync_directory(self, path: str) -> None:
+        OS_FILES.sync_directory(path)
+
+
+def big_database(storage: JournalStorage, count: int, size: int) -> None:
+    """``count`` live objects of ``size`` bytes in a chain from the root, and as much garbage."""
+    payload = b"p" * size
+    for start in range(0, count, 100):
+        storage.begin()
+        for number in range(start, min(start + 100, count)):
+            refs = oid(number + 1) if number + 1 < count else b""
+            storage.store(oid(number), payload, refs)
+            storage.store(oid(count + number), payload, b"")
+        storage.end()
+
+
+@pytest.mark.req("PACK-030", "PACK-031", "RCV-025")
+def test_pack_memory_is_bounded_and_it_syncs_the_new_file_once(
+    cls: type[JournalStorage], path: str
+) -> None:
+    count, size = 1500, 20_000  # 30 MB live, 60 MB file
+    layer = CountingLayer()
+    with cls(path, file_layer=layer) as storage:
+        big_database(storage, count, size)
+        assert os.path.getsize(path) > 55_000_000
+        layer.syncs.clear()
+        tracemalloc.start()
+        try:
+            storage.pack()
+            _current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert storage.get_size() == count
+        assert storage.load(oid(count - 1)).data == b"p" * size
+    # The write buffer and one read span, never the live data (30 MB).
+    assert peak < 8_000_000, f"pack peaked at {peak} bytes"
+    # [RCV-025] One sync of PATH.pack, none per record.
+    assert layer.syncs.get(path + ".pack") == 1
+    check_file(path)
+
+
+@pytest.mark.req("PACK-040")
+def test_step_hook_names_every_step_in_order(cls: type[JournalStorage], path: str) -> None:
+    steps: list[str] = []
+    with cls(path) as storage:
+        commit(storage, (0, b"root", [1]), (1, b"one", []))
+        storage._pack_step_hook = steps.append
+        storage.pack()
+    expected = [
+        "created",
+        "copied",
+        "walked",
+        "packed-transaction",
+        "commits-copied",
+        "synced",
+        "index-discarded",
+        "renamed",
+        "directory-synced",
+        "index-written",
+    ]
+    assert steps == expected
