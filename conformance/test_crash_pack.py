@@ -62,8 +62,8 @@ if hasattr(storage, "pack_begin"):
     storage.pack_begin()
     storage.pack_step(8)
     storage.begin()
-    storage.store(int8_to_str(%(during)d), b"committed during the pack", b"")
-    storage.store(int8_to_str(0), b"root v2", int8_to_str(1) + int8_to_str(%(during)d))
+    storage.store(int8_to_str(@DURING@), b"committed during the pack", b"")
+    storage.store(int8_to_str(0), b"root v2", int8_to_str(1) + int8_to_str(@DURING@))
     storage.end()
     print("committed", flush=True)
     while not storage.pack_step(8):
@@ -73,7 +73,7 @@ else:
     storage.pack()
 storage.close()
 print("done", flush=True)
-""" % {"during": DURING}
+""".replace("@DURING@", str(DURING))
 
 
 def live_data(number: int) -> bytes:
