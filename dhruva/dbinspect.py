@@ -1,0 +1,401 @@
+"""Reading dhruva databases for the tools, without changing them or running record code.
+
+Spec: ``spec/tools.md`` (TOOL-001 .. TOOL-005).
+
+Theory of operation.  A :class:`JournalSource` maps a dhruva data file
+read-only and walks it with the sans-IO journal codec
+(:func:`dhruva.journal.scan`), which applies the recovery rule but writes
+nothing: a torn tail is reported, never set aside (TOOL-001).  The sidecar
+index is opened read-only and compared entry by entry with what the scan
+found (TOOL-004).  A :class:`SqliteSource` reads a SQLite database through
+``SqliteStorage(readonly=True)`` (SQLite's ``mode=ro``) after
+``PRAGMA integrity_check``.  Both yield :class:`RecordInfo`; the class name
+comes from the record's bytes (pickle opcodes, the msgspec class string),
+never from unpickling, so no code a record names runs (TOOL-003).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import mmap
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dhruva import journal
+from dhruva.durus_import import detect_durus_format
+from dhruva.durus_import import pickle_class_name as _pickle_class_name
+from dhruva.error import CorruptionError, DhruvaError
+from dhruva.utils import int8_to_str, iter_oids, str_to_int8
+
+KIND_FILE = "dhruva data file"
+KIND_SQLITE = "dhruva SQLite database"
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+class ToolError(DhruvaError):
+    """A failure the user can act on: printed as one line."""
+
+
+# --- reading records without running code -------------------------------------------
+
+
+def describe_data(data: bytes) -> tuple[str, str]:
+    """Return ``(serializer name, dotted class name)`` of a record's data (TOOL-003).
+
+    Reads the serializer code (OBJ-001) and then only the bytes: pickle and
+    dill records through :func:`pickletools.genops` (both pickles must be
+    complete), msgspec records by their class-name string.  Raises
+    ValueError naming what is wrong.
+    """
+    code = data[:1]
+    if code in (b"P", b"D"):
+        payload = data[1:]
+        name, end = _pickle_class_name(payload)
+        if end <= 0:
+            raise ValueError("the class pickle has no STOP opcode")
+        _pickle_class_name_or_state(payload[end:])
+        return ("pickle" if code == b"P" else "dill"), name
+    if code == b"M":
+        return "msgspec", _msgspec_class_name(data)
+    shown = code.hex() or "nothing (empty data)"
+    raise ValueError(f"unknown serializer code 0x{shown}")
+
+
+def _pickle_class_name_or_state(state: bytes) -> None:
+    """Check that ``state`` is one complete pickle (opcodes only)."""
+    import pickletools
+
+    last = None
+    for opcode, _arg, _position in pickletools.genops(state):
+        last = opcode.name
+    if last != "STOP":
+        raise ValueError("the state pickle is not complete")
+
+
+def _msgspec_class_name(data: bytes) -> str:
+    lead = data[1] if len(data) > 1 else -1
+    if 0xA0 <= lead <= 0xBF:
+        start, length = 2, lead - 0xA0
+    elif lead in (0xD9, 0xDA, 0xDB):
+        width = {0xD9: 1, 0xDA: 2, 0xDB: 4}[lead]
+        start = 2 + width
+        length = int.from_bytes(data[2:start], "big")
+    else:
+        raise ValueError("a msgspec record must start with its class name as a str")
+    if start + length > len(data):
+        raise ValueError("the msgspec class name runs past the record")
+    name = data[start : start + length].decode("utf-8", "replace")
+    module, colon, qualname = name.partition(":")
+    if not colon:
+        raise ValueError(f"malformed msgspec class name {name!r}")
+    return f"{module}.{qualname}"
+
+
+@dataclass
+class RecordInfo:
+    """One record as the tools see it; tid, time and offsets are None for SQLite."""
+
+    oid: bytes
+    data_size: int
+    refs: bytes
+    size: int
+    serializer: str | None = None
+    class_name: str | None = None
+    error: str | None = None
+    tid: int | None = None
+    time_us: int | None = None
+    offset: int | None = None
+    txn_offset: int | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """The JSON-lines form of ``dhruva dump --json`` (TOOL-020)."""
+        time = None
+        if self.time_us is not None:
+            moment = dt.datetime.fromtimestamp(self.time_us / 1e6, dt.UTC)
+            time = moment.isoformat().replace("+00:00", "Z")
+        return {
+            "tid": self.tid,
+            "time": time,
+            "txn_offset": self.txn_offset,
+            "offset": self.offset,
+            "oid": str_to_int8(self.oid),
+            "class": self.class_name,
+            "serializer": self.serializer,
+            "size": self.data_size,
+            "refs": [str_to_int8(ref) for ref in iter_oids(self.refs)],
+        }
+
+
+def _info(oid: bytes, data: bytes, refs: bytes, size: int, **where: Any) -> RecordInfo:
+    info = RecordInfo(oid, len(data), bytes(refs), size, **where)
+    try:
+        info.serializer, info.class_name = describe_data(bytes(data))
+    except ValueError as exc:
+        info.error = f"record data does not decode: {exc}"
+    return info
+
+
+# --- sources: a journal file or a SQLite database ------------------------------------------
+
+
+@dataclass
+class Issue:
+    """One finding: ``severity`` is "damage", "warning" or "info"."""
+
+    severity: str
+    kind: str
+    message: str
+
+
+def detect_kind(path: str) -> str:
+    """Return KIND_FILE or KIND_SQLITE for ``path``; raise ToolError otherwise."""
+    try:
+        with open(path, "rb") as file:
+            head = file.read(16)
+    except FileNotFoundError:
+        raise ToolError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ToolError(f"{path}: {exc.strerror or exc}") from None
+    if head.startswith(journal.MAGIC):
+        return KIND_FILE
+    if head == SQLITE_MAGIC:
+        return KIND_SQLITE
+    if detect_durus_format(head):
+        raise ToolError(f"{path} is a Durus database; convert it with: dhruva import-durus")
+    raise ToolError(f"{path} is not a dhruva database (it starts with {head[:8]!r})")
+
+
+class JournalSource:
+    """A dhruva data file mapped read-only and scanned once (TOOL-001)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.issues: list[Issue] = []
+        self.size = os.path.getsize(path)
+        self.spans: list[journal.TxnSpan] = []
+        self.file_id = b""
+        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        self._map: mmap.mmap | None = None
+        if self.size:
+            self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        self._scan()
+
+    @property
+    def buf(self) -> bytes | mmap.mmap:
+        return self._map if self._map is not None else b""
+
+    def _scan(self) -> None:
+        buf = self.buf
+        try:
+            self.file_id = journal.decode_file_header(
+                buf[: journal.FILE_HEADER_SIZE], self.path
+            ).file_id
+        except CorruptionError as exc:
+            self.issues.append(Issue("damage", "header", str(exc)))
+            return
+        view = memoryview(buf)
+        try:
+            try:
+                result = journal.scan(view, journal.FILE_HEADER_SIZE, self.path)
+            except CorruptionError as exc:
+                # [TOOL-002] Damage before the last valid commit: say where and why.
+                self.issues.append(Issue("damage", "journal", str(exc)))
+                result = journal.scan(view, journal.FILE_HEADER_SIZE, self.path, repair=True)
+            else:
+                if result.tail is not None:
+                    start, end = result.tail
+                    self.issues.append(
+                        Issue(
+                            "warning",
+                            "torn tail",
+                            f"{end - start} bytes at offset {start} are not a complete transaction "
+                            f"({result.tail_reason}): an interrupted commit, set aside at the next "
+                            "writable open",
+                        )
+                    )
+        finally:
+            view.release()
+        self.spans = result.spans
+
+    def records(self) -> Iterator[RecordInfo]:
+        """Yield every record of every valid transaction, in file order."""
+        buf = self.buf
+        for span in self.spans:
+            txn = journal.decode_transaction(
+                buf[span.offset : span.end], span.offset, self.path, base=span.offset
+            )
+            for record in txn.records:
+                size = journal.RECORD_HEADER_SIZE + len(record.data) + len(record.refs)
+                yield _info(
+                    record.oid,
+                    record.data,
+                    record.refs,
+                    size,
+                    tid=txn.tid,
+                    time_us=txn.time_us,
+                    offset=record.offset,
+                    txn_offset=txn.offset,
+                )
+
+    def _record_offsets(self, spans: Sequence[journal.TxnSpan]) -> dict[bytes, int]:
+        """Return oid -> offset of its last record within ``spans``."""
+        found: dict[bytes, int] = {}
+        buf = self.buf
+        for span in spans:
+            position = span.offset + journal.TXN_HEADER_SIZE
+            body_end = span.end - journal.TXN_TRAILER_SIZE
+            while position < body_end:
+                oid, data_length, ref_count = journal.RECORD_HEADER.unpack_from(buf, position)
+                found[bytes(oid)] = position
+                position += journal.RECORD_HEADER_SIZE + data_length + 8 * ref_count
+        return found
+
+    def check_index(self) -> list[Issue]:
+        """Compare ``PATH.index`` with the scan (TOOL-004)."""
+        from dhruva.file_index import DiskIndex
+
+        index_path = self.path + ".index"
+        if not os.path.exists(index_path):
+            return [
+                Issue("info", "index", f"no {index_path}; it is rebuilt at the next writable open")
+            ]
+        if not self.file_id:
+            return []
+        disk = DiskIndex.open(index_path, self.file_id, readonly=True)
+        if disk is None:
+            return [
+                Issue(
+                    "warning",
+                    "index",
+                    f"{index_path} is unusable (another file's, another version, or a damaged "
+                    "header); FileStorage ignores it and rebuilds it at the next writable open",
+                )
+            ]
+        try:
+            return self._compare_index(disk, index_path)
+        finally:
+            disk.close()
+
+    def _compare_index(self, disk: Any, index_path: str) -> list[Issue]:
+        covered = disk.covered_offset
+        covered_spans = [span for span in self.spans if span.end <= covered]
+        last = covered_spans[-1] if covered_spans else None
+        if covered != journal.FILE_HEADER_SIZE and (
+            last is None
+            or last.end != covered
+            or last.tid != disk.last_tid
+            or journal.trailer_crc_before(memoryview(self.buf), covered) != disk.last_trailer_crc
+        ):
+            return [
+                Issue(
+                    "warning",
+                    "index",
+                    f"{index_path} covers up to offset {covered}, which does not end the valid "
+                    f"transaction tid {disk.last_tid} it recorded; FileStorage ignores it and "
+                    "rebuilds it (RCV-031)",
+                )
+            ]
+        expected = self._record_offsets(covered_spans)
+        tail = self._record_offsets([span for span in self.spans if span.end > covered])
+        issues: list[Issue] = []
+        seen: set[bytes] = set()
+        for number, offset in disk.iter_entries():
+            oid = int8_to_str(number)
+            seen.add(oid)
+            if offset >= covered:
+                if oid not in tail:
+                    issues.append(self._stale(index_path, number, offset, None))
+                continue
+            if expected.get(oid) != offset:
+                issues.append(self._stale(index_path, number, offset, expected.get(oid)))
+        for oid, offset in expected.items():
+            if oid not in seen:
+                issues.append(
+                    Issue(
+                        "damage",
+                        "index",
+                        f"{index_path} has no entry for oid {str_to_int8(oid)} "
+                        f"(its current record is at offset {offset}); delete the index to "
+                        "rebuild it",
+                    )
+                )
+        return issues
+
+    @staticmethod
+    def _stale(index_path: str, number: int, offset: int, current: int | None) -> Issue:
+        where = "no record" if current is None else f"its current record is at offset {current}"
+        return Issue(
+            "damage",
+            "index",
+            f"{index_path}: the entry of oid {number} points at offset {offset} but {where}; "
+            "delete the index to rebuild it",
+        )
+
+    def close(self) -> None:
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+        self._file.close()
+
+
+class SqliteSource:
+    """A dhruva SQLite database read through a read-only snapshot (TOOL-005)."""
+
+    def __init__(self, path: str) -> None:
+        from dhruva.sqlite_storage import SqliteStorage
+
+        self.path = path
+        self.issues: list[Issue] = []
+        self.spans: list[journal.TxnSpan] = []
+        self.size = sum(
+            os.path.getsize(path + suffix)
+            for suffix in ("", "-wal")
+            if os.path.exists(path + suffix)
+        )
+        self._check_integrity()
+        self.storage = SqliteStorage(path, readonly=True)
+
+    def _check_integrity(self) -> None:
+        uri = "file:" + os.path.abspath(self.path) + "?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True)
+            try:
+                rows = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            self.issues.append(
+                Issue("damage", "sqlite", f"{self.path}: integrity_check failed: {exc}")
+            )
+            return
+        if rows != ["ok"]:
+            for row in rows:
+                self.issues.append(Issue("damage", "sqlite", f"{self.path}: {row}"))
+
+    def records(self) -> Iterator[RecordInfo]:
+        for oid in sorted(self.storage.iter_oids()):
+            record = self.storage.load(oid)
+            yield _info(oid, record.data, record.refs, len(record.data) + len(record.refs))
+
+    def check_index(self) -> list[Issue]:
+        return []
+
+    def close(self) -> None:
+        self.storage.close()
+
+
+Source = JournalSource | SqliteSource
+
+
+def open_source(path: str) -> Source:
+    """Open ``path`` read-only for verify, dump and stats; raise ToolError on failure."""
+    kind = detect_kind(path)
+    try:
+        return JournalSource(path) if kind == KIND_FILE else SqliteSource(path)
+    except DhruvaError as exc:
+        raise ToolError(f"cannot read {path}: {exc}") from None
+    except OSError as exc:
+        raise ToolError(f"cannot read {path}: {exc.strerror or exc}") from None

@@ -1,0 +1,628 @@
+"""Database tools: ``dhruva verify``, ``dump``, ``stats``, ``convert``, ``import-durus``.
+
+Spec: ``spec/tools.md`` (requirement prefix TOOL); reading is in :mod:`dhruva.dbinspect`.
+
+Theory of operation.  The read-only tools (verify, dump, stats) read a
+database through :mod:`dhruva.dbinspect`, which never opens it through a
+storage that could change it and never runs code a record names.  verify
+collects findings (:class:`Issue`) and decides the exit status from their
+severity; dump and stats stream the records once.
+
+``convert`` and ``import-durus`` write a new database that must not exist
+yet, in batches of transactions, and delete what they wrote when they fail.
+
+The commands plug into the ``dhruva`` command with :func:`register` (an
+argparse subparsers object) or :func:`register_commands` (dhruva.cli's
+``register_subcommand``); ``python -m dhruva.dbtools`` runs them alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from dhruva.dbinspect import (
+    KIND_FILE,
+    Issue,
+    RecordInfo,
+    Source,
+    ToolError,
+    detect_kind,
+    open_source,
+)
+from dhruva.durus_import import DurusImportError, import_durus
+from dhruva.error import DhruvaError
+from dhruva.storage import Storage
+from dhruva.utils import ROOT_OID, iter_oids, str_to_int8
+
+BACKENDS = ("file", "file2", "sqlite")
+#: Records per transaction written by convert.
+BATCH_RECORDS = 5000
+#: Problems of one kind listed in a report before the rest are only counted.
+SHOWN_PER_KIND = 20
+
+EXIT_OK = 0
+EXIT_DAMAGED = 1
+EXIT_ERROR = 2
+
+
+# --- progress --------------------------------------------------------------------------
+
+
+class Progress:
+    """Progress lines on stderr, every tenth of the work (none with ``quiet``)."""
+
+    def __init__(self, label: str, quiet: bool, stream: IO[str] | None = None) -> None:
+        self.label = label
+        self.quiet = quiet
+        self.stream = stream if stream is not None else sys.stderr
+        self._shown = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet or total <= 0:
+            return
+        tenth = done * 10 // total
+        if tenth != self._shown:
+            self._shown = tenth
+            print(f"{self.label}: {done}/{total} ({tenth * 10}%)", file=self.stream, flush=True)
+
+
+# --- verify -------------------------------------------------------------------------------
+
+
+@dataclass
+class VerifyReport:
+    """The outcome of :func:`verify`; ``damaged`` decides the exit status (TOOL-006)."""
+
+    path: str
+    kind: str
+    size: int = 0
+    transactions: int = 0
+    records: int = 0
+    objects: int = 0
+    unreachable: int = 0
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def damaged(self) -> bool:
+        return any(issue.severity == "damage" for issue in self.issues)
+
+    def format(self) -> str:
+        """Return the human-readable report."""
+        lines = [f"{self.path}: {self.kind}, {self.size} bytes"]
+        if self.kind == KIND_FILE:
+            lines.append(f"  transactions: {self.transactions}")
+        lines.append(f"  records: {self.records}, objects: {self.objects}")
+        lines.append(
+            f"  unreachable objects: {self.unreachable} (informational; pack removes them)"
+        )
+        shown: dict[str, int] = {}
+        for issue in self.issues:
+            key = f"{issue.severity}/{issue.kind}"
+            shown[key] = shown.get(key, 0) + 1
+            if shown[key] <= SHOWN_PER_KIND:
+                lines.append(f"  {issue.severity.upper()}: {issue.message}")
+        for key, count in shown.items():
+            if count > SHOWN_PER_KIND:
+                lines.append(f"  ... and {count - SHOWN_PER_KIND} more {key} findings")
+        damage = sum(1 for issue in self.issues if issue.severity == "damage")
+        lines.append(f"result: DAMAGED ({damage} problems)" if damage else "result: OK")
+        return "\n".join(lines)
+
+
+def _reachable(current: dict[bytes, RecordInfo]) -> set[bytes]:
+    seen: set[bytes] = set()
+    todo = [ROOT_OID] if ROOT_OID in current else []
+    while todo:
+        oid = todo.pop()
+        if oid in seen:
+            continue
+        seen.add(oid)
+        todo.extend(ref for ref in iter_oids(current[oid].refs) if ref in current)
+    return seen
+
+
+def _current_records(
+    source: Source, on_record: Callable[[RecordInfo], None] | None = None
+) -> dict[bytes, RecordInfo]:
+    current: dict[bytes, RecordInfo] = {}
+    for info in source.records():
+        if on_record is not None:
+            on_record(info)
+        current[info.oid] = info
+    return current
+
+
+def verify(path: str, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
+    """Check a database read-only and return the findings (TOOL-001 .. TOOL-006)."""
+    source = open_source(path)
+    try:
+        report = VerifyReport(path, detect_kind(path), size=source.size)
+        report.issues.extend(source.issues)
+        report.transactions = len(source.spans)
+
+        def check(info: RecordInfo) -> None:
+            report.records += 1
+            if info.error is not None:
+                where = "" if info.offset is None else f" at offset {info.offset}"
+                tid = "" if info.tid is None else f" (tid {info.tid})"
+                report.issues.append(
+                    Issue(
+                        "damage",
+                        "record",
+                        f"the record of oid {str_to_int8(info.oid)}{where}{tid}: {info.error}",
+                    )
+                )
+            if progress is not None:
+                progress(report.records, 0)
+
+        current = _current_records(source, check)
+        report.objects = len(current)
+        for oid, info in current.items():
+            for ref in iter_oids(info.refs):
+                if ref not in current:
+                    # [TOOL-005] A reference to an oid without a record.
+                    report.issues.append(
+                        Issue(
+                            "damage",
+                            "dangling",
+                            f"oid {str_to_int8(oid)} ({info.class_name}) references oid "
+                            f"{str_to_int8(ref)}, which has no record",
+                        )
+                    )
+        if current and ROOT_OID not in current:
+            report.issues.append(
+                Issue("damage", "root", "the database has objects but no root (oid 0)")
+            )
+        report.unreachable = len(current) - len(_reachable(current))
+        report.issues.extend(source.check_index())
+        return report
+    finally:
+        source.close()
+
+
+# --- dump and stats ------------------------------------------------------------------------
+
+
+def dump(path: str, out: IO[str], as_json: bool = False) -> list[Issue]:
+    """Write every transaction and record of ``path`` to ``out`` (TOOL-020, TOOL-021)."""
+    source = open_source(path)
+    try:
+        last_tid: int | None = -1
+        for info in source.records():
+            if as_json:
+                out.write(json.dumps(info.as_json(), sort_keys=True) + "\n")
+                continue
+            if info.tid != last_tid:
+                last_tid = info.tid
+                if info.tid is not None:
+                    row = info.as_json()
+                    out.write(
+                        f"transaction tid={info.tid} time={row['time']} offset={info.txn_offset}\n"
+                    )
+            refs = ", ".join(str(str_to_int8(ref)) for ref in iter_oids(info.refs))
+            where = "" if info.offset is None else f" @{info.offset}"
+            what = info.class_name or f"<{info.error}>"
+            out.write(
+                f"  oid {str_to_int8(info.oid)}{where} {what} ({info.serializer}), "
+                f"{info.data_size} bytes, refs [{refs}]\n"
+            )
+        return source.issues
+    finally:
+        source.close()
+
+
+@dataclass
+class Stats:
+    """The figures of ``dhruva stats`` (TOOL-022)."""
+
+    path: str
+    kind: str
+    file_bytes: int = 0
+    transactions: int = 0
+    records: int = 0
+    objects: int = 0
+    reachable: int = 0
+    live_bytes: int = 0
+    superseded_bytes: int = 0
+    unreachable_bytes: int = 0
+    census: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def garbage_bytes(self) -> int:
+        return self.superseded_bytes + self.unreachable_bytes
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "kind": self.kind,
+            "file_bytes": self.file_bytes,
+            "transactions": self.transactions,
+            "records": self.records,
+            "objects": self.objects,
+            "reachable": self.reachable,
+            "live_bytes": self.live_bytes,
+            "superseded_bytes": self.superseded_bytes,
+            "unreachable_bytes": self.unreachable_bytes,
+            "garbage_bytes": self.garbage_bytes,
+            "census": {name: {"count": c, "bytes": b} for name, (c, b) in self.census.items()},
+        }
+
+    def format(self) -> str:
+        share = 100 * self.garbage_bytes / self.file_bytes if self.file_bytes else 0.0
+        lines = [
+            f"{self.path}: {self.kind}, {self.file_bytes} bytes",
+            f"  transactions: {self.transactions}" if self.kind == KIND_FILE else "",
+            f"  records: {self.records}, objects: {self.objects} "
+            f"(reachable {self.reachable}, unreachable {self.objects - self.reachable})",
+            f"  live bytes: {self.live_bytes}",
+            f"  garbage estimate: {self.garbage_bytes} bytes ({share:.1f}% of the file): "
+            f"superseded {self.superseded_bytes}, unreachable {self.unreachable_bytes}",
+            f"  {'class':<50} {'count':>8} {'bytes':>12}",
+        ]
+        for name, (count, size) in sorted(self.census.items(), key=lambda item: -item[1][1]):
+            lines.append(f"  {name:<50} {count:>8} {size:>12}")
+        return "\n".join(line for line in lines if line)
+
+
+def stats(path: str) -> Stats:
+    """Count objects by class and estimate garbage (TOOL-022)."""
+    source = open_source(path)
+    try:
+        result = Stats(path, detect_kind(path), file_bytes=source.size)
+        result.transactions = len(source.spans)
+        total_record_bytes = 0
+
+        def count(info: RecordInfo) -> None:
+            nonlocal total_record_bytes
+            result.records += 1
+            total_record_bytes += info.size
+
+        current = _current_records(source, count)
+        reachable = _reachable(current)
+        result.objects = len(current)
+        result.reachable = len(reachable)
+        current_bytes = 0
+        for oid, info in current.items():
+            current_bytes += info.size
+            if oid in reachable:
+                result.live_bytes += info.size
+            else:
+                result.unreachable_bytes += info.size
+            entry = result.census.setdefault(info.class_name or "<undecodable>", [0, 0])
+            entry[0] += 1
+            entry[1] += info.size
+        result.superseded_bytes = total_record_bytes - current_bytes
+        return result
+    finally:
+        source.close()
+
+
+# --- convert and import ---------------------------------------------------------------------
+
+
+def _new_storage(path: str, backend: str) -> Storage:
+    """Create a new, empty database of ``backend`` at ``path`` (TOOL-040)."""
+    if os.path.exists(path):
+        raise ToolError(f"{path} already exists; convert writes a new database only")
+    if backend == "file":
+        from dhruva.file_storage import FileStorage
+
+        return FileStorage(path)
+    if backend == "file2":
+        from dhruva.file_storage2 import FileStorage2
+
+        return FileStorage2(path)
+    if backend == "sqlite":
+        from dhruva.sqlite_storage import SqliteStorage
+
+        return SqliteStorage(path)
+    raise ToolError(f"unknown back-end {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def _discard(path: str) -> None:
+    for suffix in ("", ".index", ".index.tmp", ".lock", "-wal", "-shm", "-journal"):
+        try:
+            os.unlink(path + suffix)
+        except FileNotFoundError:
+            pass
+
+
+def _open_for_reading(path: str) -> Storage:
+    kind = detect_kind(path)
+    try:
+        if kind == KIND_FILE:
+            from dhruva.file_storage import FileStorage
+
+            return FileStorage(path, readonly=True)
+        from dhruva.sqlite_storage import SqliteStorage
+
+        return SqliteStorage(path, readonly=True)
+    except DhruvaError as exc:
+        raise ToolError(f"cannot open {path}: {exc}") from None
+
+
+def _write_batches(
+    target: Storage,
+    records: Iterator[tuple[bytes, bytes, bytes]],
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> int:
+    done = 0
+    batch: list[tuple[bytes, bytes, bytes]] = []
+    for record in records:
+        batch.append(record)
+        done += 1
+        if len(batch) >= BATCH_RECORDS:
+            _commit(target, batch)
+            batch = []
+        if progress is not None:
+            progress(done, total)
+    _commit(target, batch)
+    return done
+
+
+def _commit(target: Storage, batch: list[tuple[bytes, bytes, bytes]]) -> None:
+    if batch:
+        target.begin()
+        for oid, data, refs in batch:
+            target.store(oid, data, refs)
+        target.end()
+
+
+def convert(
+    source_path: str,
+    target_path: str,
+    backend: str = "file",
+    serializer: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Copy every current record of ``source_path`` into a new database; return the count.
+
+    Without ``serializer`` the records are copied byte for byte and nothing
+    is unpickled (TOOL-041); with it every object is loaded through a
+    Connection and written again by that serializer (TOOL-042).  Oids are
+    kept.  On failure the new database is deleted.
+    """
+    from dhruva.connection import Connection
+    from dhruva.serialize import ObjectWriter, get_serializer
+
+    source = _open_for_reading(source_path)
+    try:
+        target = _new_storage(target_path, backend)
+    except BaseException:
+        source.close()
+        raise
+    try:
+        oids = sorted(source.iter_oids())
+        if serializer is None:
+            records: Iterator[tuple[bytes, bytes, bytes]] = (
+                (oid, *source.load(oid)[1:]) for oid in oids
+            )
+        else:
+            chosen = get_serializer(serializer)
+            connection = Connection(source, cache_size=1000)
+
+            def reencode() -> Iterator[tuple[bytes, bytes, bytes]]:
+                for count, oid in enumerate(oids, 1):
+                    writer = ObjectWriter(connection, chosen)
+                    data, refs = writer.get_state(connection[oid])
+                    yield oid, data, refs
+                    if count % 1000 == 0:
+                        connection.shrink_cache()
+
+            records = reencode()
+        return _write_batches(target, records, len(oids), progress)
+    except BaseException:
+        target.close()
+        _discard(target_path)
+        raise
+    finally:
+        source.close()
+        try:
+            target.close()
+        except DhruvaError:
+            pass
+
+
+def import_durus_file(
+    old_path: str,
+    new_path: str,
+    backend: str = "file",
+    class_map: dict[str, str] | None = None,
+    serializer: str = "pickle",
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
+    """Import a Durus database into a new dhruva database (TOOL-030); see durus_import."""
+    target = _new_storage(new_path, backend)
+    try:
+        result = import_durus(
+            old_path, target, class_map=class_map, serializer=serializer, progress=progress
+        )
+    except BaseException:
+        target.close()
+        _discard(new_path)
+        raise
+    target.close()
+    return result
+
+
+# --- the command line ---------------------------------------------------------------------------
+
+
+def _quiet_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help="print no progress on stderr")
+
+
+def _configure_verify(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", metavar="PATH", help="the database file (data file or SQLite)")
+    _quiet_option(parser)
+
+
+def _configure_dump(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", metavar="PATH", help="the database file (data file or SQLite)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per record")
+
+
+def _configure_stats(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", metavar="PATH", help="the database file (data file or SQLite)")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+
+
+def _configure_convert(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SRC", help="the database to read (left unchanged)")
+    parser.add_argument("target", metavar="DEST", help="the new database to write (must not exist)")
+    parser.add_argument(
+        "--to", choices=BACKENDS, default="file", help="back-end of DEST (default file)"
+    )
+    parser.add_argument(
+        "--serializer",
+        metavar="NAME",
+        default=None,
+        help="re-encode every object with this serializer (pickle, msgspec, dill); "
+        "default: copy records unchanged",
+    )
+    _quiet_option(parser)
+
+
+def _configure_import(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("old", metavar="OLD", help="the Durus 4.x file (SHELF-1 or DFS20)")
+    parser.add_argument("new", metavar="NEW", help="the new dhruva database (must not exist)")
+    parser.add_argument(
+        "--map",
+        metavar="OLD=NEW",
+        action="append",
+        default=[],
+        help="use class NEW (module.Class) for the Durus records of class OLD; "
+        "a bare module maps all its classes; repeat as needed",
+    )
+    parser.add_argument(
+        "--to", choices=BACKENDS, default="file", help="back-end of NEW (default file)"
+    )
+    parser.add_argument("--serializer", metavar="NAME", default="pickle", help="default pickle")
+    _quiet_option(parser)
+
+
+def _run_verify(args: argparse.Namespace) -> int:
+    report = verify(args.path, Progress("verify", True))
+    print(report.format())
+    return EXIT_DAMAGED if report.damaged else EXIT_OK
+
+
+def _run_dump(args: argparse.Namespace) -> int:
+    for issue in dump(args.path, sys.stdout, as_json=args.json):
+        print(f"dhruva: {issue.severity}: {issue.message}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    result = stats(args.path)
+    print(json.dumps(result.as_json(), sort_keys=True) if args.json else result.format())
+    return EXIT_OK
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    count = convert(
+        args.source, args.target, args.to, args.serializer, Progress("convert", args.quiet)
+    )
+    if not args.quiet:
+        print(f"convert: wrote {count} objects to {args.target}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    class_map: dict[str, str] = {}
+    for item in args.map:
+        old, equals, new = item.partition("=")
+        if not equals or not old or not new:
+            raise ToolError(f"--map {item!r}: write it as old.module.Class=new.module.Class")
+        class_map[old.strip()] = new.strip()
+    result = import_durus_file(
+        args.old, args.new, args.to, class_map, args.serializer, Progress("import", args.quiet)
+    )
+    for warning in result.warnings:
+        print(f"dhruva: warning: {warning}", file=sys.stderr)
+    if not args.quiet:
+        print(
+            f"import-durus: {result.objects} objects from {result.transactions_read} "
+            f"{result.format} transactions written to {args.new}",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def _guarded(
+    run: Callable[[argparse.Namespace], int], error_status: int
+) -> Callable[[argparse.Namespace], int]:
+    """Turn the errors a user can cause into one line on stderr and ``error_status`` (TOOL-007)."""
+
+    def guarded(args: argparse.Namespace) -> int:
+        try:
+            return run(args)
+        except DurusImportError as exc:
+            print(f"dhruva: import-durus failed: {exc}", file=sys.stderr)
+        except (DhruvaError, ValueError) as exc:
+            print(f"dhruva: {exc}", file=sys.stderr)
+        except OSError as exc:
+            name = f"{exc.filename}: " if exc.filename else ""
+            print(f"dhruva: {name}{exc.strerror or exc}", file=sys.stderr)
+        return error_status
+
+    return guarded
+
+
+#: ``(name, help, configure, run)`` of every tool command.
+Configure = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+COMMANDS: list[tuple[str, str, Configure, Run]] = [
+    ("verify", "check a database's records, checksums, index and references (read-only)",
+     _configure_verify, _guarded(_run_verify, EXIT_ERROR)),
+    ("dump", "print a database's transactions and records (read-only)",
+     _configure_dump, _guarded(_run_dump, 1)),
+    ("stats", "object census by class, sizes and garbage estimate (read-only)",
+     _configure_stats, _guarded(_run_stats, 1)),
+    ("convert", "copy a database into a new one of any back-end and serializer",
+     _configure_convert, _guarded(_run_convert, 1)),
+    ("import-durus", "convert a Durus 4.x database (SHELF-1 or DFS20) into a new dhruva database",
+     _configure_import, _guarded(_run_import, 1)),
+]  # fmt: skip
+
+
+def register(subparsers: Any) -> None:
+    """Add the tool commands to an argparse ``add_subparsers()`` object."""
+    for name, help_text, configure, run in COMMANDS:
+        parser = subparsers.add_parser(name, help=help_text, description=help_text)
+        configure(parser)
+        parser.set_defaults(run=run)
+
+
+def register_commands(
+    register_subcommand: Callable[
+        [str, str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]],
+        None,
+    ],
+) -> None:
+    """Register the tool commands through ``dhruva.cli.register_subcommand``."""
+    for name, help_text, configure, run in COMMANDS:
+        register_subcommand(name, help_text, configure, run)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one tool command (``python -m dhruva.dbtools verify PATH``); return the status."""
+    parser = argparse.ArgumentParser(prog="dhruva", description="dhruva database tools")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND"))
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    if getattr(args, "run", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    status: int = args.run(args)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
