@@ -8,12 +8,16 @@ back-end has no ``raw-file`` (its file is not in the dhruva file format, so
 the journal-cut tests do not apply) and no ``file-layer`` (SQLite does its own
 file access); its crash cases are the generic crash of
 :class:`~dhruva_conformance.backends.BaseFactory` and the SIGKILL tests.
-Importing this module registers the back-end.
+``server-sqlite`` is the same database behind a storage server (see
+:mod:`dhruva_conformance.server_backends`); its factory class is built on
+first use so that importing this module does not load the server.
+Importing this module registers both back-ends.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from dhruva_conformance.backends import (
@@ -21,6 +25,7 @@ from dhruva_conformance.backends import (
     CAP_REOPEN,
     CAP_SUBPROCESS,
     BaseFactory,
+    StorageFactory,
     register_backend,
 )
 
@@ -49,4 +54,36 @@ class SqliteFactory(BaseFactory):
         return [self.data_path, *others]
 
 
+def make_server_sqlite(directory: Path) -> StorageFactory:
+    """Return a factory serving a SqliteStorage through a storage server."""
+    from dhruva_conformance.server_backends import _ServerFactory
+
+    class ServerSqliteFactory(_ServerFactory):
+        """SqliteStorage behind a storage server in a thread of this process."""
+
+        name = "server-sqlite"
+        # Not "subprocess": a child process would open the file, not the server.
+        capabilities = SqliteFactory.capabilities - {CAP_SUBPROCESS}
+
+        def __init__(self, directory: str | os.PathLike[str]) -> None:
+            super().__init__(directory)
+            self._sqlite = SqliteFactory(self.directory)
+
+        def _inner(self, reopen: bool, **options: Any) -> Storage:
+            return self._sqlite._open(reopen, **options)
+
+        def _crash_inner(self, inner: Storage) -> None:
+            self._sqlite.crash(inner)
+
+        def _files(self) -> list[Path]:
+            # The socket file is the server's, not the database's.
+            return [p for p in super()._files() if p.name != "server.sock"]
+
+        def paths(self) -> list[str]:
+            return [p for p in self._sqlite.paths() if not p.endswith("server.sock")]
+
+    return ServerSqliteFactory(directory)
+
+
 register_backend("sqlite", SqliteFactory)
+register_backend("server-sqlite", make_server_sqlite)
