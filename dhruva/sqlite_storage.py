@@ -63,7 +63,7 @@ assert APPLICATION_ID == 0x44485256
 #: The first 16 bytes of every SQLite 3 database file.
 SQLITE_MAGIC = b"SQLite format 3\x00"
 assert len(SQLITE_MAGIC) == 16
-#: Oids per ``SELECT ... WHERE oid IN (...)``; below SQLite's oldest variable limit (999).
+#: Oids fetched per SELECT with an IN list; below the oldest SQLite limit of 999 variables.
 BATCH_SIZE = 500
 #: Name of the ``meta`` row holding the highest oid ever handed out or stored.
 HIGH_WATER = "oid_high_water"
