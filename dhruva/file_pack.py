@@ -158,6 +158,8 @@ class Packer:
         self._todo: list[bytes] = [ROOT_OID]
         self._new_offsets: dict[bytes, int] = {}
         self._tail_offsets: dict[bytes, int] = {}
+        # Oid -> offset of its record as of the snapshot, for oids rewritten since.
+        self._replaced: dict[bytes, int] = {}
         self._scanned = self.snapshot_end
         self._buffer: list[bytes] = []
         self._buffered_bytes = 0
@@ -201,6 +203,20 @@ class Packer:
     def done(self) -> bool:
         """True when the walk is complete for the commits seen so far."""
         return not self._todo and self._scanned >= self.storage._end
+
+    def note_replaced(self, oids: list[bytes]) -> None:
+        """Remember the snapshot records that a commit about to be indexed supersedes.
+
+        Called by ``end()`` after the commit is durable and before the index
+        changes, so the pack copies every reachable object as of the snapshot
+        and the packed file can show the database as of every tid from the
+        snapshot's on (PACK-021, HIST-030).
+        """
+        replaced = self._replaced
+        snapshot_end = self.snapshot_end
+        for oid, offset in zip(oids, self.storage._pack_offsets(oids), strict=True):
+            if offset and offset < snapshot_end and oid not in replaced:
+                replaced[oid] = offset
 
     # --- phase 2 -----------------------------------------------------------------------
 
@@ -251,13 +267,15 @@ class Packer:
     def _walk_batch(self, data_file: DataFile, batch: list[bytes]) -> int:
         """Copy the current records of ``batch`` (older than the snapshot); follow their refs."""
         snapshot_end = self.snapshot_end
-        located = [
-            (offset, oid)
-            for offset, oid in zip(self.storage._pack_offsets(batch), batch, strict=True)
-            # Missing: a dangling reference keeps nothing alive.  At or after
-            # the snapshot: the record is copied with the commits of the pack.
-            if offset and offset < snapshot_end
-        ]  # [PACK-001]
+        replaced = self._replaced
+        located = []
+        for offset, oid in zip(self.storage._pack_offsets(batch), batch, strict=True):
+            offset = replaced.get(oid, offset)
+            # [PACK-001] Missing: a dangling reference keeps nothing alive.  At
+            # or after the snapshot (and not replaced): an object created
+            # during the pack, copied with the commits of the pack.
+            if offset and offset < snapshot_end:
+                located.append((offset, oid))
         located.sort()
         count = len(located)
         start = 0

@@ -271,6 +271,9 @@ class JournalStorage(Storage):
             except OSError:
                 pass
             raise
+        if self._packer is not None:
+            # [PACK-021] The pack needs the records this commit supersedes.
+            self._packer.note_replaced(list(pending))
         # [RCV-011] Visible only once durable: the index changes after the sync.
         index = self._index
         position = offset + journal.TXN_HEADER_SIZE

@@ -268,3 +268,24 @@ def test_step_hook_names_every_step_in_order(cls: type[JournalStorage], path: st
         "index-written",
     ]
     assert steps == expected
+
+
+@pytest.mark.req("PACK-021")
+def test_the_packed_transaction_holds_the_snapshot_state(
+    cls: type[JournalStorage], path: str
+) -> None:
+    with cls(path) as storage:
+        commit(storage, (0, b"root", [1]), (1, b"a at snapshot", [2]), (2, b"b", []))
+        storage.pack_begin()
+        # Rewritten before the walk reaches it: its snapshot record is still copied.
+        commit(storage, (1, b"a later", []))
+        storage.pack_finish()
+        assert contents(storage)[1] == b"a later"
+    data = Path(path).read_bytes()
+    first = journal.decode_transaction(data, journal.FILE_HEADER_SIZE, path)
+    assert first.tid == 1
+    assert {r.oid: r.data for r in first.records} == {
+        oid(0): b"root",
+        oid(1): b"a at snapshot",
+        oid(2): b"b",
+    }
