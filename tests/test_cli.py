@@ -32,7 +32,10 @@ class Server:
 
     def __init__(self, tmp_path: Path, *args: str) -> None:
         self.socket = str(tmp_path / "server.sock")
-        self.log = tmp_path / "server.log"
+        # A log of its own: a restarted server must not be taken as ready
+        # because the previous one's "listening on" line is in the file.
+        count = len(list(tmp_path.glob("server*.log")))
+        self.log = tmp_path / f"server{count}.log"
         self.process = subprocess.Popen(
             [*COMMAND, "-s", "--address", self.socket, "--logfile", str(self.log), *args],
             stdout=subprocess.DEVNULL,
