@@ -264,13 +264,23 @@ class SqliteStorage(Storage):
         return high + 1
 
     def _translate(self, exc: sqlite3.DatabaseError) -> DhruvaError:
-        """Turn SQLite's corruption reports into CorruptionError naming the file."""
+        """Turn a SQLite error into the dhruva error that says what happened.
+
+        Damage becomes CorruptionError naming the file (SQL-042); a file that
+        is not a database FormatError; a lock held by another SQLite user
+        StorageLockedError; anything else DhruvaError with SQLite's message.
+        """
         text = str(exc)
-        if isinstance(exc, sqlite3.OperationalError) and "locked" in text:
-            return StorageLockedError(f"{self.path}: {text}")
+        if "malformed" in text or "corrupt" in text:
+            # [SQL-042] SQLite does not say where; integrity_check can.
+            return CorruptionError(
+                self.path, None, f"SQLite reports: {text}; run PRAGMA integrity_check to locate it"
+            )
         if "not a database" in text:
             return FormatError(self.path, 0, f"not a SQLite database ({text})")
-        return CorruptionError(self.path, None, f"SQLite reports: {text}")
+        if "locked" in text or "busy" in text:
+            return StorageLockedError(f"{self.path}: {text} (another program is using it)")
+        return DhruvaError(f"{self.path}: SQLite error: {text}")
 
     # --- state checks -----------------------------------------------------------
 
