@@ -1,0 +1,146 @@
+"""Online backup of a file database: a consistent copy while a writer appends.
+
+Spec: ``spec/history-and-backup.md`` ("Online backup", HIST-040..HIST-046).
+
+Theory of operation.  A data file only ever grows by whole transactions
+appended at its end, each made durable before it is acknowledged; bytes
+before the end of the last complete transaction never change while a writer
+runs (only pack replaces the file, by rename, and a reader that holds the old
+file open keeps reading the old, unchanged file).  So a reader that does not
+take the lock -- the writer holds an exclusive ``flock`` -- can copy the file
+safely:
+
+1. open the source read-only, without a lock, and note its size;
+2. walk the transactions up to that size (:mod:`dhruva.journal_walk`): the
+   end of the last valid one is the end of the copy; bytes after it are a
+   commit still being written (a torn tail) and are left out;
+3. write ``DEST.partial``: a new file header (a new file id, FMT-006), then
+   the source bytes from 64 to that end, copied in chunks;
+4. walk the copy: it must hold the same transactions, the same last tid;
+5. fsync the copy, rename it to ``DEST``, fsync the directory.
+
+The copy is therefore the database as of one of its commits: a prefix of the
+commit order, every commit acknowledged before the backup began, never part
+of a commit.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from dhruva import journal
+from dhruva.error import DhruvaError
+from dhruva.fileio import OS_FILES, OSFile
+from dhruva.journal_walk import JournalWalk
+
+#: Bytes copied per read and write.
+COPY_CHUNK_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """What a backup or restore wrote."""
+
+    path: str
+    transactions: int
+    last_tid: int
+    size_bytes: int
+    dropped_tail_bytes: int
+
+
+def open_unlocked(path: str) -> OSFile:
+    """Open the data file at ``path`` for reading without taking its lock (HIST-001).
+
+    Checks the file header; raises FormatError/CorruptionError for a file that
+    is not a dhruva data file, FileNotFoundError when it does not exist.
+    """
+    data_file = OSFile(os.fspath(path), create=False, readonly=True)
+    try:
+        journal.decode_file_header(data_file.pread(journal.FILE_HEADER_SIZE, 0), data_file.path)
+    except BaseException:
+        data_file.close()
+        raise
+    return data_file
+
+
+def copy_prefix(
+    source: OSFile, end: int, dest_path: str, *, expected: tuple[int, int] | None = None
+) -> CopyResult:
+    """Write ``dest_path`` as a new data file holding ``source``'s transactions up to ``end``.
+
+    ``end`` must be the end of a valid transaction of ``source`` (or 64).
+    ``expected`` is ``(transaction count, last tid)`` as found by the walk
+    of the source; the copy is walked and must match it.  Refuses to replace
+    an existing ``dest_path`` (DhruvaError).  Order: write
+    ``dest_path.partial``, verify, fsync it, rename, fsync the directory
+    (HIST-043), so ``dest_path`` never names a partial copy.
+    """
+    dest_path = os.fspath(dest_path)
+    if os.path.exists(dest_path):
+        raise DhruvaError(f"{dest_path} exists; choose a new name or remove it first")
+    partial_path = dest_path + ".partial"
+    dest = OSFile(partial_path, create=True, readonly=False)
+    try:
+        dest.truncate(0)
+        # [HIST-044] A copy is a new data file: a new file id (FMT-006).
+        dest.append(journal.encode_file_header(os.urandom(journal.FILE_ID_SIZE)))
+        position = journal.FILE_HEADER_SIZE
+        while position < end:
+            chunk = source.pread(min(COPY_CHUNK_BYTES, end - position), position)
+            if not chunk:
+                raise DhruvaError(f"{source.path} ended at {position}, before {end}")
+            dest.append(chunk)
+            position += len(chunk)
+        # [HIST-043] Verify the copy before it gets its name.
+        walk = JournalWalk(dest.pread, dest.size(), partial_path)
+        count = sum(1 for _ in walk)
+        if walk.tail is not None or walk.end != end:
+            raise DhruvaError(
+                f"the copy {partial_path} does not verify: {walk.tail_reason or 'short'} "
+                f"at offset {walk.end}"
+            )
+        if expected is not None and (count, walk.last_tid) != expected:
+            raise DhruvaError(
+                f"the copy {partial_path} holds {count} transactions up to tid "
+                f"{walk.last_tid}, expected {expected[0]} up to tid {expected[1]}"
+            )
+        dest.sync()
+    except BaseException:
+        dest.close()
+        try:
+            os.unlink(partial_path)
+        except FileNotFoundError:
+            pass
+        raise
+    dest.close()
+    OS_FILES.rename(partial_path, dest_path)
+    OS_FILES.sync_directory(dest_path)
+    return CopyResult(dest_path, count, walk.last_tid, end, 0)
+
+
+def backup(source_path: str, dest_path: str) -> CopyResult:
+    """Copy the database at ``source_path`` to the new file ``dest_path``, online.
+
+    Safe while another process (a server) has the database open and commits
+    to it: the source is read without its lock, and the copy holds every
+    transaction complete when the backup looked at the file's size, and
+    nothing after.  Returns what was copied; ``dropped_tail_bytes`` counts
+    the bytes of a commit in progress that were left out.  The sidecar index
+    is not copied; the copy's is built at its first open.  Raises
+    CorruptionError when the source is damaged (a valid transaction follows
+    an invalid one), DhruvaError when ``dest_path`` exists.
+    """
+    source = open_unlocked(source_path)
+    try:
+        # [HIST-041] Copy up to the size seen now; a writer may append more.
+        size = source.size()
+        walk = JournalWalk(source.pread, size, source.path)
+        count = sum(1 for _ in walk)
+        # [HIST-042] A commit being written is a torn tail: left out.
+        result = copy_prefix(source, walk.end, dest_path, expected=(count, walk.last_tid))
+    finally:
+        source.close()
+    return CopyResult(
+        result.path, result.transactions, result.last_tid, result.size_bytes, size - walk.end
+    )
