@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import mmap
 import os
+import pickletools
 import sqlite3
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -53,10 +54,14 @@ def describe_data(data: bytes) -> tuple[str, str]:
     code = data[:1]
     if code in (b"P", b"D"):
         payload = data[1:]
-        name, end = _pickle_class_name(payload)
-        if end <= 0:
-            raise ValueError("the class pickle has no STOP opcode")
-        _pickle_class_name_or_state(payload[end:])
+        try:
+            name, end = _pickle_class_name(payload)
+        except ValueError as exc:
+            raise ValueError(f"the class pickle is not complete ({exc})") from None
+        try:
+            _check_complete_pickle(payload[end:])
+        except ValueError as exc:
+            raise ValueError(f"the state pickle is not complete ({exc})") from None
         return ("pickle" if code == b"P" else "dill"), name
     if code == b"M":
         return "msgspec", _msgspec_class_name(data)
@@ -64,15 +69,13 @@ def describe_data(data: bytes) -> tuple[str, str]:
     raise ValueError(f"unknown serializer code 0x{shown}")
 
 
-def _pickle_class_name_or_state(state: bytes) -> None:
-    """Check that ``state`` is one complete pickle (opcodes only)."""
-    import pickletools
-
+def _check_complete_pickle(state: bytes) -> None:
+    """Raise ValueError unless ``state`` is one complete pickle (opcodes only, no code runs)."""
     last = None
     for opcode, _arg, _position in pickletools.genops(state):
         last = opcode.name
     if last != "STOP":
-        raise ValueError("the state pickle is not complete")
+        raise ValueError("no STOP opcode")
 
 
 def _msgspec_class_name(data: bytes) -> str:
