@@ -111,7 +111,8 @@ def _find(
         return walk, count
     first = first or walk.stopped_tid or 0
     # [HIST-030] Before the first transaction kept there is nothing to show.
-    if first and tid < first:
+    # A file that was never packed starts at tid 1 (FMT-012, RCV-020).
+    if first > 1 and tid < first:
         raise DhruvaError(
             f"{path}: transaction {tid} is older than the first one kept ({first}); "
             "the file was packed there and history before a pack is gone"
