@@ -223,6 +223,11 @@ class JournalSource:
             view.release()
         self.spans = result.spans
 
+    def record_count(self) -> int:
+        """Return the number of records :meth:`records` yields (from the headers)."""
+        buf = self.buf
+        return sum(journal.TXN_HEADER.unpack_from(buf, span.offset)[1] for span in self.spans)
+
     def records(self) -> Iterator[RecordInfo]:
         """Yield every record of every valid transaction, in file order."""
         buf = self.buf
@@ -377,6 +382,9 @@ class SqliteSource:
         if rows != ["ok"]:
             for row in rows:
                 self.issues.append(Issue("damage", "sqlite", f"{self.path}: {row}"))
+
+    def record_count(self) -> int:
+        return self.storage.get_size()
 
     def records(self) -> Iterator[RecordInfo]:
         for oid in sorted(self.storage.iter_oids()):

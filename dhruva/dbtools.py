@@ -145,6 +145,7 @@ def verify(path: str, progress: Callable[[int, int], None] | None = None) -> Ver
         report = VerifyReport(path, detect_kind(path), size=source.size)
         report.issues.extend(source.issues)
         report.transactions = len(source.spans)
+        total = source.record_count()
 
         def check(info: RecordInfo) -> None:
             report.records += 1
@@ -159,7 +160,7 @@ def verify(path: str, progress: Callable[[int, int], None] | None = None) -> Ver
                     )
                 )
             if progress is not None:
-                progress(report.records, 0)
+                progress(report.records, total)
 
         current = _current_records(source, check)
         report.objects = len(current)
@@ -509,7 +510,7 @@ def _configure_import(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_verify(args: argparse.Namespace) -> int:
-    report = verify(args.path, Progress("verify", True))
+    report = verify(args.path, Progress("verify", args.quiet))
     print(report.format())
     return EXIT_DAMAGED if report.damaged else EXIT_OK
 
