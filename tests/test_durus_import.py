@@ -279,7 +279,8 @@ def test_command_line_import(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     )
     assert status == 0
     assert capsys.readouterr().err == ""
-    assert dbtools.main(["verify", new]) == 0
+    assert dbtools.main(["verify", "-q", new]) == 0
+    assert capsys.readouterr().err == ""
     assert dbtools.main(["import-durus", str(FIXTURES / "shelf.durus"), str(tmp_path / "x")]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[0].startswith("import: ")  # progress without -q
