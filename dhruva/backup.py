@@ -55,6 +55,7 @@ def open_unlocked(path: str) -> OSFile:
     Checks the file header; raises FormatError/CorruptionError for a file that
     is not a dhruva data file, FileNotFoundError when it does not exist.
     """
+    # [HIST-001] No flock: the writer's exclusive lock must not stop a backup.
     data_file = OSFile(os.fspath(path), create=False, readonly=True)
     try:
         journal.decode_file_header(data_file.pread(journal.FILE_HEADER_SIZE, 0), data_file.path)

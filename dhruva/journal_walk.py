@@ -165,6 +165,7 @@ class JournalWalk:
 
     def _torn_or_damaged(self, position: int, reason: str) -> None:
         """Classify the invalid bytes at ``position`` (RCV-002, RCV-003)."""
+        # [HIST-002] A torn tail ends the walk quietly; damage raises.
         # A torn tail is at most one interrupted commit, so reading the rest
         # whole is cheap in the common case; damage in mid-file is rare.
         rest = self._pread(self.size - position, position)
