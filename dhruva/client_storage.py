@@ -12,6 +12,13 @@ so the ``sync()`` a Connection makes right after a commit is answered from
 them without a round trip.  ``new_oid`` takes oids from a batch the server
 allocated ahead of time.
 
+Handshake.  With ``tls`` the socket is wrapped in TLS before the first frame.
+HELLO is answered by HELLO_OK, or, when the server requires authentication,
+by AUTH_CHALLENGE: the client answers with AUTH (its proof of the shared
+secret) and checks the server's proof in AUTH_OK before it trusts anything
+the server says (spec: "Authentication").  A client given a secret refuses a
+server that does not ask for it, since such a server proved nothing.
+
 Errors: an ERROR frame becomes the matching typed exception
 (WriteConflictError, ReadConflictError, DhruvaKeyError, ReadOnlyError, ...);
 a broken connection becomes :class:`ServerConnectionError`, and every later
@@ -21,10 +28,12 @@ call raises it again: a new ClientStorage is needed once the server is back.
 from __future__ import annotations
 
 import socket
+import ssl
 from collections.abc import Iterable, Iterator
 
-from dhruva import wire
+from dhruva import security, wire
 from dhruva.error import (
+    AuthenticationError,
     DhruvaError,
     DhruvaKeyError,
     ProtocolError,
@@ -39,6 +48,8 @@ from dhruva.utils import int8_to_str, str_to_int8
 _RECV_SIZE = 1 << 18
 _LIST_PAGE = 4096
 _BULK_PAGE = 2048
+_HANDSHAKE_TIMEOUT_S = 30.0
+"""How long the handshake may take when the caller set no timeout of its own."""
 
 
 class ServerConnectionError(DhruvaError):
@@ -51,6 +62,15 @@ class ClientStorage(Storage):
     ``address`` is ``(host, port)`` or the path of a Unix socket.  Raises
     ServerConnectionError when no server answers there, ProtocolError when
     the peer is not a dhruva server of a compatible version.
+
+    ``tls`` is a client-side :class:`ssl.SSLContext` (see
+    :func:`dhruva.security.client_context`), or True for one that trusts the
+    system's authorities; ``server_hostname`` is the name the server's
+    certificate must carry (default: the host; required with a Unix socket
+    when the context checks host names).  ``secret`` is the shared secret of
+    a server that requires authentication.  Raises AuthenticationError when
+    the server refuses the secret, asks for one that was not given, does not
+    ask for one that was given, or requires TLS.
     """
 
     def __init__(
@@ -58,6 +78,9 @@ class ClientStorage(Storage):
         address: Address = DEFAULT_ADDRESS,
         oid_batch_size: int = 128,
         timeout_s: float | None = None,
+        tls: ssl.SSLContext | bool | None = None,
+        secret: bytes | str | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         if isinstance(address, list):
             address = (str(address[0]), int(address[1]))
@@ -70,14 +93,102 @@ class ClientStorage(Storage):
         self._transaction: dict[bytes, Record] | None = None
         self._after_commit: list[bytes] | None = None
         self._broken: ServerConnectionError | None = None
+        self._lost_reason = ""
         self._closed = False
+        self._secret = security.secret_bytes(secret) if secret is not None else None
         self._sock = self._connect(timeout_s)
-        reply = self._request(wire.Hello(features=""))
-        if not isinstance(reply, wire.HelloOk) or reply.magic != wire.MAGIC:
+        if tls:
+            context = tls if isinstance(tls, ssl.SSLContext) else security.client_context()
+            self._sock = self._start_tls(context, server_hostname, timeout_s)
+        try:
+            self._sock.settimeout(timeout_s if timeout_s is not None else _HANDSHAKE_TIMEOUT_S)
+            reply = self._handshake(bool(tls))
+            self._sock.settimeout(timeout_s)
+        except BaseException:
+            self._closed = True
             self._sock.close()
-            raise ProtocolError(f"the peer at {self._where} is not a dhruva storage server")
+            raise
         self.server_features = frozenset(reply.features.split())
         self.capabilities = frozenset(reply.storage_capabilities.split())
+
+    def _start_tls(
+        self, context: ssl.SSLContext, server_hostname: str | None, timeout_s: float | None
+    ) -> socket.socket:
+        if server_hostname is None and not isinstance(self.address, str):
+            server_hostname = self.address[0]
+        if server_hostname is None and context.check_hostname:
+            self._sock.close()
+            raise DhruvaError(
+                f"TLS to the Unix socket {self._where} needs server_hostname= (the name in"
+                " the server's certificate), or a context that does not check host names"
+            )
+        sock = self._sock
+        try:
+            sock.settimeout(timeout_s if timeout_s is not None else _HANDSHAKE_TIMEOUT_S)
+            return context.wrap_socket(sock, server_hostname=server_hostname)
+        except ssl.SSLCertVerificationError as error:
+            sock.close()
+            raise AuthenticationError(
+                f"the storage server at {self._where} presented a certificate that does not"
+                f" verify: {error.verify_message or error}; check the CA bundle (tls_ca)"
+            ) from None
+        except (OSError, ValueError) as error:
+            sock.close()
+            raise ServerConnectionError(
+                f"TLS handshake with the storage server at {self._where} failed: {error};"
+                " is the server running with TLS (--tls-cert)?"
+            ) from None
+
+    def _handshake(self, tls: bool) -> wire.HelloOk | wire.AuthOk:
+        """Send HELLO, authenticate when asked; return the server's HELLO_OK or AUTH_OK."""
+        try:
+            reply = self._request(wire.Hello(features=""))
+            if isinstance(reply, wire.AuthChallenge):
+                return self._authenticate(reply)
+        except ServerConnectionError:
+            if tls:
+                # A TLS 1.3 server refuses a missing client certificate only
+                # after the client's handshake returned: it shows up here.
+                raise AuthenticationError(
+                    f"the storage server at {self._where} ended the TLS session during the"
+                    f" handshake ({self._lost_reason}); does it require a client certificate"
+                    " (tls_client_cert) signed by an authority it trusts?"
+                ) from None
+            raise
+        if not isinstance(reply, wire.HelloOk) or reply.magic != wire.MAGIC:
+            raise ProtocolError(f"the peer at {self._where} is not a dhruva storage server")
+        if self._secret is not None:
+            # [WIRE-035] A server that does not authenticate proved nothing.
+            raise AuthenticationError(
+                f"the storage server at {self._where} does not ask for authentication, but a"
+                " secret was given; refusing a server that cannot prove it knows the secret"
+            )
+        return reply
+
+    def _authenticate(self, challenge: wire.AuthChallenge) -> wire.AuthOk:
+        if self._secret is None:
+            raise AuthenticationError(
+                f"the storage server at {self._where} requires authentication; give the"
+                " shared secret (ClientStorage(secret=...), --secret-file or DHRUVA_SECRET)"
+            )
+        if challenge.mechanism != security.AUTH_MECHANISM:
+            raise AuthenticationError(
+                f"the storage server at {self._where} asks for authentication by"
+                f" {challenge.mechanism!r}; this client knows {security.AUTH_MECHANISM}"
+            )
+        client_nonce = security.new_nonce()
+        proof = security.client_proof(self._secret, challenge.server_nonce, client_nonce)
+        reply = self._request(wire.Auth(security.AUTH_MECHANISM, client_nonce, proof))
+        if not isinstance(reply, wire.AuthOk) or reply.magic != wire.MAGIC:
+            raise ProtocolError(f"the peer at {self._where} is not a dhruva storage server")
+        expected = security.server_proof(self._secret, challenge.server_nonce, client_nonce)
+        # [WIRE-032] The server proves the secret too, in constant time.
+        if not security.proofs_equal(expected, reply.server_proof):
+            raise AuthenticationError(
+                f"the storage server at {self._where} could not prove it knows the shared"
+                " secret; it may be an impostor"
+            )
+        return reply
 
     def _connect(self, timeout_s: float | None) -> socket.socket:
         try:
@@ -102,6 +213,7 @@ class ClientStorage(Storage):
     # --- request/response -------------------------------------------------------
 
     def _lost(self, reason: str) -> ServerConnectionError:
+        self._lost_reason = reason
         self._broken = ServerConnectionError(
             f"lost connection to the storage server at {self._where} ({reason});"
             " open a new ClientStorage once the server is back"
@@ -162,6 +274,23 @@ class ClientStorage(Storage):
         if code == wire.ErrorCode.READ_ONLY:
             return ReadOnlyError(f"the storage server at {self._where} is read-only")
         text = f"storage server at {self._where}: {error.message}"
+        if code in (
+            wire.ErrorCode.AUTH_FAILED,
+            wire.ErrorCode.AUTH_REQUIRED,
+            wire.ErrorCode.TLS_REQUIRED,
+        ):
+            self._lost(error.message)
+            if code == wire.ErrorCode.AUTH_FAILED:
+                return AuthenticationError(
+                    f"the storage server at {self._where} refused the shared secret"
+                    f" ({error.message}); check the secret file"
+                )
+            if code == wire.ErrorCode.TLS_REQUIRED:
+                return AuthenticationError(
+                    f"the storage server at {self._where} requires TLS; connect with TLS"
+                    " (ClientStorage(tls=...), --tls)"
+                )
+            return AuthenticationError(text)
         if code < 16:
             # Fatal codes: the server closes the connection after sending them.
             self._lost(error.message)

@@ -79,6 +79,16 @@ class ProtocolError(DhruvaError):
     """A peer sent bytes that break the wire protocol (spec: wire protocol)."""
 
 
+class AuthenticationError(DhruvaError):
+    """The storage server refused our credentials, or the peer could not prove its own.
+
+    Raised by ClientStorage for a wrong or missing shared secret, a server
+    that does not authenticate when a secret was given, and a server that
+    requires TLS when none was used (spec: wire-protocol.md,
+    "Authentication").  The message says which and what to do.
+    """
+
+
 class CorruptionError(DhruvaError):
     """A database file is damaged at a known place.
 

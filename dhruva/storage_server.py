@@ -30,6 +30,20 @@ Failure of one client.  Malformed frames, unknown messages, a broken
 handshake: an ERROR frame, then that connection is closed [SRV-040].  A client
 that vanishes loses its staged records and its allocated oids; nobody else
 notices [SRV-041].
+
+Handshake.  Each session moves through states: ``tls-peek`` (TLS servers
+only: wait for the first byte and tell a TLS ClientHello from a plaintext
+frame [WIRE-034]), ``tls-handshake`` (a non-blocking TLS handshake, driven by
+SSLWantRead/SSLWantWrite, so a client that stalls in the middle never stalls
+the loop), ``hello``, ``auth`` (when a shared secret is set [WIRE-030]) and
+``ready``.  Only a ``ready`` session may load, commit, pack or stop
+[SRV-080].  Until it is ready a session has a deadline (the handshake
+timeout) and a small frame limit [WIRE-033]; a sweep run from the loop about
+once a second closes sessions past their deadline or idle too long [SRV-081].
+
+Back-pressure.  A session whose decoded-but-unhandled requests or unsent
+answers exceed its limits is not read from until they drain [SRV-082]: TCP
+then slows the client down instead of the server buffering without bound.
 """
 
 from __future__ import annotations
@@ -39,13 +53,14 @@ import logging
 import os
 import selectors
 import socket
+import ssl
 import stat
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dhruva import wire
+from dhruva import security, wire
 from dhruva.error import DhruvaError, DhruvaKeyError, ProtocolError, ReadOnlyError
 from dhruva.storage import Record, Storage
 from dhruva.utils import ROOT_OID, str_to_int8
@@ -68,6 +83,45 @@ _KNOWN_OIDS_MAX = 1 << 20
 
 FEATURES = "stage commit-sync bulk-load list-oids"
 
+_TLS_HANDSHAKE_RECORD = 0x16
+"""The first byte of a TLS ClientHello (a handshake record) [WIRE-034]."""
+
+_CLOSING_GRACE_S = 2.0
+"""How long a session closed with an ERROR may take to read it before it is dropped."""
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """Per-connection limits (spec: server.md, "Limits").
+
+    ``handshake_timeout_s``: a client must finish TLS, HELLO and AUTH within
+    this many seconds [SRV-081].  ``idle_timeout_s``: a ready client silent
+    for this long is disconnected (None: never).  ``max_frame_bytes``: the
+    largest payload accepted once ready (at most 64 MiB) [WIRE-011].
+    ``max_pending_requests`` and ``max_pending_bytes``: beyond this many
+    requests received but not yet answered, or bytes of such requests and
+    unsent answers, the server stops reading from the client until they
+    drain [SRV-082].
+    """
+
+    handshake_timeout_s: float = 10.0
+    idle_timeout_s: float | None = None
+    max_frame_bytes: int = wire.MAX_FRAME_SIZE
+    max_pending_requests: int = 1024
+    max_pending_bytes: int = 128 << 20
+
+    def __post_init__(self) -> None:
+        if self.handshake_timeout_s <= 0:
+            raise ValueError("handshake_timeout_s must be positive")
+        if self.idle_timeout_s is not None and self.idle_timeout_s <= 0:
+            raise ValueError("idle_timeout_s must be positive or None")
+        if not wire.HANDSHAKE_MAX_FRAME_SIZE <= self.max_frame_bytes <= wire.MAX_FRAME_SIZE:
+            raise ValueError(
+                f"max_frame_bytes must be {wire.HANDSHAKE_MAX_FRAME_SIZE} to {wire.MAX_FRAME_SIZE}"
+            )
+        if self.max_pending_requests < 1 or self.max_pending_bytes < 1:
+            raise ValueError("max_pending_requests and max_pending_bytes must be positive")
+
 
 def format_address(address: Address) -> str:
     """Return ``address`` as people write it: ``host:port`` or the socket path."""
@@ -77,13 +131,37 @@ def format_address(address: Address) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _subject_text(subject: object) -> str:
+    """Return a certificate subject (nested tuples of pairs) as ``CN=x/O=y``."""
+    parts: list[str] = []
+    if isinstance(subject, tuple):
+        for rdn in subject:
+            for pair in rdn if isinstance(rdn, tuple) else ():
+                if isinstance(pair, tuple) and len(pair) == 2:
+                    parts.append(f"{pair[0]}={pair[1]}")
+    return "/".join(parts) or "(no subject)"
+
+
+def _handshake_decoder() -> wire.FrameDecoder:
+    # [WIRE-033] Before the handshake is done, frames are small.
+    return wire.FrameDecoder(wire.HANDSHAKE_MAX_FRAME_SIZE)
+
+
 @dataclass(eq=False)
 class _Session:
     sock: socket.socket
     peer: str
-    decoder: wire.FrameDecoder = field(default_factory=wire.FrameDecoder)
+    state: str = "hello"
+    deadline: float | None = None
+    last_active: float = 0.0
+    server_nonce: bytes = b""
+    tls: bool = False
+    handshake_events: int = selectors.EVENT_READ
+    want_write: bool = False
+    paused: bool = False
+    queued_bytes: int = 0
+    decoder: wire.FrameDecoder = field(default_factory=_handshake_decoder)
     out: bytearray = field(default_factory=bytearray)
-    greeted: bool = False
     invalid: set[bytes] = field(default_factory=set)
     allocated: set[bytes] = field(default_factory=set)
     staged: list[Record] = field(default_factory=list)
@@ -104,6 +182,12 @@ class StorageServer:
     [SRV-060].  ``check_oids=False`` turns off the unallocated-oid check
     [SRV-022], so that a client may store oids of its own choosing, as the
     storage interface itself allows (the conformance suite does this).
+
+    ``tls`` is a server-side :class:`ssl.SSLContext` (see
+    :func:`dhruva.security.server_context`): every client must then speak
+    TLS.  ``secret`` turns on authentication: every client must prove it
+    knows these bytes before anything else [SRV-080].  ``limits`` are the
+    per-connection :class:`ServerLimits`.
     """
 
     def __init__(
@@ -114,8 +198,18 @@ class StorageServer:
         readonly: bool = False,
         on_stop: Callable[[], None] | None = None,
         check_oids: bool = True,
+        tls: ssl.SSLContext | None = None,
+        secret: bytes | str | None = None,
+        limits: ServerLimits | None = None,
     ) -> None:
         self.storage = storage
+        self.tls = tls
+        self._secret = security.secret_bytes(secret) if secret is not None else None
+        self.limits = limits if limits is not None else ServerLimits()
+        self._ready_to_read: set[_Session] = set()
+        shortest = min(self.limits.handshake_timeout_s, self.limits.idle_timeout_s or 1.0)
+        self._sweep_interval_s = max(0.05, min(1.0, shortest / 4))
+        self._next_sweep = 0.0
         self.gcinterval = gcinterval if gcinterval and gcinterval > 0 else None
         self.readonly = readonly
         self.check_oids = check_oids
@@ -149,11 +243,18 @@ class StorageServer:
         if isinstance(address, str):
             self._remove_stale_socket(address)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            # [SRV-083] Only the owner may connect: the socket file is created
+            # with mode 0600 (the umask applies at bind), and set so again in
+            # case the file system ignored the umask.
+            previous_umask = os.umask(0o177)
             try:
                 sock.bind(address)
+                os.chmod(address, 0o600)
             except OSError:
                 sock.close()
                 raise
+            finally:
+                os.umask(previous_umask)
             self._unix_path = address
         else:
             host, port = address
@@ -200,31 +301,100 @@ class StorageServer:
 
     def serve(self) -> None:
         """Run the event loop until :meth:`stop` (or a STOP request); then close."""
-        log.info("dhruva server listening on %s", format_address(self.address))
+        log.info(
+            "dhruva server listening on %s (tls %s, authentication %s)",
+            format_address(self.address),
+            "on" if self.tls else "off",
+            "on" if self._secret else "off",
+            extra={"event": "listening", "address": format_address(self.address)},
+        )
         try:
             while not self._stopping:
-                timeout = None
-                if self._next_pack is not None:
-                    timeout = max(0.0, self._next_pack - time.monotonic())
-                for key, mask in self._selector.select(timeout):
-                    if key.data == "listener":
-                        self._accept()
-                    elif key.data == "wake":
-                        try:
-                            self._wake_r.recv(4096)
-                        except OSError:
-                            pass
-                    else:
-                        session: _Session = key.data
-                        if mask & selectors.EVENT_WRITE:
-                            self._flush(session)
-                        if mask & selectors.EVENT_READ and not session.closed:
-                            self._read(session)
-                self._run_commit_groups()
-                if self._next_pack is not None and time.monotonic() >= self._next_pack:
-                    self._periodic_pack()
+                self._loop_once()
         finally:
             self._shutdown()
+
+    def _select_timeout(self) -> float | None:
+        if self._ready_to_read:
+            return 0.0
+        timeout: float | None = None
+        now = time.monotonic()
+        if self._next_pack is not None:
+            timeout = max(0.0, self._next_pack - now)
+        if self._sessions:
+            until_sweep = max(0.0, self._next_sweep - now)
+            timeout = until_sweep if timeout is None else min(timeout, until_sweep)
+        return timeout
+
+    def _loop_once(self) -> None:
+        for key, mask in self._selector.select(self._select_timeout()):
+            if key.data == "listener":
+                self._accept()
+            elif key.data == "wake":
+                try:
+                    self._wake_r.recv(4096)
+                except OSError:
+                    pass
+            else:
+                self._on_event(key.data, mask)
+        # TLS keeps decrypted bytes inside the SSL object, where select cannot
+        # see them; read those sessions again.
+        for session in list(self._ready_to_read):
+            self._ready_to_read.discard(session)
+            if not session.closed:
+                self._read(session)
+        self._run_commit_groups()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self._sweep_interval_s
+            self._sweep(now)
+        if self._next_pack is not None and time.monotonic() >= self._next_pack:
+            self._periodic_pack()
+
+    def _on_event(self, session: _Session, mask: int) -> None:
+        if session.state == "tls-peek":
+            self._peek_tls(session)
+        elif session.state == "tls-handshake":
+            self._tls_handshake(session)
+        else:
+            if mask & selectors.EVENT_WRITE:
+                self._flush(session)
+                if session.want_write and not session.closed:
+                    session.want_write = False
+                    self._read(session)
+            if mask & selectors.EVENT_READ and not session.closed:
+                self._read(session)
+
+    def _sweep(self, now: float) -> None:
+        """[SRV-081] Close sessions past their handshake deadline or idle too long."""
+        idle_s = self.limits.idle_timeout_s
+        for session in list(self._sessions):
+            if session.closed:
+                continue
+            if session.deadline is not None and now >= session.deadline:
+                if session.closing or session.state.startswith("tls"):
+                    # No frame can reach it (TLS not up, or it does not read).
+                    log.warning(
+                        "client %s: handshake not finished in %.1f s; closing",
+                        session.peer,
+                        self.limits.handshake_timeout_s,
+                        extra={"peer": session.peer, "event": "timeout"},
+                    )
+                    self._drop(session)
+                else:
+                    self._fatal(
+                        session,
+                        wire.ErrorCode.TIMEOUT,
+                        f"handshake not finished in {self.limits.handshake_timeout_s:g} s",
+                    )
+            elif (
+                idle_s is not None
+                and session.state == "ready"
+                and not session.waiting_commit
+                and not session.queue
+                and now - session.last_active >= idle_s
+            ):
+                self._fatal(session, wire.ErrorCode.TIMEOUT, f"idle for more than {idle_s:g} s")
 
     def _accept(self) -> None:
         while True:
@@ -238,43 +408,202 @@ class StorageServer:
             sock.setblocking(False)
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                # Half-open connections (a peer that vanished without a FIN)
+                # are eventually found by the kernel's keepalive probes.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             name = format_address(peer[:2]) if isinstance(peer, tuple) else "unix client"
-            session = _Session(sock, f"{name}#{sock.fileno()}")
+            now = time.monotonic()
+            session = _Session(
+                sock,
+                f"{name}#{sock.fileno()}",
+                state="tls-peek" if self.tls else "hello",
+                deadline=now + self.limits.handshake_timeout_s,
+                last_active=now,
+            )
             self._sessions.add(session)
             self._selector.register(sock, selectors.EVENT_READ, session)
-            log.debug("client %s connected", session.peer)
+            log.info(
+                "client %s connected",
+                session.peer,
+                extra={"peer": session.peer, "event": "connect"},
+            )
 
-    def _read(self, session: _Session) -> None:
+    # --- TLS --------------------------------------------------------------------
+
+    def _peek_tls(self, session: _Session) -> None:
+        """Wrap the socket in TLS once the client's first byte shows a ClientHello."""
+        assert self.tls is not None
         try:
-            data = session.sock.recv(_READ_SIZE)
+            first = session.sock.recv(1, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as error:
             log.info("client %s: %s; dropping it", session.peer, error)
             self._drop(session)
             return
-        if not data:
-            # [SRV-041] A client that vanishes, even mid-request, affects nobody else.
-            if session.decoder.buffered or session.staged:
-                log.info("client %s disconnected mid-request", session.peer)
+        if not first:
             self._drop(session)
             return
-        try:
-            session.queue.extend(session.decoder.feed(data))
-        except ProtocolError as error:
-            code = wire.ErrorCode.MALFORMED
-            if isinstance(error, wire.FrameSizeError):
-                code = wire.ErrorCode.FRAME_TOO_LARGE
-            self._fatal(session, code, str(error))
+        if first[0] != _TLS_HANDSHAKE_RECORD:
+            # [WIRE-034] A plaintext client hears why, in plain text.  Its
+            # bytes are read first: closing with unread input would reset the
+            # connection and could destroy the ERROR frame in flight.
+            try:
+                session.sock.recv(_READ_SIZE)
+            except OSError:
+                pass
+            session.state = "hello"
+            self._fatal(
+                session,
+                wire.ErrorCode.TLS_REQUIRED,
+                "this server requires TLS; connect with TLS (ClientStorage(tls=...), --tls)",
+            )
             return
-        self._handle_queue(session)
+        self._selector.unregister(session.sock)
+        try:
+            session.sock = self.tls.wrap_socket(
+                session.sock, server_side=True, do_handshake_on_connect=False
+            )
+        except (OSError, ValueError) as error:
+            log.warning("client %s: cannot start TLS: %s", session.peer, error)
+            session.closed = True
+            self._sessions.discard(session)
+            session.sock.close()
+            return
+        session.tls = True
+        session.state = "tls-handshake"
+        self._selector.register(session.sock, selectors.EVENT_READ, session)
+        self._tls_handshake(session)
+
+    def _tls_handshake(self, session: _Session) -> None:
+        """Advance the non-blocking TLS handshake by what the socket allows."""
+        assert isinstance(session.sock, ssl.SSLSocket)
+        try:
+            session.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._set_handshake_events(session, selectors.EVENT_READ)
+            return
+        except ssl.SSLWantWriteError:
+            self._set_handshake_events(session, selectors.EVENT_WRITE)
+            return
+        except (ssl.SSLError, OSError) as error:
+            log.warning(
+                "client %s: TLS handshake failed: %s",
+                session.peer,
+                error,
+                extra={"peer": session.peer, "event": "tls-failed"},
+            )
+            self._drop(session)
+            return
+        session.state = "hello"
+        peer_cert = session.sock.getpeercert()
+        subject = ""
+        if peer_cert:
+            subject = f", client certificate {_subject_text(peer_cert.get('subject', ()))}"
+        log.info(
+            "client %s: TLS established (%s%s)",
+            session.peer,
+            session.sock.version(),
+            subject,
+            extra={"peer": session.peer, "event": "tls"},
+        )
+        self._update_events(session)
+        # The HELLO may have arrived with the handshake's last flight.
+        self._ready_to_read.add(session)
+
+    def _set_handshake_events(self, session: _Session, events: int) -> None:
+        if session.handshake_events != events:
+            session.handshake_events = events
+            self._selector.modify(session.sock, events, session)
+
+    def _update_events(self, session: _Session) -> None:
+        """Register the events this session waits for: read unless paused, write if owed."""
+        if session.closed:
+            return
+        events = 0 if session.paused else selectors.EVENT_READ
+        if session.out or session.want_write:
+            events |= selectors.EVENT_WRITE
+        try:
+            self._selector.get_key(session.sock)
+            registered = True
+        except KeyError:
+            registered = False
+        if not events:
+            if registered:
+                self._selector.unregister(session.sock)
+        elif registered:
+            self._selector.modify(session.sock, events, session)
+        else:
+            self._selector.register(session.sock, events, session)
+
+    # --- reading and writing ----------------------------------------------------
+
+    def _read(self, session: _Session) -> None:
+        while not session.closed and not session.paused:
+            try:
+                data = session.sock.recv(_READ_SIZE)
+            except ssl.SSLWantReadError:
+                return
+            except ssl.SSLWantWriteError:
+                session.want_write = True
+                self._update_events(session)
+                return
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                log.info("client %s: %s; dropping it", session.peer, error)
+                self._drop(session)
+                return
+            if not data:
+                # [SRV-041] A client that vanishes, even mid-request, affects nobody else.
+                if session.decoder.buffered or session.staged:
+                    log.info("client %s disconnected mid-request", session.peer)
+                self._drop(session)
+                return
+            session.last_active = time.monotonic()
+            try:
+                payloads = session.decoder.feed(data)
+            except ProtocolError as error:
+                code = wire.ErrorCode.MALFORMED
+                if isinstance(error, wire.FrameSizeError):
+                    code = wire.ErrorCode.FRAME_TOO_LARGE
+                self._fatal(session, code, str(error))
+                return
+            session.queue.extend(payloads)
+            session.queued_bytes += sum(len(p) for p in payloads)
+            self._check_pressure(session)
+            self._handle_queue(session)
+            # Only TLS can hold more plaintext than the kernel reports readable.
+            if not (session.tls and isinstance(session.sock, ssl.SSLSocket)):
+                return
+            if not session.sock.pending():
+                return
+
+    def _check_pressure(self, session: _Session) -> None:
+        """[SRV-082] Stop reading a session over its limits; resume once it drained."""
+        limits = self.limits
+        over = (
+            len(session.queue) >= limits.max_pending_requests
+            or session.queued_bytes + len(session.out) >= limits.max_pending_bytes
+        )
+        if over != session.paused:
+            session.paused = over
+            if not over:
+                log.debug("client %s: resumed reading", session.peer)
+                if session.tls:
+                    self._ready_to_read.add(session)
+            else:
+                log.debug("client %s: paused reading (limits reached)", session.peer)
+            self._update_events(session)
 
     def _handle_queue(self, session: _Session) -> None:
         while session.queue and not session.waiting_commit and not session.closing:
             if len(session.out) > _OUTPUT_HIGH_WATER:
                 break
+            payload = session.queue.popleft()
+            session.queued_bytes -= len(payload)
             try:
-                self._handle(session, session.queue.popleft())
+                self._handle(session, payload)
             except Exception as error:
                 # A storage failing in an unexpected way (an OSError from a
                 # load, say) fails this request, not the server.
@@ -291,18 +620,21 @@ class StorageServer:
         while session.out:
             try:
                 sent = session.sock.send(session.out)
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                break
+            except ssl.SSLWantReadError:
+                # TLS needs to read (a key update) before it can write more.
                 break
             except OSError as error:
                 log.info("client %s: %s; dropping it", session.peer, error)
                 self._drop(session)
                 return
             del session.out[:sent]
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if session.out else 0)
         if session.closing and not session.out:
             self._drop(session)
             return
-        self._selector.modify(session.sock, events, session)
+        self._check_pressure(session)
+        self._update_events(session)
         if not session.out and session.queue and not session.waiting_commit:
             # Output drained below the high-water mark: resume its requests.
             self._handle_queue(session)
@@ -312,6 +644,7 @@ class StorageServer:
             return
         session.closed = True
         self._sessions.discard(session)
+        self._ready_to_read.discard(session)
         try:
             self._selector.unregister(session.sock)
         except (KeyError, ValueError):
@@ -319,14 +652,25 @@ class StorageServer:
         session.sock.close()
         session.staged.clear()
         session.allocated.clear()
-        log.debug("client %s gone", session.peer)
+        session.queue.clear()
+        session.queued_bytes = 0
+        log.info("client %s gone", session.peer, extra={"peer": session.peer, "event": "close"})
 
     def _fatal(self, session: _Session, code: wire.ErrorCode, message: str) -> None:
         """[SRV-040] Answer with an ERROR frame, then close this connection only."""
-        log.warning("client %s: %s (%s); closing its connection", session.peer, message, code.name)
+        log.warning(
+            "client %s: %s (%s); closing its connection",
+            session.peer,
+            message,
+            code.name,
+            extra={"peer": session.peer, "event": "refused", "code": code.name},
+        )
         session.queue.clear()
+        session.queued_bytes = 0
         self._send(session, wire.Error(code, message).encode())
         session.closing = True
+        # A client that never reads its ERROR is dropped anyway.
+        session.deadline = time.monotonic() + _CLOSING_GRACE_S
         self._flush(session)
 
     # --- requests ---------------------------------------------------------------
@@ -341,7 +685,7 @@ class StorageServer:
             self._fatal(session, code, str(error))
             return
         kind = message.type
-        if not session.greeted:
+        if session.state == "hello":
             # [WIRE-021] The first message must be HELLO.
             if not isinstance(message, wire.Hello):
                 self._fatal(
@@ -349,6 +693,17 @@ class StorageServer:
                 )
                 return
             self._hello(session, message)
+            return
+        if session.state == "auth":
+            # [SRV-080] Nothing but AUTH before the client proved the secret.
+            if not isinstance(message, wire.Auth):
+                self._fatal(
+                    session,
+                    wire.ErrorCode.AUTH_REQUIRED,
+                    "this server requires authentication: answer the challenge with AUTH",
+                )
+                return
+            self._auth(session, message)
             return
         if isinstance(message, wire.Load):
             self._load(session, [message.oid], single=True)
@@ -394,9 +749,58 @@ class StorageServer:
                 f" this server speaks {wire.PROTOCOL_MAJOR}.{wire.PROTOCOL_MINOR}",
             )
             return
-        session.greeted = True
+        if self._secret is not None:
+            # [WIRE-030] Challenge the client with a fresh nonce.
+            session.state = "auth"
+            session.server_nonce = security.new_nonce()
+            challenge = wire.AuthChallenge(security.AUTH_MECHANISM, session.server_nonce)
+            self._send(session, challenge.encode())
+            return
+        self._ready(session, authenticated=False)
         reply = wire.HelloOk(features=FEATURES, storage_capabilities=self._storage_caps)
         self._send(session, reply.encode())
+
+    def _auth(self, session: _Session, auth: wire.Auth) -> None:
+        assert self._secret is not None
+        if auth.mechanism != security.AUTH_MECHANISM:
+            self._fatal(
+                session,
+                wire.ErrorCode.AUTH_FAILED,
+                f"unknown authentication mechanism; this server uses {security.AUTH_MECHANISM}",
+            )
+            return
+        expected = security.client_proof(self._secret, session.server_nonce, auth.client_nonce)
+        # [WIRE-031] Constant-time comparison: timing tells nothing about the proof.
+        if not security.proofs_equal(expected, auth.proof):
+            log.warning(
+                "client %s: authentication failed (wrong secret)",
+                session.peer,
+                extra={"peer": session.peer, "event": "auth-failed"},
+            )
+            self._fatal(session, wire.ErrorCode.AUTH_FAILED, "authentication failed")
+            return
+        proof = security.server_proof(self._secret, session.server_nonce, auth.client_nonce)
+        self._ready(session, authenticated=True)
+        reply = wire.AuthOk(proof, features=FEATURES, storage_capabilities=self._storage_caps)
+        self._send(session, reply.encode())
+
+    def _ready(self, session: _Session, authenticated: bool) -> None:
+        session.state = "ready"
+        session.deadline = None
+        session.server_nonce = b""
+        session.decoder.max_frame_size = self.limits.max_frame_bytes
+        log.info(
+            "client %s ready (tls %s, authenticated %s)",
+            session.peer,
+            "yes" if session.tls else "no",
+            "yes" if authenticated else "no",
+            extra={
+                "peer": session.peer,
+                "event": "ready",
+                "tls": session.tls,
+                "authenticated": authenticated,
+            },
+        )
 
     def _error(
         self, session: _Session, code: wire.ErrorCode, message: str, oids: list[bytes] | None = None
@@ -471,10 +875,16 @@ class StorageServer:
 
     def _do_pack(self) -> None:
         started = time.monotonic()
+        log.info("pack started", extra={"event": "pack-start"})
         # _known_oids is kept: an oid stored through this server once may be
         # stored again after pack removed it.
         self.storage.pack()
-        log.info("packed the storage in %.3f s", time.monotonic() - started)
+        elapsed = time.monotonic() - started
+        log.info(
+            "pack finished in %.3f s",
+            elapsed,
+            extra={"event": "pack-end", "elapsed_s": round(elapsed, 3)},
+        )
 
     def _periodic_pack(self) -> None:
         assert self.gcinterval is not None

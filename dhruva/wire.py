@@ -42,6 +42,15 @@ MAX_FRAME_SIZE = 64 * 1024 * 1024
 MAX_OIDS_PER_REQUEST = 65536
 """The largest count NEW_OIDS may ask for [WIRE-041]."""
 
+HANDSHAKE_MAX_FRAME_SIZE = 1 << 17
+"""The largest payload a server accepts before the handshake is done [WIRE-033]: 128 KiB."""
+
+NONCE_SIZE = 32
+"""The size of the server and client nonces of AUTH_CHALLENGE and AUTH [WIRE-030]."""
+
+PROOF_SIZE = 32
+"""The size of an HMAC-SHA256 proof in AUTH and AUTH_OK [WIRE-031]."""
+
 FRAME_HEADER = struct.Struct(">I")
 assert FRAME_HEADER.size == 4
 _U16 = struct.Struct(">H")
@@ -73,6 +82,7 @@ class MessageType(IntEnum):
     STOP = 0x0A
     SIZE = 0x0B
     LIST_OIDS = 0x0C
+    AUTH = 0x0D
 
     HELLO_OK = 0x81
     OIDS = 0x82
@@ -81,6 +91,8 @@ class MessageType(IntEnum):
     COMMITTED = 0x87
     OK = 0x88
     SIZE_IS = 0x8B
+    AUTH_CHALLENGE = 0x8C
+    AUTH_OK = 0x8D
     ERROR = 0xFF
 
 
@@ -96,6 +108,10 @@ class ErrorCode(IntEnum):
     VERSION_MISMATCH = 3
     FRAME_TOO_LARGE = 4
     HANDSHAKE_REQUIRED = 5
+    AUTH_REQUIRED = 6
+    AUTH_FAILED = 7
+    TLS_REQUIRED = 8
+    TIMEOUT = 9
     NO_SUCH_OBJECT = 16
     READ_CONFLICT = 17
     WRITE_CONFLICT = 18
@@ -458,6 +474,55 @@ class Error:
         return frame(bytes([self.type]) + body + _text_body(self.message))
 
 
+@dataclass(frozen=True, slots=True)
+class AuthChallenge:
+    """The server's answer to HELLO when it requires authentication [WIRE-030]."""
+
+    mechanism: str
+    server_nonce: bytes
+    type = MessageType.AUTH_CHALLENGE
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + _text_body(self.mechanism) + self.server_nonce)
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """The client's proof that it knows the shared secret [WIRE-031]."""
+
+    mechanism: str
+    client_nonce: bytes
+    proof: bytes
+    type = MessageType.AUTH
+
+    def encode(self) -> bytes:
+        body = _text_body(self.mechanism) + self.client_nonce + self.proof
+        return frame(bytes([self.type]) + body)
+
+
+@dataclass(frozen=True, slots=True)
+class AuthOk:
+    """The answer to a good AUTH: the server's proof, then HELLO_OK's fields [WIRE-032]."""
+
+    server_proof: bytes
+    major: int = PROTOCOL_MAJOR
+    minor: int = PROTOCOL_MINOR
+    features: str = ""
+    storage_capabilities: str = ""
+    magic: bytes = MAGIC
+    type = MessageType.AUTH_OK
+
+    def encode(self) -> bytes:
+        head = _HELLO_HEAD.pack(self.magic, self.major, self.minor)
+        body = (
+            self.server_proof
+            + head
+            + _text_body(self.features)
+            + _text_body(self.storage_capabilities)
+        )
+        return frame(bytes([self.type]) + body)
+
+
 Message = (
     Hello
     | HelloOk
@@ -474,6 +539,9 @@ Message = (
     | Committed
     | SizeIs
     | Error
+    | AuthChallenge
+    | Auth
+    | AuthOk
 )
 
 _EMPTY_TYPES = frozenset(
@@ -536,6 +604,14 @@ def decode_message(payload: bytes) -> Message:
         message = Committed(reader.oids())
     elif kind is MessageType.SIZE_IS:
         message = SizeIs(reader.u64())
+    elif kind is MessageType.AUTH_CHALLENGE:
+        message = AuthChallenge(reader.text(), reader.raw(NONCE_SIZE))
+    elif kind is MessageType.AUTH:
+        message = Auth(reader.text(), reader.raw(NONCE_SIZE), reader.raw(PROOF_SIZE))
+    elif kind is MessageType.AUTH_OK:
+        proof = reader.raw(PROOF_SIZE)
+        magic, major, minor = _HELLO_HEAD.unpack(reader.raw(_HELLO_HEAD.size))
+        message = AuthOk(proof, major, minor, reader.text(), reader.text(), magic)
     else:
         assert kind is MessageType.ERROR
         code, count = _ERROR_HEAD.unpack(reader.raw(_ERROR_HEAD.size))
