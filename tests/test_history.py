@@ -95,7 +95,7 @@ def test_view_refuses_writes(cls: type[JournalStorage], path: str) -> None:
         view.load(oid(0))
 
 
-@pytest.mark.req("HIST-023")
+@pytest.mark.req("HIST-001", "HIST-023")
 def test_view_works_with_a_connection_while_a_writer_holds_the_file(tmp_path: Path) -> None:
     path = str(tmp_path / "db")
     with Connection(FileStorage(path)) as writer:
@@ -148,7 +148,7 @@ def test_states_during_a_two_phase_pack_survive_it(cls: type[JournalStorage], pa
         assert view.load(oid(1)).data == b"a without b"
 
 
-@pytest.mark.req("HIST-025", "HIST-026")
+@pytest.mark.req("HIST-025", "HIST-026", "HIST-044")
 def test_restore_writes_the_database_as_of_a_tid(
     cls: type[JournalStorage], path: str, tmp_path: Path
 ) -> None:
@@ -202,3 +202,19 @@ def test_walk_splits_large_transactions_into_chunks(path: str) -> None:
     damaged[100] ^= 0xFF
     with pytest.raises(CorruptionError):
         list(JournalWalk(lambda n, o: bytes(damaged[o : o + n]), len(damaged), path))
+
+
+@pytest.mark.req("HIST-001")
+def test_reading_history_changes_no_file(
+    cls: type[JournalStorage], path: str, tmp_path: Path
+) -> None:
+    make_history(cls, path)
+    with open(path, "ab") as file:
+        file.write(b"DTXN torn")  # a torn tail that a writable open would set aside
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    list_transactions(path)
+    with open_at(path, 2) as view:
+        view.load(oid(0))
+    restore(path, 3, str(tmp_path / "out"))
+    after = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name != "out"}
+    assert after == before
