@@ -109,13 +109,13 @@ def open_browser(
 
     if (path is None) == (address is None):
         raise CommandFailed("give a database FILE or --address, not both or neither")
+    if path is not None and not allow_writes and not os.path.exists(path):
+        raise CommandFailed(f"cannot open {path}: no such file")
     storage: Storage
     try:
         if path is not None:
             from dhruva.file_storage import FileStorage
 
-            if not allow_writes and not os.path.exists(path):
-                raise CommandFailed(f"cannot open {path}: no such file")
             # [MCP-041] Without --allow-writes the file is opened read-only.
             storage = FileStorage(path, readonly=not allow_writes)
             source = path
