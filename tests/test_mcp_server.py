@@ -607,3 +607,37 @@ def test_token_guard_rejects_an_empty_token() -> None:
 
     with pytest.raises(ValueError, match="empty"):
         BearerTokenGuard(app, "")
+
+
+# --- a running storage server as the source ---------------------------------------------------
+
+
+@pytest.mark.req("MCP-001", "MCP-033")
+def test_storage_server_source(db_path: Path, tmp_path: Path) -> None:
+    from dhruva.client_storage import ClientStorage
+    from dhruva.storage_server import StorageServer
+
+    server = StorageServer(FileStorage(str(db_path)), str(tmp_path / "db.sock"))
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    reader = writer = None
+    try:
+        reader = open_browser(address=str(tmp_path / "db.sock"))
+        assert reader.browse("root/users/alice/age")["value"] == 41
+        with pytest.raises(BrowseError, match="does not list transactions"):
+            reader.list_transactions()
+        # Another client commits; the read-only session sees it at its next call.
+        with Connection(ClientStorage(str(tmp_path / "db.sock"))) as other:
+            other.get_root()["users"]["alice"]["age"] = 50
+            other.commit()
+        assert reader.browse("root/users/alice/age")["value"] == 50
+        writer = open_browser(address=str(tmp_path / "db.sock"), allow_writes=True)
+        writer.set_value("root/users/alice/age", 51)
+        writer.commit()
+        assert reader.browse("root/users/alice/age")["value"] == 51
+    finally:
+        for browser in (reader, writer):
+            if browser is not None:
+                browser.connection.close()
+        server.stop()
+        thread.join()
