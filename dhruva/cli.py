@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from dhruva.error import DhruvaError
+from dhruva import config as dconfig
+from dhruva.error import AuthenticationError, DhruvaError
 from dhruva.serialize import SERIALIZER_NAMES
 from dhruva.storage import Storage
 from dhruva.storage_server import DEFAULT_HOST, DEFAULT_PORT, Address, StorageServer, format_address
@@ -67,13 +68,15 @@ def register_subcommand(
 def add_address_options(parser: argparse.ArgumentParser) -> None:
     """The options that name a server: --host, --port, --address."""
     group = parser.add_argument_group("server address")
+    # Defaults are None ("not given") so that a config file or DHRUVA_HOST /
+    # DHRUVA_PORT can supply them (see dhruva.config).
     group.add_argument(
-        "--host", default=DEFAULT_HOST, help=f"TCP host of the server (default {DEFAULT_HOST})"
+        "--host", default=None, help=f"TCP host of the server (default {DEFAULT_HOST})"
     )
     group.add_argument(
         "--port",
         type=int,
-        default=DEFAULT_PORT,
+        default=None,
         help=f"TCP port of the server (default {DEFAULT_PORT}; 0 picks a free port for -s)",
     )
     group.add_argument(
@@ -84,21 +87,62 @@ def add_address_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def settings_from(args: argparse.Namespace) -> dconfig.Settings:
+    """The effective settings: defaults, config file, DHRUVA_* variables, then ``args``."""
+    try:
+        return dconfig.load_settings(args)
+    except dconfig.ConfigError as error:
+        raise CommandError(str(error)) from None
+
+
 def address_from(args: argparse.Namespace) -> Address:
-    if args.address:
-        return str(args.address)
-    return (str(args.host), int(args.port))
+    """The server address named by ``args``, the config file or the environment."""
+    return settings_from(args).server_address()
 
 
-def _configure_logging(level: str, logfile: str | None) -> None:
-    handler: logging.Handler = (
-        logging.FileHandler(logfile) if logfile else logging.StreamHandler(sys.stderr)
-    )
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
-    logger = logging.getLogger("dhruva")
-    logger.handlers[:] = [handler]
-    logger.setLevel(level.upper())
-    logger.propagate = False
+def connect_client(settings: dconfig.Settings) -> Storage:
+    """A ClientStorage for the server the settings name (TLS and secret included).
+
+    User errors (no server, wrong secret, TLS mismatch) become CommandError.
+    """
+    from dhruva.client_storage import ClientStorage
+
+    try:
+        return ClientStorage(
+            settings.server_address(),
+            tls=settings.client_tls_context(),
+            secret=settings.secret_bytes(),
+            server_hostname=settings.tls_server_name,
+        )
+    except DhruvaError as error:
+        raise CommandError(str(error)) from None
+
+
+_CLIENT_SECURITY_KEYS = [
+    "secret_file",
+    "tls",
+    "tls_ca",
+    "tls_client_cert",
+    "tls_client_key",
+    "tls_server_name",
+]
+_SERVER_SECURITY_KEYS = [
+    "secret_file",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "tls_require_client_cert",
+    "tls_client_cert",
+    "tls_client_key",
+    "tls_server_name",
+]
+_LIMIT_KEYS = [
+    "handshake_timeout_s",
+    "idle_timeout_s",
+    "max_frame_bytes",
+    "max_pending_requests",
+    "max_pending_bytes",
+]
 
 
 def open_file_storage(path: str, readonly: bool = False) -> Storage:
@@ -125,54 +169,72 @@ def _configure_server(parser: argparse.ArgumentParser) -> None:
         help="the database file to serve (default: a temporary file removed at stop)",
     )
     add_address_options(parser)
-    parser.add_argument(
-        "--gcinterval",
-        type=float,
-        metavar="SECONDS",
-        default=None,
-        help="pack the database every SECONDS seconds (default: never on its own)",
-    )
-    parser.add_argument(
-        "--readonly", action="store_true", help="open the file read-only and refuse every write"
-    )
-    parser.add_argument("--logfile", metavar="PATH", help="write the log here (default: stderr)")
-    parser.add_argument(
-        "--loglevel",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        type=str.upper,
-        help="the least severe log messages written (default INFO)",
+    dconfig.add_config_option(parser)
+    dconfig.add_setting_flags(
+        parser, ["gcinterval", "readonly", "log_file", "log_level", "log_format"], "serving"
     )
     parser.add_argument(
         "--stop",
         action="store_true",
         help="stop the server running at the given address instead of starting one",
     )
+    dconfig.add_setting_flags(parser, _SERVER_SECURITY_KEYS, "authentication and TLS")
+    dconfig.add_setting_flags(parser, _LIMIT_KEYS, "per-connection limits")
 
 
-def _stop_server(address: Address) -> int:
-    from dhruva.client_storage import ClientStorage, ServerConnectionError
+def _stop_server(settings: dconfig.Settings) -> int:
+    from dhruva.client_storage import ClientStorage
 
+    address = settings.server_address()
     try:
-        client = ClientStorage(address)
-    except ServerConnectionError:
-        # [CLI-011] Stopping a server that is not running is an error.
-        raise CommandError(f"no dhruva server is running at {format_address(address)}") from None
+        # [CLI-022] --stop speaks TLS and authenticates with the server's settings.
+        client = ClientStorage(
+            address,
+            tls=settings.client_tls_context(),
+            secret=settings.secret_bytes(),
+            server_hostname=settings.tls_server_name,
+        )
+    except AuthenticationError as error:
+        raise CommandError(f"cannot stop the server: {error}") from None
+    except dconfig.ConfigError as error:
+        raise CommandError(str(error)) from None
+    except DhruvaError as error:
+        if "cannot connect" in str(error):
+            # [CLI-011] Stopping a server that is not running is an error.
+            raise CommandError(
+                f"no dhruva server is running at {format_address(address)}"
+            ) from None
+        raise CommandError(f"cannot stop the server: {error}") from None
     client.stop_server()
     return 0
 
 
 def run_server(args: argparse.Namespace) -> int:
-    address = address_from(args)
+    settings = settings_from(args)
+    address = settings.server_address()
     if args.stop:
-        return _stop_server(address)
-    _configure_logging(args.loglevel, args.logfile)
+        return _stop_server(settings)
+    try:
+        dconfig.configure_logging(settings)
+        tls = settings.server_tls_context()
+        secret = settings.secret_bytes()
+        limits = settings.limits()
+    except dconfig.ConfigError as error:
+        raise CommandError(str(error)) from None
+    if settings.secret_file and not settings.secret:
+        from dhruva.security import secret_file_is_private
+
+        if not secret_file_is_private(settings.secret_file):
+            logging.getLogger("dhruva.server").warning(
+                "the secret file %s may be read by other users; chmod 600 it",
+                settings.secret_file,
+            )
     temp_dir: str | None = None
-    if args.file:
-        storage = open_file_storage(args.file, readonly=args.readonly)
-        described = args.file
+    if settings.file:
+        storage = open_file_storage(settings.file, readonly=settings.readonly)
+        described = settings.file
     else:
-        if args.readonly:
+        if settings.readonly:
             raise CommandError("--readonly needs --file: a new temporary file would stay empty")
         # [CLI-020] Without --file the server uses a temporary file removed at stop.
         temp_dir = tempfile.mkdtemp(prefix="dhruva-")
@@ -182,7 +244,13 @@ def run_server(args: argparse.Namespace) -> int:
     try:
         try:
             server = StorageServer(
-                storage, address, gcinterval=args.gcinterval, readonly=args.readonly
+                storage,
+                address,
+                gcinterval=settings.gcinterval,
+                readonly=settings.readonly,
+                tls=tls,
+                secret=secret,
+                limits=limits,
             )
         except OSError as error:
             raise CommandError(
@@ -218,6 +286,8 @@ def _configure_console(parser: argparse.ArgumentParser) -> None:
         help="open this database file directly and exclusively instead of a server",
     )
     add_address_options(parser)
+    dconfig.add_config_option(parser)
+    dconfig.add_setting_flags(parser, _CLIENT_SECURITY_KEYS, "authentication and TLS")
     parser.add_argument(
         "--readonly", action="store_true", help="with --file: open the file read-only"
     )
@@ -279,14 +349,11 @@ def run_console(args: argparse.Namespace) -> int:
         storage = open_file_storage(args.file, readonly=args.readonly)
         where = args.file
     else:
-        from dhruva.client_storage import ClientStorage
-
-        address = address_from(args)
-        try:
-            storage = ClientStorage(address)
-        except DhruvaError as error:
-            raise CommandError(str(error)) from None
-        where = f"the server at {format_address(address)}"
+        # The console opens a file only when --file is given: a config file's
+        # "file" is the server's database, which the server holds locked.
+        settings = settings_from(args)
+        storage = connect_client(settings)
+        where = f"the server at {format_address(settings.server_address())}"
     try:
         options: dict[str, Any] = {}
         if args.cache_size is not None:
@@ -319,8 +386,33 @@ def run_console(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configure_config(parser: argparse.ArgumentParser) -> None:
+    add_address_options(parser)
+    dconfig.add_config_option(parser)
+    parser.add_argument("--file", metavar="PATH", default=None, help="the database file")
+    dconfig.add_setting_flags(
+        parser, ["gcinterval", "readonly", "log_file", "log_level", "log_format"], "serving"
+    )
+    dconfig.add_setting_flags(
+        parser, sorted(set(_SERVER_SECURITY_KEYS) | {"tls"}), "authentication and TLS"
+    )
+    dconfig.add_setting_flags(parser, _LIMIT_KEYS, "per-connection limits")
+
+
+def run_config(args: argparse.Namespace) -> int:
+    """Print the effective settings and where each came from [CFG-010]."""
+    print(dconfig.format_description(settings_from(args)))
+    return 0
+
+
 register_subcommand(
     "server", "run a storage server (also: dhruva -s)", _configure_server, run_server
+)
+register_subcommand(
+    "config",
+    "print the effective settings and where each came from (file, env, flag, default)",
+    _configure_config,
+    run_config,
 )
 register_subcommand(
     "console",
