@@ -421,6 +421,11 @@ register_subcommand(
     run_console,
 )
 
+# Database tools (verify, dump, stats, convert, import-durus) register themselves.
+from dhruva.dbtools import register_commands as _register_tool_commands  # noqa: E402
+
+_register_tool_commands(register_subcommand)
+
 _FLAG_ALIASES = {"-s": "server", "--server": "server", "-c": "console", "--client": "console"}
 
 

@@ -270,3 +270,14 @@ def test_console_serializer_flag_chooses_the_database_serializer(tmp_path: Path)
     query = "print(connection.get_serializer().name, root['x'])\n"
     reopened = run("-c", "--file", path, stdin=query)
     assert reopened.stdout.strip() == "msgspec (1, 2)"
+
+
+def test_database_tools_are_dhruva_subcommands(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.dhruva")
+    made = run("-c", "--file", path, stdin='root["a"] = 1\nconnection.commit()\n')
+    assert made.returncode == 0, made.stderr
+    verified = run("verify", path)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    missing = run("verify", str(tmp_path / "missing.dhruva"))
+    assert missing.returncode != 0
+    assert "Traceback" not in missing.stderr
