@@ -289,3 +289,19 @@ def test_the_packed_transaction_holds_the_snapshot_state(
         oid(1): b"a at snapshot",
         oid(2): b"b",
     }
+
+
+def test_pack_bench_runs_and_checks_its_result() -> None:
+    import sys
+
+    bench_dir = str(Path(__file__).resolve().parent.parent / "tools" / "bench")
+    sys.path.insert(0, bench_dir)
+    try:
+        import pack_bench
+    finally:
+        sys.path.remove(bench_dir)
+    result = pack_bench.bench_pack(500)
+    assert [r["storage"] for r in result["results"]] == ["FileStorage", "FileStorage2"]
+    for figures in result["results"]:
+        assert figures["live_objects"] == 500 and figures["objects_before"] == 550
+        assert figures["bytes_after"] < figures["bytes_before"]
