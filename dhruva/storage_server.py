@@ -187,7 +187,8 @@ class StorageServer:
     :func:`dhruva.security.server_context`): every client must then speak
     TLS.  ``secret`` turns on authentication: every client must prove it
     knows these bytes before anything else [SRV-080].  ``limits`` are the
-    per-connection :class:`ServerLimits`.
+    per-connection :class:`ServerLimits`.  ``nonce_source`` exists for
+    reproducible test vectors only.
     """
 
     def __init__(
@@ -201,8 +202,12 @@ class StorageServer:
         tls: ssl.SSLContext | None = None,
         secret: bytes | str | None = None,
         limits: ServerLimits | None = None,
+        nonce_source: Callable[[], bytes] = security.new_nonce,
     ) -> None:
         self.storage = storage
+        # Tests and the wire vectors replace the nonce source to get
+        # reproducible transcripts; servers keep the secure default [WIRE-030].
+        self._new_nonce = nonce_source
         self.tls = tls
         self._secret = security.secret_bytes(secret) if secret is not None else None
         self.limits = limits if limits is not None else ServerLimits()
@@ -752,7 +757,7 @@ class StorageServer:
         if self._secret is not None:
             # [WIRE-030] Challenge the client with a fresh nonce.
             session.state = "auth"
-            session.server_nonce = security.new_nonce()
+            session.server_nonce = self._new_nonce()
             challenge = wire.AuthChallenge(security.AUTH_MECHANISM, session.server_nonce)
             self._send(session, challenge.encode())
             return

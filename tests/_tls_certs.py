@@ -62,7 +62,7 @@ def _with_cryptography(directory: Path) -> Certificates:
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     paths = _paths(directory)
 
     def name(text: str) -> x509.Name:
@@ -180,7 +180,9 @@ def _with_openssl(directory: Path) -> Certificates:
             "-keyout", key, "-out", cert, "-days", "1", "-subj", f"/CN={common_name}",
         )  # fmt: skip
 
-    def make_leaf(ca: str, ca_key: str, common_name: str, server: bool, cert: str, key: str) -> None:
+    def make_leaf(
+        ca: str, ca_key: str, common_name: str, server: bool, cert: str, key: str
+    ) -> None:
         ext = Path(cert + ".ext")
         lines = ["basicConstraints=CA:FALSE"]
         if server:
