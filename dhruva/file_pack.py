@@ -232,8 +232,9 @@ class Packer:
         self._scan_new_commits(data_file)
         walked = 0
         while self._todo and walked < budget:
-            batch = self._todo[-WALK_BATCH:]
-            del self._todo[-WALK_BATCH:]
+            take = min(WALK_BATCH, budget - walked)
+            batch = self._todo[-take:]
+            del self._todo[-take:]
             walked += self._walk_batch(data_file, batch)
         self.progress.seconds = time.monotonic() - self.started
         return self.done

@@ -305,3 +305,62 @@ def test_pack_bench_runs_and_checks_its_result() -> None:
     for figures in result["results"]:
         assert figures["live_objects"] == 500 and figures["objects_before"] == 550
         assert figures["bytes_after"] < figures["bytes_before"]
+
+
+def reachable(model: dict[bytes, tuple[bytes, bytes]]) -> set[bytes]:
+    seen: set[bytes] = set()
+    todo = [oid(0)]
+    while todo:
+        current = todo.pop()
+        if current in seen or current not in model:
+            continue
+        seen.add(current)
+        refs = model[current][1]
+        todo.extend(refs[i : i + 8] for i in range(0, len(refs), 8))
+    return seen
+
+
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.req("PACK-020", "PACK-021", "HIST-031")
+def test_random_commits_interleaved_with_pack_steps(
+    cls: type[JournalStorage], path: str, seed: int
+) -> None:
+    """Against a dict model: every state from the pack point on keeps its reachable objects."""
+    from dhruva.history import open_at
+
+    rng = random.Random(seed)
+    model: dict[bytes, tuple[bytes, bytes]] = {}
+    models: dict[int, dict[bytes, tuple[bytes, bytes]]] = {}
+    tid = 0
+
+    def random_commit(storage: JournalStorage) -> None:
+        nonlocal tid
+        storage.begin()
+        for _ in range(rng.randint(1, 4)):
+            target = oid(rng.randrange(30))
+            refs = b"".join(oid(rng.randrange(30)) for _ in range(rng.randint(0, 3)))
+            data = rng.randbytes(rng.randint(0, 40))
+            storage.store(target, data, refs)
+            model[target] = (data, refs)
+        storage.end()
+        tid += 1
+        models[tid] = dict(model)
+
+    with cls(path) as storage:
+        for _ in range(rng.randint(1, 15)):
+            random_commit(storage)
+        pack_point = tid
+        storage.pack_begin()
+        while True:
+            if rng.random() < 0.6:
+                random_commit(storage)
+            if storage.pack_step(budget=rng.randint(1, 3)) and rng.random() < 0.3:
+                break
+        storage.pack_finish()
+        for number in reachable(model):
+            assert storage.load(number).data == model[number][0]
+    for at in range(pack_point, tid + 1):
+        with open_at(path, at) as view:
+            state = models[at]
+            for number in reachable(state):
+                assert view.load(number) == (number, *state[number])
