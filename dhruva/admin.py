@@ -279,6 +279,21 @@ def register(subparsers: Any) -> None:
         parser.set_defaults(run=_fail_softly(name, run))
 
 
+def register_commands(
+    register_subcommand: Callable[
+        [str, str, Callable[[argparse.ArgumentParser], None], Run],
+        None,
+    ],
+) -> None:
+    """Register the four subcommands through ``dhruva.cli.register_subcommand``.
+
+    The same commands as :func:`register`, for the registry in ``dhruva/cli.py``
+    (which shows the one-line help as the description).
+    """
+    for name, help_text, _description, configure, run in SUBCOMMANDS:
+        register_subcommand(name, help_text, configure, _fail_softly(name, run))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """A parser with only the administration subcommands (tests, ``python -m``)."""
     parser = argparse.ArgumentParser(prog=PROG, description="dhruva administration commands")

@@ -136,3 +136,17 @@ def test_pack_of_a_database_in_use_fails_cleanly(
 def test_no_subcommand_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert admin.main([]) == 2
     assert "pack" in capsys.readouterr().err
+
+
+def test_register_commands_uses_the_cli_registry_signature() -> None:
+    registered: dict[str, object] = {}
+
+    def register_subcommand(name: str, help: str, configure: object, run: object) -> None:
+        registered[name] = run
+
+    admin.register_commands(register_subcommand)
+    assert sorted(registered) == ["backup", "history", "pack", "restore"]
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(run=registered["history"], path="/nonexistent/db", last=None, quiet=False)
+    args = parser.parse_args([])
+    assert args.run(args) == 1
