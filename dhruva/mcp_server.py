@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import importlib
+import importlib.util
 import json
 import os
 import secrets
@@ -149,6 +150,11 @@ def _sdk() -> tuple[type[Any], type[Exception]]:
     """Return ``(server class, ToolError)`` of the installed SDK (2.x MCPServer or 1.x FastMCP)."""
     # The SDK is imported by name: it is optional, and type checking dhruva
     # must not need it.
+    if importlib.util.find_spec("mcp") is None:
+        # [MCP-002] One line naming what to install.
+        raise MissingSDKError(
+            f"dhruva mcp needs the MCP Python SDK, which is not installed: {INSTALL_HINT}"
+        )
     try:
         mcpserver = importlib.import_module("mcp.server.mcpserver")
         exceptions = importlib.import_module("mcp.server.mcpserver.exceptions")
@@ -160,10 +166,11 @@ def _sdk() -> tuple[type[Any], type[Exception]]:
         fastmcp = importlib.import_module("mcp.server.fastmcp")
         exceptions = importlib.import_module("mcp.server.fastmcp.exceptions")
         return fastmcp.FastMCP, exceptions.ToolError
-    except ImportError:
-        # [MCP-002] One line naming what to install.
+    except ImportError as error:
+        # Installed but unusable (too old, or at odds with its dependencies).
         raise MissingSDKError(
-            f"dhruva mcp needs the MCP Python SDK, which is not installed: {INSTALL_HINT}"
+            f"the installed MCP Python SDK cannot be used ({error}); "
+            f"upgrade it: {INSTALL_HINT.replace('pip install', 'pip install -U')}"
         ) from None
 
 
