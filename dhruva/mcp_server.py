@@ -26,9 +26,12 @@ import importlib.util
 import json
 import os
 import secrets
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
+from types import FrameType
 from typing import Any
 
 from dhruva.class_registry import ClassRegistry
@@ -332,10 +335,22 @@ def serve_http(
     if announce is not None:
         announce(url)
     config = uvicorn.Config(app, log_level="warning", lifespan="on")
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn shuts down gracefully on SIGTERM and then raises the signal
+        # again with the handler found at start: make that an orderly exit,
+        # so the caller's cleanup (closing the storage) still runs.
+        previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 def serve(

@@ -581,6 +581,7 @@ def test_http_requires_the_generated_token(db_path: Path) -> None:
     finally:
         stdout = server.stop()
     assert server.token not in stdout
+    assert server.process.returncode == 0  # SIGTERM is an orderly stop
 
 
 @needs_sdk
