@@ -426,6 +426,11 @@ from dhruva.dbtools import register_commands as _register_tool_commands  # noqa:
 
 _register_tool_commands(register_subcommand)
 
+# Pack, history, restore and backup of file databases.
+from dhruva.admin import register_commands as _register_admin_commands  # noqa: E402
+
+_register_admin_commands(register_subcommand)
+
 _FLAG_ALIASES = {"-s": "server", "--server": "server", "-c": "console", "--client": "console"}
 
 

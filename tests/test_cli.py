@@ -281,3 +281,15 @@ def test_database_tools_are_dhruva_subcommands(tmp_path: Path) -> None:
     missing = run("verify", str(tmp_path / "missing.dhruva"))
     assert missing.returncode != 0
     assert "Traceback" not in missing.stderr
+
+
+def test_pack_history_and_backup_are_dhruva_subcommands(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.dhruva")
+    made = run("-c", "--file", path, stdin='root["a"] = [1]\nconnection.commit()\n')
+    assert made.returncode == 0, made.stderr
+    history = run("history", path)
+    assert history.returncode == 0, history.stderr
+    assert run("pack", "-q", path).returncode == 0
+    copy = str(tmp_path / "copy.dhruva")
+    assert run("backup", path, copy).returncode == 0
+    assert run("-c", "--file", copy, stdin="print(root['a'])\n").stdout.strip() == "[1]"
