@@ -84,8 +84,10 @@ def path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def storage(path: Path) -> SqliteStorage:
-    return SqliteStorage(path)
+def storage(path: Path) -> Iterator[SqliteStorage]:
+    opened = SqliteStorage(path)
+    yield opened
+    opened.close()
 
 
 # --- schema, settings, layout ------------------------------------------------------------
@@ -170,7 +172,9 @@ def test_empty_files_are_initialised(tmp_path: Path) -> None:
         storage = SqliteStorage(target)
         commit(storage, {ROOT_OID: (b"root", b"")})
         storage.close()
-        assert SqliteStorage(target, readonly=True).load(ROOT_OID).data == b"root"
+        reader = SqliteStorage(target, readonly=True)
+        assert reader.load(ROOT_OID).data == b"root"
+        reader.close()
 
 
 # --- format errors -------------------------------------------------------------------------
@@ -254,6 +258,28 @@ def test_failed_commit_rolls_back_and_the_storage_goes_on(storage: SqliteStorage
     reopened = SqliteStorage(storage.path)
     assert reopened.load(a).data == b"first" and reopened.load(b).data == b"after"
     reopened.close()
+
+
+@pytest.mark.req("SQL-020", "SQL-005")
+def test_a_commit_is_one_sqlite_transaction(storage: SqliteStorage) -> None:
+    conn = storage._conn
+    assert conn is not None
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    storage.begin()
+    for n in range(1, 4):
+        storage.store(int8_to_str(n), b"x", b"")
+    storage.end()
+    storage.begin()
+    storage.store(int8_to_str(2), b"y", b"")
+    storage.end()  # the high-water mark is unchanged: no meta write
+    storage.begin()
+    storage.end()  # empty: runs nothing
+    conn.set_trace_callback(None)
+    words = [" ".join(statement.split()[:3]) for statement in statements]
+    first = ["BEGIN IMMEDIATE", *["INSERT OR REPLACE"] * 4, "COMMIT"]
+    assert words == [*first, "BEGIN IMMEDIATE", "INSERT OR REPLACE", "COMMIT"]
+    assert sum("INTO meta" in statement for statement in statements) == 1
 
 
 @pytest.mark.req("SQL-022", "SQL-020")
