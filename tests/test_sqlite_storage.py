@@ -260,6 +260,47 @@ def test_failed_commit_rolls_back_and_the_storage_goes_on(storage: SqliteStorage
     reopened.close()
 
 
+class FailingConnection:
+    """A sqlite3 connection whose COMMIT and ROLLBACK fail (they cannot be patched)."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.conn.in_transaction
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql in ("COMMIT", "ROLLBACK"):
+            raise sqlite3.OperationalError(f"simulated failure of {sql}")
+        return self.conn.execute(sql, *args)
+
+    def executemany(self, sql: str, rows: object) -> sqlite3.Cursor:
+        return self.conn.executemany(sql, rows)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+@pytest.mark.req("SQL-021")
+def test_a_failed_rollback_leaves_the_storage_refusing_work(path: Path) -> None:
+    storage = SqliteStorage(path)
+    commit(storage, {ROOT_OID: (b"kept", b"")})
+    assert storage._conn is not None
+    storage._conn = FailingConnection(storage._conn)  # type: ignore[assignment]
+    storage.begin()
+    storage.store(ROOT_OID, b"lost", b"")
+    with pytest.raises(DhruvaError, match="simulated failure of COMMIT"):
+        storage.end()
+    for operation in (lambda: storage.load(ROOT_OID), storage.begin, storage.new_oid):
+        with pytest.raises(DhruvaError, match="close and reopen"):
+            operation()
+    storage.close()
+    reopened = SqliteStorage(path)
+    assert reopened.load(ROOT_OID).data == b"kept"
+    reopened.close()
+
+
 @pytest.mark.req("SQL-020", "SQL-005")
 def test_a_commit_is_one_sqlite_transaction(storage: SqliteStorage) -> None:
     conn = storage._conn
