@@ -94,6 +94,13 @@ def _matches(expected_frame: bytes, payload: bytes) -> bool:
             and actual.code == expected.code
             and list(actual.oids) == list(expected.oids)
         )
+    if isinstance(expected, wire.AuthOk):
+        return (
+            isinstance(actual, wire.AuthOk)
+            and actual.server_proof == expected.server_proof
+            and actual.magic == expected.magic
+            and actual.major == expected.major
+        )
     if isinstance(expected, wire.HelloOk):
         return (
             isinstance(actual, wire.HelloOk)
@@ -131,18 +138,39 @@ def replay(address: Address, transcript: dict[str, Any]) -> None:
             peer.sock.close()
 
 
-@pytest.mark.req("WIRE-010", "WIRE-012", "WIRE-013", "WIRE-020", "WIRE-021", "WIRE-022")
+@pytest.mark.req(
+    "WIRE-010",
+    "WIRE-012",
+    "WIRE-013",
+    "WIRE-020",
+    "WIRE-021",
+    "WIRE-022",
+    "WIRE-030",
+    "WIRE-031",
+    "WIRE-032",
+    "SRV-080",
+)
 @pytest.mark.parametrize("path", TRANSCRIPTS, ids=[p.stem for p in TRANSCRIPTS])
 def test_transcript(
     path: Path, server_address: Address | None, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     transcript = json.loads(path.read_text())
+    configured = transcript.get("server")
+    if server_address is not None and configured:
+        pytest.skip("needs a server configured with this transcript's secret and nonces")
     if server_address is not None:
         if transcript["fresh"] and not _option(request.config, "dhruva_server_fresh"):
             pytest.skip("needs an empty database: pass --dhruva-server-fresh to run it")
         replay(server_address, transcript)
         return
-    server = StorageServer(MemoryStorage(), str(tmp_path / "wire.sock"))
+    options: dict[str, Any] = {}
+    if configured:
+        nonces = iter(bytes.fromhex(n) for n in configured["server_nonces"])
+        options = {
+            "secret": bytes.fromhex(configured["secret"]),
+            "nonce_source": lambda: next(nonces),
+        }
+    server = StorageServer(MemoryStorage(), str(tmp_path / "wire.sock"), **options)
     thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:

@@ -15,6 +15,12 @@ were made.  Each transcript is a list of steps:
 
 ``"fresh": true`` transcripts expect an empty database (oids 0, 1, ... are
 the first handed out); the others hold against any server.
+
+A transcript with a ``"server"`` object needs a server configured that way:
+``"secret"`` (hex) is the shared secret and ``"server_nonces"`` (hex) the
+nonces its AUTH_CHALLENGEs carry, in order (a test hook; real servers draw
+them at random).  AUTH_OK frames match on the server proof, magic and major
+version.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dhruva import wire
+from dhruva import security, wire
 from dhruva.storage import Record
 from dhruva.utils import int8_to_str
 
@@ -60,6 +66,17 @@ def greet(client: str = "a") -> list[dict[str, Any]]:
 
 
 OID0, OID1 = int8_to_str(0), int8_to_str(1)
+AUTH_SECRET = b"dhruva test secret"
+SERVER_NONCE = bytes(range(32))
+CLIENT_NONCE = bytes(range(32, 64))
+AUTH_SERVER = {"secret": AUTH_SECRET.hex(), "server_nonces": [SERVER_NONCE.hex()]}
+CHALLENGE = wire.AuthChallenge(security.AUTH_MECHANISM, SERVER_NONCE).encode()
+GOOD_AUTH = wire.Auth(
+    security.AUTH_MECHANISM,
+    CLIENT_NONCE,
+    security.client_proof(AUTH_SECRET, SERVER_NONCE, CLIENT_NONCE),
+).encode()
+AUTH_OK = wire.AuthOk(security.server_proof(AUTH_SECRET, SERVER_NONCE, CLIENT_NONCE)).encode()
 MISSING = b"\xff" * 8
 NEVER = int8_to_str(0x7FFF_FFFF_FFFF_FFFF)
 SYNC = wire.Empty(T.SYNC).encode()
@@ -188,6 +205,57 @@ def transcripts() -> dict[str, dict[str, Any]]:
                 expect(wire.RecordMessage(r0).encode()),
             ],
         },
+        "auth-ok": {
+            "description": (
+                "a server with a secret challenges HELLO; a right proof is answered by"
+                " AUTH_OK with the server's proof, then requests work (WIRE-030..032)"
+            ),
+            "server": AUTH_SERVER,
+            "steps": [
+                send(hello()),
+                expect(CHALLENGE),
+                send(GOOD_AUTH),
+                expect(AUTH_OK),
+                send(SYNC),
+                expect(EMPTY_OIDS),
+            ],
+        },
+        "auth-wrong-proof": {
+            "description": "a wrong proof is refused with AUTH_FAILED, then closed (WIRE-031)",
+            "server": AUTH_SERVER,
+            "steps": [
+                send(hello()),
+                expect(CHALLENGE),
+                send(wire.Auth(security.AUTH_MECHANISM, CLIENT_NONCE, b"\0" * 32).encode()),
+                expect(error(E.AUTH_FAILED)),
+                closed(),
+            ],
+        },
+        "auth-unknown-mechanism": {
+            "description": "an AUTH naming another mechanism is refused (WIRE-031)",
+            "server": AUTH_SERVER,
+            "steps": [
+                send(hello()),
+                expect(CHALLENGE),
+                send(wire.Auth("plain", CLIENT_NONCE, b"\0" * 32).encode()),
+                expect(error(E.AUTH_FAILED)),
+                closed(),
+            ],
+        },
+        "auth-required": {
+            "description": (
+                "a request before AUTH is refused with AUTH_REQUIRED and not run, then"
+                " closed (SRV-080)"
+            ),
+            "server": AUTH_SERVER,
+            "steps": [
+                send(hello()),
+                expect(CHALLENGE),
+                send(wire.Load(OID0).encode()),
+                expect(error(E.AUTH_REQUIRED)),
+                closed(),
+            ],
+        },
         "conflicts": {
             "description": (
                 "b learns of a's commit at sync; a load or a commit of an oid changed"
@@ -227,6 +295,8 @@ def transcripts() -> dict[str, dict[str, Any]]:
 def main() -> None:
     for name, body in transcripts().items():
         body = {"name": name, "fresh": body.pop("fresh", False), **body}
+        if "server" in body:
+            body["server"] = body.pop("server")
         (HERE / f"{name}.json").write_text(json.dumps(body, indent=1) + "\n")
 
 
