@@ -421,6 +421,11 @@ register_subcommand(
     run_console,
 )
 
+# The MCP server for AI agents (needs the optional ``mcp`` extra at run time).
+from dhruva import mcp_server  # noqa: E402
+
+register_subcommand("mcp", mcp_server.HELP, mcp_server.configure, mcp_server.run)
+
 # Database tools (verify, dump, stats, convert, import-durus) register themselves.
 from dhruva.dbtools import register_commands as _register_tool_commands  # noqa: E402
 

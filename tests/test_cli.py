@@ -293,3 +293,10 @@ def test_pack_history_and_backup_are_dhruva_subcommands(tmp_path: Path) -> None:
     copy = str(tmp_path / "copy.dhruva")
     assert run("backup", path, copy).returncode == 0
     assert run("-c", "--file", copy, stdin="print(root['a'])\n").stdout.strip() == "[1]"
+
+
+def test_mcp_is_a_dhruva_subcommand(tmp_path: Path) -> None:
+    helped = run("mcp", "--help")
+    assert helped.returncode == 0 and "--allow-writes" in helped.stdout
+    missing = run("mcp", str(tmp_path / "missing.dhruva"))
+    assert one_line_error(missing).startswith("dhruva: cannot open")
