@@ -3,7 +3,7 @@
 Theory of operation.
 
 State.  The server owns one storage.  For every connected client it keeps a
-``_Session``: the frame decoder, the output buffer, whether the handshake is
+``Session``: the frame decoder, the output buffer, whether the handshake is
 done, the *invalidation set* (oids other clients committed since this client
 last synchronized), the oids the server allocated to this client and that
 are not yet stored, and the records STAGEd for its next COMMIT.
@@ -31,19 +31,10 @@ handshake: an ERROR frame, then that connection is closed [SRV-040].  A client
 that vanishes loses its staged records and its allocated oids; nobody else
 notices [SRV-041].
 
-Handshake.  Each session moves through states: ``tls-peek`` (TLS servers
-only: wait for the first byte and tell a TLS ClientHello from a plaintext
-frame [WIRE-034]), ``tls-handshake`` (a non-blocking TLS handshake, driven by
-SSLWantRead/SSLWantWrite, so a client that stalls in the middle never stalls
-the loop), ``hello``, ``auth`` (when a shared secret is set [WIRE-030]) and
-``ready``.  Only a ``ready`` session may load, commit, pack or stop
-[SRV-080].  Until it is ready a session has a deadline (the handshake
-timeout) and a small frame limit [WIRE-033]; a sweep run from the loop about
-once a second closes sessions past their deadline or idle too long [SRV-081].
-
-Back-pressure.  A session whose decoded-but-unhandled requests or unsent
-answers exceed its limits is not read from until they drain [SRV-082]: TCP
-then slows the client down instead of the server buffering without bound.
+Connections.  Accepting clients, TLS, the handshake and authentication,
+timeouts, back-pressure, reading and writing are the base class's
+(:class:`dhruva.server_sessions.SessionLoop`); this module handles the
+requests of sessions that are ready.
 """
 
 from __future__ import annotations
@@ -56,12 +47,17 @@ import socket
 import ssl
 import stat
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from dhruva import security, wire
 from dhruva.error import DhruvaError, DhruvaKeyError, ProtocolError, ReadOnlyError
+from dhruva.server_sessions import (
+    Address,
+    ServerLimits,
+    Session,
+    SessionLoop,
+    format_address,
+)
 from dhruva.storage import Record, Storage
 from dhruva.utils import ROOT_OID, str_to_int8
 
@@ -71,107 +67,21 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 2972
 DEFAULT_ADDRESS: tuple[str, int] = (DEFAULT_HOST, DEFAULT_PORT)
 
-Address = tuple[str, int] | str
-"""A TCP ``(host, port)`` pair or the path of a Unix socket."""
+__all__ = [
+    "DEFAULT_ADDRESS",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "Address",
+    "ServerLimits",
+    "StorageServer",
+    "format_address",
+]
 
-_READ_SIZE = 1 << 18
-# A client that does not read its answers must not make the server buffer
-# without bound: past this much unsent output we stop handling its requests.
-_OUTPUT_HIGH_WATER = 16 << 20
 _LIST_OIDS_MAX = 65536
 _KNOWN_OIDS_MAX = 1 << 20
 
-FEATURES = "stage commit-sync bulk-load list-oids"
 
-_TLS_HANDSHAKE_RECORD = 0x16
-"""The first byte of a TLS ClientHello (a handshake record) [WIRE-034]."""
-
-_CLOSING_GRACE_S = 2.0
-"""How long a session closed with an ERROR may take to read it before it is dropped."""
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    """Per-connection limits (spec: server.md, "Limits").
-
-    ``handshake_timeout_s``: a client must finish TLS, HELLO and AUTH within
-    this many seconds [SRV-081].  ``idle_timeout_s``: a ready client silent
-    for this long is disconnected (None: never).  ``max_frame_bytes``: the
-    largest payload accepted once ready (at most 64 MiB) [WIRE-011].
-    ``max_pending_requests`` and ``max_pending_bytes``: beyond this many
-    requests received but not yet answered, or bytes of such requests and
-    unsent answers, the server stops reading from the client until they
-    drain [SRV-082].
-    """
-
-    handshake_timeout_s: float = 10.0
-    idle_timeout_s: float | None = None
-    max_frame_bytes: int = wire.MAX_FRAME_SIZE
-    max_pending_requests: int = 1024
-    max_pending_bytes: int = 128 << 20
-
-    def __post_init__(self) -> None:
-        if self.handshake_timeout_s <= 0:
-            raise ValueError("handshake_timeout_s must be positive")
-        if self.idle_timeout_s is not None and self.idle_timeout_s <= 0:
-            raise ValueError("idle_timeout_s must be positive or None")
-        if not wire.HANDSHAKE_MAX_FRAME_SIZE <= self.max_frame_bytes <= wire.MAX_FRAME_SIZE:
-            raise ValueError(
-                f"max_frame_bytes must be {wire.HANDSHAKE_MAX_FRAME_SIZE} to {wire.MAX_FRAME_SIZE}"
-            )
-        if self.max_pending_requests < 1 or self.max_pending_bytes < 1:
-            raise ValueError("max_pending_requests and max_pending_bytes must be positive")
-
-
-def format_address(address: Address) -> str:
-    """Return ``address`` as people write it: ``host:port`` or the socket path."""
-    if isinstance(address, str):
-        return address
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _subject_text(subject: object) -> str:
-    """Return a certificate subject (nested tuples of pairs) as ``CN=x/O=y``."""
-    parts: list[str] = []
-    if isinstance(subject, tuple):
-        for rdn in subject:
-            for pair in rdn if isinstance(rdn, tuple) else ():
-                if isinstance(pair, tuple) and len(pair) == 2:
-                    parts.append(f"{pair[0]}={pair[1]}")
-    return "/".join(parts) or "(no subject)"
-
-
-def _handshake_decoder() -> wire.FrameDecoder:
-    # [WIRE-033] Before the handshake is done, frames are small.
-    return wire.FrameDecoder(wire.HANDSHAKE_MAX_FRAME_SIZE)
-
-
-@dataclass(eq=False)
-class _Session:
-    sock: socket.socket
-    peer: str
-    state: str = "hello"
-    deadline: float | None = None
-    last_active: float = 0.0
-    server_nonce: bytes = b""
-    tls: bool = False
-    handshake_events: int = selectors.EVENT_READ
-    want_write: bool = False
-    paused: bool = False
-    queued_bytes: int = 0
-    decoder: wire.FrameDecoder = field(default_factory=_handshake_decoder)
-    out: bytearray = field(default_factory=bytearray)
-    invalid: set[bytes] = field(default_factory=set)
-    allocated: set[bytes] = field(default_factory=set)
-    staged: list[Record] = field(default_factory=list)
-    queue: deque[bytes] = field(default_factory=deque)
-    waiting_commit: bool = False
-    closing: bool = False
-    closed: bool = False
-
-
-class StorageServer:
+class StorageServer(SessionLoop):
     """Serve ``storage`` to clients at ``address`` until stopped.
 
     ``address`` is ``(host, port)`` (port 0 picks a free one; see
@@ -211,7 +121,7 @@ class StorageServer:
         self.tls = tls
         self._secret = security.secret_bytes(secret) if secret is not None else None
         self.limits = limits if limits is not None else ServerLimits()
-        self._ready_to_read: set[_Session] = set()
+        self._ready_to_read: set[Session] = set()
         shortest = min(self.limits.handshake_timeout_s, self.limits.idle_timeout_s or 1.0)
         self._sweep_interval_s = max(0.05, min(1.0, shortest / 4))
         self._next_sweep = 0.0
@@ -220,10 +130,10 @@ class StorageServer:
         self.check_oids = check_oids
         self._on_stop = on_stop
         self._selector = selectors.DefaultSelector()
-        self._sessions: set[_Session] = set()
+        self._sessions: set[Session] = set()
         self._stopping = False
         self._known_oids: set[bytes] = set()
-        self._commit_queue: list[tuple[_Session, list[Record]]] = []
+        self._commit_queue: list[tuple[Session, list[Record]]] = []
         self._next_pack = time.monotonic() + self.gcinterval if self.gcinterval else None
         self._unix_path: str | None = None
         self._listener = self._listen(address)
@@ -356,7 +266,7 @@ class StorageServer:
         if self._next_pack is not None and time.monotonic() >= self._next_pack:
             self._periodic_pack()
 
-    def _on_event(self, session: _Session, mask: int) -> None:
+    def _on_event(self, session: Session, mask: int) -> None:
         if session.state == "tls-peek":
             self._peek_tls(session)
         elif session.state == "tls-handshake":
@@ -370,317 +280,9 @@ class StorageServer:
             if mask & selectors.EVENT_READ and not session.closed:
                 self._read(session)
 
-    def _sweep(self, now: float) -> None:
-        """[SRV-081] Close sessions past their handshake deadline or idle too long."""
-        idle_s = self.limits.idle_timeout_s
-        for session in list(self._sessions):
-            if session.closed:
-                continue
-            if session.deadline is not None and now >= session.deadline:
-                if session.closing or session.state.startswith("tls"):
-                    # No frame can reach it (TLS not up, or it does not read).
-                    log.warning(
-                        "client %s: handshake not finished in %.1f s; closing",
-                        session.peer,
-                        self.limits.handshake_timeout_s,
-                        extra={"peer": session.peer, "event": "timeout"},
-                    )
-                    self._drop(session)
-                else:
-                    self._fatal(
-                        session,
-                        wire.ErrorCode.TIMEOUT,
-                        f"handshake not finished in {self.limits.handshake_timeout_s:g} s",
-                    )
-            elif (
-                idle_s is not None
-                and session.state == "ready"
-                and not session.waiting_commit
-                and not session.queue
-                and now - session.last_active >= idle_s
-            ):
-                self._fatal(session, wire.ErrorCode.TIMEOUT, f"idle for more than {idle_s:g} s")
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                sock, peer = self._listener.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:
-                log.warning("accept failed: %s", error)
-                return
-            sock.setblocking(False)
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                # Half-open connections (a peer that vanished without a FIN)
-                # are eventually found by the kernel's keepalive probes.
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            name = format_address(peer[:2]) if isinstance(peer, tuple) else "unix client"
-            now = time.monotonic()
-            session = _Session(
-                sock,
-                f"{name}#{sock.fileno()}",
-                state="tls-peek" if self.tls else "hello",
-                deadline=now + self.limits.handshake_timeout_s,
-                last_active=now,
-            )
-            self._sessions.add(session)
-            self._selector.register(sock, selectors.EVENT_READ, session)
-            log.info(
-                "client %s connected",
-                session.peer,
-                extra={"peer": session.peer, "event": "connect"},
-            )
-
-    # --- TLS --------------------------------------------------------------------
-
-    def _peek_tls(self, session: _Session) -> None:
-        """Wrap the socket in TLS once the client's first byte shows a ClientHello."""
-        assert self.tls is not None
-        try:
-            first = session.sock.recv(1, socket.MSG_PEEK)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as error:
-            log.info("client %s: %s; dropping it", session.peer, error)
-            self._drop(session)
-            return
-        if not first:
-            self._drop(session)
-            return
-        if first[0] != _TLS_HANDSHAKE_RECORD:
-            # [WIRE-034] A plaintext client hears why, in plain text.  Its
-            # bytes are read first: closing with unread input would reset the
-            # connection and could destroy the ERROR frame in flight.
-            try:
-                session.sock.recv(_READ_SIZE)
-            except OSError:
-                pass
-            session.state = "hello"
-            self._fatal(
-                session,
-                wire.ErrorCode.TLS_REQUIRED,
-                "this server requires TLS; connect with TLS (ClientStorage(tls=...), --tls)",
-            )
-            return
-        self._selector.unregister(session.sock)
-        try:
-            session.sock = self.tls.wrap_socket(
-                session.sock, server_side=True, do_handshake_on_connect=False
-            )
-        except (OSError, ValueError) as error:
-            log.warning("client %s: cannot start TLS: %s", session.peer, error)
-            session.closed = True
-            self._sessions.discard(session)
-            session.sock.close()
-            return
-        session.tls = True
-        session.state = "tls-handshake"
-        self._selector.register(session.sock, selectors.EVENT_READ, session)
-        self._tls_handshake(session)
-
-    def _tls_handshake(self, session: _Session) -> None:
-        """Advance the non-blocking TLS handshake by what the socket allows."""
-        assert isinstance(session.sock, ssl.SSLSocket)
-        try:
-            session.sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self._set_handshake_events(session, selectors.EVENT_READ)
-            return
-        except ssl.SSLWantWriteError:
-            self._set_handshake_events(session, selectors.EVENT_WRITE)
-            return
-        except (ssl.SSLError, OSError) as error:
-            log.warning(
-                "client %s: TLS handshake failed: %s",
-                session.peer,
-                error,
-                extra={"peer": session.peer, "event": "tls-failed"},
-            )
-            self._drop(session)
-            return
-        session.state = "hello"
-        peer_cert = session.sock.getpeercert()
-        subject = ""
-        if peer_cert:
-            subject = f", client certificate {_subject_text(peer_cert.get('subject', ()))}"
-        log.info(
-            "client %s: TLS established (%s%s)",
-            session.peer,
-            session.sock.version(),
-            subject,
-            extra={"peer": session.peer, "event": "tls"},
-        )
-        self._update_events(session)
-        # The HELLO may have arrived with the handshake's last flight.
-        self._ready_to_read.add(session)
-
-    def _set_handshake_events(self, session: _Session, events: int) -> None:
-        if session.handshake_events != events:
-            session.handshake_events = events
-            self._selector.modify(session.sock, events, session)
-
-    def _update_events(self, session: _Session) -> None:
-        """Register the events this session waits for: read unless paused, write if owed."""
-        if session.closed:
-            return
-        events = 0 if session.paused else selectors.EVENT_READ
-        if session.out or session.want_write:
-            events |= selectors.EVENT_WRITE
-        try:
-            self._selector.get_key(session.sock)
-            registered = True
-        except KeyError:
-            registered = False
-        if not events:
-            if registered:
-                self._selector.unregister(session.sock)
-        elif registered:
-            self._selector.modify(session.sock, events, session)
-        else:
-            self._selector.register(session.sock, events, session)
-
-    # --- reading and writing ----------------------------------------------------
-
-    def _read(self, session: _Session) -> None:
-        while not session.closed and not session.paused:
-            try:
-                data = session.sock.recv(_READ_SIZE)
-            except ssl.SSLWantReadError:
-                return
-            except ssl.SSLWantWriteError:
-                session.want_write = True
-                self._update_events(session)
-                return
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:
-                log.info("client %s: %s; dropping it", session.peer, error)
-                self._drop(session)
-                return
-            if not data:
-                # [SRV-041] A client that vanishes, even mid-request, affects nobody else.
-                if session.decoder.buffered or session.staged:
-                    log.info("client %s disconnected mid-request", session.peer)
-                self._drop(session)
-                return
-            session.last_active = time.monotonic()
-            try:
-                payloads = session.decoder.feed(data)
-            except ProtocolError as error:
-                code = wire.ErrorCode.MALFORMED
-                if isinstance(error, wire.FrameSizeError):
-                    code = wire.ErrorCode.FRAME_TOO_LARGE
-                self._fatal(session, code, str(error))
-                return
-            session.queue.extend(payloads)
-            session.queued_bytes += sum(len(p) for p in payloads)
-            self._check_pressure(session)
-            self._handle_queue(session)
-            # Only TLS can hold more plaintext than the kernel reports readable.
-            if not (session.tls and isinstance(session.sock, ssl.SSLSocket)):
-                return
-            if not session.sock.pending():
-                return
-
-    def _check_pressure(self, session: _Session) -> None:
-        """[SRV-082] Stop reading a session over its limits; resume once it drained."""
-        limits = self.limits
-        over = (
-            len(session.queue) >= limits.max_pending_requests
-            or session.queued_bytes + len(session.out) >= limits.max_pending_bytes
-        )
-        if over != session.paused:
-            session.paused = over
-            if not over:
-                log.debug("client %s: resumed reading", session.peer)
-                if session.tls:
-                    self._ready_to_read.add(session)
-            else:
-                log.debug("client %s: paused reading (limits reached)", session.peer)
-            self._update_events(session)
-
-    def _handle_queue(self, session: _Session) -> None:
-        while session.queue and not session.waiting_commit and not session.closing:
-            if len(session.out) > _OUTPUT_HIGH_WATER:
-                break
-            payload = session.queue.popleft()
-            session.queued_bytes -= len(payload)
-            try:
-                self._handle(session, payload)
-            except Exception as error:
-                # A storage failing in an unexpected way (an OSError from a
-                # load, say) fails this request, not the server.
-                log.exception("client %s: request failed", session.peer)
-                self._error(session, wire.ErrorCode.STORAGE_FAILURE, f"server error: {error}")
-        self._flush(session)
-
-    def _send(self, session: _Session, frame_bytes: bytes) -> None:
-        session.out += frame_bytes
-
-    def _flush(self, session: _Session) -> None:
-        if session.closed:
-            return
-        while session.out:
-            try:
-                sent = session.sock.send(session.out)
-            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
-                break
-            except ssl.SSLWantReadError:
-                # TLS needs to read (a key update) before it can write more.
-                break
-            except OSError as error:
-                log.info("client %s: %s; dropping it", session.peer, error)
-                self._drop(session)
-                return
-            del session.out[:sent]
-        if session.closing and not session.out:
-            self._drop(session)
-            return
-        self._check_pressure(session)
-        self._update_events(session)
-        if not session.out and session.queue and not session.waiting_commit:
-            # Output drained below the high-water mark: resume its requests.
-            self._handle_queue(session)
-
-    def _drop(self, session: _Session) -> None:
-        if session.closed:
-            return
-        session.closed = True
-        self._sessions.discard(session)
-        self._ready_to_read.discard(session)
-        try:
-            self._selector.unregister(session.sock)
-        except (KeyError, ValueError):
-            pass
-        session.sock.close()
-        session.staged.clear()
-        session.allocated.clear()
-        session.queue.clear()
-        session.queued_bytes = 0
-        log.info("client %s gone", session.peer, extra={"peer": session.peer, "event": "close"})
-
-    def _fatal(self, session: _Session, code: wire.ErrorCode, message: str) -> None:
-        """[SRV-040] Answer with an ERROR frame, then close this connection only."""
-        log.warning(
-            "client %s: %s (%s); closing its connection",
-            session.peer,
-            message,
-            code.name,
-            extra={"peer": session.peer, "event": "refused", "code": code.name},
-        )
-        session.queue.clear()
-        session.queued_bytes = 0
-        self._send(session, wire.Error(code, message).encode())
-        session.closing = True
-        # A client that never reads its ERROR is dropped anyway.
-        session.deadline = time.monotonic() + _CLOSING_GRACE_S
-        self._flush(session)
-
     # --- requests ---------------------------------------------------------------
 
-    def _handle(self, session: _Session, payload: bytes) -> None:
+    def _handle(self, session: Session, payload: bytes) -> None:
         try:
             message = wire.decode_message(payload)
         except ProtocolError as error:
@@ -741,78 +343,7 @@ class StorageServer:
                 session, wire.ErrorCode.UNKNOWN_MESSAGE, f"{kind.name} is not a request here"
             )
 
-    def _hello(self, session: _Session, hello: wire.Hello) -> None:
-        if hello.magic != wire.MAGIC:
-            self._fatal(session, wire.ErrorCode.MALFORMED, "bad magic: not a dhruva client")
-            return
-        if hello.major != wire.PROTOCOL_MAJOR:
-            # [WIRE-022] An unknown major version is refused.
-            self._fatal(
-                session,
-                wire.ErrorCode.VERSION_MISMATCH,
-                f"protocol version {hello.major}.{hello.minor} is not supported;"
-                f" this server speaks {wire.PROTOCOL_MAJOR}.{wire.PROTOCOL_MINOR}",
-            )
-            return
-        if self._secret is not None:
-            # [WIRE-030] Challenge the client with a fresh nonce.
-            session.state = "auth"
-            session.server_nonce = self._new_nonce()
-            challenge = wire.AuthChallenge(security.AUTH_MECHANISM, session.server_nonce)
-            self._send(session, challenge.encode())
-            return
-        self._ready(session, authenticated=False)
-        reply = wire.HelloOk(features=FEATURES, storage_capabilities=self._storage_caps)
-        self._send(session, reply.encode())
-
-    def _auth(self, session: _Session, auth: wire.Auth) -> None:
-        assert self._secret is not None
-        if auth.mechanism != security.AUTH_MECHANISM:
-            self._fatal(
-                session,
-                wire.ErrorCode.AUTH_FAILED,
-                f"unknown authentication mechanism; this server uses {security.AUTH_MECHANISM}",
-            )
-            return
-        expected = security.client_proof(self._secret, session.server_nonce, auth.client_nonce)
-        # [WIRE-031] Constant-time comparison: timing tells nothing about the proof.
-        if not security.proofs_equal(expected, auth.proof):
-            log.warning(
-                "client %s: authentication failed (wrong secret)",
-                session.peer,
-                extra={"peer": session.peer, "event": "auth-failed"},
-            )
-            self._fatal(session, wire.ErrorCode.AUTH_FAILED, "authentication failed")
-            return
-        proof = security.server_proof(self._secret, session.server_nonce, auth.client_nonce)
-        self._ready(session, authenticated=True)
-        reply = wire.AuthOk(proof, features=FEATURES, storage_capabilities=self._storage_caps)
-        self._send(session, reply.encode())
-
-    def _ready(self, session: _Session, authenticated: bool) -> None:
-        session.state = "ready"
-        session.deadline = None
-        session.server_nonce = b""
-        session.decoder.max_frame_size = self.limits.max_frame_bytes
-        log.info(
-            "client %s ready (tls %s, authenticated %s)",
-            session.peer,
-            "yes" if session.tls else "no",
-            "yes" if authenticated else "no",
-            extra={
-                "peer": session.peer,
-                "event": "ready",
-                "tls": session.tls,
-                "authenticated": authenticated,
-            },
-        )
-
-    def _error(
-        self, session: _Session, code: wire.ErrorCode, message: str, oids: list[bytes] | None = None
-    ) -> None:
-        self._send(session, wire.Error(code, message, oids or []).encode())
-
-    def _load(self, session: _Session, oids: list[bytes], single: bool) -> None:
+    def _load(self, session: Session, oids: list[bytes], single: bool) -> None:
         # [SRV-021] Loading an oid invalidated for this client and not yet synced
         # is a read conflict: the client would mix old and new states.
         conflicts = [oid for oid in oids if oid in session.invalid]
@@ -839,7 +370,7 @@ class StorageServer:
         else:
             self._send(session, wire.Records(records).encode())
 
-    def _new_oids(self, session: _Session, count: int) -> None:
+    def _new_oids(self, session: Session, count: int) -> None:
         if self.readonly:
             self._error(session, wire.ErrorCode.READ_ONLY, "the server is read-only")
             return
@@ -851,12 +382,12 @@ class StorageServer:
         session.allocated.update(oids)
         self._send(session, wire.Oids(oids).encode())
 
-    def _take_invalidations(self, session: _Session) -> list[bytes]:
+    def _take_invalidations(self, session: Session) -> list[bytes]:
         oids = sorted(session.invalid)
         session.invalid.clear()
         return oids
 
-    def _list_oids(self, session: _Session, message: wire.ListOids) -> None:
+    def _list_oids(self, session: Session, message: wire.ListOids) -> None:
         limit = max(1, min(message.limit, _LIST_OIDS_MAX))
         start = str_to_int8(message.start)
         # Sorting every stored oid per page is O(n log n); listing is rare
@@ -864,7 +395,7 @@ class StorageServer:
         oids = sorted(oid for oid in self.storage.iter_oids() if str_to_int8(oid) >= start)
         self._send(session, wire.Oids(oids[:limit]).encode())
 
-    def _pack(self, session: _Session) -> None:
+    def _pack(self, session: Session) -> None:
         if self.readonly:
             self._error(session, wire.ErrorCode.READ_ONLY, "the server is read-only")
             return
@@ -915,7 +446,7 @@ class StorageServer:
         self._known_oids.add(oid)
         return True
 
-    def _queue_commit(self, session: _Session, records: list[Record] | object) -> None:
+    def _queue_commit(self, session: Session, records: list[Record] | object) -> None:
         assert isinstance(records, list | tuple)
         staged = session.staged + list(records)
         session.staged = []
@@ -963,9 +494,9 @@ class StorageServer:
             group, self._commit_queue = self._commit_queue, []
             self._commit_group(group)
 
-    def _commit_group(self, group: list[tuple[_Session, list[Record]]]) -> None:
-        accepted: list[tuple[_Session, list[Record]]] = []
-        written: dict[bytes, _Session] = {}
+    def _commit_group(self, group: list[tuple[Session, list[Record]]]) -> None:
+        accepted: list[tuple[Session, list[Record]]] = []
+        written: dict[bytes, Session] = {}
         for session, records in group:
             if session.closed:
                 continue
