@@ -17,6 +17,11 @@ test feeds it random bytes).
 
 Messages are small frozen dataclasses; each has ``encode()`` returning the
 whole frame (header included), ready to write to a socket.
+
+Authentication adds three messages (spec: "Authentication"): AUTH_CHALLENGE
+(the server's nonce), AUTH (the client's nonce and proof) and AUTH_OK (the
+server's proof, then HELLO_OK's fields).  Computing and checking the proofs
+is :mod:`dhruva.security`'s; this module only lays out the bytes.
 """
 
 from __future__ import annotations

@@ -235,3 +235,12 @@ def test_server_reads_its_address_from_the_config_file(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.req("CFG-002")
+def test_settings_in_a_dhruva_table(tmp_path: Path) -> None:
+    config = tmp_path / "table.toml"
+    config.write_text('[dhruva]\nport = 4000\nlog_format = "json"\n')
+    settings = load_settings({}, str(config), {})
+    assert settings.port == 4000 and settings.log_format == "json"
+    assert settings.sources["port"] == f"file {config}"

@@ -57,6 +57,30 @@ SPEC_EXAMPLES: list[tuple[wire.Message, str]] = [
         wire.Error(18, "conflict", [p64(0)]),
         "00 00 00 19 ff 00 12 00 00 00 01 00 00 00 00 00 00 00 00 00 08 63 6f 6e 66 6c 69 63 74",
     ),
+    # Authentication (secret "dhruva test secret", Ns = 00..1f, Nc = 20..3f).
+    (
+        wire.AuthChallenge("hmac-sha256", bytes(range(32))),
+        "00 00 00 2e 8c 00 0b 68 6d 61 63 2d 73 68 61 32 35 36 00 01 02 03 04 05 06 07 08 09"
+        " 0a 0b 0c 0d 0e 0f 10 11 12 13 14 15 16 17 18 19 1a 1b 1c 1d 1e 1f",
+    ),
+    (
+        wire.Auth(
+            "hmac-sha256",
+            bytes(range(32, 64)),
+            bytes.fromhex("93c3a7a2d80b7211ee56ab1b0145fc9a59ddd2727c80821ad3dcc7aa6f730893"),
+        ),
+        "00 00 00 4e 0d 00 0b 68 6d 61 63 2d 73 68 61 32 35 36 20 21 22 23 24 25 26 27 28 29"
+        " 2a 2b 2c 2d 2e 2f 30 31 32 33 34 35 36 37 38 39 3a 3b 3c 3d 3e 3f 93 c3 a7 a2 d8 0b"
+        " 72 11 ee 56 ab 1b 01 45 fc 9a 59 dd d2 72 7c 80 82 1a d3 dc c7 aa 6f 73 08 93",
+    ),
+    (
+        wire.AuthOk(
+            bytes.fromhex("b82ac126ff2000f836f5cc35dc5b54972eeac0b3fde9a4c522b2dd21816c8f1e")
+        ),
+        "00 00 00 2d 8d b8 2a c1 26 ff 20 00 f8 36 f5 cc 35 dc 5b 54 97 2e ea c0 b3 fd e9 a4"
+        " c5 22 b2 dd 21 81 6c 8f 1e 44 48 52 56 00 01 00 00 00 00 00 00",
+    ),
+    (wire.Error(6, ""), "00 00 00 09 ff 00 06 00 00 00 00 00 00"),
 ]
 
 
@@ -232,3 +256,41 @@ def test_transcript_vectors_match_their_generator(tmp_path: Path) -> None:
         body = {"name": name, "fresh": body.pop("fresh", False), **body}
         stored = json.loads((VECTORS / f"{name}.json").read_text())
         assert stored == body, f"{name}.json is stale: run generate.py"
+
+
+@pytest.mark.req("WIRE-031", "WIRE-032")
+def test_spec_proofs_are_the_hmacs_of_the_spec() -> None:
+    """The proofs in the spec's example are HMAC-SHA256 with the spec's labels."""
+    from dhruva import security
+
+    secret, server_nonce, client_nonce = (
+        b"dhruva test secret",
+        bytes(range(32)),
+        bytes(range(32, 64)),
+    )
+    auth = wire.decode_message(bytes.fromhex(dict(SPEC_EXAMPLES_BY_NAME)["AUTH"])[4:])
+    auth_ok = wire.decode_message(bytes.fromhex(dict(SPEC_EXAMPLES_BY_NAME)["AUTH_OK"])[4:])
+    assert isinstance(auth, wire.Auth) and isinstance(auth_ok, wire.AuthOk)
+    assert auth.proof == security.client_proof(secret, server_nonce, client_nonce)
+    assert auth_ok.server_proof == security.server_proof(secret, server_nonce, client_nonce)
+    assert security.CLIENT_LABEL == b"dhruva-auth-v1 client\x00"
+    assert len(security.CLIENT_LABEL) == len(security.SERVER_LABEL) == 22
+    assert not security.proofs_equal(auth.proof, auth_ok.server_proof)
+
+
+SPEC_EXAMPLES_BY_NAME = [(m.type.name, h.replace(" ", "")) for m, h in SPEC_EXAMPLES]
+
+
+@pytest.mark.req("WIRE-013")
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x8c\x00\x0bhmac-sha256" + b"\x00" * 31,  # AUTH_CHALLENGE with a short nonce
+        b"\x0d\x00\x0bhmac-sha256" + b"\x00" * 63,  # AUTH with a short proof
+        b"\x0d\x00\x0bhmac-sha256" + b"\x00" * 65,  # AUTH with a trailing byte
+        b"\x8d" + b"\x00" * 31,  # AUTH_OK shorter than its proof
+    ],
+)
+def test_malformed_auth_messages(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        wire.decode_message(payload)
