@@ -109,6 +109,9 @@ class SqliteStorage(Storage):
 
     capabilities = frozenset({CAP_DURABLE, CAP_PACK, CAP_READONLY_OPEN})
 
+    #: Test hook (spec PACK-040, SQL-064): called with each pack step's name.
+    _pack_step_hook: Callable[[str], object] | None = None
+
     def __init__(self, path: str | os.PathLike[str], readonly: bool = False) -> None:
         self.path = os.fspath(path)
         self.readonly = readonly
@@ -465,25 +468,37 @@ class SqliteStorage(Storage):
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                self._pack_step("begun")
                 garbage = self._unreachable_keys(conn)
+                self._pack_step("marked")
                 for start in range(0, len(garbage), BATCH_SIZE):
                     conn.executemany(
                         "DELETE FROM objects WHERE oid = ?",
                         ((key,) for key in garbage[start : start + BATCH_SIZE]),
                     )
+                    self._pack_step("deleted")
                 # [SQL-061] The one commit point of a pack.
                 conn.execute("COMMIT")
             except BaseException:
                 self._rollback(conn)
                 raise
+            self._pack_step("committed")
             # [SQL-062] Moving free pages to the end and truncating the file is
             # SQLite's own transaction; a crash in it changes no record.
             # incremental_vacuum frees one page per step of its statement and
             # execute() steps once; executescript() steps it to the end.
             conn.executescript("PRAGMA incremental_vacuum;")
+            self._pack_step("vacuumed")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            self._pack_step("checkpointed")
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
+
+    def _pack_step(self, name: str) -> None:
+        """Call the test hook at a pack step boundary (SQL-064)."""
+        hook = self._pack_step_hook
+        if hook is not None:
+            hook(name)  # [SQL-064] [PACK-040]
 
     def _unreachable_keys(self, conn: sqlite3.Connection) -> list[int]:
         """Return the rowids of records not reachable from the root (SQL-060)."""

@@ -704,3 +704,22 @@ def test_backup_from_another_thread_under_write_load(path: Path, tmp_path: Path)
         assert _consistent_version(dest, oids) >= floor
     assert storage.load(oids[0]).data == b"%d" % acknowledged[-1]
     storage.close()
+
+
+@pytest.mark.req("SQL-064")
+def test_pack_reports_its_steps_in_order(storage: SqliteStorage) -> None:
+    garbage = {int8_to_str(n): (b"g", b"") for n in range(1, BATCH_SIZE + 10)}
+    commit(storage, {ROOT_OID: (b"root", b""), **garbage})
+    steps: list[str] = []
+    storage._pack_step_hook = steps.append
+    storage.pack()
+    assert steps == [
+        "begun",
+        "marked",
+        "deleted",
+        "deleted",
+        "committed",
+        "vacuumed",
+        "checkpointed",
+    ]
+    assert list(storage.iter_oids()) == [ROOT_OID]
