@@ -98,7 +98,9 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks in tools/bench/ against Durus 4.3 and ZODB (not default)."""
+    """Run the benchmarks in tools/bench/ against Durus 4.3, ZODB and ZEO (not default)."""
     install_dhruva(session)
-    session.install("durus==4.3", "ZODB")
+    # ZEO is ZODB's storage server: the server section compares it with
+    # dhruva's server and Durus's on loopback.
+    session.install("durus==4.3", "ZODB", "ZEO")
     session.run("python", "tools/bench/run.py", *session.posargs)

@@ -99,6 +99,46 @@ def _check_references(results: dict[str, Any]) -> None:
         assert cells["vs_bare"] == pytest.approx(cells["per_s"] / cells["bare_per_s"])
 
 
+def _check_pack(pack: dict[str, Any] | None, with_others: bool) -> None:
+    """Section 8 ran: both dhruva storages packed, and the others if asked."""
+    assert pack is not None and "skipped" not in pack, pack
+    count = bench_run.section_sizes(bench_figures.TINY).pack_objects
+    assert pack["n"] == count
+    assert [row["storage"] for row in pack["results"]] == ["FileStorage", "FileStorage2"]
+    for row in pack["results"]:
+        assert row["live_objects"] == count and row["pack_s"] >= 0
+        assert row["bytes_after"] < row["bytes_before"]
+    if not with_others:
+        assert pack["compare"] == []
+        return
+    for row in pack["compare"]:
+        assert "error" not in row, row
+        assert row["live_after_pack"] == count
+        assert row["bytes_after"] < row["bytes_before"]
+
+
+def _check_server(server: dict[str, Any] | None, systems: list[str]) -> None:
+    """Section 9 ran every server in ``systems``, each row with positive rates."""
+    assert server is not None and "skipped" not in server, server
+    rows = {row["system"]: row for row in server["rows"]}
+    assert sorted(rows) == sorted(systems)
+    for name in systems:
+        row = rows[name]
+        assert row["error"] is None, row["error"]
+        for key in ("loads_per_s", "commits_per_s", "commits_per_s_n_clients"):
+            assert isinstance(row[key], float) and row[key] > 0, (name, key, row[key])
+        if name != "zeo":
+            assert row["bulk_loads_per_s"] > 0
+    if "durus" in systems:
+        durus = rows["durus"]
+        assert durus["best_loads_vs_durus"] == pytest.approx(
+            max(durus["loads_per_s"], durus["bulk_loads_per_s"]) / durus["loads_per_s"]
+        )
+        assert server["targets"]["loads_3x_durus"] in (True, False)
+    else:
+        assert server["targets"] == {"loads_3x_durus": None, "commits_ge_durus": None}
+
+
 def test_dhruva_figures_run_at_tiny_sizes(tmp_path: Path) -> None:
     reason = _dhruva_missing()
     if reason:
@@ -119,6 +159,9 @@ def test_dhruva_figures_run_at_tiny_sizes(tmp_path: Path) -> None:
     if (BENCH_DIR / "btree_bench.py").exists():
         assert btree is not None and "skipped" not in btree, btree
         assert btree["sizes"][-1]["size"] == bench_figures.TINY.btree_keys
+    _check_pack(results.get("pack"), with_others=False)
+    _check_server(results.get("server"), ["dhruva", "dhruva-thread"])
+    assert "8. Pack" in printed and "9. Storage servers" in printed
     # The bulk database lives in the work folder only while figure 5 runs.
     assert not list((tmp_path / "cache" / "work").glob("bulk-*"))
 
@@ -150,6 +193,52 @@ def test_comparison_systems_run_at_tiny_sizes(tmp_path: Path, system: str, modul
     results, _ = _run_tiny(tmp_path, [system])
     _check_rows(results, system)
     _check_references(results)
+
+
+def test_pack_and_servers_of_durus_zodb_and_zeo_run_at_tiny_sizes(tmp_path: Path) -> None:
+    # Sections 8 and 9 with every comparison system; needs the bench session's
+    # packages (durus, ZODB, ZEO), so it is skipped elsewhere.
+    reason = _dhruva_missing()
+    if reason:
+        pytest.skip(reason)
+    for module in ("durus", "ZODB", "ZEO"):
+        pytest.importorskip(module)
+    out = io.StringIO()
+    results_path = tmp_path / "results.json"
+    bench_run.run(
+        sizes=bench_figures.TINY,
+        cache_dir=tmp_path / "cache",
+        only=["pack", "server"],
+        systems=["dhruva", "durus", "zodb"],
+        strict=True,
+        json_path=results_path,
+        out=out,
+    )
+    results = json.loads(results_path.read_text())
+    assert results["figures"] == {}
+    _check_pack(results["pack"], with_others=True)
+    assert [row["storage"].split()[0] for row in results["pack"]["compare"]] == ["Durus", "ZODB"]
+    _check_server(results["server"], ["dhruva", "dhruva-thread", "durus", "zeo"])
+    printed = out.getvalue()
+    assert "Durus 4.3 server" in printed and "ZEO server" in printed
+    assert "server_loads" in printed and "pack " in printed
+
+
+def test_a_missing_server_system_becomes_an_error_row(tmp_path: Path) -> None:
+    server_compare = pytest.importorskip("server_compare")
+    missing = server_compare.ServerSystem(
+        **{**vars(server_compare.DURUS), "module": "no_such_module_for_bench"}
+    )
+    original = server_compare.SYSTEMS
+    server_compare.SYSTEMS = [missing]
+    try:
+        result = server_compare.bench_server_compare(10, 1, 1, in_process=False)
+    finally:
+        server_compare.SYSTEMS = original
+    (row,) = result["rows"]
+    assert row["error"].startswith("not installed")
+    assert result["targets"] == {"loads_3x_durus": None, "commits_ge_durus": None}
+    assert "not installed" in server_compare.format_table(result)
 
 
 def test_a_failing_backend_becomes_an_error_row(tmp_path: Path) -> None:

@@ -108,13 +108,20 @@ def format_figure(figure: Figure) -> str:
     return "\n".join(out)
 
 
-def format_summary(figures: list[Figure]) -> str:
+def format_summary(
+    figures: list[Figure], more: list[tuple[str, str, bool | None]] | None = None
+) -> str:
+    """Every target and its verdict: the figures', then ``more`` (key, target, verdict)."""
+    rows = [
+        (figure.key, figure.target, figure.target_met)
+        for figure in figures
+        if not (figure.target_met is None and figure.target.startswith("("))
+    ]
+    rows += more or []
     lines = ["Targets"]
-    for figure in figures:
-        if figure.target_met is None and figure.target.startswith("("):
-            continue
-        verdict = {True: "MET", False: "NOT MET", None: "not evaluated"}[figure.target_met]
-        lines.append(f"  {figure.key:<16} {figure.target:<42} {verdict}")
+    for key, target, met in rows:
+        verdict = {True: "MET", False: "NOT MET", None: "not evaluated"}[met]
+        lines.append(f"  {key:<16} {target:<42} {verdict}")
     return "\n".join(lines)
 
 

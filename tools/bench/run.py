@@ -1,6 +1,7 @@
 """Run dhruva's benchmark figures against Durus 4.3 and ZODB; see README.md.
 
-Usage: ``python tools/bench/run.py [--quick] [--only attr,open,commit,bulk,cold,serializers,btree]
+Usage: ``python tools/bench/run.py [--quick]
+[--only attr,open,commit,bulk,cold,serializers,btree,pack,server]
 [--systems dhruva,durus,zodb] [--cache-dir DIR] [--json FILE]``.
 
 Prints the environment and one table per figure to stdout (progress goes to
@@ -14,6 +15,8 @@ import importlib
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,7 +27,7 @@ if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
 from bench_backends import ALL_BACKENDS  # noqa: E402
-from bench_figures import FIGURES, FULL, QUICK, Bench, Figure, Sizes  # noqa: E402
+from bench_figures import FIGURES, FULL, QUICK, TINY, Bench, Figure, Sizes  # noqa: E402
 from bench_report import (  # noqa: E402
     environment,
     format_environment,
@@ -33,9 +36,31 @@ from bench_report import (  # noqa: E402
     write_json,
 )
 
-#: Sections that are not side-by-side figures: dhruva-only measurements that
-#: other modules in this folder provide, printed in their own format.
-EXTRA_SECTIONS = ("serializers", "btree")
+#: Sections that are not figures of bench_figures.py: measurements that other
+#: modules in this folder provide, each printed in its own format.
+EXTRA_SECTIONS = ("serializers", "btree", "pack", "server")
+
+
+@dataclass(frozen=True)
+class SectionSizes:
+    """Sizes of sections 8 and 9, chosen by which ``Sizes`` the run uses."""
+
+    pack_objects: int  # live objects packed (pack_bench.py, pack_compare.py)
+    server_objects: int  # objects loaded through each server
+    server_commits: int  # one-object commits per client
+    server_clients: int  # concurrent clients of the last column
+
+
+SECTION_SIZES = {
+    FULL: SectionSizes(100_000, 20_000, 1_000, 4),
+    QUICK: SectionSizes(20_000, 5_000, 200, 4),
+    TINY: SectionSizes(300, 200, 5, 2),
+}
+
+
+def section_sizes(sizes: Sizes) -> SectionSizes:
+    """The section sizes that go with ``sizes`` (TINY's for any unknown ``Sizes``)."""
+    return SECTION_SIZES.get(sizes, SECTION_SIZES[TINY])
 
 
 def _section(
@@ -57,11 +82,24 @@ def _section(
     return result
 
 
-def run_extra_sections(bench: Bench, only: list[str] | None, stream: TextIO) -> dict[str, Any]:
-    """Sections 6 (serializers.py, MemoryStorage) and 7 (btree_bench.py, FileStorage)."""
+def _wanted(systems: list[str] | None, *names: str) -> bool:
+    return systems is None or any(name in systems for name in names)
+
+
+def run_extra_sections(
+    bench: Bench, only: list[str] | None, systems: list[str] | None, stream: TextIO
+) -> dict[str, Any]:
+    """Sections 6 (serializers.py), 7 (btree_bench.py), 8 (pack) and 9 (servers).
+
+    Sections 6 to 8 measure dhruva and run when ``systems`` includes it;
+    section 8 adds Durus's and ZODB's pack when those are chosen, and
+    section 9 runs each chosen server (``zodb`` or ``zeo`` selects ZEO).
+    """
     sizes = bench.sizes
+    more = section_sizes(sizes)
     results: dict[str, Any] = {}
-    if only is None or "serializers" in only:
+    with_dhruva = _wanted(systems, "dhruva")
+    if with_dhruva and (only is None or "serializers" in only):
         bench.log("6: serializers (dhruva only)")
         results["serializers"] = _section(
             "6",
@@ -69,7 +107,7 @@ def run_extra_sections(bench: Bench, only: list[str] | None, stream: TextIO) -> 
             lambda module: module.bench_serializers(sizes.serializer_objects),
             stream,
         )
-    if only is None or "btree" in only:
+    if with_dhruva and (only is None or "btree" in only):
         bench.log(f"7: BTree ({sizes.btree_keys} keys, dhruva only)")
         results["btree"] = _section(
             "7",
@@ -77,7 +115,65 @@ def run_extra_sections(bench: Bench, only: list[str] | None, stream: TextIO) -> 
             lambda module: module.bench_btree(sizes.btree_keys, directory=str(bench.work_dir)),
             stream,
         )
+    if with_dhruva and (only is None or "pack" in only):
+        bench.log(f"8: pack ({more.pack_objects} live objects)")
+        results["pack"] = _section("8", "pack_compare", partial(_pack, bench, systems), stream)
+    if only is None or "server" in only:
+        bench.log(
+            f"9: servers ({more.server_objects} objects, {more.server_commits} commits, "
+            f"{more.server_clients} clients)"
+        )
+        results["server"] = _section(
+            "9", "server_compare", partial(_server, bench, systems), stream
+        )
     return results
+
+
+def _pack(bench: Bench, systems: list[str] | None, module: Any) -> dict[str, Any]:
+    """pack_bench.bench_pack's figures plus pack_compare's Durus and ZODB rows."""
+    from pack_bench import bench_pack
+
+    count = section_sizes(bench.sizes).pack_objects
+    result = bench_pack(count)
+    names = None if systems is None else [n for n in ("durus", "zodb") if n in systems]
+    result["compare"] = module.bench_pack_compare(count, strict=bench.strict, systems=names)
+    return result
+
+
+def _server(bench: Bench, systems: list[str] | None, module: Any) -> dict[str, Any]:
+    more = section_sizes(bench.sizes)
+    names: list[str] | None = None
+    if systems is not None:
+        names = [name for name in ("dhruva", "durus") if name in systems]
+        if _wanted(systems, "zodb", "zeo"):
+            names.append("zeo")
+    result: dict[str, Any] = module.bench_server_compare(
+        more.server_objects,
+        more.server_commits,
+        more.server_clients,
+        systems=names,
+        strict=bench.strict,
+    )
+    return result
+
+
+def target_verdicts(extras: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
+    """The targets of sections 8 and 9 as (key, target, verdict) for the summary."""
+    verdicts: list[tuple[str, str, bool | None]] = []
+    pack = extras.get("pack")
+    if pack and "results" in pack:
+        met = all(row["meets_target"] for row in pack["results"])
+        verdicts.append(("pack", "dhruva <= 0.5 s per 100k live objects", met))
+    server = extras.get("server")
+    if server and "targets" in server:
+        targets = server["targets"]
+        verdicts.append(
+            ("server_loads", "cold loads >= 3x Durus server", targets["loads_3x_durus"])
+        )
+        verdicts.append(
+            ("server_commits", "durable commits >= Durus (no fsync)", targets["commits_ge_durus"])
+        )
+    return verdicts
 
 
 def run(
@@ -100,6 +196,7 @@ def run(
     cache_dir.mkdir(parents=True, exist_ok=True)
     bench = Bench(sizes=sizes, cache_dir=cache_dir, backends=backends, strict=strict)
     env = environment(backends, sizes, cache_dir)
+    env["section_sizes"] = asdict(section_sizes(sizes))
     print(format_environment(env), file=stream, flush=True)
     start_s = time.perf_counter()
     figures = []
@@ -109,11 +206,9 @@ def run(
         figure = figure_function(bench)
         figures.append(figure)
         print("\n" + format_figure(figure), file=stream, flush=True)
-    extras: dict[str, Any] = {}
-    if systems is None or "dhruva" in systems:
-        extras = run_extra_sections(bench, only, stream)
+    extras = run_extra_sections(bench, only, systems, stream)
     elapsed_s = time.perf_counter() - start_s
-    print("\n" + format_summary(figures), file=stream)
+    print("\n" + format_summary(figures, target_verdicts(extras)), file=stream)
     print(f"\nran in {elapsed_s:.0f} s", file=stream, flush=True)
     if json_path is not None:
         write_json(json_path, env, figures, elapsed_s, extras)
