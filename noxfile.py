@@ -24,7 +24,15 @@ PYTHON = "3.11"
 # The back-ends the conformance suite runs against, by the names the
 # conformance plugin's ``--dhruva-backend`` option accepts: each in-repo storage
 # directly, and through the storage server, which is held to the same contract.
-CONFORMANCE_BACKENDS = ["memory", "file", "file2", "sqlite", "server-memory", "server-file"]
+CONFORMANCE_BACKENDS = [
+    "memory",
+    "file",
+    "file2",
+    "sqlite",
+    "server-memory",
+    "server-file",
+    "server-sqlite",
+]
 
 nox.options.sessions = ["tests", "conformance", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True

@@ -82,7 +82,12 @@ class Session:
             self.storage = self.factory.open(reopen=True)
         # Without reopen, a second Connection on the same storage object still
         # loads everything from the storage: nothing is shared but records.
-        self.connection = Connection(self.storage, **options)
+        try:
+            self.connection = Connection(self.storage, **options)
+        except BaseException:
+            # Leave no storage open (and locked) behind a failed connect.
+            self.storage.close()
+            raise
         return self.connection
 
 

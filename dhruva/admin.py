@@ -206,6 +206,16 @@ def run_backup(args: argparse.Namespace) -> int:
 
     if not os.path.exists(args.source):
         raise AdminError(f"{args.source}: no such file")
+    with open(args.source, "rb") as source_file:
+        head = source_file.read(16)
+    if head == b"SQLite format 3\x00":
+        # SQLite databases are copied with SQLite's own online backup API.
+        from dhruva import sqlite_storage
+
+        sqlite_storage.backup(args.source, args.dest)
+        if not args.quiet:
+            print(f"{PROG} backup: wrote {args.dest} (SQLite online backup)", file=sys.stderr)
+        return 0
     result = backup(args.source, args.dest)
     if not args.quiet:
         note = ""

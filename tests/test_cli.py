@@ -300,3 +300,18 @@ def test_mcp_is_a_dhruva_subcommand(tmp_path: Path) -> None:
     assert helped.returncode == 0 and "--allow-writes" in helped.stdout
     missing = run("mcp", str(tmp_path / "missing.dhruva"))
     assert one_line_error(missing).startswith("dhruva: cannot open")
+
+
+def test_backup_of_a_sqlite_database_uses_the_sqlite_backup(tmp_path: Path) -> None:
+    from dhruva.connection import Connection
+    from dhruva.sqlite_storage import SqliteStorage
+
+    source = str(tmp_path / "s.sqlite")
+    with Connection(SqliteStorage(source)) as connection:
+        connection.get_root()["a"] = 1
+        connection.commit()
+    dest = str(tmp_path / "copy.sqlite")
+    result = run("backup", source, dest)
+    assert result.returncode == 0, result.stderr
+    with Connection(SqliteStorage(dest, readonly=True)) as copy:
+        assert copy.get_root()["a"] == 1
