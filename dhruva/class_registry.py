@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import ModuleType
 from typing import Any
 
@@ -91,6 +91,38 @@ def _lookup(module_name: str, qualname: str) -> Any:
     for part in qualname.split("."):
         value = getattr(value, part)
     return value
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """Split ``"module:Qual.Name"`` or ``"module.Name"`` into ``(module, qualname)``."""
+    module, sep, qualname = path.partition(":")
+    if not sep:
+        module, _, qualname = path.rpartition(".")
+    if not module or not qualname:
+        raise ValueError(f"{path!r} is not an import path like 'package.module.Class'")
+    return module, qualname
+
+
+class ClassMap:
+    """Renamed or moved classes: old import paths mapped to classes or new paths.
+
+    Keys are the paths records give (``"old.module.Class"``, or
+    ``"module:Outer.Inner"`` for nested classes); values are classes or new
+    paths.  Readers consult the map before resolving a name (spec OBJ-050),
+    so the allow-list, if any, checks the new name.
+    """
+
+    def __init__(self, mapping: Mapping[str, type | str]) -> None:
+        self._map: dict[tuple[str, str], type | tuple[str, str]] = {}
+        for old, new in mapping.items():
+            self._map[split_path(old)] = new if isinstance(new, type) else split_path(new)
+
+    def translate(self, module: str, qualname: str) -> type | tuple[str, str]:
+        """Return the mapped class, the mapped ``(module, qualname)``, or the input."""
+        return self._map.get((module, qualname), (module, qualname))
+
+    def __bool__(self) -> bool:
+        return bool(self._map)
 
 
 class ClassRegistry:

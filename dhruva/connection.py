@@ -35,16 +35,17 @@ to the young end.  Changed objects are never touched.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import Any
 
-from dhruva.class_registry import AllowEntry, ClassRegistry
+from dhruva.class_registry import AllowEntry, ClassMap, ClassRegistry
 from dhruva.error import (
     DhruvaError,
     DhruvaKeyError,
     InvalidObjectReference,
     ReadConflictError,
+    SerializationError,
     WriteConflictError,
 )
 from dhruva.persistent import GHOST, SAVED, UNSAVED, PersistentBase
@@ -56,7 +57,7 @@ from dhruva.serialize import (
     select_serializer,
 )
 from dhruva.storage import Record, Storage
-from dhruva.utils import ROOT_OID, int8_to_str
+from dhruva.utils import ROOT_OID, int8_to_str, str_to_int8
 
 _setattr = object.__setattr__
 
@@ -85,7 +86,10 @@ class Connection:
     are read whatever this choice.  ``allowed_classes`` (a ClassRegistry, or
     classes, modules and dotted names) restricts reading: a record naming
     anything else raises ForbiddenClassError before any of it runs
-    (OBJ-020); ``"pickle-restricted"`` implies it.
+    (OBJ-020); ``"pickle-restricted"`` implies it.  ``class_map`` maps the
+    old import paths of renamed or moved classes to the classes (or new
+    paths) to load them as (OBJ-050); a record naming a class that cannot be
+    found raises MissingClassError naming it.
 
     A Connection is not thread-safe: use one per thread.
     """
@@ -98,6 +102,7 @@ class Connection:
         *,
         serializer: str | Serializer | None = None,
         allowed_classes: ClassRegistry | list[AllowEntry] | None = None,
+        class_map: Mapping[str, type | str] | None = None,
     ) -> None:
         if isinstance(storage, str):
             from dhruva.file_storage import FileStorage
@@ -126,7 +131,11 @@ class Connection:
                 pass
         self._serializer = select_serializer(serializer, root_data)
         registry = reading_registry(self._serializer, allowed_classes)
-        self._reader = ObjectReader(self.get_ghost, registry=registry)
+        self._reader = ObjectReader(
+            self.get_ghost,
+            registry=registry,
+            class_map=ClassMap(class_map) if class_map else None,
+        )
         self._root_class = root_class
         self._ensure_root(root_class)
 
@@ -180,7 +189,11 @@ class Connection:
             record = self._load_record(oid)
         except DhruvaKeyError:
             return None
-        cls = self._reader.get_class(record.data)
+        try:
+            cls = self._reader.get_class(record.data)
+        except SerializationError as exc:
+            exc.add_note(f"while loading the object with oid {str_to_int8(oid)}")
+            raise
         obj = self.get_ghost(oid, cls)
         self._install_state(obj, record.data)
         return obj
@@ -243,7 +256,11 @@ class Connection:
     def _install_state(self, obj: PersistentBase, data: bytes) -> None:
         # The class was fixed when the ghost was made; the record's copy of it
         # is read only to reach the state.
-        _cls, state = self._reader.get_class_and_state(data)
+        try:
+            _cls, state = self._reader.get_class_and_state(data)
+        except SerializationError as exc:
+            exc.add_note(f"while loading the object with oid {obj._p_format_oid()}")
+            raise
         real = type(obj)._p_class
         _setattr(obj, "__class__", real)
         try:

@@ -123,6 +123,21 @@ class SerializationError(DhruvaError):
     """
 
 
+class MissingClassError(SerializationError):
+    """A record names a class that cannot be found (renamed, moved or removed).
+
+    ``name`` is the dotted import path the record gives.  Map the old name
+    to the class's new home with ``Connection(..., class_map={old: new})``.
+    """
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        super().__init__(
+            f"cannot find class {name} ({reason}); if it was renamed or moved, map its "
+            f"old name to the new class with Connection(..., class_map={{{name!r}: NewClass}})"
+        )
+
+
 class ForbiddenClassError(SerializationError):
     """A record names a class (or other global) that this connection may not load.
 

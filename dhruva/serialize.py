@@ -35,8 +35,13 @@ import pickle
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from dhruva.class_registry import AllowEntry, ClassRegistry, as_registry
-from dhruva.error import FormatError, InvalidObjectReference, SerializationError
+from dhruva.class_registry import AllowEntry, ClassMap, ClassRegistry, as_registry
+from dhruva.error import (
+    FormatError,
+    InvalidObjectReference,
+    MissingClassError,
+    SerializationError,
+)
 from dhruva.persistent import UNSAVED, PersistentBase
 
 PICKLE_CODE = b"P"
@@ -94,8 +99,16 @@ class Serializer:
         """
         raise NotImplementedError
 
-    def decoder(self, get_ghost: GetGhost, registry: ClassRegistry | None) -> RecordDecoder:
-        """Return a decoder for this serializer's records (restricted when ``registry``)."""
+    def decoder(
+        self,
+        get_ghost: GetGhost,
+        registry: ClassRegistry | None,
+        class_map: ClassMap | None = None,
+    ) -> RecordDecoder:
+        """Return a decoder for this serializer's records (restricted when ``registry``).
+
+        ``class_map`` renames classes before they are resolved (OBJ-050).
+        """
         raise NotImplementedError
 
     def explain_failure(self, obj: PersistentBase, state: Any, exc: Exception) -> str:
@@ -142,32 +155,50 @@ class _RecordUnpickler(pickle.Unpickler):
         file: io.BytesIO,
         get_ghost: GetGhost,
         find_class: Callable[[str, str], Any] | None,
+        class_map: ClassMap | None = None,
     ) -> None:
         super().__init__(file)
         self._get_ghost = get_ghost
         self._find_class_hook = find_class
+        self._class_map = class_map
 
     def persistent_load(self, pid: Any) -> Any:
         oid, cls = check_persistent_id(pid)
         return self._get_ghost(oid, cls)
 
     def find_class(self, module: str, name: str) -> Any:
-        if self._find_class_hook is not None:
-            return self._find_class_hook(module, name)
-        return super().find_class(module, name)
+        if self._class_map is not None:
+            # [OBJ-050] Renamed classes are translated before anything is resolved.
+            target = self._class_map.translate(module, name)
+            if isinstance(target, type):
+                return target
+            module, name = target
+        try:
+            if self._find_class_hook is not None:
+                return self._find_class_hook(module, name)
+            return super().find_class(module, name)
+        except (ImportError, AttributeError) as exc:
+            # [OBJ-051] Say which class is missing, and how to map it.
+            raise MissingClassError(f"{module}.{name}", str(exc)) from exc
 
 
 class PickleDecoder:
     """Reads ``P`` records; with ``find_class`` every global goes through it (OBJ-020)."""
 
-    def __init__(self, get_ghost: GetGhost, find_class: Callable[[str, str], Any] | None) -> None:
+    def __init__(
+        self,
+        get_ghost: GetGhost,
+        find_class: Callable[[str, str], Any] | None,
+        class_map: ClassMap | None = None,
+    ) -> None:
         self._get_ghost = get_ghost
         self._find_class = find_class
+        self._class_map = class_map or None
 
     def _unpickler(self, data: bytes) -> _RecordUnpickler:
         file = io.BytesIO(data)
         file.seek(1)
-        return _RecordUnpickler(file, self._get_ghost, self._find_class)
+        return _RecordUnpickler(file, self._get_ghost, self._find_class, self._class_map)
 
     def get_class(self, data: bytes) -> type:
         cls = self._unpickler(data).load()
@@ -211,9 +242,15 @@ class PickleSerializer(Serializer):
         pickler.dump(state)
         return file.getvalue()
 
-    def decoder(self, get_ghost: GetGhost, registry: ClassRegistry | None) -> RecordDecoder:
+    def decoder(
+        self,
+        get_ghost: GetGhost,
+        registry: ClassRegistry | None,
+        class_map: ClassMap | None = None,
+    ) -> RecordDecoder:
         # [OBJ-020] A restricted reader resolves every global through the registry.
-        return PickleDecoder(get_ghost, None if registry is None else registry.resolve)
+        find_class = None if registry is None else registry.resolve
+        return PickleDecoder(get_ghost, find_class, class_map)
 
     def explain_failure(self, obj: PersistentBase, state: Any, exc: Exception) -> str:
         what = describe(obj)
@@ -418,12 +455,14 @@ class ObjectReader:
         get_ghost: GetGhost,
         find_class: Callable[[str, str], Any] | None = None,
         registry: ClassRegistry | None = None,
+        class_map: ClassMap | None = None,
     ) -> None:
         self._get_ghost = get_ghost
         self.registry = registry
+        self.class_map = class_map or None
         if find_class is None and registry is not None:
             find_class = registry.resolve
-        pickle_decoder = PickleDecoder(get_ghost, find_class)
+        pickle_decoder = PickleDecoder(get_ghost, find_class, self.class_map)
         # Keyed by the code byte as an int: ``data[0]`` is the cheapest lookup.
         self._decoders: dict[int, RecordDecoder] = {PICKLE_CODE[0]: pickle_decoder}
 
@@ -434,7 +473,7 @@ class ObjectReader:
         except (KeyError, IndexError):
             pass
         code = bytes(data[:1])
-        decoder = serializer_for_code(code).decoder(self._get_ghost, self.registry)
+        decoder = serializer_for_code(code).decoder(self._get_ghost, self.registry, self.class_map)
         self._decoders[code[0]] = decoder
         return decoder
 

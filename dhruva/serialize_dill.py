@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from dhruva.class_registry import ClassRegistry
+from dhruva.class_registry import ClassMap, ClassRegistry
 from dhruva.error import SerializationError
 from dhruva.persistent import PersistentBase
 from dhruva.serialize import (
@@ -115,7 +115,13 @@ class DillSerializer(Serializer):
         pickler.dump(state)
         return file.getvalue()
 
-    def decoder(self, get_ghost: GetGhost, registry: ClassRegistry | None) -> RecordDecoder:
+    def decoder(
+        self,
+        get_ghost: GetGhost,
+        registry: ClassRegistry | None,
+        class_map: ClassMap | None = None,
+    ) -> RecordDecoder:
+        # dill resolves its own globals; class_map is not applied to dill records.
         if registry is not None:
             return RefusedDecoder()
         return DillDecoder(get_ghost)

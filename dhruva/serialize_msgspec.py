@@ -38,7 +38,7 @@ import zoneinfo
 from collections.abc import Callable
 from typing import Any
 
-from dhruva.class_registry import ClassRegistry, resolve_imported
+from dhruva.class_registry import ClassMap, ClassRegistry, resolve_imported
 from dhruva.error import ForbiddenClassError, SerializationError
 from dhruva.persistent import PersistentBase
 from dhruva.serialize import (
@@ -249,9 +249,15 @@ def _str_header(data: bytes | memoryview, offset: int) -> tuple[int, int]:
 class MsgspecDecoder:
     """Reads ``M`` records for one connection (OBJ-030 .. OBJ-036)."""
 
-    def __init__(self, get_ghost: GetGhost, registry: ClassRegistry | None) -> None:
+    def __init__(
+        self,
+        get_ghost: GetGhost,
+        registry: ClassRegistry | None,
+        class_map: ClassMap | None = None,
+    ) -> None:
         self._get_ghost = get_ghost
         self._registry = registry
+        self._class_map = class_map or None
         # Resolved names, one cache per kind; keys are the UTF-8 name bytes.
         self._persistent: dict[bytes, type] = {}
         self._enums: dict[bytes, type] = {}
@@ -267,6 +273,13 @@ class MsgspecDecoder:
         module, sep, qualname = text.partition(":")
         if not sep:
             raise SerializationError(f"msgspec record: malformed class name {text!r}")
+        if self._class_map is not None:
+            # [OBJ-050] Renamed classes are translated before anything is resolved.
+            target = self._class_map.translate(module, qualname)
+            if isinstance(target, type):
+                cache[name] = target
+                return target
+            module, qualname = target
         dotted = f"{module}.{qualname}"
         # [OBJ-036] Through the allow-list, or only from modules already imported.
         if self._registry is not None:
@@ -388,8 +401,13 @@ class MsgspecSerializer(Serializer):
             converted = walk.value(state)
         return prefix + self._encode(converted)
 
-    def decoder(self, get_ghost: GetGhost, registry: ClassRegistry | None) -> RecordDecoder:
-        return MsgspecDecoder(get_ghost, registry)
+    def decoder(
+        self,
+        get_ghost: GetGhost,
+        registry: ClassRegistry | None,
+        class_map: ClassMap | None = None,
+    ) -> RecordDecoder:
+        return MsgspecDecoder(get_ghost, registry, class_map)
 
     def explain_failure(self, obj: PersistentBase, state: Any, exc: Exception) -> str:
         what = describe(obj)
