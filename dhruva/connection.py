@@ -35,9 +35,9 @@ to the young end.  Changed objects are never touched.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from dhruva.class_registry import AllowEntry, ClassMap, ClassRegistry
 from dhruva.error import (
@@ -60,6 +60,7 @@ from dhruva.storage import Record, Storage
 from dhruva.utils import ROOT_OID, int8_to_str, str_to_int8
 
 _setattr = object.__setattr__
+T = TypeVar("T")
 
 
 def _as_oid(oid: bytes | int) -> bytes:
@@ -344,6 +345,17 @@ class Connection:
         self._sync()
         self.shrink_cache()
         self._loads_at_start = self._load_count
+
+    def run_transaction(
+        self, work: Callable[[Connection], T], *, attempts: int = 10
+    ) -> T:
+        """Run ``work(self)`` and commit, aborting and retrying after conflicts.
+
+        See :func:`dhruva.retry.run_transaction` (spec CONN-030).
+        """
+        from dhruva.retry import run_transaction
+
+        return run_transaction(self, work, attempts=attempts)
 
     def _detach(self, obj: PersistentBase) -> None:
         _setattr(obj, "_p_oid", None)
