@@ -125,6 +125,8 @@ class Session:
     server_nonce: bytes = b""
     tls: bool = False
     handshake_events: int = selectors.EVENT_READ
+    events: int = selectors.EVENT_READ
+    """The events the socket is registered for now (0: not registered)."""
     want_write: bool = False
     paused: bool = False
     queued_bytes: int = 0
@@ -309,6 +311,7 @@ class SessionLoop:
         if session.handshake_events != events:
             session.handshake_events = events
             self._selector.modify(session.sock, events, session)
+            session.events = events
 
     def _update_events(self, session: Session) -> None:
         """Register the events this session waits for: read unless paused, write if owed."""
@@ -317,18 +320,18 @@ class SessionLoop:
         events = 0 if session.paused else selectors.EVENT_READ
         if session.out or session.want_write:
             events |= selectors.EVENT_WRITE
-        try:
-            self._selector.get_key(session.sock)
-            registered = True
-        except KeyError:
-            registered = False
+        # The mask registered last time is remembered, so that the common
+        # case (nothing changed) costs no epoll_ctl system call: on the
+        # commit and load paths this runs several times per request.
+        if events == session.events:
+            return
         if not events:
-            if registered:
-                self._selector.unregister(session.sock)
-        elif registered:
+            self._selector.unregister(session.sock)
+        elif session.events:
             self._selector.modify(session.sock, events, session)
         else:
             self._selector.register(session.sock, events, session)
+        session.events = events
 
     # --- reading and writing ----------------------------------------------------
 
