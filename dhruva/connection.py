@@ -76,7 +76,8 @@ class Connection:
 
     ``storage`` is a Storage, or a path string, which opens a FileStorage.
     ``cache_size`` is the number of loaded (non-ghost) objects the cache
-    aims to keep between transactions.  ``root_class`` is the class of the
+    aims to keep between transactions; ``cache_bytes``, if given, also bounds
+    the total record size of the loaded objects (CONN-022).  ``root_class`` is the class of the
     root object created in an empty database (PersistentDict by default).
 
     ``serializer`` writes every record this connection commits: a name
@@ -104,6 +105,7 @@ class Connection:
         serializer: str | Serializer | None = None,
         allowed_classes: ClassRegistry | list[AllowEntry] | None = None,
         class_map: Mapping[str, type | str] | None = None,
+        cache_bytes: int | None = None,
     ) -> None:
         if isinstance(storage, str):
             from dhruva.file_storage import FileStorage
@@ -116,6 +118,11 @@ class Connection:
             weakref.WeakValueDictionary()
         )
         self._loaded: dict[bytes, PersistentBase] = {}
+        # Record sizes of the loaded objects, for the byte bound of the cache.
+        self._sizes: dict[bytes, int] = {}
+        self._loaded_bytes = 0
+        self._cache_bytes: int | None = None
+        self.set_cache_bytes(cache_bytes)
         self._changed: dict[bytes, PersistentBase] = {}
         self._cache_size = 0
         self.set_cache_size(cache_size)
@@ -274,6 +281,9 @@ class Connection:
         oid = obj._p_oid
         assert oid is not None
         self._loaded[oid] = obj
+        size = len(data)
+        self._loaded_bytes += size - self._sizes.get(oid, 0)
+        self._sizes[oid] = size
         self._load_count += 1
 
     def note_change(self, obj: PersistentBase) -> None:
@@ -326,6 +336,10 @@ class Connection:
             raise
         objects = self._objects
         loaded = self._loaded
+        sizes = self._sizes
+        for oid, data, _refs in records:
+            self._loaded_bytes += len(data) - sizes.get(oid, 0)
+            sizes[oid] = len(data)
         serial = self._transaction_serial
         for obj in self._changed.values():
             written.append(obj)
@@ -380,6 +394,7 @@ class Connection:
         obj._p_set_status_ghost()
         if oid is not None:
             self._loaded.pop(oid, None)
+            self._loaded_bytes -= self._sizes.pop(oid, 0)
 
     def _sync(self) -> None:
         invalid = self._storage.sync()
@@ -405,28 +420,55 @@ class Connection:
             raise ValueError(f"cache size must be a non-negative int, not {size!r}")
         self._cache_size = size
 
+    def get_cache_bytes(self) -> int | None:
+        """Return the bound on the loaded objects' total record bytes, or None."""
+        return self._cache_bytes
+
+    def set_cache_bytes(self, size_bytes: int | None) -> None:
+        """Bound the total record bytes of loaded objects kept between transactions.
+
+        None (the default) leaves only the count bound of ``cache_size``.
+        """
+        if size_bytes is not None and (not isinstance(size_bytes, int) or size_bytes < 0):
+            raise ValueError(f"cache bytes must be a non-negative int or None, not {size_bytes!r}")
+        self._cache_bytes = size_bytes
+
+    def get_loaded_bytes(self) -> int:
+        """Return the total record bytes of the objects loaded now."""
+        return self._loaded_bytes
+
     def get_load_count(self) -> int:
         """Return how many object states this connection has loaded from storage."""
         return self._load_count
 
+    def _over_limit(self) -> bool:
+        if len(self._loaded) > self._cache_size:
+            return True
+        cache_bytes = self._cache_bytes
+        return cache_bytes is not None and self._loaded_bytes > cache_bytes
+
     def shrink_cache(self) -> None:
-        """Ghost least recently used objects until at most ``cache_size`` stay loaded."""
-        loaded = self._loaded
-        excess = len(loaded) - self._cache_size
-        if excess <= 0:
+        """Ghost least recently used objects until the cache is within its bounds.
+
+        The bounds are ``cache_size`` objects and, if set, ``cache_bytes``
+        bytes of records (CONN-020, CONN-022).
+        """
+        if not self._over_limit():
             return
+        loaded = self._loaded
+        sizes = self._sizes
         changed = self._changed
         # At most two passes of the clock hand: the first may only mark.
         for _ in range(2):
             for oid, obj in list(loaded.items()):
-                if excess <= 0:
+                if not self._over_limit():
                     return
                 if oid in changed or obj._p_status != SAVED:
                     continue
                 if obj._p_is_tracked():
                     obj._p_set_status_ghost()
                     del loaded[oid]
-                    excess -= 1
+                    self._loaded_bytes -= sizes.pop(oid, 0)
                 else:
                     obj._p_set_tracked()
                     del loaded[oid]
@@ -470,6 +512,8 @@ class Connection:
         self._closed = True
         self._changed.clear()
         self._loaded.clear()
+        self._sizes.clear()
+        self._loaded_bytes = 0
         self._storage.close()
 
     def __enter__(self) -> Connection:

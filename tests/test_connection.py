@@ -458,3 +458,28 @@ def test_changed_object_invalidated_at_sync_fails_the_next_commit() -> None:
     a.n = 11
     connection.commit()
     assert connect(storage).get_root().a.n == 11
+
+
+@pytest.mark.req("CONN-022")
+def test_cache_bytes_bounds_loaded_record_bytes_independently_of_the_count() -> None:
+    storage = MemoryStorage()
+    writer = connect(storage)
+    writer.get_root().items = [Item(i) for i in range(40)]
+    for item in writer.get_root().items:
+        item.payload = "x" * 1000
+    writer.commit()
+    reader = connect(storage, cache_size=1000, cache_bytes=10_000)
+    items = reader.get_root().items
+    assert sum(len(item.payload) for item in items) == 40_000
+    assert reader.get_loaded_bytes() > 40_000
+    reader.abort()
+    reader.abort()
+    assert reader.get_loaded_bytes() <= 10_000
+    loaded = [item for item in items if item._p_status == SAVED]
+    record_bytes = sum(len(storage.load(item._p_oid).data) for item in loaded)
+    record_bytes += len(storage.load(ROOT_OID).data) if reader.get_root()._p_status == SAVED else 0
+    assert reader.get_loaded_bytes() == record_bytes
+    # Everything still reads correctly after eviction.
+    assert [item.n for item in items] == list(range(40))
+    with pytest.raises(ValueError):
+        reader.set_cache_bytes(-1)
