@@ -107,7 +107,7 @@ def docs(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Run the benchmarks in tools/bench/ against Durus 4.3, ZODB and ZEO (not default)."""
-    install_dhruva(session)
+    install_dhruva(session, "msgspec", "dill")
     # ZEO is ZODB's storage server: the server section compares it with
     # dhruva's server and Durus's on loopback.
     session.install("durus==4.3", "ZODB", "ZEO")
