@@ -182,7 +182,29 @@ class _RecordUnpickler(pickle.Unpickler):
             raise MissingClassError(f"{module}.{name}", str(exc)) from exc
 
 
-class PickleDecoder:
+class TwoPickleDecoder:
+    """Base of the decoders whose payload is a class pickle, then a state pickle.
+
+    The pickle (OBJ-002) and dill (OBJ-040) records share this layout;
+    a subclass supplies ``_unpickler(data)``, an unpickler positioned just
+    after the serializer code byte.
+    """
+
+    def _unpickler(self, data: bytes) -> pickle.Unpickler:
+        raise NotImplementedError
+
+    def get_class(self, data: bytes) -> type:
+        cls = self._unpickler(data).load()
+        return check_record_class(cls)
+
+    def get_class_and_state(self, data: bytes) -> tuple[type, Any]:
+        unpickler = self._unpickler(data)
+        cls = unpickler.load()
+        state = unpickler.load()
+        return cls, state
+
+
+class PickleDecoder(TwoPickleDecoder):
     """Reads ``P`` records; with ``find_class`` every global goes through it (OBJ-020)."""
 
     def __init__(
@@ -199,16 +221,6 @@ class PickleDecoder:
         file = io.BytesIO(data)
         file.seek(1)
         return _RecordUnpickler(file, self._get_ghost, self._find_class, self._class_map)
-
-    def get_class(self, data: bytes) -> type:
-        cls = self._unpickler(data).load()
-        return check_record_class(cls)
-
-    def get_class_and_state(self, data: bytes) -> tuple[type, Any]:
-        unpickler = self._unpickler(data)
-        cls = unpickler.load()
-        state = unpickler.load()
-        return cls, state
 
 
 def check_record_class(cls: Any) -> type:
@@ -253,21 +265,39 @@ class PickleSerializer(Serializer):
         return PickleDecoder(get_ghost, find_class, class_map)
 
     def explain_failure(self, obj: PersistentBase, state: Any, exc: Exception) -> str:
-        what = describe(obj)
-        if isinstance(state, dict):
-            for name, value in state.items():
-                try:
-                    pickle.dumps(value, protocol=PICKLE_PROTOCOL)
-                except Exception as inner:
-                    if isinstance(value, PersistentBase):
-                        continue
-                    if "persistent" in str(inner).lower():
-                        continue
-                    return (
-                        f"cannot store {what}: attribute {name!r} holds a "
-                        f"{type(value).__qualname__} that cannot be pickled ({inner})"
-                    )
-        return f"cannot store {what}: {type(exc).__name__}: {exc}"
+        return explain_pickling_failure(obj, state, exc, pickle.dumps, "cannot be pickled")
+
+
+def explain_pickling_failure(
+    obj: PersistentBase,
+    state: Any,
+    exc: Exception,
+    dumps: Callable[..., bytes],
+    inability: str,
+) -> str:
+    """Return the OBJ-008 message for a pickle-like ``encode`` that raised ``exc``.
+
+    When ``state`` is a dict, each non-persistent value is pickled alone
+    with ``dumps`` to find the attribute at fault; the message then names
+    it and says the value's type ``inability`` (e.g. "cannot be pickled").
+    A failure that only comes from a persistent reference (no
+    ``persistent_id`` outside a record pickler) is not the culprit.
+    """
+    what = describe(obj)
+    if isinstance(state, dict):
+        for name, value in state.items():
+            if isinstance(value, PersistentBase):
+                continue
+            try:
+                dumps(value, protocol=PICKLE_PROTOCOL)
+            except Exception as inner:
+                if "persistent" in str(inner).lower():
+                    continue
+                return (
+                    f"cannot store {what}: attribute {name!r} holds a "
+                    f"{type(value).__qualname__} that {inability} ({inner})"
+                )
+    return f"cannot store {what}: {type(exc).__name__}: {exc}"
 
 
 # -- choosing a serializer -------------------------------------------------------------------

@@ -26,9 +26,9 @@ from dhruva.serialize import (
     RecordDecoder,
     Reference,
     Serializer,
+    TwoPickleDecoder,
     check_persistent_id,
-    check_record_class,
-    describe,
+    explain_pickling_failure,
 )
 
 try:
@@ -62,7 +62,7 @@ class _DillUnpickler(dill.Unpickler):  # type: ignore[misc]
         return self._get_ghost(oid, cls)
 
 
-class DillDecoder:
+class DillDecoder(TwoPickleDecoder):
     """Reads ``D`` records (unrestricted connections only)."""
 
     def __init__(self, get_ghost: GetGhost) -> None:
@@ -72,15 +72,6 @@ class DillDecoder:
         file = io.BytesIO(data)
         file.seek(1)
         return _DillUnpickler(file, self._get_ghost)
-
-    def get_class(self, data: bytes) -> type:
-        return check_record_class(self._unpickler(data).load())
-
-    def get_class_and_state(self, data: bytes) -> tuple[type, Any]:
-        unpickler = self._unpickler(data)
-        cls = unpickler.load()
-        state = unpickler.load()
-        return cls, state
 
 
 class RefusedDecoder:
@@ -127,18 +118,4 @@ class DillSerializer(Serializer):
         return DillDecoder(get_ghost)
 
     def explain_failure(self, obj: PersistentBase, state: Any, exc: Exception) -> str:
-        what = describe(obj)
-        if isinstance(state, dict):
-            for name, value in state.items():
-                if isinstance(value, PersistentBase):
-                    continue
-                try:
-                    dill.dumps(value, protocol=PICKLE_PROTOCOL)
-                except Exception as inner:
-                    if "persistent" in str(inner).lower():
-                        continue
-                    return (
-                        f"cannot store {what}: attribute {name!r} holds a "
-                        f"{type(value).__qualname__} that dill cannot pickle ({inner})"
-                    )
-        return f"cannot store {what}: {type(exc).__name__}: {exc}"
+        return explain_pickling_failure(obj, state, exc, dill.dumps, "dill cannot pickle")
