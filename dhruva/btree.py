@@ -127,25 +127,20 @@ class BNode(PersistentObject):
 
     def get_count(self) -> int:
         """Count the items in this subtree by visiting every node (O(n))."""
-        count = 0
-        stack = [self]
-        while stack:
-            node = stack.pop()
-            count += len(node.items)
-            if node.nodes is not None:
-                stack.extend(node.nodes)
-        return count
+        return sum(len(node.items) for node in self._subtree_nodes())
 
     def get_node_count(self) -> int:
         """Count the nodes of this subtree, this one included (O(nodes))."""
-        count = 0
+        return sum(1 for _ in self._subtree_nodes())
+
+    def _subtree_nodes(self) -> Iterator[BNode]:
+        """Yield every node of this subtree, this one included, in no set order."""
         stack = [self]
         while stack:
             node = stack.pop()
-            count += 1
+            yield node
             if node.nodes is not None:
                 stack.extend(node.nodes)
-        return count
 
     def get_level(self) -> int:
         """Return how many levels lie below this node (0 for a leaf)."""
@@ -357,23 +352,21 @@ def _delete(node: BNode, key: Any) -> Item:
             return items.pop(position)
         if found:
             left, right = children[position], children[position + 1]
+            # Replace the item by its predecessor or successor, deleted from
+            # a subtree that can spare it.
             if len(left.items) >= degree:
-                # Replace the item by its predecessor, deleted from the left subtree.
-                removed = items[position]
-                predecessor = _delete(left, left.get_max_item()[0])
-                _touch(node)
-                items[position] = predecessor
-                return removed
-            if len(right.items) >= degree:
-                removed = items[position]
-                successor = _delete(right, right.get_min_item()[0])
-                _touch(node)
-                items[position] = successor
-                return removed
-            # Both neighbours are minimal: merge them around the item and go on down.
-            _merge_children(node, position)
-            node = left
-            continue
+                replacement = _delete(left, left.get_max_item()[0])
+            elif len(right.items) >= degree:
+                replacement = _delete(right, right.get_min_item()[0])
+            else:
+                # Both neighbours are minimal: merge them around the item and go on down.
+                _merge_children(node, position)
+                node = left
+                continue
+            removed = items[position]
+            _touch(node)
+            items[position] = replacement
+            return removed
         child = children[position]
         if len(child.items) < degree:
             child = _fill_child(node, position)
