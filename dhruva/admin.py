@@ -57,6 +57,16 @@ def _fail_softly(name: str, run: Callable[[argparse.Namespace], int]) -> Run:
     return wrapped
 
 
+def _require_file(path: str) -> None:
+    """Raise AdminError unless ``path`` exists (the commands never create their input)."""
+    if not os.path.exists(path):
+        raise AdminError(f"{path}: no such file")
+
+
+def _quiet_option(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("-q", "--quiet", action="store_true", help=help_text)
+
+
 def _mebibytes(count: int) -> str:
     return f"{count / (1 << 20):.1f} MiB"
 
@@ -71,8 +81,7 @@ def run_pack(args: argparse.Namespace) -> int:
 
     path: str = args.path
     quiet: bool = args.quiet
-    if not os.path.exists(path):
-        raise AdminError(f"{path}: no such file")
+    _require_file(path)
     # Keep the kind of storage the database is used with: a sidecar index
     # is written only where there is one already (or when asked).
     use_index = args.index or os.path.exists(path + ".index")
@@ -119,7 +128,7 @@ def _configure_pack(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="write a sidecar index (PATH.index) for the packed file even if there is none",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    _quiet_option(parser, "print nothing but errors")
 
 
 # --- dhruva history --------------------------------------------------------------------
@@ -135,8 +144,7 @@ def run_history(args: argparse.Namespace) -> int:
     from dhruva.history import iter_transactions
 
     out: TextIO = sys.stdout
-    if not os.path.exists(args.path):
-        raise AdminError(f"{args.path}: no such file")
+    _require_file(args.path)
     transactions = iter_transactions(args.path)
     if args.last is not None:
         from collections import deque
@@ -156,7 +164,7 @@ def run_history(args: argparse.Namespace) -> int:
 def _configure_history(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="PATH", help="the data file of a FileStorage")
     parser.add_argument("--last", type=int, metavar="N", help="list only the last N transactions")
-    parser.add_argument("-q", "--quiet", action="store_true", help="omit the heading line")
+    _quiet_option(parser, "omit the heading line")
 
 
 # --- dhruva restore --------------------------------------------------------------------
@@ -166,8 +174,7 @@ def run_restore(args: argparse.Namespace) -> int:
     """Write ``args.output``, the database ``args.path`` as of transaction ``args.at``."""
     from dhruva.history import restore
 
-    if not os.path.exists(args.path):
-        raise AdminError(f"{args.path}: no such file")
+    _require_file(args.path)
     result = restore(args.path, args.at, args.output)
     if not args.quiet:
         print(
@@ -194,7 +201,7 @@ def _configure_restore(parser: argparse.ArgumentParser) -> None:
         metavar="NEWPATH",
         help="the new data file to write (must not exist)",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    _quiet_option(parser, "print nothing but errors")
 
 
 # --- dhruva backup ---------------------------------------------------------------------
@@ -204,8 +211,7 @@ def run_backup(args: argparse.Namespace) -> int:
     """Copy ``args.source`` to ``args.dest`` consistently, also while it is written to."""
     from dhruva.backup import backup
 
-    if not os.path.exists(args.source):
-        raise AdminError(f"{args.source}: no such file")
+    _require_file(args.source)
     with open(args.source, "rb") as source_file:
         head = source_file.read(16)
     if head == b"SQLite format 3\x00":
@@ -232,7 +238,7 @@ def run_backup(args: argparse.Namespace) -> int:
 def _configure_backup(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="SOURCE", help="the data file to copy (may be in use)")
     parser.add_argument("dest", metavar="DEST", help="the new data file to write (must not exist)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    _quiet_option(parser, "print nothing but errors")
 
 
 # --- registration ----------------------------------------------------------------------
