@@ -460,18 +460,22 @@ def _quiet_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="print no progress on stderr")
 
 
-def _configure_verify(parser: argparse.ArgumentParser) -> None:
+def _path_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="PATH", help="the database file (data file or SQLite)")
+
+
+def _configure_verify(parser: argparse.ArgumentParser) -> None:
+    _path_argument(parser)
     _quiet_option(parser)
 
 
 def _configure_dump(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", metavar="PATH", help="the database file (data file or SQLite)")
+    _path_argument(parser)
     parser.add_argument("--json", action="store_true", help="one JSON object per record")
 
 
 def _configure_stats(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", metavar="PATH", help="the database file (data file or SQLite)")
+    _path_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
 
 
