@@ -26,13 +26,16 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dhruva import config as dconfig
 from dhruva.error import AuthenticationError, DhruvaError
 from dhruva.serialize import SERIALIZER_NAMES
 from dhruva.storage import Storage
 from dhruva.storage_server import DEFAULT_HOST, DEFAULT_PORT, Address, StorageServer, format_address
+
+if TYPE_CHECKING:
+    from dhruva.client_storage import ClientStorage
 
 PROG = "dhruva"
 
@@ -100,20 +103,25 @@ def address_from(args: argparse.Namespace) -> Address:
     return settings_from(args).server_address()
 
 
+def _open_client(settings: dconfig.Settings) -> ClientStorage:
+    """Connect to the server the settings name, with their TLS and secret (may raise)."""
+    from dhruva.client_storage import ClientStorage
+
+    return ClientStorage(
+        settings.server_address(),
+        tls=settings.client_tls_context(),
+        secret=settings.secret_bytes(),
+        server_hostname=settings.tls_server_name,
+    )
+
+
 def connect_client(settings: dconfig.Settings) -> Storage:
     """A ClientStorage for the server the settings name (TLS and secret included).
 
     User errors (no server, wrong secret, TLS mismatch) become CommandError.
     """
-    from dhruva.client_storage import ClientStorage
-
     try:
-        return ClientStorage(
-            settings.server_address(),
-            tls=settings.client_tls_context(),
-            secret=settings.secret_bytes(),
-            server_hostname=settings.tls_server_name,
-        )
+        return _open_client(settings)
     except DhruvaError as error:
         raise CommandError(str(error)) from None
 
@@ -136,6 +144,7 @@ _SERVER_SECURITY_KEYS = [
     "tls_client_key",
     "tls_server_name",
 ]
+_SERVING_KEYS = ["gcinterval", "readonly", "log_file", "log_level", "log_format"]
 _LIMIT_KEYS = [
     "handshake_timeout_s",
     "idle_timeout_s",
@@ -170,9 +179,7 @@ def _configure_server(parser: argparse.ArgumentParser) -> None:
     )
     add_address_options(parser)
     dconfig.add_config_option(parser)
-    dconfig.add_setting_flags(
-        parser, ["gcinterval", "readonly", "log_file", "log_level", "log_format"], "serving"
-    )
+    dconfig.add_setting_flags(parser, _SERVING_KEYS, "serving")
     parser.add_argument(
         "--stop",
         action="store_true",
@@ -183,17 +190,10 @@ def _configure_server(parser: argparse.ArgumentParser) -> None:
 
 
 def _stop_server(settings: dconfig.Settings) -> int:
-    from dhruva.client_storage import ClientStorage
-
     address = settings.server_address()
     try:
         # [CLI-022] --stop speaks TLS and authenticates with the server's settings.
-        client = ClientStorage(
-            address,
-            tls=settings.client_tls_context(),
-            secret=settings.secret_bytes(),
-            server_hostname=settings.tls_server_name,
-        )
+        client = _open_client(settings)
     except AuthenticationError as error:
         raise CommandError(f"cannot stop the server: {error}") from None
     except dconfig.ConfigError as error:
@@ -390,9 +390,7 @@ def _configure_config(parser: argparse.ArgumentParser) -> None:
     add_address_options(parser)
     dconfig.add_config_option(parser)
     parser.add_argument("--file", metavar="PATH", default=None, help="the database file")
-    dconfig.add_setting_flags(
-        parser, ["gcinterval", "readonly", "log_file", "log_level", "log_format"], "serving"
-    )
+    dconfig.add_setting_flags(parser, _SERVING_KEYS, "serving")
     dconfig.add_setting_flags(
         parser, sorted(set(_SERVER_SECURITY_KEYS) | {"tls"}), "authentication and TLS"
     )
