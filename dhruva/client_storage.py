@@ -48,6 +48,8 @@ from dhruva.utils import int8_to_str, str_to_int8
 _RECV_SIZE = 1 << 18
 _LIST_PAGE = 4096
 _BULK_PAGE = 2048
+_PREFETCH_CACHE_MAX = 16384
+"""The most prefetched records a ClientStorage keeps between two syncs."""
 _HANDSHAKE_TIMEOUT_S = 30.0
 """How long the handshake may take when the caller set no timeout of its own."""
 
@@ -71,6 +73,11 @@ class ClientStorage(Storage):
     a server that requires authentication.  Raises AuthenticationError when
     the server refuses the secret, asks for one that was not given, does not
     ask for one that was given, or requires TLS.
+
+    ``prefetch`` (default True) announces the ``prefetch`` feature: a server
+    that offers it sends, with a loaded record, the records it references,
+    and :meth:`load` answers later loads of those from memory until the next
+    synchronization (wire protocol, "Prefetch").
     """
 
     def __init__(
@@ -81,6 +88,7 @@ class ClientStorage(Storage):
         tls: ssl.SSLContext | bool | None = None,
         secret: bytes | str | None = None,
         server_hostname: str | None = None,
+        prefetch: bool = True,
     ) -> None:
         if isinstance(address, list):
             address = (str(address[0]), int(address[1]))
@@ -90,6 +98,13 @@ class ClientStorage(Storage):
         self._decoder = wire.FrameDecoder()
         self._payloads: list[bytes] = []
         self._oid_pool: list[bytes] = []
+        # Records the server sent along with a LOAD answer; valid until the
+        # next synchronization [WIRE-057].
+        self._prefetched: dict[bytes, Record] = {}
+        features = [wire.FEATURE_PACK_PROGRESS]
+        if prefetch:
+            features.append(wire.FEATURE_PREFETCH)
+        self._features = " ".join(features)
         self._transaction: dict[bytes, Record] | None = None
         self._after_commit: list[bytes] | None = None
         self._broken: ServerConnectionError | None = None
@@ -142,7 +157,7 @@ class ClientStorage(Storage):
     def _handshake(self, tls: bool) -> wire.HelloOk | wire.AuthOk:
         """Send HELLO, authenticate when asked; return the server's HELLO_OK or AUTH_OK."""
         try:
-            reply = self._request(wire.Hello(features=""))
+            reply = self._request(wire.Hello(features=self._features))
             if isinstance(reply, wire.AuthChallenge):
                 return self._authenticate(reply)
         except ServerConnectionError:
@@ -317,11 +332,37 @@ class ClientStorage(Storage):
         return self._oid_pool.pop()
 
     def load(self, oid: bytes) -> Record:
+        """Return ``oid``'s record: from the prefetched records, else with one LOAD.
+
+        A prefetched record is the state as of the last synchronization,
+        exactly what the server would answer now [WIRE-056].
+        """
+        record = self._prefetched.get(oid)
+        if record is not None:
+            self._after_commit = None
+            return record
         reply = self._request(wire.Load(oid))
+        self._after_commit = None
+        if isinstance(reply, wire.RecordPrefetch):
+            self._keep_prefetched(reply.prefetched)
+            return reply.record
         self._expect(reply, wire.RecordMessage)
         assert isinstance(reply, wire.RecordMessage)
-        self._after_commit = None
         return reply.record
+
+    def _keep_prefetched(self, records: Iterable[Record]) -> None:
+        cache = self._prefetched
+        for record in records:
+            if len(cache) >= _PREFETCH_CACHE_MAX:
+                # Oldest first: a tree walk uses what came last soonest.
+                del cache[next(iter(cache))]
+            cache[record.oid] = record
+
+    def _forget_prefetched(self) -> None:
+        # [WIRE-057] A synchronization moves the client's view forward; a
+        # record prefetched before it may be stale after it.
+        if self._prefetched:
+            self._prefetched.clear()
 
     def bulk_load(self, oids: Iterable[bytes]) -> Iterator[Record]:
         batch: list[bytes] = []
@@ -357,6 +398,7 @@ class ClientStorage(Storage):
         if self._transaction is None:
             raise DhruvaError("end() without begin()")
         records, self._transaction = list(self._transaction.values()), None
+        self._forget_prefetched()
         # [WIRE-070] Stage frames (no answer) then one COMMIT, in a single write.
         frames = wire.split_commit(records)
         self._check_usable()
@@ -372,6 +414,7 @@ class ClientStorage(Storage):
         self._transaction = None
 
     def sync(self) -> list[bytes]:
+        self._forget_prefetched()
         if self._after_commit is not None:
             # The commit just answered synchronized us; see the module docstring.
             oids, self._after_commit = self._after_commit, None
@@ -382,6 +425,7 @@ class ClientStorage(Storage):
         return list(reply.oids)
 
     def pack(self) -> None:
+        self._forget_prefetched()
         reply = self._request(wire.Empty(wire.MessageType.PACK))
         self._expect(reply, wire.Empty)
         self._after_commit = None

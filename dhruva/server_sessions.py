@@ -50,7 +50,7 @@ _READ_SIZE = 1 << 18
 # without bound: past this much unsent output we stop handling its requests.
 _OUTPUT_HIGH_WATER = 16 << 20
 
-FEATURES = "stage commit-sync bulk-load list-oids"
+FEATURES = "stage commit-sync bulk-load list-oids prefetch pack-progress"
 
 _TLS_HANDSHAKE_RECORD = 0x16
 """The first byte of a TLS ClientHello (a handshake record) [WIRE-034]."""
@@ -135,6 +135,16 @@ class Session:
     invalid: set[bytes] = field(default_factory=set)
     allocated: set[bytes] = field(default_factory=set)
     staged: list[Record] = field(default_factory=list)
+    staged_bytes: int = 0
+    features: frozenset[str] = frozenset()
+    """The features the client announced in HELLO."""
+    prefetched: set[bytes] = field(default_factory=set)
+    """Oids whose records were sent since the session last synchronized."""
+    frontier: dict[bytes, None] = field(default_factory=dict)
+    """Oids referenced by records sent since the last sync, not sent yet (in order)."""
+    frontier_overflowed: bool = False
+    prefetch_window: int = 8
+    """How many records the next LOAD answer may prefetch (adapts per load)."""
     queue: deque[bytes] = field(default_factory=deque)
     waiting_commit: bool = False
     closing: bool = False
@@ -448,6 +458,9 @@ class SessionLoop:
             pass
         session.sock.close()
         session.staged.clear()
+        session.staged_bytes = 0
+        session.prefetched.clear()
+        session.frontier.clear()
         session.allocated.clear()
         session.queue.clear()
         session.queued_bytes = 0
@@ -483,6 +496,7 @@ class SessionLoop:
                 f" this server speaks {wire.PROTOCOL_MAJOR}.{wire.PROTOCOL_MINOR}",
             )
             return
+        session.features = frozenset(hello.features.split())
         if self._secret is not None:
             # [WIRE-030] Challenge the client with a fresh nonce.
             session.state = "auth"

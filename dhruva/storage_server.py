@@ -79,6 +79,11 @@ __all__ = [
 
 _LIST_OIDS_MAX = 65536
 _KNOWN_OIDS_MAX = 1 << 20
+_PREFETCHED_MAX = 1 << 16
+_FRONTIER_MAX = 16384
+_PREFETCH_WINDOW_MIN = 2
+DEFAULT_PREFETCH_RECORDS = 64
+DEFAULT_PREFETCH_BYTES = 64 << 10
 
 
 class StorageServer(SessionLoop):
@@ -99,6 +104,10 @@ class StorageServer(SessionLoop):
     knows these bytes before anything else [SRV-080].  ``limits`` are the
     per-connection :class:`ServerLimits`.  ``nonce_source`` exists for
     reproducible test vectors only.
+
+    ``prefetch_records`` and ``prefetch_bytes`` bound what a LOAD answer to
+    a client that announced ``prefetch`` carries besides the record asked
+    for (wire protocol, "Prefetch"); 0 records turns prefetch off.
     """
 
     def __init__(
@@ -113,8 +122,12 @@ class StorageServer(SessionLoop):
         secret: bytes | str | None = None,
         limits: ServerLimits | None = None,
         nonce_source: Callable[[], bytes] = security.new_nonce,
+        prefetch_records: int = DEFAULT_PREFETCH_RECORDS,
+        prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
     ) -> None:
         self.storage = storage
+        self.prefetch_records = max(0, prefetch_records)
+        self.prefetch_bytes = max(0, prefetch_bytes)
         # Tests and the wire vectors replace the nonce source to get
         # reproducible transcripts; servers keep the secure default [WIRE-030].
         self._new_nonce = nonce_source
@@ -366,9 +379,92 @@ class StorageServer(SessionLoop):
                 self._error(session, wire.ErrorCode.STORAGE_FAILURE, str(error), [oid])
                 return
         if single:
-            self._send(session, wire.RecordMessage(records[0]).encode())
+            record = records[0]
+            if wire.FEATURE_PREFETCH in session.features and self.prefetch_records:
+                prefetched = self._prefetch(session, record)
+                if prefetched:
+                    self._send(session, wire.RecordPrefetch(record, prefetched).encode())
+                    return
+            self._send(session, wire.RecordMessage(record).encode())
         else:
             self._send(session, wire.Records(records).encode())
+
+    def _prefetch(self, session: Session, record: Record) -> list[Record]:
+        """The records to send along with ``record`` [WIRE-056].
+
+        Candidates, in order: the oids ``record`` references, then the
+        session's *frontier*, the oids referenced by records sent to it
+        since its last sync and not sent yet, oldest first.  Each record
+        sent adds its references to the frontier, so a client walking the
+        graph breadth first (or depth first) finds most records it needs
+        already in memory.  At most the session's *window* of records (and
+        about ``prefetch_bytes`` bytes, four window's worth of look-ups) go
+        with one answer.  The window doubles, up to ``prefetch_records``,
+        when the client loads an oid of the frontier (it follows references
+        the server knows of) and halves otherwise, so that a client reading
+        at random does not make the server read records nobody wants.
+
+        Only oids outside the session's invalidation set qualify: their
+        current record is then the one as of the session's last sync, which
+        is exactly what a LOAD now would return.  Oids already sent since
+        that sync are skipped (the client keeps them until its next sync),
+        as are missing ones.
+        """
+        invalid = session.invalid
+        sent = session.prefetched
+        frontier = session.frontier
+        if frontier.pop(record.oid, False) is None:
+            session.prefetch_window = min(2 * session.prefetch_window, self.prefetch_records)
+        elif not session.frontier_overflowed:
+            # (Once the frontier dropped references, a miss says nothing.)
+            session.prefetch_window = max(session.prefetch_window // 2, _PREFETCH_WINDOW_MIN)
+        window = min(session.prefetch_window, self.prefetch_records)
+        sent.add(record.oid)
+        self._extend_frontier(session, record.refs)
+        budget = self.prefetch_bytes
+        lookups = 4 * window
+        records: list[Record] = []
+        refs = record.refs
+        candidates = [refs[i : i + 8] for i in range(0, len(refs), 8)]
+        candidates.extend(frontier)
+        for oid in candidates:
+            if len(records) >= window or budget <= 0 or lookups <= 0:
+                break
+            if oid in sent:
+                continue
+            frontier.pop(oid, None)
+            # [WIRE-056] Never an invalidated oid: the client must hear
+            # READ_CONFLICT when it loads one.
+            if oid in invalid:
+                continue
+            lookups -= 1
+            try:
+                child = self.storage.load(oid)
+            except DhruvaError:
+                continue
+            size = wire.record_size(child)
+            if size > budget:
+                continue
+            sent.add(oid)
+            records.append(child)
+            budget -= size
+            self._extend_frontier(session, child.refs)
+        if len(sent) > _PREFETCHED_MAX:
+            # Forgetting only costs resending; memory stays bounded.
+            sent.clear()
+        return records
+
+    @staticmethod
+    def _extend_frontier(session: Session, refs: bytes) -> None:
+        frontier = session.frontier
+        sent = session.prefetched
+        for start in range(0, len(refs), 8):
+            if len(frontier) >= _FRONTIER_MAX:
+                session.frontier_overflowed = True
+                return
+            oid = refs[start : start + 8]
+            if oid not in sent:
+                frontier[oid] = None
 
     def _new_oids(self, session: Session, count: int) -> None:
         if self.readonly:
@@ -385,6 +481,10 @@ class StorageServer(SessionLoop):
     def _take_invalidations(self, session: Session) -> list[bytes]:
         oids = sorted(session.invalid)
         session.invalid.clear()
+        # [WIRE-057] The client drops its prefetched records at every sync.
+        session.prefetched.clear()
+        session.frontier.clear()
+        session.frontier_overflowed = False
         return oids
 
     def _list_oids(self, session: Session, message: wire.ListOids) -> None:

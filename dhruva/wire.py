@@ -93,12 +93,20 @@ class MessageType(IntEnum):
     OIDS = 0x82
     RECORD = 0x83
     RECORDS = 0x84
+    RECORD_PREFETCH = 0x85
     COMMITTED = 0x87
     OK = 0x88
     SIZE_IS = 0x8B
     AUTH_CHALLENGE = 0x8C
     AUTH_OK = 0x8D
     ERROR = 0xFF
+
+
+FEATURE_PREFETCH = "prefetch"
+"""The HELLO feature asking the server to answer LOAD with RECORD_PREFETCH [WIRE-055]."""
+
+FEATURE_PACK_PROGRESS = "pack-progress"
+"""The HELLO feature asking the server to send PACK_PROGRESS frames before OK."""
 
 
 class ErrorCode(IntEnum):
@@ -433,6 +441,23 @@ class RecordMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordPrefetch:
+    """The answer to LOAD for a client that announced ``prefetch`` [WIRE-055].
+
+    ``record`` is the record asked for; ``prefetched`` are records it
+    references, each what a LOAD at this moment would have returned [WIRE-056].
+    """
+
+    record: Record
+    prefetched: Sequence[Record]
+    type = MessageType.RECORD_PREFETCH
+
+    def encode(self) -> bytes:
+        body = record_body(self.record) + _records_body(self.prefetched)
+        return frame(bytes([self.type]) + body)
+
+
+@dataclass(frozen=True, slots=True)
 class Records:
     """The answer to BULK_LOAD: the records in the order asked."""
 
@@ -540,6 +565,7 @@ Message = (
     | Empty
     | Oids
     | RecordMessage
+    | RecordPrefetch
     | Records
     | Committed
     | SizeIs
@@ -603,6 +629,8 @@ def decode_message(payload: bytes) -> Message:
         message = Oids(reader.oids())
     elif kind is MessageType.RECORD:
         message = RecordMessage(reader.record())
+    elif kind is MessageType.RECORD_PREFETCH:
+        message = RecordPrefetch(reader.record(), reader.records())
     elif kind is MessageType.RECORDS:
         message = Records(reader.records())
     elif kind is MessageType.COMMITTED:

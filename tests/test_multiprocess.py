@@ -35,6 +35,12 @@ WORKER = textwrap.dedent(
     from dhruva.error import ConflictError
 
     address, name, count, report = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    # Start together (the test creates the go file once every worker is
+    # ready): started one after the other, fast commits would not overlap.
+    go = report + ".ready"
+    open(go, "w").close()
+    while not __import__("os").path.exists(sys.argv[5]):
+        time.sleep(0.005)
     acknowledged = conflicts = reconnects = 0
     connection = None
     must_abort = False
@@ -98,14 +104,20 @@ def start_workers(
     tmp_path: Path, address: str, names: list[str], count: int
 ) -> list[tuple[subprocess.Popen[bytes], Path]]:
     script = tmp_path / "worker.py"
+    go = tmp_path / "go"
     script.write_text(WORKER)
     workers = []
     for name in names:
         report = tmp_path / f"{name}.json"
         process = subprocess.Popen(
-            [sys.executable, str(script), address, name, str(count), str(report)]
+            [sys.executable, str(script), address, name, str(count), str(report), str(go)]
         )
         workers.append((process, report))
+    deadline = time.monotonic() + _WAIT_S
+    while not all(Path(f"{report}.ready").exists() for _, report in workers):
+        assert time.monotonic() < deadline, "workers did not start"
+        time.sleep(0.01)
+    go.touch()
     return workers
 
 

@@ -88,6 +88,8 @@ def transcripts() -> dict[str, dict[str, Any]]:
     r0 = Record(OID0, b"v1", b"")
     r0b = Record(OID0, b"v2", OID1)
     r1 = Record(OID1, b"one", b"")
+    rp0 = Record(OID0, b"v1", OID1)
+    r1b = Record(OID1, b"uno", b"")
     return {
         "handshake": {
             "description": "HELLO is answered by HELLO_OK (WIRE-020)",
@@ -190,6 +192,33 @@ def transcripts() -> dict[str, dict[str, Any]]:
                 expect(wire.SizeIs(2).encode()),
                 send(wire.ListOids(OID0, 10).encode()),
                 expect(wire.Oids([OID0, OID1]).encode()),
+            ],
+        },
+        "prefetch": {
+            "description": (
+                "a client announcing 'prefetch' gets the referenced record with LOAD's"
+                " answer; one that does not gets RECORD (WIRE-055); an oid invalidated"
+                " for the session is never prefetched (WIRE-056)"
+            ),
+            "fresh": True,
+            "steps": [
+                send(wire.Hello(features="prefetch").encode()),
+                expect(HELLO_OK),
+                send(wire.NewOids(2).encode()),
+                expect(wire.Oids([OID0, OID1]).encode()),
+                send(wire.Commit([rp0, r1]).encode()),
+                expect(COMMITTED_NONE),
+                *greet("b"),
+                send(wire.Load(OID0).encode(), "b"),
+                expect(wire.RecordMessage(rp0).encode(), "b"),
+                send(wire.Load(OID0).encode()),
+                expect(wire.RecordPrefetch(rp0, [r1]).encode()),
+                send(wire.Hello(features="prefetch").encode(), "c"),
+                expect(HELLO_OK, "c"),
+                send(wire.Commit([r1b]).encode(), "b"),
+                expect(COMMITTED_NONE, "b"),
+                send(wire.Load(OID0).encode(), "c"),
+                expect(wire.RecordMessage(rp0).encode(), "c"),
             ],
         },
         "stage-then-commit": {

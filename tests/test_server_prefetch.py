@@ -1,0 +1,190 @@
+"""Prefetch of referenced records with LOAD answers (spec: wire-protocol.md, "Prefetch")."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dhruva import wire
+from dhruva.client_storage import ClientStorage
+from dhruva.error import ReadConflictError
+from dhruva.storage import MemoryStorage, Storage
+from dhruva.storage_server import StorageServer
+from dhruva.utils import ROOT_OID
+
+Serve = Callable[..., StorageServer]
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Serve]:
+    """Start servers on Unix sockets in threads; stop them all after the test."""
+    started: list[tuple[StorageServer, threading.Thread]] = []
+
+    def start(storage: Storage | None = None, **options: Any) -> StorageServer:
+        path = str(tmp_path / f"s{len(started)}.sock")
+        server = StorageServer(storage if storage is not None else MemoryStorage(), path, **options)
+        thread = threading.Thread(target=server.serve, daemon=True)
+        thread.start()
+        started.append((server, thread))
+        return server
+
+    yield start
+    for server, thread in started:
+        server.stop()
+        thread.join()
+
+
+class Counting(ClientStorage):
+    """A ClientStorage that counts LOAD requests and the answers' kinds."""
+
+    loads = 0
+    prefetch_answers = 0
+
+    def _request(self, message: wire.Message, *more: bytes) -> wire.Message:
+        reply = super()._request(message, *more)
+        if isinstance(message, wire.Load):
+            self.loads += 1
+            if isinstance(reply, wire.RecordPrefetch):
+                self.prefetch_answers += 1
+        return reply
+
+
+def make_tree(client: ClientStorage, count: int, fanout: int = 4) -> list[bytes]:
+    """Commit ``count`` records, oid i referencing oids fanout*i+1 .. fanout*i+fanout."""
+    oids = [client.new_oid() for _ in range(count)]
+    assert oids[0] == ROOT_OID
+    client.begin()
+    for index, oid in enumerate(oids):
+        children = oids[fanout * index + 1 : fanout * index + fanout + 1]
+        client.store(oid, b"node %d" % index, b"".join(children))
+    client.end()
+    return oids
+
+
+@pytest.mark.req("WIRE-055", "WIRE-056")
+def test_prefetch_spares_round_trips_and_returns_current_records(serve: Serve) -> None:
+    server = serve()
+    writer = ClientStorage(server.address)
+    oids = make_tree(writer, 200)
+    reader = Counting(server.address)
+    records = [reader.load(oid) for oid in oids]
+    assert [r.data for r in records] == [b"node %d" % i for i in range(200)]
+    assert [r.refs for r in records] == [writer.load(oid).refs for oid in oids]
+    assert reader.prefetch_answers >= 1
+    assert reader.loads < 200 // 4
+    writer.close()
+    reader.close()
+
+
+@pytest.mark.req("WIRE-055")
+def test_client_without_the_feature_gets_plain_records(serve: Serve) -> None:
+    server = serve()
+    writer = ClientStorage(server.address)
+    oids = make_tree(writer, 50)
+    reader = Counting(server.address, prefetch=False)
+    for oid in oids:
+        reader.load(oid)
+    assert reader.loads == 50
+    assert reader.prefetch_answers == 0
+    writer.close()
+    reader.close()
+
+
+@pytest.mark.req("WIRE-056")
+def test_invalidated_oid_is_never_prefetched(serve: Serve) -> None:
+    server = serve()
+    writer = ClientStorage(server.address)
+    root, child = make_tree(writer, 2)
+    reader = Counting(server.address)
+    reader.sync()
+    writer.begin()
+    writer.store(child, b"changed", b"")
+    writer.end()
+    # The child changed after the reader's last sync: loading the root must
+    # not bring the old child along, and loading the child is a read conflict.
+    reader.load(root)
+    assert reader.prefetch_answers == 0
+    with pytest.raises(ReadConflictError):
+        reader.load(child)
+    reader.sync()
+    assert reader.load(child).data == b"changed"
+    writer.close()
+    reader.close()
+
+
+@pytest.mark.req("WIRE-057")
+def test_prefetched_records_are_dropped_at_every_sync(serve: Serve) -> None:
+    server = serve()
+    writer = ClientStorage(server.address)
+    root, child = make_tree(writer, 2)
+    reader = Counting(server.address)
+    reader.sync()
+    reader.load(root)
+    assert reader.prefetch_answers == 1
+    writer.begin()
+    writer.store(child, b"changed", b"")
+    writer.end()
+    # Until the reader synchronizes it sees the child as of its last sync
+    # (what a LOAD right after the prefetch returned), with no round trip.
+    assert reader.load(child).data == b"node 1"
+    assert reader.loads == 1
+    reader.sync()
+    assert reader.load(child).data == b"changed"
+    assert reader.loads == 2
+    # A commit synchronizes too.
+    reader.load(root)
+    reader.begin()
+    reader.store(root, b"root", child)
+    reader.end()
+    loads = reader.loads
+    reader.load(child)
+    assert reader.loads == loads + 1
+    writer.close()
+    reader.close()
+
+
+def test_prefetch_bounds(serve: Serve) -> None:
+    server = serve(prefetch_records=3)
+    writer = ClientStorage(server.address)
+    oids = make_tree(writer, 40, fanout=8)
+    reader = ClientStorage(server.address)
+    captured: list[wire.Message] = []
+    original = reader._request
+
+    def spy(message: wire.Message, *more: bytes) -> wire.Message:
+        reply = original(message, *more)
+        captured.append(reply)
+        return reply
+
+    reader._request = spy  # type: ignore[method-assign]
+    for oid in oids:
+        reader.load(oid)
+    sizes = [len(m.prefetched) for m in captured if isinstance(m, wire.RecordPrefetch)]
+    assert sizes and max(sizes) <= 3
+    off = serve(prefetch_records=0)
+    writer2 = ClientStorage(off.address)
+    oids = make_tree(writer2, 10)
+    reader2 = Counting(off.address)
+    for oid in oids:
+        reader2.load(oid)
+    assert reader2.prefetch_answers == 0 and reader2.loads == 10
+    for storage in (writer, reader, writer2, reader2):
+        storage.close()
+
+
+def test_record_prefetch_round_trip() -> None:
+    from dhruva.storage import Record
+    from dhruva.utils import int8_to_str
+
+    message = wire.RecordPrefetch(
+        Record(int8_to_str(0), b"v1", int8_to_str(1)),
+        [Record(int8_to_str(1), b"one", b"")],
+    )
+    encoded = message.encode()
+    assert wire.decode_message(encoded[4:]) == message
+    with pytest.raises(wire.ProtocolError):
+        wire.decode_message(encoded[4:-1])
