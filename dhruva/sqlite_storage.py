@@ -176,7 +176,7 @@ class SqliteStorage(Storage):
     def _open_writable(self) -> sqlite3.Connection:
         self._check_magic()
         conn = self._connect(Path(self.path).absolute().as_uri() + "?mode=rwc")
-        try:
+        with self._closed_on_failure(conn):
             # [SQL-010] auto_vacuum must be chosen before the first table exists;
             # on an existing database this pragma changes nothing.
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
@@ -187,12 +187,6 @@ class SqliteStorage(Storage):
             conn.execute("PRAGMA foreign_keys=OFF")
             conn.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT_BYTES}")
             self._check_schema(conn, create=True)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise self._translate(exc) from exc
-        except BaseException:
-            conn.close()
-            raise
         return conn
 
     def _open_readonly(self) -> sqlite3.Connection:
@@ -201,18 +195,24 @@ class SqliteStorage(Storage):
         self._check_magic()
         # [SQL-031] mode=ro: SQLite itself refuses every write to the file.
         conn = self._connect(Path(self.path).absolute().as_uri() + "?mode=ro")
-        try:
+        with self._closed_on_failure(conn):
             self._check_schema(conn, create=False)
             # [SQL-032] One snapshot from open to close.
             conn.execute("BEGIN")
             conn.execute("SELECT count(*) FROM meta").fetchone()
+        return conn
+
+    @contextlib.contextmanager
+    def _closed_on_failure(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """Close ``conn`` if the block raises; SQLite errors leave as DhruvaErrors."""
+        try:
+            yield
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise self._translate(exc) from exc
         except BaseException:
             conn.close()
             raise
-        return conn
 
     def _check_schema(self, conn: sqlite3.Connection, create: bool) -> None:
         """Create the schema in an empty database, or check the version of an existing one."""
