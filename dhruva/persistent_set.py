@@ -24,7 +24,8 @@ operator (``set.__ior__`` accepts only builtin sets) and would otherwise turn
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, MutableSet
+import operator
+from collections.abc import Callable, Iterable, Iterator, MutableSet
 from collections.abc import Set as AbstractSet
 from typing import Any, Self, TypeVar
 
@@ -251,52 +252,45 @@ class PersistentSet(Persistent, MutableSet[T]):
         self.s.symmetric_difference_update(other)
 
     def __ior__(self, other: AbstractSet[T]) -> Self:  # type: ignore[override]
-        other_set = _as_set(other)
-        if other_set is None:
+        if not _update_in_place(self, other, operator.ior):
             return NotImplemented
-        if self._p_status != UNSAVED:
-            self._p_note_change()
-        # In place on a local name: ``self.s |= ...`` would
-        # assign the attribute again and pass through __setattr__.
-        s = self.s
-        s |= other_set
         return self
 
     def __iand__(self, other: AbstractSet[Any]) -> Self:
-        other_set = _as_set(other)
-        if other_set is None:
+        if not _update_in_place(self, other, operator.iand):
             return NotImplemented
-        if self._p_status != UNSAVED:
-            self._p_note_change()
-        # In place on a local name: ``self.s &= ...`` would
-        # assign the attribute again and pass through __setattr__.
-        s = self.s
-        s &= other_set
         return self
 
     def __isub__(self, other: AbstractSet[Any]) -> Self:
-        other_set = _as_set(other)
-        if other_set is None:
+        if not _update_in_place(self, other, operator.isub):
             return NotImplemented
-        if self._p_status != UNSAVED:
-            self._p_note_change()
-        # In place on a local name: ``self.s -= ...`` would
-        # assign the attribute again and pass through __setattr__.
-        s = self.s
-        s -= other_set
         return self
 
     def __ixor__(self, other: AbstractSet[T]) -> Self:  # type: ignore[override]
-        other_set = _as_set(other)
-        if other_set is None:
+        if not _update_in_place(self, other, operator.ixor):
             return NotImplemented
-        if self._p_status != UNSAVED:
-            self._p_note_change()
-        # In place on a local name: ``self.s ^= ...`` would
-        # assign the attribute again and pass through __setattr__.
-        s = self.s
-        s ^= other_set
         return self
+
+
+def _update_in_place(
+    target: PersistentSet[Any],
+    other: object,
+    update: Callable[[set[Any], AbstractSet[Any]], object],
+) -> bool:
+    """Apply the augmented set operator ``update`` (``|=`` ...) to ``target.s``.
+
+    Returns False, changing nothing, for an ``other`` that is not a set: the
+    caller then returns NotImplemented so that Python tries the reflected
+    operator.  ``target.s`` is changed in place and never assigned:
+    ``target.s |= ...`` would pass through __setattr__ again.
+    """
+    other_set = _as_set(other)
+    if other_set is None:
+        return False
+    if target._p_status != UNSAVED:
+        target._p_note_change()
+    update(target.s, other_set)
+    return True
 
 
 __all__ = ["PersistentSet"]
