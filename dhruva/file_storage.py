@@ -153,8 +153,7 @@ class FileStorage(JournalStorage):
         index for this open.
         """
         max_oid = str_to_int8(max(entries)) if entries else -1
-        if max_oid > INDEX_MAX_OID:
-            log.warning("%s: oid %d is too large for the index file", self.path, max_oid)
+        if not self._index_can_hold(max_oid):
             return None
         disk = DiskIndex.create(
             self.index_path,
@@ -165,10 +164,21 @@ class FileStorage(JournalStorage):
             self._last_trailer_crc,
             max_oid,
         )
+        self._covered_to_end(entries, max_oid)
+        return disk
+
+    def _index_can_hold(self, max_oid: int) -> bool:
+        """Return whether PATH.index can hold oids up to ``max_oid`` (warn if not)."""
+        if max_oid > INDEX_MAX_OID:
+            log.warning("%s: oid %d is too large for the index file", self.path, max_oid)
+            return False
+        return True
+
+    def _covered_to_end(self, written: dict[bytes, int], max_oid: int) -> None:
+        """Note that the sidecar now holds ``written`` (emptied here) up to the file's end."""
         self._covered = self._end
         self._disk_max_oid = max_oid
-        entries.clear()
-        return disk
+        written.clear()
 
     def _drop_disk_index(self) -> None:
         """Stop using the sidecar: fold it into ``_index`` and delete it."""
@@ -235,8 +245,7 @@ class FileStorage(JournalStorage):
         max_oid = self._disk_max_oid
         if tail:
             max_oid = max(max_oid, str_to_int8(max(tail)))
-        if max_oid > INDEX_MAX_OID:
-            log.warning("%s: oid %d is too large for the index file", self.path, max_oid)
+        if not self._index_can_hold(max_oid):
             self._drop_disk_index()
             return
         disk.checkpoint(
@@ -246,9 +255,7 @@ class FileStorage(JournalStorage):
             self._last_trailer_crc,
             max_oid,
         )
-        self._covered = self._end
-        self._disk_max_oid = max_oid
-        tail.clear()
+        self._covered_to_end(tail, max_oid)
 
     def _before_close(self) -> None:
         self.checkpoint()
