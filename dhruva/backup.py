@@ -31,11 +31,8 @@ from dataclasses import dataclass
 
 from dhruva import journal
 from dhruva.error import DhruvaError
-from dhruva.fileio import OS_FILES, OSFile
+from dhruva.fileio import OS_FILES, OSFile, copy_span
 from dhruva.journal_walk import JournalWalk
-
-#: Bytes copied per read and write.
-COPY_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -86,13 +83,9 @@ def copy_prefix(
         dest.truncate(0)
         # [HIST-044] A copy is a new data file: a new file id (FMT-006).
         dest.append(journal.encode_file_header(os.urandom(journal.FILE_ID_SIZE)))
-        position = journal.FILE_HEADER_SIZE
-        while position < end:
-            chunk = source.pread(min(COPY_CHUNK_BYTES, end - position), position)
-            if not chunk:
-                raise DhruvaError(f"{source.path} ended at {position}, before {end}")
-            dest.append(chunk)
-            position += len(chunk)
+        reached = copy_span(source, dest, journal.FILE_HEADER_SIZE, end)
+        if reached < end:
+            raise DhruvaError(f"{source.path} ended at {reached}, before {end}")
         # [HIST-043] Verify the copy before it gets its name.
         walk = JournalWalk(dest.pread, dest.size(), partial_path)
         count = sum(1 for _ in walk)

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING
 
 from dhruva import journal
 from dhruva.error import DhruvaError
-from dhruva.fileio import DataFile
+from dhruva.fileio import DataFile, copy_span
 from dhruva.utils import ROOT_OID
 
 if TYPE_CHECKING:
@@ -457,14 +457,10 @@ class Packer:
 
     def _copy_commits_of_the_pack(self, data_file: DataFile, new_file: DataFile) -> None:
         """Copy the transactions committed since the snapshot, byte for byte."""
-        position = self.snapshot_end
         end = self.storage._end
-        while position < end:
-            chunk = data_file.pread(min(READ_SPAN_BYTES, end - position), position)
-            if not chunk:
-                raise DhruvaError(f"{self.storage.path} ended at {position}, before {end}")
-            new_file.append(chunk)
-            position += len(chunk)
+        reached = copy_span(data_file, new_file, self.snapshot_end, end, READ_SPAN_BYTES)
+        if reached < end:
+            raise DhruvaError(f"{self.storage.path} ended at {reached}, before {end}")
         self._hook("commits-copied")
 
     def abort(self) -> None:

@@ -170,7 +170,31 @@ class OSFileLayer:
 OS_FILES: FileLayer = OSFileLayer()
 """The default file layer."""
 
-_COPY_CHUNK = 1 << 20
+#: Bytes copied per read and write by :func:`copy_span`.
+COPY_CHUNK_BYTES = 1 << 20
+
+
+def copy_span(
+    source: DataFile,
+    dest: DataFile,
+    start: int,
+    end: int,
+    chunk_bytes: int = COPY_CHUNK_BYTES,
+) -> int:
+    """Append bytes ``[start, end)`` of ``source`` to ``dest``, at most ``chunk_bytes`` at a time.
+
+    Returns the offset of ``source`` reached: ``end``, or less when
+    ``source`` ended first (the caller decides whether that is an error).
+    Nothing is synced.
+    """
+    position = start
+    while position < end:
+        chunk = source.pread(min(chunk_bytes, end - position), position)
+        if not chunk:
+            break
+        dest.append(chunk)
+        position += len(chunk)
+    return position
 
 
 def set_aside(layer: FileLayer, data_file: DataFile, offset: int, reason: str) -> str:
@@ -189,13 +213,7 @@ def set_aside(layer: FileLayer, data_file: DataFile, offset: int, reason: str) -
     end = data_file.size()
     tail = layer.open(tail_path, create=True, readonly=False)
     try:
-        position = offset
-        while position < end:
-            chunk = data_file.pread(min(_COPY_CHUNK, end - position), position)
-            if not chunk:
-                break
-            tail.append(chunk)
-            position += len(chunk)
+        copy_span(data_file, tail, offset, end)
         tail.sync()
     finally:
         tail.close()
