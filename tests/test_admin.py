@@ -7,16 +7,12 @@ import os
 from pathlib import Path
 
 import pytest
+from _journal_storages import oid
 
 from dhruva import admin
 from dhruva.file_storage import FileStorage, FileStorage2
 from dhruva.file_storage2 import JournalStorage
 from dhruva.history import list_transactions
-from dhruva.utils import int8_to_str
-
-
-def oid(n: int) -> bytes:
-    return int8_to_str(n)
 
 
 def make_db(path: str, cls: type[JournalStorage] = FileStorage, commits: int = 4) -> None:

@@ -7,41 +7,15 @@ import os
 from pathlib import Path
 
 import pytest
+from _journal_storages import commit, contents, oid
 
 from dhruva import journal
 from dhruva.connection import Connection
 from dhruva.error import CorruptionError, DhruvaError, DhruvaKeyError, ReadOnlyError
 from dhruva.file_storage import FileStorage, FileStorage2
 from dhruva.file_storage2 import JournalStorage
-from dhruva.history import HistoricalStorage, list_transactions, open_at, restore
+from dhruva.history import list_transactions, open_at, restore
 from dhruva.journal_walk import CHUNK_BYTES, JournalWalk
-from dhruva.utils import int8_to_str
-
-
-def oid(n: int) -> bytes:
-    return int8_to_str(n)
-
-
-@pytest.fixture(params=[FileStorage, FileStorage2], ids=["FileStorage", "FileStorage2"])
-def cls(request: pytest.FixtureRequest) -> type[JournalStorage]:
-    result: type[JournalStorage] = request.param
-    return result
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> str:
-    return str(tmp_path / "db.dhruva")
-
-
-def commit(storage: JournalStorage, *records: tuple[int, bytes, list[int]]) -> None:
-    storage.begin()
-    for number, data, refs in records:
-        storage.store(oid(number), data, b"".join(oid(r) for r in refs))
-    storage.end()
-
-
-def states(storage: HistoricalStorage) -> dict[int, bytes]:
-    return {int.from_bytes(o, "big"): storage.load(o).data for o in storage.iter_oids()}
 
 
 def make_history(cls: type[JournalStorage], path: str) -> None:
@@ -74,7 +48,7 @@ def test_view_as_of_each_tid(cls: type[JournalStorage], path: str) -> None:
     }
     for tid, state in expected.items():
         with open_at(path, tid) as view:
-            assert states(view) == state  # type: ignore[arg-type]
+            assert contents(view) == state
             assert view.get_size() == len(state)
     with open_at(path, 1) as view, pytest.raises(DhruvaKeyError):
         view.load(oid(2))
@@ -130,7 +104,7 @@ def test_history_before_the_pack_point_is_gone(cls: type[JournalStorage], path: 
     with pytest.raises(DhruvaError, match="packed"):
         open_at(path, 2)
     with open_at(path, 3) as view:
-        assert states(view) == {0: b"root 3", 1: b"one 2", 2: b"two 2"}  # type: ignore[arg-type]
+        assert contents(view) == {0: b"root 3", 1: b"one 2", 2: b"two 2"}
     with open_at(path, 4) as view:
         assert view.load(oid(2)).data == b"two 4"
 
@@ -143,7 +117,7 @@ def test_states_during_a_two_phase_pack_survive_it(cls: type[JournalStorage], pa
         commit(storage, (1, b"a without b", []))  # tid 2: b unreachable from now on
         storage.pack_finish()
     with open_at(path, 1) as view:
-        assert states(view) == {0: b"root", 1: b"a", 2: b"b"}  # type: ignore[arg-type]
+        assert contents(view) == {0: b"root", 1: b"a", 2: b"b"}
     with open_at(path, 2) as view:
         assert view.load(oid(1)).data == b"a without b"
 

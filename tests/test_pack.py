@@ -10,40 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _journal_storages import commit, contents, oid
 
 from dhruva import journal
 from dhruva.error import DhruvaError, DhruvaKeyError
 from dhruva.file_pack import PackProgress, crc32_combine
-from dhruva.file_storage import FileStorage, FileStorage2
 from dhruva.file_storage2 import JournalStorage
 from dhruva.fileio import OS_FILES, DataFile
-from dhruva.utils import int8_to_str
-
-
-def oid(n: int) -> bytes:
-    return int8_to_str(n)
-
-
-@pytest.fixture(params=[FileStorage, FileStorage2], ids=["FileStorage", "FileStorage2"])
-def cls(request: pytest.FixtureRequest) -> type[JournalStorage]:
-    result: type[JournalStorage] = request.param
-    return result
-
-
-@pytest.fixture
-def path(tmp_path: Path) -> str:
-    return str(tmp_path / "db.dhruva")
-
-
-def commit(storage: JournalStorage, *records: tuple[int, bytes, list[int]]) -> None:
-    storage.begin()
-    for number, data, refs in records:
-        storage.store(oid(number), data, b"".join(oid(r) for r in refs))
-    storage.end()
-
-
-def contents(storage: JournalStorage) -> dict[int, bytes]:
-    return {int.from_bytes(o, "big"): storage.load(o).data for o in storage.iter_oids()}
 
 
 def check_file(path: str) -> journal.ScanResult:
