@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import socket
 import ssl
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from dhruva import security, wire
 from dhruva.error import (
@@ -424,9 +424,21 @@ class ClientStorage(Storage):
         assert isinstance(reply, wire.Oids)
         return list(reply.oids)
 
-    def pack(self) -> None:
+    def pack(self, progress: Callable[[int, int], object] | None = None) -> None:
+        """Pack the server's storage; return when the pack is done.
+
+        ``progress(records_copied, objects)`` is called for each PACK_PROGRESS
+        frame the server sends while it packs (``objects`` is an upper bound
+        of the records to copy, 0 when unknown) [WIRE-085].
+        """
         self._forget_prefetched()
         reply = self._request(wire.Empty(wire.MessageType.PACK))
+        while isinstance(reply, wire.PackProgress):
+            if progress is not None:
+                progress(reply.records_copied, reply.objects)
+            reply = self._receive()
+            if isinstance(reply, wire.Error):
+                raise self._error(reply)
         self._expect(reply, wire.Empty)
         self._after_commit = None
 

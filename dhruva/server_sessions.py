@@ -147,8 +147,18 @@ class Session:
     """How many records the next LOAD answer may prefetch (adapts per load)."""
     queue: deque[bytes] = field(default_factory=deque)
     waiting_commit: bool = False
+    waiting_pack: bool = False
     closing: bool = False
     closed: bool = False
+
+    @property
+    def waiting(self) -> bool:
+        """True while a COMMIT or PACK of this session awaits its answer.
+
+        Its later requests stay queued meanwhile, so that answers go out in
+        request order.
+        """
+        return self.waiting_commit or self.waiting_pack
 
 
 class SessionLoop:
@@ -196,7 +206,7 @@ class SessionLoop:
             elif (
                 idle_s is not None
                 and session.state == "ready"
-                and not session.waiting_commit
+                and not session.waiting
                 and not session.queue
                 and now - session.last_active >= idle_s
             ):
@@ -404,7 +414,7 @@ class SessionLoop:
             self._update_events(session)
 
     def _handle_queue(self, session: Session) -> None:
-        while session.queue and not session.waiting_commit and not session.closing:
+        while session.queue and not session.waiting and not session.closing:
             if len(session.out) > _OUTPUT_HIGH_WATER:
                 break
             payload = session.queue.popleft()
@@ -442,7 +452,7 @@ class SessionLoop:
             return
         self._check_pressure(session)
         self._update_events(session)
-        if not session.out and session.queue and not session.waiting_commit:
+        if not session.out and session.queue and not session.waiting:
             # Output drained below the high-water mark: resume its requests.
             self._handle_queue(session)
 

@@ -48,6 +48,7 @@ import ssl
 import stat
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from dhruva import security, wire
 from dhruva.error import DhruvaError, DhruvaKeyError, ProtocolError, ReadOnlyError
@@ -84,6 +85,18 @@ _FRONTIER_MAX = 16384
 _PREFETCH_WINDOW_MIN = 2
 DEFAULT_PREFETCH_RECORDS = 64
 DEFAULT_PREFETCH_BYTES = 64 << 10
+DEFAULT_PACK_STEP_BUDGET = 5000
+"""Records a pack step copies before the loop serves clients again (a few ms)."""
+
+
+@dataclass
+class _PackJob:
+    """A pack the server is running between requests (SRV-051)."""
+
+    started: float
+    steps: int = 0
+    last_report: float = 0.0
+    waiters: list[Session] = field(default_factory=list)
 
 
 class StorageServer(SessionLoop):
@@ -105,6 +118,11 @@ class StorageServer(SessionLoop):
     per-connection :class:`ServerLimits`.  ``nonce_source`` exists for
     reproducible test vectors only.
 
+    ``pack_step_budget`` is the number of records one pack step may copy
+    before the loop serves clients again [SRV-051];
+    ``pack_progress_interval_s`` how often a running pack logs its progress
+    (and sends PACK_PROGRESS to clients that asked for it).
+
     ``prefetch_records`` and ``prefetch_bytes`` bound what a LOAD answer to
     a client that announced ``prefetch`` carries besides the record asked
     for (wire protocol, "Prefetch"); 0 records turns prefetch off.
@@ -124,7 +142,12 @@ class StorageServer(SessionLoop):
         nonce_source: Callable[[], bytes] = security.new_nonce,
         prefetch_records: int = DEFAULT_PREFETCH_RECORDS,
         prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
+        pack_step_budget: int = DEFAULT_PACK_STEP_BUDGET,
+        pack_progress_interval_s: float = 1.0,
     ) -> None:
+        self.pack_step_budget = max(1, pack_step_budget)
+        self.pack_progress_interval_s = pack_progress_interval_s
+        self._pack_job: _PackJob | None = None
         self.storage = storage
         self.prefetch_records = max(0, prefetch_records)
         self.prefetch_bytes = max(0, prefetch_bytes)
@@ -243,7 +266,7 @@ class StorageServer(SessionLoop):
             self._shutdown()
 
     def _select_timeout(self) -> float | None:
-        if self._ready_to_read:
+        if self._ready_to_read or self._pack_job is not None:
             return 0.0
         timeout: float | None = None
         now = time.monotonic()
@@ -272,6 +295,11 @@ class StorageServer(SessionLoop):
             if not session.closed:
                 self._read(session)
         self._run_commit_groups()
+        if self._pack_job is not None:
+            # [SRV-051] One step per pass: requests read in this pass were
+            # served (and their commits written) before it.
+            self._run_pack_step()
+            self._run_commit_groups()
         now = time.monotonic()
         if now >= self._next_sweep:
             self._next_sweep = now + self._sweep_interval_s
@@ -499,38 +527,154 @@ class StorageServer(SessionLoop):
         if self.readonly:
             self._error(session, wire.ErrorCode.READ_ONLY, "the server is read-only")
             return
-        try:
-            self._do_pack()
-        except DhruvaError as error:
-            code = wire.ErrorCode.STORAGE_FAILURE
-            if "does not support pack" in str(error):
-                code = wire.ErrorCode.NOT_SUPPORTED
-            self._error(session, code, str(error))
-            return
-        self._send(session, wire.Empty(wire.MessageType.OK).encode())
+        self._start_pack(session)
 
-    def _do_pack(self) -> None:
+    def _start_pack(self, waiter: Session | None) -> None:
+        """Start a pack (or join the running one); ``waiter`` hears OK at its end.
+
+        [SRV-051] A storage with the two-phase API packs in steps between
+        which the loop serves every session; others pack in one call.
+        """
+        job = self._pack_job
+        if job is not None:
+            # [SRV-052] One pack at a time: a second request joins the first.
+            if waiter is not None:
+                waiter.waiting_pack = True
+                job.waiters.append(waiter)
+            return
+        stepwise = all(
+            callable(getattr(self.storage, name, None))
+            for name in ("pack_begin", "pack_step", "pack_finish")
+        )
+        log.info(
+            "pack started (%s)",
+            "stepwise, serving clients meanwhile" if stepwise else "blocking",
+            extra={"event": "pack-start", "stepwise": stepwise},
+        )
+        if not stepwise:
+            self._blocking_pack(waiter)
+            return
+        job = _PackJob(started=time.monotonic())
+        try:
+            self.storage.pack_begin()  # type: ignore[attr-defined]
+        except Exception as error:
+            self._pack_failed(job, waiter, error)
+            return
+        if waiter is not None:
+            waiter.waiting_pack = True
+            job.waiters.append(waiter)
+        self._pack_job = job
+
+    def _blocking_pack(self, waiter: Session | None) -> None:
         started = time.monotonic()
-        log.info("pack started", extra={"event": "pack-start"})
-        # _known_oids is kept: an oid stored through this server once may be
-        # stored again after pack removed it.
-        self.storage.pack()
+        try:
+            # _known_oids is kept: an oid stored through this server once may
+            # be stored again after pack removed it.
+            self.storage.pack()
+        except Exception as error:
+            self._pack_failed(_PackJob(started=started), waiter, error)
+            return
         elapsed = time.monotonic() - started
         log.info(
             "pack finished in %.3f s",
             elapsed,
             extra={"event": "pack-end", "elapsed_s": round(elapsed, 3)},
         )
+        if waiter is not None:
+            self._send(waiter, wire.Empty(wire.MessageType.OK).encode())
+
+    def _pack_failed(self, job: _PackJob, waiter: Session | None, error: Exception) -> None:
+        """[SRV-053] Abandon the pack, tell its clients, keep serving."""
+        if getattr(self.storage, "packing", False):
+            try:
+                self.storage.pack_abort()  # type: ignore[attr-defined]
+            except Exception:
+                log.exception("pack_abort() failed")
+        code = wire.ErrorCode.STORAGE_FAILURE
+        if "does not support pack" in str(error) or isinstance(error, NotImplementedError):
+            code = wire.ErrorCode.NOT_SUPPORTED
+        log.error("pack failed: %s", error, extra={"event": "pack-failed"})
+        if waiter is not None:
+            # Called while handling waiter's PACK: its queue resumes by itself.
+            waiter.waiting_pack = False
+            self._error(waiter, code, f"pack failed: {error}")
+        for session in job.waiters:
+            session.waiting_pack = False
+            if not session.closed and session is not waiter:
+                self._error(session, code, f"pack failed: {error}")
+                self._handle_queue(session)
+
+    def _pack_progress(self) -> tuple[int, int]:
+        """Records copied so far and the upper bound of records to copy, if known."""
+        # The file storages expose their packer's PackProgress; others have none.
+        progress = getattr(getattr(self.storage, "_packer", None), "progress", None)
+        copied = int(getattr(progress, "records_copied", 0) or 0)
+        total = int(getattr(progress, "objects_before", 0) or 0)
+        return copied, total
+
+    def _run_pack_step(self) -> None:
+        """Advance the running pack by one step; finish it when the walk is done."""
+        job = self._pack_job
+        assert job is not None
+        try:
+            done = self.storage.pack_step(self.pack_step_budget)  # type: ignore[attr-defined]
+        except Exception as error:
+            self._pack_job = None
+            self._pack_failed(job, None, error)
+            return
+        job.steps += 1
+        now = time.monotonic()
+        if not done:
+            if now - job.last_report >= self.pack_progress_interval_s:
+                job.last_report = now
+                self._report_pack_progress(job)
+            return
+        self._pack_job = None
+        try:
+            result = self.storage.pack_finish()  # type: ignore[attr-defined]
+        except Exception as error:
+            self._pack_failed(job, None, error)
+            return
+        elapsed = time.monotonic() - job.started
+        log.info(
+            "pack finished in %.3f s (%d steps, %s records copied, %s commits during the pack)",
+            elapsed,
+            job.steps,
+            getattr(result, "records_copied", "?"),
+            getattr(result, "commits_during_pack", "?"),
+            extra={"event": "pack-end", "elapsed_s": round(elapsed, 3), "steps": job.steps},
+        )
+        for session in job.waiters:
+            session.waiting_pack = False
+            if not session.closed:
+                self._send(session, wire.Empty(wire.MessageType.OK).encode())
+                self._handle_queue(session)
+
+    def _report_pack_progress(self, job: _PackJob) -> None:
+        copied, total = self._pack_progress()
+        percent = f"{min(100.0, 100.0 * copied / total):.0f}%" if total else "?"
+        log.info(
+            "pack: %d of at most %d objects copied (%s, step %d)",
+            copied,
+            total,
+            percent,
+            job.steps,
+            extra={"event": "pack-progress", "records_copied": copied, "objects": total},
+        )
+        frame = wire.PackProgress(copied, total).encode()
+        for session in job.waiters:
+            # [WIRE-085] Only to clients that asked for progress frames.
+            if not session.closed and wire.FEATURE_PACK_PROGRESS in session.features:
+                self._send(session, frame)
+                self._flush(session)
 
     def _periodic_pack(self) -> None:
         assert self.gcinterval is not None
         self._next_pack = time.monotonic() + self.gcinterval
         if self.readonly:
             return
-        try:
-            self._do_pack()
-        except DhruvaError as error:
-            log.error("periodic pack failed: %s", error)
+        # [SRV-050] The same path as PACK: stepwise where the storage allows.
+        self._start_pack(None)
 
     # --- commits ----------------------------------------------------------------
 
@@ -663,6 +807,14 @@ class StorageServer(SessionLoop):
 
     def _shutdown(self) -> None:
         log.info("dhruva server stopping")
+        if self._pack_job is not None:
+            # PACK-013: the data file stays as the commits left it.
+            self._pack_job = None
+            log.info("pack abandoned: the server is stopping", extra={"event": "pack-abort"})
+            try:
+                self.storage.pack_abort()  # type: ignore[attr-defined]
+            except Exception:
+                log.exception("pack_abort() failed")
         for session in list(self._sessions):
             # Best effort: deliver answers already produced (the STOP's OK).
             if session.out:

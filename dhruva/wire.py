@@ -96,6 +96,7 @@ class MessageType(IntEnum):
     RECORD_PREFETCH = 0x85
     COMMITTED = 0x87
     OK = 0x88
+    PACK_PROGRESS = 0x89
     SIZE_IS = 0x8B
     AUTH_CHALLENGE = 0x8C
     AUTH_OK = 0x8D
@@ -106,7 +107,7 @@ FEATURE_PREFETCH = "prefetch"
 """The HELLO feature asking the server to answer LOAD with RECORD_PREFETCH [WIRE-055]."""
 
 FEATURE_PACK_PROGRESS = "pack-progress"
-"""The HELLO feature asking the server to send PACK_PROGRESS frames before OK."""
+"""The HELLO feature asking the server to send PACK_PROGRESS frames before OK [WIRE-085]."""
 
 
 class ErrorCode(IntEnum):
@@ -480,6 +481,18 @@ class Committed:
 
 
 @dataclass(frozen=True, slots=True)
+class PackProgress:
+    """How far a running pack is; sent before PACK's answer [WIRE-085]."""
+
+    records_copied: int
+    objects: int
+    type = MessageType.PACK_PROGRESS
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + _U64.pack(self.records_copied) + _U64.pack(self.objects))
+
+
+@dataclass(frozen=True, slots=True)
 class SizeIs:
     """The answer to SIZE: the number of stored objects."""
 
@@ -569,6 +582,7 @@ Message = (
     | Records
     | Committed
     | SizeIs
+    | PackProgress
     | Error
     | AuthChallenge
     | Auth
@@ -635,6 +649,8 @@ def decode_message(payload: bytes) -> Message:
         message = Records(reader.records())
     elif kind is MessageType.COMMITTED:
         message = Committed(reader.oids())
+    elif kind is MessageType.PACK_PROGRESS:
+        message = PackProgress(reader.u64(), reader.u64())
     elif kind is MessageType.SIZE_IS:
         message = SizeIs(reader.u64())
     elif kind is MessageType.AUTH_CHALLENGE:
