@@ -7,83 +7,15 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _dhruva_command import COMMAND, WAIT_S, Server, one_line_error, run
 
 from dhruva.cli import CommandError, _rewrite_flags, build_parser, main
 from dhruva.file_storage import FileStorage
-
-COMMAND = [sys.executable, "-m", "dhruva"]
-_WAIT_S = 30.0
-
-
-def run(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*COMMAND, *args], input=stdin, capture_output=True, text=True, timeout=60, cwd=cwd
-    )
-
-
-class Server:
-    """A ``dhruva -s`` child process on a Unix socket; killed by pid at the end."""
-
-    def __init__(self, tmp_path: Path, *args: str) -> None:
-        self.socket = str(tmp_path / "server.sock")
-        # A log of its own: a restarted server must not be taken as ready
-        # because the previous one's "listening on" line is in the file.
-        count = len(list(tmp_path.glob("server*.log")))
-        self.log = tmp_path / f"server{count}.log"
-        self.process = subprocess.Popen(
-            [*COMMAND, "-s", "--address", self.socket, "--logfile", str(self.log), *args],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.monotonic() + _WAIT_S
-        while "listening on" not in self.log_text():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"server did not start: {self.log_text()}")
-            time.sleep(0.02)
-
-    def log_text(self) -> str:
-        return self.log.read_text() if self.log.exists() else ""
-
-    def wait(self) -> int:
-        return self.process.wait(timeout=_WAIT_S)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        if self.process.stderr:
-            self.process.stderr.close()
-
-
-@pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    servers: list[Server] = []
-
-    def start(*args: str) -> Server:
-        server = Server(tmp_path, *args)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.kill()
-
-
-def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("dhruva: ")
-    assert "Traceback" not in result.stderr
-    return lines[0]
-
 
 # --- argument structure --------------------------------------------------------------
 
@@ -240,7 +172,7 @@ def test_tcp_server_on_a_free_port(start_server: Callable[..., Server], tmp_path
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + _WAIT_S
+        deadline = time.monotonic() + WAIT_S
         match = None
         while match is None and time.monotonic() < deadline and process.poll() is None:
             match = re.search(
@@ -252,7 +184,7 @@ def test_tcp_server_on_a_free_port(start_server: Callable[..., Server], tmp_path
         result = run("-c", "--port", port, stdin="print(type(root).__name__)\n")
         assert result.stdout.strip() == "PersistentDict"
         assert run("-s", "--stop", "--port", port).returncode == 0
-        assert process.wait(timeout=_WAIT_S) == 0
+        assert process.wait(timeout=WAIT_S) == 0
     finally:
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)

@@ -2,7 +2,7 @@
 
 Spec: server.md ("Security", "Configuration", "Logging", CLI-023, CLI-024).
 Servers are ``dhruva -s`` child processes on Unix sockets, killed by pid at
-the end (the fixtures of tests/test_cli.py).
+the end (the ``start_server`` fixture of tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from _dhruva_command import Server, one_line_error, run
 from _tls_certs import Certificates, make_certificates
-from test_cli import Server, one_line_error, run
 
 from dhruva.client_storage import ClientStorage
 from dhruva.config import Settings, load_settings
@@ -32,21 +32,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
 
 
 @pytest.fixture
-def launch(tmp_path: Path) -> Iterator[Callable[..., Server]]:
-    """Start ``dhruva -s ARGS`` children; kill each by pid at the end."""
-    servers: list[Server] = []
-
-    def start(*args: str) -> Server:
-        server = Server(tmp_path, *args)
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        server.kill()
-
-
-@pytest.fixture
 def secret_file(tmp_path: Path) -> str:
     path = tmp_path / "secret"
     path.write_text(SECRET + "\n")
@@ -56,10 +41,10 @@ def secret_file(tmp_path: Path) -> str:
 
 @pytest.mark.req("CLI-023", "SRV-081", "SRV-084")
 def test_tls_and_secret_end_to_end(
-    launch: Callable[..., Server], certs: Certificates, secret_file: str, tmp_path: Path
+    start_server: Callable[..., Server], certs: Certificates, secret_file: str, tmp_path: Path
 ) -> None:
     tls = ["--tls-cert", certs.server_cert, "--tls-key", certs.server_key]
-    server = launch(*tls, "--secret-file", secret_file, "--loglevel", "DEBUG")
+    server = start_server(*tls, "--secret-file", secret_file, "--loglevel", "DEBUG")
     # An idle client that never sends its TLS ClientHello must block nobody,
     # not even --stop (the predecessor froze here).
     idle = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -85,10 +70,10 @@ def test_tls_and_secret_end_to_end(
 
 @pytest.mark.req("CLI-024", "CLI-010")
 def test_refusals_are_one_line_errors(
-    launch: Callable[..., Server], certs: Certificates, secret_file: str, tmp_path: Path
+    start_server: Callable[..., Server], certs: Certificates, secret_file: str, tmp_path: Path
 ) -> None:
     tls = ["--tls-cert", certs.server_cert, "--tls-key", certs.server_key]
-    server = launch(*tls, "--secret-file", secret_file)
+    server = start_server(*tls, "--secret-file", secret_file)
     wrong = tmp_path / "wrong"
     wrong.write_text("not the secret\n")
     address = ["--address", server.socket]
@@ -108,7 +93,7 @@ def test_refusals_are_one_line_errors(
 
 @pytest.mark.req("SRV-060")
 def test_readonly_server_refuses_commits_and_packs(
-    launch: Callable[..., Server], tmp_path: Path
+    start_server: Callable[..., Server], tmp_path: Path
 ) -> None:
     path = str(tmp_path / "ro.dhruva")
     storage = FileStorage(path)
@@ -116,7 +101,7 @@ def test_readonly_server_refuses_commits_and_packs(
     storage.store(ROOT_OID, b"root", b"")
     storage.end()
     storage.close()
-    server = launch("--file", path, "--readonly")
+    server = start_server("--file", path, "--readonly")
     client = ClientStorage(server.socket)
     assert client.load(ROOT_OID).data == b"root"
     client.begin()
@@ -129,8 +114,8 @@ def test_readonly_server_refuses_commits_and_packs(
 
 
 @pytest.mark.req("CFG-020")
-def test_json_log_lines(launch: Callable[..., Server]) -> None:
-    server = launch("--log-format", "json")
+def test_json_log_lines(start_server: Callable[..., Server]) -> None:
+    server = start_server("--log-format", "json")
     ClientStorage(server.socket).close()
     stopped = run("-s", "--stop", "--address", server.socket)
     assert stopped.returncode == 0
