@@ -74,11 +74,65 @@ def _mebibytes(count: int) -> str:
 # --- dhruva pack ----------------------------------------------------------------------
 
 
+def _server_named(args: argparse.Namespace) -> bool:
+    return any(getattr(args, name, None) is not None for name in ("host", "port", "address"))
+
+
+def run_pack_through_server(args: argparse.Namespace) -> int:
+    """Ask the running server the options name to pack (spec: server.md, SRV-051).
+
+    The server packs while it keeps serving its clients; progress comes back
+    as PACK_PROGRESS frames and is printed like a file pack's.
+    """
+    from dhruva import cli
+    from dhruva.client_storage import ClientStorage
+
+    quiet: bool = args.quiet
+    try:
+        client = cli.connect_client(cli.settings_from(args))
+    except cli.CommandError as error:
+        raise AdminError(str(error)) from None
+    assert isinstance(client, ClientStorage)
+    where = repr(client).removeprefix("ClientStorage(").removesuffix(")").strip("'\"")
+    stream: TextIO = sys.stderr
+    last_report = [time.monotonic()]
+
+    def report(copied: int, total: int) -> None:
+        now = time.monotonic()
+        if quiet or now - last_report[0] < PROGRESS_INTERVAL_S:
+            return
+        last_report[0] = now
+        bound = f"at most {total}" if total else "an unknown number of"
+        print(f"{PROG} pack: {copied} of {bound} objects copied", file=stream, flush=True)
+
+    try:
+        objects_before = client.get_size()
+        started = time.monotonic()
+        client.pack(progress=report)
+        seconds = time.monotonic() - started
+        objects_after = client.get_size()
+    finally:
+        client.close()
+    if not quiet:
+        print(
+            f"{PROG} pack: server at {where}: {objects_before} -> {objects_after} objects"
+            f" in {seconds:.2f} s",
+            file=stream,
+        )
+    return 0
+
+
 def run_pack(args: argparse.Namespace) -> int:
-    """Pack the file database at ``args.path`` (FileStorage if it has an index)."""
+    """Pack the file database at ``args.path``, or the database of a running server."""
     from dhruva.file_pack import PackProgress
     from dhruva.file_storage import FileStorage, FileStorage2
 
+    if args.path is None:
+        return run_pack_through_server(args)
+    if _server_named(args):
+        raise AdminError(
+            "give a database PATH or a server address (--host/--port/--address), not both"
+        )
     path: str = args.path
     quiet: bool = args.quiet
     _require_file(path)
@@ -122,7 +176,19 @@ def run_pack(args: argparse.Namespace) -> int:
 
 
 def _configure_pack(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", metavar="PATH", help="the data file of a FileStorage")
+    from dhruva import cli
+    from dhruva import config as dconfig
+
+    parser.add_argument(
+        "path",
+        metavar="PATH",
+        nargs="?",
+        help="the data file of a FileStorage not in use; without PATH, pack the database of"
+        " the running server named by --host/--port/--address (or the configuration)",
+    )
+    cli.add_address_options(parser)
+    dconfig.add_config_option(parser)
+    dconfig.add_setting_flags(parser, cli._CLIENT_SECURITY_KEYS, "authentication and TLS")
     parser.add_argument(
         "--index",
         action="store_true",

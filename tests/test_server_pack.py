@@ -249,3 +249,57 @@ def test_pack_progress_round_trip() -> None:
     encoded = message.encode()
     assert encoded.hex() == "0000001189000000000000000c0000000000000022"
     assert wire.decode_message(encoded[4:]) == message
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("DHRUVA_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.req("SRV-051", "WIRE-085")
+@pytest.mark.usefixtures("clean_env")
+def test_dhruva_pack_through_a_running_server(
+    serve: Serve,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from dhruva import admin
+
+    monkeypatch.setattr(admin, "PROGRESS_INTERVAL_S", 0.0)
+    storage = SlowPack(str(tmp_path / "db.dhruva"))
+    server = serve(storage, pack_step_budget=10, pack_progress_interval_s=0.0)
+    client = ClientStorage(server.address)
+    _children, garbage = fill(client, 100)
+    assert isinstance(server.address, str)
+    assert admin.main(["pack", "--address", server.address]) == 0
+    err = capsys.readouterr().err
+    assert "objects copied" in err
+    assert f"server at {server.address}: 102 -> 101 objects" in err
+    assert storage.steps > 1
+    with pytest.raises(DhruvaKeyError):
+        client.load(garbage)
+    assert admin.main(["pack", "--address", server.address, "--quiet"]) == 0
+    assert capsys.readouterr().err == ""
+    client.close()
+
+
+@pytest.mark.usefixtures("clean_env")
+def test_dhruva_pack_server_errors_are_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dhruva import admin
+
+    missing = str(tmp_path / "nobody.sock")
+    assert admin.main(["pack", "--address", missing]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dhruva pack: ") and err.count("\n") == 1
+    assert "cannot connect" in err
+    db = str(tmp_path / "db.dhruva")
+    FileStorage2(db).close()
+    assert admin.main(["pack", db, "--address", missing]) == 1
+    assert "not both" in capsys.readouterr().err
