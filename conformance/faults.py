@@ -28,9 +28,10 @@ show after a power loss at that moment:
 Directory changes are kept in ``keep`` and dropped in ``drop``; ``tear`` and
 ``zeros`` pick one at random.
 
-The property checks (:func:`check_recovered`, :func:`check_accepts_commits`)
-compare what a reopened storage shows with the list of commits the workload
-made, of which the first ``acknowledged`` returned from ``end()``.
+The property checks (:func:`check_recovered`, :func:`check_accepts_commits`,
+both run by :func:`check_crash_properties`) compare what a reopened storage
+shows with the list of commits the workload made, of which the first
+``acknowledged`` returned from ``end()``.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import random
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from dhruva.error import DhruvaKeyError
 from dhruva.fileio import OS_FILES, DataFile, FileLayer
@@ -377,6 +379,30 @@ def check_accepts_commits(
     seen = observe(storage, set(expected))
     assert seen == expected, f"{context}: P4 violated: a commit after recovery did not survive"
     return storage
+
+
+def check_crash_properties(
+    reopen: Callable[[], Storage], commits: list[Commit], acknowledged: int, context: str = ""
+) -> int:
+    """Reopen a store after a crash and check P1-P4 (CONF-041..CONF-044).
+
+    P1-P3 by :func:`check_recovered`, then P4 by :func:`check_accepts_commits`
+    (which reopens once more); closes the store and returns the number of
+    commits that were visible after the crash.
+    """
+    storage = reopen()
+    visible = check_recovered(storage, commits, acknowledged, context)
+    storage = check_accepts_commits(reopen, storage, state_after(commits, visible), context)
+    storage.close()
+    return visible
+
+
+def child_environment() -> dict[str, str]:
+    """The parent's environment, with this package importable in a child process."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def make_commits(count: int, seed: int, oids_per_commit: int = 3) -> list[Commit]:

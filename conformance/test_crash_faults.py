@@ -19,10 +19,9 @@ from dhruva_conformance.faults import (
     Commit,
     FaultyFileLayer,
     SimulatedCrash,
-    check_accepts_commits,
+    check_crash_properties,
     check_recovered,
     make_commits,
-    state_after,
     write_commits,
 )
 
@@ -91,15 +90,9 @@ def crash_everywhere(factory: StorageFactory, create: bool) -> None:
             acknowledged, _abandoned = run_workload(factory, layer, commits, pack_after, create)
             assert layer.crashed, context
             layer.crash(mode, rng)
-            storage = factory.open(reopen=True)
-            visible = check_recovered(storage, commits, acknowledged, context)
-            storage = check_accepts_commits(
-                lambda: factory.open(reopen=True),
-                storage,
-                state_after(commits, visible),
-                context,
+            check_crash_properties(
+                lambda: factory.open(reopen=True), commits, acknowledged, context
             )
-            storage.close()
 
 
 @pytest.mark.req(

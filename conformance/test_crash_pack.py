@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from dhruva_conformance.backends import StorageFactory, backend_names, create_backend
-from dhruva_conformance.test_crash_sigkill import child_environment
+from dhruva_conformance.faults import child_environment
 
 from dhruva.error import DhruvaKeyError
 from dhruva.storage import Storage
