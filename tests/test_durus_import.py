@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _vectors import read_vector
 
 from dhruva import dbtools
 from dhruva.connection import Connection
@@ -78,26 +79,13 @@ def _expected(name: str) -> list[dict[str, Any]]:
     return objects
 
 
-def read_vector(name: str) -> tuple[bytes, dict[str, Any]]:
-    expect: dict[str, Any] = {}
-    data = bytearray()
-    for line in (VECTORS / f"{name}.hex").read_text().splitlines():
-        if line.startswith("# expect:"):
-            expect = json.loads(line[len("# expect:") :])
-        elif line.strip() and not line.startswith("#"):
-            code = line.split("#", 1)[0].split()
-            assert int(code[0], 16) == len(data)
-            data += bytes(int(pair, 16) for pair in code[1:])
-    return bytes(data), expect
-
-
 # --- the two file formats -----------------------------------------------------------------
 
 
 @pytest.mark.req("TOOL-030", "TOOL-031")
 @pytest.mark.parametrize(("name", "reader"), [("shelf", read_shelf), ("dfs20", read_dfs20)])
 def test_vectors_parse(name: str, reader: Any) -> None:
-    data, expect = read_vector(name)
+    data, expect = read_vector(VECTORS, name)
     parsed = reader(data)
     assert parsed.format == expect["format"]
     assert parsed.tail is None
@@ -121,7 +109,7 @@ def test_vectors_parse(name: str, reader: Any) -> None:
 
 @pytest.mark.req("TOOL-030")
 def test_shelf_record_must_repeat_its_oid() -> None:
-    data, _expect = read_vector("shelf")
+    data, _expect = read_vector(VECTORS, "shelf")
     # Change the shelf's name of the record (offset 0x38) so it disagrees.
     damaged = data[:0x3F] + b"\x07" + data[0x40:]
     parsed = read_shelf(damaged)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import struct
 import zlib
 from pathlib import Path
 
 import pytest
+from _vectors import read_vector
 
 from dhruva import journal
 from dhruva.error import CorruptionError, FormatError
@@ -15,25 +15,6 @@ from dhruva.utils import int8_to_str
 
 VECTORS = Path(__file__).resolve().parent.parent / "conformance" / "vectors" / "file-format"
 PATH = "test.dhruva"
-
-
-def read_vector(name: str) -> tuple[bytes, dict[str, object]]:
-    """Return the bytes of a ``.hex`` vector and the JSON of its ``# expect:`` line."""
-    expect: dict[str, object] = {}
-    data = bytearray()
-    offset = 0
-    for line in (VECTORS / f"{name}.hex").read_text().splitlines():
-        if line.startswith("# expect:"):
-            expect = json.loads(line[len("# expect:") :])
-            continue
-        if line.startswith("#") or not line.strip():
-            continue
-        code = line.split("#", 1)[0].split()
-        assert int(code[0], 16) == offset, f"{name}: offset column {code[0]} is not {offset:x}"
-        chunk = bytes(int(pair, 16) for pair in code[1:])
-        data += chunk
-        offset += len(chunk)
-    return bytes(data), expect
 
 
 def txn(tid: int, *records: tuple[int, bytes, list[int]], time_us: int = 1000) -> bytes:
@@ -53,7 +34,7 @@ def make_file(*txns: bytes) -> bytes:
 
 @pytest.mark.req("FMT-001", "FMT-004")
 def test_file_header_vector_round_trips() -> None:
-    data, expect = read_vector("file-header")
+    data, expect = read_vector(VECTORS, "file-header")
     file_id = bytes.fromhex(str(expect["file_id"]))
     assert journal.encode_file_header(file_id) == data
     header = journal.decode_file_header(data, PATH)
@@ -63,7 +44,7 @@ def test_file_header_vector_round_trips() -> None:
 
 @pytest.mark.req("FMT-010")
 def test_transaction_vector_round_trips() -> None:
-    data, expect = read_vector("transaction")
+    data, expect = read_vector(VECTORS, "transaction")
     records = expect["records"]
     assert isinstance(records, list)
     encoded = journal.encode_transaction(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
-import json
 import sys
 import uuid
 import zoneinfo
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _vectors import read_vector
 
 msgspec = pytest.importorskip("msgspec", reason="msgspec is not installed")
 
@@ -48,22 +48,6 @@ class Item(Persistent):
 class Mood(enum.Enum):
     HAPPY = "happy"
     PAIR = (1, 2)
-
-
-def read_vector(name: str) -> tuple[bytes, dict[str, Any]]:
-    """Return the bytes of a ``.hex`` vector and the JSON of its ``# expect:`` line."""
-    expect: dict[str, Any] = {}
-    data = bytearray()
-    for line in (VECTORS / f"{name}.hex").read_text().splitlines():
-        if line.startswith("# expect:"):
-            expect = json.loads(line[len("# expect:") :])
-            continue
-        if line.startswith("#") or not line.strip():
-            continue
-        code = line.split("#", 1)[0].split()
-        assert int(code[0], 16) == len(data)
-        data += bytes(int(pair, 16) for pair in code[1:])
-    return bytes(data), expect
 
 
 def raw_decode(data: bytes) -> Any:
@@ -98,7 +82,7 @@ def fake_reference(obj: PersistentBase) -> tuple[bytes, type]:
 
 @pytest.mark.req("OBJ-030", "OBJ-031", "OBJ-037", "OBJ-038")
 def test_vector_encodes_and_decodes() -> None:
-    data, expect = read_vector("msgspec-record")
+    data, expect = read_vector(VECTORS, "msgspec-record")
     state = {
         "data": {
             "a": PersistentList(),
@@ -386,4 +370,4 @@ def test_spec_example_is_the_vector() -> None:
         if fields:
             assert int(fields[0], 16) == len(example)
             example += bytes(int(pair, 16) for pair in fields[1:])
-    assert bytes(example) == read_vector("msgspec-record")[0]
+    assert bytes(example) == read_vector(VECTORS, "msgspec-record")[0]
