@@ -151,6 +151,7 @@ _LIMIT_KEYS = [
     "max_frame_bytes",
     "max_pending_requests",
     "max_pending_bytes",
+    "max_staged_bytes",
 ]
 
 

@@ -99,6 +99,7 @@ class Settings:
     max_frame_bytes: int = _key(wire.MAX_FRAME_SIZE, "largest frame payload accepted, in bytes")
     max_pending_requests: int = _key(1024, "requests per client read ahead before pausing")
     max_pending_bytes: int = _key(128 << 20, "bytes per client buffered before pausing")
+    max_staged_bytes: int = _key(256 << 20, "bytes one transaction may stage before COMMIT")
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     # --- derived values -------------------------------------------------------------
@@ -116,6 +117,7 @@ class Settings:
                 max_frame_bytes=self.max_frame_bytes,
                 max_pending_requests=self.max_pending_requests,
                 max_pending_bytes=self.max_pending_bytes,
+                max_staged_bytes=self.max_staged_bytes,
             )
         except ValueError as error:
             raise ConfigError(str(error)) from None

@@ -69,7 +69,9 @@ class ServerLimits:
     ``max_pending_requests`` and ``max_pending_bytes``: beyond this many
     requests received but not yet answered, or bytes of such requests and
     unsent answers, the server stops reading from the client until they
-    drain [SRV-082].
+    drain [SRV-082].  ``max_staged_bytes``: the most record bytes (wire
+    size) one transaction may stage before its COMMIT, COMMIT's own records
+    included; a larger transaction is refused with TOO_LARGE [SRV-085].
     """
 
     handshake_timeout_s: float = 10.0
@@ -77,6 +79,7 @@ class ServerLimits:
     max_frame_bytes: int = wire.MAX_FRAME_SIZE
     max_pending_requests: int = 1024
     max_pending_bytes: int = 128 << 20
+    max_staged_bytes: int = 256 << 20
 
     def __post_init__(self) -> None:
         if self.handshake_timeout_s <= 0:
@@ -89,6 +92,8 @@ class ServerLimits:
             )
         if self.max_pending_requests < 1 or self.max_pending_bytes < 1:
             raise ValueError("max_pending_requests and max_pending_bytes must be positive")
+        if self.max_staged_bytes < 1:
+            raise ValueError("max_staged_bytes must be positive")
 
 
 def format_address(address: Address) -> str:
@@ -136,6 +141,8 @@ class Session:
     allocated: set[bytes] = field(default_factory=set)
     staged: list[Record] = field(default_factory=list)
     staged_bytes: int = 0
+    staged_too_large: bool = False
+    """The transaction being staged passed ``max_staged_bytes``; its STAGEs are dropped."""
     features: frozenset[str] = frozenset()
     """The features the client announced in HELLO."""
     prefetched: set[bytes] = field(default_factory=set)
@@ -469,6 +476,7 @@ class SessionLoop:
         session.sock.close()
         session.staged.clear()
         session.staged_bytes = 0
+        session.staged_too_large = False
         session.prefetched.clear()
         session.frontier.clear()
         session.allocated.clear()

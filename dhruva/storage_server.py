@@ -47,7 +47,7 @@ import socket
 import ssl
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from dhruva import security, wire
@@ -360,9 +360,13 @@ class StorageServer(SessionLoop):
         elif isinstance(message, wire.NewOids):
             self._new_oids(session, message.count)
         elif isinstance(message, wire.Stage):
-            session.staged.extend(message.records)
+            self._stage(session, message.records)
         elif isinstance(message, wire.Commit):
-            self._queue_commit(session, message.records)
+            self._stage(session, message.records)
+            if session.staged_too_large:
+                self._refuse_too_large(session)
+            else:
+                self._queue_commit(session, [])
         elif kind is wire.MessageType.SYNC:
             self._send(session, wire.Oids(self._take_invalidations(session)).encode())
         elif kind is wire.MessageType.SIZE:
@@ -690,10 +694,44 @@ class StorageServer(SessionLoop):
         self._known_oids.add(oid)
         return True
 
+    def _stage(self, session: Session, records: Sequence[Record]) -> None:
+        """Hold ``records`` for the session's next COMMIT, within the staging cap."""
+        if session.staged_too_large:
+            return
+        session.staged_bytes += sum(wire.record_size(record) for record in records)
+        if session.staged_bytes > self.limits.max_staged_bytes:
+            # [SRV-085] Drop what was staged at once (memory is the point) and
+            # every later STAGE of this transaction; its COMMIT is refused.
+            session.staged_too_large = True
+            session.staged = []
+            return
+        session.staged.extend(records)
+
+    def _refuse_too_large(self, session: Session) -> None:
+        size = session.staged_bytes
+        session.staged = []
+        session.staged_bytes = 0
+        session.staged_too_large = False
+        log.warning(
+            "client %s: transaction of at least %d bytes refused (max_staged_bytes %d)",
+            session.peer,
+            size,
+            self.limits.max_staged_bytes,
+            extra={"peer": session.peer, "event": "refused", "code": "TOO_LARGE"},
+        )
+        self._error(
+            session,
+            wire.ErrorCode.TOO_LARGE,
+            f"the transaction is at least {size} bytes; this server accepts at most"
+            f" {self.limits.max_staged_bytes} bytes per transaction (max_staged_bytes);"
+            " nothing of it was written",
+        )
+
     def _queue_commit(self, session: Session, records: list[Record] | object) -> None:
         assert isinstance(records, list | tuple)
         staged = session.staged + list(records)
         session.staged = []
+        session.staged_bytes = 0
         if self.readonly and staged:
             self._error(session, wire.ErrorCode.READ_ONLY, "the server is read-only")
             return

@@ -134,6 +134,7 @@ class ErrorCode(IntEnum):
     NOT_SUPPORTED = 21
     STORAGE_FAILURE = 22
     SHUTTING_DOWN = 23
+    TOO_LARGE = 24
 
     @property
     def fatal(self) -> bool:
