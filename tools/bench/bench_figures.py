@@ -136,6 +136,21 @@ def _skip_row(backend: Backend, reason: str) -> Row:
     return Row(backend.name, backend.label, error=f"not run: {reason}")
 
 
+#: The systems the figures compare (the bare-loop baseline only runs in figure 3).
+SYSTEMS = ("dhruva", "durus", "zodb")
+
+
+def _system_rows(bench: Bench, cells: Callable[[Bench, Backend], dict[str, Cell]]) -> list[Row]:
+    """Run ``cells(bench, backend)`` for each of :data:`SYSTEMS`; a skip row for an unusable one."""
+    rows = []
+    for backend, reason in bench.usable(SYSTEMS):
+        if reason:
+            rows.append(_skip_row(backend, reason))
+            continue
+        rows.append(bench.run(Row(backend.name, backend.label), partial(cells, bench, backend)))
+    return rows
+
+
 # --- 1. attribute read --------------------------------------------------------
 
 
@@ -180,16 +195,7 @@ def attribute_read(bench: Bench) -> Figure:
     bench.log("figure 1: attribute read")
     plain = PlainItem(1, "item1", 0.5)
     plain_before_ns = time_reads_ns(plain, bench.sizes)
-    rows = []
-    for backend, reason in bench.usable():
-        if backend.name not in ("dhruva", "durus", "zodb"):
-            continue
-        if reason:
-            rows.append(_skip_row(backend, reason))
-            continue
-        rows.append(
-            bench.run(Row(backend.name, backend.label), partial(_loaded_read_ns, bench, backend))
-        )
+    rows = _system_rows(bench, _loaded_read_ns)
     # Time the plain object on both sides of the others and keep the best, so
     # a noisy moment cannot flatter the persistent objects.
     plain_ns = min(plain_before_ns, time_reads_ns(plain, bench.sizes))
@@ -336,20 +342,9 @@ def _open_cells(bench: Bench, backend: Backend) -> dict[str, Cell]:
 def open_time(bench: Bench) -> Figure:
     """Figure 2: median ms to open a FileStorage of many small objects and load its root."""
     bench.log(f"figure 2: open time ({bench.sizes.open_objects} objects)")
-    rows = []
-    for backend, reason in bench.usable(("dhruva", "durus", "zodb")):
-        if reason:
-            rows.append(_skip_row(backend, reason))
-            continue
-        rows.append(
-            bench.run(Row(backend.name, backend.label), partial(_open_cells, bench, backend))
-        )
-    zodb = next((r for r in rows if r.system == "zodb" and r.error is None), None)
-    for row in rows:
-        for key in ("unpacked_ms", "packed_ms"):
-            row.cells[key.replace("_ms", "_vs_zodb")] = _ratio(
-                row.cells.get(key), zodb.cells.get(key) if zodb else None
-            )
+    rows = _system_rows(bench, _open_cells)
+    _relative_to_zodb(rows, "unpacked_ms", "unpacked_vs_zodb")
+    _relative_to_zodb(rows, "packed_ms", "packed_vs_zodb")
     values = [_dhruva_cell(rows, "unpacked_ms"), _dhruva_cell(rows, "packed_ms")]
     met = None
     if all(isinstance(v, float) for v in values):
@@ -473,7 +468,7 @@ def durable_commits(bench: Bench) -> Figure:
     rows = []
     for backend, reason in bench.usable():
         if reason:
-            if backend.name in ("dhruva", "durus", "zodb"):
+            if backend.name in SYSTEMS:
                 rows.append(_skip_row(backend, reason))
             continue
         rows.append(
@@ -532,14 +527,7 @@ def bulk_insert(bench: Bench) -> Figure:
     """Figure 4: small persistent objects created and committed per second."""
     sizes = bench.sizes
     bench.log(f"figure 4: bulk insert ({sizes.bulk_objects} objects)")
-    rows = []
-    for backend, reason in bench.usable(("dhruva", "durus", "zodb")):
-        if reason:
-            rows.append(_skip_row(backend, reason))
-            continue
-        rows.append(
-            bench.run(Row(backend.name, backend.label), partial(_bulk_cells, bench, backend))
-        )
+    rows = _system_rows(bench, _bulk_cells)
     _relative_to_zodb(rows, "per_s", "vs_zodb")
     dhruva_ratio = _dhruva_cell(rows, "vs_zodb")
     return Figure(
@@ -602,14 +590,7 @@ def cold_load(bench: Bench) -> Figure:
     """Figure 5: open a database and read one attribute of every object."""
     sizes = bench.sizes
     bench.log(f"figure 5: cold load ({sizes.bulk_objects} objects)")
-    rows = []
-    for backend, reason in bench.usable(("dhruva", "durus", "zodb")):
-        if reason:
-            rows.append(_skip_row(backend, reason))
-            continue
-        rows.append(
-            bench.run(Row(backend.name, backend.label), partial(_cold_cells, bench, backend))
-        )
+    rows = _system_rows(bench, _cold_cells)
     _relative_to_zodb(rows, "per_s", "vs_zodb")
     return Figure(
         key="cold_load",
