@@ -151,6 +151,8 @@ class Session:
     """Oids referenced by records sent since the last sync, not sent yet (in order)."""
     frontier_overflowed: bool = False
     prefetch_window: int = 8
+    readahead_next: int = -1
+    """The oid after the last one this session received in ascending order."""
     """How many records the next LOAD answer may prefetch (adapts per load)."""
     queue: deque[bytes] = field(default_factory=deque)
     waiting_commit: bool = False

@@ -40,6 +40,7 @@ requests of sessions that are ready.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import selectors
@@ -47,7 +48,7 @@ import socket
 import ssl
 import stat
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from dhruva import security, wire
@@ -60,7 +61,7 @@ from dhruva.server_sessions import (
     format_address,
 )
 from dhruva.storage import Record, Storage
-from dhruva.utils import ROOT_OID, str_to_int8
+from dhruva.utils import ROOT_OID, int8_to_str, str_to_int8
 
 log = logging.getLogger("dhruva.server")
 
@@ -82,6 +83,7 @@ _LIST_OIDS_MAX = 65536
 _KNOWN_OIDS_MAX = 1 << 20
 _PREFETCHED_MAX = 1 << 16
 _FRONTIER_MAX = 16384
+_OID_LIMIT = 1 << 64
 _PREFETCH_WINDOW_MIN = 2
 DEFAULT_PREFETCH_RECORDS = 64
 DEFAULT_PREFETCH_BYTES = 64 << 10
@@ -424,17 +426,21 @@ class StorageServer(SessionLoop):
     def _prefetch(self, session: Session, record: Record) -> list[Record]:
         """The records to send along with ``record`` [WIRE-056].
 
-        Candidates, in order: the oids ``record`` references, then the
+        Candidates, in order: the oids ``record`` references; then the
         session's *frontier*, the oids referenced by records sent to it
-        since its last sync and not sent yet, oldest first.  Each record
-        sent adds its references to the frontier, so a client walking the
-        graph breadth first (or depth first) finds most records it needs
-        already in memory.  At most the session's *window* of records (and
-        about ``prefetch_bytes`` bytes, four window's worth of look-ups) go
-        with one answer.  The window doubles, up to ``prefetch_records``,
-        when the client loads an oid of the frontier (it follows references
-        the server knows of) and halves otherwise, so that a client reading
-        at random does not make the server read records nobody wants.
+        since its last sync and not sent yet, oldest first; then, when the
+        client reads oids in ascending order (this LOAD asks for the oid
+        after the last one it received), the oids that follow (read-ahead:
+        objects committed together get neighbouring oids and are often read
+        together).  Each record sent adds its references to the frontier, so
+        a client walking the graph finds most records it needs in memory.
+
+        At most the session's *window* of records (and about
+        ``prefetch_bytes`` bytes, four window's worth of look-ups) go with
+        one answer.  The window doubles, up to ``prefetch_records``, when the
+        client loads an oid of the frontier or the next oid in order, and
+        halves otherwise, so that a client reading at random does not make
+        the server read records nobody wants.
 
         Only oids outside the session's invalidation set qualify: their
         current record is then the one as of the session's last sync, which
@@ -445,20 +451,31 @@ class StorageServer(SessionLoop):
         invalid = session.invalid
         sent = session.prefetched
         frontier = session.frontier
-        if frontier.pop(record.oid, False) is None:
+        number = str_to_int8(record.oid)
+        in_order = number == session.readahead_next
+        if frontier.pop(record.oid, False) is None or in_order:
             session.prefetch_window = min(2 * session.prefetch_window, self.prefetch_records)
         elif not session.frontier_overflowed:
             # (Once the frontier dropped references, a miss says nothing.)
             session.prefetch_window = max(session.prefetch_window // 2, _PREFETCH_WINDOW_MIN)
         window = min(session.prefetch_window, self.prefetch_records)
+        session.readahead_next = number + 1
         sent.add(record.oid)
         self._extend_frontier(session, record.refs)
         budget = self.prefetch_bytes
         lookups = 4 * window
         records: list[Record] = []
         refs = record.refs
-        candidates = [refs[i : i + 8] for i in range(0, len(refs), 8)]
-        candidates.extend(frontier)
+        candidates: Iterable[bytes] = itertools.chain(
+            [refs[i : i + 8] for i in range(0, len(refs), 8)],
+            # A copy of the frontier's head: the loop pops from the frontier.
+            list(itertools.islice(frontier, lookups)),
+            (
+                int8_to_str(n)
+                for n in range(number + 1, min(number + 1 + lookups, _OID_LIMIT))
+                if in_order
+            ),
+        )
         for oid in candidates:
             if len(records) >= window or budget <= 0 or lookups <= 0:
                 break
@@ -481,6 +498,8 @@ class StorageServer(SessionLoop):
             records.append(child)
             budget -= size
             self._extend_frontier(session, child.refs)
+            if in_order and str_to_int8(oid) == session.readahead_next:
+                session.readahead_next += 1
         if len(sent) > _PREFETCHED_MAX:
             # Forgetting only costs resending; memory stays bounded.
             sent.clear()

@@ -188,3 +188,52 @@ def test_record_prefetch_round_trip() -> None:
     assert wire.decode_message(encoded[4:]) == message
     with pytest.raises(wire.ProtocolError):
         wire.decode_message(encoded[4:-1])
+
+
+@pytest.mark.req("WIRE-056")
+def test_read_ahead_in_oid_order_and_not_at_random(serve: Serve) -> None:
+    import random
+
+    server = serve()
+    writer = ClientStorage(server.address)
+    oids = [writer.new_oid() for _ in range(400)]
+    writer.begin()
+    for index, oid in enumerate(oids):
+        writer.store(oid, b"flat %d" % index, b"")
+    writer.end()
+    in_order = Counting(server.address)
+    assert [in_order.load(oid).data for oid in oids] == [b"flat %d" % i for i in range(400)]
+    assert in_order.loads < 400 // 8
+    shuffled = list(oids)
+    random.Random(7).shuffle(shuffled)
+    at_random = Counting(server.address)
+    for oid in shuffled:
+        assert at_random.load(oid).data == b"flat %d" % oids.index(oid)
+    # Read-ahead starts only when the next oid in order is asked for.
+    assert at_random.loads > 400 * 3 // 4
+    for client in (writer, in_order, at_random):
+        client.close()
+
+
+@pytest.mark.req("WIRE-056")
+def test_read_ahead_skips_invalidated_oids(serve: Serve) -> None:
+    server = serve()
+    writer = ClientStorage(server.address)
+    oids = [writer.new_oid() for _ in range(20)]
+    writer.begin()
+    for index, oid in enumerate(oids):
+        writer.store(oid, b"flat %d" % index, b"")
+    writer.end()
+    reader = Counting(server.address)
+    reader.sync()
+    writer.begin()
+    writer.store(oids[5], b"changed", b"")
+    writer.end()
+    for oid in oids[:5]:
+        reader.load(oid)
+    with pytest.raises(ReadConflictError):
+        reader.load(oids[5])
+    for oid in oids[6:]:
+        assert reader.load(oid).data == b"flat %d" % oids.index(oid)
+    writer.close()
+    reader.close()

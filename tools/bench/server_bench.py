@@ -6,9 +6,11 @@ this file directly for a quick table::
     python tools/bench/server_bench.py [--objects N] [--commits N]
 
 Figures: one client's cold single-object loads (one round trip each), the
-same objects with ``bulk_load`` (one round trip per 2048), durable commits of
-one small object by one client (FileStorage, fsync per commit), and the same
-by four concurrent clients (group commit shares fsyncs).
+same objects with ``bulk_load`` (one round trip per 2048), one client's cold
+single-object loads of a tree (fan-out 8, walked breadth first) with and
+without prefetch (wire protocol, "Prefetch"), durable commits of one small
+object by one client (FileStorage, fsync per commit), and the same by four
+concurrent clients (group commit shares fsyncs).
 """
 
 from __future__ import annotations
@@ -43,10 +45,24 @@ def _commit_loop(address: Any, count: int, payload: bytes) -> None:
     client.close()
 
 
+def _tree_loads(address: Any, oids: list[bytes], prefetch: bool) -> float:
+    """Loads/s of one new client loading ``oids`` one by one, in order."""
+    reader = ClientStorage(address, prefetch=prefetch)
+    started = time.perf_counter()
+    for oid in oids:
+        reader.load(oid)
+    elapsed = time.perf_counter() - started
+    reader.close()
+    return len(oids) / elapsed
+
+
 def run_server_bench(objects: int = 5000, commits: int = 500, clients: int = 4) -> dict[str, float]:
     """Return rates (per second) measured through a server on loopback TCP.
 
-    Keys: ``cold_loads_per_s``, ``bulk_loads_per_s``, ``durable_commits_per_s``
+    Keys: ``cold_loads_per_s``, ``bulk_loads_per_s``,
+    ``tree_cold_loads_per_s`` and ``tree_cold_loads_no_prefetch_per_s``
+    (``objects`` records in a tree of fan-out 8, loaded one by one breadth
+    first), ``durable_commits_per_s``
     (one client), ``durable_commits_per_s_<clients>_clients`` (all clients
     together).  Uses a FileStorage in a temporary directory, removed after.
     """
@@ -73,6 +89,20 @@ def run_server_bench(objects: int = 5000, commits: int = 500, clients: int = 4) 
             count = sum(1 for _ in reader.bulk_load(oids))
             results["bulk_loads_per_s"] = count / (time.perf_counter() - started)
             reader.close()
+
+            # A tree: record i references records 8i+1 .. 8i+8, so that a
+            # breadth-first walk is the order of the oids.
+            writer = ClientStorage(address, oid_batch_size=1024)
+            tree = [writer.new_oid() for _ in range(objects)]
+            writer.begin()
+            for index, oid in enumerate(tree):
+                writer.store(oid, b"t" * 100, b"".join(tree[8 * index + 1 : 8 * index + 9]))
+            writer.end()
+            writer.close()
+            results["tree_cold_loads_per_s"] = _tree_loads(address, tree, prefetch=True)
+            results["tree_cold_loads_no_prefetch_per_s"] = _tree_loads(
+                address, tree, prefetch=False
+            )
 
             started = time.perf_counter()
             _commit_loop(address, commits, b"y" * 100)
