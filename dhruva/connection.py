@@ -107,12 +107,34 @@ class Connection:
         class_map: Mapping[str, type | str] | None = None,
         cache_bytes: int | None = None,
     ) -> None:
+        opened_here = isinstance(storage, str)
         if isinstance(storage, str):
             from dhruva.file_storage import FileStorage
 
             storage = FileStorage(storage)
         if not isinstance(storage, Storage):
             raise TypeError(f"storage must be a Storage or a path, not {type(storage).__name__}")
+        try:
+            self._setup(
+                storage, cache_size, root_class, serializer, allowed_classes, class_map, cache_bytes
+            )
+        except BaseException:
+            if opened_here:
+                # A storage this constructor opened must not stay open (and
+                # locked) behind a failed construction.
+                storage.close()
+            raise
+
+    def _setup(
+        self,
+        storage: Storage,
+        cache_size: int,
+        root_class: type[PersistentBase] | None,
+        serializer: str | Serializer | None,
+        allowed_classes: ClassRegistry | list[AllowEntry] | None,
+        class_map: Mapping[str, type | str] | None,
+        cache_bytes: int | None,
+    ) -> None:
         self._storage = storage
         self._objects: weakref.WeakValueDictionary[bytes, PersistentBase] = (
             weakref.WeakValueDictionary()
@@ -131,12 +153,10 @@ class Connection:
         self._conflicts: set[bytes] = set()
         self._transaction_serial = 1
         self._closed = False
-        root_data = None
-        if serializer is None:
-            try:
-                root_data = storage.load(ROOT_OID).data
-            except DhruvaKeyError:
-                pass
+        try:
+            root_data: bytes | None = storage.load(ROOT_OID).data
+        except DhruvaKeyError:
+            root_data = None
         self._serializer = select_serializer(serializer, root_data)
         registry = reading_registry(self._serializer, allowed_classes)
         self._reader = ObjectReader(
@@ -145,11 +165,11 @@ class Connection:
             class_map=ClassMap(class_map) if class_map else None,
         )
         self._root_class = root_class
-        self._ensure_root(root_class)
+        self._ensure_root(root_class, root_data is not None)
 
     # -- the root --------------------------------------------------------------------
 
-    def _ensure_root(self, root_class: type[PersistentBase] | None) -> None:
+    def _ensure_root(self, root_class: type[PersistentBase] | None, root_exists: bool) -> None:
         if root_class is None:
             from dhruva.persistent_dict import PersistentDict
 
@@ -158,12 +178,7 @@ class Connection:
             raise InvalidObjectReference(
                 f"root_class must be a persistent class, not {root_class!r}"
             )
-        try:
-            self._storage.load(ROOT_OID)
-            return
-        except DhruvaKeyError:
-            pass
-        if getattr(self._storage, "readonly", False):
+        if root_exists or getattr(self._storage, "readonly", False):
             return
         oid = self._storage.new_oid()
         if oid != ROOT_OID:
@@ -360,9 +375,7 @@ class Connection:
         self.shrink_cache()
         self._loads_at_start = self._load_count
 
-    def run_transaction(
-        self, work: Callable[[Connection], T], *, attempts: int = 10
-    ) -> T:
+    def run_transaction(self, work: Callable[[Connection], T], *, attempts: int = 10) -> T:
         """Run ``work(self)`` and commit, aborting and retrying after conflicts.
 
         See :func:`dhruva.retry.run_transaction` (spec CONN-030).

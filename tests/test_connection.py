@@ -483,3 +483,12 @@ def test_cache_bytes_bounds_loaded_record_bytes_independently_of_the_count() -> 
     assert [item.n for item in items] == list(range(40))
     with pytest.raises(ValueError):
         reader.set_cache_bytes(-1)
+
+
+def test_failed_construction_closes_a_storage_it_opened(tmp_path: Any) -> None:
+    path = str(tmp_path / "db.dhruva")
+    with pytest.raises(InvalidObjectReference):
+        Connection(path, root_class=dict)  # type: ignore[arg-type]
+    # The file is not left locked: it opens again at once.
+    with Connection(path) as connection:
+        assert connection.get_root() == {}
