@@ -13,7 +13,7 @@ import pytest
 from dhruva import wire
 from dhruva.client_storage import ClientStorage
 from dhruva.error import DhruvaError, DhruvaKeyError
-from dhruva.file_storage import FileStorage2
+from dhruva.file_storage import FileStorage, FileStorage2
 from dhruva.storage import MemoryStorage, Storage
 from dhruva.storage_server import StorageServer
 from dhruva.utils import ROOT_OID
@@ -40,7 +40,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
         thread.join()
 
 
-class SlowPack(FileStorage2):
+class SlowPackMixin:
     """A FileStorage2 whose pack does not finish before ``hold_for`` commits were made.
 
     The walk itself runs normally; only its last ``pack_step`` keeps saying
@@ -58,17 +58,25 @@ class SlowPack(FileStorage2):
         self.steps += 1
         if self.fail_step:
             raise DhruvaError("disk on fire (simulated)")
-        done = super().pack_step(budget)
+        done: bool = super().pack_step(budget)  # type: ignore[misc]
         return done and self.commits_during_pack >= self.hold_for
 
     def pack_finish(self) -> Any:
         self.finishes += 1
-        return super().pack_finish()
+        return super().pack_finish()  # type: ignore[misc]
 
     def end(self) -> None:
-        super().end()
-        if self.packing:
+        super().end()  # type: ignore[misc]
+        if self.packing:  # type: ignore[attr-defined]
             self.commits_during_pack += 1
+
+
+class SlowPack(SlowPackMixin, FileStorage2):
+    """SlowPackMixin on FileStorage2 (no sidecar index)."""
+
+
+class SlowPackIndexed(SlowPackMixin, FileStorage):
+    """SlowPackMixin on FileStorage (with its sidecar index)."""
 
 
 def fill(client: ClientStorage, live: int) -> tuple[list[bytes], bytes]:
@@ -86,8 +94,12 @@ def fill(client: ClientStorage, live: int) -> tuple[list[bytes], bytes]:
 
 
 @pytest.mark.req("SRV-051", "SRV-052", "WIRE-085")
-def test_commits_during_a_server_pack_survive_it(serve: Serve, tmp_path: Path) -> None:
-    storage = SlowPack(str(tmp_path / "db.dhruva"))
+@pytest.mark.parametrize("cls", [SlowPack, SlowPackIndexed])
+def test_commits_during_a_server_pack_survive_it(
+    serve: Serve, tmp_path: Path, cls: type[SlowPackMixin]
+) -> None:
+    storage = cls(str(tmp_path / "db.dhruva"))  # type: ignore[call-arg]
+    assert isinstance(storage, SlowPackMixin)
     storage.hold_for = 30
     server = serve(storage, pack_step_budget=500, pack_progress_interval_s=0.0)
     writer = ClientStorage(server.address)
