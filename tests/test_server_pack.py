@@ -38,6 +38,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
     for server, thread in started:
         server.stop()
         thread.join()
+        server.storage.close()
 
 
 class SlowPackMixin:
@@ -315,3 +316,37 @@ def test_dhruva_pack_server_errors_are_one_line(
     FileStorage2(db).close()
     assert admin.main(["pack", db, "--address", missing]) == 1
     assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.req("SRV-051")
+def test_dhruva_command_packs_a_server_over_tcp(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    storage = SlowPack(str(tmp_path / "db.dhruva"))
+    server = StorageServer(storage, ("127.0.0.1", 0), pack_step_budget=10)
+    thread = threading.Thread(target=server.serve, daemon=True)
+    thread.start()
+    try:
+        assert isinstance(server.address, tuple)
+        host, port = server.address
+        client = ClientStorage((host, port))
+        _children, garbage = fill(client, 50)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DHRUVA_")}
+        result = subprocess.run(
+            [sys.executable, "-m", "dhruva", "pack", "--host", host, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"server at {host}:{port}: 52 -> 51 objects" in result.stderr
+        with pytest.raises(DhruvaKeyError):
+            client.load(garbage)
+        client.close()
+    finally:
+        server.stop()
+        thread.join()
+        storage.close()
