@@ -221,6 +221,18 @@ def transcripts() -> dict[str, dict[str, Any]]:
                 expect(wire.RecordMessage(rp0).encode(), "c"),
             ],
         },
+        "pack": {
+            "description": (
+                "PACK is answered OK once packed, with no PACK_PROGRESS frames before it:"
+                " the client did not announce 'pack-progress' (WIRE-085)"
+            ),
+            "fresh": True,
+            "steps": [
+                *greet(),
+                send(wire.Empty(T.PACK).encode()),
+                expect(wire.Empty(T.OK).encode()),
+            ],
+        },
         "stage-then-commit": {
             "description": "STAGE frames have no answer; COMMIT commits them too (WIRE-070)",
             "fresh": True,
