@@ -47,6 +47,7 @@ import selectors
 import socket
 import ssl
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -87,6 +88,8 @@ _OID_LIMIT = 1 << 64
 _PREFETCH_WINDOW_MIN = 2
 DEFAULT_PREFETCH_RECORDS = 64
 DEFAULT_PREFETCH_BYTES = 64 << 10
+DEFAULT_BUSY_POLL_S = 0.0002
+"""How long the loop polls for the next request before it blocks (see _poll)."""
 DEFAULT_PACK_STEP_BUDGET = 5000
 """Records a pack step copies before the loop serves clients again (a few ms)."""
 
@@ -125,6 +128,10 @@ class StorageServer(SessionLoop):
     ``pack_progress_interval_s`` how often a running pack logs its progress
     (and sends PACK_PROGRESS to clients that asked for it).
 
+    ``busy_poll_s``: after serving a request the loop polls this long for
+    the next one before it blocks, which cuts a round trip's latency on an
+    idle machine (0 turns it off).
+
     ``prefetch_records`` and ``prefetch_bytes`` bound what a LOAD answer to
     a client that announced ``prefetch`` carries besides the record asked
     for (wire protocol, "Prefetch"); 0 records turns prefetch off.
@@ -146,7 +153,10 @@ class StorageServer(SessionLoop):
         prefetch_bytes: int = DEFAULT_PREFETCH_BYTES,
         pack_step_budget: int = DEFAULT_PACK_STEP_BUDGET,
         pack_progress_interval_s: float = 1.0,
+        busy_poll_s: float = DEFAULT_BUSY_POLL_S,
     ) -> None:
+        self.busy_poll_s = max(0.0, busy_poll_s)
+        self._busy = False
         self.pack_step_budget = max(1, pack_step_budget)
         self.pack_progress_interval_s = pack_progress_interval_s
         self._pack_job: _PackJob | None = None
@@ -279,8 +289,34 @@ class StorageServer(SessionLoop):
             timeout = until_sweep if timeout is None else min(timeout, until_sweep)
         return timeout
 
+    def _poll(self, timeout: float | None) -> list[tuple[selectors.SelectorKey, int]]:
+        """``select(timeout)``, after polling for up to ``busy_poll_s`` if the loop is busy.
+
+        A client that got its answer usually sends its next request within
+        tens of microseconds; a blocking select lets the CPU fall asleep in
+        between, and waking it costs more than the request itself (on an
+        idle 2-core machine a loopback round trip took 100 us blocking and
+        25 us polling).  So after a pass that had work, the loop polls
+        without blocking for a short while before it blocks.  An idle
+        server blocks at once; a busy one was not going to sleep anyway.
+        With other threads in the process (a server in a thread of its
+        clients' process) polling would only keep the GIL from them.
+        """
+        if timeout != 0 and self._busy and self.busy_poll_s > 0 and threading.active_count() == 1:
+            deadline = time.perf_counter() + self.busy_poll_s
+            events: list[tuple[selectors.SelectorKey, int]] = []
+            while not self._stopping:
+                events = self._selector.select(0)
+                if events or time.perf_counter() >= deadline:
+                    break
+            if events:
+                return events
+        events = self._selector.select(timeout)
+        self._busy = bool(events)
+        return events
+
     def _loop_once(self) -> None:
-        for key, mask in self._selector.select(self._select_timeout()):
+        for key, mask in self._poll(self._select_timeout()):
             if key.data == "listener":
                 self._accept()
             elif key.data == "wake":

