@@ -40,7 +40,6 @@ requests of sessions that are ready.
 from __future__ import annotations
 
 import errno
-import itertools
 import logging
 import os
 import selectors
@@ -49,20 +48,25 @@ import ssl
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
 from dhruva import security, wire
 from dhruva.error import DhruvaError, DhruvaKeyError, ProtocolError, ReadOnlyError
+from dhruva.server_pack import DEFAULT_PACK_STEP_BUDGET, PackingLoop, _PackJob
+from dhruva.server_prefetch import (
+    DEFAULT_PREFETCH_BYTES,
+    DEFAULT_PREFETCH_RECORDS,
+    choose_prefetch,
+    forget_prefetched,
+)
 from dhruva.server_sessions import (
     Address,
     ServerLimits,
     Session,
-    SessionLoop,
     format_address,
 )
 from dhruva.storage import Record, Storage
-from dhruva.utils import ROOT_OID, int8_to_str, str_to_int8
+from dhruva.utils import ROOT_OID, str_to_int8
 
 log = logging.getLogger("dhruva.server")
 
@@ -82,29 +86,11 @@ __all__ = [
 
 _LIST_OIDS_MAX = 65536
 _KNOWN_OIDS_MAX = 1 << 20
-_PREFETCHED_MAX = 1 << 16
-_FRONTIER_MAX = 16384
-_OID_LIMIT = 1 << 64
-_PREFETCH_WINDOW_MIN = 2
-DEFAULT_PREFETCH_RECORDS = 64
-DEFAULT_PREFETCH_BYTES = 64 << 10
 DEFAULT_BUSY_POLL_S = 0.0002
 """How long the loop polls for the next request before it blocks (see _poll)."""
-DEFAULT_PACK_STEP_BUDGET = 5000
-"""Records a pack step copies before the loop serves clients again (a few ms)."""
 
 
-@dataclass
-class _PackJob:
-    """A pack the server is running between requests (SRV-051)."""
-
-    started: float
-    steps: int = 0
-    last_report: float = 0.0
-    waiters: list[Session] = field(default_factory=list)
-
-
-class StorageServer(SessionLoop):
+class StorageServer(PackingLoop):
     """Serve ``storage`` to clients at ``address`` until stopped.
 
     ``address`` is ``(host, port)`` (port 0 picks a free one; see
@@ -451,107 +437,15 @@ class StorageServer(SessionLoop):
         if single:
             record = records[0]
             if wire.FEATURE_PREFETCH in session.features and self.prefetch_records:
-                prefetched = self._prefetch(session, record)
+                prefetched = choose_prefetch(
+                    self.storage, session, record, self.prefetch_records, self.prefetch_bytes
+                )
                 if prefetched:
                     self._send(session, wire.RecordPrefetch(record, prefetched).encode())
                     return
             self._send(session, wire.RecordMessage(record).encode())
         else:
             self._send(session, wire.Records(records).encode())
-
-    def _prefetch(self, session: Session, record: Record) -> list[Record]:
-        """The records to send along with ``record`` [WIRE-056].
-
-        Candidates, in order: the oids ``record`` references; then the
-        session's *frontier*, the oids referenced by records sent to it
-        since its last sync and not sent yet, oldest first; then, when the
-        client reads oids in ascending order (this LOAD asks for the oid
-        after the last one it received), the oids that follow (read-ahead:
-        objects committed together get neighbouring oids and are often read
-        together).  Each record sent adds its references to the frontier, so
-        a client walking the graph finds most records it needs in memory.
-
-        At most the session's *window* of records (and about
-        ``prefetch_bytes`` bytes, four window's worth of look-ups) go with
-        one answer.  The window doubles, up to ``prefetch_records``, when the
-        client loads an oid of the frontier or the next oid in order, and
-        halves otherwise, so that a client reading at random does not make
-        the server read records nobody wants.
-
-        Only oids outside the session's invalidation set qualify: their
-        current record is then the one as of the session's last sync, which
-        is exactly what a LOAD now would return.  Oids already sent since
-        that sync are skipped (the client keeps them until its next sync),
-        as are missing ones.
-        """
-        invalid = session.invalid
-        sent = session.prefetched
-        frontier = session.frontier
-        number = str_to_int8(record.oid)
-        in_order = number == session.readahead_next
-        if frontier.pop(record.oid, False) is None or in_order:
-            session.prefetch_window = min(2 * session.prefetch_window, self.prefetch_records)
-        elif not session.frontier_overflowed:
-            # (Once the frontier dropped references, a miss says nothing.)
-            session.prefetch_window = max(session.prefetch_window // 2, _PREFETCH_WINDOW_MIN)
-        window = min(session.prefetch_window, self.prefetch_records)
-        session.readahead_next = number + 1
-        sent.add(record.oid)
-        self._extend_frontier(session, record.refs)
-        budget = self.prefetch_bytes
-        lookups = 4 * window
-        records: list[Record] = []
-        refs = record.refs
-        candidates: Iterable[bytes] = itertools.chain(
-            [refs[i : i + 8] for i in range(0, len(refs), 8)],
-            # A copy of the frontier's head: the loop pops from the frontier.
-            list(itertools.islice(frontier, lookups)),
-            (
-                int8_to_str(n)
-                for n in range(number + 1, min(number + 1 + lookups, _OID_LIMIT))
-                if in_order
-            ),
-        )
-        for oid in candidates:
-            if len(records) >= window or budget <= 0 or lookups <= 0:
-                break
-            if oid in sent:
-                continue
-            frontier.pop(oid, None)
-            # [WIRE-056] Never an invalidated oid: the client must hear
-            # READ_CONFLICT when it loads one.
-            if oid in invalid:
-                continue
-            lookups -= 1
-            try:
-                child = self.storage.load(oid)
-            except DhruvaError:
-                continue
-            size = wire.record_size(child)
-            if size > budget:
-                continue
-            sent.add(oid)
-            records.append(child)
-            budget -= size
-            self._extend_frontier(session, child.refs)
-            if in_order and str_to_int8(oid) == session.readahead_next:
-                session.readahead_next += 1
-        if len(sent) > _PREFETCHED_MAX:
-            # Forgetting only costs resending; memory stays bounded.
-            sent.clear()
-        return records
-
-    @staticmethod
-    def _extend_frontier(session: Session, refs: bytes) -> None:
-        frontier = session.frontier
-        sent = session.prefetched
-        for start in range(0, len(refs), 8):
-            if len(frontier) >= _FRONTIER_MAX:
-                session.frontier_overflowed = True
-                return
-            oid = refs[start : start + 8]
-            if oid not in sent:
-                frontier[oid] = None
 
     def _new_oids(self, session: Session, count: int) -> None:
         if self.readonly:
@@ -569,9 +463,7 @@ class StorageServer(SessionLoop):
         oids = sorted(session.invalid)
         session.invalid.clear()
         # [WIRE-057] The client drops its prefetched records at every sync.
-        session.prefetched.clear()
-        session.frontier.clear()
-        session.frontier_overflowed = False
+        forget_prefetched(session)
         return oids
 
     def _list_oids(self, session: Session, message: wire.ListOids) -> None:
@@ -581,151 +473,6 @@ class StorageServer(SessionLoop):
         # (conformance tests, tools) and keeps the storage interface minimal.
         oids = sorted(oid for oid in self.storage.iter_oids() if str_to_int8(oid) >= start)
         self._send(session, wire.Oids(oids[:limit]).encode())
-
-    def _pack(self, session: Session) -> None:
-        if self.readonly:
-            self._error(session, wire.ErrorCode.READ_ONLY, "the server is read-only")
-            return
-        self._start_pack(session)
-
-    def _start_pack(self, waiter: Session | None) -> None:
-        """Start a pack (or join the running one); ``waiter`` hears OK at its end.
-
-        [SRV-051] A storage with the two-phase API packs in steps between
-        which the loop serves every session; others pack in one call.
-        """
-        job = self._pack_job
-        if job is not None:
-            # [SRV-052] One pack at a time: a second request joins the first.
-            if waiter is not None:
-                waiter.waiting_pack = True
-                job.waiters.append(waiter)
-            return
-        stepwise = all(
-            callable(getattr(self.storage, name, None))
-            for name in ("pack_begin", "pack_step", "pack_finish")
-        )
-        log.info(
-            "pack started (%s)",
-            "stepwise, serving clients meanwhile" if stepwise else "blocking",
-            extra={"event": "pack-start", "stepwise": stepwise},
-        )
-        if not stepwise:
-            self._blocking_pack(waiter)
-            return
-        job = _PackJob(started=time.monotonic())
-        try:
-            self.storage.pack_begin()  # type: ignore[attr-defined]
-        except Exception as error:
-            self._pack_failed(job, waiter, error)
-            return
-        if waiter is not None:
-            waiter.waiting_pack = True
-            job.waiters.append(waiter)
-        self._pack_job = job
-
-    def _blocking_pack(self, waiter: Session | None) -> None:
-        started = time.monotonic()
-        try:
-            # _known_oids is kept: an oid stored through this server once may
-            # be stored again after pack removed it.
-            self.storage.pack()
-        except Exception as error:
-            self._pack_failed(_PackJob(started=started), waiter, error)
-            return
-        elapsed = time.monotonic() - started
-        log.info(
-            "pack finished in %.3f s",
-            elapsed,
-            extra={"event": "pack-end", "elapsed_s": round(elapsed, 3)},
-        )
-        if waiter is not None:
-            self._send(waiter, wire.Empty(wire.MessageType.OK).encode())
-
-    def _pack_failed(self, job: _PackJob, waiter: Session | None, error: Exception) -> None:
-        """[SRV-053] Abandon the pack, tell its clients, keep serving."""
-        if getattr(self.storage, "packing", False):
-            try:
-                self.storage.pack_abort()  # type: ignore[attr-defined]
-            except Exception:
-                log.exception("pack_abort() failed")
-        code = wire.ErrorCode.STORAGE_FAILURE
-        if "does not support pack" in str(error) or isinstance(error, NotImplementedError):
-            code = wire.ErrorCode.NOT_SUPPORTED
-        log.error("pack failed: %s", error, extra={"event": "pack-failed"})
-        if waiter is not None:
-            # Called while handling waiter's PACK: its queue resumes by itself.
-            waiter.waiting_pack = False
-            self._error(waiter, code, f"pack failed: {error}")
-        for session in job.waiters:
-            session.waiting_pack = False
-            if not session.closed and session is not waiter:
-                self._error(session, code, f"pack failed: {error}")
-                self._handle_queue(session)
-
-    def _pack_progress(self) -> tuple[int, int]:
-        """Records copied so far and the upper bound of records to copy, if known."""
-        # The file storages expose their packer's PackProgress; others have none.
-        progress = getattr(getattr(self.storage, "_packer", None), "progress", None)
-        copied = int(getattr(progress, "records_copied", 0) or 0)
-        total = int(getattr(progress, "objects_before", 0) or 0)
-        return copied, total
-
-    def _run_pack_step(self) -> None:
-        """Advance the running pack by one step; finish it when the walk is done."""
-        job = self._pack_job
-        assert job is not None
-        try:
-            done = self.storage.pack_step(self.pack_step_budget)  # type: ignore[attr-defined]
-        except Exception as error:
-            self._pack_job = None
-            self._pack_failed(job, None, error)
-            return
-        job.steps += 1
-        now = time.monotonic()
-        if not done:
-            if now - job.last_report >= self.pack_progress_interval_s:
-                job.last_report = now
-                self._report_pack_progress(job)
-            return
-        self._pack_job = None
-        try:
-            result = self.storage.pack_finish()  # type: ignore[attr-defined]
-        except Exception as error:
-            self._pack_failed(job, None, error)
-            return
-        elapsed = time.monotonic() - job.started
-        log.info(
-            "pack finished in %.3f s (%d steps, %s records copied, %s commits during the pack)",
-            elapsed,
-            job.steps,
-            getattr(result, "records_copied", "?"),
-            getattr(result, "commits_during_pack", "?"),
-            extra={"event": "pack-end", "elapsed_s": round(elapsed, 3), "steps": job.steps},
-        )
-        for session in job.waiters:
-            session.waiting_pack = False
-            if not session.closed:
-                self._send(session, wire.Empty(wire.MessageType.OK).encode())
-                self._handle_queue(session)
-
-    def _report_pack_progress(self, job: _PackJob) -> None:
-        copied, total = self._pack_progress()
-        percent = f"{min(100.0, 100.0 * copied / total):.0f}%" if total else "?"
-        log.info(
-            "pack: %d of at most %d objects copied (%s, step %d)",
-            copied,
-            total,
-            percent,
-            job.steps,
-            extra={"event": "pack-progress", "records_copied": copied, "objects": total},
-        )
-        frame = wire.PackProgress(copied, total).encode()
-        for session in job.waiters:
-            # [WIRE-085] Only to clients that asked for progress frames.
-            if not session.closed and wire.FEATURE_PACK_PROGRESS in session.features:
-                self._send(session, frame)
-                self._flush(session)
 
     def _periodic_pack(self) -> None:
         assert self.gcinterval is not None
@@ -900,14 +647,7 @@ class StorageServer(SessionLoop):
 
     def _shutdown(self) -> None:
         log.info("dhruva server stopping")
-        if self._pack_job is not None:
-            # PACK-013: the data file stays as the commits left it.
-            self._pack_job = None
-            log.info("pack abandoned: the server is stopping", extra={"event": "pack-abort"})
-            try:
-                self.storage.pack_abort()  # type: ignore[attr-defined]
-            except Exception:
-                log.exception("pack_abort() failed")
+        self._abandon_pack()
         for session in list(self._sessions):
             # Best effort: deliver answers already produced (the STOP's OK).
             if session.out:
