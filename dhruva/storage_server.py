@@ -33,8 +33,10 @@ notices [SRV-041].
 
 Connections.  Accepting clients, TLS, the handshake and authentication,
 timeouts, back-pressure, reading and writing are the base class's
-(:class:`dhruva.server_sessions.SessionLoop`); this module handles the
-requests of sessions that are ready.
+(:class:`dhruva.server_sessions.SessionLoop`); packing while serving is
+:class:`dhruva.server_pack.PackingLoop`'s; which records travel with a LOAD
+answer is :mod:`dhruva.server_prefetch`'s.  This module handles the
+requests of sessions that are ready, and group commit.
 """
 
 from __future__ import annotations
