@@ -188,7 +188,7 @@ def _configure_pack(parser: argparse.ArgumentParser) -> None:
     )
     cli.add_address_options(parser)
     dconfig.add_config_option(parser)
-    dconfig.add_setting_flags(parser, cli._CLIENT_SECURITY_KEYS, "authentication and TLS")
+    dconfig.add_setting_flags(parser, cli.CLIENT_SECURITY_KEYS, "authentication and TLS")
     parser.add_argument(
         "--index",
         action="store_true",

@@ -126,7 +126,7 @@ def connect_client(settings: dconfig.Settings) -> Storage:
         raise CommandError(str(error)) from None
 
 
-_CLIENT_SECURITY_KEYS = [
+CLIENT_SECURITY_KEYS = [
     "secret_file",
     "tls",
     "tls_ca",
@@ -288,7 +288,7 @@ def _configure_console(parser: argparse.ArgumentParser) -> None:
     )
     add_address_options(parser)
     dconfig.add_config_option(parser)
-    dconfig.add_setting_flags(parser, _CLIENT_SECURITY_KEYS, "authentication and TLS")
+    dconfig.add_setting_flags(parser, CLIENT_SECURITY_KEYS, "authentication and TLS")
     parser.add_argument(
         "--readonly", action="store_true", help="with --file: open the file read-only"
     )

@@ -34,6 +34,7 @@ to the young end.  Changed objects are never touched.
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from types import TracebackType
@@ -60,6 +61,9 @@ from dhruva.storage import Record, Storage
 from dhruva.utils import ROOT_OID, int8_to_str, str_to_int8
 
 _setattr = object.__setattr__
+
+ROOT_WAIT_S = 10.0
+"""How long get_root() waits for another client's commit of a new root."""
 T = TypeVar("T")
 
 
@@ -165,6 +169,7 @@ class Connection:
             class_map=ClassMap(class_map) if class_map else None,
         )
         self._root_class = root_class
+        self._root_pending = False
         self._ensure_root(root_class, root_data is not None)
 
     # -- the root --------------------------------------------------------------------
@@ -182,8 +187,9 @@ class Connection:
             return
         oid = self._storage.new_oid()
         if oid != ROOT_OID:
-            # Another client created the root first (client storages).
-            self._storage.sync()
+            # Another client was given oid 0 first (client storages): it is
+            # creating the root, and get_root() waits for its commit.
+            self._root_pending = True
             return
         root = root_class()
         _setattr(root, "_p_oid", ROOT_OID)
@@ -194,10 +200,21 @@ class Connection:
         self.commit()
 
     def get_root(self) -> Any:
-        """Return the root object (oid 0)."""
+        """Return the root object (oid 0).
+
+        When another client of a shared storage is creating the root, wait up
+        to ``ROOT_WAIT_S`` for its commit (CONN-017).
+        """
         root = self.get(ROOT_OID)
+        if root is None and self._root_pending:
+            deadline = time.monotonic() + ROOT_WAIT_S
+            while root is None and time.monotonic() < deadline:
+                time.sleep(0.01)
+                self._storage.sync()
+                root = self.get(ROOT_OID)
         if root is None:
             raise DhruvaKeyError(ROOT_OID, "this database has no root object yet")
+        self._root_pending = False
         return root
 
     # -- loading ---------------------------------------------------------------------

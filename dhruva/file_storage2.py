@@ -352,6 +352,11 @@ class JournalStorage(Storage):
         """True between ``pack_begin()`` and ``pack_finish()``/``pack_abort()``."""
         return self._packer is not None
 
+    @property
+    def pack_progress(self) -> PackProgress | None:
+        """What the running pack has done so far, or None when no pack runs."""
+        return None if self._packer is None else self._packer.progress
+
     def pack_begin(self) -> None:
         """Start a two-phase pack as of the current end of data (spec PACK-010).
 

@@ -141,8 +141,8 @@ class PackingLoop(SessionLoop):
 
     def _pack_progress(self) -> tuple[int, int]:
         """Records copied so far and the upper bound of records to copy, if known."""
-        # The file storages expose their packer's PackProgress; others have none.
-        progress = getattr(getattr(self.storage, "_packer", None), "progress", None)
+        # The file storages expose their pack's PackProgress; others have none.
+        progress = getattr(self.storage, "pack_progress", None)
         copied = int(getattr(progress, "records_copied", 0) or 0)
         total = int(getattr(progress, "objects_before", 0) or 0)
         return copied, total

@@ -492,3 +492,29 @@ def test_failed_construction_closes_a_storage_it_opened(tmp_path: Any) -> None:
     # The file is not left locked: it opens again at once.
     with Connection(path) as connection:
         assert connection.get_root() == {}
+
+
+@pytest.mark.req("CONN-017")
+def test_get_root_waits_for_another_client_creating_the_root() -> None:
+    import threading
+
+    storage = MemoryStorage()
+    assert storage.new_oid() == ROOT_OID  # "another client" holds oid 0
+
+    def create_root_later() -> None:
+        storage.begin()
+        writer_root = Root()
+        writer_root.made_by = "other"
+        from dhruva.serialize import ObjectWriter
+
+        data, refs = ObjectWriter(connect(MemoryStorage())).get_state(writer_root)
+        storage.store(ROOT_OID, data, refs)
+        storage.end()
+
+    connection = connect(storage)
+    timer = threading.Timer(0.1, create_root_later)
+    timer.start()
+    try:
+        assert connection.get_root().made_by == "other"
+    finally:
+        timer.join()
