@@ -1,20 +1,25 @@
 """Fixtures shared by several test modules.
 
 ``cls`` and ``path`` serve the tests of the journal storages (FileStorage
-and FileStorage2); ``start_server`` the tests of the ``dhruva`` command.
+and FileStorage2); ``start_server`` the tests of the ``dhruva`` command;
+``serve`` the tests that run a StorageServer in a thread.
 A test module that defines a fixture of the same name uses its own.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _dhruva_command import Server
 from _journal_storages import CLASSES
 
 from dhruva.file_storage2 import JournalStorage
+from dhruva.storage import MemoryStorage, Storage
+from dhruva.storage_server import StorageServer
 
 
 @pytest.fixture(params=CLASSES, ids=[c.__name__ for c in CLASSES])
@@ -43,3 +48,23 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
     yield start
     for server in servers:
         server.kill()
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[..., StorageServer]]:
+    """Start StorageServers on Unix sockets in threads; stop and close them all after."""
+    started: list[tuple[StorageServer, threading.Thread]] = []
+
+    def start(storage: Storage | None = None, **options: Any) -> StorageServer:
+        path = str(tmp_path / f"s{len(started)}.sock")
+        server = StorageServer(storage if storage is not None else MemoryStorage(), path, **options)
+        thread = threading.Thread(target=server.serve, daemon=True)
+        thread.start()
+        started.append((server, thread))
+        return server
+
+    yield start
+    for server, thread in started:
+        server.stop()
+        thread.join()
+        server.storage.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,31 +14,11 @@ from dhruva import wire
 from dhruva.client_storage import ClientStorage
 from dhruva.error import DhruvaError, DhruvaKeyError
 from dhruva.file_storage import FileStorage, FileStorage2
-from dhruva.storage import MemoryStorage, Storage
+from dhruva.storage import MemoryStorage
 from dhruva.storage_server import StorageServer
 from dhruva.utils import ROOT_OID
 
 Serve = Callable[..., StorageServer]
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Serve]:
-    """Start servers on Unix sockets in threads; stop them all after the test."""
-    started: list[tuple[StorageServer, threading.Thread]] = []
-
-    def start(storage: Storage | None = None, **options: Any) -> StorageServer:
-        path = str(tmp_path / f"s{len(started)}.sock")
-        server = StorageServer(storage if storage is not None else MemoryStorage(), path, **options)
-        thread = threading.Thread(target=server.serve, daemon=True)
-        thread.start()
-        started.append((server, thread))
-        return server
-
-    yield start
-    for server, thread in started:
-        server.stop()
-        thread.join()
-        server.storage.close()
 
 
 class SlowPackMixin:

@@ -2,40 +2,17 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 
 from dhruva import wire
 from dhruva.client_storage import ClientStorage
 from dhruva.error import ReadConflictError
-from dhruva.storage import MemoryStorage, Storage
 from dhruva.storage_server import StorageServer
 from dhruva.utils import ROOT_OID
 
 Serve = Callable[..., StorageServer]
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Serve]:
-    """Start servers on Unix sockets in threads; stop them all after the test."""
-    started: list[tuple[StorageServer, threading.Thread]] = []
-
-    def start(storage: Storage | None = None, **options: Any) -> StorageServer:
-        path = str(tmp_path / f"s{len(started)}.sock")
-        server = StorageServer(storage if storage is not None else MemoryStorage(), path, **options)
-        thread = threading.Thread(target=server.serve, daemon=True)
-        thread.start()
-        started.append((server, thread))
-        return server
-
-    yield start
-    for server, thread in started:
-        server.stop()
-        thread.join()
 
 
 class Counting(ClientStorage):
