@@ -61,6 +61,9 @@ def _require_file(path: str) -> None:
     """Raise AdminError unless ``path`` exists (the commands never create their input)."""
     if not os.path.exists(path):
         raise AdminError(f"{path}: no such file")
+    if os.path.isdir(path):
+        # Reading a directory fails with an OSError that does not name it.
+        raise AdminError(f"{path} is a directory, not a database file")
 
 
 def _quiet_option(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -211,6 +214,8 @@ def run_history(args: argparse.Namespace) -> int:
 
     out: TextIO = sys.stdout
     _require_file(args.path)
+    if args.last is not None and args.last < 0:
+        raise AdminError(f"--last {args.last}: give 0 or more transactions")
     transactions = iter_transactions(args.path)
     if args.last is not None:
         from collections import deque

@@ -363,8 +363,13 @@ def run_console(args: argparse.Namespace) -> int:
             options["serializer"] = args.serializer
         if args.allow is not None:
             options["allowed_classes"] = args.allow
-        connection = Connection(storage, **options)
-        root = connection.get_root()
+        try:
+            connection = Connection(storage, **options)
+            root = connection.get_root()
+        except (DhruvaError, ValueError, TypeError) as error:
+            # [CLI-010] A bad option value or a database without a root that a
+            # read-only console cannot create: one line, not a traceback.
+            raise CommandError(f"cannot open the console on {where}: {error}") from None
         namespace: dict[str, Any] = {
             "__name__": "__console__",
             "connection": connection,

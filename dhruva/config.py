@@ -238,6 +238,12 @@ def read_config_file(path: str) -> dict[str, Any]:
         ) from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        # tomllib decodes the bytes first: a binary file (a database given
+        # to --config by mistake) fails here, not in the TOML parser.
+        raise ConfigError(
+            f"config file {path} is not valid TOML: not UTF-8 text (byte {error.start})"
+        ) from None
     # [CFG-002] Settings may sit at the top level or in a [dhruva] table.
     if isinstance(data.get("dhruva"), dict):
         data = {**{k: v for k, v in data.items() if k != "dhruva"}, **data["dhruva"]}

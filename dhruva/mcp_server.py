@@ -448,6 +448,9 @@ def _run(args: argparse.Namespace) -> None:
         allowed = list(args.allow or [])
     if args.transport == "stdio" and args.token:
         raise CommandFailed("--token is only for --transport http")
+    if not 0 <= args.http_port <= 65535:
+        # Checked before anything is opened or a token is printed.
+        raise CommandFailed(f"--http-port {args.http_port}: a port is 0 to 65535")
     token = args.token or os.environ.get(TOKEN_ENV) or None
     address = parse_address(args.address) if args.address else None
     browser = open_browser(
