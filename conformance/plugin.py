@@ -41,7 +41,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="NAME",
         help=(
             "registered back-end the dhruva conformance suite runs against "
-            f"(default: {DEFAULT_BACKEND}; built in: memory, file, file2)"
+            f"(default: {DEFAULT_BACKEND}; built in: memory, file, file2, sqlite, "
+            "server-memory, server-file, server-sqlite)"
         ),
     )
     server_backends.add_server_options(group)

@@ -60,7 +60,7 @@ class ConflictError(DhruvaError):
         self.oids: list[bytes] = list(oids)
         if message is None:
             message = (
-                f"{type(self).__name__}: objects [{_format_oids(self.oids)}]"
+                f"objects [{_format_oids(self.oids)}]"
                 + (" ..." if len(self.oids) > 8 else "")
                 + " were changed by another client; call abort() and retry"
             )

@@ -266,7 +266,8 @@ class DiskIndex:
         meta = Meta(1, covered_offset, last_tid, max_oid, count, last_trailer_crc)
         capacity = _round_capacity(max_oid + 1)
         temp_path = path + ".tmp"
-        fd = os.open(temp_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0))
+        flags = os.O_RDWR | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0)
+        fd = os.open(temp_path, flags, 0o644)
         try:
             page = bytearray(ENTRIES_OFFSET)
             page[0:64] = encode_header(file_id)

@@ -171,8 +171,12 @@ class _RecordUnpickler(pickle.Unpickler):
             # [OBJ-050] Renamed classes are translated before anything is resolved.
             target = self._class_map.translate(module, name)
             if isinstance(target, type):
-                return target
-            module, name = target
+                if self._find_class_hook is None:
+                    return target
+                # A restricted reader judges a mapped class by its own name.
+                module, name = target.__module__, target.__qualname__
+            else:
+                module, name = target
         try:
             if self._find_class_hook is not None:
                 return self._find_class_hook(module, name)

@@ -37,7 +37,7 @@ except ImportError as exc:  # pragma: no cover - exercised by test_serializers_m
     # [OBJ-022] Name the package to install.
     raise SerializationError(
         "this record or connection uses the dill serializer, but the 'dill' package "
-        "is not installed; install it with: pip install 'dhruva[dill]'"
+        "is not installed; install it with: pip install 'dhruva[dill]' (or: pip install dill)"
     ) from exc
 
 

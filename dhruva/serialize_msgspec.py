@@ -57,7 +57,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     # [OBJ-022] Name the package to install.
     raise SerializationError(
         "this record or connection uses the msgspec serializer, but the 'msgspec' package "
-        "is not installed; install it with: pip install 'dhruva[msgspec]'"
+        "is not installed; install it with: pip install 'dhruva[msgspec]' "
+        "(or: pip install msgspec)"
     ) from exc
 
 # The ext type codes of the format (OBJ-032).  Never renumber; add new ones only.
@@ -277,9 +278,13 @@ class MsgspecDecoder:
             # [OBJ-050] Renamed classes are translated before anything is resolved.
             target = self._class_map.translate(module, qualname)
             if isinstance(target, type):
-                cache[name] = target
-                return target
-            module, qualname = target
+                if self._registry is None:
+                    cache[name] = target
+                    return target
+                # A restricted reader judges a mapped class by its own name.
+                module, qualname = target.__module__, target.__qualname__
+            else:
+                module, qualname = target
         dotted = f"{module}.{qualname}"
         # [OBJ-036] Through the allow-list, or only from modules already imported.
         if self._registry is not None:

@@ -108,3 +108,25 @@ def test_paths_split_on_colon_or_last_dot() -> None:
     with pytest.raises(ValueError, match="import path"):
         split_path("C")
     assert not ClassMap({})
+
+
+@pytest.mark.req("OBJ-050")
+@pytest.mark.parametrize("serializer", ["pickle", "msgspec"])
+def test_a_mapped_class_object_is_still_judged_by_the_allow_list(
+    tmp_path: Path, old_module: types.ModuleType, serializer: str
+) -> None:
+    if serializer == "msgspec":
+        pytest.importorskip("msgspec")
+    path = str(tmp_path / "db.dhruva")
+    _write_old_record(path, old_module, serializer)
+    sys.modules.pop("old_shop")
+    mapping = {"old_shop.Thing": Renamed}
+    refused = ["dhruva.persistent_dict.PersistentDict"]
+    with (
+        Connection(FileStorage(path), class_map=mapping, allowed_classes=refused) as connection,
+        pytest.raises(ForbiddenClassError, match="Renamed"),
+    ):
+        connection.get_root()
+    allowed = [*refused, Renamed]
+    with Connection(FileStorage(path), class_map=mapping, allowed_classes=allowed) as connection:
+        assert isinstance(connection.get_root()["thing"], Renamed)
