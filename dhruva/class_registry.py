@@ -114,7 +114,17 @@ class ClassMap:
 
     def __init__(self, mapping: Mapping[str, type | str]) -> None:
         self._map: dict[tuple[str, str], type | tuple[str, str]] = {}
+        if not isinstance(mapping, Mapping):
+            raise TypeError(
+                "class_map must be a dict of old import paths to classes or new paths, "
+                f"not {type(mapping).__name__}"
+            )
         for old, new in mapping.items():
+            if not isinstance(old, str) or not isinstance(new, type | str):
+                raise TypeError(
+                    "class_map maps an old import path (str) to a class or a new path (str), "
+                    f"not {type(old).__name__} to {type(new).__name__}: {old!r}: {new!r}"
+                )
             self._map[split_path(old)] = new if isinstance(new, type) else split_path(new)
 
     def translate(self, module: str, qualname: str) -> type | tuple[str, str]:
@@ -142,6 +152,11 @@ class ClassRegistry:
         classes: dict[tuple[str, str], type] = {}
         if isinstance(allowed, (str, type, ModuleType)):
             allowed = [allowed]
+        elif not isinstance(allowed, Iterable):
+            raise TypeError(
+                "allowed_classes must be a list of classes, modules and dotted names, "
+                f"not {type(allowed).__name__}"
+            )
         for entry in allowed:
             if isinstance(entry, type):
                 classes[class_path(entry)] = entry

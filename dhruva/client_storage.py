@@ -58,6 +58,12 @@ DEFAULT_BUSY_POLL_S = 0.0005
 _POLL_MISSES_MAX = 4
 _POLL_PAUSE_REQUESTS = 64
 _HANDSHAKE_TIMEOUT_S = 30.0
+_HEAD_SIZE = 16
+_TYPE_OFFSET = wire.FRAME_HEADER.size
+_FIRST_ANSWERS = frozenset(
+    {wire.MessageType.HELLO_OK, wire.MessageType.AUTH_CHALLENGE, wire.MessageType.ERROR}
+)
+"""The message types that may open a server's side of a session (answers to HELLO)."""
 """How long the handshake may take when the caller set no timeout of its own."""
 
 
@@ -125,6 +131,9 @@ class ClientStorage(Storage):
         self._after_commit: list[bytes] | None = None
         self._broken: ServerConnectionError | None = None
         self._lost_reason = ""
+        # The first bytes the peer sent, to show in the error when it turns
+        # out not to be a dhruva server (an HTTP or SSH server, say).
+        self._received_head = b""
         self._closed = False
         self._secret = security.secret_bytes(secret) if secret is not None else None
         self._sock = self._connect(timeout_s)
@@ -133,7 +142,11 @@ class ClientStorage(Storage):
             self._sock = self._start_tls(context, server_hostname, timeout_s)
         try:
             self._sock.settimeout(timeout_s if timeout_s is not None else _HANDSHAKE_TIMEOUT_S)
+            # [WIRE-023] Answers to HELLO and AUTH are small, as the server
+            # requires of the client before the handshake [WIRE-033].
+            self._decoder.max_frame_size = wire.HANDSHAKE_MAX_FRAME_SIZE
             reply = self._handshake(bool(tls))
+            self._decoder.max_frame_size = wire.MAX_FRAME_SIZE
             self._sock.settimeout(timeout_s)
         except BaseException:
             self._closed = True
@@ -177,6 +190,12 @@ class ClientStorage(Storage):
             if isinstance(reply, wire.AuthChallenge):
                 return self._authenticate(reply)
         except ServerConnectionError:
+            if self._lost_reason.startswith(("bad frame", "bad message")):
+                # [WIRE-023] Something answered, but not in the protocol.
+                raise ProtocolError(
+                    f"the peer at {self._where} is not a dhruva storage server: it answered"
+                    f" HELLO with {self._received_head!r} ({self._lost_reason})"
+                ) from None
             if tls:
                 # A TLS 1.3 server refuses a missing client certificate only
                 # after the client's handshake returned: it shows up here.
@@ -243,6 +262,22 @@ class ClientStorage(Storage):
 
     # --- request/response -------------------------------------------------------
 
+    def _note_first_bytes(self, data: bytes) -> None:
+        """Keep the peer's first bytes; refuse a first frame that cannot answer HELLO.
+
+        [WIRE-023] The first frame a server sends answers HELLO; any other
+        type byte shows at once that the peer speaks another protocol, so the
+        client need not wait for the body its length announces.
+        """
+        had = len(self._received_head)
+        self._received_head += data[: _HEAD_SIZE - had]
+        head = self._received_head
+        if had <= _TYPE_OFFSET < len(head) and head[_TYPE_OFFSET] not in _FIRST_ANSWERS:
+            raise self._lost(
+                f"bad frame from the server: its first frame, of type {head[_TYPE_OFFSET]:#04x},"
+                " answers no HELLO"
+            )
+
     def _lost(self, reason: str) -> ServerConnectionError:
         self._lost_reason = reason
         self._broken = ServerConnectionError(
@@ -302,6 +337,8 @@ class ClientStorage(Storage):
             self._poll_misses = 0
             if not data:
                 raise self._lost("the server closed the connection")
+            if len(self._received_head) < _HEAD_SIZE:
+                self._note_first_bytes(data)
             try:
                 self._payloads.extend(self._decoder.feed(data))
             except ProtocolError as error:
@@ -318,6 +355,8 @@ class ClientStorage(Storage):
                 raise self._lost(error.strerror or str(error)) from None
             if not data:
                 raise self._lost("the server closed the connection")
+            if len(self._received_head) < _HEAD_SIZE:
+                self._note_first_bytes(data)
             try:
                 self._payloads.extend(self._decoder.feed(data))
             except ProtocolError as error:

@@ -27,9 +27,11 @@ Contract of the methods (all raise OSError for I/O failures):
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
+import stat
 from typing import Protocol
 
 from dhruva.error import StorageLockedError
@@ -75,7 +77,13 @@ class OSFile:
         flags |= getattr(os, "O_CLOEXEC", 0)
         self.path = path
         self._fd = os.open(path, flags, 0o644)
-        self._size = os.fstat(self._fd).st_size
+        status = os.fstat(self._fd)
+        if stat.S_ISDIR(status.st_mode):
+            # A read-only open of a directory succeeds; its first read would
+            # fail with an error that does not name the path.
+            os.close(self._fd)
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
+        self._size = status.st_size
 
     def size(self) -> int:
         return self._size

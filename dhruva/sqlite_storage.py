@@ -177,6 +177,9 @@ class SqliteStorage(Storage):
         self._check_magic()
         conn = self._connect(Path(self.path).absolute().as_uri() + "?mode=rwc")
         with self._closed_on_failure(conn):
+            # [SQL-043] Refuse another application's database before the
+            # pragmas below change it (journal_mode=WAL rewrites the header).
+            self._refuse_foreign(*self._identity(conn))
             # [SQL-010] auto_vacuum must be chosen before the first table exists;
             # on an existing database this pragma changes nothing.
             conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
@@ -218,9 +221,7 @@ class SqliteStorage(Storage):
         """Create the schema in an empty database, or check the version of an existing one."""
         conn.execute("BEGIN IMMEDIATE" if create else "BEGIN")
         try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            application_id = conn.execute("PRAGMA application_id").fetchone()[0]
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+            version, application_id, tables = self._identity(conn)
             if version == 0 and application_id == 0 and tables == 0:
                 if not create:
                     raise FormatError(self.path, None, "an empty SQLite database, not a dhruva one")
@@ -230,26 +231,41 @@ class SqliteStorage(Storage):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif application_id != APPLICATION_ID:
-                # [SQL-040]
-                raise FormatError(
-                    self.path,
-                    None,
-                    f"a SQLite database but not a dhruva one (application_id {application_id:#x}, "
-                    f"expected {APPLICATION_ID:#x})",
-                )
-            elif version != SCHEMA_VERSION:
-                # [SQL-040] An unknown schema version is refused before anything is read.
-                raise FormatError(
-                    self.path,
-                    None,
-                    f"dhruva SQLite schema version {version}; this dhruva reads only version "
-                    f"{SCHEMA_VERSION} (upgrade dhruva to open it)",
-                )
+            else:
+                self._refuse_foreign(version, application_id, tables)
         except BaseException:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    @staticmethod
+    def _identity(conn: sqlite3.Connection) -> tuple[int, int, int]:
+        """Return ``(user_version, application_id, table count)``; reads only the header."""
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        return int(version), int(application_id), int(tables)
+
+    def _refuse_foreign(self, version: int, application_id: int, tables: int) -> None:
+        """Raise FormatError unless the database is dhruva's, of this schema, or empty."""
+        if version == 0 and application_id == 0 and tables == 0:
+            return  # empty: a writable open initialises it
+        if application_id != APPLICATION_ID:
+            # [SQL-040]
+            raise FormatError(
+                self.path,
+                None,
+                f"a SQLite database but not a dhruva one (application_id {application_id:#x}, "
+                f"expected {APPLICATION_ID:#x})",
+            )
+        if version != SCHEMA_VERSION:
+            # [SQL-040] An unknown schema version is refused before anything is read.
+            raise FormatError(
+                self.path,
+                None,
+                f"dhruva SQLite schema version {version}; this dhruva reads only version "
+                f"{SCHEMA_VERSION} (upgrade dhruva to open it)",
+            )
 
     def _find_next_oid(self) -> int:
         """Return one above the high-water mark and above every stored oid (SQL-050)."""

@@ -17,22 +17,30 @@ tools.md [TOOL-007], file-format.md [RCV-005], [RCV-006].
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
 import shutil
+import socket
 import sqlite3
 import subprocess
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from _dhruva_command import COMMAND
 
 from dhruva.cli import main
+from dhruva.client_storage import ClientStorage, ServerConnectionError
 from dhruva.connection import Connection
-from dhruva.file_storage import FileStorage
+from dhruva.error import CorruptionError, DhruvaError, ProtocolError
+from dhruva.file_storage import FileStorage, FileStorage2
 from dhruva.persistent_dict import PersistentDict
+from dhruva.sqlite_storage import SqliteStorage
+from dhruva.storage import Storage
+from dhruva.utils import ROOT_OID
 
 ONE_LINE = re.compile(r"dhruva( [a-z-]+)?: \S")
 """An error line: ``dhruva: ...``, or ``dhruva pack: ...`` for the admin commands."""
@@ -368,3 +376,287 @@ def test_bad_option_values_in_one_line(
     assert digest(good) == before
     # Nothing was left open or locked: the database opens again.
     FileStorage(str(good)).close()
+
+
+# --- the storages on bad files -------------------------------------------------------------
+
+STORAGE_CLASSES = [FileStorage, FileStorage2, SqliteStorage]
+
+
+def _open_expecting(
+    cls: type[Storage], path: Path, readonly: bool, expected: type[BaseException]
+) -> BaseException:
+    with pytest.raises(expected) as caught:
+        cls(str(path), readonly=readonly).close()
+    return caught.value
+
+
+def _foreign_file_cases() -> list[tuple[type[Storage], str, bool]]:
+    cases = []
+    for cls in STORAGE_CLASSES:
+        for readonly in (False, True):
+            for name in ("empty", "text", "png", "sqlite-foreign", "cut-mid-header", "good"):
+                if name == "good" and cls is not SqliteStorage:
+                    continue  # a dhruva data file is what the file storages read
+                initialised = cls is not SqliteStorage or name == "empty"
+                if name in ("empty", "cut-mid-header") and not readonly and initialised:
+                    # A writable open initialises it: RCV-006 for a data file
+                    # (tested above), SQL-010 for an empty SQLite file.
+                    continue
+                cases.append((cls, name, readonly))
+    return cases
+
+
+@pytest.mark.req("FMT-002", "SQL-040", "SQL-041", "SQL-043", "RCV-006")
+@pytest.mark.parametrize(
+    ("cls", "name", "readonly"),
+    _foreign_file_cases(),
+    ids=lambda v: v.__name__ if isinstance(v, type) else str(v),
+)
+def test_storage_refuses_a_foreign_file(
+    cls: type[Storage], name: str, readonly: bool, copy_of: Callable[[str], Path]
+) -> None:
+    """A file that is not this back-end's database: FormatError/CorruptionError, unchanged."""
+    path = copy_of(name)
+    before = digest(path)
+    error = _open_expecting(cls, path, readonly, CorruptionError)
+    assert isinstance(error, DhruvaError)
+    assert error.path == str(path)  # type: ignore[attr-defined]
+    assert digest(path) == before
+    # The failed open released everything: the same error again, not a lock.
+    _open_expecting(cls, path, readonly, CorruptionError)
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["writable", "readonly"])
+@pytest.mark.parametrize("cls", STORAGE_CLASSES, ids=lambda c: c.__name__)
+def test_storage_on_a_directory_names_it(
+    cls: type[Storage], readonly: bool, copy_of: Callable[[str], Path]
+) -> None:
+    folder = copy_of("directory")
+    error = _open_expecting(cls, folder, readonly, IsADirectoryError)
+    assert str(folder) in str(error)
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.req("SQL-031")
+@pytest.mark.parametrize("cls", STORAGE_CLASSES, ids=lambda c: c.__name__)
+def test_readonly_storage_on_a_missing_file(cls: type[Storage], tmp_path: Path) -> None:
+    path = tmp_path / "missing.dhruva"
+    error = _open_expecting(cls, path, True, FileNotFoundError)
+    assert str(path) in str(error)
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- Connection arguments -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "expected", "message"),
+    [
+        ({"cache_size": "x"}, ValueError, "cache size"),
+        ({"cache_size": -1}, ValueError, "cache size"),
+        ({"cache_bytes": "x"}, ValueError, "cache bytes"),
+        ({"serializer": "nope"}, ValueError, "unknown serializer 'nope'"),
+        ({"serializer": 42}, ValueError, "unknown serializer 42"),
+        ({"allowed_classes": 42}, TypeError, "allowed_classes must be a list"),
+        ({"allowed_classes": [42]}, TypeError, "an allow-list entry is a class"),
+        ({"class_map": {1: 2}}, TypeError, "class_map maps an old import path"),
+        ({"class_map": {"old.Name": 42}}, TypeError, "class_map maps an old import path"),
+        ({"class_map": 42}, TypeError, "class_map must be a dict"),
+        ({"class_map": [("old.Name", "new.Name")]}, TypeError, "class_map must be a dict"),
+        ({"class_map": {"old.Name": ""}}, ValueError, "is not an import path"),
+    ],
+)
+def test_connection_arguments_of_the_wrong_type(
+    options: dict[str, object],
+    expected: type[Exception],
+    message: str,
+    copy_of: Callable[[str], Path],
+) -> None:
+    """A wrong argument: TypeError/ValueError saying which, and no storage left locked."""
+    path = copy_of("good")
+    before = digest(path)
+    with pytest.raises(expected, match=re.escape(message)):
+        Connection(str(path), **options)  # type: ignore[arg-type]
+    FileStorage(str(path)).close()  # not locked
+    storage = FileStorage(str(path))
+    with pytest.raises(expected, match=re.escape(message)):
+        Connection(storage, **options)  # type: ignore[arg-type]
+    # The caller's storage is untouched and still usable.
+    assert Connection(storage).get_root()[0]["value"] == "x" * 100
+    storage.close()
+    Path(f"{path}.index").unlink()
+    assert digest(path) == before
+
+
+# --- Storage.store ----------------------------------------------------------------------
+
+
+@pytest.mark.req("SAPI-004")
+@pytest.mark.parametrize(
+    ("oid", "data", "refs", "expected"),
+    [
+        (b"\0" * 7, b"x", b"", ValueError),
+        (b"\0" * 9, b"x", b"", ValueError),
+        ("0" * 8, b"x", b"", ValueError),
+        (0, b"x", b"", ValueError),
+        (ROOT_OID, "text", b"", TypeError),
+        (ROOT_OID, None, b"", TypeError),
+        (ROOT_OID, 5, b"", TypeError),
+        (ROOT_OID, b"x", b"\0" * 7, ValueError),
+        (ROOT_OID, b"x", [ROOT_OID], ValueError),
+    ],
+)
+@pytest.mark.parametrize("cls", STORAGE_CLASSES, ids=lambda c: c.__name__)
+def test_rejected_store_keeps_the_transaction(
+    cls: type[Storage], oid: object, data: object, refs: object, expected: type[Exception],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    """A store of the wrong types is refused at once and does not spoil the transaction."""
+    path = str(tmp_path / "db")
+    storage = cls(path)
+    first = storage.new_oid()
+    storage.begin()
+    storage.store(first, b"kept", b"")
+    with pytest.raises(expected):
+        storage.store(oid, data, refs)  # type: ignore[arg-type]
+    storage.store(first, b"kept too", b"")
+    storage.end()
+    storage.close()
+    reopened = cls(path, readonly=True)
+    assert reopened.load(first).data == b"kept too"
+    assert list(reopened.iter_oids()) == [first]
+    reopened.close()
+
+
+# --- ClientStorage to something that is not a dhruva server --------------------------------
+
+
+class FakePeer:
+    """A TCP listener on 127.0.0.1 that treats each connection with ``behave``.
+
+    ``release`` lets behaviours that hold the connection open return; the
+    fixture sets it and closes everything at the end of the test.
+    """
+
+    def __init__(self, behave: Callable[[socket.socket, threading.Event], None]) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.address = self.listener.getsockname()[:2]
+        self.release = threading.Event()
+        self.connections: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, args=(behave,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, behave: Callable[[socket.socket, threading.Event], None]) -> None:
+        try:
+            connection, _ = self.listener.accept()
+        except OSError:
+            return
+        self.connections.append(connection)
+        try:
+            behave(connection, self.release)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.release.set()
+        if self.thread.is_alive() and not self.connections:
+            # accept() does not return when the listener is closed: connect.
+            with contextlib.suppress(OSError):
+                socket.create_connection(self.address, timeout=5).close()
+        self.thread.join(timeout=30)
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()
+
+
+@pytest.fixture
+def fake_peer() -> Iterator[Callable[[Callable[[socket.socket, threading.Event], None]], FakePeer]]:
+    peers: list[FakePeer] = []
+
+    def start(behave: Callable[[socket.socket, threading.Event], None]) -> FakePeer:
+        peers.append(FakePeer(behave))
+        return peers[-1]
+
+    yield start
+    for peer in peers:
+        peer.close()
+
+
+def _greets_with(data: bytes, read_first: bool) -> Callable[[socket.socket, threading.Event], None]:
+    def behave(connection: socket.socket, release: threading.Event) -> None:
+        if read_first:
+            connection.recv(4096)
+        connection.sendall(data)
+        release.wait()
+
+    return behave
+
+
+@pytest.mark.req("WIRE-023")
+@pytest.mark.parametrize(
+    ("data", "read_first"),
+    [
+        pytest.param(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n", True, id="http"),
+        pytest.param(b"SSH-2.0-OpenSSH_9.6\r\n", False, id="ssh"),
+        pytest.param(b"220 mail.example.com ESMTP\r\n", False, id="smtp"),
+        pytest.param(bytes(range(256)) * 4, False, id="garbage"),
+        pytest.param(b"\xff\xff\xff\xff" + bytes(16), True, id="huge-length"),
+        pytest.param(b"\x00\x10\x00\x00\x81" + bytes(16), True, id="long-hello-ok"),
+        pytest.param(b"\x00\x00\x00\x05\x7e\x01\x02\x03\x04", True, id="unknown-message"),
+        pytest.param(b"\x00\x00\x00\x00", True, id="zero-length"),
+    ],
+)
+def test_client_to_a_peer_that_is_not_a_dhruva_server(
+    data: bytes,
+    read_first: bool,
+    fake_peer: Callable[[Callable[[socket.socket, threading.Event], None]], FakePeer],
+) -> None:
+    """ProtocolError naming the address and what came back, without waiting for more."""
+    peer = fake_peer(_greets_with(data, read_first))
+    with pytest.raises(ProtocolError) as caught:
+        ClientStorage(peer.address)
+    message = str(caught.value)
+    assert f"127.0.0.1:{peer.address[1]}" in message
+    assert "not a dhruva storage server" in message
+    assert repr(data[:16]) in message
+
+
+@pytest.mark.req("SRV-071")
+def test_client_to_a_closed_port() -> None:
+    # A bound socket that does not listen: connections to its port are refused.
+    with socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
+        address = reserved.getsockname()[:2]
+        with pytest.raises(ServerConnectionError, match="cannot connect"):
+            ClientStorage(address)
+
+
+@pytest.mark.parametrize(
+    "behave",
+    [
+        lambda connection, release: None,  # closes at once
+        lambda connection, release: (connection.recv(64), connection.sendall(b"\0\0\0\x20\x81")),
+    ],
+    ids=["closes-at-once", "half-a-frame-then-close"],
+)
+def test_client_to_a_peer_that_hangs_up(
+    behave: Callable[[socket.socket, threading.Event], None],
+    fake_peer: Callable[[Callable[[socket.socket, threading.Event], None]], FakePeer],
+) -> None:
+    def hang_up(connection: socket.socket, release: threading.Event) -> None:
+        behave(connection, release)
+        connection.close()
+
+    peer = fake_peer(hang_up)
+    with pytest.raises(ServerConnectionError, match=f"127.0.0.1:{peer.address[1]}"):
+        ClientStorage(peer.address)
+
+
+def test_client_to_a_silent_peer_gives_up(
+    fake_peer: Callable[[Callable[[socket.socket, threading.Event], None]], FakePeer],
+) -> None:
+    """A peer that accepts and never answers: the client's timeout ends the wait."""
+    peer = fake_peer(lambda connection, release: release.wait())
+    with pytest.raises(ServerConnectionError, match="timed out"):
+        ClientStorage(peer.address, timeout_s=0.2)
