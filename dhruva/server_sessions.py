@@ -27,6 +27,7 @@ read again by the loop.
 
 from __future__ import annotations
 
+import errno
 import logging
 import selectors
 import socket
@@ -56,6 +57,10 @@ _TLS_HANDSHAKE_RECORD = 0x16
 """The first byte of a TLS ClientHello (a handshake record) [WIRE-034]."""
 
 _CLOSING_GRACE_S = 2.0
+
+ACCEPT_PAUSE_S = 0.5
+"""How long the server stops accepting when it has no descriptor left [SRV-086]."""
+_OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 @dataclass(frozen=True)
@@ -186,6 +191,8 @@ class SessionLoop:
     _ready_to_read: set[Session]
     _listener: socket.socket
     _storage_caps: str
+    _accept_resume_at: float | None = None
+    """When accepting resumes after running out of descriptors (None: accepting)."""
 
     def _handle(self, session: Session, payload: bytes) -> None:
         raise NotImplementedError
@@ -228,6 +235,9 @@ class SessionLoop:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
+                if error.errno in _OUT_OF_DESCRIPTORS:
+                    self._pause_accepting(error)
+                    return
                 log.warning("accept failed: %s", error)
                 return
             sock.setblocking(False)
@@ -252,6 +262,29 @@ class SessionLoop:
                 session.peer,
                 extra={"peer": session.peer, "event": "connect"},
             )
+
+    def _pause_accepting(self, error: OSError) -> None:
+        """[SRV-086] Out of descriptors: stop watching the listener for ACCEPT_PAUSE_S.
+
+        The waiting connection stays in the listen backlog, so the listener
+        stays readable: retrying at once would spin the loop and write a log
+        line per pass.  Connected clients are served meanwhile.
+        """
+        self._selector.unregister(self._listener)
+        self._accept_resume_at = time.monotonic() + ACCEPT_PAUSE_S
+        log.warning(
+            "accept failed: %s; not accepting new clients for %.1f s (%d connected)",
+            error.strerror or error,
+            ACCEPT_PAUSE_S,
+            len(self._sessions),
+            extra={"event": "accept-paused"},
+        )
+
+    def _resume_accepting(self, now: float) -> None:
+        """Watch the listener again once the pause of :meth:`_pause_accepting` is over."""
+        if self._accept_resume_at is not None and now >= self._accept_resume_at:
+            self._accept_resume_at = None
+            self._selector.register(self._listener, selectors.EVENT_READ, "listener")
 
     # --- TLS --------------------------------------------------------------------
 

@@ -275,6 +275,9 @@ class StorageServer(PackingLoop):
         if self._sessions:
             until_sweep = max(0.0, self._next_sweep - now)
             timeout = until_sweep if timeout is None else min(timeout, until_sweep)
+        if self._accept_resume_at is not None:
+            until_resume = max(0.0, self._accept_resume_at - now)
+            timeout = until_resume if timeout is None else min(timeout, until_resume)
         return timeout
 
     def _poll(self, timeout: float | None) -> list[tuple[selectors.SelectorKey, int]]:
@@ -327,6 +330,7 @@ class StorageServer(PackingLoop):
             self._run_pack_step()
             self._run_commit_groups()
         now = time.monotonic()
+        self._resume_accepting(now)
         if now >= self._next_sweep:
             self._next_sweep = now + self._sweep_interval_s
             self._sweep(now)

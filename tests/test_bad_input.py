@@ -26,12 +26,14 @@ import socket
 import sqlite3
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from _dhruva_command import COMMAND
+from _dhruva_command import COMMAND, WAIT_S
 
+from dhruva import wire
 from dhruva.cli import main
 from dhruva.client_storage import ClientStorage, ServerConnectionError
 from dhruva.connection import Connection
@@ -40,6 +42,7 @@ from dhruva.file_storage import FileStorage, FileStorage2
 from dhruva.persistent_dict import PersistentDict
 from dhruva.sqlite_storage import SqliteStorage
 from dhruva.storage import Storage
+from dhruva.storage_server import StorageServer
 from dhruva.utils import ROOT_OID
 
 ONE_LINE = re.compile(r"dhruva( [a-z-]+)?: \S")
@@ -660,3 +663,174 @@ def test_client_to_a_silent_peer_gives_up(
     peer = fake_peer(lambda connection, release: release.wait())
     with pytest.raises(ServerConnectionError, match="timed out"):
         ClientStorage(peer.address, timeout_s=0.2)
+
+
+# --- the server keeps serving ----------------------------------------------------------------
+#
+# tests/test_server.py and tests/test_security.py cover malformed frames,
+# unknown messages, oversized frames, handshake failures and timeouts,
+# clients vanishing mid-frame and pipelining clients.  Here: other protocols
+# spoken at the server, half frames held open, many idle connections, and
+# running out of file descriptors.
+
+
+def _raw_unix(address: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(address)  # blocking: a full backlog waits instead of failing
+    sock.settimeout(30)
+    return sock
+
+
+def _still_serving(address: str, client: ClientStorage, oid: bytes, value: bytes) -> None:
+    """``client`` commits ``value``; a client that connects now reads it."""
+    client.begin()
+    client.store(oid, value, b"")
+    client.end()
+    newcomer = ClientStorage(address, timeout_s=30)
+    assert newcomer.load(oid).data == value
+    newcomer.close()
+
+
+def _read_until_closed(sock: socket.socket) -> bytes:
+    received = b""
+    while chunk := sock.recv(65536):
+        received += chunk
+    return received
+
+
+@pytest.mark.req("SRV-040", "WIRE-033")
+@pytest.mark.parametrize(
+    "first_bytes",
+    [
+        pytest.param(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n", id="http-get"),
+        pytest.param(b"POST /api HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", id="http-post"),
+        pytest.param(b"SSH-2.0-OpenSSH_9.6\r\n", id="ssh"),
+        pytest.param(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(32), id="tls-hello"),
+        pytest.param(b"\xff" * 100_000, id="0xff-flood"),
+    ],
+)
+def test_server_answers_another_protocol_and_keeps_serving(
+    first_bytes: bytes, serve: Callable[..., StorageServer]
+) -> None:
+    """Another protocol's first bytes: one ERROR frame, the connection closed, others served."""
+    server = serve()
+    address = str(server.address)
+    good = ClientStorage(address)
+    oid = good.new_oid()
+    _still_serving(address, good, oid, b"before")
+    stranger = _raw_unix(address)
+    with contextlib.suppress(OSError):  # the server may close before we finish sending
+        stranger.sendall(first_bytes)
+    answer = _read_until_closed(stranger)
+    stranger.close()
+    payloads = wire.FrameDecoder().feed(answer)
+    assert len(payloads) == 1
+    error = wire.decode_message(payloads[0])
+    assert isinstance(error, wire.Error)
+    assert error.code in (wire.ErrorCode.FRAME_TOO_LARGE, wire.ErrorCode.HANDSHAKE_REQUIRED)
+    _still_serving(address, good, oid, b"after")
+    good.close()
+
+
+@pytest.mark.req("SRV-041", "SRV-081")
+def test_half_frames_held_open_or_dropped(serve: Callable[..., StorageServer]) -> None:
+    """Clients that stop mid-frame, before or after HELLO, stall nobody."""
+    server = serve()
+    address = str(server.address)
+    good = ClientStorage(address)
+    oid = good.new_oid()
+    hello = wire.Hello().encode()
+    held = []
+    for cut in (1, 3, 4, 5, len(hello) - 1):
+        dropped = _raw_unix(address)
+        dropped.sendall(hello[:cut])
+        dropped.close()
+        kept = _raw_unix(address)
+        kept.sendall(hello[:cut])
+        held.append(kept)
+    greeted = _raw_unix(address)
+    greeted.sendall(hello)
+    commit = wire.Load(oid).encode()
+    greeted.sendall(commit[:-1])  # a ready client's request, cut one byte short
+    _still_serving(address, good, oid, b"while half frames wait")
+    for sock in [*held, greeted]:
+        sock.close()
+    _still_serving(address, good, oid, b"after they left")
+    good.close()
+
+
+def test_many_idle_connections(serve: Callable[..., StorageServer]) -> None:
+    """Hundreds of silent or non-reading connections: the others are served as before."""
+    server = serve()
+    address = str(server.address)
+    good = ClientStorage(address)
+    oid = good.new_oid()
+    silent = [_raw_unix(address) for _ in range(300)]
+    greeted = []
+    for _ in range(100):
+        sock = _raw_unix(address)
+        sock.sendall(wire.Hello().encode())
+        # Requests whose answers it never reads.
+        sock.sendall(wire.Empty(wire.MessageType.SIZE).encode() * 20)
+        greeted.append(sock)
+    _still_serving(address, good, oid, b"among idle connections")
+    for sock in silent + greeted:
+        sock.close()
+    _still_serving(address, good, oid, b"after they left")
+    good.close()
+
+
+_LIMITED_SERVER = """\
+import resource, runpy, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[1])))
+sys.argv = ["dhruva", *sys.argv[2:]]
+runpy.run_module("dhruva", run_name="__main__")
+"""
+
+
+@pytest.mark.req("SRV-086")
+def test_server_out_of_file_descriptors(tmp_path: Path) -> None:
+    """Out of descriptors: connected clients are served, the log is not flooded, accept resumes."""
+    address = str(tmp_path / "s.sock")
+    log = tmp_path / "server.log"
+    server = subprocess.Popen(
+        [*COMMAND[:1], "-c", _LIMITED_SERVER, "48", "-s", "--file", str(tmp_path / "db"),
+         "--address", address, "--logfile", str(log)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    idle: list[socket.socket] = []
+
+    def wait_for_log(text: str) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while text not in (log.read_text() if log.exists() else ""):
+            assert server.poll() is None and time.monotonic() < deadline, f"no {text!r} logged"
+            time.sleep(0.01)
+
+    try:
+        wait_for_log("listening on")
+        good = ClientStorage(address, timeout_s=30)
+        oid = good.new_oid()
+        # More connections than descriptors left: the rest wait in the backlog.
+        idle = [_raw_unix(address) for _ in range(80)]
+        wait_for_log("accept failed")
+        for number in range(50):
+            good.begin()
+            good.store(oid, b"%d" % number, b"")
+            good.end()
+            assert good.sync() == []
+        failures = log.read_text().count("accept failed")
+        # One warning per pause; a loop that retried at once wrote one per pass.
+        assert failures <= 5, failures
+        for sock in idle:
+            sock.close()
+        idle = []
+        newcomer = ClientStorage(address, timeout_s=30)
+        assert newcomer.load(oid).data == b"49"
+        newcomer.close()
+        good.close()
+    finally:
+        for sock in idle:
+            sock.close()
+        server.kill()
+        server.wait()
