@@ -165,7 +165,11 @@ def open_file_storage(path: str, readonly: bool = False) -> Storage:
         # [CLI-010] Locked, damaged or foreign files: one line, status 1.
         raise CommandError(f"cannot open {path}: {error}") from None
     except OSError as error:
-        raise CommandError(f"cannot open {path}: {error.strerror or error}") from None
+        detail = error.strerror or str(error)
+        if error.filename and error.filename != path:
+            # A side file failed (PATH.index, PATH.lock): name it, not PATH.
+            detail = f"{error.filename}: {detail}"
+        raise CommandError(f"cannot open {path}: {detail}") from None
     return storage
 
 

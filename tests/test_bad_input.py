@@ -834,3 +834,17 @@ def test_server_out_of_file_descriptors(tmp_path: Path) -> None:
             sock.close()
         server.kill()
         server.wait()
+
+
+@pytest.mark.req("CLI-010")
+def test_side_file_in_the_way_is_named(
+    copy_of: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A directory where PATH.index belongs: the error names PATH.index, not PATH."""
+    source = copy_of("good")
+    before = digest(source)
+    index = Path(f"{source}.index")
+    index.mkdir()
+    line = one_error_line(capsys, main(["-c", "--file", str(source)]))
+    assert f"{index}: " in line
+    assert digest(source) == before
