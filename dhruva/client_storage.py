@@ -43,7 +43,7 @@ from dhruva.error import (
     ReadOnlyError,
     WriteConflictError,
 )
-from dhruva.storage import Record, Storage, check_record
+from dhruva.storage import Record, Storage, check_oid, check_record
 from dhruva.storage_server import DEFAULT_ADDRESS, Address, format_address
 from dhruva.utils import int8_to_str, str_to_int8
 
@@ -439,6 +439,8 @@ class ClientStorage(Storage):
         if record is not None:
             self._after_commit = None
             return record
+        # [SAPI-006] A bad oid would make a malformed LOAD, which costs the connection.
+        check_oid(oid)
         reply = self._request(wire.Load(oid))
         self._after_commit = None
         if isinstance(reply, wire.RecordPrefetch):
@@ -465,6 +467,7 @@ class ClientStorage(Storage):
     def bulk_load(self, oids: Iterable[bytes]) -> Iterator[Record]:
         batch: list[bytes] = []
         for oid in oids:
+            check_oid(oid)  # [SAPI-006] as in load()
             batch.append(oid)
             if len(batch) >= _BULK_PAGE:
                 yield from self._bulk(batch)

@@ -36,6 +36,7 @@ from dhruva.storage import (
     CAP_READONLY_OPEN,
     Record,
     Storage,
+    check_oid,
     check_record,
 )
 from dhruva.utils import int8_to_str, str_to_int8
@@ -211,6 +212,7 @@ class JournalStorage(Storage):
         data_file = self._check_open()
         offset = self._index.get(oid)
         if offset is None:
+            check_oid(oid)  # [SAPI-006] only on a miss: the hit path stays as it was
             offset = self._lookup_more(oid)
             if not offset:
                 raise DhruvaKeyError(oid)

@@ -35,7 +35,7 @@ from dhruva.backup import CopyResult, copy_prefix, open_unlocked
 from dhruva.error import CorruptionError, DhruvaError, DhruvaKeyError, ReadOnlyError
 from dhruva.fileio import OSFile
 from dhruva.journal_walk import JournalWalk, TxnInfo
-from dhruva.storage import CAP_HISTORY, Record, Storage
+from dhruva.storage import CAP_HISTORY, Record, Storage, check_oid
 
 __all__ = [
     "HistoricalStorage",
@@ -155,6 +155,7 @@ class HistoricalStorage(Storage):
         data_file = self._check_open()
         offset = self._index.get(oid)
         if offset is None:
+            check_oid(oid)  # [SAPI-006]
             raise DhruvaKeyError(oid)
         buf = data_file.pread(_LOAD_READ_BYTES, offset)
         size = journal.record_size(buf)

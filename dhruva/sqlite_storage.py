@@ -51,6 +51,7 @@ from dhruva.storage import (
     CAP_READONLY_OPEN,
     Record,
     Storage,
+    check_oid,
     check_record,
 )
 from dhruva.utils import OID_SIZE, ROOT_OID, iter_oids
@@ -79,7 +80,12 @@ SCHEMA = (
 
 
 def oid_to_key(oid: bytes) -> int:
-    """Return the rowid that stores ``oid``: its 8 bytes as a signed big-endian integer."""
+    """Return the rowid that stores ``oid``: its 8 bytes as a signed big-endian integer.
+
+    Raises ValueError for anything but 8 bytes [SAPI-006]: ``int.from_bytes``
+    would read b"\\0" * 9 as oid 0 and load the root for it.
+    """
+    check_oid(oid)
     return int.from_bytes(oid, "big", signed=True)
 
 

@@ -48,10 +48,15 @@ class Record(NamedTuple):
         return list(iter_oids(self.refs))
 
 
-def check_record(oid: bytes, data: bytes, refs: bytes) -> None:
-    """Raise TypeError/ValueError unless the three parts form a valid record."""
+def check_oid(oid: object) -> None:
+    """Raise ValueError unless ``oid`` is a bytes object of 8 bytes [SAPI-001]."""
     if not isinstance(oid, bytes) or len(oid) != OID_SIZE:
         raise ValueError(f"an oid is 8 bytes, not {oid!r}")
+
+
+def check_record(oid: bytes, data: bytes, refs: bytes) -> None:
+    """Raise TypeError/ValueError unless the three parts form a valid record."""
+    check_oid(oid)
     if not isinstance(data, bytes | bytearray | memoryview):
         raise TypeError(f"record data must be bytes, not {type(data).__name__}")
     if not isinstance(refs, bytes) or len(refs) % OID_SIZE:
@@ -203,6 +208,7 @@ class MemoryStorage(Storage):
         try:
             return self._records[oid]
         except KeyError:
+            check_oid(oid)  # [SAPI-006] checked where it costs nothing: on a miss
             raise DhruvaKeyError(oid) from None
 
     def begin(self) -> None:

@@ -39,9 +39,10 @@ from dhruva.client_storage import ClientStorage, ServerConnectionError
 from dhruva.connection import Connection
 from dhruva.error import CorruptionError, DhruvaError, ProtocolError
 from dhruva.file_storage import FileStorage, FileStorage2
+from dhruva.history import open_at
 from dhruva.persistent_dict import PersistentDict
 from dhruva.sqlite_storage import SqliteStorage
-from dhruva.storage import Storage
+from dhruva.storage import MemoryStorage, Storage
 from dhruva.storage_server import StorageServer
 from dhruva.utils import ROOT_OID
 
@@ -848,3 +849,46 @@ def test_side_file_in_the_way_is_named(
     line = one_error_line(capsys, main(["-c", "--file", str(source)]))
     assert f"{index}: " in line
     assert digest(source) == before
+
+
+# --- load with an oid that is not one ----------------------------------------------------
+
+BAD_OIDS = [b"short", b"\0" * 9, None, 123, "abcdefgh"]
+
+
+def _memory_with_root() -> MemoryStorage:
+    memory = MemoryStorage()
+    memory.begin()
+    memory.store(ROOT_OID, b"root", b"")
+    memory.end()
+    return memory
+
+
+def _loaders(tmp_path: Path, serve: Callable[..., StorageServer]) -> Iterator[Storage]:
+    """One storage of each kind holding the root record, each closed by the caller."""
+    for cls in STORAGE_CLASSES:
+        storage = cls(str(tmp_path / cls.__name__))
+        storage.begin()
+        storage.store(ROOT_OID, b"root", b"")
+        storage.end()
+        yield storage
+    yield _memory_with_root()
+    # The serve fixture closes the served storage.
+    yield ClientStorage(str(serve(_memory_with_root()).address))
+    yield open_at(str(tmp_path / "FileStorage"), 1)
+
+
+@pytest.mark.req("SAPI-006")
+def test_load_refuses_a_malformed_oid(tmp_path: Path, serve: Callable[..., StorageServer]) -> None:
+    """ValueError, never another oid's record, and the storage keeps working."""
+    for storage in _loaders(tmp_path, serve):
+        for oid in BAD_OIDS:
+            with pytest.raises(ValueError, match="an oid is 8 bytes"):
+                storage.load(oid)  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="an oid is 8 bytes"):
+                list(storage.bulk_load([ROOT_OID, oid]))  # type: ignore[list-item]
+        with pytest.raises((ValueError, TypeError)):  # unhashable: TypeError is allowed
+            storage.load(bytearray(ROOT_OID))  # type: ignore[arg-type]
+        assert storage.load(ROOT_OID).data == b"root", storage
+        assert [r.data for r in storage.bulk_load([ROOT_OID])] == [b"root"]
+        storage.close()
