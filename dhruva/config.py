@@ -351,6 +351,8 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: list[str], title: 
             metavar = (
                 "N"
                 if kind.startswith("int")
+                else "NAME"
+                if name.endswith("_name")
                 else "PATH"
                 if "file" in name or "tls" in name
                 else None

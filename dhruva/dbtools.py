@@ -573,6 +573,9 @@ def _guarded(
             print(f"dhruva: import-durus failed: {exc}", file=sys.stderr)
         except (DhruvaError, ValueError) as exc:
             print(f"dhruva: {exc}", file=sys.stderr)
+        except BrokenPipeError:
+            # The reader of the output went away (``dhruva dump | head``).
+            raise
         except OSError as exc:
             name = f"{exc.filename}: " if exc.filename else ""
             print(f"dhruva: {name}{exc.strerror or exc}", file=sys.stderr)

@@ -247,3 +247,24 @@ def test_backup_of_a_sqlite_database_uses_the_sqlite_backup(tmp_path: Path) -> N
     assert result.returncode == 0, result.stderr
     with Connection(SqliteStorage(dest, readonly=True)) as copy:
         assert copy.get_root()["a"] == 1
+
+
+def test_dump_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    path = str(tmp_path / "t.dhruva")
+    # Far more output than a pipe holds, so the writer meets the closed pipe.
+    script = (
+        "from dhruva import PersistentDict\n"
+        'root["a"] = [PersistentDict() for i in range(3000)]\nconnection.commit()\n'
+    )
+    made = run("-c", "--file", path, stdin=script)
+    assert made.returncode == 0, made.stderr
+    with subprocess.Popen(
+        [*COMMAND, "dump", "--json", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as dump:
+        assert dump.stdout is not None and dump.stderr is not None
+        dump.stdout.readline()
+        dump.stdout.close()
+        status = dump.wait(timeout=60)
+        errors = dump.stderr.read().decode()
+    assert status == 0, errors
+    assert "Broken pipe" not in errors and "Traceback" not in errors
