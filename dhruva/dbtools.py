@@ -22,7 +22,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -435,7 +435,7 @@ def import_durus_file(
     old_path: str,
     new_path: str,
     backend: str = "file",
-    class_map: dict[str, str] | None = None,
+    class_map: Mapping[str, str | type] | None = None,
     serializer: str = "pickle",
     progress: Callable[[int, int], None] | None = None,
 ) -> Any:
