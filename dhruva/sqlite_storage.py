@@ -589,6 +589,13 @@ def backup(
             target.execute("PRAGMA journal_mode=DELETE")
         finally:
             target.close()
+    except sqlite3.Error as exc:
+        # A destination folder that does not exist or cannot be written, a
+        # full disk: SQLite's message alone does not say which file.
+        for leftover in (partial, partial + "-wal", partial + "-shm", partial + "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(leftover)
+        raise DhruvaError(f"cannot write the copy {partial}: {exc}") from None
     finally:
         source.close()
     with open(partial, "rb") as copied:

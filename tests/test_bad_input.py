@@ -96,6 +96,12 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     made["cut-mid-header"].write_bytes(data[:30])
     made["cut-mid-transaction"].write_bytes(data[:-20])
     made["directory"].mkdir()
+    made["good-sqlite"] = folder / "good.sqlite"
+    storage = SqliteStorage(str(made["good-sqlite"]))
+    storage.begin()
+    storage.store(storage.new_oid(), b"root", b"")
+    storage.end()
+    storage.close()
     return made
 
 
@@ -288,10 +294,12 @@ WRITE_COMMANDS: dict[str, Callable[[str, str], list[str]]] = {
     "import-durus": lambda src, dest: ["import-durus", "-q", str(DURUS_FIXTURE), dest],
     "restore": lambda src, dest: ["restore", "-q", src, "--at", "1", "-o", dest],
     "backup": lambda src, dest: ["backup", "-q", src, dest],
+    "backup-from-sqlite": lambda src, dest: ["backup", "-q", src, dest],
+    "convert-from-sqlite": lambda src, dest: ["convert", "-q", src, dest],
 }
 
 
-@pytest.mark.req("TOOL-040", "HIST-026", "HIST-045")
+@pytest.mark.req("TOOL-040", "HIST-026", "HIST-045", "SQL-070")
 @pytest.mark.parametrize("where", ["exists", "directory", "under-a-file", "no-such-folder"])
 @pytest.mark.parametrize("command", list(WRITE_COMMANDS))
 def test_bad_destination_in_one_line(
@@ -301,7 +309,7 @@ def test_bad_destination_in_one_line(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    source = copy_of("good")
+    source = copy_of("good-sqlite" if command.endswith("-from-sqlite") else "good")
     before = digest(source)
     occupied = tmp_path / "occupied.txt"
     occupied.write_text("keep me\n")
