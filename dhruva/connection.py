@@ -324,9 +324,6 @@ class Connection:
         assert oid is not None
         self._changed[oid] = obj
 
-    def note_access(self, obj: PersistentBase) -> None:
-        """Accesses are tracked by class swapping; kept for interface completeness."""
-
     # -- transactions ----------------------------------------------------------------
 
     def commit(self) -> None:

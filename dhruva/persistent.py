@@ -52,8 +52,6 @@ class ConnectionLike(Protocol):
 
     def note_change(self, obj: PersistentBase) -> None: ...
 
-    def note_access(self, obj: PersistentBase) -> None: ...
-
 
 def _ghost_getattribute(self: PersistentBase, name: str) -> Any:
     # Persistence bookkeeping never loads the state.

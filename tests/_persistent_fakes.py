@@ -33,7 +33,6 @@ class FakeConnection:
         self.states: dict[bytes, Any] = {}
         self.loaded: list[PersistentBase] = []
         self.changed: list[PersistentBase] = []
-        self.accessed: list[PersistentBase] = []
         self._next_oid = 1
 
     # -- the connection interface persistent objects use ---------------------------------
@@ -48,9 +47,6 @@ class FakeConnection:
 
     def note_change(self, obj: PersistentBase) -> None:
         self.changed.append(obj)
-
-    def note_access(self, obj: PersistentBase) -> None:
-        self.accessed.append(obj)
 
     # -- test helpers ----------------------------------------------------------------
 
@@ -85,7 +81,6 @@ class FakeConnection:
     def reset(self) -> None:
         self.loaded.clear()
         self.changed.clear()
-        self.accessed.clear()
 
 
 # -- comparing a persistent container with its builtin -------------------------------------
