@@ -82,11 +82,20 @@ def test_sigkill_mid_workload(storage_factory: StorageFactory, kill_after: int) 
             if len(lines) > kill_after:
                 os.kill(child.pid, signal.SIGKILL)
                 break
-        rest, errors = child.communicate()
+        # Read the rest through the same buffered file objects: communicate()
+        # reads the raw descriptors and would miss lines that the iteration
+        # above had already pulled into the TextIOWrapper's read-ahead buffer.
+        rest = child.stdout.read()
+        assert child.stderr is not None
+        errors = child.stderr.read()
+        child.wait()
     finally:
         if child.poll() is None:
             os.kill(child.pid, signal.SIGKILL)
             child.wait()
+        for stream in (child.stdout, child.stderr):
+            if stream is not None:
+                stream.close()
     lines.extend(rest.split())
     assert lines and lines[0] == "ready", f"the child failed to start: {errors}"
     assert "done" not in lines, "the child finished before the kill; raise COMMIT_COUNT"
