@@ -5,7 +5,7 @@ Spec: ``spec/conformance.md`` (back-ends) and ``spec/server.md``.
 ``server-memory`` serves a MemoryStorage, ``server-file`` a FileStorage; the
 suite talks to either only through :class:`~dhruva.client_storage.ClientStorage`,
 so the server is held to exactly the storage contract of the back-end it
-serves.  Each ``open()`` starts a :class:`~dhruva.storage_server.StorageServer`
+serves.  Each ``open()`` starts a :class:`~dhruva.server.storage_server.StorageServer`
 on a Unix socket in the factory's directory, running in a thread of the test
 process, and returns a client storage; closing that client stops the server
 and closes the served storage, so the database can be reopened.
@@ -29,8 +29,8 @@ from dhruva_conformance.backends import (
 )
 
 from dhruva.client_storage import ClientStorage
+from dhruva.server.storage_server import StorageServer
 from dhruva.storage import CAP_DURABLE, CAP_RAW_FILE, MemoryStorage, Storage
-from dhruva.storage_server import StorageServer
 
 
 class ServedStorage(ClientStorage):

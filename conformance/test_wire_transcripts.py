@@ -29,8 +29,8 @@ from typing import Any
 import pytest
 
 from dhruva import wire
+from dhruva.server.storage_server import Address, StorageServer
 from dhruva.storage import MemoryStorage
-from dhruva.storage_server import Address, StorageServer
 
 VECTORS = Path(__file__).parent / "vectors" / "wire"
 TRANSCRIPTS = sorted(VECTORS.glob("*.json"))

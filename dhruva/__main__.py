@@ -1,10 +1,10 @@
-"""``python -m dhruva`` and the ``dhruva`` console script (see dhruva.cli)."""
+"""``python -m dhruva`` and the ``dhruva`` console script (see dhruva.tools.cli)."""
 
 from __future__ import annotations
 
 import sys
 
-from dhruva.cli import main
+from dhruva.tools.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

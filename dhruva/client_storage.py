@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
-from dhruva import security, wire
+from dhruva import wire
 from dhruva.error import (
     AuthenticationError,
     DhruvaError,
@@ -43,8 +43,9 @@ from dhruva.error import (
     ReadOnlyError,
     WriteConflictError,
 )
+from dhruva.server import security
+from dhruva.server.address import DEFAULT_ADDRESS, Address, format_address
 from dhruva.storage import Record, Storage, check_oid, check_record
-from dhruva.storage_server import DEFAULT_ADDRESS, Address, format_address
 from dhruva.utils import int8_to_str, str_to_int8
 
 _RECV_SIZE = 1 << 18
@@ -79,7 +80,7 @@ class ClientStorage(Storage):
     the peer is not a dhruva server of a compatible version.
 
     ``tls`` is a client-side :class:`ssl.SSLContext` (see
-    :func:`dhruva.security.client_context`), or True for one that trusts the
+    :func:`dhruva.server.security.client_context`), or True for one that trusts the
     system's authorities; ``server_hostname`` is the name the server's
     certificate must carry (default: the host; required with a Unix socket
     when the context checks host names).  ``secret`` is the shared secret of

@@ -23,7 +23,7 @@ from collections.abc import MutableMapping, Sequence
 from typing import NamedTuple
 
 from dhruva.error import CorruptionError, FormatError
-from dhruva.storage import Record
+from dhruva.record import Record
 
 Buffer = bytes | bytearray | memoryview
 

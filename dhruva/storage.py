@@ -19,10 +19,14 @@ cache.  Single-process storages have no other writers and return ``[]``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
 
 from dhruva.error import DhruvaError, DhruvaKeyError, ReadOnlyError
-from dhruva.utils import OID_SIZE, int8_to_str, iter_oids, str_to_int8
+
+# Re-exported: Record and its checks were defined here before dhruva.record.
+from dhruva.record import Record as Record
+from dhruva.record import check_oid as check_oid
+from dhruva.record import check_record as check_record
+from dhruva.utils import int8_to_str, iter_oids, str_to_int8
 
 # Capability names a storage may declare (spec: storage-api.md, "Capabilities").
 CAP_PACK = "pack"
@@ -30,37 +34,6 @@ CAP_RAW_FILE = "raw-file"
 CAP_HISTORY = "history"
 CAP_DURABLE = "durable"
 CAP_READONLY_OPEN = "readonly-open"
-
-
-class Record(NamedTuple):
-    """One stored object: its oid, opaque state bytes and packed references.
-
-    ``refs`` is the concatenation of the 8-byte oids the state references
-    (spec SAPI-003).
-    """
-
-    oid: bytes
-    data: bytes
-    refs: bytes
-
-    def ref_oids(self) -> list[bytes]:
-        """Return the referenced oids as a list."""
-        return list(iter_oids(self.refs))
-
-
-def check_oid(oid: object) -> None:
-    """Raise ValueError unless ``oid`` is a bytes object of 8 bytes [SAPI-001]."""
-    if not isinstance(oid, bytes) or len(oid) != OID_SIZE:
-        raise ValueError(f"an oid is 8 bytes, not {oid!r}")
-
-
-def check_record(oid: bytes, data: bytes, refs: bytes) -> None:
-    """Raise TypeError/ValueError unless the three parts form a valid record."""
-    check_oid(oid)
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise TypeError(f"record data must be bytes, not {type(data).__name__}")
-    if not isinstance(refs, bytes) or len(refs) % OID_SIZE:
-        raise ValueError("record refs must be bytes whose length is a multiple of 8")
 
 
 class Storage:

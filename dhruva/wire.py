@@ -1,7 +1,7 @@
 """The wire protocol codec: frames and messages, bytes in and bytes out (sans-IO).
 
 Spec: ``spec/wire-protocol.md``.  Nothing here opens a socket; the server
-(``dhruva.storage_server``) and the client (``dhruva.client_storage``) move the
+(``dhruva.server.storage_server``) and the client (``dhruva.client_storage``) move the
 bytes.
 
 Theory of operation.  A connection carries a stream of *frames*: a 4-byte
@@ -21,7 +21,7 @@ whole frame (header included), ready to write to a socket.
 Authentication adds three messages (spec: "Authentication"): AUTH_CHALLENGE
 (the server's nonce), AUTH (the client's nonce and proof) and AUTH_OK (the
 server's proof, then HELLO_OK's fields).  Computing and checking the proofs
-is :mod:`dhruva.security`'s; this module only lays out the bytes.
+is :mod:`dhruva.server.security`'s; this module only lays out the bytes.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from dhruva.error import ProtocolError
-from dhruva.storage import Record
+from dhruva.record import Record
 from dhruva.utils import OID_SIZE
 
 MAGIC = b"DHRV"

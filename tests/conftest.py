@@ -18,8 +18,8 @@ from _dhruva_command import Server
 from _journal_storages import CLASSES
 
 from dhruva.file_storage2 import JournalStorage
+from dhruva.server.storage_server import StorageServer
 from dhruva.storage import MemoryStorage, Storage
-from dhruva.storage_server import StorageServer
 
 
 @pytest.fixture(params=CLASSES, ids=[c.__name__ for c in CLASSES])

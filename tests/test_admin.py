@@ -1,4 +1,4 @@
-"""Tests of the administration subcommands in dhruva.admin (pack, history, restore, backup)."""
+"""Tests of the administration subcommands (dhruva.tools.admin): pack, history, restore, backup."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from _journal_storages import oid
 
-from dhruva import admin
 from dhruva.file_storage import FileStorage, FileStorage2
 from dhruva.file_storage2 import JournalStorage
 from dhruva.history import list_transactions
+from dhruva.tools import admin
 
 
 def make_db(path: str, cls: type[JournalStorage] = FileStorage, commits: int = 4) -> None:

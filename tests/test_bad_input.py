@@ -9,7 +9,7 @@ types, a peer that is not a dhruva server -- and check that the answer is
 one line (commands) or a typed exception (library), that the input's bytes
 are unchanged, and that nothing hangs.
 
-The command tests call :func:`dhruva.cli.main` in this process (a traceback
+The command tests call :func:`dhruva.tools.cli.main` in this process (a traceback
 would fail the test as an exception); the server, which configures logging
 and signals, runs as a child process.  Spec: server.md [CLI-010],
 tools.md [TOOL-007], file-format.md [RCV-005], [RCV-006].
@@ -34,16 +34,16 @@ import pytest
 from _dhruva_command import COMMAND, WAIT_S
 
 from dhruva import wire
-from dhruva.cli import main
 from dhruva.client_storage import ClientStorage, ServerConnectionError
 from dhruva.connection import Connection
 from dhruva.error import CorruptionError, DhruvaError, ProtocolError
 from dhruva.file_storage import FileStorage, FileStorage2
 from dhruva.history import open_at
 from dhruva.persistent_dict import PersistentDict
+from dhruva.server.storage_server import StorageServer
 from dhruva.sqlite_storage import SqliteStorage
 from dhruva.storage import MemoryStorage, Storage
-from dhruva.storage_server import StorageServer
+from dhruva.tools.cli import main
 from dhruva.utils import ROOT_OID
 
 ONE_LINE = re.compile(r"dhruva( [a-z-]+)?: \S")

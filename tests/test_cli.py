@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from _dhruva_command import COMMAND, WAIT_S, Server, one_line_error, run
 
-from dhruva.cli import CommandError, _rewrite_flags, build_parser, main
 from dhruva.file_storage import FileStorage
+from dhruva.tools.cli import CommandError, _rewrite_flags, build_parser, main
 
 # --- argument structure --------------------------------------------------------------
 

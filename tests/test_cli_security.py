@@ -18,9 +18,9 @@ from _dhruva_command import Server, one_line_error, run
 from _tls_certs import Certificates, make_certificates
 
 from dhruva.client_storage import ClientStorage
-from dhruva.config import Settings, load_settings
 from dhruva.error import ReadOnlyError
 from dhruva.file_storage import FileStorage
+from dhruva.tools.config import Settings, load_settings
 from dhruva.utils import ROOT_OID
 
 SECRET = "s3cret-that-must-never-be-logged-4f9a2c"

@@ -13,9 +13,8 @@ from typing import Any
 
 import pytest
 
-from dhruva import dbtools, journal
+from dhruva import journal
 from dhruva.connection import Connection
-from dhruva.dbinspect import describe_data
 from dhruva.error import SerializationError
 from dhruva.file_index import ADDED_FLAG, ENTRIES_OFFSET
 from dhruva.file_storage import FileStorage
@@ -23,6 +22,8 @@ from dhruva.persistent import Persistent
 from dhruva.persistent_list import PersistentList
 from dhruva.sqlite_storage import SqliteStorage
 from dhruva.storage import Storage
+from dhruva.tools import dbtools
+from dhruva.tools.dbinspect import describe_data
 from dhruva.utils import int8_to_str
 
 

@@ -19,9 +19,13 @@ from typing import Any
 import pytest
 from _vectors import read_vector
 
-from dhruva import dbtools
 from dhruva.connection import Connection
-from dhruva.durus_import import (
+from dhruva.file_storage import FileStorage
+from dhruva.persistent import Persistent, PersistentObject
+from dhruva.serialize import ObjectWriter
+from dhruva.storage import MemoryStorage
+from dhruva.tools import dbtools
+from dhruva.tools.durus_import import (
     DURUS_CLASS_MAP,
     DurusImportError,
     import_durus,
@@ -29,10 +33,6 @@ from dhruva.durus_import import (
     read_durus,
     read_shelf,
 )
-from dhruva.file_storage import FileStorage
-from dhruva.persistent import Persistent, PersistentObject
-from dhruva.serialize import ObjectWriter
-from dhruva.storage import MemoryStorage
 from dhruva.utils import iter_oids
 
 ROOT = Path(__file__).resolve().parent.parent

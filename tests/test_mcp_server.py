@@ -1,6 +1,6 @@
 """``dhruva mcp`` (spec: ``spec/mcp.md``): the browser in-process, the server end to end.
 
-End-to-end tests spawn ``dhruva.mcp_server.main`` in a subprocess and talk to
+End-to-end tests spawn ``dhruva.tools.mcp_server.main`` in a subprocess and talk to
 it with the MCP SDK's own client, over stdio and over streamable HTTP on
 127.0.0.1.  They are skipped, with the reason, when the SDK is not installed.
 Every process started here is stopped by its pid.
@@ -28,18 +28,24 @@ from dhruva.btree import BTree
 from dhruva.connection import Connection
 from dhruva.error import DhruvaError
 from dhruva.file_storage import FileStorage
-from dhruva.mcp_server import BearerTokenGuard, bind_localhost, open_browser, parse_address
-from dhruva.object_browser import BrowseError, ObjectBrowser, describe, format_path, parse_path
 from dhruva.persistent import GHOST, Persistent
 from dhruva.persistent_dict import PersistentDict
 from dhruva.persistent_list import PersistentList
 from dhruva.persistent_set import PersistentSet
+from dhruva.tools.mcp_server import BearerTokenGuard, bind_localhost, open_browser, parse_address
+from dhruva.tools.object_browser import (
+    BrowseError,
+    ObjectBrowser,
+    describe,
+    format_path,
+    parse_path,
+)
 
 HAVE_SDK = find_spec("mcp") is not None
 needs_sdk = pytest.mark.skipif(
     not HAVE_SDK, reason="the MCP Python SDK is not installed (pip install 'dhruva[mcp]')"
 )
-MAIN = "import sys; from dhruva.mcp_server import main; sys.exit(main(sys.argv[1:]))"
+MAIN = "import sys; from dhruva.tools.mcp_server import main; sys.exit(main(sys.argv[1:]))"
 
 
 class Item(Persistent):
@@ -616,7 +622,7 @@ def test_token_guard_rejects_an_empty_token() -> None:
 @pytest.mark.req("MCP-001", "MCP-033")
 def test_storage_server_source(db_path: Path, tmp_path: Path) -> None:
     from dhruva.client_storage import ClientStorage
-    from dhruva.storage_server import StorageServer
+    from dhruva.server.storage_server import StorageServer
 
     server = StorageServer(FileStorage(str(db_path)), str(tmp_path / "db.sock"))
     thread = threading.Thread(target=server.serve, daemon=True)

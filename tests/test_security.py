@@ -20,11 +20,12 @@ from typing import Any
 import pytest
 from _tls_certs import Certificates, make_certificates
 
-from dhruva import security, wire
+from dhruva import wire
 from dhruva.client_storage import ClientStorage, ServerConnectionError
 from dhruva.error import AuthenticationError, DhruvaError, ReadOnlyError
+from dhruva.server import security
+from dhruva.server.storage_server import ServerLimits, StorageServer
 from dhruva.storage import MemoryStorage, Storage
-from dhruva.storage_server import ServerLimits, StorageServer
 from dhruva.utils import ROOT_OID
 
 SECRET = b"correct horse battery staple 0123456789"

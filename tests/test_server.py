@@ -22,8 +22,8 @@ from dhruva.error import (
     WriteConflictError,
 )
 from dhruva.file_storage import FileStorage
+from dhruva.server.storage_server import StorageServer
 from dhruva.storage import MemoryStorage, Record, Storage
-from dhruva.storage_server import StorageServer
 from dhruva.utils import ROOT_OID
 from dhruva.utils import int8_to_str as p64
 

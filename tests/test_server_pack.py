@@ -14,8 +14,8 @@ from dhruva import wire
 from dhruva.client_storage import ClientStorage
 from dhruva.error import DhruvaError, DhruvaKeyError
 from dhruva.file_storage import FileStorage, FileStorage2
+from dhruva.server.storage_server import StorageServer
 from dhruva.storage import MemoryStorage
-from dhruva.storage_server import StorageServer
 from dhruva.utils import ROOT_OID
 
 Serve = Callable[..., StorageServer]
@@ -261,7 +261,7 @@ def test_dhruva_pack_through_a_running_server(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from dhruva import admin
+    from dhruva.tools import admin
 
     monkeypatch.setattr(admin, "PROGRESS_INTERVAL_S", 0.0)
     storage = SlowPack(str(tmp_path / "db.dhruva"))
@@ -285,7 +285,7 @@ def test_dhruva_pack_through_a_running_server(
 def test_dhruva_pack_server_errors_are_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from dhruva import admin
+    from dhruva.tools import admin
 
     missing = str(tmp_path / "nobody.sock")
     assert admin.main(["pack", "--address", missing]) == 1

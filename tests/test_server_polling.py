@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from dhruva import client_storage, storage_server
+from dhruva import client_storage
 from dhruva.client_storage import ClientStorage
+from dhruva.server import storage_server
+from dhruva.server.storage_server import StorageServer
 from dhruva.storage import MemoryStorage
-from dhruva.storage_server import StorageServer
 
 
 @pytest.fixture

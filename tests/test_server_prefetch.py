@@ -9,7 +9,7 @@ import pytest
 from dhruva import wire
 from dhruva.client_storage import ClientStorage
 from dhruva.error import ReadConflictError
-from dhruva.storage_server import StorageServer
+from dhruva.server.storage_server import StorageServer
 from dhruva.utils import ROOT_OID
 
 Serve = Callable[..., StorageServer]

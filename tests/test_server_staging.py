@@ -11,11 +11,11 @@ import pytest
 
 from dhruva import wire
 from dhruva.client_storage import ClientStorage
-from dhruva.config import load_settings
 from dhruva.error import DhruvaError, DhruvaKeyError
-from dhruva.server_sessions import ServerLimits
+from dhruva.server.sessions import ServerLimits
+from dhruva.server.storage_server import StorageServer
 from dhruva.storage import MemoryStorage, Record
-from dhruva.storage_server import StorageServer
+from dhruva.tools.config import load_settings
 from dhruva.utils import int8_to_str
 
 CAP = 1000

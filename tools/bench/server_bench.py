@@ -24,8 +24,8 @@ from typing import Any
 
 from dhruva.client_storage import ClientStorage
 from dhruva.file_storage import FileStorage
+from dhruva.server.storage_server import StorageServer
 from dhruva.storage import Storage
-from dhruva.storage_server import StorageServer
 
 
 def _serve(storage: Storage) -> tuple[StorageServer, threading.Thread]:

@@ -177,7 +177,7 @@ def _dhruva_commit_one(client: Any, state: dict[str, Any]) -> None:
 DHRUVA = ServerSystem(
     name="dhruva",
     label="dhruva server, FileStorage",
-    module="dhruva.storage_server",
+    module="dhruva.server.storage_server",
     distribution="dhruva",
     durable=True,
     server_argv=lambda path, port: [

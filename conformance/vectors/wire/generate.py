@@ -29,7 +29,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dhruva import security, wire
+from dhruva import wire
+from dhruva.server import security
 from dhruva.storage import Record
 from dhruva.utils import int8_to_str
 

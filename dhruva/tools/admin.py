@@ -4,11 +4,11 @@ Spec: ``spec/pack.md`` and ``spec/history-and-backup.md``; user guide:
 ``docs/guide/pack-history-backup.md``.
 
 :func:`register` adds the four subcommands to the ``dhruva`` command's
-subparsers (``dhruva/cli.py`` calls it); each sets ``run`` to a function that
+subparsers (``dhruva/tools/cli.py`` calls it); each sets ``run`` to a function that
 takes the parsed arguments and returns the exit status, printing user errors
 as one line on standard error (status 1) and never a traceback.  :func:`main`
 runs them without the rest of the command, for tests and for
-``python -m dhruva.admin``.
+``python -m dhruva.tools.admin``.
 
 Progress of a long pack goes to standard error, one line per step at most
 every ``PROGRESS_INTERVAL_S`` seconds; ``--quiet`` silences it and the
@@ -26,6 +26,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from dhruva.error import DhruvaError
+from dhruva.tools import common
+from dhruva.tools import config as dconfig
 
 PROG = "dhruva"
 PROGRESS_INTERVAL_S = 1.0
@@ -87,13 +89,12 @@ def run_pack_through_server(args: argparse.Namespace) -> int:
     The server packs while it keeps serving its clients; progress comes back
     as PACK_PROGRESS frames and is printed like a file pack's.
     """
-    from dhruva import cli
     from dhruva.client_storage import ClientStorage
 
     quiet: bool = args.quiet
     try:
-        client = cli.connect_client(cli.settings_from(args))
-    except cli.CommandError as error:
+        client = common.connect_client(common.settings_from(args))
+    except common.CommandError as error:
         raise AdminError(str(error)) from None
     assert isinstance(client, ClientStorage)
     where = repr(client).removeprefix("ClientStorage(").removesuffix(")").strip("'\"")
@@ -179,8 +180,6 @@ def run_pack(args: argparse.Namespace) -> int:
 
 
 def _configure_pack(parser: argparse.ArgumentParser) -> None:
-    from dhruva import cli
-    from dhruva import config as dconfig
 
     parser.add_argument(
         "path",
@@ -189,9 +188,9 @@ def _configure_pack(parser: argparse.ArgumentParser) -> None:
         help="the data file of a FileStorage not in use; without PATH, pack the database of"
         " the running server named by --host/--port/--address (or the configuration)",
     )
-    cli.add_address_options(parser)
+    common.add_address_options(parser)
     dconfig.add_config_option(parser)
-    dconfig.add_setting_flags(parser, cli.CLIENT_SECURITY_KEYS, "authentication and TLS")
+    dconfig.add_setting_flags(parser, common.CLIENT_SECURITY_KEYS, "authentication and TLS")
     parser.add_argument(
         "--index",
         action="store_true",
@@ -372,9 +371,9 @@ def register_commands(
         None,
     ],
 ) -> None:
-    """Register the four subcommands through ``dhruva.cli.register_subcommand``.
+    """Register the four subcommands through ``dhruva.tools.cli.register_subcommand``.
 
-    The same commands as :func:`register`, for the registry in ``dhruva/cli.py``
+    The same commands as :func:`register`, for the registry in ``dhruva/tools/cli.py``
     (which shows the one-line help as the description).
     """
     for name, help_text, _description, configure, run in SUBCOMMANDS:

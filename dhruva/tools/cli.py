@@ -26,22 +26,25 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from dhruva import config as dconfig
 from dhruva.error import AuthenticationError, DhruvaError
 from dhruva.serialize import SERIALIZER_NAMES
+from dhruva.server.address import format_address
+from dhruva.server.storage_server import StorageServer
 from dhruva.storage import Storage
-from dhruva.storage_server import DEFAULT_HOST, DEFAULT_PORT, Address, StorageServer, format_address
-
-if TYPE_CHECKING:
-    from dhruva.client_storage import ClientStorage
+from dhruva.tools import admin, dbtools, mcp_server
+from dhruva.tools import config as dconfig
+from dhruva.tools.common import (
+    CLIENT_SECURITY_KEYS,
+    CommandError,
+    add_address_options,
+    connect_client,
+    open_client,
+    settings_from,
+)
 
 PROG = "dhruva"
-
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one line, exit status 1."""
 
 
 @dataclass(frozen=True)
@@ -68,72 +71,6 @@ def register_subcommand(
     _SUBCOMMANDS[name] = Subcommand(name, help, configure, run)
 
 
-def add_address_options(parser: argparse.ArgumentParser) -> None:
-    """The options that name a server: --host, --port, --address."""
-    group = parser.add_argument_group("server address")
-    # Defaults are None ("not given") so that a config file or DHRUVA_HOST /
-    # DHRUVA_PORT can supply them (see dhruva.config).
-    group.add_argument(
-        "--host", default=None, help=f"TCP host of the server (default {DEFAULT_HOST})"
-    )
-    group.add_argument(
-        "--port",
-        type=int,
-        default=None,
-        help=f"TCP port of the server (default {DEFAULT_PORT}; 0 picks a free port for -s)",
-    )
-    group.add_argument(
-        "--address",
-        metavar="SOCKET",
-        default=None,
-        help="path of a Unix socket to use instead of TCP host and port",
-    )
-
-
-def settings_from(args: argparse.Namespace) -> dconfig.Settings:
-    """The effective settings: defaults, config file, DHRUVA_* variables, then ``args``."""
-    try:
-        return dconfig.load_settings(args)
-    except dconfig.ConfigError as error:
-        raise CommandError(str(error)) from None
-
-
-def address_from(args: argparse.Namespace) -> Address:
-    """The server address named by ``args``, the config file or the environment."""
-    return settings_from(args).server_address()
-
-
-def _open_client(settings: dconfig.Settings) -> ClientStorage:
-    """Connect to the server the settings name, with their TLS and secret (may raise)."""
-    from dhruva.client_storage import ClientStorage
-
-    return ClientStorage(
-        settings.server_address(),
-        tls=settings.client_tls_context(),
-        secret=settings.secret_bytes(),
-        server_hostname=settings.tls_server_name,
-    )
-
-
-def connect_client(settings: dconfig.Settings) -> Storage:
-    """A ClientStorage for the server the settings name (TLS and secret included).
-
-    User errors (no server, wrong secret, TLS mismatch) become CommandError.
-    """
-    try:
-        return _open_client(settings)
-    except DhruvaError as error:
-        raise CommandError(str(error)) from None
-
-
-CLIENT_SECURITY_KEYS = [
-    "secret_file",
-    "tls",
-    "tls_ca",
-    "tls_client_cert",
-    "tls_client_key",
-    "tls_server_name",
-]
 _SERVER_SECURITY_KEYS = [
     "secret_file",
     "tls_cert",
@@ -198,7 +135,7 @@ def _stop_server(settings: dconfig.Settings) -> int:
     address = settings.server_address()
     try:
         # [CLI-022] --stop speaks TLS and authenticates with the server's settings.
-        client = _open_client(settings)
+        client = open_client(settings)
     except AuthenticationError as error:
         raise CommandError(f"cannot stop the server: {error}") from None
     except dconfig.ConfigError as error:
@@ -227,7 +164,7 @@ def run_server(args: argparse.Namespace) -> int:
     except dconfig.ConfigError as error:
         raise CommandError(str(error)) from None
     if settings.secret_file and not settings.secret:
-        from dhruva.security import secret_file_is_private
+        from dhruva.server.security import secret_file_is_private
 
         if not secret_file_is_private(settings.secret_file):
             logging.getLogger("dhruva.server").warning(
@@ -429,20 +366,17 @@ register_subcommand(
     run_console,
 )
 
-# The MCP server for AI agents (needs the optional ``mcp`` extra at run time).
-from dhruva import mcp_server  # noqa: E402
 
+# The MCP server for AI agents (needs the optional ``mcp`` extra at run time).
 register_subcommand("mcp", mcp_server.HELP, mcp_server.configure, mcp_server.run)
 
 # Database tools (verify, dump, stats, convert, import-durus) register themselves.
-from dhruva.dbtools import register_commands as _register_tool_commands  # noqa: E402
 
-_register_tool_commands(register_subcommand)
+dbtools.register_commands(register_subcommand)
 
 # Pack, history, restore and backup of file databases.
-from dhruva.admin import register_commands as _register_admin_commands  # noqa: E402
 
-_register_admin_commands(register_subcommand)
+admin.register_commands(register_subcommand)
 
 _FLAG_ALIASES = {"-s": "server", "--server": "server", "-c": "console", "--client": "console"}
 

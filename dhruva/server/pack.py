@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 from dhruva import wire
-from dhruva.server_sessions import Session, SessionLoop
+from dhruva.server.sessions import Session, SessionLoop
 from dhruva.storage import Storage
 
 log = logging.getLogger("dhruva.server")

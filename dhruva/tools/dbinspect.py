@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from dhruva import journal
-from dhruva.durus_import import detect_durus_format
-from dhruva.durus_import import pickle_class_name as _pickle_class_name
 from dhruva.error import CorruptionError, DhruvaError
+from dhruva.tools.durus_import import detect_durus_format
+from dhruva.tools.durus_import import pickle_class_name as _pickle_class_name
 from dhruva.utils import int8_to_str, iter_oids, str_to_int8
 
 KIND_FILE = "dhruva data file"

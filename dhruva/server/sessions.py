@@ -2,7 +2,7 @@
 
 Spec: ``spec/server.md`` ("Security", "Limits", "Robustness") and
 ``spec/wire-protocol.md`` ("Authentication", "TLS").  The storage requests
-themselves are :class:`dhruva.storage_server.StorageServer`'s; this module
+themselves are :class:`dhruva.server.storage_server.StorageServer`'s; this module
 is the part of the server that deals with clients as connections.
 
 Theory of operation.  Each session moves through states: ``tls-peek`` (TLS
@@ -37,14 +37,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from dhruva import security, wire
+from dhruva import wire
 from dhruva.error import ProtocolError
-from dhruva.storage import Record
+from dhruva.record import Record
+from dhruva.server import security
+from dhruva.server.address import format_address
 
 log = logging.getLogger("dhruva.server")
-
-Address = tuple[str, int] | str
-"""A TCP ``(host, port)`` pair or the path of a Unix socket."""
 
 _READ_SIZE = 1 << 18
 # A client that does not read its answers must not make the server buffer
@@ -99,14 +98,6 @@ class ServerLimits:
             raise ValueError("max_pending_requests and max_pending_bytes must be positive")
         if self.max_staged_bytes < 1:
             raise ValueError("max_staged_bytes must be positive")
-
-
-def format_address(address: Address) -> str:
-    """Return ``address`` as people write it: ``host:port`` or the socket path."""
-    if isinstance(address, str):
-        return address
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _subject_text(subject: object) -> str:

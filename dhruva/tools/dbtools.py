@@ -1,9 +1,9 @@
 """Database tools: ``dhruva verify``, ``dump``, ``stats``, ``convert``, ``import-durus``.
 
-Spec: ``spec/tools.md`` (requirement prefix TOOL); reading is in :mod:`dhruva.dbinspect`.
+Spec: ``spec/tools.md`` (requirement prefix TOOL); reading is in :mod:`dhruva.tools.dbinspect`.
 
 Theory of operation.  The read-only tools (verify, dump, stats) read a
-database through :mod:`dhruva.dbinspect`, which never opens it through a
+database through :mod:`dhruva.tools.dbinspect`, which never opens it through a
 storage that could change it and never runs code a record names.  verify
 collects findings (:class:`Issue`) and decides the exit status from their
 severity; dump and stats stream the records once.
@@ -12,8 +12,8 @@ severity; dump and stats stream the records once.
 yet, in batches of transactions, and delete what they wrote when they fail.
 
 The commands plug into the ``dhruva`` command with :func:`register` (an
-argparse subparsers object) or :func:`register_commands` (dhruva.cli's
-``register_subcommand``); ``python -m dhruva.dbtools`` runs them alone.
+argparse subparsers object) or :func:`register_commands` (dhruva.tools.cli's
+``register_subcommand``); ``python -m dhruva.tools.dbtools`` runs them alone.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from dhruva.dbinspect import (
+from dhruva.error import DhruvaError
+from dhruva.storage import Storage
+from dhruva.tools.dbinspect import (
     KIND_FILE,
     Issue,
     RecordInfo,
@@ -35,9 +37,7 @@ from dhruva.dbinspect import (
     detect_kind,
     open_source,
 )
-from dhruva.durus_import import DurusImportError, import_durus
-from dhruva.error import DhruvaError
-from dhruva.storage import Storage
+from dhruva.tools.durus_import import DurusImportError, import_durus
 from dhruva.utils import ROOT_OID, iter_oids, str_to_int8
 
 BACKENDS = ("file", "file2", "sqlite")
@@ -615,13 +615,13 @@ def register_commands(
         None,
     ],
 ) -> None:
-    """Register the tool commands through ``dhruva.cli.register_subcommand``."""
+    """Register the tool commands through ``dhruva.tools.cli.register_subcommand``."""
     for name, help_text, configure, run in COMMANDS:
         register_subcommand(name, help_text, configure, run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one tool command (``python -m dhruva.dbtools verify PATH``); return the status."""
+    """Run one tool command (``python -m dhruva.tools.dbtools verify PATH``); return the status."""
     parser = argparse.ArgumentParser(prog="dhruva", description="dhruva database tools")
     register(parser.add_subparsers(dest="command", metavar="COMMAND"))
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))

@@ -5,7 +5,7 @@ Spec: ``spec/mcp.md`` (``MCP-*``).  Guide: ``docs/guide/mcp.md``.
 Theory of operation.  :func:`open_browser` opens the source -- a database
 file (read-only unless writes are allowed) or a running storage server
 through ClientStorage -- in one Connection, and wraps it in an
-:class:`~dhruva.object_browser.ObjectBrowser`, which answers every question
+:class:`~dhruva.tools.object_browser.ObjectBrowser`, which answers every question
 with JSON.  :func:`build_server` registers one MCP tool per browser method
 with the official MCP Python SDK (an optional extra: ``pip install
 'dhruva[mcp]'``); the write tools exist only when writes are allowed.
@@ -13,7 +13,7 @@ with the official MCP Python SDK (an optional extra: ``pip install
 127.0.0.1 behind a bearer-token check (:class:`BearerTokenGuard`).
 
 The SDK is imported only when a server is built, so ``import
-dhruva.mcp_server`` works without it, and a missing SDK is one line naming
+dhruva.tools.mcp_server`` works without it, and a missing SDK is one line naming
 the command that installs it (MCP-002).
 """
 
@@ -36,8 +36,8 @@ from typing import Any
 
 from dhruva.class_registry import ClassRegistry
 from dhruva.error import DhruvaError
-from dhruva.object_browser import DEFAULT_MAX_OBJECTS, ObjectBrowser
 from dhruva.storage import Storage
+from dhruva.tools.object_browser import DEFAULT_MAX_OBJECTS, ObjectBrowser
 from dhruva.utils import ROOT_OID
 
 __all__ = [
@@ -125,7 +125,7 @@ def open_browser(
             source = path
         else:
             from dhruva.client_storage import ClientStorage
-            from dhruva.storage_server import format_address
+            from dhruva.server.address import format_address
 
             assert address is not None
             storage = ClientStorage(address)
@@ -429,13 +429,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``dhruva mcp`` with parsed ``args``; return the exit status.
 
-    User errors raise ``dhruva.cli.CommandError`` (one line, status 1) when
+    User errors raise ``dhruva.tools.common.CommandError`` (one line, status 1) when
     run from the ``dhruva`` command.
     """
     try:
         _run(args)
     except DhruvaError as error:
-        from dhruva.cli import CommandError
+        from dhruva.tools.common import CommandError
 
         raise CommandError(str(error)) from None
     return 0

@@ -30,9 +30,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dhruva import security, wire
+from dhruva import wire
 from dhruva.error import DhruvaError
-from dhruva.storage_server import DEFAULT_HOST, DEFAULT_PORT, Address, ServerLimits
+from dhruva.server import security
+from dhruva.server.address import DEFAULT_HOST, DEFAULT_PORT, Address
+from dhruva.server.sessions import ServerLimits
 
 ENV_PREFIX = "DHRUVA_"
 CONFIG_ENV = "DHRUVA_CONFIG"

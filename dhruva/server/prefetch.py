@@ -19,7 +19,7 @@ from collections.abc import Iterable
 
 from dhruva import wire
 from dhruva.error import DhruvaError
-from dhruva.server_sessions import Session
+from dhruva.server.sessions import Session
 from dhruva.storage import Record, Storage
 from dhruva.utils import int8_to_str, str_to_int8
 
