@@ -34,7 +34,7 @@ CONFORMANCE_BACKENDS = [
     "server-sqlite",
 ]
 
-nox.options.sessions = ["tests", "conformance", "lint", "typecheck", "docs"]
+nox.options.sessions = ["tests", "tests_bare", "conformance", "lint", "typecheck", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 # A session whose interpreter is missing is a failure, not a silent skip.
 nox.options.error_on_missing_interpreters = True
@@ -57,6 +57,19 @@ def tests(session: nox.Session) -> None:
     # The optional serializers' extras too, so their tests run instead of skipping.
     install_dhruva(session, "test", "msgspec", "dill")
     session.run("pytest", "tests/", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def tests_bare(session: nox.Session) -> None:
+    """Run the unit tests and the file back-end's conformance suite with no extra installed.
+
+    The core needs the standard library alone; what needs msgspec, dill, the
+    MCP SDK, cryptography or psycopg must skip with a reason, never fail.
+    """
+    install_dhruva(session)
+    session.install("pytest>=8", "hypothesis>=6.100")
+    session.run("pytest", "tests/", *session.posargs)
+    session.run("pytest", "conformance/", "--dhruva-backend=file", *session.posargs)
 
 
 @nox.session(python=PYTHON)

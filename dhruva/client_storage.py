@@ -41,6 +41,7 @@ from dhruva.error import (
     ProtocolError,
     ReadConflictError,
     ReadOnlyError,
+    UnallocatedOidError,
     WriteConflictError,
 )
 from dhruva.server import security
@@ -411,7 +412,7 @@ class ClientStorage(Storage):
             return ProtocolError(text)
         if code == wire.ErrorCode.UNALLOCATED_OID:
             nums = ", ".join(str(str_to_int8(oid)) for oid in oids[:8])
-            return DhruvaError(f"{text} (oids {nums})")
+            return UnallocatedOidError(f"{text} (oids {nums})")
         return DhruvaError(text)
 
     def _expect(self, reply: wire.Message, kind: type[wire.Message]) -> None:

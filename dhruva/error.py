@@ -154,3 +154,12 @@ class ForbiddenClassError(SerializationError):
             f"refusing to load {name}: {detail} (pass it in allowed_classes= "
             "only if you trust the database)"
         )
+
+
+class UnallocatedOidError(DhruvaError):
+    """A store of an oid that was never allocated to this storage object [SAPI-013].
+
+    A storage that refuses such oids (the storage server's clients do, so that
+    one client cannot overwrite objects another client is creating) raises
+    this at ``store()`` or ``end()``; nothing of the transaction is stored.
+    """

@@ -329,5 +329,6 @@ class PersistentObject(PersistentBase):
             instance_dict.clear()
 
 
-# Durus compatibility: ComputedAttribute and the state constants live here.
+# The state constants live here, under Durus's names.  Durus's ComputedAttribute
+# has no counterpart (see docs/guide/tools.md on importing Durus files).
 __all__ = ["GHOST", "SAVED", "UNSAVED", "Persistent", "PersistentBase", "PersistentObject"]

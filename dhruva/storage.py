@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from dhruva.error import DhruvaError, DhruvaKeyError, ReadOnlyError
+from dhruva.error import DhruvaError, DhruvaKeyError
 
 # Re-exported: Record and its checks were defined here before dhruva.record.
 from dhruva.record import Record as Record
@@ -224,13 +224,3 @@ class MemoryStorage(Storage):
 
     def close(self) -> None:
         self._closed = True
-
-
-class ReadOnlyStorageMixin:
-    """Helpers for storages opened read-only."""
-
-    readonly: bool = False
-
-    def _check_writable(self) -> None:
-        if self.readonly:
-            raise ReadOnlyError("this storage was opened read-only; writes are refused")

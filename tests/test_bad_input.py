@@ -28,7 +28,9 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from importlib.util import find_spec
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _dhruva_command import COMMAND, WAIT_S
@@ -158,7 +160,21 @@ READ_COMMANDS: dict[str, Callable[[str, str], list[str]]] = {
 NOT_A_DATABASE = ["missing", "empty", "text", "png", "sqlite-foreign", "directory"]
 
 
-def _read_cases() -> list[tuple[str, str]]:
+NEEDS_MCP = pytest.mark.skipif(
+    find_spec("mcp") is None,
+    reason="dhruva mcp needs the MCP Python SDK first (pip install 'dhruva[mcp]')",
+)
+"""``dhruva mcp`` says that the SDK is missing before it looks at its input."""
+
+
+def _read_cases() -> list[Any]:
+    return [
+        pytest.param(command, name, marks=NEEDS_MCP) if command == "mcp" else (command, name)
+        for command, name in _read_case_names()
+    ]
+
+
+def _read_case_names() -> list[tuple[str, str]]:
     cases = [(command, name) for command in READ_COMMANDS for name in NOT_A_DATABASE]
     # A header cut short is a database whose creation was interrupted
     # [RCV-006]: a reader refuses it.  verify reports it as damage (status
@@ -362,7 +378,11 @@ def test_bad_config_file_in_one_line(
     [
         (["-c", "--cache-size", "-1"], "cache size"),
         (["history", "{good}", "--last", "-1"], "--last"),
-        (["mcp", "{good}", "--transport", "http", "--http-port", "99999"], "0 to 65535"),
+        pytest.param(
+            ["mcp", "{good}", "--transport", "http", "--http-port", "99999"],
+            "0 to 65535",
+            marks=NEEDS_MCP,
+        ),
         (["-c", "--readonly", "--file", "{empty-db}"], "no root object"),
     ],
 )

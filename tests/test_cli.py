@@ -9,6 +9,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -231,7 +232,11 @@ def test_mcp_is_a_dhruva_subcommand(tmp_path: Path) -> None:
     helped = run("mcp", "--help")
     assert helped.returncode == 0 and "--allow-writes" in helped.stdout
     missing = run("mcp", str(tmp_path / "missing.dhruva"))
-    assert one_line_error(missing).startswith("dhruva: cannot open")
+    if find_spec("mcp") is None:
+        # Without the SDK the command says so first, in one line.
+        assert "pip install 'dhruva[mcp]'" in one_line_error(missing)
+    else:
+        assert one_line_error(missing).startswith("dhruva: cannot open")
 
 
 def test_backup_of_a_sqlite_database_uses_the_sqlite_backup(tmp_path: Path) -> None:

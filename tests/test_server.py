@@ -19,6 +19,7 @@ from dhruva.error import (
     DhruvaKeyError,
     ReadConflictError,
     ReadOnlyError,
+    UnallocatedOidError,
     WriteConflictError,
 )
 from dhruva.file_storage import FileStorage
@@ -266,11 +267,11 @@ def test_read_conflict(serve: Callable[..., Running]) -> None:
     b.close()
 
 
-@pytest.mark.req("SRV-022")
+@pytest.mark.req("SRV-022", "SAPI-013")
 def test_unallocated_oid_refused(serve: Callable[..., Running]) -> None:
     running = serve()
     client = ClientStorage(running.address)
-    with pytest.raises(DhruvaError, match="never allocated"):
+    with pytest.raises(UnallocatedOidError):
         commit(client, {p64(12345): b"invented"})
     # The root oid and oids given to this client are accepted.
     mine = client.new_oid()

@@ -89,15 +89,15 @@ def run_pack_through_server(args: argparse.Namespace) -> int:
     The server packs while it keeps serving its clients; progress comes back
     as PACK_PROGRESS frames and is printed like a file pack's.
     """
-    from dhruva.client_storage import ClientStorage
+    from dhruva.server.address import format_address
 
     quiet: bool = args.quiet
     try:
-        client = common.connect_client(common.settings_from(args))
+        settings = common.settings_from(args)
+        client = common.connect_client(settings)
     except common.CommandError as error:
         raise AdminError(str(error)) from None
-    assert isinstance(client, ClientStorage)
-    where = repr(client).removeprefix("ClientStorage(").removesuffix(")").strip("'\"")
+    where = format_address(settings.server_address())
     stream: TextIO = sys.stderr
     last_report = [time.monotonic()]
 

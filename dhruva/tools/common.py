@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from dhruva.error import DhruvaError
 from dhruva.server.address import DEFAULT_HOST, DEFAULT_PORT, Address
-from dhruva.storage import Storage
 from dhruva.tools import config as dconfig
 
 if TYPE_CHECKING:
@@ -82,7 +81,7 @@ def open_client(settings: dconfig.Settings) -> ClientStorage:
     )
 
 
-def connect_client(settings: dconfig.Settings) -> Storage:
+def connect_client(settings: dconfig.Settings) -> ClientStorage:
     """A ClientStorage for the server the settings name (TLS and secret included).
 
     User errors (no server, wrong secret, TLS mismatch) become CommandError.
