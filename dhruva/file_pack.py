@@ -56,7 +56,7 @@ from dhruva.fileio import DataFile, copy_span
 from dhruva.utils import ROOT_OID
 
 if TYPE_CHECKING:
-    from dhruva.file_storage2 import JournalStorage
+    from dhruva.journal_storage import JournalStorage
 
 #: Bytes of copied records buffered before one write to ``PATH.pack``.
 WRITE_BUFFER_BYTES = 1 << 20

@@ -31,8 +31,9 @@ from collections.abc import Iterator
 from dhruva import journal
 from dhruva.file_index import MAX_OID as INDEX_MAX_OID
 from dhruva.file_index import DiskIndex
-from dhruva.file_storage2 import FileStorage2, JournalStorage
+from dhruva.file_storage2 import FileStorage2
 from dhruva.fileio import FileLayer
+from dhruva.journal_storage import JournalStorage
 from dhruva.utils import int8_to_str, str_to_int8
 
 __all__ = ["CHECKPOINT_BYTES", "FileStorage", "FileStorage2", "TempFileStorage"]
