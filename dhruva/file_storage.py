@@ -40,7 +40,7 @@ __all__ = ["CHECKPOINT_BYTES", "FileStorage", "FileStorage2", "TempFileStorage"]
 
 log = logging.getLogger("dhruva.file_storage")
 
-#: Tail bytes after which a commit also checkpoints the index.
+#: Tail bytes after which a commit also checkpoints the index ([IDX-040]).
 CHECKPOINT_BYTES = 4 << 20
 
 

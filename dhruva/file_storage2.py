@@ -11,8 +11,9 @@ once, and only then updates ``_index``: until ``sync()`` returns the
 transaction is not acknowledged and not visible, so a crash or an I/O error
 loses at most this commit (RCV-010..RCV-013).
 
-:class:`JournalStorage` holds everything the two file storages share; the
-subclasses differ only in how the index is built at open and kept at close.
+:class:`dhruva.journal_storage.JournalStorage` holds everything the two file
+storages share; the subclasses differ only in how the index is built at open
+and kept at close (its "subclass hooks").
 FileStorage2 builds ``_index`` by scanning the whole file at open, which costs
 time proportional to the file size; :class:`dhruva.file_storage.FileStorage`
 keeps an on-disk index instead.
@@ -25,8 +26,6 @@ from dhruva.journal_storage import JournalStorage
 from dhruva.utils import str_to_int8
 
 __all__ = ["FileStorage2", "JournalStorage"]
-
-_PACK_BUFFER_BYTES = 1 << 20
 
 
 class FileStorage2(JournalStorage):

@@ -1,6 +1,49 @@
 """JournalStorage: the machinery shared by FileStorage and FileStorage2.
 
-Spec: ``spec/file-format.md`` (journal layout, write path, recovery, pack).
+Spec: ``spec/file-format.md`` (journal layout, write path, recovery),
+``spec/pack.md`` (pack) and ``spec/fault-model.md`` (what is assumed of the disk).
+
+Theory of operation
+-------------------
+The data file is an append-only journal of transactions (the codec is
+:mod:`dhruva.journal`); every byte goes through a :class:`dhruva.fileio.FileLayer`
+so that tests can substitute a fault-injecting one.
+
+State.  ``_file`` is the open, locked data file; ``_end`` the end of valid
+data (every byte before it belongs to a complete, synced transaction);
+``_last_tid``, ``_last_time_us`` and ``_last_trailer_crc`` describe the last
+transaction before ``_end``; ``_next_oid`` is beyond every stored or handed-out
+oid.  ``_index`` maps oid -> offset of its current record for the records the
+subclass keeps in memory; a subclass may keep more elsewhere (the *secondary
+index*, FileStorage's ``PATH.index``) and answers for it through
+:meth:`JournalStorage._lookup_more`.  ``_broken`` is set when the file may no
+longer match ``_end`` and only a reopen can tell (a failed rename of pack).
+
+Order of a commit (``end()``): encode the transaction in memory; one
+``pwrite`` at ``_end``; one ``sync``; only then note the records in the
+``_index``, move ``_end`` and the tid state, and call ``_after_commit``.  A
+crash before the sync returns loses this commit and nothing else (RCV-010,
+RCV-011); an I/O error does the same, and the storage then refuses work
+until reopened.
+
+Open: lock, check (or write) the file header, then ``_recover`` (the
+subclass) builds the index, scanning with :meth:`JournalStorage._scan_tail`,
+which sets aside a torn tail (RCV-005).
+
+The seam with the subclasses is seven hooks, each documented where it is
+defined below ("Subclass hooks"): ``_recover``, ``_lookup_more``,
+``_pack_offsets``, ``_after_commit``, ``_before_close``,
+``_before_replace`` and ``_replace_index``.  The base calls each at one
+point of its order of operations and at no other; a subclass overrides a hook
+to keep its own index in step and must not touch the journal state
+(``_file``, ``_end``, tids), which only the base and the swap at the end of a
+pack change.
+
+The seam with the packer (:mod:`dhruva.file_pack`) is
+:class:`dhruva.file_pack.PackTarget`, implemented here by
+:class:`_StoragePackTarget`: the packer learns the snapshot, reads the data
+file, asks for record offsets, and at the end hands back the packed file,
+without touching the storage's attributes.
 """
 
 from __future__ import annotations
@@ -12,8 +55,14 @@ from collections.abc import Callable, Iterator
 
 from dhruva import journal
 from dhruva.error import CorruptionError, DhruvaError, DhruvaKeyError, ReadOnlyError
-from dhruva.file_pack import DEFAULT_STEP_BUDGET, Packer, PackHook, PackProgress
-from dhruva.fileio import OS_FILES, DataFile, FileLayer, set_aside
+from dhruva.file_pack import (
+    DEFAULT_STEP_BUDGET,
+    Packer,
+    PackHook,
+    PackProgress,
+    PackSnapshot,
+)
+from dhruva.fileio import OS_FILES, DataFile, FileLayer, FileReplacedError, set_aside
 from dhruva.storage import (
     CAP_DURABLE,
     CAP_PACK,
@@ -78,9 +127,9 @@ class JournalStorage(Storage):
                 # excludes the writer.
                 data_file.lock(exclusive=not self.readonly)
                 self.file_id = self._check_header(data_file)
-            except DhruvaError as exc:
+            except FileReplacedError:
                 data_file.close()
-                if "was replaced" in str(exc) and attempt + 1 < _OPEN_ATTEMPTS:
+                if attempt + 1 < _OPEN_ATTEMPTS:
                     continue  # pack() renamed a new file over the path; retry.
                 raise
             except BaseException:
@@ -149,22 +198,71 @@ class JournalStorage(Storage):
                 set_aside(self._layer, self._file, result.tail[0], reason)
         return result
 
+    # --- subclass hooks -----------------------------------------------------------
+    #
+    # The seam between the journal (this class) and where an index lives (the
+    # subclasses).  Each hook is called at exactly one point, named in its
+    # docstring; none may change the journal state (_file, _end, the tids).
+
     def _recover(self) -> None:
-        """Build the index and the tid/oid state; subclasses override."""
+        """Build the index at open; called once by ``__init__`` after the header check.
+
+        Contract: on return ``_index`` (plus the secondary index, if any) maps
+        every oid with a committed record to its current offset, ``_end`` and
+        the tid state describe the last complete transaction (set by
+        :meth:`_scan_tail`, which the hook calls for the range it scans) and
+        ``_next_oid`` is beyond every stored oid.  May raise CorruptionError;
+        the file is then closed and the open fails.
+        """
         raise NotImplementedError
 
     def _lookup_more(self, oid: bytes) -> int:
-        """Return the offset of ``oid`` from a secondary index, or 0 (subclass hook)."""
+        """Return the offset of ``oid`` in the secondary index, or 0 when it has none.
+
+        Called by ``load()`` only when ``_index`` has no entry for ``oid``
+        (``_index`` wins).  Must not raise for an unknown oid.
+        """
         return 0
 
-    def _after_commit(self) -> None:
-        """Run after each acknowledged commit (subclass hook)."""
-
     def _pack_offsets(self, oids: list[bytes]) -> list[int]:
-        """Return the current record offset of each oid, 0 for a missing one (pack)."""
+        """Return the current record offset of each of ``oids``, 0 for a missing one.
+
+        The packer's batch form of a lookup (``_index`` first, then the
+        secondary index); a subclass overrides it only to make it faster.
+        """
         get = self._index.get
         lookup_more = self._lookup_more
         return [get(oid) or lookup_more(oid) for oid in oids]
+
+    def _after_commit(self) -> None:
+        """Run after each acknowledged commit, once ``_index`` and ``_end`` include it.
+
+        The commit is durable when this runs: the hook must not raise for a
+        failure of derived data (it logs and degrades instead), or ``end()``
+        would report a durable commit as failed.
+        """
+
+    def _before_close(self) -> None:
+        """Run once by ``close()`` of a writable, healthy storage, before the file closes.
+
+        May raise OSError; ``close()`` still closes the file and re-raises.
+        """
+
+    def _before_replace(self) -> None:
+        """Run by pack just before the packed file is renamed over the data file.
+
+        The secondary index describes the old file and must stop being used,
+        durably, before the rename ([IDX-033]).  An exception abandons the
+        switch and leaves the storage refusing work until reopened.
+        """
+
+    def _replace_index(self, new_index: dict[bytes, int]) -> None:
+        """Install the index of a freshly packed file, after the storage switched to it.
+
+        ``new_index`` maps every oid of the packed file to its offset; the
+        hook owns it from here on.
+        """
+        self._index = new_index
 
     # --- state checks -----------------------------------------------------------
 
@@ -304,9 +402,6 @@ class JournalStorage(Storage):
             self._file = None
             data_file.close()
 
-    def _before_close(self) -> None:
-        """Run before a writable storage closes its file (subclass hook)."""
-
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path!r}>"
 
@@ -354,7 +449,7 @@ class JournalStorage(Storage):
             raise DhruvaError(f"{self.path}: a pack is already running")
         if self._pending is not None:
             raise DhruvaError("pack() during a transaction; end or abort it first")
-        self._packer = Packer(self)
+        self._packer = Packer(_StoragePackTarget(self))
 
     def pack_step(self, budget: int = DEFAULT_STEP_BUDGET) -> bool:
         """Copy up to about ``budget`` records; return True when ready to finish (PACK-011)."""
@@ -404,9 +499,64 @@ class JournalStorage(Storage):
         if progress is not None:
             progress(result)
 
-    def _before_replace(self) -> None:
-        """Run just before the packed file is renamed over the data file (subclass hook)."""
+    def _swap_in_packed_file(
+        self, new_file: DataFile, file_id: bytes, new_index: dict[bytes, int]
+    ) -> int:
+        """Switch to ``new_file`` (synced and renamed over ``path``); return its end of data."""
+        old_file, self._file = self._file, new_file
+        if old_file is not None:
+            old_file.close()
+        self.file_id = file_id
+        self._end = new_file.size()
+        trailer = new_file.pread(journal.TXN_TRAILER_SIZE, self._end - journal.TXN_TRAILER_SIZE)
+        self._last_trailer_crc = journal.TXN_TRAILER.unpack(trailer)[1]
+        self._replace_index(new_index)
+        return self._end
 
-    def _replace_index(self, new_index: dict[bytes, int]) -> None:
-        """Install the index of a freshly packed file (subclass hook)."""
-        self._index = new_index
+
+class _StoragePackTarget:
+    """A JournalStorage as its packer sees it: implements :class:`dhruva.file_pack.PackTarget`.
+
+    Lives beside the storage so that only this module touches the storage's
+    state; the packer holds this object, never the storage.
+    """
+
+    def __init__(self, storage: JournalStorage) -> None:
+        self._storage = storage
+        self.path = storage.path
+        self.layer = storage._layer
+
+    def object_count(self) -> int:
+        return self._storage.get_size()
+
+    def snapshot(self) -> PackSnapshot:
+        storage = self._storage
+        return PackSnapshot(storage._end, storage._last_tid, storage._last_time_us)
+
+    def current_end(self) -> int:
+        return self._storage._end
+
+    def data_file(self) -> DataFile:
+        return self._storage._check_writable()
+
+    def in_transaction(self) -> bool:
+        return self._storage._pending is not None
+
+    def record_offsets(self, oids: list[bytes]) -> list[int]:
+        return self._storage._pack_offsets(oids)
+
+    def step_reached(self, step: str) -> None:
+        hook = self._storage._pack_step_hook
+        if hook is not None:
+            hook(step)
+
+    def discard_index(self) -> None:
+        self._storage._before_replace()
+
+    def mark_broken(self, reason: str) -> None:
+        self._storage._broken = reason
+
+    def swap_in_packed_file(
+        self, new_file: DataFile, file_id: bytes, new_index: dict[bytes, int]
+    ) -> int:
+        return self._storage._swap_in_packed_file(new_file, file_id, new_index)

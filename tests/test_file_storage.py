@@ -320,9 +320,42 @@ def test_lock_on_a_replaced_file_is_refused(tmp_path: Path) -> None:
     replacement = tmp_path / "new"
     replacement.write_bytes(b"new")
     os.replace(replacement, target)
-    with pytest.raises(StorageLockedError, match="replaced"):
+    with pytest.raises(fileio.FileReplacedError, match="replaced"):
         data_file.lock(exclusive=True)
     data_file.close()
+
+
+class ReplacedOnceLayer(RecordingLayer):
+    """A layer whose first ``lock`` fails as if a pack had renamed a file over the path."""
+
+    def __init__(self, error: type[StorageLockedError]) -> None:
+        super().__init__()
+        self.error = error
+        self.opens = 0
+
+    def open(self, path: str, create: bool, readonly: bool) -> DataFile:
+        self.opens += 1
+        data_file = super().open(path, create, readonly)
+        if self.opens == 1:
+
+            def refuse(exclusive: bool) -> None:
+                raise self.error(f"{path}: simulated lock failure")
+
+            data_file.lock = refuse  # type: ignore[method-assign]
+        return data_file
+
+
+@pytest.mark.req("FLT-011")
+def test_open_retries_after_the_file_was_replaced(cls: type[JournalStorage], path: str) -> None:
+    """The open decides by the error's type: a replaced file is retried, a held lock is not."""
+    cls(path).close()
+    replaced = ReplacedOnceLayer(fileio.FileReplacedError)
+    cls(path, file_layer=replaced).close()
+    assert replaced.opens == 2
+    locked = ReplacedOnceLayer(StorageLockedError)
+    with pytest.raises(StorageLockedError):
+        cls(path, file_layer=locked)
+    assert locked.opens == 1
 
 
 def test_readonly_refuses_writes(cls: type[JournalStorage], path: str) -> None:
