@@ -104,6 +104,9 @@ class PackTarget(Protocol):
 
     path: str
     layer: FileLayer
+    #: The journal format version of the data file; the packed file keeps it
+    #: because records are copied byte for byte (FMT-021).
+    format_version: int
 
     def object_count(self) -> int:
         """Return the number of oids stored (an upper bound of the records to copy)."""
@@ -236,6 +239,7 @@ class Packer:
         # Where the next record of P goes in the new file.
         self._position = journal.FILE_HEADER_SIZE + journal.TXN_HEADER_SIZE
         self.file_id = os.urandom(journal.FILE_ID_SIZE)
+        self._version = target.format_version
         if self.snapshot_tid == 0:
             return  # nothing was ever committed: finish() does nothing
         layer = target.layer
@@ -246,7 +250,7 @@ class Packer:
         try:
             # [RCV-022] Locked before it bears the database's name.
             new_file.lock(exclusive=True)
-            new_file.append(journal.encode_file_header(self.file_id))
+            new_file.append(journal.encode_file_header(self.file_id, self._version))
             # P's header is written by finish(), once its counts are known.
             new_file.append(bytes(journal.TXN_HEADER_SIZE))
         except BaseException:
@@ -312,10 +316,13 @@ class Packer:
         todo = self._todo
         while offset < end:
             head = data_file.pread(journal.TXN_HEADER_SIZE, offset)
-            body_length = journal.TXN_HEADER.unpack(head)[2]
-            length = journal.TXN_OVERHEAD + body_length
+            length = journal.TxnHeader.unpack_from(head).length
             txn = journal.decode_transaction(
-                data_file.pread(length, offset), offset, self.target.path, base=offset
+                data_file.pread(length, offset),
+                offset,
+                self.target.path,
+                base=offset,
+                version=self._version,
             )
             for record in txn.records:
                 self._tail_offsets[record.oid] = record.offset
@@ -374,8 +381,11 @@ class Packer:
         todo = self._todo
         new_offsets = self._new_offsets
         buffer = self._buffer
-        unpack = journal.RECORD_HEADER.unpack_from
-        header_size = journal.RECORD_HEADER_SIZE
+        # The hot loop reads the fields of journal.RecordHeader straight from
+        # the struct they share in both versions (oid, data length, ref count);
+        # the version 2 checksum is copied with the record and checked at load.
+        unpack = journal.RECORD_HEADER_V1.unpack_from
+        header_size = journal.record_header_size(self._version)
         span_length = len(span)
         position = self._position
         copied = 0
@@ -495,20 +505,12 @@ class Packer:
     def _write_packed_transaction(self, new_file: DataFile) -> None:
         """Append P's trailer and write its header into the slot left by begin."""
         body_length = self._body_length
-        head = journal.TXN_HEADER.pack(
-            journal.TXN_TAG,
-            self._record_count,
-            body_length,
-            self.snapshot_tid,
-            self.snapshot_time_us,
-            0,
-            0,
-        )[:36]
-        head += zlib.crc32(head).to_bytes(4, "big")
+        head = journal.encode_txn_header(
+            self._record_count, body_length, self.snapshot_tid, self.snapshot_time_us
+        )
         crc = crc32_combine(zlib.crc32(head), self._body_crc, body_length)
-        total = journal.TXN_OVERHEAD + body_length
         # [RCV-020] One transaction with the snapshot's tid and time.
-        new_file.append(journal.TXN_TRAILER.pack(journal.COMMIT_TAG, crc, total))
+        new_file.append(journal.encode_trailer(crc, body_length))
         new_file.pwrite(head, journal.FILE_HEADER_SIZE)
         self._hook("packed-transaction")
 

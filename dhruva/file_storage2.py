@@ -22,6 +22,7 @@ keeps an on-disk index instead.
 from __future__ import annotations
 
 from dhruva import journal
+from dhruva.file_index import DiskIndex
 from dhruva.journal_storage import JournalStorage
 from dhruva.utils import str_to_int8
 
@@ -43,7 +44,22 @@ class FileStorage2(JournalStorage):
 
     def _recover(self) -> None:
         index: dict[bytes, int] = {}
-        self._scan_tail(journal.FILE_HEADER_SIZE, index)
+        self._scan_tail(journal.FILE_HEADER_SIZE, index, self._index_covered_offset())
         self._index = index
         if index:
             self._next_oid = str_to_int8(max(index)) + 1
+
+    def _index_covered_offset(self) -> int:
+        """Return the offset a FileStorage sidecar of this file covers, else 0 (RCV-008).
+
+        FileStorage2 keeps no index of its own, but the same data file may have
+        been written by FileStorage, whose ``PATH.index`` proves that every
+        transaction below its covered offset was committed.
+        """
+        disk = DiskIndex.open(self.path + ".index", self.file_id, readonly=True)
+        if disk is None:
+            return 0
+        try:
+            return int(disk.covered_offset)
+        finally:
+            disk.close()

@@ -106,6 +106,8 @@ class JournalStorage(Storage):
         self._last_trailer_crc = 0
         self._next_oid = 0
         self._broken: str | None = None
+        #: The journal format version of the data file (FMT-021), from its header.
+        self.format_version = journal.MAJOR_VERSION
         self._file: DataFile | None = None
         self._file = self._open_data_file()
         try:
@@ -149,17 +151,24 @@ class JournalStorage(Storage):
                 if size:
                     set_aside(self._layer, data_file, 0, "incomplete file header")
                 file_id = os.urandom(journal.FILE_ID_SIZE)
+                # [FMT-021] New files are written in the current version.
                 data_file.pwrite(journal.encode_file_header(file_id), 0)
                 data_file.sync()
                 self._layer.sync_directory(self.path)
+                self.format_version = journal.MAJOR_VERSION
                 return file_id
         header = journal.decode_file_header(data_file.pread(header_size, 0), self.path)
+        self.format_version = header.major
         return header.file_id
 
-    def _scan_tail(self, start: int, index: dict[bytes, int]) -> journal.ScanResult:
+    def _scan_tail(
+        self, start: int, index: dict[bytes, int], committed_end: int = 0
+    ) -> journal.ScanResult:
         """Scan from ``start`` to the end, apply the recovery rule, set ``_end`` and tid state.
 
-        Records of valid transactions go into ``index``.  A torn tail (or,
+        ``committed_end`` is the offset up to which the sidecar index proves
+        the file committed (RCV-008), 0 when nothing is known.  Records of
+        valid transactions go into ``index``.  A torn tail (or,
         with ``repair``, everything from the damage on) is set aside unless the
         storage is read-only, in which case it is only ignored (RCV-004).
         """
@@ -174,12 +183,14 @@ class JournalStorage(Storage):
             repair=self.repair,
             index=index,
             base=start,
+            version=self.format_version,
+            committed_end=committed_end,
         )
         if result.spans:
             last = result.spans[-1]
             self._last_tid = last.tid
             self._last_time_us = last.time_us
-            self._last_trailer_crc = journal.trailer_crc_before(buf, last.end, base=start)
+            self._last_trailer_crc = result.last_trailer_crc
         self._end = result.end
         if result.tail is not None:
             reason = result.tail_reason or "damaged"
@@ -299,12 +310,14 @@ class JournalStorage(Storage):
             if not offset:
                 raise DhruvaKeyError(oid)
         buf = data_file.pread(LOAD_READ_BYTES, offset)
-        if len(buf) < journal.RECORD_HEADER_SIZE:
+        version = self.format_version
+        if len(buf) < journal.record_header_size(version):
             raise CorruptionError(self.path, offset, "record header runs past the end of the file")
-        size = journal.record_size(buf)
+        size = journal.record_size(buf, version)
         if size > len(buf):
             buf = data_file.pread(size, offset)
-        record = journal.decode_record_at(buf, offset, self.path, base=offset)
+        # [FMT-023] A version 2 record is checked against its checksum here.
+        record = journal.decode_record_at(buf, offset, self.path, base=offset, version=version)
         if record.oid != oid:
             raise CorruptionError(
                 self.path,
@@ -339,7 +352,8 @@ class JournalStorage(Storage):
         tid = self._last_tid + 1
         # [FMT-016] Commit times never go backwards within a file.
         time_us = max(time.time_ns() // 1000, self._last_time_us)
-        txn = journal.encode_transaction(tid, time_us, records)
+        # [FMT-021] Appended in the layout of the file's own version.
+        txn = journal.encode_transaction(tid, time_us, records, self.format_version)
         offset = self._end
         try:
             # [RCV-010] One write of the whole transaction, then one sync.
@@ -361,13 +375,14 @@ class JournalStorage(Storage):
         # [RCV-011] Visible only once durable: the index changes after the sync.
         index = self._index
         position = offset + journal.TXN_HEADER_SIZE
+        header_size = journal.record_header_size(self.format_version)
         for oid, data, refs in records:
             index[oid] = position
-            position += journal.RECORD_HEADER_SIZE + len(data) + len(refs)
+            position += header_size + len(data) + len(refs)
         self._end = offset + len(txn)
         self._last_tid = tid
         self._last_time_us = time_us
-        self._last_trailer_crc = int.from_bytes(txn[-12:-8], "big")
+        self._last_trailer_crc = journal.trailer_crc_before(txn, len(txn))
         highest = str_to_int8(max(pending)) + 1
         if highest > self._next_oid:
             self._next_oid = highest
@@ -418,9 +433,9 @@ class JournalStorage(Storage):
         end = self._end
         while offset < end:
             head = data_file.pread(journal.TXN_HEADER_SIZE, offset)
-            _tag, _count, body_length, tid, time_us, _r, _c = journal.TXN_HEADER.unpack(head)
-            length = journal.TXN_OVERHEAD + body_length
-            yield tid, time_us, offset, length
+            header = journal.TxnHeader.unpack_from(head)
+            length = header.length
+            yield header.tid, header.time_us, offset, length
             offset += length
 
     # Set by tests (and only by tests) to stop a packing process at a step
@@ -509,7 +524,7 @@ class JournalStorage(Storage):
         self.file_id = file_id
         self._end = new_file.size()
         trailer = new_file.pread(journal.TXN_TRAILER_SIZE, self._end - journal.TXN_TRAILER_SIZE)
-        self._last_trailer_crc = journal.TXN_TRAILER.unpack(trailer)[1]
+        self._last_trailer_crc = journal.CommitTrailer.unpack_from(trailer).crc
         self._replace_index(new_index)
         return self._end
 
@@ -525,6 +540,7 @@ class _StoragePackTarget:
         self._storage = storage
         self.path = storage.path
         self.layer = storage._layer
+        self.format_version = storage.format_version
 
     def object_count(self) -> int:
         return self._storage.get_size()

@@ -467,7 +467,7 @@ def test_interrupted_creation_is_restarted(cls: type[JournalStorage], path: str)
     with cls(path) as storage:
         assert storage.get_size() == 0
     assert Path(path + ".tr0").read_bytes() == journal.MAGIC[:5]
-    assert journal.decode_file_header(Path(path).read_bytes(), path).major == 1
+    assert journal.decode_file_header(Path(path).read_bytes(), path).major == journal.MAJOR_VERSION
 
 
 @pytest.mark.req("FMT-002")
@@ -649,6 +649,7 @@ def test_unusable_index_is_rebuilt(tmp_path: Path, how: str) -> None:
     index.close()
 
 
+@pytest.mark.req("RCV-008")
 def test_index_mismatch_on_the_covered_transaction_is_rebuilt(tmp_path: Path) -> None:
     path = str(tmp_path / "db")
     with FileStorage(path) as storage:
@@ -657,9 +658,15 @@ def test_index_mismatch_on_the_covered_transaction_is_rebuilt(tmp_path: Path) ->
     data = bytearray(Path(path).read_bytes())
     data[-12] ^= 0xFF  # the last trailer's crc: the index no longer recognises it
     Path(path).write_bytes(bytes(data))
-    with FileStorage(path) as storage:
-        # The damaged last transaction is now a torn tail of a full scan.
+    # [RCV-008] The index covers the damaged last transaction, so it was
+    # acknowledged: damage, not a torn tail (issue 10 item 4).
+    with pytest.raises(CorruptionError, match="index shows"):
+        FileStorage(path)
+    assert not os.path.exists(path + ".tr0")
+    with FileStorage(path, repair=True) as storage:
+        # The index is rebuilt by the full scan of the repaired file.
         assert contents(storage) == {0: b"a"}
+    assert os.path.exists(path + ".tr0")
 
 
 def test_checkpoints_move_the_covered_offset(
