@@ -660,9 +660,19 @@ def trailer_crc_before(buf: Buffer, end: int, base: int = 0) -> int:
 # --- records -------------------------------------------------------------------
 
 
+# oid-less view of a record header: data_length, ref_count (same in both versions)
+_RECORD_LENGTHS = struct.Struct(">II")
+assert _RECORD_LENGTHS.size == 8
+_unpack_v1 = RECORD_HEADER_V1.unpack_from
+_unpack_v2 = RECORD_HEADER_V2.unpack_from
+_crc32 = zlib.crc32
+
+
 def record_size(header: Buffer, version: int = MAJOR_VERSION) -> int:
     """Return the full size of the record whose header starts ``header``."""
-    return RecordHeader.unpack_from(header, 0, version).size
+    data_length, ref_count = _RECORD_LENGTHS.unpack_from(header, 8)
+    header_size = 20 if version >= FORMAT_V2 else 16
+    return int(header_size + data_length + 8 * ref_count)
 
 
 def decode_record_at(
@@ -672,28 +682,33 @@ def decode_record_at(
 
     Raises CorruptionError(path, offset, reason) when the buffer ends before
     the record does, or when a version 2 record fails its checksum (FMT-023).
-    Version 1 records carry no checksum and are returned unchecked.
+    Version 1 records carry no checksum and are returned unchecked.  This is
+    the load path of every storage, so it reads the struct directly rather
+    than building a :class:`RecordHeader`.
     """
     pos = offset - base
-    header_size = record_header_size(version)
+    v2 = version >= FORMAT_V2
+    header_size = 20 if v2 else 16
     if pos < 0 or pos + header_size > len(buf):
         raise CorruptionError(path, offset, "record header runs past the end of the file")
-    header = RecordHeader.unpack_from(buf, pos, version)
+    if v2:
+        oid, data_length, ref_count, stored_crc = _unpack_v2(buf, pos)
+    else:
+        oid, data_length, ref_count = _unpack_v1(buf, pos)
     d = pos + header_size
-    r = d + header.data_length
-    e = r + 8 * header.ref_count
+    r = d + data_length
+    e = r + 8 * ref_count
     if e > len(buf):
         raise CorruptionError(path, offset, "record runs past the end of the file")
     data = bytes(buf[d:r])
     refs = bytes(buf[r:e])
-    if version >= FORMAT_V2:
-        # [FMT-023] Every load checks the bytes it returns.
-        crc = zlib.crc32(refs, zlib.crc32(data, zlib.crc32(buf[pos : pos + RECORD_CRC_START])))
-        if crc != header.crc:
-            raise CorruptionError(
-                path,
-                offset,
-                f"record of oid {int.from_bytes(header.oid, 'big')} fails its checksum: its "
-                "bytes changed after they were committed",
-            )
-    return Record(header.oid, data, refs)
+    # [FMT-023] Every load checks the bytes it returns.  Data and refs are
+    # contiguous, so one pass covers both.
+    if v2 and _crc32(buf[d:e], _crc32(buf[pos : pos + RECORD_CRC_START])) != stored_crc:
+        raise CorruptionError(
+            path,
+            offset,
+            f"record of oid {int.from_bytes(oid, 'big')} fails its checksum: its "
+            "bytes changed after they were committed",
+        )
+    return Record(bytes(oid), data, refs)
