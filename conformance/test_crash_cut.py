@@ -146,7 +146,8 @@ FLIP_FIELDS = {
     "header crc": 39,
     "record oid": 40 + 7,
     "record data length": 40 + 11,
-    "record data": 40 + 16,
+    "record data": 40 + 20,  # version 2: the first data byte; version 1: a data byte
+    "record crc or data": 40 + 16,  # version 2: the record crc; version 1: the first data byte
 }
 TRAILER_FIELDS = {"commit tag": 0, "trailer crc": 4, "total length": 15}
 
@@ -212,7 +213,7 @@ def test_bit_flip_in_last_transaction_is_a_torn_tail(
     data_path = storage_factory.paths()[0]
     last = len(spans) - 1
     for field, position in flip_positions(spans, last).items():
-        if field in ("record data length", "record data") and position >= spans[last][1] - 16:
+        if field.startswith("record") and position >= spans[last][1] - 16:
             continue
         storage_factory.replace_data_file(flip(data, position))
         storage = reopen(storage_factory)
@@ -234,28 +235,53 @@ def recompute_checksums(data: bytes, span: tuple[int, int]) -> bytes:
     return bytes(changed)
 
 
-@pytest.mark.req("CONF-051")
-def test_flip_with_recomputed_checksum_in_data_is_undetectable(
+def record_header_size(data: bytes) -> int:
+    """The record header size of the data file ``data`` (spec: file-format.md, FMT-020)."""
+    return 20 if data[8:10] == b"\x00\x02" else 16
+
+
+@pytest.mark.req("CONF-051", "FMT-023", "FLT-030")
+def test_flip_with_recomputed_transaction_checksum_in_data(
     storage_factory: StorageFactory, written: Written
 ) -> None:
-    """A CRC catches accidental damage, not a consistent rewrite.
+    """A transaction CRC catches accidental damage, not a consistent rewrite.
 
-    Flipping a data byte and recomputing the checksums yields a valid file
-    that says something else; the storage must open it and read what it says
-    (spec: the checksum promise is about accidental damage only).
+    Flipping a data byte and recomputing the transaction checksums yields a
+    file whose transactions are valid.  In format version 2 the record's own
+    crc still catches it at load (CorruptionError naming file and record
+    offset); a version 1 file has no record crc and reads what it says.
     """
     data, commits, spans = written
-    start = spans[1][0]
-    oid = data[start + 40 : start + 48]
-    data_length = int.from_bytes(data[start + 48 : start + 52], "big")
-    assert data_length > 0
-    damaged = recompute_checksums(flip(data, start + 40 + 16), spans[1])
+    start, end = spans[1]
+    header_size = record_header_size(data)
+    # The first record of the second transaction that no later commit
+    # supersedes (else the first record): its flip is visible to a load.
+    record = start + 40
+    while True:
+        oid = data[record : record + 8]
+        data_length = int.from_bytes(data[record + 8 : record + 12], "big")
+        ref_count = int.from_bytes(data[record + 12 : record + 16], "big")
+        following = record + header_size + data_length + 8 * ref_count
+        if data_length and not any(oid in later for later in commits[2:]):
+            break
+        if following >= end - 16:
+            record = start + 40
+            oid = data[record : record + 8]
+            break
+        record = following
+    assert int.from_bytes(data[record + 8 : record + 12], "big") > 0
+    damaged = recompute_checksums(flip(data, record + header_size), spans[1])
     storage_factory.replace_data_file(damaged)
     storage = reopen(storage_factory)
     expected = state_after(commits, len(commits))
     if any(oid in later for later in commits[2:]):
         # A later commit supersedes the altered record: nothing visible changed.
         assert storage.load(oid).data == expected[oid][0]
+    elif header_size == 20:
+        with pytest.raises(CorruptionError) as info:
+            storage.load(oid)
+        assert info.value.path == storage_factory.paths()[0]
+        assert info.value.offset == record
     else:
         altered = bytearray(commits[1][oid][0])
         altered[0] ^= 1

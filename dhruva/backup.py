@@ -62,6 +62,17 @@ def open_unlocked(path: str) -> OSFile:
     return data_file
 
 
+def data_file_version(data_file: OSFile) -> int:
+    """Return the format version of ``data_file`` from its header (FMT-021).
+
+    Raises FormatError/CorruptionError as :func:`journal.decode_file_header`.
+    """
+    header = journal.decode_file_header(
+        data_file.pread(journal.FILE_HEADER_SIZE, 0), data_file.path
+    )
+    return header.major
+
+
 def copy_prefix(
     source: OSFile, end: int, dest_path: str, *, expected: tuple[int, int] | None = None
 ) -> CopyResult:
@@ -78,16 +89,19 @@ def copy_prefix(
     if os.path.exists(dest_path):
         raise DhruvaError(f"{dest_path} exists; choose a new name or remove it first")
     partial_path = dest_path + ".partial"
+    version = data_file_version(source)
     dest = OSFile(partial_path, create=True, readonly=False)
     try:
         dest.truncate(0)
-        # [HIST-044] A copy is a new data file: a new file id (FMT-006).
-        dest.append(journal.encode_file_header(os.urandom(journal.FILE_ID_SIZE)))
+        # [HIST-044] A copy is a new data file: a new file id (FMT-006), in
+        # the source's format version, since its bytes are copied as they are
+        # (FMT-021).
+        dest.append(journal.encode_file_header(os.urandom(journal.FILE_ID_SIZE), version))
         reached = copy_span(source, dest, journal.FILE_HEADER_SIZE, end)
         if reached < end:
             raise DhruvaError(f"{source.path} ended at {reached}, before {end}")
         # [HIST-043] Verify the copy before it gets its name.
-        walk = JournalWalk(dest.pread, dest.size(), partial_path)
+        walk = JournalWalk(dest.pread, dest.size(), partial_path, version=version)
         count = sum(1 for _ in walk)
         if walk.tail is not None or walk.end != end:
             raise DhruvaError(
@@ -129,7 +143,7 @@ def backup(source_path: str, dest_path: str) -> CopyResult:
     try:
         # [HIST-041] Copy up to the size seen now; a writer may append more.
         size = source.size()
-        walk = JournalWalk(source.pread, size, source.path)
+        walk = JournalWalk(source.pread, size, source.path, version=data_file_version(source))
         count = sum(1 for _ in walk)
         # [HIST-042] A commit being written is a torn tail: left out.
         result = copy_prefix(source, walk.end, dest_path, expected=(count, walk.last_tid))

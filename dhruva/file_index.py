@@ -70,9 +70,6 @@ CAPACITY_QUANTUM = PAGE_SIZE // ENTRY_SIZE
 GROWTH_MIN_ENTRIES = 1 << 17
 """Grow by at least this many entries (1 MiB), so growth and remapping are rare."""
 
-CHECKPOINT_BYTES = 4 * 1024 * 1024
-"""FileStorage checkpoints when the tail since covered_offset exceeds this ([IDX-040])."""
-
 # File header, 64 bytes at offset 0 ([IDX-001]).
 HEADER = struct.Struct(">8sHHI16sII20sI")
 assert HEADER.size == 64

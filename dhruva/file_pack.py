@@ -48,15 +48,12 @@ import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import NamedTuple, Protocol
 
 from dhruva import journal
 from dhruva.error import DhruvaError
-from dhruva.fileio import DataFile, copy_span
+from dhruva.fileio import DataFile, FileLayer, copy_span
 from dhruva.utils import ROOT_OID
-
-if TYPE_CHECKING:
-    from dhruva.file_storage2 import JournalStorage
 
 #: Bytes of copied records buffered before one write to ``PATH.pack``.
 WRITE_BUFFER_BYTES = 1 << 20
@@ -87,6 +84,74 @@ class PackProgress:
     old_size_bytes: int = 0
     new_size_bytes: int = 0
     seconds: float = 0.0
+
+
+class PackSnapshot(NamedTuple):
+    """The state a pack starts from: the end of valid data ``E0`` and its last transaction."""
+
+    end: int
+    last_tid: int
+    last_time_us: int
+
+
+class PackTarget(Protocol):
+    """What the packer needs of the storage it packs; nothing else is reached.
+
+    :class:`dhruva.journal_storage.JournalStorage` hands its packer an object
+    implementing this.  ``path`` is the data file's path and ``layer`` the
+    file layer the storage uses (``PATH.pack`` is created through it).
+    """
+
+    path: str
+    layer: FileLayer
+    #: The journal format version of the data file; the packed file keeps it
+    #: because records are copied byte for byte (FMT-021).
+    format_version: int
+
+    def object_count(self) -> int:
+        """Return the number of oids stored (an upper bound of the records to copy)."""
+        ...
+
+    def snapshot(self) -> PackSnapshot:
+        """Return the end of valid data and the last transaction's tid and time."""
+        ...
+
+    def current_end(self) -> int:
+        """Return the end of valid data now (it moves as commits are made)."""
+        ...
+
+    def data_file(self) -> DataFile:
+        """Return the open data file for reading; raises DhruvaError when the
+        storage is closed, broken or read-only."""
+        ...
+
+    def in_transaction(self) -> bool:
+        """Return whether a transaction is open (``pack_finish`` refuses to run then)."""
+        ...
+
+    def record_offsets(self, oids: list[bytes]) -> list[int]:
+        """Return the offset of each oid's current record, 0 for a missing oid."""
+        ...
+
+    def step_reached(self, step: str) -> None:
+        """Call the test hook (spec/pack.md, "Test hook") with ``step``, if one is set."""
+        ...
+
+    def discard_index(self) -> None:
+        """Stop using, durably, any index of the old file; called just before the rename."""
+        ...
+
+    def mark_broken(self, reason: str) -> None:
+        """Make the storage refuse work until reopened (a failure during the switch)."""
+        ...
+
+    def swap_in_packed_file(
+        self, new_file: DataFile, file_id: bytes, new_index: dict[bytes, int]
+    ) -> int:
+        """Switch the storage to ``new_file``, renamed over ``path`` and synced;
+        install ``new_index`` (oid -> offset in the new file); close the old file.
+        Return the new end of valid data."""
+        ...
 
 
 # --- CRC-32 combination (zlib's crc32_combine, which Python does not expose) ------
@@ -143,17 +208,21 @@ def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
 class Packer:
     """One pack of a JournalStorage, driven by ``step()`` and ``finish()``.
 
-    Created by ``JournalStorage.pack_begin()``; see the module docstring.
+    Created by ``JournalStorage.pack_begin()`` with the storage's
+    :class:`PackTarget`; see the module docstring.
     """
 
-    def __init__(self, storage: JournalStorage) -> None:
-        self.storage = storage
+    def __init__(self, target: PackTarget) -> None:
+        self.target = target
         self.started = time.monotonic()
-        self.progress = PackProgress(objects_before=storage.get_size(), old_size_bytes=storage._end)
-        self.snapshot_end = storage._end
-        self.snapshot_tid = storage._last_tid
-        self.snapshot_time_us = storage._last_time_us
-        self.pack_path = storage.path + ".pack"
+        snapshot = target.snapshot()
+        self.progress = PackProgress(
+            objects_before=target.object_count(), old_size_bytes=snapshot.end
+        )
+        self.snapshot_end = snapshot.end
+        self.snapshot_tid = snapshot.last_tid
+        self.snapshot_time_us = snapshot.last_time_us
+        self.pack_path = target.path + ".pack"
         self._seen: set[bytes] = {ROOT_OID}
         self._todo: list[bytes] = [ROOT_OID]
         self._new_offsets: dict[bytes, int] = {}
@@ -170,9 +239,10 @@ class Packer:
         # Where the next record of P goes in the new file.
         self._position = journal.FILE_HEADER_SIZE + journal.TXN_HEADER_SIZE
         self.file_id = os.urandom(journal.FILE_ID_SIZE)
+        self._version = target.format_version
         if self.snapshot_tid == 0:
             return  # nothing was ever committed: finish() does nothing
-        layer = storage._layer
+        layer = target.layer
         # [RCV-023] A stale PATH.pack of an interrupted pack is never read; replace it.
         if layer.exists(self.pack_path):
             layer.remove(self.pack_path)
@@ -180,7 +250,7 @@ class Packer:
         try:
             # [RCV-022] Locked before it bears the database's name.
             new_file.lock(exclusive=True)
-            new_file.append(journal.encode_file_header(self.file_id))
+            new_file.append(journal.encode_file_header(self.file_id, self._version))
             # P's header is written by finish(), once its counts are known.
             new_file.append(bytes(journal.TXN_HEADER_SIZE))
         except BaseException:
@@ -195,14 +265,12 @@ class Packer:
     def _hook(self, step: str) -> None:
         # [PACK-040] Tests stop the process here; see spec/pack.md.
         self.progress.phase = step
-        hook = self.storage._pack_step_hook
-        if hook is not None:
-            hook(step)
+        self.target.step_reached(step)
 
     @property
     def done(self) -> bool:
         """True when the walk is complete for the commits seen so far."""
-        return not self._todo and self._scanned >= self.storage._end
+        return not self._todo and self._scanned >= self.target.current_end()
 
     def note_replaced(self, oids: list[bytes]) -> None:
         """Remember the snapshot records that a commit about to be indexed supersedes.
@@ -214,7 +282,7 @@ class Packer:
         """
         replaced = self._replaced
         snapshot_end = self.snapshot_end
-        for oid, offset in zip(oids, self.storage._pack_offsets(oids), strict=True):
+        for oid, offset in zip(oids, self.target.record_offsets(oids), strict=True):
             if offset and offset < snapshot_end and oid not in replaced:
                 replaced[oid] = offset
 
@@ -228,7 +296,7 @@ class Packer:
         """
         if self._new_file is None:
             return True
-        data_file = self.storage._check_writable()
+        data_file = self.target.data_file()
         self._scan_new_commits(data_file)
         walked = 0
         while self._todo and walked < budget:
@@ -242,16 +310,19 @@ class Packer:
     def _scan_new_commits(self, data_file: DataFile) -> None:
         """Make the references of records committed since the last scan roots of the walk."""
         # [PACK-020] This scan is what keeps objects that commits of the pack reach.
-        end = self.storage._end
+        end = self.target.current_end()
         offset = self._scanned
         seen = self._seen
         todo = self._todo
         while offset < end:
             head = data_file.pread(journal.TXN_HEADER_SIZE, offset)
-            body_length = journal.TXN_HEADER.unpack(head)[2]
-            length = journal.TXN_OVERHEAD + body_length
+            length = journal.TxnHeader.unpack_from(head).length
             txn = journal.decode_transaction(
-                data_file.pread(length, offset), offset, self.storage.path, base=offset
+                data_file.pread(length, offset),
+                offset,
+                self.target.path,
+                base=offset,
+                version=self._version,
             )
             for record in txn.records:
                 self._tail_offsets[record.oid] = record.offset
@@ -270,7 +341,7 @@ class Packer:
         snapshot_end = self.snapshot_end
         replaced = self._replaced
         located = []
-        for offset, oid in zip(self.storage._pack_offsets(batch), batch, strict=True):
+        for offset, oid in zip(self.target.record_offsets(batch), batch, strict=True):
             offset = replaced.get(oid, offset)
             # [PACK-001] Missing: a dangling reference keeps nothing alive.  At
             # or after the snapshot (and not replaced): an object created
@@ -310,8 +381,11 @@ class Packer:
         todo = self._todo
         new_offsets = self._new_offsets
         buffer = self._buffer
-        unpack = journal.RECORD_HEADER.unpack_from
-        header_size = journal.RECORD_HEADER_SIZE
+        # The hot loop reads the fields of journal.RecordHeader straight from
+        # the struct they share in both versions (oid, data length, ref count);
+        # the version 2 checksum is copied with the record and checked at load.
+        unpack = journal.RECORD_HEADER_V1.unpack_from
+        header_size = journal.record_header_size(self._version)
         span_length = len(span)
         position = self._position
         copied = 0
@@ -330,7 +404,7 @@ class Packer:
                 source, pos, end = data_file.pread(size, offset), 0, size
             if found != oid:
                 raise DhruvaError(
-                    f"{self.storage.path}: the index says oid {oid.hex()} is at offset "
+                    f"{self.target.path}: the index says oid {oid.hex()} is at offset "
                     f"{offset} but the record there is of oid {bytes(found).hex()}; "
                     "delete the index and retry"
                 )
@@ -383,11 +457,11 @@ class Packer:
         old file stays the database and ``PATH.pack`` is removed; after it the
         storage refuses further work until reopened.
         """
-        storage = self.storage
+        target = self.target
         if self._new_file is None:
             return self.progress
-        data_file = storage._check_writable()
-        if storage._pending is not None:
+        target.data_file()  # raises when the storage is closed or broken
+        if target.in_transaction():
             raise DhruvaError("pack_finish() during a transaction; end or abort it first")
         while not self.step(budget=1 << 62):
             pass
@@ -396,39 +470,32 @@ class Packer:
         new_file = self._new_file
         self._write_packed_transaction(new_file)
         tail_start = self._position + journal.TXN_TRAILER_SIZE
-        self._copy_commits_of_the_pack(data_file, new_file)
+        self._copy_commits_of_the_pack(target.data_file(), new_file)
         # [RCV-021] One fsync of the whole new file, then of its directory.
         new_file.sync()
-        layer = storage._layer
+        layer = target.layer
         layer.sync_directory(self.pack_path)
         self._hook("synced")
         try:
-            storage._before_replace()
+            target.discard_index()
             self._hook("index-discarded")
-            layer.rename(self.pack_path, storage.path)  # [RCV-022]
+            layer.rename(self.pack_path, target.path)  # [RCV-022]
             self._hook("renamed")
-            layer.sync_directory(storage.path)
+            layer.sync_directory(target.path)
             self._hook("directory-synced")
         except BaseException as exc:
             # The sidecar is gone, the name may point at either file: only a
             # reopen (recovery from the bytes on disk) can continue.
-            storage._broken = f"pack: {type(exc).__name__}: {exc}"
+            target.mark_broken(f"pack: {type(exc).__name__}: {exc}")
             raise
         self._new_file = None
         delta = tail_start - self.snapshot_end
         new_index = self._new_offsets
         for oid, offset in self._tail_offsets.items():
             new_index[oid] = offset + delta
-        old_file = data_file
-        storage._file = new_file
-        old_file.close()
-        storage.file_id = self.file_id
-        storage._end = new_file.size()
-        trailer = new_file.pread(journal.TXN_TRAILER_SIZE, storage._end - journal.TXN_TRAILER_SIZE)
-        storage._last_trailer_crc = journal.TXN_TRAILER.unpack(trailer)[1]
-        storage._replace_index(new_index)
+        new_end = target.swap_in_packed_file(new_file, self.file_id, new_index)
         self._hook("index-written")
-        self.progress.new_size_bytes = storage._end
+        self.progress.new_size_bytes = new_end
         self.progress.records_copied = self._record_count
         self.progress.bytes_copied = self._body_length
         self.progress.seconds = time.monotonic() - self.started
@@ -438,29 +505,21 @@ class Packer:
     def _write_packed_transaction(self, new_file: DataFile) -> None:
         """Append P's trailer and write its header into the slot left by begin."""
         body_length = self._body_length
-        head = journal.TXN_HEADER.pack(
-            journal.TXN_TAG,
-            self._record_count,
-            body_length,
-            self.snapshot_tid,
-            self.snapshot_time_us,
-            0,
-            0,
-        )[:36]
-        head += zlib.crc32(head).to_bytes(4, "big")
+        head = journal.encode_txn_header(
+            self._record_count, body_length, self.snapshot_tid, self.snapshot_time_us
+        )
         crc = crc32_combine(zlib.crc32(head), self._body_crc, body_length)
-        total = journal.TXN_OVERHEAD + body_length
         # [RCV-020] One transaction with the snapshot's tid and time.
-        new_file.append(journal.TXN_TRAILER.pack(journal.COMMIT_TAG, crc, total))
+        new_file.append(journal.encode_trailer(crc, body_length))
         new_file.pwrite(head, journal.FILE_HEADER_SIZE)
         self._hook("packed-transaction")
 
     def _copy_commits_of_the_pack(self, data_file: DataFile, new_file: DataFile) -> None:
         """Copy the transactions committed since the snapshot, byte for byte."""
-        end = self.storage._end
+        end = self.target.current_end()
         reached = copy_span(data_file, new_file, self.snapshot_end, end, READ_SPAN_BYTES)
         if reached < end:
-            raise DhruvaError(f"{self.storage.path} ended at {reached}, before {end}")
+            raise DhruvaError(f"{self.target.path} ended at {reached}, before {end}")
         self._hook("commits-copied")
 
     def abort(self) -> None:
@@ -470,6 +529,6 @@ class Packer:
             return
         new_file.close()
         try:
-            self.storage._layer.remove(self.pack_path)
+            self.target.layer.remove(self.pack_path)
         except FileNotFoundError:
             pass

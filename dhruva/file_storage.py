@@ -31,15 +31,16 @@ from collections.abc import Iterator
 from dhruva import journal
 from dhruva.file_index import MAX_OID as INDEX_MAX_OID
 from dhruva.file_index import DiskIndex
-from dhruva.file_storage2 import FileStorage2, JournalStorage
+from dhruva.file_storage2 import FileStorage2
 from dhruva.fileio import FileLayer
+from dhruva.journal_storage import JournalStorage
 from dhruva.utils import int8_to_str, str_to_int8
 
 __all__ = ["CHECKPOINT_BYTES", "FileStorage", "FileStorage2", "TempFileStorage"]
 
 log = logging.getLogger("dhruva.file_storage")
 
-#: Tail bytes after which a commit also checkpoints the index.
+#: Tail bytes after which a commit also checkpoints the index ([IDX-040]).
 CHECKPOINT_BYTES = 4 << 20
 
 
@@ -76,10 +77,15 @@ class FileStorage(JournalStorage):
 
     def _recover(self) -> None:
         disk: DiskIndex | None = None
+        committed_end = 0
         if not self._temporary:
             disk = DiskIndex.open(self.index_path, self.file_id, self.readonly)
             if disk is not None and not self._disk_matches(disk):
                 log.warning("%s does not match %s; rebuilding it", self.index_path, self.path)
+                # [RCV-008] An index of this file (same file id) was written
+                # after the bytes it covers were synced: a transaction there
+                # that fails its checks is damage, never an interrupted commit.
+                committed_end = disk.covered_offset
                 disk.close()
                 disk = None
         if disk is not None:
@@ -104,7 +110,7 @@ class FileStorage(JournalStorage):
                 self._index = tail
         if disk is None:
             entries: dict[bytes, int] = {}
-            self._scan_tail(journal.FILE_HEADER_SIZE, entries)
+            self._scan_tail(journal.FILE_HEADER_SIZE, entries, committed_end)
             self._index = entries
             if not self.readonly and not self._temporary:
                 self._disk = self._create_disk_index(entries)
@@ -131,18 +137,17 @@ class FileStorage(JournalStorage):
             return False
         if covered > self._file.size():
             return False
-        trailer = self._file.pread(journal.TXN_TRAILER_SIZE, covered - journal.TXN_TRAILER_SIZE)
-        tag, crc, total = journal.TXN_TRAILER.unpack(trailer)
-        if tag != journal.COMMIT_TAG or crc != disk.last_trailer_crc:
+        raw_trailer = self._file.pread(journal.TXN_TRAILER_SIZE, covered - journal.TXN_TRAILER_SIZE)
+        trailer = journal.CommitTrailer.unpack_from(raw_trailer)
+        if trailer.tag != journal.COMMIT_TAG or trailer.crc != disk.last_trailer_crc:
             return False
-        start = covered - total
+        start = covered - trailer.total_length
         if start < journal.FILE_HEADER_SIZE:
             return False
-        head = self._file.pread(journal.TXN_HEADER_SIZE, start)
-        fields = journal.TXN_HEADER.unpack(head)
-        if fields[0] != journal.TXN_TAG or fields[3] != disk.last_tid:
+        header = journal.TxnHeader.unpack_from(self._file.pread(journal.TXN_HEADER_SIZE, start))
+        if header.tag != journal.TXN_TAG or header.tid != disk.last_tid:
             return False
-        self._last_time_us = fields[4]
+        self._last_time_us = header.time_us
         return True
 
     def _create_disk_index(self, entries: dict[bytes, int]) -> DiskIndex | None:

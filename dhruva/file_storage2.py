@@ -11,8 +11,9 @@ once, and only then updates ``_index``: until ``sync()`` returns the
 transaction is not acknowledged and not visible, so a crash or an I/O error
 loses at most this commit (RCV-010..RCV-013).
 
-:class:`JournalStorage` holds everything the two file storages share; the
-subclasses differ only in how the index is built at open and kept at close.
+:class:`dhruva.journal_storage.JournalStorage` holds everything the two file
+storages share; the subclasses differ only in how the index is built at open
+and kept at close (its "subclass hooks").
 FileStorage2 builds ``_index`` by scanning the whole file at open, which costs
 time proportional to the file size; :class:`dhruva.file_storage.FileStorage`
 keeps an on-disk index instead.
@@ -20,412 +21,12 @@ keeps an on-disk index instead.
 
 from __future__ import annotations
 
-import logging
-import os
-import time
-from collections.abc import Callable, Iterator
-
 from dhruva import journal
-from dhruva.error import CorruptionError, DhruvaError, DhruvaKeyError, ReadOnlyError
-from dhruva.file_pack import DEFAULT_STEP_BUDGET, Packer, PackHook, PackProgress
-from dhruva.fileio import OS_FILES, DataFile, FileLayer, set_aside
-from dhruva.storage import (
-    CAP_DURABLE,
-    CAP_PACK,
-    CAP_RAW_FILE,
-    CAP_READONLY_OPEN,
-    Record,
-    Storage,
-    check_oid,
-    check_record,
-)
-from dhruva.utils import int8_to_str, str_to_int8
+from dhruva.file_index import DiskIndex
+from dhruva.journal_storage import JournalStorage
+from dhruva.utils import str_to_int8
 
-log = logging.getLogger("dhruva.file_storage")
-
-#: Bytes read by a load in one go; most records fit, larger ones take a second read.
-LOAD_READ_BYTES = 4096
-_PACK_BUFFER_BYTES = 1 << 20
-_OPEN_ATTEMPTS = 3
-
-
-class JournalStorage(Storage):
-    """The shared machinery of FileStorage and FileStorage2 (not used directly)."""
-
-    capabilities = frozenset({CAP_DURABLE, CAP_RAW_FILE, CAP_PACK, CAP_READONLY_OPEN})
-
-    def __init__(
-        self,
-        path: str,
-        readonly: bool = False,
-        repair: bool = False,
-        file_layer: FileLayer | None = None,
-    ) -> None:
-        self.path = os.fspath(path)
-        self.readonly = readonly
-        self.repair = repair
-        self._layer: FileLayer = file_layer if file_layer is not None else OS_FILES
-        self._index: dict[bytes, int] = {}
-        self._pending: dict[bytes, tuple[bytes, bytes, bytes]] | None = None
-        self._end = journal.FILE_HEADER_SIZE
-        self._last_tid = 0
-        self._last_time_us = 0
-        self._last_trailer_crc = 0
-        self._next_oid = 0
-        self._broken: str | None = None
-        self._file: DataFile | None = None
-        self._file = self._open_data_file()
-        try:
-            self._recover()
-        except BaseException:
-            self._file.close()
-            self._file = None
-            raise
-
-    # --- opening and recovery ---------------------------------------------------
-
-    def _open_data_file(self) -> DataFile:
-        """Open, lock and check the header of the data file (creating it if needed)."""
-        for attempt in range(_OPEN_ATTEMPTS):
-            writable = not self.readonly
-            data_file = self._layer.open(self.path, create=writable, readonly=not writable)
-            try:
-                # [FLT-010] One writer per file; readers share a lock that
-                # excludes the writer.
-                data_file.lock(exclusive=not self.readonly)
-                self.file_id = self._check_header(data_file)
-            except DhruvaError as exc:
-                data_file.close()
-                if "was replaced" in str(exc) and attempt + 1 < _OPEN_ATTEMPTS:
-                    continue  # pack() renamed a new file over the path; retry.
-                raise
-            except BaseException:
-                data_file.close()
-                raise
-            return data_file
-        raise AssertionError("unreachable")
-
-    def _check_header(self, data_file: DataFile) -> bytes:
-        size = data_file.size()
-        header_size = journal.FILE_HEADER_SIZE
-        if size <= header_size and not self.readonly:
-            found = data_file.pread(size, 0)
-            # [RCV-006] An empty file, or one holding what a torn header write
-            # can leave, is a creation that did not finish: it holds no transaction.
-            if journal.is_unfinished_header(found):
-                if size:
-                    set_aside(self._layer, data_file, 0, "incomplete file header")
-                file_id = os.urandom(journal.FILE_ID_SIZE)
-                data_file.pwrite(journal.encode_file_header(file_id), 0)
-                data_file.sync()
-                self._layer.sync_directory(self.path)
-                return file_id
-        header = journal.decode_file_header(data_file.pread(header_size, 0), self.path)
-        return header.file_id
-
-    def _scan_tail(self, start: int, index: dict[bytes, int]) -> journal.ScanResult:
-        """Scan from ``start`` to the end, apply the recovery rule, set ``_end`` and tid state.
-
-        Records of valid transactions go into ``index``.  A torn tail (or,
-        with ``repair``, everything from the damage on) is set aside unless the
-        storage is read-only, in which case it is only ignored (RCV-004).
-        """
-        assert self._file is not None
-        size = self._file.size()
-        buf = self._file.pread(size - start, start) if size > start else b""
-        result = journal.scan(
-            buf,
-            start,
-            self.path,
-            last_tid=self._last_tid,
-            repair=self.repair,
-            index=index,
-            base=start,
-        )
-        if result.spans:
-            last = result.spans[-1]
-            self._last_tid = last.tid
-            self._last_time_us = last.time_us
-            self._last_trailer_crc = journal.trailer_crc_before(buf, last.end, base=start)
-        self._end = result.end
-        if result.tail is not None:
-            reason = result.tail_reason or "damaged"
-            if result.corrupt:
-                reason = f"damage repaired: {reason}"
-            if self.readonly:
-                log.warning(
-                    "%s: ignoring %d bytes at offset %d (%s); open it writable to set them aside",
-                    self.path,
-                    result.tail[1] - result.tail[0],
-                    result.tail[0],
-                    reason,
-                )
-            else:
-                # [RCV-005] Never destroy bytes: keep them beside the file first.
-                set_aside(self._layer, self._file, result.tail[0], reason)
-        return result
-
-    def _recover(self) -> None:
-        """Build the index and the tid/oid state; subclasses override."""
-        raise NotImplementedError
-
-    def _lookup_more(self, oid: bytes) -> int:
-        """Return the offset of ``oid`` from a secondary index, or 0 (subclass hook)."""
-        return 0
-
-    def _after_commit(self) -> None:
-        """Run after each acknowledged commit (subclass hook)."""
-
-    def _pack_offsets(self, oids: list[bytes]) -> list[int]:
-        """Return the current record offset of each oid, 0 for a missing one (pack)."""
-        get = self._index.get
-        lookup_more = self._lookup_more
-        return [get(oid) or lookup_more(oid) for oid in oids]
-
-    # --- state checks -----------------------------------------------------------
-
-    def _check_open(self) -> DataFile:
-        if self._file is None:
-            raise DhruvaError(f"the storage {self.path} is closed")
-        if self._broken is not None:
-            raise DhruvaError(
-                f"{self.path}: an earlier write failed ({self._broken}); close and reopen it"
-            )
-        return self._file
-
-    def _check_writable(self) -> DataFile:
-        data_file = self._check_open()
-        if self.readonly:
-            raise ReadOnlyError(f"{self.path} was opened read-only; writes are refused")
-        return data_file
-
-    # --- the Storage interface ----------------------------------------------------
-
-    def new_oid(self) -> bytes:
-        self._check_writable()
-        # [SAPI-010] Beyond every stored oid and every oid handed out by this open.
-        oid = self._next_oid
-        self._next_oid = oid + 1
-        return int8_to_str(oid)
-
-    def load(self, oid: bytes) -> Record:
-        data_file = self._check_open()
-        offset = self._index.get(oid)
-        if offset is None:
-            check_oid(oid)  # [SAPI-006] only on a miss: the hit path stays as it was
-            offset = self._lookup_more(oid)
-            if not offset:
-                raise DhruvaKeyError(oid)
-        buf = data_file.pread(LOAD_READ_BYTES, offset)
-        if len(buf) < journal.RECORD_HEADER_SIZE:
-            raise CorruptionError(self.path, offset, "record header runs past the end of the file")
-        size = journal.record_size(buf)
-        if size > len(buf):
-            buf = data_file.pread(size, offset)
-        record = journal.decode_record_at(buf, offset, self.path, base=offset)
-        if record.oid != oid:
-            raise CorruptionError(
-                self.path,
-                offset,
-                f"the index says oid {str_to_int8(oid)} is here but the record is of oid "
-                f"{str_to_int8(record.oid)}; delete {self.path}.index to rebuild it",
-            )
-        return record
-
-    def begin(self) -> None:
-        self._check_writable()
-        if self._pending is not None:
-            raise DhruvaError("a transaction is already open")
-        self._pending = {}
-
-    def store(self, oid: bytes, data: bytes, refs: bytes = b"") -> None:
-        self._check_writable()
-        if self._pending is None:
-            raise DhruvaError("store() outside a transaction; call begin() first")
-        check_record(oid, data, refs)
-        self._pending[oid] = (oid, bytes(data), refs)
-
-    def end(self) -> None:
-        data_file = self._check_writable()
-        pending = self._pending
-        if pending is None:
-            raise DhruvaError("end() without begin()")
-        self._pending = None
-        if not pending:
-            return  # [RCV-013] An empty transaction writes nothing.
-        records = list(pending.values())
-        tid = self._last_tid + 1
-        # [FMT-016] Commit times never go backwards within a file.
-        time_us = max(time.time_ns() // 1000, self._last_time_us)
-        txn = journal.encode_transaction(tid, time_us, records)
-        offset = self._end
-        try:
-            # [RCV-010] One write of the whole transaction, then one sync.
-            data_file.pwrite(txn, offset)
-            data_file.sync()
-        except BaseException as exc:
-            # The transaction may or may not be on disk; this process can no
-            # longer tell, so it refuses further work until reopened (recovery
-            # then decides from the bytes).
-            self._broken = f"{type(exc).__name__}: {exc}"
-            try:
-                data_file.truncate(offset)
-            except OSError:
-                pass
-            raise
-        if self._packer is not None:
-            # [PACK-021] The pack needs the records this commit supersedes.
-            self._packer.note_replaced(list(pending))
-        # [RCV-011] Visible only once durable: the index changes after the sync.
-        index = self._index
-        position = offset + journal.TXN_HEADER_SIZE
-        for oid, data, refs in records:
-            index[oid] = position
-            position += journal.RECORD_HEADER_SIZE + len(data) + len(refs)
-        self._end = offset + len(txn)
-        self._last_tid = tid
-        self._last_time_us = time_us
-        self._last_trailer_crc = int.from_bytes(txn[-12:-8], "big")
-        highest = str_to_int8(max(pending)) + 1
-        if highest > self._next_oid:
-            self._next_oid = highest
-        self._after_commit()
-
-    def abort_transaction(self) -> None:
-        self._pending = None
-
-    def sync(self) -> list[bytes]:
-        """Return []: a file storage has no other writers (FLT-010)."""
-        self._check_open()
-        return []
-
-    def iter_oids(self) -> Iterator[bytes]:
-        self._check_open()
-        return iter(list(self._index))
-
-    def get_size(self) -> int:
-        self._check_open()
-        return len(self._index)
-
-    def close(self) -> None:
-        data_file = self._file
-        if data_file is None:
-            return
-        self._pending = None
-        self.pack_abort()
-        try:
-            if not self.readonly and self._broken is None:
-                self._before_close()
-        finally:
-            self._file = None
-            data_file.close()
-
-    def _before_close(self) -> None:
-        """Run before a writable storage closes its file (subclass hook)."""
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.path!r}>"
-
-    # --- history and pack --------------------------------------------------------
-
-    def iter_transactions(self) -> Iterator[tuple[int, int, int, int]]:
-        """Yield ``(tid, time_us, offset, length)`` of every transaction, oldest first.
-
-        Walks the transaction headers already validated at open; the walk stops
-        at the end of data as it was when the iteration started.
-        """
-        data_file = self._check_open()
-        offset = journal.FILE_HEADER_SIZE
-        end = self._end
-        while offset < end:
-            head = data_file.pread(journal.TXN_HEADER_SIZE, offset)
-            _tag, _count, body_length, tid, time_us, _r, _c = journal.TXN_HEADER.unpack(head)
-            length = journal.TXN_OVERHEAD + body_length
-            yield tid, time_us, offset, length
-            offset += length
-
-    # Set by tests (and only by tests) to stop a packing process at a step
-    # boundary; see spec/pack.md, "Test hook".
-    _pack_step_hook: PackHook | None = None
-    _packer: Packer | None = None
-
-    @property
-    def packing(self) -> bool:
-        """True between ``pack_begin()`` and ``pack_finish()``/``pack_abort()``."""
-        return self._packer is not None
-
-    @property
-    def pack_progress(self) -> PackProgress | None:
-        """What the running pack has done so far, or None when no pack runs."""
-        return None if self._packer is None else self._packer.progress
-
-    def pack_begin(self) -> None:
-        """Start a two-phase pack as of the current end of data (spec PACK-010).
-
-        Creates ``PATH.pack``; commits may continue until ``pack_finish()``.
-        Raises DhruvaError when a pack is already running or a transaction is open.
-        """
-        self._check_writable()
-        if self._packer is not None:
-            raise DhruvaError(f"{self.path}: a pack is already running")
-        if self._pending is not None:
-            raise DhruvaError("pack() during a transaction; end or abort it first")
-        self._packer = Packer(self)
-
-    def pack_step(self, budget: int = DEFAULT_STEP_BUDGET) -> bool:
-        """Copy up to about ``budget`` records; return True when ready to finish (PACK-011)."""
-        packer = self._packer
-        if packer is None:
-            raise DhruvaError("pack_step() without pack_begin()")
-        try:
-            return packer.step(budget)
-        except BaseException:
-            self.pack_abort()
-            raise
-
-    def pack_finish(self) -> PackProgress:
-        """Complete the pack begun by ``pack_begin()`` and return its totals (PACK-012)."""
-        packer = self._packer
-        if packer is None:
-            raise DhruvaError("pack_finish() without pack_begin()")
-        try:
-            return packer.finish()
-        except BaseException:
-            packer.abort()
-            raise
-        finally:
-            self._packer = None
-
-    def pack_abort(self) -> None:
-        """Abandon a running pack; the data file is untouched (PACK-013)."""
-        packer, self._packer = self._packer, None
-        if packer is not None:
-            packer.abort()
-
-    def pack(self, progress: Callable[[PackProgress], None] | None = None) -> None:
-        """Rewrite the file with only the current records reachable from the root.
-
-        The one-call form of ``pack_begin()``, ``pack_step()``...,
-        ``pack_finish()``; ``progress`` is called after each step and at the
-        end.  Steps and crash analysis: spec/file-format.md ("Pack") and
-        spec/pack.md.
-        """
-        self.pack_begin()
-        packer = self._packer
-        assert packer is not None
-        while not self.pack_step():
-            if progress is not None:
-                progress(packer.progress)
-        result = self.pack_finish()
-        if progress is not None:
-            progress(result)
-
-    def _before_replace(self) -> None:
-        """Run just before the packed file is renamed over the data file (subclass hook)."""
-
-    def _replace_index(self, new_index: dict[bytes, int]) -> None:
-        """Install the index of a freshly packed file (subclass hook)."""
-        self._index = new_index
+__all__ = ["FileStorage2", "JournalStorage"]
 
 
 class FileStorage2(JournalStorage):
@@ -443,7 +44,22 @@ class FileStorage2(JournalStorage):
 
     def _recover(self) -> None:
         index: dict[bytes, int] = {}
-        self._scan_tail(journal.FILE_HEADER_SIZE, index)
+        self._scan_tail(journal.FILE_HEADER_SIZE, index, self._index_covered_offset())
         self._index = index
         if index:
             self._next_oid = str_to_int8(max(index)) + 1
+
+    def _index_covered_offset(self) -> int:
+        """Return the offset a FileStorage sidecar of this file covers, else 0 (RCV-008).
+
+        FileStorage2 keeps no index of its own, but the same data file may have
+        been written by FileStorage, whose ``PATH.index`` proves that every
+        transaction below its covered offset was committed.
+        """
+        disk = DiskIndex.open(self.path + ".index", self.file_id, readonly=True)
+        if disk is None:
+            return 0
+        try:
+            return int(disk.covered_offset)
+        finally:
+            disk.close()

@@ -22,7 +22,8 @@ Contract of the methods (all raise OSError for I/O failures):
   before ``sync()``.
 * ``DataFile.lock(exclusive)`` takes a non-blocking advisory lock on the whole
   file, shared or exclusive, and raises StorageLockedError when another process
-  holds a conflicting one.
+  holds a conflicting one, or FileReplacedError (a StorageLockedError) when
+  the path names another file once the lock is held.
 """
 
 from __future__ import annotations
@@ -37,6 +38,14 @@ from typing import Protocol
 from dhruva.error import StorageLockedError
 
 log = logging.getLogger("dhruva.fileio")
+
+
+class FileReplacedError(StorageLockedError):
+    """The path was renamed to another file (a pack) between our open and our lock.
+
+    Raised by ``DataFile.lock``; the opener closes the file and retries, so a
+    caller sees it only when the path keeps being replaced.
+    """
 
 
 class DataFile(Protocol):
@@ -142,7 +151,7 @@ class OSFile:
             same = False
         if not same:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
-            raise StorageLockedError(f"{self.path} was replaced while it was being opened; retry")
+            raise FileReplacedError(f"{self.path} was replaced while it was being opened; retry")
 
     def close(self) -> None:
         if self._fd >= 0:

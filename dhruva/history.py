@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from typing import NamedTuple
 
 from dhruva import journal
-from dhruva.backup import CopyResult, copy_prefix, open_unlocked
+from dhruva.backup import CopyResult, copy_prefix, data_file_version, open_unlocked
 from dhruva.error import CorruptionError, DhruvaError, DhruvaKeyError, ReadOnlyError
 from dhruva.fileio import OSFile
 from dhruva.journal_walk import JournalWalk, TxnInfo
@@ -75,7 +75,9 @@ def iter_transactions(path: str) -> Iterator[TransactionInfo]:
     """
     data_file = open_unlocked(path)
     try:
-        walk = JournalWalk(data_file.pread, data_file.size(), data_file.path)
+        walk = JournalWalk(
+            data_file.pread, data_file.size(), data_file.path, version=data_file_version(data_file)
+        )
         for txn in walk:
             yield _info(txn)
     finally:
@@ -100,7 +102,12 @@ def _find(
     """
     on_record = index.__setitem__ if index is not None else None
     walk = JournalWalk(
-        data_file.pread, data_file.size(), data_file.path, on_record=on_record, stop_tid=tid
+        data_file.pread,
+        data_file.size(),
+        data_file.path,
+        on_record=on_record,
+        stop_tid=tid,
+        version=data_file_version(data_file),
     )
     first = 0
     count = 0
@@ -138,6 +145,7 @@ class HistoricalStorage(Storage):
         self.path = os.fspath(path)
         self.tid = tid
         self._file: OSFile | None = open_unlocked(self.path)
+        self._version = data_file_version(self._file)
         self._index: dict[bytes, int] = {}
         try:
             walk, _count = _find(self.path, self._file, tid, self._index)
@@ -158,10 +166,14 @@ class HistoricalStorage(Storage):
             check_oid(oid)  # [SAPI-006]
             raise DhruvaKeyError(oid)
         buf = data_file.pread(_LOAD_READ_BYTES, offset)
-        size = journal.record_size(buf)
+        version = self._version
+        if len(buf) < journal.record_header_size(version):
+            raise CorruptionError(self.path, offset, "record header runs past the end of the file")
+        size = journal.record_size(buf, version)
         if size > len(buf):
             buf = data_file.pread(size, offset)
-        record = journal.decode_record_at(buf, offset, self.path, base=offset)
+        # [FMT-023] A version 2 record is checked against its checksum.
+        record = journal.decode_record_at(buf, offset, self.path, base=offset, version=version)
         if record.oid != oid:
             raise CorruptionError(self.path, offset, "record does not hold the indexed oid")
         return record

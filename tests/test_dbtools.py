@@ -221,7 +221,9 @@ def test_class_names_are_read_without_running_code(tmp_path: Path) -> None:
     with FileStorage(str(path)) as storage:
         store_raw(storage, 0, data, [])
     assert dbtools.verify(str(path)).damaged is False
-    assert dbtools.stats(str(path)).census == {f"{__name__}.Thing": [1, 16 + len(data)]}
+    assert dbtools.stats(str(path)).census == {
+        f"{__name__}.Thing": [1, journal.RECORD_HEADER_SIZE + len(data)]
+    }
     assert _ran == []
 
 
@@ -314,7 +316,9 @@ def test_stats_counts_live_and_garbage_bytes(db: Path, capsys: pytest.CaptureFix
     sizes: list[tuple[bytes, int]] = []
     for span in result.spans:
         for record in journal.decode_transaction(data, span.offset, str(db)).records:
-            sizes.append((record.oid, 16 + len(record.data) + len(record.refs)))
+            sizes.append(
+                (record.oid, journal.RECORD_HEADER_SIZE + len(record.data) + len(record.refs))
+            )
     current = dict(sizes)
     figures = dbtools.stats(str(db))
     assert figures.records == 6 and figures.objects == 3 and figures.reachable == 2

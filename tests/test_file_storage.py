@@ -320,9 +320,42 @@ def test_lock_on_a_replaced_file_is_refused(tmp_path: Path) -> None:
     replacement = tmp_path / "new"
     replacement.write_bytes(b"new")
     os.replace(replacement, target)
-    with pytest.raises(StorageLockedError, match="replaced"):
+    with pytest.raises(fileio.FileReplacedError, match="replaced"):
         data_file.lock(exclusive=True)
     data_file.close()
+
+
+class ReplacedOnceLayer(RecordingLayer):
+    """A layer whose first ``lock`` fails as if a pack had renamed a file over the path."""
+
+    def __init__(self, error: type[StorageLockedError]) -> None:
+        super().__init__()
+        self.error = error
+        self.opens = 0
+
+    def open(self, path: str, create: bool, readonly: bool) -> DataFile:
+        self.opens += 1
+        data_file = super().open(path, create, readonly)
+        if self.opens == 1:
+
+            def refuse(exclusive: bool) -> None:
+                raise self.error(f"{path}: simulated lock failure")
+
+            data_file.lock = refuse  # type: ignore[method-assign]
+        return data_file
+
+
+@pytest.mark.req("FLT-011")
+def test_open_retries_after_the_file_was_replaced(cls: type[JournalStorage], path: str) -> None:
+    """The open decides by the error's type: a replaced file is retried, a held lock is not."""
+    cls(path).close()
+    replaced = ReplacedOnceLayer(fileio.FileReplacedError)
+    cls(path, file_layer=replaced).close()
+    assert replaced.opens == 2
+    locked = ReplacedOnceLayer(StorageLockedError)
+    with pytest.raises(StorageLockedError):
+        cls(path, file_layer=locked)
+    assert locked.opens == 1
 
 
 def test_readonly_refuses_writes(cls: type[JournalStorage], path: str) -> None:
@@ -434,7 +467,7 @@ def test_interrupted_creation_is_restarted(cls: type[JournalStorage], path: str)
     with cls(path) as storage:
         assert storage.get_size() == 0
     assert Path(path + ".tr0").read_bytes() == journal.MAGIC[:5]
-    assert journal.decode_file_header(Path(path).read_bytes(), path).major == 1
+    assert journal.decode_file_header(Path(path).read_bytes(), path).major == journal.MAJOR_VERSION
 
 
 @pytest.mark.req("FMT-002")
@@ -616,6 +649,7 @@ def test_unusable_index_is_rebuilt(tmp_path: Path, how: str) -> None:
     index.close()
 
 
+@pytest.mark.req("RCV-008")
 def test_index_mismatch_on_the_covered_transaction_is_rebuilt(tmp_path: Path) -> None:
     path = str(tmp_path / "db")
     with FileStorage(path) as storage:
@@ -624,9 +658,15 @@ def test_index_mismatch_on_the_covered_transaction_is_rebuilt(tmp_path: Path) ->
     data = bytearray(Path(path).read_bytes())
     data[-12] ^= 0xFF  # the last trailer's crc: the index no longer recognises it
     Path(path).write_bytes(bytes(data))
-    with FileStorage(path) as storage:
-        # The damaged last transaction is now a torn tail of a full scan.
+    # [RCV-008] The index covers the damaged last transaction, so it was
+    # acknowledged: damage, not a torn tail (issue 10 item 4).
+    with pytest.raises(CorruptionError, match="index shows"):
+        FileStorage(path)
+    assert not os.path.exists(path + ".tr0")
+    with FileStorage(path, repair=True) as storage:
+        # The index is rebuilt by the full scan of the repaired file.
         assert contents(storage) == {0: b"a"}
+    assert os.path.exists(path + ".tr0")
 
 
 def test_checkpoints_move_the_covered_offset(

@@ -29,23 +29,38 @@ def make_file(*txns: bytes) -> bytes:
     return journal.encode_file_header(bytes(16)) + b"".join(txns)
 
 
+def txn_v1(tid: int, *records: tuple[int, bytes, list[int]], time_us: int = 1000) -> bytes:
+    return journal.encode_transaction(
+        tid,
+        time_us,
+        [(int8_to_str(o), d, b"".join(int8_to_str(r) for r in refs)) for o, d, refs in records],
+        journal.FORMAT_V1,
+    )
+
+
 # --- vectors ----------------------------------------------------------------------
 
 
-@pytest.mark.req("FMT-001", "FMT-004")
-def test_file_header_vector_round_trips() -> None:
-    data, expect = read_vector(VECTORS, "file-header")
+@pytest.mark.req("FMT-001", "FMT-004", "FMT-021", "FMT-022")
+@pytest.mark.parametrize("name", ["file-header", "file-header-v1"])
+def test_file_header_vector_round_trips(name: str) -> None:
+    data, expect = read_vector(VECTORS, name)
     file_id = bytes.fromhex(str(expect["file_id"]))
-    assert journal.encode_file_header(file_id) == data
+    version = int(expect["major"])
+    assert journal.encode_file_header(file_id, version) == data
     header = journal.decode_file_header(data, PATH)
-    assert header == journal.FileHeader(1, 0, 0, file_id)
+    assert header == journal.FileHeader(version, 0, 0, file_id)
     assert len(data) == journal.FILE_HEADER_SIZE == 64
+    # [FMT-021] New files are written in version 2.
+    assert journal.encode_file_header(file_id)[8:10] == b"\x00\x02"
 
 
-@pytest.mark.req("FMT-010")
-def test_transaction_vector_round_trips() -> None:
-    data, expect = read_vector(VECTORS, "transaction")
+@pytest.mark.req("FMT-010", "FMT-020", "FMT-022")
+@pytest.mark.parametrize("name", ["transaction", "transaction-v1"])
+def test_transaction_vector_round_trips(name: str) -> None:
+    data, expect = read_vector(VECTORS, name)
     records = expect["records"]
+    version = int(expect["version"])
     assert isinstance(records, list)
     encoded = journal.encode_transaction(
         int(str(expect["tid"])),
@@ -54,9 +69,10 @@ def test_transaction_vector_round_trips() -> None:
             (int8_to_str(r["oid"]), r["data"].encode(), b"".join(int8_to_str(x) for x in r["refs"]))
             for r in records
         ],
+        version,
     )
     assert encoded == data
-    decoded = journal.decode_transaction(data, 0, PATH)
+    decoded = journal.decode_transaction(data, 0, PATH, version=version)
     assert decoded.tid == expect["tid"]
     assert decoded.time_us == expect["time_us"]
     assert decoded.length == len(data)
@@ -71,6 +87,13 @@ def test_transaction_vector_round_trips() -> None:
     assert data[-16:-12] == b"DCMT"
     assert zlib.crc32(data[:-16]) == int.from_bytes(data[-12:-8], "big")
     assert int.from_bytes(data[-8:], "big") == len(data)
+    # [FMT-020] Each version 2 record header ends in the CRC of the record.
+    if version == 2:
+        for r in records:
+            start = r["offset"]
+            size = 20 + len(r["data"]) + 8 * len(r["refs"])
+            stored = int.from_bytes(data[start + 16 : start + 20], "big")
+            assert stored == zlib.crc32(data[start : start + 16] + data[start + 20 : start + size])
 
 
 # --- file header ------------------------------------------------------------------
@@ -93,11 +116,13 @@ def header_with(
     return head[:60] + zlib.crc32(head[:60]).to_bytes(4, "big")
 
 
-@pytest.mark.req("FMT-003")
+@pytest.mark.req("FMT-022")
 def test_unknown_major_version_is_a_format_error_checked_before_the_crc() -> None:
-    with pytest.raises(FormatError, match=r"version 2\.0") as info:
-        journal.decode_file_header(header_with(major=2), PATH)
+    with pytest.raises(FormatError, match=r"version 3\.0") as info:
+        journal.decode_file_header(header_with(major=3), PATH)
     assert PATH in str(info.value)
+    assert journal.decode_file_header(header_with(major=1), PATH).major == 1
+    assert journal.decode_file_header(header_with(major=2), PATH).major == 2
     # A future layout: same magic and version fields, anything after them.
     with pytest.raises(FormatError, match="version 7"):
         journal.decode_file_header(journal.MAGIC + b"\x00\x07\x00\x00" + b"garbage", PATH)
@@ -144,10 +169,11 @@ def test_writer_refuses_and_reader_rejects_a_repeated_oid() -> None:
     with pytest.raises(ValueError, match="twice"):
         txn(1, (5, b"a", []), (5, b"b", []))
     # Hand-build a transaction repeating oid 5 with valid checksums.
-    record = journal.RECORD_HEADER.pack(int8_to_str(5), 1, 0) + b"a"
+    record = journal.encode_record_header(int8_to_str(5), b"a", b"") + b"a"
     body = record + record
     head = struct.pack(">4sIQQQI", b"DTXN", 2, len(body), 1, 0, 0)
     head += zlib.crc32(head).to_bytes(4, "big")
+    assert head == journal.encode_txn_header(2, len(body), 1, 0)
     data = head + body
     data += journal.TXN_TRAILER.pack(b"DCMT", zlib.crc32(data), len(data) + 16)
     with pytest.raises(CorruptionError, match="twice"):
@@ -277,7 +303,8 @@ def test_decode_record_at_reports_short_buffers() -> None:
     record = journal.decode_record_at(t, 40, PATH)
     assert record.oid == int8_to_str(7) and record.data == b"data"
     assert record.ref_oids() == [int8_to_str(1), int8_to_str(2)]
-    assert journal.record_size(t[40:]) == 16 + 4 + 16
+    assert journal.record_size(t[40:]) == 20 + 4 + 16
+    assert journal.record_size(txn_v1(1, (7, b"data", [1, 2]))[40:], journal.FORMAT_V1) == 36
     with pytest.raises(CorruptionError):
         journal.decode_record_at(t[:50], 40, PATH)
     with pytest.raises(CorruptionError):

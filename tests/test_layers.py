@@ -35,6 +35,7 @@ LAYERS: dict[str, list[str]] = {
         "dhruva.fileio",
         "dhruva.file_index",
         "dhruva.file_pack",
+        "dhruva.journal_storage",
         "dhruva.file_storage2",
         "dhruva.file_storage",
         "dhruva.sqlite_storage",

@@ -180,6 +180,8 @@ class JournalSource:
         self.size = os.path.getsize(path)
         self.spans: list[journal.TxnSpan] = []
         self.file_id = b""
+        #: The format version from the file header (FMT-022).
+        self.version = journal.MAJOR_VERSION
         self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
         self._map: mmap.mmap | None = None
         if self.size:
@@ -193,20 +195,36 @@ class JournalSource:
     def _scan(self) -> None:
         buf = self.buf
         try:
-            self.file_id = journal.decode_file_header(
-                buf[: journal.FILE_HEADER_SIZE], self.path
-            ).file_id
+            header = journal.decode_file_header(buf[: journal.FILE_HEADER_SIZE], self.path)
         except CorruptionError as exc:
             self.issues.append(Issue("damage", "header", str(exc)))
             return
+        self.file_id = header.file_id
+        self.version = header.major
+        # [RCV-008] Bytes the index covers were committed: damage there is
+        # never an interrupted commit, for verify as for an open.
+        committed_end = self._index_covered_offset()
         view = memoryview(buf)
         try:
             try:
-                result = journal.scan(view, journal.FILE_HEADER_SIZE, self.path)
+                result = journal.scan(
+                    view,
+                    journal.FILE_HEADER_SIZE,
+                    self.path,
+                    version=self.version,
+                    committed_end=committed_end,
+                )
             except CorruptionError as exc:
                 # [TOOL-002] Damage before the last valid commit: say where and why.
                 self.issues.append(Issue("damage", "journal", str(exc)))
-                result = journal.scan(view, journal.FILE_HEADER_SIZE, self.path, repair=True)
+                result = journal.scan(
+                    view,
+                    journal.FILE_HEADER_SIZE,
+                    self.path,
+                    repair=True,
+                    version=self.version,
+                    committed_end=committed_end,
+                )
             else:
                 if result.tail is not None:
                     start, end = result.tail
@@ -223,20 +241,42 @@ class JournalSource:
             view.release()
         self.spans = result.spans
 
+    def _index_covered_offset(self) -> int:
+        """Return the offset ``PATH.index`` covers (0 without a usable index of this file)."""
+        from dhruva.file_index import DiskIndex
+
+        index_path = self.path + ".index"
+        if not os.path.exists(index_path):
+            return 0
+        disk = DiskIndex.open(index_path, self.file_id, readonly=True)
+        if disk is None:
+            return 0
+        try:
+            return int(disk.covered_offset)
+        finally:
+            disk.close()
+
     def record_count(self) -> int:
         """Return the number of records :meth:`records` yields (from the headers)."""
         buf = self.buf
-        return sum(journal.TXN_HEADER.unpack_from(buf, span.offset)[1] for span in self.spans)
+        return sum(
+            journal.TxnHeader.unpack_from(buf, span.offset).record_count for span in self.spans
+        )
 
     def records(self) -> Iterator[RecordInfo]:
         """Yield every record of every valid transaction, in file order."""
         buf = self.buf
         for span in self.spans:
             txn = journal.decode_transaction(
-                buf[span.offset : span.end], span.offset, self.path, base=span.offset
+                buf[span.offset : span.end],
+                span.offset,
+                self.path,
+                base=span.offset,
+                version=self.version,
             )
+            header_size = journal.record_header_size(self.version)
             for record in txn.records:
-                size = journal.RECORD_HEADER_SIZE + len(record.data) + len(record.refs)
+                size = header_size + len(record.data) + len(record.refs)
                 yield _info(
                     record.oid,
                     record.data,
@@ -256,9 +296,9 @@ class JournalSource:
             position = span.offset + journal.TXN_HEADER_SIZE
             body_end = span.end - journal.TXN_TRAILER_SIZE
             while position < body_end:
-                oid, data_length, ref_count = journal.RECORD_HEADER.unpack_from(buf, position)
-                found[bytes(oid)] = position
-                position += journal.RECORD_HEADER_SIZE + data_length + 8 * ref_count
+                header = journal.RecordHeader.unpack_from(buf, position, self.version)
+                found[header.oid] = position
+                position += header.size
         return found
 
     def check_index(self) -> list[Issue]:
