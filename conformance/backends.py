@@ -279,4 +279,4 @@ register_backend("file2", File2Factory)
 
 # In-repo back-ends defined in their own modules register themselves on import;
 # imported last, when everything above exists (a child process needs only this module).
-from dhruva_conformance import sqlite_backend  # noqa: E402, F401
+from dhruva_conformance import postgres_backend, sqlite_backend  # noqa: E402, F401

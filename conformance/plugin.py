@@ -42,7 +42,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help=(
             "registered back-end the dhruva conformance suite runs against "
             f"(default: {DEFAULT_BACKEND}; built in: memory, file, file2, sqlite, "
-            "server-memory, server-file, server-sqlite)"
+            "postgres, server-memory, server-file, server-sqlite, server-postgres)"
         ),
     )
     server_backends.add_server_options(group)
@@ -53,6 +53,13 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "needs(*capabilities): skip unless the back-end has these capabilities"
     )
     config.addinivalue_line("markers", "req(*ids): the spec requirement IDs this test proves")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    # The throwaway PostgreSQL cluster, if this session started one, stops by pid.
+    from dhruva_conformance import postgres_backend
+
+    postgres_backend.stop_cluster()
 
 
 def pytest_report_header(config: pytest.Config) -> str:

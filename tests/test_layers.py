@@ -39,6 +39,7 @@ LAYERS: dict[str, list[str]] = {
         "dhruva.file_storage2",
         "dhruva.file_storage",
         "dhruva.sqlite_storage",
+        "dhruva.postgres_storage",
         "dhruva.backup",
         "dhruva.history",
     ],

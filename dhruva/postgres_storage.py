@@ -1,0 +1,812 @@
+"""PostgresStorage: many processes share one dhruva database in PostgreSQL.
+
+Spec: ``spec/postgres-storage.md`` (requirement prefix ``PG``).
+
+Theory of operation.  The database lives in four tables and one sequence of
+one PostgreSQL schema (``dhruva_meta``, ``dhruva_object``,
+``dhruva_transaction``, ``dhruva_oid``, ``dhruva_tid_seq``).  Any number of
+processes, on any hosts, open it directly; there is no dhruva server between
+them, and PostgreSQL is the only thing they share.
+
+* Every commit gets a *tid* from ``dhruva_tid_seq`` while it holds the
+  *commit lock*, a transaction-level advisory lock keyed on the schema, which
+  PostgreSQL releases only after the commit is visible.  So tids are
+  committed in increasing order: once a reader sees tid *t* in
+  ``dhruva_transaction``, every smaller tid is either visible or never will
+  be (PG-020).
+* Each storage object remembers ``_sync_tid``, the highest tid it has
+  synchronized to.  The oids other processes committed since then -- its
+  *invalidation set*, exactly the storage server's (SRV-020, SRV-021) -- are
+  the ``oids`` of the ``dhruva_transaction`` rows above ``_sync_tid``.
+* ``load`` reads the current row; a row whose ``tid`` is above ``_sync_tid``
+  was committed by another process since the last sync, and is refused with
+  ReadConflictError (PG-031).  A load therefore returns the state as of the
+  last sync, or says that the object changed.
+* ``end`` takes the commit lock, reads the invalidation set, refuses the
+  commit with WriteConflictError if it stores one of those oids (PG-030),
+  else writes the rows, one ``dhruva_transaction`` row and the oid
+  high-water mark, and commits.  The invalidation set it read is handed out
+  by the next ``sync()`` without another query (the server does the same
+  with COMMITTED).
+* Oids come in blocks from the one-row table ``dhruva_oid`` (an UPDATE
+  under a row lock: transactional and monotone, unlike a sequence's
+  ``setval``, see the spec).
+* Nothing here unpickles: records are opaque bytes, references a packed
+  list of oids read only by pack.
+
+The connection is psycopg 3 in autocommit mode; each dhruva commit is one
+explicit PostgreSQL transaction.  A connection that breaks is dropped and
+the next call opens a new one (PG-052), so the storage is usable again once
+the server is back.  A commit whose COMMIT was sent but whose answer was
+lost is *in doubt*; it is resolved on the new connection by looking for its
+tid after taking the commit lock, which waits for the old backend's
+transaction to end (PG-053).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from dhruva.error import (
+    AuthenticationError,
+    CorruptionError,
+    DhruvaError,
+    DhruvaKeyError,
+    FormatError,
+    ReadConflictError,
+    ReadOnlyError,
+    WriteConflictError,
+)
+from dhruva.storage import (
+    CAP_DURABLE,
+    CAP_PACK,
+    CAP_READONLY_OPEN,
+    Record,
+    Storage,
+    check_oid,
+    check_record,
+)
+from dhruva.utils import OID_SIZE
+
+if TYPE_CHECKING:
+    import psycopg
+
+#: The schema version this module reads and writes (``dhruva_meta.schema_version``).
+SCHEMA_VERSION = 1
+#: ``dhruva_meta.application_id``: marks the tables as a dhruva database's.
+APPLICATION_ID = "dhruva"
+#: Every relation dhruva creates in its schema.
+TABLES = ("dhruva_meta", "dhruva_object", "dhruva_transaction", "dhruva_oid")
+SEQUENCE = "dhruva_tid_seq"
+#: High 32 bits of the advisory lock keys: "DHRV" (commit lock) and "DHRW" (creation).
+COMMIT_LOCK_CLASS = int.from_bytes(b"DHRV", "big")
+CREATE_LOCK_CLASS = int.from_bytes(b"DHRW", "big")
+assert COMMIT_LOCK_CLASS == 0x44485256 and CREATE_LOCK_CLASS < 1 << 31
+#: The first block of oids a storage allocates; later blocks double up to OID_BLOCK_MAX.
+OID_BLOCK_MIN = 64
+OID_BLOCK_MAX = 8192
+#: Oids fetched per SELECT by bulk_load.
+BATCH_SIZE = 1000
+#: Transaction log rows younger than this are kept by pack (seconds).
+LOG_RETENTION_S = 3600.0
+#: The pip extra that installs psycopg.
+EXTRA = "pip install 'dhruva[postgres]'"
+
+_OID_SPACE = 1 << 64
+_KEY = struct.Struct(">q")
+assert _KEY.size == OID_SIZE
+
+
+class PostgresError(DhruvaError):
+    """PostgreSQL refused an operation; ``sqlstate`` is its five-character code or None."""
+
+    def __init__(self, message: str, sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+
+
+class PostgresConnectionError(PostgresError):
+    """The PostgreSQL server cannot be reached, or the connection to it was lost.
+
+    The storage stays usable: the next call connects again (PG-052).
+    """
+
+
+class CommitInDoubtError(PostgresConnectionError):
+    """The connection was lost after COMMIT was sent and could not be re-established.
+
+    ``tid`` names the commit: it took effect if and only if
+    ``dhruva_transaction`` has a row with that tid (PG-053).
+    """
+
+    def __init__(self, message: str, tid: int) -> None:
+        super().__init__(message, None)
+        self.tid = tid
+
+
+def _psycopg() -> Any:
+    """Import psycopg, or raise DhruvaError saying how to install it (PG-001)."""
+    try:
+        import psycopg
+    except ImportError:
+        raise DhruvaError(
+            f"PostgresStorage needs psycopg 3, which is not installed; run {EXTRA}"
+        ) from None
+    return psycopg
+
+
+def oid_to_key(oid: bytes) -> int:
+    """Return the ``bigint`` key of ``oid``: its 8 bytes as a signed big-endian integer."""
+    check_oid(oid)
+    key: int = _KEY.unpack(oid)[0]
+    return key
+
+
+def key_to_oid(key: int) -> bytes:
+    """Return the oid stored under ``key`` (the inverse of :func:`oid_to_key`)."""
+    return _KEY.pack(key)
+
+
+def _ident(name: str) -> str:
+    """Quote ``name`` as a PostgreSQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _redact(dsn: str) -> str:
+    """Return ``dsn`` without its password, for messages."""
+    try:
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        params = conninfo_to_dict(dsn)
+        if "password" in params:
+            params["password"] = "***"
+        return str(make_conninfo("", **params))
+    except Exception:
+        return "<connection string>"
+
+
+class PostgresStorage(Storage):
+    """A durable storage in a PostgreSQL database, shared by many processes.
+
+    ``PostgresStorage(dsn)`` connects with the libpq connection string
+    ``dsn`` (``"host=db.example dbname=app user=app"`` or
+    ``"postgresql://app@db.example/app"``), creates the dhruva tables in the
+    connection's current schema, or in ``schema`` when given, on first use,
+    and refuses a schema that holds another application's tables
+    (FormatError).  ``readonly=True`` refuses writes with ReadOnlyError.
+    Raises PostgresConnectionError when the server cannot be reached,
+    AuthenticationError when it refuses the credentials, DhruvaError naming
+    the pip extra when psycopg is not installed.
+    """
+
+    capabilities = frozenset({CAP_DURABLE, CAP_PACK, CAP_READONLY_OPEN})
+
+    #: Test hook (spec PACK-040): called with each pack step's name.
+    _pack_step_hook: Callable[[str], object] | None = None
+
+    def __init__(
+        self,
+        dsn: str,
+        schema: str | None = None,
+        readonly: bool = False,
+        connect_timeout_s: float = 10.0,
+    ) -> None:
+        self._pg = _psycopg()
+        self.dsn = dsn
+        self.readonly = readonly
+        self.connect_timeout_s = connect_timeout_s
+        self._where = _redact(dsn)
+        self._conn: psycopg.Connection[Any] | None = None
+        self._closed = False
+        self._pending: dict[int, tuple[bytes, bytes]] | None = None
+        self._oid_pool: list[int] = []  # unsigned oids, next one last
+        self._oid_block = OID_BLOCK_MIN
+        self._invalidated: set[int] = set()  # keys found at commit, handed out by sync()
+        self._commit_lock_key = 0
+        try:
+            conn = self._connection()
+            self.schema = schema if schema is not None else self._current_schema(conn)
+            self._q = _ident(self.schema) + "."
+            self._open_schema(conn, create=not readonly)
+            self._sync_tid = self._last_tid(conn)
+        except BaseException:
+            self._drop_connection()
+            raise
+
+    # --- connecting ---------------------------------------------------------------
+
+    def _connection(self) -> psycopg.Connection[Any]:
+        """Return the live connection, connecting first when there is none (PG-052)."""
+        if self._closed:
+            raise DhruvaError(f"the storage on {self._where} is closed")
+        live = self._conn
+        if live is not None and not live.closed and not live.broken:
+            return live
+        self._drop_connection()
+        pg = self._pg
+        try:
+            conn: psycopg.Connection[Any] = pg.connect(
+                self.dsn,
+                autocommit=True,
+                connect_timeout=max(1, round(self.connect_timeout_s)),
+                application_name="dhruva",
+            )
+        except pg.Error as exc:
+            raise self._translate(exc, "connect") from None
+        try:
+            # [PG-040] An acknowledged commit is flushed to the server's disk:
+            # refuse to run with synchronous_commit off.
+            setting = conn.execute("SHOW synchronous_commit").fetchone()
+            if setting is not None and setting[0] == "off":
+                conn.execute("SET synchronous_commit TO on")
+            if self.readonly:
+                conn.execute("SET default_transaction_read_only TO on")
+        except pg.Error as exc:
+            conn.close()
+            raise self._translate(exc, "connect") from None
+        self._conn = conn
+        return conn
+
+    def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _translate(self, exc: Exception, doing: str) -> DhruvaError:
+        """Turn a psycopg error into the typed dhruva error that says what happened.
+
+        Decided by the exception class and SQLSTATE, never by message text.
+        A connection-level failure also drops the connection (PG-052).
+        """
+        pg = self._pg
+        sqlstate = getattr(exc, "sqlstate", None)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        where = f"PostgreSQL at {self._where}"
+        if sqlstate in ("28P01", "28000"):
+            # [PG-050] Wrong password, or no pg_hba.conf entry for this user.
+            self._drop_connection()
+            return AuthenticationError(
+                f"{where} refused the credentials ({text}); check the user and password "
+                "in the connection string, PGPASSWORD or ~/.pgpass"
+            )
+        if sqlstate in ("42501", "25006"):
+            # [PG-051] A role without the privilege, or a read-only server.
+            return ReadOnlyError(
+                f"{where} refused to {doing}: {text} (the role may only read, or the "
+                "server is a read-only standby)"
+            )
+        if sqlstate in ("XX001", "XX002"):
+            return CorruptionError(self._where, None, f"PostgreSQL reports: {text}")
+        conn = self._conn
+        lost = conn is None or conn.closed or conn.broken
+        if (sqlstate is not None and sqlstate.startswith(("08", "57P"))) or (
+            isinstance(exc, pg.OperationalError | pg.InterfaceError) and (lost or sqlstate is None)
+        ):
+            self._drop_connection()
+            return PostgresConnectionError(
+                f"cannot {doing}: lost or no connection to {where} ({text}); the next "
+                "call connects again",
+                sqlstate,
+            )
+        return PostgresError(f"{where}: cannot {doing}: {text} (SQLSTATE {sqlstate})", sqlstate)
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        """Translate psycopg errors raised in the block (see :meth:`_translate`)."""
+        try:
+            yield
+        except self._pg.Error as exc:
+            raise self._translate(exc, doing) from exc
+
+    # --- the schema ---------------------------------------------------------------
+
+    def _current_schema(self, conn: psycopg.Connection[Any]) -> str:
+        with self._errors("read the current schema"):
+            row = conn.execute("SELECT current_schema()").fetchone()
+        if row is None or row[0] is None:
+            raise DhruvaError(
+                f"PostgreSQL at {self._where}: the search_path names no existing schema; "
+                "give PostgresStorage a schema"
+            )
+        return str(row[0])
+
+    def _open_schema(self, conn: psycopg.Connection[Any], create: bool) -> None:
+        """Create the tables in an empty schema, or check that they are dhruva's (PG-010..013)."""
+        pg = self._pg
+        with self._errors("open the dhruva schema"):
+            if create:
+                try:
+                    conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(self.schema)}")
+                except pg.errors.InsufficientPrivilege:
+                    pass  # it may exist already; the check below says what is missing
+                except pg.errors.UniqueViolation:
+                    pass  # created by a concurrent process meanwhile
+            with conn.transaction():
+                row = conn.execute(
+                    "SELECT oid FROM pg_namespace WHERE nspname = %s", (self.schema,)
+                ).fetchone()
+                if row is None:
+                    raise FormatError(
+                        self._where, None, f"no schema {self.schema!r} in this database"
+                    )
+                namespace = int(row[0])
+                self._commit_lock_key = (COMMIT_LOCK_CLASS << 32) | namespace
+                if create:
+                    # [PG-012] Two processes creating the schema at once: one waits.
+                    conn.execute(
+                        "SELECT pg_advisory_xact_lock(%s)", ((CREATE_LOCK_CLASS << 32) | namespace,)
+                    )
+                relations = {
+                    str(name)
+                    for (name,) in conn.execute(
+                        "SELECT relname FROM pg_class WHERE relnamespace = %s"
+                        " AND relkind IN ('r', 'p', 'v', 'm', 'f', 'S')",
+                        (namespace,),
+                    ).fetchall()
+                }
+                if not relations:
+                    if not create:
+                        raise FormatError(
+                            self._where,
+                            None,
+                            f"schema {self.schema!r} holds no dhruva database (opened "
+                            "read-only, so none is created)",
+                        )
+                    self._create_tables(conn)
+                    return
+                self._check_identity(conn, relations)
+
+    def _create_tables(self, conn: psycopg.Connection[Any]) -> None:
+        """[PG-010] Create every table in the open transaction: all of them or none."""
+        q = self._q
+        for statement in (
+            f"CREATE TABLE {q}dhruva_meta (name text PRIMARY KEY, value text NOT NULL)",
+            f"CREATE TABLE {q}dhruva_object (oid bigint PRIMARY KEY, tid bigint NOT NULL,"
+            " data bytea NOT NULL, refs bytea NOT NULL)",
+            f"CREATE TABLE {q}dhruva_transaction (tid bigint PRIMARY KEY,"
+            " committed_at timestamptz NOT NULL DEFAULT now(), oids bigint[] NOT NULL)",
+            f"CREATE TABLE {q}dhruva_oid (next numeric(20, 0) NOT NULL)",
+            f"CREATE SEQUENCE {q}{SEQUENCE} AS bigint START 1",
+        ):
+            conn.execute(statement)
+        conn.execute(f"INSERT INTO {q}dhruva_oid (next) VALUES (0)")
+        conn.execute(
+            f"INSERT INTO {q}dhruva_meta (name, value) VALUES ('application_id', %s),"
+            " ('schema_version', %s), ('log_pruned_through', '0'), ('created_at', now()::text)",
+            (APPLICATION_ID, str(SCHEMA_VERSION)),
+        )
+
+    def _check_identity(self, conn: psycopg.Connection[Any], relations: set[str]) -> None:
+        """Raise FormatError unless the schema holds a dhruva database of this version."""
+        if "dhruva_meta" not in relations:
+            # [PG-011] Tables, but not ours: never write into them.
+            shown = ", ".join(sorted(relations)[:5])
+            raise FormatError(
+                self._where,
+                None,
+                f"schema {self.schema!r} holds tables of another application ({shown}) and no "
+                "dhruva_meta table; give PostgresStorage a schema of its own (schema='dhruva')",
+            )
+        meta = dict(
+            conn.execute(f"SELECT name, value FROM {self._q}dhruva_meta").fetchall()
+        )
+        if meta.get("application_id") != APPLICATION_ID:
+            raise FormatError(
+                self._where,
+                None,
+                f"schema {self.schema!r}: dhruva_meta names application "
+                f"{meta.get('application_id')!r}, not {APPLICATION_ID!r}",
+            )
+        if meta.get("schema_version") != str(SCHEMA_VERSION):
+            # [PG-013] Refused before anything else is read.
+            raise FormatError(
+                self._where,
+                None,
+                f"dhruva PostgreSQL schema version {meta.get('schema_version')}; this dhruva "
+                f"reads only version {SCHEMA_VERSION} (upgrade dhruva to open it)",
+            )
+        missing = [name for name in (*TABLES, SEQUENCE) if name not in relations]
+        if missing:
+            raise FormatError(
+                self._where, None, f"schema {self.schema!r} lacks {', '.join(missing)}"
+            )
+
+    def _last_tid(self, conn: psycopg.Connection[Any]) -> int:
+        """Return the highest committed tid (PG-021): the sync point of a new storage."""
+        with self._errors("read the last commit"):
+            row = conn.execute(
+                f"SELECT coalesce(max(tid), 0) FROM {self._q}dhruva_transaction"
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    # --- state checks -----------------------------------------------------------
+
+    def _writable(self) -> psycopg.Connection[Any]:
+        conn = self._connection()
+        if self.readonly:
+            raise ReadOnlyError(f"the storage on {self._where} was opened read-only")
+        return conn
+
+    def _step(self, name: str) -> None:
+        hook = self._pack_step_hook
+        if hook is not None:
+            hook(name)  # [PACK-040]
+
+    # --- the Storage interface ----------------------------------------------------
+
+    def new_oid(self) -> bytes:
+        """Return a fresh oid from this storage's block, allocating a block when empty."""
+        if not self._oid_pool:
+            conn = self._writable()
+            size = self._oid_block
+            with self._errors("allocate oids"):
+                # [PG-014] A row lock orders allocations; each block is above every
+                # earlier block and every stored oid (SAPI-010).
+                row = conn.execute(
+                    f"UPDATE {self._q}dhruva_oid SET next = next + %s RETURNING next - %s",
+                    (size, size),
+                ).fetchone()
+            assert row is not None
+            start = int(row[0])
+            stop = min(start + size, _OID_SPACE)
+            if start >= _OID_SPACE:
+                raise DhruvaError(f"{self._where}: every 8-byte oid has been used")
+            self._oid_pool = list(range(stop - 1, start - 1, -1))
+            self._oid_block = min(size * 2, OID_BLOCK_MAX)
+        elif self._closed:
+            raise DhruvaError(f"the storage on {self._where} is closed")
+        return self._oid_pool.pop().to_bytes(OID_SIZE, "big")
+
+    def load(self, oid: bytes) -> Record:
+        key = oid_to_key(oid)
+        conn = self._connection()
+        with self._errors("load"):
+            row = conn.execute(
+                f"SELECT tid, data, refs FROM {self._q}dhruva_object WHERE oid = %s", (key,)
+            ).fetchone()
+        if row is None:
+            raise DhruvaKeyError(oid)
+        if row[0] > self._sync_tid:
+            # [PG-031] Changed by another process since our last sync.
+            raise ReadConflictError([oid])
+        return Record(oid, bytes(row[1]), bytes(row[2]))
+
+    def bulk_load(self, oids: Iterable[bytes]) -> Iterator[Record]:
+        """Yield the records of ``oids`` in order, ``BATCH_SIZE`` per SELECT (SAPI-022)."""
+        batch: list[bytes] = []
+        for oid in oids:
+            check_oid(oid)
+            batch.append(oid)
+            if len(batch) == BATCH_SIZE:
+                yield from self._load_batch(batch)
+                batch = []
+        if batch:
+            yield from self._load_batch(batch)
+
+    def _load_batch(self, batch: list[bytes]) -> Iterator[Record]:
+        conn = self._connection()
+        keys = sorted({oid_to_key(oid) for oid in batch})
+        with self._errors("load"):
+            rows = conn.execute(
+                f"SELECT oid, tid, data, refs FROM {self._q}dhruva_object WHERE oid = ANY(%s)",
+                (keys,),
+            ).fetchall()
+        found = {key: (tid, data, refs) for key, tid, data, refs in rows}
+        since = self._sync_tid
+        stale = sorted(key_to_oid(key) for key, (tid, _, _) in found.items() if tid > since)
+        if stale:
+            raise ReadConflictError(stale)  # [PG-031]
+        for oid in batch:
+            entry = found.get(oid_to_key(oid))
+            if entry is None:
+                raise DhruvaKeyError(oid)
+            yield Record(oid, bytes(entry[1]), bytes(entry[2]))
+
+    def begin(self) -> None:
+        self._writable()
+        if self._pending is not None:
+            raise DhruvaError("a transaction is already open")
+        self._pending = {}
+
+    def store(self, oid: bytes, data: bytes, refs: bytes = b"") -> None:
+        if self._closed:
+            raise DhruvaError(f"the storage on {self._where} is closed")
+        if self._pending is None:
+            raise DhruvaError("store() outside a transaction; call begin() first")
+        check_record(oid, data, refs)
+        self._pending[oid_to_key(oid)] = (bytes(data), bytes(refs))
+
+    def abort_transaction(self) -> None:
+        self._pending = None
+
+    def end(self) -> None:
+        """Commit the open transaction as one PostgreSQL transaction (PG-030..PG-033).
+
+        Raises WriteConflictError, writing nothing, when another process
+        committed one of the stored oids since this storage's last sync;
+        ReadOnlyError when the role may not write; PostgresConnectionError
+        when the connection broke before COMMIT (nothing written) and
+        CommitInDoubtError when it broke during COMMIT and no new connection
+        could say whether the commit took effect.
+        """
+        conn = self._writable()
+        pending = self._pending
+        if pending is None:
+            raise DhruvaError("end() without begin()")
+        self._pending = None
+        if not pending:
+            return  # An empty transaction changes nothing and writes nothing.
+        pg = self._pg
+        tid: int | None = None
+        committing = False
+        try:
+            with conn.transaction():
+                invalid, tid = self._lock_and_read_invalidations(conn)
+                conflicts = invalid.intersection(pending)
+                if conflicts:
+                    # [PG-030] Exactly the server's WRITE_CONFLICT: nothing is written.
+                    raise WriteConflictError(sorted(key_to_oid(key) for key in conflicts))
+                self._write(conn, tid, pending)
+                committing = True
+            # [PG-040] COMMIT returned: the commit is flushed (synchronous_commit on).
+        except pg.Error as exc:
+            error = self._translate(exc, "commit")
+            if committing and tid is not None and isinstance(error, PostgresConnectionError):
+                self._resolve_in_doubt(tid, error)
+                with self._errors("synchronize"):
+                    invalid = self._invalidations_since(self._connection(), self._sync_tid, tid)[0]
+            else:
+                raise error from exc
+        self._invalidated |= invalid
+        self._sync_tid = tid
+
+    def _lock_and_read_invalidations(self, conn: psycopg.Connection[Any]) -> tuple[set[int], int]:
+        """Take the commit lock and a tid; return the invalidation set and the tid (PG-020)."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._commit_lock_key,))
+        row = conn.execute(f"SELECT nextval('{self._q}{SEQUENCE}')").fetchone()  # [PG-020]
+        assert row is not None
+        tid = int(row[0])
+        return self._invalidations_since(conn, self._sync_tid, tid)[0], tid
+
+    def _invalidations_since(
+        self, conn: psycopg.Connection[Any], since: int, below: int | None = None
+    ) -> tuple[set[int], int]:
+        """Return the keys committed with a tid above ``since`` (below ``below``) and the last tid.
+
+        The log rows and the prune mark come in one query.  When pack pruned
+        log rows above ``since`` (PG-022), the objects' own tids say what
+        changed instead.
+        """
+        q = self._q
+        bound = below if below is not None else (1 << 63) - 1
+        rows = conn.execute(
+            f"SELECT t.tid, t.oids, m.value FROM {q}dhruva_transaction t,"
+            f" {q}dhruva_meta m WHERE m.name = 'log_pruned_through' AND t.tid > %s"
+            " AND t.tid < %s",
+            (since, bound),
+        ).fetchall()
+        if not rows:
+            return set(), since
+        last = max(int(tid) for tid, _, _ in rows)
+        if since < int(rows[0][2]):
+            # [PG-022] The log no longer reaches back to our sync point: every
+            # object changed since then still carries a tid above it.
+            changed = conn.execute(
+                f"SELECT oid FROM {q}dhruva_object WHERE tid > %s AND tid <= %s", (since, last)
+            ).fetchall()
+            return {int(key) for (key,) in changed}, last
+        keys: set[int] = set()
+        for _, oids, _ in rows:
+            keys.update(oids)
+        return keys, last
+
+    def _write(
+        self, conn: psycopg.Connection[Any], tid: int, pending: dict[int, tuple[bytes, bytes]]
+    ) -> None:
+        """Write the records, the log row and the oid high-water mark (PG-032)."""
+        q = self._q
+        keys = list(pending)
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                f"INSERT INTO {q}dhruva_object (oid, tid, data, refs) VALUES (%s, %s, %s, %s)"
+                " ON CONFLICT (oid) DO UPDATE SET tid = EXCLUDED.tid, data = EXCLUDED.data,"
+                " refs = EXCLUDED.refs",
+                [(key, tid, data, refs) for key, (data, refs) in pending.items()],
+            )
+        conn.execute(
+            f"INSERT INTO {q}dhruva_transaction (tid, oids) VALUES (%s, %s)", (tid, keys)
+        )
+        highest = max(key % _OID_SPACE for key in keys)
+        # [PG-014] An oid the application chose itself counts as allocated.
+        conn.execute(
+            f"UPDATE {q}dhruva_oid SET next = %s WHERE next <= %s", (highest + 1, highest)
+        )
+
+    def _resolve_in_doubt(self, tid: int, error: PostgresConnectionError) -> None:
+        """Find out whether the commit ``tid`` took effect; return if it did (PG-053).
+
+        Taking the commit lock on a new connection waits until the old
+        backend's transaction has ended, committed or not; then the log row
+        says which.  Raises ``error`` (nothing was written) when it did not,
+        CommitInDoubtError when no new connection can be made.
+        """
+        pg = self._pg
+        try:
+            conn = self._connection()
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._commit_lock_key,))
+                row = conn.execute(
+                    f"SELECT 1 FROM {self._q}dhruva_transaction WHERE tid = %s", (tid,)
+                ).fetchone()
+        except (pg.Error, PostgresConnectionError) as exc:
+            raise CommitInDoubtError(
+                f"the connection to PostgreSQL at {self._where} was lost during COMMIT and "
+                f"could not be re-established ({exc}); the commit took effect if and only if "
+                f"dhruva_transaction has tid {tid}",
+                tid,
+            ) from exc
+        if row is None:
+            raise error
+
+    def sync(self) -> list[bytes]:
+        """Return the oids other processes committed since the previous sync (PG-021).
+
+        One query: the log rows above the sync point.  The newest log row is
+        never pruned, so no row means no commit since.
+        """
+        conn = self._connection()
+        with self._errors("synchronize"):
+            found, last = self._invalidations_since(conn, self._sync_tid)
+        found |= self._invalidated
+        self._invalidated = set()
+        self._sync_tid = max(last, self._sync_tid)
+        return [key_to_oid(key) for key in sorted(found)]
+
+    def iter_oids(self) -> Iterator[bytes]:
+        conn = self._connection()
+        with self._errors("list the oids"):
+            keys = conn.execute(f"SELECT oid FROM {self._q}dhruva_object").fetchall()
+        return iter([key_to_oid(int(key)) for (key,) in keys])
+
+    def get_size(self) -> int:
+        conn = self._connection()
+        with self._errors("count the objects"):
+            row = conn.execute(f"SELECT count(*) FROM {self._q}dhruva_object").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def close(self) -> None:
+        self._pending = None
+        self._closed = True
+        self._drop_connection()
+
+    def _abandon(self) -> None:
+        """Drop the connection as a killed process would (conformance crash tests)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.pgconn.finish()
+            with contextlib.suppress(Exception):
+                conn.close()
+        self._closed = True
+
+    def __repr__(self) -> str:
+        mode = " readonly" if self.readonly else ""
+        schema = getattr(self, "schema", "?")
+        return f"<{type(self).__name__} {self._where!r} schema={schema!r}{mode}>"
+
+    # --- pack ----------------------------------------------------------------------
+
+    def pack(self, progress: Callable[[int, int], object] | None = None) -> None:
+        """Delete every record unreachable from the root, inside PostgreSQL (PG-060..PG-063).
+
+        Marks level by level with INSERT ... SELECT over the ``refs`` column
+        (records are never read into Python) while other processes keep
+        committing; then, holding the commit lock, marks what was committed
+        meanwhile, deletes the rest and prunes the transaction log in one
+        transaction.  ``progress(marked, objects)`` is called after each
+        level and at the end.
+        """
+        conn = self._writable()
+        if self._pending is not None:
+            raise DhruvaError("pack() during a transaction; end or abort it first")
+        with self._errors("pack"):
+            self._pack(conn, progress)
+
+    def _pack(
+        self, conn: psycopg.Connection[Any], progress: Callable[[int, int], object] | None
+    ) -> None:
+        q = self._q
+        self._step("begun")
+        start_tid = self._last_tid(conn)
+        row = conn.execute(f"SELECT count(*) FROM {q}dhruva_object").fetchone()
+        objects = int(row[0]) if row else 0
+        for name in ("dhruva_mark", "dhruva_frontier", "dhruva_next"):
+            conn.execute(f"DROP TABLE IF EXISTS pg_temp.{name}")
+            conn.execute(f"CREATE TEMP TABLE {name} (oid bigint PRIMARY KEY)")
+        try:
+            conn.execute("INSERT INTO pg_temp.dhruva_frontier VALUES (0)")
+            conn.execute("INSERT INTO pg_temp.dhruva_mark VALUES (0)")
+            marked = self._mark(conn, 1, objects, progress)
+            self._step("marked")
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._commit_lock_key,))
+                # [PG-061] Whatever was committed since the walk began is live, and
+                # so is everything it references.
+                conn.execute("TRUNCATE pg_temp.dhruva_frontier")
+                conn.execute(
+                    f"INSERT INTO pg_temp.dhruva_frontier SELECT oid FROM {q}dhruva_object"
+                    " WHERE tid > %s",
+                    (start_tid,),
+                )
+                conn.execute(
+                    "INSERT INTO pg_temp.dhruva_mark SELECT oid FROM pg_temp.dhruva_frontier"
+                    " ON CONFLICT DO NOTHING"
+                )
+                marked = self._mark(conn, marked, objects, progress)
+                conn.execute(
+                    f"DELETE FROM {q}dhruva_object o WHERE NOT EXISTS"
+                    " (SELECT 1 FROM pg_temp.dhruva_mark m WHERE m.oid = o.oid)"
+                )
+                self._step("deleted")
+                self._prune_log(conn)
+            self._step("committed")
+        finally:
+            for name in ("dhruva_mark", "dhruva_frontier", "dhruva_next"):
+                with contextlib.suppress(self._pg.Error):
+                    conn.execute(f"DROP TABLE IF EXISTS pg_temp.{name}")
+        if progress is not None:
+            progress(objects, objects)
+
+    def _mark(
+        self,
+        conn: psycopg.Connection[Any],
+        marked: int,
+        objects: int,
+        progress: Callable[[int, int], object] | None,
+    ) -> int:
+        """Mark everything reachable from ``pg_temp.dhruva_frontier``; return the mark count."""
+        q = self._q
+        while True:
+            conn.execute("TRUNCATE pg_temp.dhruva_next")
+            # [PG-060] Each 8-byte slice of refs read as a bigint, in SQL.
+            cursor = conn.execute(
+                "WITH found AS (INSERT INTO pg_temp.dhruva_mark"
+                " SELECT DISTINCT ('x' || encode(substr(o.refs, i * 8 + 1, 8), 'hex'))"
+                "::bit(64)::bigint"
+                f" FROM pg_temp.dhruva_frontier f JOIN {q}dhruva_object o ON o.oid = f.oid,"
+                " generate_series(0, length(o.refs) / 8 - 1) AS i"
+                " ON CONFLICT DO NOTHING RETURNING oid)"
+                " INSERT INTO pg_temp.dhruva_next SELECT oid FROM found"
+            )
+            added = cursor.rowcount
+            if added <= 0:
+                return marked
+            marked += added
+            conn.execute("TRUNCATE pg_temp.dhruva_frontier")
+            conn.execute("INSERT INTO pg_temp.dhruva_frontier SELECT oid FROM pg_temp.dhruva_next")
+            if progress is not None:
+                progress(marked, objects)
+
+    def _prune_log(self, conn: psycopg.Connection[Any]) -> None:
+        """[PG-062] Drop old log rows, keeping the newest, and record how far."""
+        q = self._q
+        row = conn.execute(
+            f"WITH gone AS (DELETE FROM {q}dhruva_transaction WHERE tid <"
+            f" (SELECT max(tid) FROM {q}dhruva_transaction)"
+            " AND committed_at < now() - make_interval(secs => %s) RETURNING tid)"
+            " SELECT max(tid) FROM gone",
+            (LOG_RETENTION_S,),
+        ).fetchone()
+        if row is not None and row[0] is not None:
+            conn.execute(
+                f"UPDATE {q}dhruva_meta SET value = %s WHERE name = 'log_pruned_through'"
+                " AND value::bigint < %s",
+                (str(row[0]), row[0]),
+            )
+
