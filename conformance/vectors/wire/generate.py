@@ -1,31 +1,20 @@
 """Write the wire-protocol transcripts in this folder (spec: ``spec/wire-protocol.md``).
 
 Run ``python conformance/vectors/wire/generate.py`` after a change to the
-protocol; the JSON files are the vectors, this script only documents how they
-were made.  Each transcript is a list of steps:
-
-* ``{"client": "a", "send": HEX}``: client ``a`` (connected on first use) sends
-  these bytes;
-* ``{"client": "a", "expect": HEX}``: client ``a`` then receives one frame
-  that must match this one.  ERROR frames match on code and oids (the message
-  text is for people); HELLO_OK frames match on magic and major version;
-  every other frame must be equal byte for byte;
-* ``{"client": "a", "expect_close": true}``: the server then closes client
-  ``a``'s connection.
-
-``"fresh": true`` transcripts expect an empty database (oids 0, 1, ... are
-the first handed out); the others hold against any server.
-
-A transcript with a ``"server"`` object needs a server configured that way:
-``"secret"`` (hex) is the shared secret and ``"server_nonces"`` (hex) the
-nonces its AUTH_CHALLENGEs carry, in order (a test hook; real servers draw
-them at random).  AUTH_OK frames match on the server proof, magic and major
-version.
+protocol, and ``--check`` to see whether the JSON files are what it makes
+(exit status 1 when one is stale).  The JSON files are the vectors; what
+every field means, what a replayer compares and what it ignores, and how the
+authentication transcripts are replayed against a server whose nonces are
+fresh, is in ``conformance/vectors/README.md``.  The replayer is
+``conformance/test_wire_transcripts.py``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import struct
+import sys
 from pathlib import Path
 from typing import Any
 
