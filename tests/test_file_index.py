@@ -464,11 +464,12 @@ def _spec_hex_dump() -> bytes:
     rows: dict[int, bytes] = {}
     end = 0
     for line in block.strip().splitlines():
-        match = re.fullmatch(r"([0-9a-f]{8}):((?: [0-9a-f]{4}){8})", line)
+        code = line.split("#", 1)[0].strip()  # conventions.md: offset, byte pairs, comment
+        match = re.fullmatch(r"([0-9a-f]{4,})  ((?:[0-9a-f]{2} ){15}[0-9a-f]{2})", code)
         if match:
             rows[int(match[1], 16)] = bytes.fromhex(match[2].replace(" ", ""))
-        elif line != "*":
-            end = int(line, 16)
+        elif code != "*":
+            end = int(code, 16)
     data = bytearray(end)
     for offset, row in rows.items():
         data[offset : offset + 16] = row

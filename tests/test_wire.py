@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 import pytest
@@ -267,10 +266,7 @@ def test_transcript_vectors_match_their_generator(tmp_path: Path) -> None:
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for name, body in module.transcripts().items():
-        body = {"name": name, "fresh": body.pop("fresh", False), **body}
-        stored = json.loads((VECTORS / f"{name}.json").read_text())
-        assert stored == body, f"{name}.json is stale: run generate.py"
+    assert module.main(["--check"]) == 0, "a transcript is stale: run generate.py"
 
 
 @pytest.mark.req("WIRE-031", "WIRE-032")

@@ -1,31 +1,20 @@
 """Write the wire-protocol transcripts in this folder (spec: ``spec/wire-protocol.md``).
 
 Run ``python conformance/vectors/wire/generate.py`` after a change to the
-protocol; the JSON files are the vectors, this script only documents how they
-were made.  Each transcript is a list of steps:
-
-* ``{"client": "a", "send": HEX}``: client ``a`` (connected on first use) sends
-  these bytes;
-* ``{"client": "a", "expect": HEX}``: client ``a`` then receives one frame
-  that must match this one.  ERROR frames match on code and oids (the message
-  text is for people); HELLO_OK frames match on magic and major version;
-  every other frame must be equal byte for byte;
-* ``{"client": "a", "expect_close": true}``: the server then closes client
-  ``a``'s connection.
-
-``"fresh": true`` transcripts expect an empty database (oids 0, 1, ... are
-the first handed out); the others hold against any server.
-
-A transcript with a ``"server"`` object needs a server configured that way:
-``"secret"`` (hex) is the shared secret and ``"server_nonces"`` (hex) the
-nonces its AUTH_CHALLENGEs carry, in order (a test hook; real servers draw
-them at random).  AUTH_OK frames match on the server proof, magic and major
-version.
+protocol, and ``--check`` to see whether the JSON files are what it makes
+(exit status 1 when one is stale).  The JSON files are the vectors; what
+every field means, what a replayer compares and what it ignores, and how the
+authentication transcripts are replayed against a server whose nonces are
+fresh, is in ``conformance/vectors/README.md``.  The replayer is
+``conformance/test_wire_transcripts.py``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import struct
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -334,13 +323,134 @@ def transcripts() -> dict[str, dict[str, Any]]:
     }
 
 
-def main() -> None:
-    for name, body in transcripts().items():
-        body = {"name": name, "fresh": body.pop("fresh", False), **body}
+def u32(value: int) -> bytes:
+    return struct.pack(">I", value)
+
+
+def malformed() -> dict[str, dict[str, Any]]:
+    """Frames and messages a server must refuse, each with the ERROR code expected."""
+
+    def refused(frame_bytes: bytes, code: E, handshake: bool = True) -> list[dict[str, Any]]:
+        return [*(greet() if handshake else []), send(frame_bytes), expect(error(code)), closed()]
+
+    bad_refs = OID0 + u32(1) + u32(7) + b"x" + bytes(7)
+    return {
+        "malformed-new-oids-zero": {
+            "description": "NEW_OIDS with a count of 0 is malformed (WIRE-041)",
+            "steps": refused(wire.frame(b"\x02" + u32(0)), E.MALFORMED),
+        },
+        "malformed-load-trailing-byte": {
+            "description": "a LOAD with a byte after its oid is malformed (WIRE-013)",
+            "steps": refused(wire.frame(b"\x03" + OID0 + b"\x00"), E.MALFORMED),
+        },
+        "malformed-refs-length": {
+            "description": "a COMMIT record whose refs_length is 7 is malformed (WIRE-014)",
+            "steps": refused(wire.frame(b"\x07" + u32(1) + bad_refs), E.MALFORMED),
+        },
+        "malformed-forged-count": {
+            "description": "a BULK_LOAD claiming 2**32-1 oids, holding 1, is malformed (WIRE-013)",
+            "steps": refused(wire.frame(b"\x04" + u32(0xFFFFFFFF) + OID0), E.MALFORMED),
+        },
+        "malformed-hello-text": {
+            "description": "a HELLO whose feature text is not UTF-8 is malformed (WIRE-013)",
+            "steps": refused(
+                wire.frame(b"\x01" + wire.MAGIC + struct.pack(">HHH", 1, 0, 2) + b"\xff\xfe"),
+                E.MALFORMED,
+                handshake=False,
+            ),
+        },
+        "response-as-request": {
+            "description": "a response type (OK) sent as a request is refused (WIRE-013)",
+            "steps": refused(wire.Empty(T.OK).encode(), E.UNKNOWN_MESSAGE),
+        },
+        "frame-above-maximum": {
+            "description": "a length of 64 MiB + 1 is refused before the body (WIRE-011, WIRE-012)",
+            "steps": refused(u32(wire.MAX_FRAME_SIZE + 1), E.FRAME_TOO_LARGE),
+        },
+        "large-frame-before-handshake": {
+            "description": "before the handshake a frame above 131072 bytes is refused (WIRE-033)",
+            "steps": refused(u32(wire.HANDSHAKE_MAX_FRAME_SIZE + 1), E.FRAME_TOO_LARGE, False),
+        },
+    }
+
+
+# The requirement IDs each transcript checks (and only those).
+REQUIREMENTS: dict[str, list[str]] = {
+    "handshake": ["WIRE-010", "WIRE-020"],
+    "version-mismatch": ["WIRE-022", "WIRE-091"],
+    "bad-magic": ["WIRE-020", "WIRE-091"],
+    "handshake-required": ["WIRE-021"],
+    "oversized-frame": ["WIRE-012"],
+    "empty-frame": ["WIRE-012"],
+    "unknown-message": ["WIRE-013"],
+    "truncated-load": ["WIRE-013"],
+    "sync-fresh-session": ["WIRE-060"],
+    "load-missing": ["WIRE-050", "WIRE-091"],
+    "empty-commit": ["WIRE-072"],
+    "unallocated-oid": ["SRV-022"],
+    "quit": ["WIRE-080"],
+    "new-oids-commit-load": ["WIRE-040", "WIRE-051"],
+    "prefetch": ["WIRE-055", "WIRE-056"],
+    "pack": ["WIRE-085"],
+    "stage-then-commit": ["WIRE-070", "WIRE-071"],
+    "auth-ok": ["WIRE-030", "WIRE-031"],
+    "auth-wrong-proof": ["WIRE-031"],
+    "auth-unknown-mechanism": ["WIRE-031"],
+    "auth-required": ["SRV-080"],
+    "conflicts": ["SRV-020", "SRV-021", "SRV-023", "WIRE-072"],
+    "malformed-new-oids-zero": ["WIRE-013", "WIRE-091"],
+    "malformed-load-trailing-byte": ["WIRE-013"],
+    "malformed-refs-length": ["WIRE-014"],
+    "malformed-forged-count": ["WIRE-013"],
+    "malformed-hello-text": ["WIRE-013"],
+    "response-as-request": ["WIRE-091"],
+    "frame-above-maximum": ["WIRE-011", "WIRE-012"],
+    "large-frame-before-handshake": ["WIRE-033"],
+}
+
+
+def files() -> dict[str, str]:
+    """The text of every ``NAME.json`` this script writes."""
+    made = {**transcripts(), **malformed()}
+    assert set(made) == set(REQUIREMENTS), set(made) ^ set(REQUIREMENTS)
+    out = {}
+    for name, body in made.items():
+        body = {
+            "name": name,
+            "fresh": body.pop("fresh", False),
+            "description": body.pop("description"),
+            "requirements": REQUIREMENTS[name],
+            **body,
+        }
         if "server" in body:
             body["server"] = body.pop("server")
-        (HERE / f"{name}.json").write_text(json.dumps(body, indent=1) + "\n")
+        out[f"{name}.json"] = json.dumps(body, indent=1) + "\n"
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="report stale files, write nothing")
+    args = parser.parse_args(argv)
+    wanted = files()
+    stale = sorted(
+        name
+        for name in {*wanted, *(p.name for p in HERE.glob("*.json"))}
+        if name not in wanted
+        or not (HERE / name).exists()
+        or (HERE / name).read_text() != wanted[name]
+    )
+    if args.check:
+        for name in stale:
+            print(f"stale: {name} (run {Path(__file__).name})", file=sys.stderr)
+        return 1 if stale else 0
+    for name in stale:
+        if name not in wanted:
+            (HERE / name).unlink()
+    for name, text in wanted.items():
+        (HERE / name).write_text(text)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
