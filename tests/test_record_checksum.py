@@ -300,3 +300,18 @@ def test_the_same_damage_gives_the_same_reason_on_every_path(
     assert next(iter(reasons))[1] == middle.offset
     report = dbtools.verify(path)
     assert [i.message for i in report.issues if i.kind == "journal"] == [str(errors["scan"])]
+
+
+@pytest.mark.req("RCV-008", "FLT-031")
+def test_backup_refuses_an_index_covered_damaged_last_transaction(tmp_path: Path) -> None:
+    path = str(tmp_path / "db.dhruva")
+    build(path, commits=3)
+    offset = damage_last_transaction(path)
+    copy = str(tmp_path / "copy.dhruva")
+    with pytest.raises(CorruptionError, match="index shows") as info:
+        backup(path, copy)
+    assert info.value.offset == offset
+    assert not os.path.exists(copy) and not os.path.exists(copy + ".partial")
+    # Without the index nothing proves the commit, and the backup leaves it out.
+    os.unlink(path + ".index")
+    assert backup(path, copy).dropped_tail_bytes > 0
