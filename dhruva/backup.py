@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from dhruva import journal
 from dhruva.error import DhruvaError
+from dhruva.file_index import DiskIndex
 from dhruva.fileio import OS_FILES, OSFile, copy_span
 from dhruva.journal_walk import JournalWalk
 
@@ -71,6 +72,26 @@ def data_file_version(data_file: OSFile) -> int:
         data_file.pread(journal.FILE_HEADER_SIZE, 0), data_file.path
     )
     return header.major
+
+
+def index_covered_offset(data_file: OSFile) -> int:
+    """Return the offset the sidecar ``PATH.index`` of ``data_file`` covers, else 0.
+
+    Every transaction below it was committed (RCV-008), so a walk must treat
+    damage there as damage even at the end of the file.  Read without a lock:
+    a writer may checkpoint meanwhile, but the covered offset only ever names
+    synced bytes, and one beyond the size the walk stops at proves nothing.
+    """
+    header = journal.decode_file_header(
+        data_file.pread(journal.FILE_HEADER_SIZE, 0), data_file.path
+    )
+    disk = DiskIndex.open(data_file.path + ".index", header.file_id, readonly=True)
+    if disk is None:
+        return 0
+    try:
+        return int(disk.covered_offset)
+    finally:
+        disk.close()
 
 
 def copy_prefix(
@@ -143,7 +164,15 @@ def backup(source_path: str, dest_path: str) -> CopyResult:
     try:
         # [HIST-041] Copy up to the size seen now; a writer may append more.
         size = source.size()
-        walk = JournalWalk(source.pread, size, source.path, version=data_file_version(source))
+        # [RCV-008] A damaged commit the index proves acknowledged is not
+        # left out as a commit in progress: the backup fails instead.
+        walk = JournalWalk(
+            source.pread,
+            size,
+            source.path,
+            version=data_file_version(source),
+            committed_end=index_covered_offset(source),
+        )
         count = sum(1 for _ in walk)
         # [HIST-042] A commit being written is a torn tail: left out.
         result = copy_prefix(source, walk.end, dest_path, expected=(count, walk.last_tid))

@@ -99,7 +99,7 @@ def test_bit_flips_in_current_records_are_never_served_as_data(tmp_path: Path) -
     assert raised == 160
 
 
-@pytest.mark.req("FMT-020", "FMT-023")
+@pytest.mark.req("FMT-020", "FMT-023", "TOOL-002")
 @pytest.mark.parametrize("cls", [FileStorage, FileStorage2])
 def test_a_record_whose_transaction_checksum_was_recomputed_still_fails_at_load(
     tmp_path: Path, cls: type[FileStorage2]
@@ -122,6 +122,13 @@ def test_a_record_whose_transaction_checksum_was_recomputed_still_fails_at_load(
         with pytest.raises(CorruptionError, match="fails its checksum") as info:
             storage.load(oid(1))
     assert info.value.path == path and info.value.offset == record2
+    # verify checks every record too and reports this one as damage.
+    report = dbtools.verify(path)
+    assert report.damaged
+    assert [i.message for i in report.issues if "fails its checksum" in i.message] == [
+        f"the record of oid 1 at offset {record2} (tid 1): record of oid 1 fails its "
+        "checksum: its bytes changed after they were committed"
+    ]
 
 
 # --- old files ---------------------------------------------------------------------------
@@ -293,3 +300,18 @@ def test_the_same_damage_gives_the_same_reason_on_every_path(
     assert next(iter(reasons))[1] == middle.offset
     report = dbtools.verify(path)
     assert [i.message for i in report.issues if i.kind == "journal"] == [str(errors["scan"])]
+
+
+@pytest.mark.req("RCV-008", "FLT-031")
+def test_backup_refuses_an_index_covered_damaged_last_transaction(tmp_path: Path) -> None:
+    path = str(tmp_path / "db.dhruva")
+    build(path, commits=3)
+    offset = damage_last_transaction(path)
+    copy = str(tmp_path / "copy.dhruva")
+    with pytest.raises(CorruptionError, match="index shows") as info:
+        backup(path, copy)
+    assert info.value.offset == offset
+    assert not os.path.exists(copy) and not os.path.exists(copy + ".partial")
+    # Without the index nothing proves the commit, and the backup leaves it out.
+    os.unlink(path + ".index")
+    assert backup(path, copy).dropped_tail_bytes > 0
