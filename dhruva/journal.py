@@ -642,7 +642,8 @@ def find_valid_transaction(
         if pos < 0:
             return None
         try:
-            check_transaction(read, pos + base, limit, version=version)
+            # [RCV-050] Every check but the tid order: last_tid=-1 admits tid 0.
+            check_transaction(read, pos + base, limit, last_tid=-1, version=version)
         except InvalidTransaction:
             pos += 1
             continue

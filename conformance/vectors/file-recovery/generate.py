@@ -110,17 +110,22 @@ def record_positions(data: bytes) -> list[int]:
 
 
 def with_record(data: bytes, index: int, **fields: Any) -> bytes:
-    """Rewrite fields (``oid``, ``data_length``, ``ref_count``) of one record header."""
+    """Rewrite fields (``oid``, ``data_length``, ``ref_count``, ``crc``) of one record header.
+
+    The record's own checksum (format version 2) is left as it was unless given.
+    """
     position = record_positions(data)[index]
-    values = dict(
-        zip(
-            ("oid", "data_length", "ref_count"),
-            journal.RECORD_HEADER.unpack_from(data, position),
-            strict=True,
-        )
-    )
+    header = journal.RecordHeader.unpack_from(data, position)
+    values = {
+        "oid": header.oid,
+        "data_length": header.data_length,
+        "ref_count": header.ref_count,
+        "crc": header.crc,
+    }
     values.update(fields)
-    packed = journal.RECORD_HEADER.pack(values["oid"], values["data_length"], values["ref_count"])
+    packed = journal.RECORD_HEADER_V2.pack(
+        values["oid"], values["data_length"], values["ref_count"], values["crc"]
+    )
     return data[:position] + packed + data[position + journal.RECORD_HEADER_SIZE :]
 
 
@@ -485,7 +490,7 @@ def vectors() -> list[Vector]:
             "FormatError",
             8,
             "major-version",
-            ["FMT-003"],
+            ["FMT-022"],
         ),
         refused(
             "header-crc",
