@@ -472,3 +472,13 @@ def test_pickle_class_name_from_the_opcode_subset(tmp_path: Path) -> None:
     }
     assert len(names["dhruva.persistent_dict:PersistentDict"].refs) == 16
     assert isinstance(root, PersistentDict)
+
+
+def test_every_spec_chapter_has_a_status_line() -> None:
+    """conventions.md, "Status lines": the third line of every chapter."""
+    for path in sorted((ROOT / "spec").glob("*.md")):
+        lines = path.read_text().splitlines()
+        assert lines[0].startswith("# ") and lines[1] == "", path.name
+        assert lines[2].startswith(("Status: stable", "Status: draft", "Status: not a format")), (
+            f"{path.name} has no status line"
+        )
