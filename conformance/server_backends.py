@@ -161,3 +161,10 @@ def add_server_options(group: Any) -> None:
         action="store_true",
         help="the server at --dhruva-server-address has an empty database",
     )
+    group.addoption(
+        "--dhruva-server-auth",
+        dest="dhruva_server_auth",
+        action="store_true",
+        help="the server at --dhruva-server-address has the wire transcripts' secret: "
+        "replay only the authentication transcripts",
+    )

@@ -1,6 +1,6 @@
 """Online backup of a file database: a consistent copy while a writer appends.
 
-Spec: ``spec/history-and-backup.md`` ("Online backup", HIST-040..HIST-046).
+Spec: ``spec/point-in-time.md`` ("Online backup", HIST-040..HIST-046).
 
 Theory of operation.  A data file only ever grows by whole transactions
 appended at its end, each made durable before it is acknowledged; bytes

@@ -1,6 +1,6 @@
 """Point-in-time reads and recovery for FileStorage and FileStorage2.
 
-Spec: ``spec/history-and-backup.md`` (HIST-001..HIST-032).
+Spec: ``spec/point-in-time.md`` (HIST-001..HIST-032).
 
 Theory of operation.  A data file keeps every revision of every object until
 it is packed: each transaction is appended, never rewritten, and the current

@@ -1,6 +1,6 @@
 """A streaming, read-only walk of a data file's transactions, without the lock.
 
-Spec: ``spec/history-and-backup.md`` (HIST) and ``spec/file-format.md``
+Spec: ``spec/point-in-time.md`` (HIST) and ``spec/file-format.md``
 (RCV-001..RCV-003: validity, torn tail, damage).
 
 Theory of operation.  :func:`journal.scan` checks transactions held in one

@@ -1,4 +1,4 @@
-"""Tests of the online backup (spec: history-and-backup.md, HIST-040..HIST-046)."""
+"""Tests of the online backup (spec: point-in-time.md, HIST-040..HIST-046)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests of point-in-time reads and restore (spec: history-and-backup.md, HIST)."""
+"""Tests of point-in-time reads and restore (spec: point-in-time.md, HIST)."""
 
 from __future__ import annotations
 

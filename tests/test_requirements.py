@@ -3,7 +3,7 @@
 Theory of operation: requirement *definitions* are read from ``spec/*.md``,
 *citations* from the ``req(...)`` pytest markers in the Python files under
 ``tests/`` and ``conformance/`` (by AST, so an ID inside a string is not a
-citation), *retired* IDs from the table in ``spec/history.md`` and *code
+citation), *retired* IDs from the table in ``spec/requirement-ids.md`` and *code
 references* from ``# [ID]`` comments under ``dhruva/`` and ``conformance/``.
 The checks then fail, listing every offender at once, when
 
@@ -33,7 +33,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC_DIR = ROOT / "spec"
-HISTORY_FILE = "history.md"
+HISTORY_FILE = "requirement-ids.md"
 CITING_DIRS = ("tests", "conformance")
 COMMENT_DIRS = ("dhruva", "conformance")
 
@@ -156,7 +156,7 @@ def parse_definitions(text: str, path: str) -> list[Definition]:
 
 
 def parse_retired(text: str) -> list[str]:
-    """Return the IDs in the first column of history.md's table of retired IDs."""
+    """Return the IDs in the first column of requirement-ids.md's table of retired IDs."""
     return RETIRED_ROW_RE.findall(text)
 
 

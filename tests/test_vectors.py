@@ -401,3 +401,84 @@ def test_msgspec_values_are_what_the_generator_makes() -> None:
     pytest.importorskip("msgspec", reason="msgspec is not installed")
     generator = load_generator(OBJECT_ENCODING / "generate.py")
     assert generator.main(["--check"]) == 0, "run conformance/vectors/object-encoding/generate.py"
+
+
+# --- pickle records: the class name from the opcode subset of object-encoding.md -------
+
+
+def pickle_class_name(data: bytes) -> tuple[str, int]:
+    """Read a ``P`` record's class pickle with only the opcodes the spec lists.
+
+    Returns ``module:qualname`` and the offset where the state pickle starts.
+    """
+    assert data[:1] == b"P"
+    position, strings = 1, []
+    while True:
+        op = data[position]
+        position += 1
+        if op == 0x80:  # PROTO
+            position += 1
+        elif op == 0x95:  # FRAME
+            position += 8
+        elif op == 0x8C:  # SHORT_BINUNICODE
+            length = data[position]
+            strings.append(data[position + 1 : position + 1 + length].decode())
+            position += 1 + length
+        elif op == 0x58:  # BINUNICODE
+            length = int.from_bytes(data[position : position + 4], "little")
+            strings.append(data[position + 4 : position + 4 + length].decode())
+            position += 4 + length
+        elif op == 0x94:  # MEMOIZE
+            pass
+        elif op in (0x71, 0x72):  # BINPUT, LONG_BINPUT
+            position += 1 if op == 0x71 else 4
+        elif op == 0x93:  # STACK_GLOBAL
+            module, qualname = strings[-2:]
+            strings.append(f"{module}:{qualname}")
+        elif op == 0x63:  # GLOBAL
+            end = data.index(b"\n", data.index(b"\n", position) + 1)
+            module, qualname = data[position:end].decode().split("\n")
+            strings.append(f"{module}:{qualname}")
+            position = end + 1
+        elif op == 0x2E:  # STOP
+            return strings[-1], position
+        else:
+            raise AssertionError(f"opcode 0x{op:02x} is not in the spec's subset")
+
+
+@pytest.mark.req("OBJ-002", "OBJ-005")
+def test_pickle_class_name_from_the_opcode_subset(tmp_path: Path) -> None:
+    from dhruva.connection import Connection
+    from dhruva.persistent_dict import PersistentDict
+    from dhruva.persistent_list import PersistentList
+    from dhruva.persistent_set import PersistentSet
+    from dhruva.storage import MemoryStorage
+
+    storage = MemoryStorage()
+    connection = Connection(storage)
+    root = connection.get_root()
+    root["l"], root["s"] = PersistentList([1]), PersistentSet({2})
+    connection.commit()
+    names = {}
+    for oid in storage.iter_oids():
+        record = storage.load(oid)
+        name, state_start = pickle_class_name(record.data)
+        assert record.data[state_start] == 0x80, "the state pickle starts after STOP"
+        names[name] = record
+    assert set(names) == {
+        "dhruva.persistent_dict:PersistentDict",
+        "dhruva.persistent_list:PersistentList",
+        "dhruva.persistent_set:PersistentSet",
+    }
+    assert len(names["dhruva.persistent_dict:PersistentDict"].refs) == 16
+    assert isinstance(root, PersistentDict)
+
+
+def test_every_spec_chapter_has_a_status_line() -> None:
+    """conventions.md, "Status lines": the third line of every chapter."""
+    for path in sorted((ROOT / "spec").glob("*.md")):
+        lines = path.read_text().splitlines()
+        assert lines[0].startswith("# ") and lines[1] == "", path.name
+        assert lines[2].startswith(("Status: stable", "Status: draft", "Status: not a format")), (
+            f"{path.name} has no status line"
+        )

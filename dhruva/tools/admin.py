@@ -1,6 +1,6 @@
 """Administration subcommands: ``dhruva pack``, ``history``, ``restore``, ``backup``.
 
-Spec: ``spec/pack.md`` and ``spec/history-and-backup.md``; user guide:
+Spec: ``spec/pack.md`` and ``spec/point-in-time.md``; user guide:
 ``docs/guide/pack-history-backup.md``.
 
 :func:`register` adds the four subcommands to the ``dhruva`` command's
