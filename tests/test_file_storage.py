@@ -223,8 +223,8 @@ def test_commit_uses_fdatasync(
     assert real is expected
 
 
-@pytest.mark.req("RCV-012", "FLT-005", "RCV-011")
-def test_failed_sync_is_not_retried_and_the_storage_stops(
+@pytest.mark.req("FLT-005", "FLT-070", "FLT-071", "RCV-011")
+def test_failed_sync_is_not_retried_and_the_storage_recovers(
     cls: type[JournalStorage], path: str
 ) -> None:
     with cls(path) as storage:
@@ -238,12 +238,20 @@ def test_failed_sync_is_not_retried_and_the_storage_stops(
     with pytest.raises(OSError, match="simulated"):
         storage.end()
     assert len(layer.ops("sync")) == 1
-    for action in (lambda: storage.load(oid(1)), storage.begin, storage.new_oid):
-        with pytest.raises(DhruvaError, match="reopen"):
-            action()
+    # [FLT-070] Loads go on and show the committed state only.
+    assert storage.load(oid(1)).data == b"kept"
+    # [FLT-071] The next commit first cuts the file back and syncs the cut; the
+    # sync still fails here, so this commit fails too, and nothing is retried.
+    layer.log.clear()
+    with pytest.raises(OSError, match="simulated"):
+        commit(storage, (2, b"also lost", []))
+    assert [entry[0] for entry in layer.log if entry[1] == path] == ["truncate", "sync"]
+    assert storage.load(oid(1)).data == b"kept"
     storage.close()
     with cls(path) as storage:
         assert storage.load(oid(1)).data == b"kept"
+        with pytest.raises(DhruvaKeyError):
+            storage.load(oid(2))
         commit(storage, (2, b"after", []))
         assert storage.load(oid(2)).data == b"after"
 
