@@ -5,7 +5,7 @@ Spec: ``spec/fault-model.md`` (what is assumed of the disk) and
 
 The storages touch the file system only through a :class:`FileLayer`, so tests
 can substitute one that injects faults.  A fault-injecting layer is expected to
-hold every ``pwrite``/``append``/``truncate`` of a file in memory until that
+hold every ``pwrite``/``append``/``truncate``/``allocate`` of a file in memory until that
 file's ``sync()``, and at a simulated crash keep, drop or tear the unsynced
 writes; ``rename`` and ``remove`` take effect in the directory at once but are
 durable only after ``sync_directory``.  That is exactly the disk the fault model
