@@ -33,6 +33,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from dhruva_conformance.faults import SimulatedCrash
+
 from dhruva.storage import CAP_DURABLE, CAP_RAW_FILE, CAP_READONLY_OPEN, MemoryStorage, Storage
 
 # Capabilities of a factory, on top of the storage's own (spec: CONF-020).
@@ -134,9 +136,10 @@ class BaseFactory:
         for storage in self._opened:
             try:
                 storage.close()
-            except Exception:
+            except (Exception, SimulatedCrash):
                 # Cleanup must not mask the test's own failure; a storage
-                # left in a deliberately broken state may refuse to close.
+                # left in a deliberately broken state may refuse to close, and
+                # one on a crashed fault layer (a dead process) cannot.
                 pass
         self._opened.clear()
 

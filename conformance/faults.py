@@ -36,6 +36,7 @@ shows with the list of commits the workload made, of which the first
 
 from __future__ import annotations
 
+import mmap
 import os
 import random
 import struct
@@ -118,6 +119,17 @@ class FaultyFile:
         self._layer._step("truncate")
         self._inode.pending.append(_Truncate(size))
         self._real.truncate(size)
+
+    def allocate(self, size: int) -> None:
+        self._layer._step("allocate")
+        if size > self._real.size():
+            # Reserved space reads as zeros: to the disk picture, a growth.
+            self._inode.pending.append(_Truncate(size))
+        self._real.allocate(size)
+
+    def read_map(self) -> mmap.mmap | None:
+        # No map: every read goes through pread, which the layer can see.
+        return None
 
     def lock(self, exclusive: bool) -> None:
         self._layer._check_alive()

@@ -37,7 +37,7 @@ def run_workload(
     pack_after: int,
     create: bool = False,
 ) -> tuple[int, Storage | None]:
-    """Open the database through ``layer`` and commit; return (acknowledged, storage).
+    """Open the database through ``layer``, commit and close; return (acknowledged, storage).
 
     With ``create`` the database is created through the layer too; otherwise
     an empty database is created first with the real file system.  Packs after
@@ -51,16 +51,33 @@ def run_workload(
         storage = factory.open(reopen=not create, file_layer=layer)
     except SimulatedCrash:
         return 0, None
+    acknowledged = _commit_and_pack(factory, storage, layer, commits, pack_after)
+    # The close is part of the workload: FileStorage checkpoints its sidecar
+    # index there, through the layer, so every step of it is a crash point too.
+    # A dead process closes nothing: the layer refuses every operation then.
+    try:
+        storage.close()
+    except SimulatedCrash:
+        pass
+    return acknowledged, storage
+
+
+def _commit_and_pack(
+    factory: StorageFactory,
+    storage: Storage,
+    layer: FaultyFileLayer,
+    commits: list[Commit],
+    pack_after: int,
+) -> int:
     acknowledged = write_commits(storage, commits[:pack_after])
     if acknowledged < pack_after or layer.crashed:
-        return acknowledged, storage
+        return acknowledged
     if "pack" in factory.capabilities:
         try:
             storage.pack()
         except SimulatedCrash:
-            return acknowledged, storage
-    acknowledged += write_commits(storage, commits[pack_after:])
-    return acknowledged, storage
+            return acknowledged
+    return acknowledged + write_commits(storage, commits[pack_after:])
 
 
 def reachable_commits(seed: int) -> list[Commit]:

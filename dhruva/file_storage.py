@@ -79,7 +79,7 @@ class FileStorage(JournalStorage):
         disk: DiskIndex | None = None
         committed_end = 0
         if not self._temporary:
-            disk = DiskIndex.open(self.index_path, self.file_id, self.readonly)
+            disk = DiskIndex.open(self.index_path, self.file_id, self.readonly, self._layer)
             if disk is not None and not self._disk_matches(disk):
                 log.warning("%s does not match %s; rebuilding it", self.index_path, self.path)
                 # [RCV-008] An index of this file (same file id) was written
@@ -102,7 +102,7 @@ class FileStorage(JournalStorage):
                 # offset; entries of an interrupted checkpoint could point into
                 # the cut range, so the index is rebuilt from the repaired file.
                 disk.close()
-                DiskIndex.discard(self.index_path)
+                DiskIndex.discard(self.index_path, self._layer)
                 self._disk = None
                 disk = None
                 self._reset_scan_state()
@@ -168,6 +168,7 @@ class FileStorage(JournalStorage):
             self._last_tid,
             self._last_trailer_crc,
             max_oid,
+            self._layer,
         )
         self._covered_to_end(entries, max_oid)
         return disk
@@ -190,12 +191,19 @@ class FileStorage(JournalStorage):
         disk, self._disk = self._disk, None
         if disk is None:
             return
-        for number, offset in disk.iter_entries():
-            self._index.setdefault(int8_to_str(number), offset)
-        disk.close()
-        DiskIndex.discard(self.index_path)
+        try:
+            for number, offset in disk.iter_entries():
+                self._index.setdefault(int8_to_str(number), offset)
+        finally:
+            disk.close()
         self._covered = journal.FILE_HEADER_SIZE
         self._disk_max_oid = -1
+        try:
+            DiskIndex.discard(self.index_path, self._layer)
+        except OSError as exc:
+            # Left behind, it is still a valid older index: its meta slot
+            # names a covered offset the data file still has ([IDX-036]).
+            log.warning("%s: could not remove the index (%s)", self.index_path, exc)
 
     # --- index lookups -------------------------------------------------------------
 
@@ -263,7 +271,27 @@ class FileStorage(JournalStorage):
         self._covered_to_end(tail, max_oid)
 
     def _before_close(self) -> None:
-        self.checkpoint()
+        try:
+            self.checkpoint()
+        except (OSError, ValueError) as exc:
+            # [FLT-072] The commits are durable; only derived data failed (a
+            # full disk, say).  Closing must not fail for it: the sidecar is
+            # deleted so that the next open rebuilds it with a full scan.
+            log.warning(
+                "%s: checkpoint at close failed (%s); the index is removed and the "
+                "next open rebuilds it",
+                self.index_path,
+                exc,
+            )
+            disk, self._disk = self._disk, None
+            if disk is not None:
+                disk.close()
+            try:
+                DiskIndex.discard(self.index_path, self._layer)
+            except OSError as discard_error:
+                # The old meta slot stays current on disk (IDX-030), so the
+                # index left behind is still a valid, older index.
+                log.warning("%s: could not remove it (%s)", self.index_path, discard_error)
 
     def close(self) -> None:
         try:
@@ -311,7 +339,7 @@ class FileStorage(JournalStorage):
         disk, self._disk = self._disk, None
         if disk is not None:
             disk.close()
-            DiskIndex.discard(self.index_path)
+            DiskIndex.discard(self.index_path, self._layer)
         self._covered = journal.FILE_HEADER_SIZE
         self._disk_max_oid = -1
 

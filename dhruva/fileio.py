@@ -5,7 +5,7 @@ Spec: ``spec/fault-model.md`` (what is assumed of the disk) and
 
 The storages touch the file system only through a :class:`FileLayer`, so tests
 can substitute one that injects faults.  A fault-injecting layer is expected to
-hold every ``pwrite``/``append``/``truncate`` of a file in memory until that
+hold every ``pwrite``/``append``/``truncate``/``allocate`` of a file in memory until that
 file's ``sync()``, and at a simulated crash keep, drop or tear the unsynced
 writes; ``rename`` and ``remove`` take effect in the directory at once but are
 durable only after ``sync_directory``.  That is exactly the disk the fault model
@@ -20,6 +20,17 @@ Contract of the methods (all raise OSError for I/O failures):
   size: the size at open plus what it appended, minus truncations) and returns
   the offset written at.  ``pwrite`` writes at an offset.  Neither is durable
   before ``sync()``.
+* ``DataFile.allocate(size)`` makes the file at least ``size`` bytes long with
+  its blocks reserved on the disk (``posix_fallocate``), so that later writes
+  below ``size`` cannot fail for want of space; on a full disk it raises
+  OSError (ENOSPC) itself.  Bytes it adds read as zeros.  Not durable before
+  ``sync()``, like a write.
+* ``DataFile.read_map()`` returns a read-only memory map of the whole file as
+  it is now, or None when the layer cannot map (a fault-injecting layer); the
+  caller then reads with ``pread``.  The map sees later ``pwrite`` calls (one
+  page cache), is never written through (a write through a map of a full
+  disk is a SIGBUS, not an error), and is closed by the caller before the
+  file shrinks or closes.
 * ``DataFile.lock(exclusive)`` takes a non-blocking advisory lock on the whole
   file, shared or exclusive, and raises StorageLockedError when another process
   holds a conflicting one, or FileReplacedError (a StorageLockedError) when
@@ -31,6 +42,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import stat
 from typing import Protocol
@@ -59,6 +71,8 @@ class DataFile(Protocol):
     def append(self, data: bytes) -> int: ...
     def sync(self) -> None: ...
     def truncate(self, size: int) -> None: ...
+    def allocate(self, size: int) -> None: ...
+    def read_map(self) -> mmap.mmap | None: ...
     def lock(self, exclusive: bool) -> None: ...
     def close(self) -> None: ...
 
@@ -74,6 +88,7 @@ class FileLayer(Protocol):
 
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
+_posix_fallocate = getattr(os, "posix_fallocate", None)
 
 
 class OSFile:
@@ -133,6 +148,27 @@ class OSFile:
     def truncate(self, size: int) -> None:
         os.ftruncate(self._fd, size)
         self._size = size
+
+    def allocate(self, size: int) -> None:
+        if size <= self._size:
+            return
+        if _posix_fallocate is not None:
+            try:
+                _posix_fallocate(self._fd, self._size, size - self._size)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+            else:
+                self._size = size
+                return
+        # No fallocate here (macOS, some file systems): real zeros reserve the blocks too.
+        while self._size < size:
+            self.pwrite(bytes(min(COPY_CHUNK_BYTES, size - self._size)), self._size)
+
+    def read_map(self) -> mmap.mmap | None:
+        if self._size == 0:
+            return None  # an empty file cannot be mapped
+        return mmap.mmap(self._fd, self._size, access=mmap.ACCESS_READ)
 
     def lock(self, exclusive: bool) -> None:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH

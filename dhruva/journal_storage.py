@@ -17,14 +17,18 @@ oid.  ``_index`` maps oid -> offset of its current record for the records the
 subclass keeps in memory; a subclass may keep more elsewhere (the *secondary
 index*, FileStorage's ``PATH.index``) and answers for it through
 :meth:`JournalStorage._lookup_more`.  ``_broken`` is set when the file may no
-longer match ``_end`` and only a reopen can tell (a failed rename of pack).
+longer match ``_end`` and only a reopen can tell (a failed rename of pack);
+``_unclean_tail`` when a commit's write or sync failed, so bytes after
+``_end`` are unknown while everything before it is committed and synced.
 
 Order of a commit (``end()``): encode the transaction in memory; one
 ``pwrite`` at ``_end``; one ``sync``; only then note the records in the
 ``_index``, move ``_end`` and the tid state, and call ``_after_commit``.  A
 crash before the sync returns loses this commit and nothing else (RCV-010,
-RCV-011); an I/O error does the same, and the storage then refuses work
-until reopened.
+RCV-011).  An I/O error (a full disk) does the same: ``end()`` raises, loads
+go on from the committed data, and the next commit first cuts the file back
+to ``_end`` and syncs that, then writes its own transaction (FLT-070,
+FLT-071; spec/fault-model.md, "Full disk").
 
 Open: lock, check (or write) the file header, then ``_recover`` (the
 subclass) builds the index, scanning with :meth:`JournalStorage._scan_tail`,
@@ -108,6 +112,9 @@ class JournalStorage(Storage):
         self._broken: str | None = None
         #: The journal format version of the data file (FMT-021), from its header.
         self.format_version = journal.MAJOR_VERSION
+        # Why the bytes after _end may not be what _end says (a failed commit
+        # write or sync), or None; the next write restores them first (FLT-070).
+        self._unclean_tail: str | None = None
         self._file: DataFile | None = None
         self._file = self._open_data_file()
         try:
@@ -348,6 +355,8 @@ class JournalStorage(Storage):
         self._pending = None
         if not pending:
             return  # [RCV-013] An empty transaction writes nothing.
+        if self._unclean_tail is not None:
+            self._restore_tail(data_file)
         records = list(pending.values())
         tid = self._last_tid + 1
         # [FMT-016] Commit times never go backwards within a file.
@@ -360,14 +369,19 @@ class JournalStorage(Storage):
             data_file.pwrite(txn, offset)
             data_file.sync()
         except BaseException as exc:
-            # The transaction may or may not be on disk; this process can no
-            # longer tell, so it refuses further work until reopened (recovery
-            # then decides from the bytes).
-            self._broken = f"{type(exc).__name__}: {exc}"
-            try:
-                data_file.truncate(offset)
-            except OSError:
-                pass
+            # [FLT-070] The transaction may or may not be on disk, whole or in
+            # part; it is not acknowledged and not visible.  Committed data
+            # (before _end) is untouched, so loads go on; the next write first
+            # cuts the file back to _end and syncs that (_restore_tail), never
+            # retrying this sync ([FLT-005]).
+            self._unclean_tail = f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "%s: a commit failed (%s); it is not committed.  Loads continue; the "
+                "next commit first cuts the file back to offset %d",
+                self.path,
+                self._unclean_tail,
+                offset,
+            )
             raise
         if self._packer is not None:
             # [PACK-021] The pack needs the records this commit supersedes.
@@ -387,6 +401,26 @@ class JournalStorage(Storage):
         if highest > self._next_oid:
             self._next_oid = highest
         self._after_commit()
+
+    def _restore_tail(self, data_file: DataFile) -> None:
+        """Cut the data file back to ``_end`` and sync it, after a failed commit (FLT-071).
+
+        ``_end`` is the end of the last acknowledged transaction, synced
+        before; whatever a failed commit left after it is removed, and the
+        cut is made durable, so that the next commit writes after a known,
+        durable end.  Raises OSError when the disk still refuses (the caller's
+        commit then fails too, and the next one tries again).
+        """
+        data_file.truncate(self._end)
+        data_file.sync()
+        log.warning(
+            "%s: the file was cut back to offset %d after the failed commit (%s); "
+            "commits continue",
+            self.path,
+            self._end,
+            self._unclean_tail,
+        )
+        self._unclean_tail = None
 
     def abort_transaction(self) -> None:
         self._pending = None
@@ -412,6 +446,12 @@ class JournalStorage(Storage):
         self.pack_abort()
         try:
             if not self.readonly and self._broken is None:
+                if self._unclean_tail is not None:
+                    try:
+                        self._restore_tail(data_file)
+                    except OSError as exc:
+                        # The next open sets the failed commit's bytes aside (RCV-005).
+                        log.warning("%s: could not cut the failed commit (%s)", self.path, exc)
                 self._before_close()
         finally:
             self._file = None
@@ -464,6 +504,8 @@ class JournalStorage(Storage):
             raise DhruvaError(f"{self.path}: a pack is already running")
         if self._pending is not None:
             raise DhruvaError("pack() during a transaction; end or abort it first")
+        if self._unclean_tail is not None:
+            self._restore_tail(self._check_writable())
         self._packer = Packer(_StoragePackTarget(self))
 
     def pack_step(self, budget: int = DEFAULT_STEP_BUDGET) -> bool:

@@ -18,7 +18,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from dhruva import file_index
+from dhruva import file_index, fileio
 from dhruva.error import ReadOnlyError
 from dhruva.file_index import (
     ADDED_FLAG,
@@ -612,7 +612,7 @@ def test_checkpoint_fsyncs_entries_before_writing_the_meta(
 ) -> None:
     """At each fsync, look at what the file holds: entries first, then the meta."""
     snapshots: list[tuple[bytes, Meta | None]] = []
-    real_fsync = os.fsync
+    real_fsync = fileio._fdatasync  # the index syncs through the file layer (IDX-006)
 
     def recording_fsync(fd: int) -> None:
         snapshots.append(
@@ -621,7 +621,7 @@ def test_checkpoint_fsyncs_entries_before_writing_the_meta(
         real_fsync(fd)
 
     with _create(path) as index:
-        monkeypatch.setattr(file_index.os, "fsync", recording_fsync)
+        monkeypatch.setattr(fileio, "_fdatasync", recording_fsync)
         index.checkpoint({2: 1100}, 1200, 8, 0x11, 2)
         monkeypatch.undo()
     assert snapshots == [
