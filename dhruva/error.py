@@ -154,3 +154,15 @@ class ForbiddenClassError(SerializationError):
             f"refusing to load {name}: {detail} (pass it in allowed_classes= "
             "only if you trust the database)"
         )
+
+
+class PackNotSupportedError(DhruvaError):
+    """The storage cannot pack (``Storage.pack`` of a storage without it).
+
+    The server answers a PACK to such a storage with NOT_SUPPORTED
+    (spec: server.md, "Packing"); ``storage`` names the storage's class.
+    """
+
+    def __init__(self, storage: str) -> None:
+        self.storage = storage
+        super().__init__(f"{storage} does not support pack")
