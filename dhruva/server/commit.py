@@ -81,11 +81,8 @@ class Committer(Generic[C]):
         self.check_oids = check_oids
         self._queue: list[tuple[C, list[Record]]] = []
         self._known_oids: set[bytes] = set()
-
-    @property
-    def pending(self) -> bool:
+        self.pending = False
         """True while commits wait for the next group."""
-        return bool(self._queue)
 
     def check(
         self, records: list[Record], invalid: set[bytes], allocated: set[bytes]
@@ -122,10 +119,12 @@ class Committer(Generic[C]):
     def queue(self, client: C, records: list[Record]) -> None:
         """Hold a checked commit for the next group."""
         self._queue.append((client, records))
+        self.pending = True
 
     def take_group(self) -> list[tuple[C, list[Record]]]:
         """The queued commits, oldest first; the queue starts over empty."""
         group, self._queue = self._queue, []
+        self.pending = False
         return group
 
     def _exists(self, oid: bytes) -> bool:

@@ -397,7 +397,8 @@ class SocketLoop:
                 self.drop(client)
                 return
             session.receive_data(data)
-            self.check_pressure(client)
+            if session.reading_paused != client.paused:
+                self.check_pressure(client)
             self._serve_client(client)
             # Only TLS can hold more plaintext than the kernel reports readable.
             if not (client.tls_wrapped and isinstance(client.sock, ssl.SSLSocket)):
@@ -424,10 +425,11 @@ class SocketLoop:
                 self.drop(client)
                 return
             session.bytes_sent(sent)
-        if session.finished:
+        if session.state is SessionState.CLOSED and not out:
             self.drop(client)
             return
-        self.check_pressure(client)
+        if session.reading_paused != client.paused:
+            self.check_pressure(client)
         self.update_events(client)
         if not out and session.queue and session.outstanding is None:
             # Output drained below the high-water mark: resume its requests.

@@ -82,11 +82,8 @@ class Prefetcher:
         self.storage = storage
         self.max_records = max(0, max_records)
         self.max_bytes = max(0, max_bytes)
-
-    @property
-    def enabled(self) -> bool:
+        self.enabled = self.max_records > 0
         """True when a LOAD answer may carry prefetched records."""
-        return self.max_records > 0
 
     def choose(self, state: PrefetchState, invalid: set[bytes], record: Record) -> list[Record]:
         """The records to send along with ``record`` [WIRE-056].

@@ -362,7 +362,8 @@ class StorageServer:
                 loop.on_event(data, mask)
         if loop.ready_to_read:
             loop.read_pending()
-        self._run_commit_groups()
+        if self.committer.pending:
+            self._run_commit_groups()
         if self.packer.packing:
             # [SRV-051] One step per pass: requests read in this pass were
             # served (and their commits written) before it.
@@ -462,19 +463,28 @@ class StorageServer:
         return records
 
     def _load(self, client: Client, event: session.Load) -> None:
-        oids = [event.oid]
-        if self._read_conflicts(client, oids):
+        # The hot path of the server: one oid, written out without the helpers
+        # BULK_LOAD uses.
+        oid = event.oid
+        answer_to = client.session
+        if client.invalid and oid in client.invalid:
+            # [SRV-021] (see _read_conflicts)
+            answer_to.send_error(wire.ErrorCode.READ_CONFLICT, _CONFLICT, [oid])
             return
-        records = self._load_records(client, oids)
-        if records is None:
+        try:
+            record = self.storage.load(oid)
+        except DhruvaKeyError:
+            answer_to.send_error(wire.ErrorCode.NO_SUCH_OBJECT, "no such object", [oid])
             return
-        record = records[0]
-        if wire.FEATURE_PREFETCH in client.session.features and self.prefetcher.enabled:
+        except DhruvaError as error:
+            answer_to.send_error(wire.ErrorCode.STORAGE_FAILURE, str(error), [oid])
+            return
+        if wire.FEATURE_PREFETCH in answer_to.features and self.prefetcher.enabled:
             prefetched = self.prefetcher.choose(client.prefetch, client.invalid, record)
             if prefetched:
-                client.session.send(wire.RecordPrefetch(record, prefetched))
+                answer_to.send(wire.RecordPrefetch(record, prefetched))
                 return
-        client.session.send(wire.RecordMessage(record))
+        answer_to.send(wire.RecordMessage(record))
 
     def _bulk_load(self, client: Client, event: session.BulkLoad) -> None:
         if self._read_conflicts(client, event.oids):
