@@ -546,7 +546,9 @@ class StorageServer:
         # new commits; run groups until none is left.
         committer = self.committer
         while committer.pending:
-            group = [(c, r) for c, r in committer.take_group() if not c.closed]
+            # A session closed meanwhile (its peer left, or sent garbage after
+            # its COMMIT) loses the commit, as it would its staged records.
+            group = [(c, r) for c, r in committer.take_group() if not c.session.closed]
             outcomes = committer.run_group(group)
             accepted = [o for o in outcomes if o.refusal is None]
             for outcome in accepted:
@@ -584,7 +586,7 @@ class StorageServer:
         resumes by itself when the handler returns.
         """
         for client, message in messages:
-            if client.closed:
+            if client.session.closed:
                 continue
             if isinstance(message, wire.PackProgress):
                 # [WIRE-085] Only to clients that asked for progress frames.
