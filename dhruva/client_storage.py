@@ -6,7 +6,7 @@ Theory of operation.  One blocking socket, one request at a time: send a
 frame, read frames until the answer is complete.  ``begin``/``store`` only
 collect records locally; ``end`` sends them as STAGE frames and one COMMIT
 frame in a single write and waits for one answer, so a commit costs one round
-trip [CLI-xxx is not used here; see WIRE-070].  A successful COMMIT answer
+trip (wire protocol, WIRE-070).  A successful COMMIT answer
 carries the invalidations the server had for us (the commit synchronized us),
 so the ``sync()`` a Connection makes right after a commit is answered from
 them without a round trip.  ``new_oid`` takes oids from a batch the server
@@ -58,15 +58,19 @@ _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 DEFAULT_BUSY_POLL_S = 0.0005
 """How long ``_receive`` polls for an answer before it blocks (covers an fsync)."""
 _POLL_MISSES_MAX = 4
+"""Polls in a row that found no answer before the client stops polling for a while."""
 _POLL_PAUSE_REQUESTS = 64
+"""How many requests the client then blocks at once for, before it polls again."""
 _HANDSHAKE_TIMEOUT_S = 30.0
+"""How long the handshake may take when the caller set no timeout of its own."""
 _HEAD_SIZE = 16
+"""How many of the peer's first bytes are kept to show in a not-a-dhruva-server error."""
 _TYPE_OFFSET = wire.FRAME_HEADER.size
+"""The offset of the first frame's type byte in those bytes."""
 _FIRST_ANSWERS = frozenset(
     {wire.MessageType.HELLO_OK, wire.MessageType.AUTH_CHALLENGE, wire.MessageType.ERROR}
 )
 """The message types that may open a server's side of a session (answers to HELLO)."""
-"""How long the handshake may take when the caller set no timeout of its own."""
 
 
 class ServerConnectionError(DhruvaError):
@@ -133,6 +137,8 @@ class ClientStorage(Storage):
         self._after_commit: list[bytes] | None = None
         self._broken: ServerConnectionError | None = None
         self._lost_reason = ""
+        self._lost_to_garbage = False
+        """The connection was lost because the peer sent bytes outside the protocol."""
         # The first bytes the peer sent, to show in the error when it turns
         # out not to be a dhruva server (an HTTP or SSH server, say).
         self._received_head = b""
@@ -192,7 +198,7 @@ class ClientStorage(Storage):
             if isinstance(reply, wire.AuthChallenge):
                 return self._authenticate(reply)
         except ServerConnectionError:
-            if self._lost_reason.startswith(("bad frame", "bad message")):
+            if self._lost_to_garbage:
                 # [WIRE-023] Something answered, but not in the protocol.
                 raise ProtocolError(
                     f"the peer at {self._where} is not a dhruva storage server: it answered"
@@ -277,11 +283,14 @@ class ClientStorage(Storage):
         if had <= _TYPE_OFFSET < len(head) and head[_TYPE_OFFSET] not in _FIRST_ANSWERS:
             raise self._lost(
                 f"bad frame from the server: its first frame, of type {head[_TYPE_OFFSET]:#04x},"
-                " answers no HELLO"
+                " answers no HELLO",
+                garbage=True,
             )
 
-    def _lost(self, reason: str) -> ServerConnectionError:
+    def _lost(self, reason: str, garbage: bool = False) -> ServerConnectionError:
+        """Mark the connection broken; ``garbage``: the peer sent bytes outside the protocol."""
         self._lost_reason = reason
+        self._lost_to_garbage = garbage
         self._broken = ServerConnectionError(
             f"lost connection to the storage server at {self._where} ({reason});"
             " open a new ClientStorage once the server is back"
@@ -344,7 +353,7 @@ class ClientStorage(Storage):
             try:
                 self._payloads.extend(self._decoder.feed(data))
             except ProtocolError as error:
-                raise self._lost(f"bad frame from the server: {error}") from None
+                raise self._lost(f"bad frame from the server: {error}", garbage=True) from None
             return
 
     def _receive(self) -> wire.Message:
@@ -362,11 +371,11 @@ class ClientStorage(Storage):
             try:
                 self._payloads.extend(self._decoder.feed(data))
             except ProtocolError as error:
-                raise self._lost(f"bad frame from the server: {error}") from None
+                raise self._lost(f"bad frame from the server: {error}", garbage=True) from None
         try:
             return wire.decode_message(self._payloads.pop(0))
         except ProtocolError as error:
-            raise self._lost(f"bad message from the server: {error}") from None
+            raise self._lost(f"bad message from the server: {error}", garbage=True) from None
 
     def _request(self, message: wire.Message, *more: bytes) -> wire.Message:
         """Send ``message`` (after the frames in ``more``) and return the answer."""

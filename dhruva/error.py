@@ -163,3 +163,15 @@ class UnallocatedOidError(DhruvaError):
     one client cannot overwrite objects another client is creating) raises
     this at ``store()`` or ``end()``; nothing of the transaction is stored.
     """
+
+
+class PackNotSupportedError(DhruvaError):
+    """The storage cannot pack (``Storage.pack`` of a storage without it).
+
+    The server answers a PACK to such a storage with NOT_SUPPORTED
+    (spec: server.md, "Packing"); ``storage`` names the storage's class.
+    """
+
+    def __init__(self, storage: str) -> None:
+        self.storage = storage
+        super().__init__(f"{storage} does not support pack")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-from dhruva.error import DhruvaError, DhruvaKeyError
+from dhruva.error import DhruvaError, DhruvaKeyError, PackNotSupportedError
 
 # Re-exported: Record and its checks were defined here before dhruva.record.
 from dhruva.record import Record as Record
@@ -89,7 +89,7 @@ class Storage:
 
     def pack(self) -> None:
         """Remove records unreachable from the root and superseded revisions."""
-        raise DhruvaError(f"{type(self).__name__} does not support pack")
+        raise PackNotSupportedError(type(self).__name__)
 
     def close(self) -> None:
         """Release files, locks and sockets.  Closing twice is harmless."""

@@ -133,7 +133,7 @@ class ErrorCode(IntEnum):
     UNALLOCATED_OID = 20
     NOT_SUPPORTED = 21
     STORAGE_FAILURE = 22
-    SHUTTING_DOWN = 23
+    # 23 was SHUTTING_DOWN, which no server ever sent: retired (spec/history.md).
     TOO_LARGE = 24
 
     @property

@@ -537,3 +537,24 @@ def test_many_clients(serve: Callable[..., Running]) -> None:
         assert client.load(oid).data == b"x"
     for client in clients:
         client.close()
+
+
+@pytest.mark.req("SRV-040", "SRV-041", "WIRE-025")
+def test_a_commit_followed_by_garbage_in_one_write_is_not_answered(
+    serve: Callable[..., Running],
+) -> None:
+    running = serve(check_oids=False)
+    raw = Raw(running.address)
+    commit = wire.Commit([Record(p64(5), b"lost", b"")]).encode()
+    # A zero-length frame is refused by the framing, before any request runs.
+    raw.send(commit + b"\0\0\0\0")
+    error = raw.receive()
+    assert isinstance(error, wire.Error) and error.code == wire.ErrorCode.MALFORMED
+    # The session closed before its commit's group ran: it never hears
+    # COMMITTED, the commit is dropped with the session, and the server goes on.
+    assert raw.sock.recv(1) == b""
+    raw.close()
+    other = ClientStorage(running.address)
+    with pytest.raises(DhruvaKeyError):
+        other.load(p64(5))
+    other.close()

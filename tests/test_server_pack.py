@@ -12,10 +12,11 @@ import pytest
 
 from dhruva import wire
 from dhruva.client_storage import ClientStorage
-from dhruva.error import DhruvaError, DhruvaKeyError
+from dhruva.error import DhruvaError, DhruvaKeyError, PackNotSupportedError
 from dhruva.file_storage import FileStorage, FileStorage2
+from dhruva.server.pack import PackDriver
 from dhruva.server.storage_server import StorageServer
-from dhruva.storage import MemoryStorage
+from dhruva.storage import MemoryStorage, Storage
 from dhruva.utils import ROOT_OID
 
 Serve = Callable[..., StorageServer]
@@ -234,6 +235,30 @@ def test_storage_without_steps_packs_in_one_call(serve: Serve) -> None:
     client.pack()
     with pytest.raises(DhruvaKeyError):
         client.load(garbage)
+    client.close()
+
+
+class NoPack(MemoryStorage):
+    """A storage that cannot pack: it keeps Storage's default pack()."""
+
+    def pack(self) -> None:
+        Storage.pack(self)
+
+
+@pytest.mark.req("SRV-087")
+def test_pack_of_a_storage_that_cannot_pack_answers_not_supported(serve: Serve) -> None:
+    with pytest.raises(PackNotSupportedError):
+        NoPack().pack()
+    driver: PackDriver[str] = PackDriver(NoPack(), step_budget=10, progress_interval_s=1.0)
+    ((waiter, answer),) = driver.start("client")
+    assert waiter == "client" and isinstance(answer, wire.Error)
+    assert answer.code == wire.ErrorCode.NOT_SUPPORTED and not driver.packing
+    # Through a server: a plain error answer, and the session goes on.
+    server = serve(NoPack())
+    client = ClientStorage(server.address)
+    with pytest.raises(DhruvaError, match="does not support pack"):
+        client.pack()
+    assert client.get_size() == 0
     client.close()
 
 

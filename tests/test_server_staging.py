@@ -12,7 +12,7 @@ import pytest
 from dhruva import wire
 from dhruva.client_storage import ClientStorage
 from dhruva.error import DhruvaError, DhruvaKeyError
-from dhruva.server.sessions import ServerLimits
+from dhruva.server.session import ServerLimits
 from dhruva.server.storage_server import StorageServer
 from dhruva.storage import MemoryStorage, Record
 from dhruva.tools.config import load_settings

@@ -1,31 +1,35 @@
 """Packing while serving: the storage server's pack driver (spec: ``spec/server.md``, "Packing").
 
 Theory of operation.  A pack is a *job* the loop advances between requests
-[SRV-051]: PACK (or the ``gcinterval`` timer) calls ``pack_begin()`` and
-returns; every later pass of the loop first serves what it read (loads,
-commit groups), then runs one ``pack_step(pack_step_budget)``; the pass in
-which a step reports the walk done runs ``pack_finish()`` and answers every
-session waiting for the pack [SRV-052].  Commits made meanwhile go to the
-old data file and are carried into the new one by the storage (spec
-``pack.md``, PACK-011, PACK-020).  A session waiting for its PACK answer has
-``waiting_pack`` set, so its later requests stay queued and answers keep
-their order.  A failure abandons the pack (the storage removes its work
-file) and answers STORAGE_FAILURE [SRV-053].  Storages without the
-two-phase interface pack in one blocking call.
+[SRV-051]: PACK (or the ``gcinterval`` timer) calls :meth:`PackDriver.start`,
+which calls ``pack_begin()`` and returns; every later pass of the loop first
+serves what it read (loads, commit groups), then calls
+:meth:`PackDriver.step`, one ``pack_step(step_budget)``; the pass in which a
+step reports the walk done runs ``pack_finish()`` and answers every client
+waiting for the pack [SRV-052].  Commits made meanwhile go to the old data
+file and are carried into the new one by the storage (spec ``pack.md``,
+PACK-011, PACK-020).  A failure abandons the pack (the storage removes its
+work file) and answers STORAGE_FAILURE [SRV-053], or NOT_SUPPORTED when the
+storage cannot pack (:class:`~dhruva.error.PackNotSupportedError`).
+Storages without the two-phase interface pack in one blocking call.
 
-Progress is logged (``pack-start``, ``pack-progress`` about every
-``pack_progress_interval_s``, ``pack-end``) and sent as PACK_PROGRESS frames
-to waiting sessions that announced ``pack-progress`` [WIRE-085].
+The driver owns the job (its waiters, its step count, when it last
+reported) and the ``gcinterval`` timer; it never writes to a client: each
+method returns the messages to send, as ``(client, message)`` pairs, and
+the server sends them.  A :class:`~dhruva.wire.PackProgress` in that list is
+a progress frame, not an answer [WIRE-085]; every other message answers the
+client's PACK.  Progress is logged (``pack-start``, ``pack-progress`` about
+every ``progress_interval_s``, ``pack-end``).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from dhruva import wire
-from dhruva.server.sessions import Session, SessionLoop
+from dhruva.error import PackNotSupportedError
 from dhruva.storage import Storage
 
 log = logging.getLogger("dhruva.server")
@@ -33,52 +37,78 @@ log = logging.getLogger("dhruva.server")
 DEFAULT_PACK_STEP_BUDGET = 5000
 """Records a pack step copies before the loop serves clients again (a few ms)."""
 
+C = TypeVar("C")
 
-@dataclass
-class _PackJob:
-    """A pack the server is running between requests (SRV-051)."""
-
-    started: float
-    steps: int = 0
-    last_report: float = 0.0
-    waiters: list[Session] = field(default_factory=list)
+Messages = list[tuple[C, wire.Message]]
 
 
-class PackingLoop(SessionLoop):
-    """The pack half of the storage server (a base class of StorageServer)."""
+class _PackJob(Generic[C]):
+    """A pack the server is running between requests [SRV-051]."""
 
-    storage: Storage
-    readonly: bool
-    pack_step_budget: int
-    pack_progress_interval_s: float
-    _pack_job: _PackJob | None
+    def __init__(self, started: float) -> None:
+        self.started = started
+        """When the pack began (monotonic seconds)."""
+        self.steps = 0
+        """How many pack steps ran."""
+        self.last_report = 0.0
+        """When progress was last logged and sent."""
+        self.waiters: list[C] = []
+        """The clients whose PACK this pack answers."""
+
+
+class PackDriver(Generic[C]):
+    """Runs one pack at a time in steps between requests (see the module docstring).
+
+    ``step_budget`` is the number of records one step may copy;
+    ``progress_interval_s`` how often a running pack reports progress;
+    ``gcinterval_s`` (None: never) how often :meth:`due` asks for a pack.
+    """
+
+    def __init__(
+        self,
+        storage: Storage,
+        step_budget: int,
+        progress_interval_s: float,
+        gcinterval_s: float | None = None,
+    ) -> None:
+        self.storage = storage
+        self.step_budget = max(1, step_budget)
+        self.progress_interval_s = progress_interval_s
+        self.gcinterval_s = gcinterval_s if gcinterval_s and gcinterval_s > 0 else None
+        self.next_pack: float | None = (
+            time.monotonic() + self.gcinterval_s if self.gcinterval_s else None
+        )
+        """When the ``gcinterval`` timer fires next (None: no timer)."""
+        self._job: _PackJob[C] | None = None
 
     @property
     def packing(self) -> bool:
         """True while a stepwise pack is running."""
-        return self._pack_job is not None
+        return self._job is not None
 
-    def _pack(self, session: Session) -> None:
-        if self.readonly:
-            self._error(session, wire.ErrorCode.READ_ONLY, "the server is read-only")
-            return
-        self._start_pack(session)
+    def due(self, now: float) -> bool:
+        """[SRV-050] True (once per interval) when the ``gcinterval`` timer fired."""
+        if self.next_pack is None or now < self.next_pack:
+            return False
+        assert self.gcinterval_s is not None
+        self.next_pack = now + self.gcinterval_s
+        return True
 
-    def _start_pack(self, waiter: Session | None) -> None:
+    def start(self, waiter: C | None) -> Messages[C]:
         """Start a pack (or join the running one); ``waiter`` hears OK at its end.
 
         [SRV-051] A storage with the two-phase API packs in steps between
-        which the loop serves every session; others pack in one call.
+        which the loop serves every client; others pack in one call.
         """
-        job = self._pack_job
+        job = self._job
         if job is not None:
             # [SRV-052] One pack at a time: a second request joins the first.
             if waiter is not None:
-                waiter.waiting_pack = True
                 job.waiters.append(waiter)
-            return
+            return []
+        storage = self.storage
         stepwise = all(
-            callable(getattr(self.storage, name, None))
+            callable(getattr(storage, name, None))
             for name in ("pack_begin", "pack_step", "pack_finish")
         )
         log.info(
@@ -86,60 +116,46 @@ class PackingLoop(SessionLoop):
             "stepwise, serving clients meanwhile" if stepwise else "blocking",
             extra={"event": "pack-start", "stepwise": stepwise},
         )
-        if not stepwise:
-            self._blocking_pack(waiter)
-            return
-        job = _PackJob(started=time.monotonic())
-        try:
-            self.storage.pack_begin()  # type: ignore[attr-defined]
-        except Exception as error:
-            self._pack_failed(job, waiter, error)
-            return
+        job = _PackJob[C](time.monotonic())
         if waiter is not None:
-            waiter.waiting_pack = True
             job.waiters.append(waiter)
-        self._pack_job = job
-
-    def _blocking_pack(self, waiter: Session | None) -> None:
-        started = time.monotonic()
+        if not stepwise:
+            return self._blocking_pack(job)
         try:
-            # _known_oids is kept: an oid stored through this server once may
-            # be stored again after pack removed it.
+            storage.pack_begin()  # type: ignore[attr-defined]
+        except Exception as error:
+            return self._failed(job, error)
+        self._job = job
+        return []
+
+    def _blocking_pack(self, job: _PackJob[C]) -> Messages[C]:
+        try:
             self.storage.pack()
         except Exception as error:
-            self._pack_failed(_PackJob(started=started), waiter, error)
-            return
-        elapsed = time.monotonic() - started
+            return self._failed(job, error)
+        elapsed = time.monotonic() - job.started
         log.info(
             "pack finished in %.3f s",
             elapsed,
             extra={"event": "pack-end", "elapsed_s": round(elapsed, 3)},
         )
-        if waiter is not None:
-            self._send(waiter, wire.Empty(wire.MessageType.OK).encode())
+        return [(waiter, wire.Empty(wire.MessageType.OK)) for waiter in job.waiters]
 
-    def _pack_failed(self, job: _PackJob, waiter: Session | None, error: Exception) -> None:
-        """[SRV-053] Abandon the pack, tell its clients, keep serving."""
+    def _failed(self, job: _PackJob[C], error: Exception) -> Messages[C]:
+        """[SRV-053] Abandon the pack and tell its clients; the server keeps serving."""
         if getattr(self.storage, "packing", False):
             try:
                 self.storage.pack_abort()  # type: ignore[attr-defined]
             except Exception:
                 log.exception("pack_abort() failed")
         code = wire.ErrorCode.STORAGE_FAILURE
-        if "does not support pack" in str(error) or isinstance(error, NotImplementedError):
+        if isinstance(error, PackNotSupportedError | NotImplementedError):
             code = wire.ErrorCode.NOT_SUPPORTED
         log.error("pack failed: %s", error, extra={"event": "pack-failed"})
-        if waiter is not None:
-            # Called while handling waiter's PACK: its queue resumes by itself.
-            waiter.waiting_pack = False
-            self._error(waiter, code, f"pack failed: {error}")
-        for session in job.waiters:
-            session.waiting_pack = False
-            if not session.closed and session is not waiter:
-                self._error(session, code, f"pack failed: {error}")
-                self._handle_queue(session)
+        answer = wire.Error(code, f"pack failed: {error}", [])
+        return [(waiter, answer) for waiter in job.waiters]
 
-    def _pack_progress(self) -> tuple[int, int]:
+    def _progress(self) -> tuple[int, int]:
         """Records copied so far and the upper bound of records to copy, if known."""
         # The file storages expose their pack's PackProgress; others have none.
         progress = getattr(self.storage, "pack_progress", None)
@@ -147,29 +163,29 @@ class PackingLoop(SessionLoop):
         total = int(getattr(progress, "objects_before", 0) or 0)
         return copied, total
 
-    def _run_pack_step(self) -> None:
+    def step(self) -> Messages[C]:
         """Advance the running pack by one step; finish it when the walk is done."""
-        job = self._pack_job
-        assert job is not None
+        job = self._job
+        if job is None:
+            return []
+        storage = self.storage
         try:
-            done = self.storage.pack_step(self.pack_step_budget)  # type: ignore[attr-defined]
+            done = storage.pack_step(self.step_budget)  # type: ignore[attr-defined]
         except Exception as error:
-            self._pack_job = None
-            self._pack_failed(job, None, error)
-            return
+            self._job = None
+            return self._failed(job, error)
         job.steps += 1
-        now = time.monotonic()
         if not done:
-            if now - job.last_report >= self.pack_progress_interval_s:
+            now = time.monotonic()
+            if now - job.last_report >= self.progress_interval_s:
                 job.last_report = now
-                self._report_pack_progress(job)
-            return
-        self._pack_job = None
+                return self._report(job)
+            return []
+        self._job = None
         try:
-            result = self.storage.pack_finish()  # type: ignore[attr-defined]
+            result = storage.pack_finish()  # type: ignore[attr-defined]
         except Exception as error:
-            self._pack_failed(job, None, error)
-            return
+            return self._failed(job, error)
         elapsed = time.monotonic() - job.started
         log.info(
             "pack finished in %.3f s (%d steps, %s records copied, %s commits during the pack)",
@@ -179,14 +195,10 @@ class PackingLoop(SessionLoop):
             getattr(result, "commits_during_pack", "?"),
             extra={"event": "pack-end", "elapsed_s": round(elapsed, 3), "steps": job.steps},
         )
-        for session in job.waiters:
-            session.waiting_pack = False
-            if not session.closed:
-                self._send(session, wire.Empty(wire.MessageType.OK).encode())
-                self._handle_queue(session)
+        return [(waiter, wire.Empty(wire.MessageType.OK)) for waiter in job.waiters]
 
-    def _report_pack_progress(self, job: _PackJob) -> None:
-        copied, total = self._pack_progress()
+    def _report(self, job: _PackJob[C]) -> Messages[C]:
+        copied, total = self._progress()
         percent = f"{min(100.0, 100.0 * copied / total):.0f}%" if total else "?"
         log.info(
             "pack: %d of at most %d objects copied (%s, step %d)",
@@ -196,18 +208,14 @@ class PackingLoop(SessionLoop):
             job.steps,
             extra={"event": "pack-progress", "records_copied": copied, "objects": total},
         )
-        frame = wire.PackProgress(copied, total).encode()
-        for session in job.waiters:
-            # [WIRE-085] Only to clients that asked for progress frames.
-            if not session.closed and wire.FEATURE_PACK_PROGRESS in session.features:
-                self._send(session, frame)
-                self._flush(session)
+        frame = wire.PackProgress(copied, total)
+        return [(waiter, frame) for waiter in job.waiters]
 
-    def _abandon_pack(self) -> None:
+    def abandon(self) -> None:
         """Abandon a running pack (the server is stopping); PACK-013 keeps the file."""
-        if self._pack_job is None:
+        if self._job is None:
             return
-        self._pack_job = None
+        self._job = None
         log.info("pack abandoned: the server is stopping", extra={"event": "pack-abort"})
         try:
             self.storage.pack_abort()  # type: ignore[attr-defined]

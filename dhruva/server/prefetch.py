@@ -1,13 +1,13 @@
 """Which records travel with a LOAD answer (spec: ``spec/wire-protocol.md``, "Prefetch").
 
-Theory of operation.  Per session the server keeps, until the session's
-next synchronization: ``prefetched``, the oids whose records it sent (asked
-for or prefetched); ``frontier``, the oids those records reference that
-were not sent yet, in order; ``prefetch_window``, how many records the next
-answer may carry; and ``readahead_next``, the oid after the last one sent
-in ascending order.  :func:`choose_prefetch` picks the records for one
-answer; :func:`forget_prefetched` clears the state at a synchronization
-[WIRE-057].  The one rule every choice obeys [WIRE-056]: an oid in the
+Theory of operation.  Per client the server keeps a :class:`PrefetchState`
+until the client's next synchronization: ``prefetched``, the oids whose
+records it sent (asked for or prefetched); ``frontier``, the oids those
+records reference that were not sent yet, in order; ``window``, how many
+records the next answer may carry; and ``readahead_next``, the oid after the
+last one sent in ascending order.  :meth:`Prefetcher.choose` picks the
+records for one answer; :meth:`PrefetchState.forget` clears the state at a
+synchronization [WIRE-057].  The one rule every choice obeys [WIRE-056]: an oid in the
 session's invalidation set is never sent, so every record sent is the one
 as of the session's last synchronization, which is what a LOAD would return.
 """
@@ -19,8 +19,8 @@ from collections.abc import Iterable
 
 from dhruva import wire
 from dhruva.error import DhruvaError
-from dhruva.server.sessions import Session
-from dhruva.storage import Record, Storage
+from dhruva.record import Record
+from dhruva.storage import Storage
 from dhruva.utils import int8_to_str, str_to_int8
 
 DEFAULT_PREFETCH_RECORDS = 64
@@ -34,106 +34,136 @@ _OID_LIMIT = 1 << 64
 _PREFETCH_WINDOW_MIN = 2
 
 
-def choose_prefetch(
-    storage: Storage, session: Session, record: Record, max_records: int, max_bytes: int
-) -> list[Record]:
-    """The records to send along with ``record`` [WIRE-056].
+class PrefetchState:
+    """What one client was sent since its last synchronization (see the module docstring)."""
 
-    Candidates, in order: the oids ``record`` references; then the
-    session's *frontier*, the oids referenced by records sent to it
-    since its last sync and not sent yet, oldest first; then, when the
-    client reads oids in ascending order (this LOAD asks for the oid
-    after the last one it received), the oids that follow (read-ahead:
-    objects committed together get neighbouring oids and are often read
-    together).  Each record sent adds its references to the frontier, so
-    a client walking the graph finds most records it needs in memory.
+    __slots__ = ("frontier", "frontier_overflowed", "prefetched", "readahead_next", "window")
 
-    At most the session's *window* of records (and about
-    ``max_bytes`` bytes, four window's worth of look-ups) go with
-    one answer.  The window doubles, up to ``max_records``, when the
-    client loads an oid of the frontier or the next oid in order, and
-    halves otherwise, so that a client reading at random does not make
-    the server read records nobody wants.
+    def __init__(self) -> None:
+        self.prefetched: set[bytes] = set()
+        """Oids whose records were sent since the client last synchronized."""
+        self.frontier: dict[bytes, None] = {}
+        """Oids referenced by records sent since the last sync, not sent yet (in order)."""
+        self.frontier_overflowed = False
+        """The frontier dropped references (it is bounded): a miss then says nothing."""
+        self.window = 8
+        """How many records the next LOAD answer may prefetch (adapts per load)."""
+        self.readahead_next = -1
+        """The oid after the last one this client received in ascending order."""
 
-    Only oids outside the session's invalidation set qualify: their
-    current record is then the one as of the session's last sync, which
-    is exactly what a LOAD now would return.  Oids already sent since
-    that sync are skipped (the client keeps them until its next sync),
-    as are missing ones.
+    def forget(self) -> None:
+        """[WIRE-057] The client synchronized: it dropped what it was sent."""
+        self.prefetched.clear()
+        self.frontier.clear()
+        self.frontier_overflowed = False
+
+    def extend_frontier(self, refs: bytes) -> None:
+        """Add the oids of ``refs`` not sent yet to the frontier (bounded)."""
+        frontier = self.frontier
+        sent = self.prefetched
+        for start in range(0, len(refs), 8):
+            if len(frontier) >= _FRONTIER_MAX:
+                self.frontier_overflowed = True
+                return
+            oid = refs[start : start + 8]
+            if oid not in sent:
+                frontier[oid] = None
+
+
+class Prefetcher:
+    """Chooses the records a LOAD answer carries, within ``max_records`` and ``max_bytes``.
+
+    It owns no per-client state (that is each client's :class:`PrefetchState`),
+    only the storage it reads and its bounds; ``max_records`` 0 turns
+    prefetch off (:attr:`enabled`).
     """
-    invalid = session.invalid
-    sent = session.prefetched
-    frontier = session.frontier
-    number = str_to_int8(record.oid)
-    in_order = number == session.readahead_next
-    if frontier.pop(record.oid, False) is None or in_order:
-        session.prefetch_window = min(2 * session.prefetch_window, max_records)
-    elif not session.frontier_overflowed:
-        # (Once the frontier dropped references, a miss says nothing.)
-        session.prefetch_window = max(session.prefetch_window // 2, _PREFETCH_WINDOW_MIN)
-    window = min(session.prefetch_window, max_records)
-    session.readahead_next = number + 1
-    sent.add(record.oid)
-    extend_frontier(session, record.refs)
-    budget = max_bytes
-    lookups = 4 * window
-    records: list[Record] = []
-    refs = record.refs
-    candidates: Iterable[bytes] = itertools.chain(
-        [refs[i : i + 8] for i in range(0, len(refs), 8)],
-        # A copy of the frontier's head: the loop pops from the frontier.
-        list(itertools.islice(frontier, lookups)),
-        (
-            int8_to_str(n)
-            for n in range(number + 1, min(number + 1 + lookups, _OID_LIMIT))
-            if in_order
-        ),
-    )
-    for oid in candidates:
-        if len(records) >= window or budget <= 0 or lookups <= 0:
-            break
-        if oid in sent:
-            continue
-        frontier.pop(oid, None)
-        # [WIRE-056] Never an invalidated oid: the client must hear
-        # READ_CONFLICT when it loads one.
-        if oid in invalid:
-            continue
-        lookups -= 1
-        try:
-            child = storage.load(oid)
-        except DhruvaError:
-            continue
-        size = wire.record_size(child)
-        if size > budget:
-            continue
-        sent.add(oid)
-        records.append(child)
-        budget -= size
-        extend_frontier(session, child.refs)
-        if in_order and str_to_int8(oid) == session.readahead_next:
-            session.readahead_next += 1
-    if len(sent) > _PREFETCHED_MAX:
-        # Forgetting only costs resending; memory stays bounded.
-        sent.clear()
-    return records
 
+    def __init__(self, storage: Storage, max_records: int, max_bytes: int) -> None:
+        self.storage = storage
+        self.max_records = max(0, max_records)
+        self.max_bytes = max(0, max_bytes)
+        self.enabled = self.max_records > 0
+        """True when a LOAD answer may carry prefetched records."""
 
-def extend_frontier(session: Session, refs: bytes) -> None:
-    """Add the oids of ``refs`` not sent yet to the session's frontier (bounded)."""
-    frontier = session.frontier
-    sent = session.prefetched
-    for start in range(0, len(refs), 8):
-        if len(frontier) >= _FRONTIER_MAX:
-            session.frontier_overflowed = True
-            return
-        oid = refs[start : start + 8]
-        if oid not in sent:
-            frontier[oid] = None
+    def choose(self, state: PrefetchState, invalid: set[bytes], record: Record) -> list[Record]:
+        """The records to send along with ``record`` [WIRE-056].
 
+        Candidates, in order: the oids ``record`` references; then the
+        client's *frontier*, the oids referenced by records sent to it
+        since its last sync and not sent yet, oldest first; then, when the
+        client reads oids in ascending order (this LOAD asks for the oid
+        after the last one it received), the oids that follow (read-ahead:
+        objects committed together get neighbouring oids and are often read
+        together).  Each record sent adds its references to the frontier, so
+        a client walking the graph finds most records it needs in memory.
 
-def forget_prefetched(session: Session) -> None:
-    """[WIRE-057] The session synchronized: its client dropped what it was sent."""
-    session.prefetched.clear()
-    session.frontier.clear()
-    session.frontier_overflowed = False
+        At most the client's *window* of records (and about ``max_bytes``
+        bytes, four window's worth of look-ups) go with one answer.  The
+        window doubles, up to ``max_records``, when the client loads an oid
+        of the frontier or the next oid in order, and halves otherwise, so
+        that a client reading at random does not make the server read
+        records nobody wants.
+
+        Only oids outside ``invalid`` (the client's invalidation set)
+        qualify: their current record is then the one as of the client's
+        last sync, which is exactly what a LOAD now would return.  Oids
+        already sent since that sync are skipped (the client keeps them
+        until its next sync), as are missing ones.
+        """
+        storage = self.storage
+        max_records = self.max_records
+        sent = state.prefetched
+        frontier = state.frontier
+        number = str_to_int8(record.oid)
+        in_order = number == state.readahead_next
+        if frontier.pop(record.oid, False) is None or in_order:
+            state.window = min(2 * state.window, max_records)
+        elif not state.frontier_overflowed:
+            # (Once the frontier dropped references, a miss says nothing.)
+            state.window = max(state.window // 2, _PREFETCH_WINDOW_MIN)
+        window = min(state.window, max_records)
+        state.readahead_next = number + 1
+        sent.add(record.oid)
+        state.extend_frontier(record.refs)
+        budget = self.max_bytes
+        lookups = 4 * window
+        records: list[Record] = []
+        refs = record.refs
+        candidates: Iterable[bytes] = itertools.chain(
+            [refs[i : i + 8] for i in range(0, len(refs), 8)],
+            # A copy of the frontier's head: the loop pops from the frontier.
+            list(itertools.islice(frontier, lookups)),
+            (
+                int8_to_str(n)
+                for n in range(number + 1, min(number + 1 + lookups, _OID_LIMIT))
+                if in_order
+            ),
+        )
+        for oid in candidates:
+            if len(records) >= window or budget <= 0 or lookups <= 0:
+                break
+            if oid in sent:
+                continue
+            frontier.pop(oid, None)
+            # [WIRE-056] Never an invalidated oid: the client must hear
+            # READ_CONFLICT when it loads one.
+            if oid in invalid:
+                continue
+            lookups -= 1
+            try:
+                child = storage.load(oid)
+            except DhruvaError:
+                continue
+            size = wire.record_size(child)
+            if size > budget:
+                continue
+            sent.add(oid)
+            records.append(child)
+            budget -= size
+            state.extend_frontier(child.refs)
+            if in_order and str_to_int8(oid) == state.readahead_next:
+                state.readahead_next += 1
+        if len(sent) > _PREFETCHED_MAX:
+            # Forgetting only costs resending; memory stays bounded.
+            sent.clear()
+        return records

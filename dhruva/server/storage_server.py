@@ -2,41 +2,36 @@
 
 Theory of operation.
 
-State.  The server owns one storage.  For every connected client it keeps a
-``Session``: the frame decoder, the output buffer, whether the handshake is
-done, the *invalidation set* (oids other clients committed since this client
-last synchronized), the oids the server allocated to this client and that
-are not yet stored, and the records STAGEd for its next COMMIT.
+Parts.  :class:`StorageServer` is composed of parts that each own their
+state: a :class:`~dhruva.server.loop.SocketLoop` (the selector, the
+listening socket, one :class:`~dhruva.server.loop.Client` per connection,
+TLS, reading and writing), each client's
+:class:`~dhruva.server.session.ServerSession` (the protocol as a sans-IO
+state machine: the handshake, STAGE, framing, back-pressure), a
+:class:`~dhruva.server.commit.Committer` (group commit), a
+:class:`~dhruva.server.pack.PackDriver` (packing in steps between requests)
+and a :class:`~dhruva.server.prefetch.Prefetcher` (which records travel
+with a LOAD answer).  This module turns the sessions' request events into
+storage calls and answers, and runs the loop.
 
-Loop.  A ``selectors`` loop accepts clients, reads what is readable, splits
-it into frames and handles each request in arrival order.  Object state is
-never deserialized: records travel as opaque bytes [SRV-001].
+Loop.  A ``selectors`` loop accepts clients, reads what is readable and
+feeds it to the clients' sessions; the server then takes each session's
+request events in arrival order and answers them.  Object state is never
+deserialized: records travel as opaque bytes [SRV-001].
 
-Commit.  A COMMIT is not executed at once.  It is checked (write conflicts
-[SRV-020], unallocated oids [SRV-022]) and queued; the session stops handling
-its later requests until the commit is answered, so replies stay in request
-order.  When every readable socket has been read, the queued commits form one
-*group*: one ``begin()``, the stores of every commit in the group, one
-``end()`` [SRV-030].  The storage makes that one transaction durable with a
-single flush, so clients that commit together share one fsync (group
-commit).  Only after ``end()`` returns are the commits answered, so a client
-never hears COMMITTED for data that is not durable [SRV-031].  Two commits in
-one group never store the same oid: the second is refused with a write
-conflict, exactly as if the first had been executed before it.  If ``end()``
-raises, every commit in the group is answered with STORAGE_FAILURE and
-nothing of the group is visible.
+Order of a pass.  Every readable socket is read and its requests served
+(loads are answered at once; commits are checked and queued, and their
+session waits); then the queued commits are written as one group
+(``spec/server.md``, "Commit"; see :mod:`dhruva.server.commit`) and
+answered; then, while a pack runs, one pack step [SRV-051] and the commit
+groups its waiting clients released; then the deadlines and the
+``gcinterval`` timer.
 
 Failure of one client.  Malformed frames, unknown messages, a broken
-handshake: an ERROR frame, then that connection is closed [SRV-040].  A client
-that vanishes loses its staged records and its allocated oids; nobody else
-notices [SRV-041].
-
-Connections.  Accepting clients, TLS, the handshake and authentication,
-timeouts, back-pressure, reading and writing are the base class's
-(:class:`dhruva.server.sessions.SessionLoop`); packing while serving is
-:class:`dhruva.server.pack.PackingLoop`'s; which records travel with a LOAD
-answer is :mod:`dhruva.server.prefetch`'s.  This module handles the
-requests of sessions that are ready, and group commit.
+handshake: an ERROR frame, then that connection is closed [SRV-040].  A
+client that vanishes loses its staged records and its allocated oids;
+nobody else notices [SRV-041].  A request that fails in the storage in an
+unexpected way is answered STORAGE_FAILURE; the server goes on.
 """
 
 from __future__ import annotations
@@ -50,11 +45,13 @@ import ssl
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from typing import Any
 
 from dhruva import wire
-from dhruva.error import DhruvaError, DhruvaKeyError, ProtocolError, ReadOnlyError
-from dhruva.server import security
+from dhruva.error import DhruvaError, DhruvaKeyError
+from dhruva.record import Record
+from dhruva.server import security, session
 from dhruva.server.address import (
     DEFAULT_ADDRESS,
     DEFAULT_HOST,
@@ -62,16 +59,20 @@ from dhruva.server.address import (
     Address,
     format_address,
 )
-from dhruva.server.pack import DEFAULT_PACK_STEP_BUDGET, PackingLoop, _PackJob
-from dhruva.server.prefetch import (
-    DEFAULT_PREFETCH_BYTES,
-    DEFAULT_PREFETCH_RECORDS,
-    choose_prefetch,
-    forget_prefetched,
+from dhruva.server.commit import Committer
+from dhruva.server.loop import Client, SocketLoop
+from dhruva.server.pack import DEFAULT_PACK_STEP_BUDGET, PackDriver
+from dhruva.server.prefetch import DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_RECORDS, Prefetcher
+from dhruva.server.session import (
+    NEED_DATA,
+    PAUSED,
+    Refused,
+    ServerLimits,
+    ServerSession,
+    TransactionRefused,
 )
-from dhruva.server.sessions import ServerLimits, Session
-from dhruva.storage import Record, Storage
-from dhruva.utils import ROOT_OID, str_to_int8
+from dhruva.storage import Storage
+from dhruva.utils import str_to_int8
 
 log = logging.getLogger("dhruva.server")
 
@@ -86,12 +87,16 @@ __all__ = [
 ]
 
 _LIST_OIDS_MAX = 65536
-_KNOWN_OIDS_MAX = 1 << 20
+"""The most oids one LIST_OIDS answer holds."""
+
 DEFAULT_BUSY_POLL_S = 0.0002
 """How long the loop polls for the next request before it blocks (see _poll)."""
 
+_OK = wire.Empty(wire.MessageType.OK)
+_CONFLICT = "objects changed by another client since your last sync"
 
-class StorageServer(PackingLoop):
+
+class StorageServer:
     """Serve ``storage`` to clients at ``address`` until stopped.
 
     ``address`` is ``(host, port)`` (port 0 picks a free one; see
@@ -142,50 +147,85 @@ class StorageServer(PackingLoop):
         pack_progress_interval_s: float = 1.0,
         busy_poll_s: float = DEFAULT_BUSY_POLL_S,
     ) -> None:
+        self.storage = storage
+        self.readonly = readonly
+        self.tls = tls
+        self.limits = limits if limits is not None else ServerLimits()
         self.busy_poll_s = max(0.0, busy_poll_s)
         self._busy = False
-        self.pack_step_budget = max(1, pack_step_budget)
-        self.pack_progress_interval_s = pack_progress_interval_s
-        self._pack_job: _PackJob | None = None
-        self.storage = storage
-        self.prefetch_records = max(0, prefetch_records)
-        self.prefetch_bytes = max(0, prefetch_bytes)
         # Tests and the wire vectors replace the nonce source to get
         # reproducible transcripts; servers keep the secure default [WIRE-030].
         self._new_nonce = nonce_source
-        self.tls = tls
         self._secret = security.secret_bytes(secret) if secret is not None else None
-        self.limits = limits if limits is not None else ServerLimits()
-        self._ready_to_read: set[Session] = set()
+        self._on_stop = on_stop
+        self._stopping = False
         shortest = min(self.limits.handshake_timeout_s, self.limits.idle_timeout_s or 1.0)
         self._sweep_interval_s = max(0.05, min(1.0, shortest / 4))
         self._next_sweep = 0.0
-        self.gcinterval = gcinterval if gcinterval and gcinterval > 0 else None
-        self.readonly = readonly
-        self.check_oids = check_oids
-        self._on_stop = on_stop
-        self._selector = selectors.DefaultSelector()
-        self._sessions: set[Session] = set()
-        self._stopping = False
-        self._known_oids: set[bytes] = set()
-        self._commit_queue: list[tuple[Session, list[Record]]] = []
-        self._next_pack = time.monotonic() + self.gcinterval if self.gcinterval else None
-        self._unix_path: str | None = None
-        self._listener = self._listen(address)
-        self.address: Address = (
-            self._listener.getsockname()[:2] if self._unix_path is None else self._unix_path
+        self.prefetcher = Prefetcher(storage, prefetch_records, prefetch_bytes)
+        self.committer: Committer[Client] = Committer(storage, readonly, check_oids)
+        self.packer: PackDriver[Client] = PackDriver(
+            storage, pack_step_budget, pack_progress_interval_s, gcinterval
         )
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._selector.register(self._listener, selectors.EVENT_READ, "listener")
-        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         # [SRV-061] Only capabilities a client can use over the wire are announced:
         # the raw data file is not reachable through the server.
         caps = sorted(set(getattr(storage, "capabilities", frozenset())) - {"raw-file"})
         if readonly:
             caps = [c for c in caps if c != "pack"]
         self._storage_caps = " ".join(caps)
+        self._unix_path: str | None = None
+        listener = self._listen(address)
+        self.address: Address = (
+            listener.getsockname()[:2] if self._unix_path is None else self._unix_path
+        )
+        self._loop = SocketLoop(listener, self._new_session, self._serve_client, self.limits, tls)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._loop.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._handlers: dict[type, Callable[[Client, Any], None]] = {
+            session.Load: self._load,
+            session.BulkLoad: self._bulk_load,
+            session.NewOids: self._new_oids,
+            session.Commit: self._commit,
+            session.Sync: self._sync,
+            session.Size: self._size,
+            session.ListOids: self._list_oids,
+            session.Pack: self._pack,
+            session.Stop: self._stop_request,
+            session.Ready: self._note_ready,
+            Refused: self._note_refused,
+            TransactionRefused: self._note_transaction_refused,
+        }
+
+    @property
+    def gcinterval(self) -> float | None:
+        """Seconds between periodic packs (None: no periodic pack) [SRV-050]."""
+        return self.packer.gcinterval_s
+
+    @property
+    def check_oids(self) -> bool:
+        """Whether COMMIT may store only allocated or stored oids [SRV-022]."""
+        return self.committer.check_oids
+
+    @property
+    def packing(self) -> bool:
+        """True while a stepwise pack is running."""
+        return self.packer.packing
+
+    @property
+    def _sessions(self) -> set[Client]:
+        """The connected clients (tests look at their sessions' back-pressure)."""
+        return self._loop.clients
+
+    def _new_session(self) -> ServerSession:
+        return ServerSession(
+            self.limits,
+            storage_capabilities=self._storage_caps,
+            secret=self._secret,
+            new_nonce=self._new_nonce,
+            tls=self.tls is not None,
+        )
 
     # --- sockets ----------------------------------------------------------------
 
@@ -265,17 +305,19 @@ class StorageServer(PackingLoop):
             self._shutdown()
 
     def _select_timeout(self) -> float | None:
-        if self._ready_to_read or self._pack_job is not None:
+        loop = self._loop
+        if loop.ready_to_read or self.packer.packing:
             return 0.0
         timeout: float | None = None
         now = time.monotonic()
-        if self._next_pack is not None:
-            timeout = max(0.0, self._next_pack - now)
-        if self._sessions:
+        next_pack = self.packer.next_pack
+        if next_pack is not None:
+            timeout = max(0.0, next_pack - now)
+        if loop.clients:
             until_sweep = max(0.0, self._next_sweep - now)
             timeout = until_sweep if timeout is None else min(timeout, until_sweep)
-        if self._accept_resume_at is not None:
-            until_resume = max(0.0, self._accept_resume_at - now)
+        if loop.accept_resume_at is not None:
+            until_resume = max(0.0, loop.accept_resume_at - now)
             timeout = until_resume if timeout is None else min(timeout, until_resume)
         return timeout
 
@@ -296,375 +338,272 @@ class StorageServer(PackingLoop):
             deadline = time.perf_counter() + self.busy_poll_s
             events: list[tuple[selectors.SelectorKey, int]] = []
             while not self._stopping:
-                events = self._selector.select(0)
+                events = self._loop.selector.select(0)
                 if events or time.perf_counter() >= deadline:
                     break
             if events:
                 return events
-        events = self._selector.select(timeout)
+        events = self._loop.selector.select(timeout)
         self._busy = bool(events)
         return events
 
     def _loop_once(self) -> None:
+        loop = self._loop
         for key, mask in self._poll(self._select_timeout()):
-            if key.data == "listener":
-                self._accept()
-            elif key.data == "wake":
+            data = key.data
+            if data == "listener":
+                loop.accept()
+            elif data == "wake":
                 try:
                     self._wake_r.recv(4096)
                 except OSError:
                     pass
             else:
-                self._on_event(key.data, mask)
-        # TLS keeps decrypted bytes inside the SSL object, where select cannot
-        # see them; read those sessions again.
-        for session in list(self._ready_to_read):
-            self._ready_to_read.discard(session)
-            if not session.closed:
-                self._read(session)
-        self._run_commit_groups()
-        if self._pack_job is not None:
+                loop.on_event(data, mask)
+        if loop.ready_to_read:
+            loop.read_pending()
+        if self.committer.pending:
+            self._run_commit_groups()
+        if self.packer.packing:
             # [SRV-051] One step per pass: requests read in this pass were
             # served (and their commits written) before it.
-            self._run_pack_step()
+            self._deliver_pack(self.packer.step())
             self._run_commit_groups()
         now = time.monotonic()
-        self._resume_accepting(now)
+        loop.resume_accepting(now)
         if now >= self._next_sweep:
             self._next_sweep = now + self._sweep_interval_s
-            self._sweep(now)
-        if self._next_pack is not None and time.monotonic() >= self._next_pack:
-            self._periodic_pack()
-
-    def _on_event(self, session: Session, mask: int) -> None:
-        if session.state == "tls-peek":
-            self._peek_tls(session)
-        elif session.state == "tls-handshake":
-            self._tls_handshake(session)
-        else:
-            if mask & selectors.EVENT_WRITE:
-                self._flush(session)
-                if session.want_write and not session.closed:
-                    session.want_write = False
-                    self._read(session)
-            if mask & selectors.EVENT_READ and not session.closed:
-                self._read(session)
+            loop.sweep(now)
+        if self.packer.due(time.monotonic()) and not self.readonly:
+            # [SRV-050] The same path as PACK: stepwise where the storage allows.
+            self._deliver_pack(self.packer.start(None))
 
     # --- requests ---------------------------------------------------------------
 
-    def _handle(self, session: Session, payload: bytes) -> None:
-        try:
-            message = wire.decode_message(payload)
-        except ProtocolError as error:
-            code = wire.ErrorCode.MALFORMED
-            if payload and payload[0] not in wire.MessageType._value2member_map_:
-                code = wire.ErrorCode.UNKNOWN_MESSAGE
-            self._fatal(session, code, str(error))
-            return
-        kind = message.type
-        if session.state == "hello":
-            # [WIRE-021] The first message must be HELLO.
-            if not isinstance(message, wire.Hello):
-                self._fatal(
-                    session, wire.ErrorCode.HANDSHAKE_REQUIRED, "the first message must be HELLO"
-                )
-                return
-            self._hello(session, message)
-            return
-        if session.state == "auth":
-            # [SRV-080] Nothing but AUTH before the client proved the secret.
-            if not isinstance(message, wire.Auth):
-                self._fatal(
-                    session,
-                    wire.ErrorCode.AUTH_REQUIRED,
-                    "this server requires authentication: answer the challenge with AUTH",
-                )
-                return
-            self._auth(session, message)
-            return
-        if isinstance(message, wire.Load):
-            self._load(session, [message.oid], single=True)
-        elif isinstance(message, wire.BulkLoad):
-            self._load(session, list(message.oids), single=False)
-        elif isinstance(message, wire.NewOids):
-            self._new_oids(session, message.count)
-        elif isinstance(message, wire.Stage):
-            self._stage(session, message.records)
-        elif isinstance(message, wire.Commit):
-            self._stage(session, message.records)
-            if session.staged_too_large:
-                self._refuse_too_large(session)
-            else:
-                self._queue_commit(session, [])
-        elif kind is wire.MessageType.SYNC:
-            self._send(session, wire.Oids(self._take_invalidations(session)).encode())
-        elif kind is wire.MessageType.SIZE:
-            self._send(session, wire.SizeIs(self.storage.get_size()).encode())
-        elif isinstance(message, wire.ListOids):
-            self._list_oids(session, message)
-        elif kind is wire.MessageType.PACK:
-            self._pack(session)
-        elif kind is wire.MessageType.QUIT:
-            session.closing = True
-        elif kind is wire.MessageType.STOP:
-            log.info("client %s asked the server to stop", session.peer)
-            self._send(session, wire.Empty(wire.MessageType.OK).encode())
-            session.closing = True
-            self.stop()
-        else:
-            # A response type, or a second HELLO, sent as a request.
-            self._fatal(
-                session, wire.ErrorCode.UNKNOWN_MESSAGE, f"{kind.name} is not a request here"
-            )
+    def _serve_client(self, client: Client) -> None:
+        """Answer the requests the client's session has ready, in order; then flush."""
+        session_ = client.session
+        handlers = self._handlers
+        while True:
+            event = session_.next_event()
+            if event is NEED_DATA or event is PAUSED:
+                break
+            try:
+                handlers[type(event)](client, event)
+            except Exception as error:
+                # A storage failing in an unexpected way (an OSError from a
+                # load, say) fails this request, not the server.
+                log.exception("client %s: request failed", client.peer)
+                if session_.outstanding is not None:
+                    session_.send_error(wire.ErrorCode.STORAGE_FAILURE, f"server error: {error}")
+        self._loop.flush(client)
 
-    def _load(self, session: Session, oids: list[bytes], single: bool) -> None:
+    def _note_ready(self, client: Client, event: session.Ready) -> None:
+        log.info(
+            "client %s ready (tls %s, authenticated %s)",
+            client.peer,
+            "yes" if client.tls_wrapped else "no",
+            "yes" if event.authenticated else "no",
+            extra={
+                "peer": client.peer,
+                "event": "ready",
+                "tls": client.tls_wrapped,
+                "authenticated": event.authenticated,
+            },
+        )
+
+    def _note_refused(self, client: Client, event: Refused) -> None:
+        if event.code is wire.ErrorCode.AUTH_FAILED:
+            log.warning(
+                "client %s: authentication failed",
+                client.peer,
+                extra={"peer": client.peer, "event": "auth-failed"},
+            )
+        log.warning(
+            "client %s: %s (%s); closing its connection",
+            client.peer,
+            event.message,
+            event.code.name,
+            extra={"peer": client.peer, "event": "refused", "code": event.code.name},
+        )
+
+    def _note_transaction_refused(self, client: Client, event: TransactionRefused) -> None:
+        log.warning(
+            "client %s: transaction of at least %d bytes refused (max_staged_bytes %d)",
+            client.peer,
+            event.size_bytes,
+            event.max_bytes,
+            extra={"peer": client.peer, "event": "refused", "code": "TOO_LARGE"},
+        )
+
+    def _read_conflicts(self, client: Client, oids: list[bytes]) -> bool:
         # [SRV-021] Loading an oid invalidated for this client and not yet synced
         # is a read conflict: the client would mix old and new states.
-        conflicts = [oid for oid in oids if oid in session.invalid]
-        if conflicts:
-            self._error(
-                session,
-                wire.ErrorCode.READ_CONFLICT,
-                "objects changed by another client since your last sync",
-                conflicts,
-            )
-            return
+        invalid = client.invalid
+        if not invalid:
+            return False
+        conflicts = [oid for oid in oids if oid in invalid]
+        if not conflicts:
+            return False
+        client.session.send_error(wire.ErrorCode.READ_CONFLICT, _CONFLICT, conflicts)
+        return True
+
+    def _load_records(self, client: Client, oids: list[bytes]) -> list[Record] | None:
         records: list[Record] = []
+        load = self.storage.load
         for oid in oids:
             try:
-                records.append(self.storage.load(oid))
+                records.append(load(oid))
             except DhruvaKeyError:
-                self._error(session, wire.ErrorCode.NO_SUCH_OBJECT, "no such object", [oid])
-                return
+                client.session.send_error(wire.ErrorCode.NO_SUCH_OBJECT, "no such object", [oid])
+                return None
             except DhruvaError as error:
-                self._error(session, wire.ErrorCode.STORAGE_FAILURE, str(error), [oid])
-                return
-        if single:
-            record = records[0]
-            if wire.FEATURE_PREFETCH in session.features and self.prefetch_records:
-                prefetched = choose_prefetch(
-                    self.storage, session, record, self.prefetch_records, self.prefetch_bytes
-                )
-                if prefetched:
-                    self._send(session, wire.RecordPrefetch(record, prefetched).encode())
-                    return
-            self._send(session, wire.RecordMessage(record).encode())
-        else:
-            self._send(session, wire.Records(records).encode())
+                client.session.send_error(wire.ErrorCode.STORAGE_FAILURE, str(error), [oid])
+                return None
+        return records
 
-    def _new_oids(self, session: Session, count: int) -> None:
-        if self.readonly:
-            self._error(session, wire.ErrorCode.READ_ONLY, "the server is read-only")
+    def _load(self, client: Client, event: session.Load) -> None:
+        # The hot path of the server: one oid, written out without the helpers
+        # BULK_LOAD uses.
+        oid = event.oid
+        answer_to = client.session
+        if client.invalid and oid in client.invalid:
+            # [SRV-021] (see _read_conflicts)
+            answer_to.send_error(wire.ErrorCode.READ_CONFLICT, _CONFLICT, [oid])
             return
         try:
-            oids = [self.storage.new_oid() for _ in range(count)]
-        except DhruvaError as error:
-            self._error(session, wire.ErrorCode.STORAGE_FAILURE, str(error))
+            record = self.storage.load(oid)
+        except DhruvaKeyError:
+            answer_to.send_error(wire.ErrorCode.NO_SUCH_OBJECT, "no such object", [oid])
             return
-        session.allocated.update(oids)
-        self._send(session, wire.Oids(oids).encode())
+        except DhruvaError as error:
+            answer_to.send_error(wire.ErrorCode.STORAGE_FAILURE, str(error), [oid])
+            return
+        if wire.FEATURE_PREFETCH in answer_to.features and self.prefetcher.enabled:
+            prefetched = self.prefetcher.choose(client.prefetch, client.invalid, record)
+            if prefetched:
+                answer_to.send(wire.RecordPrefetch(record, prefetched))
+                return
+        answer_to.send(wire.RecordMessage(record))
 
-    def _take_invalidations(self, session: Session) -> list[bytes]:
-        oids = sorted(session.invalid)
-        session.invalid.clear()
+    def _bulk_load(self, client: Client, event: session.BulkLoad) -> None:
+        if self._read_conflicts(client, event.oids):
+            return
+        records = self._load_records(client, event.oids)
+        if records is not None:
+            client.session.send(wire.Records(records))
+
+    def _new_oids(self, client: Client, event: session.NewOids) -> None:
+        if self.readonly:
+            client.session.send_error(wire.ErrorCode.READ_ONLY, "the server is read-only")
+            return
+        try:
+            oids = [self.storage.new_oid() for _ in range(event.count)]
+        except DhruvaError as error:
+            client.session.send_error(wire.ErrorCode.STORAGE_FAILURE, str(error))
+            return
+        client.allocated.update(oids)
+        client.session.send(wire.Oids(oids))
+
+    def _take_invalidations(self, client: Client) -> list[bytes]:
+        oids = sorted(client.invalid)
+        client.invalid.clear()
         # [WIRE-057] The client drops its prefetched records at every sync.
-        forget_prefetched(session)
+        client.prefetch.forget()
         return oids
 
-    def _list_oids(self, session: Session, message: wire.ListOids) -> None:
-        limit = max(1, min(message.limit, _LIST_OIDS_MAX))
-        start = str_to_int8(message.start)
+    def _sync(self, client: Client, event: session.Sync) -> None:
+        client.session.send(wire.Oids(self._take_invalidations(client)))
+
+    def _size(self, client: Client, event: session.Size) -> None:
+        client.session.send(wire.SizeIs(self.storage.get_size()))
+
+    def _list_oids(self, client: Client, event: session.ListOids) -> None:
+        limit = max(1, min(event.limit, _LIST_OIDS_MAX))
+        start = str_to_int8(event.start)
         # Sorting every stored oid per page is O(n log n); listing is rare
         # (conformance tests, tools) and keeps the storage interface minimal.
         oids = sorted(oid for oid in self.storage.iter_oids() if str_to_int8(oid) >= start)
-        self._send(session, wire.Oids(oids[:limit]).encode())
+        client.session.send(wire.Oids(oids[:limit]))
 
-    def _periodic_pack(self) -> None:
-        assert self.gcinterval is not None
-        self._next_pack = time.monotonic() + self.gcinterval
-        if self.readonly:
-            return
-        # [SRV-050] The same path as PACK: stepwise where the storage allows.
-        self._start_pack(None)
+    def _stop_request(self, client: Client, event: session.Stop) -> None:
+        log.info("client %s asked the server to stop", client.peer)
+        client.session.send(_OK)
+        self.stop()
 
     # --- commits ----------------------------------------------------------------
 
-    def _exists(self, oid: bytes) -> bool:
-        if oid in self._known_oids:
-            return True
-        try:
-            self.storage.load(oid)
-        except DhruvaKeyError:
-            return False
-        if len(self._known_oids) >= _KNOWN_OIDS_MAX:
-            self._known_oids.clear()
-        self._known_oids.add(oid)
-        return True
-
-    def _stage(self, session: Session, records: Sequence[Record]) -> None:
-        """Hold ``records`` for the session's next COMMIT, within the staging cap."""
-        if session.staged_too_large:
+    def _commit(self, client: Client, event: session.Commit) -> None:
+        records, refusal = self.committer.check(event.records, client.invalid, client.allocated)
+        if refusal is not None:
+            client.session.send_error(refusal.code, refusal.message, refusal.oids)
             return
-        session.staged_bytes += sum(wire.record_size(record) for record in records)
-        if session.staged_bytes > self.limits.max_staged_bytes:
-            # [SRV-085] Drop what was staged at once (memory is the point) and
-            # every later STAGE of this transaction; its COMMIT is refused.
-            session.staged_too_large = True
-            session.staged = []
-            return
-        session.staged.extend(records)
-
-    def _refuse_too_large(self, session: Session) -> None:
-        size = session.staged_bytes
-        session.staged = []
-        session.staged_bytes = 0
-        session.staged_too_large = False
-        log.warning(
-            "client %s: transaction of at least %d bytes refused (max_staged_bytes %d)",
-            session.peer,
-            size,
-            self.limits.max_staged_bytes,
-            extra={"peer": session.peer, "event": "refused", "code": "TOO_LARGE"},
-        )
-        self._error(
-            session,
-            wire.ErrorCode.TOO_LARGE,
-            f"the transaction is at least {size} bytes; this server accepts at most"
-            f" {self.limits.max_staged_bytes} bytes per transaction (max_staged_bytes);"
-            " nothing of it was written",
-        )
-
-    def _queue_commit(self, session: Session, records: list[Record] | object) -> None:
-        assert isinstance(records, list | tuple)
-        staged = session.staged + list(records)
-        session.staged = []
-        session.staged_bytes = 0
-        if self.readonly and staged:
-            self._error(session, wire.ErrorCode.READ_ONLY, "the server is read-only")
-            return
-        # Last store of an oid in a transaction wins.
-        by_oid = {record.oid: record for record in staged}
-        # [SRV-020] A commit storing an oid another client committed since this
-        # client's last sync is refused; nothing of it is written.
-        conflicts = sorted(oid for oid in by_oid if oid in session.invalid)
-        if conflicts:
-            self._error(
-                session,
-                wire.ErrorCode.WRITE_CONFLICT,
-                "objects changed by another client since your last sync",
-                conflicts,
-            )
-            return
-        # [SRV-022] Only oids this client was given, or that are stored, may be
-        # stored; the root oid is always allowed, since every database has one.
-        unallocated = sorted(
-            oid
-            for oid in by_oid
-            if self.check_oids
-            and oid not in session.allocated
-            and oid != ROOT_OID
-            and not self._exists(oid)
-        )
-        if unallocated:
-            self._error(
-                session,
-                wire.ErrorCode.UNALLOCATED_OID,
-                "the server never allocated these oids to this client",
-                unallocated,
-            )
-            return
-        session.waiting_commit = True
-        self._commit_queue.append((session, list(by_oid.values())))
+        # The session stays PAUSED (its COMMIT outstanding) until the group is written.
+        self.committer.queue(client, records)
 
     def _run_commit_groups(self) -> None:
         # Answering a group may let sessions handle queued requests that hold
         # new commits; run groups until none is left.
-        while self._commit_queue:
-            group, self._commit_queue = self._commit_queue, []
-            self._commit_group(group)
+        committer = self.committer
+        while committer.pending:
+            # A session closed meanwhile (its peer left, or sent garbage after
+            # its COMMIT) loses the commit, as it would its staged records.
+            group = [(c, r) for c, r in committer.take_group() if not c.session.closed]
+            outcomes = committer.run_group(group)
+            accepted = [o for o in outcomes if o.refusal is None]
+            for outcome in accepted:
+                outcome.client.allocated -= outcome.stored
+                # [SRV-023] Every other client learns of the change at its next sync.
+                for other in self._loop.clients:
+                    if other is not outcome.client:
+                        other.invalid.update(outcome.stored)
+            for outcome in outcomes:
+                if outcome.refusal is None:
+                    # [WIRE-072] COMMITTED also synchronizes the client.
+                    answer: wire.Message = wire.Committed(self._take_invalidations(outcome.client))
+                else:
+                    refusal = outcome.refusal
+                    answer = wire.Error(refusal.code, refusal.message, refusal.oids)
+                outcome.client.session.send(answer)
+            for outcome in outcomes:
+                self._serve_client(outcome.client)
 
-    def _commit_group(self, group: list[tuple[Session, list[Record]]]) -> None:
-        accepted: list[tuple[Session, list[Record]]] = []
-        written: dict[bytes, Session] = {}
-        for session, records in group:
-            if session.closed:
+    # --- packing ----------------------------------------------------------------
+
+    def _pack(self, client: Client, event: session.Pack) -> None:
+        if self.readonly:
+            client.session.send_error(wire.ErrorCode.READ_ONLY, "the server is read-only")
+            return
+        # The session stays PAUSED until the pack answers it (now or steps later).
+        self._deliver_pack(self.packer.start(client), current=client)
+
+    def _deliver_pack(
+        self, messages: list[tuple[Client, wire.Message]], current: Client | None = None
+    ) -> None:
+        """Send what the pack driver produced; resume the sessions it answered.
+
+        ``current`` is the client whose PACK is being handled: its session
+        resumes by itself when the handler returns.
+        """
+        for client, message in messages:
+            if client.session.closed:
                 continue
-            clash = sorted(
-                r.oid for r in records if r.oid in written and written[r.oid] is not session
-            )
-            if clash:
-                # As if the earlier commit of the group had run first [SRV-030].
-                session.waiting_commit = False
-                self._error(
-                    session,
-                    wire.ErrorCode.WRITE_CONFLICT,
-                    "objects changed by another client since your last sync",
-                    clash,
-                )
+            if isinstance(message, wire.PackProgress):
+                # [WIRE-085] Only to clients that asked for progress frames.
+                if wire.FEATURE_PACK_PROGRESS in client.session.features:
+                    client.session.send_progress(message)
+                    self._loop.flush(client)
                 continue
-            for record in records:
-                written[record.oid] = session
-            accepted.append((session, records))
-        if accepted and any(records for _, records in accepted):
-            try:
-                self.storage.begin()
-                try:
-                    for _, records in accepted:
-                        for record in records:
-                            self.storage.store(record.oid, record.data, record.refs)
-                    # [SRV-031] Nobody hears COMMITTED before end() returned.
-                    self.storage.end()
-                except BaseException:
-                    self.storage.abort_transaction()
-                    raise
-            except Exception as error:
-                # A failing storage must not take the server down; the group's
-                # clients hear of it and nothing of the group was acknowledged.
-                log.error("commit of %d clients failed: %s", len(accepted), error)
-                code = wire.ErrorCode.STORAGE_FAILURE
-                if isinstance(error, ReadOnlyError):
-                    code = wire.ErrorCode.READ_ONLY
-                for session, _ in accepted:
-                    session.waiting_commit = False
-                    self._error(session, code, f"the storage failed to commit: {error}")
-                accepted = []
-        for session, records in accepted:
-            stored = {record.oid for record in records}
-            session.allocated -= stored
-            self._known_oids.update(stored)
-            if len(self._known_oids) > _KNOWN_OIDS_MAX:
-                self._known_oids.clear()
-            # [SRV-023] Every other client learns of the change at its next sync.
-            for other in self._sessions:
-                if other is not session:
-                    other.invalid.update(stored)
-        for session, _ in accepted:
-            session.waiting_commit = False
-            # [WIRE-072] COMMITTED also synchronizes the client.
-            self._send(session, wire.Committed(self._take_invalidations(session)).encode())
-        for session, _ in accepted:
-            self._handle_queue(session)
-        for session, _ in group:
-            if not session.closed and not session.waiting_commit:
-                self._handle_queue(session)
+            client.session.send(message)
+            if client is not current:
+                self._serve_client(client)
 
     # --- shutdown ---------------------------------------------------------------
 
     def _shutdown(self) -> None:
         log.info("dhruva server stopping")
-        self._abandon_pack()
-        for session in list(self._sessions):
-            # Best effort: deliver answers already produced (the STOP's OK).
-            if session.out:
-                try:
-                    session.sock.setblocking(True)
-                    session.sock.settimeout(1.0)
-                    session.sock.sendall(session.out)
-                except OSError:
-                    pass
-            self._drop(session)
-        self._selector.close()
-        self._listener.close()
+        self.packer.abandon()
+        self._loop.close()
         self._wake_r.close()
         self._wake_w.close()
         if self._unix_path is not None:
@@ -677,5 +616,5 @@ class StorageServer(PackingLoop):
 
     def close(self) -> None:
         """Release the listening socket without serving (if serve() never ran)."""
-        if self._listener.fileno() != -1:
+        if self._loop.listener.fileno() != -1:
             self._shutdown()

@@ -34,7 +34,7 @@ from dhruva import wire
 from dhruva.error import DhruvaError
 from dhruva.server import security
 from dhruva.server.address import DEFAULT_HOST, DEFAULT_PORT, Address
-from dhruva.server.sessions import ServerLimits
+from dhruva.server.session import ServerLimits
 
 ENV_PREFIX = "DHRUVA_"
 CONFIG_ENV = "DHRUVA_CONFIG"
