@@ -573,3 +573,72 @@ def test_module_docstring_is_the_theory() -> None:
 
     assert module.__doc__ is not None and "Theory of operation" in module.__doc__
     assert textwrap.dedent(module.__doc__)
+
+
+# --- the dhruva command -------------------------------------------------------------------
+
+
+def _uri(dsn: str, schema: str) -> str:
+    """A postgresql:// URI for ``dsn`` whose search_path is ``schema`` (created here)."""
+    from urllib.parse import quote
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    _sql(dsn, f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    params = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
+    params["options"] = f"-csearch_path={schema}"
+    query = "&".join(f"{key}={quote(value, safe='')}" for key, value in params.items())
+    return f"postgresql:///?{query}"
+
+
+@needs_psycopg
+@pytest.mark.req("PG-070")
+def test_server_and_console_on_postgres(dsn: str, schema: str, tmp_path: Path) -> None:
+    from _dhruva_command import Server, run
+
+    from dhruva.client_storage import ClientStorage
+    from dhruva.connection import Connection
+
+    uri = _uri(dsn, schema)
+    result = run("-c", "--postgres", uri, stdin="root['by'] = 'console'\nconnection.commit()\n")
+    assert result.returncode == 0, result.stderr
+    server = Server(tmp_path, "--postgres", uri)
+    try:
+        client = ClientStorage(server.socket)
+        connection = Connection(client)
+        assert connection.get_root()["by"] == "console"
+        connection.get_root()["served"] = True
+        connection.commit()
+        connection.close()
+    finally:
+        server.kill()
+    direct = _open(dsn, schema)
+    assert b"served" in direct.load(oid(0)).data
+    direct.close()
+    refused = run("-c", "--postgres", "postgresql:///?host=/nonexistent")
+    assert refused.returncode == 1
+    assert "cannot open the PostgreSQL database" in refused.stderr
+
+
+@needs_psycopg
+@pytest.mark.req("PG-071")
+def test_convert_to_and_from_postgres(dsn: str, schema: str, tmp_path: Path) -> None:
+    from _dhruva_command import run
+
+    from dhruva.file_storage import FileStorage
+
+    source = str(tmp_path / "source.dhruva")
+    with FileStorage(source) as storage:
+        _graph(storage)
+    uri = _uri(dsn, schema)
+    assert run("convert", source, uri, "--to", "postgres", "--quiet").returncode == 0
+    again = run("convert", source, uri, "--to", "postgres", "--quiet")
+    assert again.returncode == 1 and "already holds objects" in again.stderr
+    back = str(tmp_path / "back.dhruva")
+    result = run("convert", uri, back, "--to", "file", "--quiet")
+    assert result.returncode == 0, result.stderr
+    with FileStorage(source, readonly=True) as first, FileStorage(back, readonly=True) as last:
+        oids = sorted(first.iter_oids())
+        assert sorted(last.iter_oids()) == oids
+        for each in oids:
+            assert first.load(each) == last.load(each)
