@@ -29,9 +29,11 @@ CONFORMANCE_BACKENDS = [
     "file",
     "file2",
     "sqlite",
+    "postgres",
     "server-memory",
     "server-file",
     "server-sqlite",
+    "server-postgres",
 ]
 
 nox.options.sessions = ["tests", "tests_bare", "conformance", "lint", "typecheck", "docs"]
@@ -54,8 +56,9 @@ def install_dhruva(session: nox.Session, *extras: str) -> None:
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
     """Run the unit tests in tests/ (includes the requirement-coverage check)."""
-    # The optional serializers' extras too, so their tests run instead of skipping.
-    install_dhruva(session, "test", "msgspec", "dill")
+    # The optional serializers' extras too, so their tests run instead of skipping;
+    # postgres so that tests/test_postgres_storage.py runs on a throwaway cluster.
+    install_dhruva(session, "test", "msgspec", "dill", "postgres")
     session.run("pytest", "tests/", *session.posargs)
 
 
@@ -76,7 +79,8 @@ def tests_bare(session: nox.Session) -> None:
 @nox.parametrize("backend", CONFORMANCE_BACKENDS)
 def conformance(session: nox.Session, backend: str) -> None:
     """Run the conformance suite in conformance/ against one back-end."""
-    install_dhruva(session, "test")
+    # The postgres back-ends start a throwaway PostgreSQL cluster; they need psycopg.
+    install_dhruva(session, "test", *(["postgres"] if "postgres" in backend else []))
     session.run("pytest", "conformance/", f"--dhruva-backend={backend}", *session.posargs)
 
 
@@ -91,7 +95,7 @@ def lint(session: nox.Session) -> None:
 def typecheck(session: nox.Session) -> None:
     """Type-check dhruva/ with mypy in strict mode (config in pyproject.toml)."""
     # The optional serializers import msgspec and dill; mypy needs them installed.
-    install_dhruva(session, "test", "msgspec", "dill")
+    install_dhruva(session, "test", "msgspec", "dill", "postgres")
     session.install("mypy")
     session.run("mypy", *session.posargs)
 
@@ -119,9 +123,12 @@ def docs(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks in tools/bench/ against Durus 4.3, ZODB and ZEO (not default)."""
-    install_dhruva(session, "msgspec", "dill")
+    """Run the benchmarks in tools/bench/ against Durus 4.3, ZODB, ZEO, RelStorage (not default)."""
+    install_dhruva(session, "msgspec", "dill", "postgres")
+    # RelStorage on the same throwaway PostgreSQL: tools/bench/postgres_bench.py.
+    session.install("relstorage==4.3.0", "psycopg2-binary")
     # ZEO is ZODB's storage server: the server section compares it with
     # dhruva's server and Durus's on loopback.
     session.install("durus==4.3", "ZODB", "ZEO")
     session.run("python", "tools/bench/run.py", *session.posargs)
+    session.run("python", "tools/bench/postgres_bench.py")

@@ -266,12 +266,25 @@ class PostgresStorage(Storage):
         sqlstate = getattr(exc, "sqlstate", None)
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = f"PostgreSQL at {self._where}"
-        if sqlstate in ("28P01", "28000"):
+        pgconn = getattr(exc, "pgconn", None)
+        refused_at_login = (
+            doing == "connect"
+            and sqlstate is None
+            and pgconn is not None
+            and bool(
+                getattr(pgconn, "used_password", False) or getattr(pgconn, "needs_password", False)
+            )
+        )
+        if sqlstate in ("28P01", "28000") or refused_at_login:
+            # libpq reports no SQLSTATE for a failed login; that a password was
+            # sent (PQconnectionUsedPassword) and the server still closed the
+            # connection is the typed fact left.  It is also what a missing
+            # database looks like, hence the advice names both.
             # [PG-050] Wrong password, or no pg_hba.conf entry for this user.
             self._drop_connection()
             return AuthenticationError(
                 f"{where} refused the credentials ({text}); check the user and password "
-                "in the connection string, PGPASSWORD or ~/.pgpass"
+                "in the connection string, PGPASSWORD or ~/.pgpass, and the database name"
             )
         if sqlstate in ("42501", "25006"):
             # [PG-051] A role without the privilege, or a read-only server.

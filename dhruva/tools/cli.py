@@ -110,6 +110,28 @@ def open_file_storage(path: str, readonly: bool = False) -> Storage:
     return storage
 
 
+def add_postgres_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--postgres DSN``: use a PostgreSQL database instead of a file (PG, CLI)."""
+    parser.add_argument(
+        "--postgres",
+        metavar="DSN",
+        default=None,
+        help=f"{what} the dhruva database in PostgreSQL at this libpq connection string "
+        "(needs pip install 'dhruva[postgres]')",
+    )
+
+
+def open_postgres_storage(dsn: str, readonly: bool = False) -> Storage:
+    """Open PostgresStorage on ``dsn``; every failure becomes a one-line CommandError."""
+    from dhruva.postgres_storage import PostgresStorage
+
+    try:
+        return PostgresStorage(dsn, readonly=readonly)
+    except DhruvaError as error:
+        # [CLI-010] Unreachable, refused, foreign or missing extra: one line, status 1.
+        raise CommandError(f"cannot open the PostgreSQL database: {error}") from None
+
+
 # --- dhruva -s ----------------------------------------------------------------------
 
 
@@ -119,6 +141,7 @@ def _configure_server(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="the database file to serve (default: a temporary file removed at stop)",
     )
+    add_postgres_option(parser, "serve")
     add_address_options(parser)
     dconfig.add_config_option(parser)
     dconfig.add_setting_flags(parser, _SERVING_KEYS, "serving")
@@ -172,7 +195,10 @@ def run_server(args: argparse.Namespace) -> int:
                 settings.secret_file,
             )
     temp_dir: str | None = None
-    if settings.file:
+    if getattr(args, "postgres", None):
+        storage = open_postgres_storage(args.postgres, readonly=settings.readonly)
+        described = f"PostgreSQL {storage!r}"
+    elif settings.file:
         storage = open_file_storage(settings.file, readonly=settings.readonly)
         described = settings.file
     else:
@@ -227,6 +253,7 @@ def _configure_console(parser: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help="open this database file directly and exclusively instead of a server",
     )
+    add_postgres_option(parser, "open")
     add_address_options(parser)
     dconfig.add_config_option(parser)
     dconfig.add_setting_flags(parser, CLIENT_SECURITY_KEYS, "authentication and TLS")
@@ -287,7 +314,10 @@ def run_console(args: argparse.Namespace) -> int:
     from dhruva.connection import Connection
 
     storage: Storage
-    if args.file:
+    if getattr(args, "postgres", None):
+        storage = open_postgres_storage(args.postgres, readonly=args.readonly)
+        where = f"PostgreSQL {storage!r}"
+    elif args.file:
         storage = open_file_storage(args.file, readonly=args.readonly)
         where = args.file
     else:

@@ -40,7 +40,7 @@ from dhruva.tools.dbinspect import (
 from dhruva.tools.durus_import import DurusImportError, import_durus
 from dhruva.utils import ROOT_OID, iter_oids, str_to_int8
 
-BACKENDS = ("file", "file2", "sqlite")
+BACKENDS = ("file", "file2", "sqlite", "postgres")
 #: Records per transaction written by convert.
 BATCH_RECORDS = 5000
 #: Problems of one kind listed in a report before the rest are only counted.
@@ -309,6 +309,8 @@ def stats(path: str) -> Stats:
 
 def _new_storage(path: str, backend: str) -> Storage:
     """Create a new, empty database of ``backend`` at ``path`` (TOOL-040)."""
+    if backend == "postgres":
+        return _new_postgres(path)
     if os.path.exists(path):
         raise ToolError(f"{path} already exists; convert writes a new database only")
     if backend == "file":
@@ -334,7 +336,35 @@ def _discard(path: str) -> None:
             pass
 
 
+def is_postgres_dsn(path: str) -> bool:
+    """True when ``path`` is a PostgreSQL URI (``postgresql://...``) rather than a file."""
+    return path.startswith(("postgresql://", "postgres://"))
+
+
+def _new_postgres(dsn: str) -> Storage:
+    """Open the PostgreSQL database ``dsn`` as a convert target; refuse one with objects."""
+    from dhruva.postgres_storage import PostgresStorage
+
+    try:
+        storage = PostgresStorage(dsn)
+    except DhruvaError as exc:
+        raise ToolError(f"cannot open the PostgreSQL target: {exc}") from None
+    if storage.get_size():
+        storage.close()
+        raise ToolError(
+            "the PostgreSQL target already holds objects; convert writes a new database only"
+        )
+    return storage
+
+
 def _open_for_reading(path: str) -> Storage:
+    if is_postgres_dsn(path):
+        from dhruva.postgres_storage import PostgresStorage
+
+        try:
+            return PostgresStorage(path, readonly=True)
+        except DhruvaError as exc:
+            raise ToolError(f"cannot open the PostgreSQL source: {exc}") from None
     kind = detect_kind(path)
     try:
         if kind == KIND_FILE:
