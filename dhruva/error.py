@@ -93,13 +93,19 @@ class CorruptionError(DhruvaError):
     """A database file is damaged at a known place.
 
     ``path`` names the file, ``offset`` the byte where the damage was found
-    (or None when it is not tied to one), ``reason`` what was wrong.
+    (or None when it is not tied to one), ``reason`` what was wrong, for
+    people.  ``code``, when set, names the failed check for programs (the
+    reason codes of ``conformance/vectors/README.md``, such as ``txn-crc`` or
+    ``record-crc``): decide by it, never by the reason's text.
     """
 
-    def __init__(self, path: str, offset: int | None, reason: str) -> None:
+    def __init__(
+        self, path: str, offset: int | None, reason: str, code: str | None = None
+    ) -> None:
         self.path = path
         self.offset = offset
         self.reason = reason
+        self.code = code
         where = f"{path}" if offset is None else f"{path} at offset {offset}"
         super().__init__(f"{where}: {reason}")
 

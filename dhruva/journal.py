@@ -258,7 +258,8 @@ class ScanResult(NamedTuple):
     ``corrupt`` is True when those bytes are damage rather than a torn tail
     (possible only with ``repair=True``; otherwise scan raises).
     ``last_trailer_crc`` is the trailer checksum of the last valid
-    transaction (0 when there is none).
+    transaction (0 when there is none).  ``tail_code`` is the reason code of
+    ``tail_reason`` (RCV-052).
     """
 
     spans: list[TxnSpan]
@@ -267,6 +268,7 @@ class ScanResult(NamedTuple):
     tail_reason: str | None
     corrupt: bool
     last_trailer_crc: int = 0
+    tail_code: str | None = None
 
 
 # --- file header ---------------------------------------------------------------
@@ -294,10 +296,15 @@ def decode_file_header(buf: Buffer, path: str) -> FileHeader:
     # [FMT-002] The magic identifies the file; anything else is not ours.
     if found != MAGIC:
         raise FormatError(
-            path, 0, f"not a dhruva data file (found {found!r} where the magic {MAGIC!r} belongs)"
+            path,
+            0,
+            f"not a dhruva data file (found {found!r} where the magic {MAGIC!r} belongs)",
+            "magic",
         )
     if len(buf) < 12:
-        raise CorruptionError(path, 0, f"file header truncated to {len(buf)} bytes")
+        raise CorruptionError(
+            path, 0, f"file header truncated to {len(buf)} bytes", "file-header-short"
+        )
     major, minor = struct.unpack_from(">HH", buf, 8)
     # [FMT-022] The major version is checked before the checksum: a future
     # major version may lay the header out differently.
@@ -307,13 +314,16 @@ def decode_file_header(buf: Buffer, path: str) -> FileHeader:
             8,
             f"data file format version {major}.{minor} is not supported "
             f"(this dhruva reads versions 1.x and 2.x); use a matching dhruva release",
+            "major-version",
         )
     if len(buf) < FILE_HEADER_SIZE:
-        raise CorruptionError(path, 0, f"file header truncated to {len(buf)} bytes")
+        raise CorruptionError(
+            path, 0, f"file header truncated to {len(buf)} bytes", "file-header-short"
+        )
     _magic, major, minor, flags, file_id, _reserved, crc = FILE_HEADER.unpack_from(buf, 0)
     # [FMT-005] The header checksum covers bytes 0..59.
     if zlib.crc32(buf[:FILE_HEADER_CRC_START]) != crc:
-        raise CorruptionError(path, 0, "file header checksum mismatch")
+        raise CorruptionError(path, 0, "file header checksum mismatch", "file-header-crc")
     # [FMT-004] Flags and higher minor versions are ignored by this reader.
     return FileHeader(major, minor, flags, bytes(file_id))
 
@@ -384,12 +394,14 @@ class InvalidTransaction(Exception):
     """The bytes at an offset are not a valid transaction (RCV-001).
 
     Not a DhruvaError: the caller decides from the context whether the bytes
-    are a torn tail or damage (RCV-002, RCV-003, RCV-008).  ``reason`` names
-    the first check that failed.
+    are a torn tail or damage (RCV-002, RCV-003, RCV-008).  ``reason`` says
+    which check failed, for people; ``code`` names it for programs, with the
+    reason codes of ``conformance/vectors/README.md`` (RCV-052).
     """
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, code: str) -> None:
         self.reason = reason
+        self.code = code
         super().__init__(reason)
 
 
@@ -414,34 +426,38 @@ def check_transaction(
     """
     # [RCV-001] 1: room for a header and a trailer.
     if limit - offset < TXN_OVERHEAD:
-        raise InvalidTransaction(f"only {limit - offset} bytes left, too short for a transaction")
+        raise InvalidTransaction(
+            f"only {limit - offset} bytes left, too short for a transaction", "short"
+        )
     head = read(TXN_HEADER_SIZE, offset)
     if len(head) < TXN_HEADER_SIZE:
-        raise InvalidTransaction("the file ended inside a transaction header")
+        raise InvalidTransaction("the file ended inside a transaction header", "short")
     header = TxnHeader.unpack_from(head)
     # 2: the tag; 3: the header checksum (before any length is trusted).
     if header.tag != TXN_TAG:
-        raise InvalidTransaction(f"transaction tag {header.tag!r} is not {TXN_TAG!r}")
+        raise InvalidTransaction(f"transaction tag {header.tag!r} is not {TXN_TAG!r}", "txn-tag")
     if zlib.crc32(head[:TXN_HEADER_CRC_START]) != header.header_crc:
-        raise InvalidTransaction("transaction header checksum mismatch")
+        raise InvalidTransaction("transaction header checksum mismatch", "header-crc")
     body_start = offset + TXN_HEADER_SIZE
     body_end = body_start + header.body_length
     end = body_end + TXN_TRAILER_SIZE
     # 4: the transaction lies within the file.
     if end > limit:
         raise InvalidTransaction(
-            f"transaction of {end - offset} bytes runs past the end of the file"
+            f"transaction of {end - offset} bytes runs past the end of the file",
+            "past-end",
         )
     raw_trailer = read(TXN_TRAILER_SIZE, body_end)
     if len(raw_trailer) < TXN_TRAILER_SIZE:
-        raise InvalidTransaction("the file ended inside a transaction trailer")
+        raise InvalidTransaction("the file ended inside a transaction trailer", "short")
     trailer = CommitTrailer.unpack_from(raw_trailer)
     # 5: the commit tag; 6: the trailer's length agrees with the header's.
     if trailer.tag != COMMIT_TAG:
-        raise InvalidTransaction(f"commit tag {trailer.tag!r} is not {COMMIT_TAG!r}")
+        raise InvalidTransaction(f"commit tag {trailer.tag!r} is not {COMMIT_TAG!r}", "commit-tag")
     if trailer.total_length != end - offset:
         raise InvalidTransaction(
-            f"trailer length {trailer.total_length} does not match header length {end - offset}"
+            f"trailer length {trailer.total_length} does not match header length {end - offset}",
+            "total-length",
         )
     # 7: the checksum of header and body, computed as the body arrives, with
     # the record headers walked on the way (they are trusted only after it).
@@ -456,7 +472,9 @@ def check_transaction(
     while chunk_start < body_end:
         chunk = read(min(step, body_end - chunk_start), chunk_start)
         if not chunk:
-            raise InvalidTransaction(f"the file ended at {chunk_start}, inside a transaction")
+            raise InvalidTransaction(
+                f"the file ended at {chunk_start}, inside a transaction", "short"
+            )
         crc = zlib.crc32(chunk, crc)
         buffer: Buffer = carry + bytes(chunk) if carry else chunk
         buffer_start = chunk_start - len(carry)
@@ -468,18 +486,21 @@ def check_transaction(
         carry = bytes(buffer[next_record - buffer_start :]) if next_record < buffer_end else b""
         chunk_start += len(chunk)
     if crc != trailer.crc:
-        raise InvalidTransaction("transaction checksum mismatch")
+        raise InvalidTransaction("transaction checksum mismatch", "txn-crc")
     # 8: the records tile the body exactly; 9: no oid repeats (FMT-013).
     count = header.record_count
     if next_record != body_end or len(records) != count:
         raise InvalidTransaction(
-            f"{count} records do not tile the body of {header.body_length} bytes"
+            f"{count} records do not tile the body of {header.body_length} bytes",
+            "record-sizes",
         )
     if len({oid for oid, _ in records}) != count:
-        raise InvalidTransaction("an oid appears twice in one transaction")
+        raise InvalidTransaction("an oid appears twice in one transaction", "repeated-oid")
     # 10: [FMT-012] tids strictly increase within a file.
     if header.tid <= last_tid:
-        raise InvalidTransaction(f"transaction id {header.tid} does not follow {last_tid}")
+        raise InvalidTransaction(
+            f"transaction id {header.tid} does not follow {last_tid}", "tid-order"
+        )
     return CheckedTransaction(header, offset, end, records, trailer.crc)
 
 
@@ -510,7 +531,7 @@ def decode_transaction(
             _buffer_reader(view, base), offset, base + len(view), version=version
         )
     except InvalidTransaction as exc:
-        raise CorruptionError(path, offset, exc.reason) from None
+        raise CorruptionError(path, offset, exc.reason, exc.code) from None
     records = [
         TxnRecord(record.oid, record.data, record.refs, record_offset)
         for record, record_offset in (
@@ -522,7 +543,9 @@ def decode_transaction(
     return Transaction(header.tid, header.time_us, offset, checked.end - offset, records)
 
 
-def damage_error(path: str, offset: int, reason: str, proof: str) -> CorruptionError:
+def damage_error(
+    path: str, offset: int, reason: str, proof: str, code: str | None = None
+) -> CorruptionError:
     """Return the error for an invalid transaction that is damage, not a torn tail.
 
     ``proof`` says what shows it (a valid transaction after it, RCV-003, or
@@ -534,6 +557,7 @@ def damage_error(path: str, offset: int, reason: str, proof: str) -> CorruptionE
         offset,
         f"{reason}; {proof}, so this is damage, not an interrupted commit "
         "(open with repair=True to cut the file here)",
+        code,
     )
 
 
@@ -602,7 +626,7 @@ def scan(
         try:
             checked = check_transaction(read, pos, limit, last_tid=last_tid, version=version)
         except InvalidTransaction as exc:
-            reason = exc.reason
+            reason, code = exc.reason, exc.code
             break
         if index is not None:
             for oid, record_pos in checked.records:
@@ -618,9 +642,9 @@ def scan(
     if proof is not None:
         # [RCV-003] [RCV-008] The file is corrupt.
         if not repair:
-            raise damage_error(path, pos, reason, proof)
-        return ScanResult(spans, pos, (pos, limit), reason, True, last_crc)
-    return ScanResult(spans, pos, (pos, limit), reason, False, last_crc)
+            raise damage_error(path, pos, reason, proof, code)
+        return ScanResult(spans, pos, (pos, limit), reason, True, last_crc, code)
+    return ScanResult(spans, pos, (pos, limit), reason, False, last_crc, code)
 
 
 def find_valid_transaction(
@@ -711,5 +735,6 @@ def decode_record_at(
             offset,
             f"record of oid {int.from_bytes(oid, 'big')} fails its checksum: its "
             "bytes changed after they were committed",
+            "record-crc",
         )
     return Record(bytes(oid), data, refs)

@@ -82,6 +82,7 @@ class JournalWalk:
         self.last_tid = last_tid
         self.tail: tuple[int, int] | None = None
         self.tail_reason: str | None = None
+        self.tail_code: str | None = None
         self._on_record = on_record
         self._stop_tid = stop_tid
         #: The format version of the file (from its header).
@@ -104,7 +105,7 @@ class JournalWalk:
                     chunk_bytes=CHUNK_BYTES,
                 )
             except journal.InvalidTransaction as exc:
-                self._torn_or_damaged(position, exc.reason)
+                self._torn_or_damaged(position, exc.reason, exc.code)
                 return
             header = checked.header
             if self._stop_tid is not None and header.tid > self._stop_tid:
@@ -123,7 +124,7 @@ class JournalWalk:
                 header.record_count,
             )
 
-    def _torn_or_damaged(self, position: int, reason: str) -> None:
+    def _torn_or_damaged(self, position: int, reason: str, code: str) -> None:
         """Classify the invalid bytes at ``position`` (RCV-002, RCV-003, RCV-008)."""
         # [HIST-002] A torn tail ends the walk quietly; damage raises.
         # A torn tail is at most one interrupted commit, so reading the rest
@@ -137,6 +138,7 @@ class JournalWalk:
             committed_end=self._committed_end,
         )
         if proof is not None:
-            raise journal.damage_error(self.path, position, reason, proof)
+            raise journal.damage_error(self.path, position, reason, proof, code)
         self.tail = (position, self.size)
         self.tail_reason = reason
+        self.tail_code = code

@@ -115,7 +115,15 @@ def current_records(storage: Any) -> dict[str, dict[str, Any]]:
 
 
 @pytest.mark.req(
-    "RCV-001", "RCV-002", "RCV-003", "RCV-007", "FMT-012", "FMT-013", "RCV-050", "RCV-051"
+    "RCV-001",
+    "RCV-002",
+    "RCV-003",
+    "RCV-007",
+    "FMT-012",
+    "FMT-013",
+    "RCV-050",
+    "RCV-051",
+    "RCV-052",
 )
 @pytest.mark.parametrize("name", RECOVERY_NAMES)
 def test_recovery_vector_through_the_codec(name: str) -> None:
@@ -132,6 +140,7 @@ def test_recovery_vector_through_the_codec(name: str) -> None:
             journal.decode_file_header(data, name)
         assert type(info.value) is error
         assert info.value.offset == expect["offset"]
+        assert info.value.code == expect["reason"]
         return
     journal.decode_file_header(data, name)
     start = journal.FILE_HEADER_SIZE
@@ -139,6 +148,7 @@ def test_recovery_vector_through_the_codec(name: str) -> None:
         with pytest.raises(CorruptionError) as info:
             journal.scan(data, start, name)
         assert info.value.offset == expect["offset"]
+        assert info.value.code == expect["reason"]
         result = journal.scan(data, start, name, repair=True)
         assert result.corrupt
     else:
@@ -151,6 +161,7 @@ def test_recovery_vector_through_the_codec(name: str) -> None:
     else:
         assert result.tail == (expect["offset"], len(data))
         assert result.tail_reason
+        assert result.tail_code == expect["reason"]
 
 
 # --- file-recovery: the storages, on disk ---------------------------------------------
@@ -201,6 +212,7 @@ def test_recovery_vector_through_the_storages(
             with pytest.raises(CorruptionError) as info:
                 storage_class(str(path), readonly=readonly)
             assert info.value.offset == expect["offset"]
+            assert info.value.code == expect["reason"]
             assert path.read_bytes() == data
         storage = storage_class(str(path), repair=True)
     else:
