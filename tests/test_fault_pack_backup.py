@@ -15,8 +15,9 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pytest
 from _journal_storages import commit, contents, oid
 
 from dhruva import backup as backup_module
-from dhruva import wire
+from dhruva import file_pack, wire
 from dhruva.client_storage import ClientStorage
 from dhruva.error import DhruvaError, DiskReadError
 from dhruva.file_storage import FileStorage
@@ -150,8 +151,10 @@ def _files(directory: Path) -> set[str]:
 @pytest.mark.req("FLT-080", "FLT-081", "FLT-082")
 @pytest.mark.parametrize("when", ["begin", "step", "finish"])
 def test_enospc_during_pack_leaves_the_database_untouched(
-    cls: type[JournalStorage], path: str, tmp_path: Path, when: str
+    cls: type[JournalStorage], path: str, tmp_path: Path, when: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Every batch of copied records is written at once, so a step writes too.
+    monkeypatch.setattr(file_pack, "WRITE_BUFFER_BYTES", 1)
     with cls(path) as storage:
         _populate(storage)
     layer = FaultLayer()
@@ -172,11 +175,9 @@ def test_enospc_during_pack_leaves_the_database_untouched(
             storage.pack_begin()
             layer.full = pack_is_full
             if when == "step":
-                # One small budget per step: flushes happen at finish, so force one.
                 storage.pack_step(budget=10)
-                storage.pack_finish()
-            else:
-                storage.pack_finish()
+                pytest.fail("pack_step() wrote to a full disk without an error")
+            storage.pack_finish()
     # [FLT-080] The error keeps its errno and names the file that could not be written.
     assert info.value.errno == errno.ENOSPC
     assert info.value.filename == pack_path
@@ -202,6 +203,96 @@ def test_enospc_during_pack_leaves_the_database_untouched(
     with cls(path) as reopened:
         assert contents(reopened) == {0: b"root", 1: b"one again", 2: b"two after"}
     assert os.path.getsize(path) < len(before)
+
+
+# --- a real full disk: a small tmpfs ------------------------------------------------------
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs mounted for the test (skipped where mounting is impossible)."""
+    directory = tmp_path / "small"
+    directory.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], check=True)
+
+
+def _fill(directory: Path) -> Path:
+    """Write ``directory/filler`` until the disk is full; return its path."""
+    filler = directory / "filler"
+    with open(filler, "wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(bytes(4096))
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    return filler
+
+
+@pytest.mark.req("FLT-080", "FLT-081", "FLT-082")
+def test_pack_on_a_full_tmpfs(cls: type[JournalStorage], small_tmpfs: Path) -> None:
+    path = str(small_tmpfs / "db.dhruva")
+    storage = cls(path)
+    try:
+        # About 600 KiB of live data, so the pack output cannot fit once the disk is full.
+        commit(storage, (0, b"root", list(range(1, 151))))
+        for number in range(1, 151):
+            commit(storage, (number, bytes([number % 256]) * 4000, []))
+        commit(storage, (1, b"one", []))
+        expected = contents(storage)
+        filler = _fill(small_tmpfs)
+        before = Path(path).read_bytes()
+        files_before = _files(small_tmpfs)
+        with pytest.raises(OSError) as info:
+            storage.pack()
+        assert info.value.errno == errno.ENOSPC
+        assert info.value.filename == path + ".pack"
+        assert _files(small_tmpfs) == files_before
+        assert Path(path).read_bytes() == before
+        assert contents(storage) == expected
+        filler.unlink()
+        commit(storage, (2, b"two", []))
+        storage.pack()
+        expected[2] = b"two"
+        assert contents(storage) == expected
+    finally:
+        storage.close()
+    with cls(path) as reopened:
+        assert contents(reopened) == expected
+
+
+@pytest.mark.req("FLT-083")
+def test_backup_to_a_full_tmpfs(path: str, small_tmpfs: Path) -> None:
+    with FileStorage(path) as storage:
+        commit(storage, (0, b"root", list(range(1, 151))))
+        for number in range(1, 151):
+            commit(storage, (number, bytes([number % 256]) * 4000, []))
+        expected = contents(storage)
+    before = Path(path).read_bytes()
+    filler = _fill(small_tmpfs)
+    dest = str(small_tmpfs / "copy.dhruva")
+    with pytest.raises(OSError) as info:
+        backup_module.backup(path, dest)
+    assert info.value.errno == errno.ENOSPC
+    assert info.value.filename == dest + ".partial"
+    assert _files(small_tmpfs) == {"filler"}
+    assert Path(path).read_bytes() == before
+    filler.unlink()
+    backup_module.backup(path, dest)
+    with FileStorage(dest, readonly=True) as copy:
+        assert contents(copy) == expected
 
 
 # --- ENOSPC during backup ---------------------------------------------------------------
