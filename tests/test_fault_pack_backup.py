@@ -205,6 +205,33 @@ def test_enospc_during_pack_leaves_the_database_untouched(
     assert os.path.getsize(path) < len(before)
 
 
+@pytest.mark.req("FLT-080", "FLT-081")
+def test_eio_reading_the_database_abandons_the_pack(cls: type[JournalStorage], path: str) -> None:
+    with cls(path) as storage:
+        _populate(storage)
+    layer = FaultLayer()
+    storage = cls(path, file_layer=layer)
+    try:
+        expected = contents(storage)
+        before = Path(path).read_bytes()
+        offset = storage._index.get(oid(2)) or storage._lookup_more(oid(2))
+        assert offset
+        layer.bad_spans.append((path, offset, offset + 1))
+        with pytest.raises(OSError) as info:
+            storage.pack()
+        assert info.value.errno == errno.EIO
+        assert info.value.filename == path
+        assert not os.path.exists(path + ".pack")
+        assert not storage.packing
+        assert Path(path).read_bytes() == before
+        layer.bad_spans.clear()
+        assert contents(storage) == expected
+        storage.pack()  # the garbage goes, the live objects stay
+        assert contents(storage) == {0: b"root", 1: b"one again", 2: b"two"}
+    finally:
+        storage.close()
+
+
 # --- a real full disk: a small tmpfs ------------------------------------------------------
 
 
