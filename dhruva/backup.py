@@ -27,13 +27,18 @@ of a commit.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from dhruva import journal
 from dhruva.error import DhruvaError
 from dhruva.file_index import DiskIndex
-from dhruva.fileio import OS_FILES, OSFile, copy_span
+from dhruva.fileio import OS_FILES, OSFile
 from dhruva.journal_walk import JournalWalk
+
+#: Bytes copied per read and write of a backup.
+COPY_CHUNK_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,23 @@ def index_covered_offset(data_file: OSFile) -> int:
         disk.close()
 
 
+@contextmanager
+def naming_file(path: str, doing: str) -> Iterator[None]:
+    """Give an OSError raised inside (from ``os.pwrite``, ``os.fsync``: no file name)
+    the ``filename`` ``path`` and a message saying what was being ``doing``.
+
+    The errno is kept, so a caller still decides by it; an error that names
+    a file already passes unchanged ([FLT-083]).
+    """
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None:
+            raise
+        detail = exc.strerror or str(exc)
+        raise OSError(exc.errno, f"{detail} ({doing})", path) from exc
+
+
 def copy_prefix(
     source: OSFile, end: int, dest_path: str, *, expected: tuple[int, int] | None = None
 ) -> CopyResult:
@@ -111,14 +133,27 @@ def copy_prefix(
         raise DhruvaError(f"{dest_path} exists; choose a new name or remove it first")
     partial_path = dest_path + ".partial"
     version = data_file_version(source)
-    dest = OSFile(partial_path, create=True, readonly=False)
+    # [FLT-083] A failed write names the copy and says the source is untouched.
+    writing = f"writing the copy; it was removed and {source.path} is untouched"
+    with naming_file(partial_path, writing):
+        dest = OSFile(partial_path, create=True, readonly=False)
     try:
-        dest.truncate(0)
-        # [HIST-044] A copy is a new data file: a new file id (FMT-006), in
-        # the source's format version, since its bytes are copied as they are
-        # (FMT-021).
-        dest.append(journal.encode_file_header(os.urandom(journal.FILE_ID_SIZE), version))
-        reached = copy_span(source, dest, journal.FILE_HEADER_SIZE, end)
+        with naming_file(partial_path, writing):
+            dest.truncate(0)
+            # [HIST-044] A copy is a new data file: a new file id (FMT-006), in
+            # the source's format version, since its bytes are copied as they are
+            # (FMT-021).
+            dest.append(journal.encode_file_header(os.urandom(journal.FILE_ID_SIZE), version))
+        # Not copy_span: a failed read and a failed write name different files.
+        reached = journal.FILE_HEADER_SIZE
+        while reached < end:
+            with naming_file(source.path, "reading the source for a backup"):
+                chunk = source.pread(min(COPY_CHUNK_BYTES, end - reached), reached)
+            if not chunk:
+                break
+            with naming_file(partial_path, writing):
+                dest.append(chunk)
+            reached += len(chunk)
         if reached < end:
             raise DhruvaError(f"{source.path} ended at {reached}, before {end}")
         # [HIST-043] Verify the copy before it gets its name.
@@ -134,16 +169,22 @@ def copy_prefix(
                 f"the copy {partial_path} holds {count} transactions up to tid "
                 f"{walk.last_tid}, expected {expected[0]} up to tid {expected[1]}"
             )
-        dest.sync()
+        with naming_file(partial_path, writing):
+            dest.sync()
     except BaseException:
         dest.close()
+        # [FLT-083] Nothing is left behind: the partial copy goes.
         try:
             os.unlink(partial_path)
         except FileNotFoundError:
             pass
         raise
     dest.close()
-    OS_FILES.rename(partial_path, dest_path)
+    try:
+        OS_FILES.rename(partial_path, dest_path)
+    except BaseException:
+        os.unlink(partial_path)
+        raise
     OS_FILES.sync_directory(dest_path)
     return CopyResult(dest_path, count, walk.last_tid, end, 0)
 

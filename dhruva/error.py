@@ -114,6 +114,24 @@ class FormatError(CorruptionError):
     """A file is not a dhruva file of a version this code can read."""
 
 
+class DiskReadError(DhruvaError, OSError):
+    """The disk failed to read a database file (EIO, a bad sector): no data was returned.
+
+    Both a DhruvaError (so a caller that handles storage failures handles it,
+    and a server answers STORAGE_FAILURE) and an OSError with the original
+    ``errno``, ``strerror`` and ``filename`` (the file's path).  ``path`` and
+    ``offset`` say where the read was (spec: fault-model.md, FLT-084).
+    """
+
+    def __init__(self, errno: int | None, strerror: str, path: str, offset: int) -> None:
+        OSError.__init__(self, errno, strerror, path)
+        self.path = path
+        self.offset = offset
+
+    def __str__(self) -> str:
+        return f"{self.path} at offset {self.offset}: {self.strerror} (the disk failed the read)"
+
+
 class StorageLockedError(DhruvaError):
     """Another process holds the write lock on this database file."""
 

@@ -46,13 +46,14 @@ from __future__ import annotations
 import os
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from dhruva import journal
 from dhruva.error import DhruvaError
-from dhruva.fileio import DataFile, FileLayer, copy_span
+from dhruva.fileio import DataFile, FileLayer
 from dhruva.utils import ROOT_OID
 
 #: Bytes of copied records buffered before one write to ``PATH.pack``.
@@ -246,19 +247,62 @@ class Packer:
         # [RCV-023] A stale PATH.pack of an interrupted pack is never read; replace it.
         if layer.exists(self.pack_path):
             layer.remove(self.pack_path)
-        new_file = layer.open(self.pack_path, create=True, readonly=False)
+        with self._writing_pack():
+            new_file = layer.open(self.pack_path, create=True, readonly=False)
         try:
             # [RCV-022] Locked before it bears the database's name.
             new_file.lock(exclusive=True)
-            new_file.append(journal.encode_file_header(self.file_id, self._version))
-            # P's header is written by finish(), once its counts are known.
-            new_file.append(bytes(journal.TXN_HEADER_SIZE))
+            with self._writing_pack():
+                new_file.append(journal.encode_file_header(self.file_id, self._version))
+                # P's header is written by finish(), once its counts are known.
+                new_file.append(bytes(journal.TXN_HEADER_SIZE))
         except BaseException:
             new_file.close()
+            # [FLT-081] A failed pack leaves no partial output behind.
             layer.remove(self.pack_path)
             raise
         self._new_file = new_file
         self._hook("created")
+
+    # --- errors -----------------------------------------------------------------------
+
+    @contextmanager
+    def _writing_pack(self) -> Iterator[None]:
+        """Name ``PATH.pack`` in an OSError of a write to it (a full disk, EIO).
+
+        ``os.pwrite`` and ``os.fsync`` raise OSErrors that name no file; the
+        user must learn which file failed and that the database is untouched.
+        The errno is kept, so callers still decide by it ([FLT-080]).  The
+        caller (``JournalStorage.pack_step``/``pack_finish``) then aborts the
+        pack, which removes ``PATH.pack``.
+        """
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is not None and exc.filename != self.pack_path:
+                raise  # already names another file (the directory of a sync)
+            detail = exc.strerror or str(exc)
+            raise OSError(
+                exc.errno,
+                f"{detail} (writing the pack output; the pack was abandoned, "
+                f"{self.target.path} is untouched)",
+                self.pack_path,
+            ) from exc
+
+    @contextmanager
+    def _reading_database(self) -> Iterator[None]:
+        """Name the data file in an OSError of a read from it (EIO), keeping the errno."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.filename is not None:
+                raise
+            detail = exc.strerror or str(exc)
+            raise OSError(
+                exc.errno,
+                f"{detail} (reading for a pack; the pack was abandoned)",
+                self.target.path,
+            ) from exc
 
     # --- hooks and progress -------------------------------------------------------------
 
@@ -297,7 +341,8 @@ class Packer:
         if self._new_file is None:
             return True
         data_file = self.target.data_file()
-        self._scan_new_commits(data_file)
+        with self._reading_database():
+            self._scan_new_commits(data_file)
         walked = 0
         while self._todo and walked < budget:
             take = min(WALK_BATCH, budget - walked)
@@ -362,8 +407,9 @@ class Packer:
             ):
                 stop += 1
             last = located[stop - 1][0]
-            span = data_file.pread(last - first + RECORD_GUESS_BYTES, first)
-            self._copy_records(data_file, span, first, located[start:stop])
+            with self._reading_database():
+                span = data_file.pread(last - first + RECORD_GUESS_BYTES, first)
+                self._copy_records(data_file, span, first, located[start:stop])
             start = stop
             if self._buffered_bytes >= WRITE_BUFFER_BYTES:
                 self._flush()
@@ -443,7 +489,8 @@ class Packer:
         self._buffered_bytes = 0
         self._body_crc = zlib.crc32(chunk, self._body_crc)
         # [RCV-025] Appended without a sync; the one sync comes in finish().
-        self._new_file.append(chunk)
+        with self._writing_pack():
+            self._new_file.append(chunk)
         self.progress.records_copied = self._record_count
         self.progress.bytes_copied = self._body_length
         self._hook("copied")
@@ -472,7 +519,8 @@ class Packer:
         tail_start = self._position + journal.TXN_TRAILER_SIZE
         self._copy_commits_of_the_pack(target.data_file(), new_file)
         # [RCV-021] One fsync of the whole new file, then of its directory.
-        new_file.sync()
+        with self._writing_pack():
+            new_file.sync()
         layer = target.layer
         layer.sync_directory(self.pack_path)
         self._hook("synced")
@@ -510,14 +558,24 @@ class Packer:
         )
         crc = crc32_combine(zlib.crc32(head), self._body_crc, body_length)
         # [RCV-020] One transaction with the snapshot's tid and time.
-        new_file.append(journal.encode_trailer(crc, body_length))
-        new_file.pwrite(head, journal.FILE_HEADER_SIZE)
+        with self._writing_pack():
+            new_file.append(journal.encode_trailer(crc, body_length))
+            new_file.pwrite(head, journal.FILE_HEADER_SIZE)
         self._hook("packed-transaction")
 
     def _copy_commits_of_the_pack(self, data_file: DataFile, new_file: DataFile) -> None:
         """Copy the transactions committed since the snapshot, byte for byte."""
         end = self.target.current_end()
-        reached = copy_span(data_file, new_file, self.snapshot_end, end, READ_SPAN_BYTES)
+        # Not copy_span: a failed read and a failed write name different files.
+        reached = self.snapshot_end
+        while reached < end:
+            with self._reading_database():
+                chunk = data_file.pread(min(READ_SPAN_BYTES, end - reached), reached)
+            if not chunk:
+                break
+            with self._writing_pack():
+                new_file.append(chunk)
+            reached += len(chunk)
         if reached < end:
             raise DhruvaError(f"{self.target.path} ended at {reached}, before {end}")
         self._hook("commits-copied")

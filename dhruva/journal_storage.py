@@ -58,7 +58,13 @@ import time
 from collections.abc import Callable, Iterator
 
 from dhruva import journal
-from dhruva.error import CorruptionError, DhruvaError, DhruvaKeyError, ReadOnlyError
+from dhruva.error import (
+    CorruptionError,
+    DhruvaError,
+    DhruvaKeyError,
+    DiskReadError,
+    ReadOnlyError,
+)
 from dhruva.file_pack import (
     DEFAULT_STEP_BUDGET,
     Packer,
@@ -316,13 +322,19 @@ class JournalStorage(Storage):
             offset = self._lookup_more(oid)
             if not offset:
                 raise DhruvaKeyError(oid)
-        buf = data_file.pread(LOAD_READ_BYTES, offset)
         version = self.format_version
-        if len(buf) < journal.record_header_size(version):
-            raise CorruptionError(self.path, offset, "record header runs past the end of the file")
-        size = journal.record_size(buf, version)
-        if size > len(buf):
-            buf = data_file.pread(size, offset)
+        try:
+            buf = data_file.pread(LOAD_READ_BYTES, offset)
+            if len(buf) < journal.record_header_size(version):
+                raise CorruptionError(
+                    self.path, offset, "record header runs past the end of the file"
+                )
+            size = journal.record_size(buf, version)
+            if size > len(buf):
+                buf = data_file.pread(size, offset)
+        except OSError as exc:
+            # [FLT-084] A failed read fails this load only, naming file and offset.
+            raise DiskReadError(exc.errno, exc.strerror or str(exc), self.path, offset) from exc
         # [FMT-023] A version 2 record is checked against its checksum here.
         record = journal.decode_record_at(buf, offset, self.path, base=offset, version=version)
         if record.oid != oid:
