@@ -154,3 +154,18 @@ class ForbiddenClassError(SerializationError):
             f"refusing to load {name}: {detail} (pass it in allowed_classes= "
             "only if you trust the database)"
         )
+
+
+# --- Durus compatibility (docs/guide/durus.md) --------------------------------------------
+
+DurusKeyError = DhruvaKeyError
+"""Durus's name for :class:`DhruvaKeyError` (the same class, so either can be caught)."""
+
+
+class EmptyBTreeError(DhruvaError, ValueError, AssertionError):
+    """``get_min_item()`` or ``get_max_item()`` of an empty BTree.
+
+    It is a ValueError (what dhruva documents) and an AssertionError (what
+    Durus 4.3 raises), so ``except`` clauses written for either keep working
+    (spec BT-024).
+    """

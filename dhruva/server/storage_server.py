@@ -141,7 +141,15 @@ class StorageServer(PackingLoop):
         pack_step_budget: int = DEFAULT_PACK_STEP_BUDGET,
         pack_progress_interval_s: float = 1.0,
         busy_poll_s: float = DEFAULT_BUSY_POLL_S,
+        *,
+        host: str | None = None,
+        port: int | None = None,
     ) -> None:
+        # [SRV-087] Durus's StorageServer(storage, host=, port=).
+        if host is not None or port is not None:
+            if address != DEFAULT_ADDRESS:
+                raise TypeError("give either address= or host=/port=, not both")
+            address = (host or DEFAULT_HOST, DEFAULT_PORT if port is None else port)
         self.busy_poll_s = max(0.0, busy_poll_s)
         self._busy = False
         self.pack_step_budget = max(1, pack_step_budget)
