@@ -38,6 +38,7 @@ propagates; the tree is left valid and without the new key (BT-022).
 
 from __future__ import annotations
 
+import operator
 from bisect import bisect_left, bisect_right
 from collections.abc import (
     ItemsView,
@@ -49,8 +50,9 @@ from collections.abc import (
     ValuesView,
 )
 from operator import itemgetter
-from typing import Any, ClassVar, TypeVar, overload
+from typing import Any, ClassVar, SupportsIndex, TypeVar, overload
 
+from dhruva.error import EmptyBTreeError
 from dhruva.persistent import UNSAVED, PersistentObject
 
 T = TypeVar("T")
@@ -564,15 +566,23 @@ class BTree(PersistentObject, MutableMapping[Any, Any]):
                 yield item
 
     def get_min_item(self) -> Item:
-        """Return the ``(key, value)`` with the least key; ValueError when empty."""
+        """Return the ``(key, value)`` with the least key.
+
+        Raises EmptyBTreeError (a ValueError and, as in Durus, an
+        AssertionError) when the tree is empty (BT-024).
+        """
         if not self.root.items:
-            raise ValueError("get_min_item() of an empty BTree")
+            raise EmptyBTreeError("get_min_item() of an empty BTree")
         return self.root.get_min_item()
 
     def get_max_item(self) -> Item:
-        """Return the ``(key, value)`` with the greatest key; ValueError when empty."""
+        """Return the ``(key, value)`` with the greatest key.
+
+        Raises EmptyBTreeError (a ValueError and an AssertionError) when the
+        tree is empty (BT-024).
+        """
         if not self.root.items:
-            raise ValueError("get_max_item() of an empty BTree")
+            raise EmptyBTreeError("get_max_item() of an empty BTree")
         return self.root.get_max_item()
 
     def get_depth(self) -> int:
@@ -740,16 +750,65 @@ class BTree(PersistentObject, MutableMapping[Any, Any]):
         return True
 
 
-class _BTreeKeysView(KeysView[Any]):
-    """A keys view that can also run backward, as a dict's can."""
+class _SequenceViewMixin:
+    """What Durus code expects of the lists Durus 4.3's keys()/values()/items() return.
+
+    The views stay views (no copy of the tree is made), but, since a BTree's
+    order is fixed, they also behave as the sorted sequence they walk: ``==``
+    with a list or tuple compares in order, and ``view[i]`` and
+    ``view[i:j]`` index that sequence (BT-025).  Indexing walks the tree from
+    the start, so ``list(view)`` is the faster way to index many times.
+    """
+
+    def __iter__(self) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def _sequence_eq(self, other: object) -> bool | None:
+        if isinstance(other, (list, tuple)):
+            return list(self) == list(other)
+        return None
+
+    @overload
+    def __getitem__(self, index: SupportsIndex) -> Any: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Any]: ...
+    def __getitem__(self, index: SupportsIndex | slice) -> Any:
+        if isinstance(index, slice):
+            return list(self)[index]
+        position = operator.index(index)
+        if position < 0:
+            return list(self)[position]
+        for seen, element in enumerate(self):
+            if seen == position:
+                return element
+        raise IndexError("BTree view index out of range")
+
+
+class _BTreeKeysView(_SequenceViewMixin, KeysView[Any]):
+    """A keys view that can also run backward, as a dict's can.
+
+    It compares as a set with sets (as a dict's keys view does) and in order
+    with lists and tuples (as Durus's list does).
+    """
 
     _mapping: BTree
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._mapping)
 
     def __reversed__(self) -> Iterator[Any]:
         return reversed(self._mapping)
 
+    def __eq__(self, other: object) -> bool:
+        result = self._sequence_eq(other)
+        if result is not None:
+            return result
+        return KeysView.__eq__(self, other)
 
-class _BTreeValuesView(ValuesView[Any]):
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _BTreeValuesView(_SequenceViewMixin, ValuesView[Any]):
     """A values view that walks the tree once instead of looking up every key."""
 
     _mapping: BTree
@@ -761,8 +820,16 @@ class _BTreeValuesView(ValuesView[Any]):
         for item in self._mapping.items_backward():
             yield item[1]
 
+    def __eq__(self, other: object) -> bool:
+        result = self._sequence_eq(other)
+        if result is not None:
+            return result
+        return self is other
 
-class _BTreeItemsView(ItemsView[Any, Any]):
+    __hash__ = None  # type: ignore[assignment]
+
+
+class _BTreeItemsView(_SequenceViewMixin, ItemsView[Any, Any]):
     """An items view that walks the tree once instead of looking up every key."""
 
     _mapping: BTree
@@ -772,6 +839,14 @@ class _BTreeItemsView(ItemsView[Any, Any]):
 
     def __reversed__(self) -> Iterator[Item]:
         return self._mapping.items_backward()
+
+    def __eq__(self, other: object) -> bool:
+        result = self._sequence_eq(other)
+        if result is not None:
+            return result
+        return ItemsView.__eq__(self, other)
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 __all__ = [

@@ -113,7 +113,15 @@ class ClientStorage(Storage):
         server_hostname: str | None = None,
         prefetch: bool = True,
         busy_poll_s: float = DEFAULT_BUSY_POLL_S,
+        *,
+        host: str | None = None,
+        port: int | None = None,
     ) -> None:
+        # [SRV-088] Durus's ClientStorage(host=, port=): either completes the default.
+        if host is not None or port is not None:
+            if address != DEFAULT_ADDRESS:
+                raise TypeError("give either address= or host=/port=, not both")
+            address = (host or DEFAULT_ADDRESS[0], DEFAULT_ADDRESS[1] if port is None else port)
         # Polling needs MSG_DONTWAIT, and a plain socket (SSL sockets take no flags).
         self._busy_poll_s = busy_poll_s if _DONTWAIT and not tls else 0.0
         self._poll_misses = 0

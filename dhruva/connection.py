@@ -37,7 +37,7 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any, TypeVar
 
 from dhruva.class_registry import AllowEntry, ClassMap, ClassRegistry
@@ -216,6 +216,28 @@ class Connection:
             raise DhruvaKeyError(ROOT_OID, "this database has no root object yet")
         self._root_pending = False
         return root
+
+    # Durus exposes these three as plain attributes (CONN-031).  Here they are
+    # read-only properties over the connection's own state, so that code
+    # written for Durus reads them unchanged and cannot rebind them.
+
+    @property
+    def root(self) -> Any:
+        """The root object: Durus's attribute for :meth:`get_root`."""
+        return self.get_root()
+
+    @property
+    def storage(self) -> Storage:
+        """The storage this connection uses: Durus's attribute for :meth:`get_storage`."""
+        return self._storage
+
+    @property
+    def changed(self) -> Mapping[bytes, PersistentBase]:
+        """The objects changed since the last commit or abort, by oid (Durus's attribute).
+
+        A live read-only view: it follows the connection's state.
+        """
+        return MappingProxyType(self._changed)
 
     # -- loading ---------------------------------------------------------------------
 
@@ -553,3 +575,32 @@ class Connection:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def touch_every_reference(connection: Connection, *words: str | bytes) -> None:
+    """Mark changed every stored object whose record data contains one of ``words``.
+
+    Durus's tool for renamed or moved classes (CONN-032): after mapping the
+    old name (``Connection(..., class_map=...)``), touching the objects whose
+    records name it and committing rewrites them under the new name.  Words
+    are matched as bytes (str words as UTF-8) in the whole record data, class
+    and state; the walk loads only the matching objects.
+    """
+    patterns = [word.encode("utf-8") if isinstance(word, str) else bytes(word) for word in words]
+    for oid, record in connection.get_storage().gen_oid_record():
+        data = record.data
+        if any(pattern in data for pattern in patterns):
+            obj = connection.get(oid)
+            if obj is not None:
+                obj._p_note_change()
+
+
+def gen_every_instance(connection: Connection, *classes: type) -> Iterator[Any]:
+    """Yield every stored object that is an instance of one of ``classes`` (Durus's helper).
+
+    Every object is loaded to be tested, as in Durus.
+    """
+    for oid, _record in connection.get_storage().gen_oid_record():
+        obj = connection.get(oid)
+        if isinstance(obj, classes):
+            yield obj

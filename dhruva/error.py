@@ -199,3 +199,16 @@ class PackNotSupportedError(DhruvaError):
     def __init__(self, storage: str) -> None:
         self.storage = storage
         super().__init__(f"{storage} does not support pack")
+# --- Durus compatibility (docs/guide/durus.md) --------------------------------------------
+
+DurusKeyError = DhruvaKeyError
+"""Durus's name for :class:`DhruvaKeyError` (the same class, so either can be caught)."""
+
+
+class EmptyBTreeError(DhruvaError, ValueError, AssertionError):
+    """``get_min_item()`` or ``get_max_item()`` of an empty BTree.
+
+    It is a ValueError (what dhruva documents) and an AssertionError (what
+    Durus 4.3 raises), so ``except`` clauses written for either keep working
+    (spec BT-024).
+    """

@@ -357,3 +357,7 @@ class TempFileStorage(FileStorage):
 
     def __init__(self, file_layer: FileLayer | None = None) -> None:
         super().__init__(None, file_layer=file_layer)
+
+    def get_filename(self) -> str:
+        """Return the temporary data file's path (Durus's method; SAPI-086)."""
+        return self.path

@@ -49,7 +49,7 @@ from collections.abc import (
 )
 from typing import TYPE_CHECKING, Any, Self, TypeVar, overload
 
-from dhruva.persistent import UNSAVED, Persistent
+from dhruva.persistent import UNSAVED, PersistentObject
 
 if TYPE_CHECKING:
     from _typeshed import SupportsKeysAndGetItem
@@ -61,7 +61,7 @@ T = TypeVar("T")
 _MISSING: Any = object()
 
 
-class PersistentDict(Persistent, MutableMapping[K, V]):
+class PersistentDict(PersistentObject, MutableMapping[K, V]):
     """A persistent ``dict``: ``PersistentDict(mapping_or_iterable, **kwargs)``.
 
     Behaves as the builtin ``dict`` (every ``MutableMapping`` method, ``|``,
@@ -70,6 +70,11 @@ class PersistentDict(Persistent, MutableMapping[K, V]):
     the contents through the PersistentDict, not through ``data``, or call
     ``_p_note_change()`` yourself.
     """
+
+    # One slot, as in Durus: no per-instance __dict__ (less memory, and a
+    # misspelt attribute raises AttributeError).  Subclasses without
+    # __slots__ get a __dict__, which is stored with the slot (DM-013).
+    __slots__ = ("data",)
 
     data: dict[K, V]
 
@@ -142,6 +147,23 @@ class PersistentDict(Persistent, MutableMapping[K, V]):
 
     def items(self) -> ItemsView[K, V]:
         return self.data.items()
+
+    # Durus's Python 2 names (DM-016): iterators, and ``has_key`` for ``in``.
+    def has_key(self, key: object) -> bool:
+        """Durus's name for ``key in self``."""
+        return key in self.data
+
+    def iteritems(self) -> Iterator[tuple[K, V]]:
+        """Durus's name for ``iter(self.items())``."""
+        return iter(self.data.items())
+
+    def iterkeys(self) -> Iterator[K]:
+        """Durus's name for ``iter(self)``."""
+        return iter(self.data)
+
+    def itervalues(self) -> Iterator[V]:
+        """Durus's name for ``iter(self.values())``."""
+        return iter(self.data.values())
 
     def copy(self) -> Self:
         return self.__class__(self.data)

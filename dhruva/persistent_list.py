@@ -10,13 +10,15 @@ Reading a slice returns a plain ``list`` (as Durus does on Python 3, and at
 the cost of the builtin slice alone); ``+``, ``*`` and ``copy`` return new,
 unsaved instances of the same class, as in Durus and ``collections.UserList``.
 
-There is deliberately no ``__radd__`` (Durus has one): ``list`` has no
-``__iadd__`` slot of the numeric kind, so with a ``__radd__`` here
-``items += persistent_list`` would call it and rebind ``items`` to a new
-PersistentList instead of extending the plain list in place.  Without it,
-``items += persistent_list`` extends ``items`` as ``list.extend`` does, and
-``[0] + persistent_list`` raises TypeError as ``[0] + (1,)`` does; write
-``[0, *persistent_list]``.
+``list + persistent_list`` and ``tuple + persistent_list`` work, as in
+Durus, and return the type of the left operand (a list, a tuple), the rule
+``dhruva.persistent_dict`` follows for ``|``; Durus returns a PersistentList.
+One consequence of having ``__radd__`` at all: ``list`` has no numeric
+``__iadd__`` slot, so Python tries ``__radd__`` before ``list.extend`` and
+``items += persistent_list`` rebinds ``items`` to a new list (as
+``items = items + persistent_list`` does) instead of extending the list in
+place.  Code that relies on the list's identity writes
+``items.extend(persistent_list)``.
 """
 
 from __future__ import annotations
@@ -25,12 +27,12 @@ import sys
 from collections.abc import Callable, Iterable, Iterator, MutableSequence
 from typing import Any, Self, SupportsIndex, TypeVar, overload
 
-from dhruva.persistent import UNSAVED, Persistent
+from dhruva.persistent import UNSAVED, PersistentObject
 
 T = TypeVar("T")
 
 
-class PersistentList(Persistent, MutableSequence[T]):
+class PersistentList(PersistentObject, MutableSequence[T]):
     """A persistent ``list``: ``PersistentList(iterable=())``.
 
     Behaves as the builtin ``list`` (indexing and slicing, ``+``, ``+=``,
@@ -38,6 +40,11 @@ class PersistentList(Persistent, MutableSequence[T]):
     ``copy``) and marks itself changed on every mutation.  Instance
     attribute: ``data``, the underlying ``list``.
     """
+
+    # One slot, as in Durus: no per-instance __dict__ (less memory, and a
+    # misspelt attribute raises AttributeError).  Subclasses without
+    # __slots__ get a __dict__, which is stored with the slot (DM-013).
+    __slots__ = ("data",)
 
     data: list[T]
 
@@ -85,6 +92,20 @@ class PersistentList(Persistent, MutableSequence[T]):
             return self.__class__(self.data + other)
         if isinstance(other, PersistentList):
             return self.__class__(self.data + other.data)
+        return NotImplemented
+
+    @overload
+    def __radd__(self, other: list[T]) -> list[T]: ...
+    @overload
+    def __radd__(self, other: tuple[T, ...]) -> tuple[T, ...]: ...
+    def __radd__(self, other: list[T] | tuple[T, ...]) -> list[T] | tuple[T, ...]:
+        # [DM-014] ``[0] + persistent_list`` and ``(0,) + persistent_list``:
+        # the result has the type of the left operand, as builtin operators
+        # do (see the module docstring for ``+=``).
+        if isinstance(other, list):
+            return other + self.data
+        if isinstance(other, tuple):
+            return other + tuple(self.data)
         return NotImplemented
 
     def __mul__(self, count: SupportsIndex) -> Self:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Iterator, MutableSet
 from collections.abc import Set as AbstractSet
 from typing import Any, Self, TypeVar
 
-from dhruva.persistent import UNSAVED, Persistent
+from dhruva.persistent import UNSAVED, PersistentObject
 
 T = TypeVar("T")
 
@@ -56,7 +56,7 @@ def _unwrap(others: tuple[Iterable[Any], ...]) -> list[Iterable[Any]]:
     return [other.s if isinstance(other, PersistentSet) else other for other in others]
 
 
-class PersistentSet(Persistent, MutableSet[T]):
+class PersistentSet(PersistentObject, MutableSet[T]):
     """A persistent ``set``: ``PersistentSet(iterable=())``.
 
     Behaves as the builtin ``set`` (operators and in-place operators,
@@ -64,6 +64,11 @@ class PersistentSet(Persistent, MutableSet[T]):
     and frozensets) and marks itself changed on every mutation.  Instance
     attribute: ``s``, the underlying ``set``.
     """
+
+    # One slot, as in Durus: no per-instance __dict__ (less memory, and a
+    # misspelt attribute raises AttributeError).  Subclasses without
+    # __slots__ get a __dict__, which is stored with the slot (DM-013).
+    __slots__ = ("s",)
 
     s: set[T]
 

@@ -26,6 +26,7 @@ from dhruva.error import DhruvaError, DhruvaKeyError, PackNotSupportedError
 from dhruva.record import Record as Record
 from dhruva.record import check_oid as check_oid
 from dhruva.record import check_record as check_record
+from dhruva.record_class import record_class_name
 from dhruva.utils import int8_to_str, iter_oids, str_to_int8
 
 # Capability names a storage may declare (spec: storage-api.md, "Capabilities").
@@ -224,3 +225,61 @@ class MemoryStorage(Storage):
 
     def close(self) -> None:
         self._closed = True
+
+
+# --- Durus's storage helpers (docs/guide/durus.md) ----------------------------------------
+#
+# Durus 4.3 defines these in durus.storage; they live at the same path here.
+# They walk a storage's records; the class names come from the record bytes
+# through the sans-IO codec dhruva.record_class (nothing is unpickled), so the
+# storages themselves still never interpret a record (DM-004).
+
+
+def gen_oid_class(storage: Storage, *classes: str) -> Iterator[tuple[bytes, str]]:
+    """Yield ``(oid, dotted class name)`` for every stored object (SAPI-084).
+
+    With ``classes`` (dotted names), only objects of those classes.  A record
+    whose class cannot be read from its bytes is yielded with the name "?",
+    as Durus does.
+    """
+    for oid, record in storage.gen_oid_record():
+        try:
+            name = record_class_name(record.data)
+        except ValueError:
+            name = "?"
+        if not classes or name in classes:
+            yield oid, name
+
+
+def get_census(storage: Storage) -> dict[str, int]:
+    """Return ``{dotted class name: number of stored instances}`` (SAPI-084).
+
+    Durus keys the census by the bare class name as bytes
+    (``b"PersistentDict"``); dhruva by the dotted name as str
+    (``"dhruva.persistent_dict.PersistentDict"``), which cannot be ambiguous.
+    """
+    census: dict[str, int] = {}
+    for _oid, name in gen_oid_class(storage):
+        census[name] = census.get(name, 0) + 1
+    return census
+
+
+def get_reference_index(storage: Storage) -> dict[bytes, list[bytes]]:
+    """Return ``{oid: [oids of the records that reference it]}`` (SAPI-085).
+
+    It holds every reference in memory: as Durus warns, it may be large.
+    """
+    index: dict[bytes, list[bytes]] = {}
+    for oid, record in storage.gen_oid_record():
+        for ref in iter_oids(record.refs):
+            index.setdefault(ref, []).append(oid)
+    return index
+
+
+def gen_referring_oid_record(
+    storage: Storage, referred_oid: bytes
+) -> Iterator[tuple[bytes, Record]]:
+    """Yield ``(oid, record)`` for every record that references ``referred_oid`` (SAPI-085)."""
+    for oid, record in storage.gen_oid_record():
+        if referred_oid in iter_oids(record.refs):
+            yield oid, record

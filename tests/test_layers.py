@@ -26,9 +26,15 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "dhruva"
 
 LAYERS: dict[str, list[str]] = {
-    "base": ["dhruva.error", "dhruva.utils"],
+    "base": ["dhruva.error", "dhruva.utils", "dhruva.logger"],
     # Sans-IO codecs: bytes in, bytes or typed values out.
-    "codecs": ["dhruva.record", "dhruva.journal", "dhruva.journal_walk", "dhruva.wire"],
+    "codecs": [
+        "dhruva.record",
+        "dhruva.record_class",
+        "dhruva.journal",
+        "dhruva.journal_walk",
+        "dhruva.wire",
+    ],
     # Storages and the file layer under them; object state is opaque bytes here.
     "storages": [
         "dhruva.storage",

@@ -13,7 +13,7 @@ from _persistent_fakes import PRIOR_STATES, FakeConnection, Op, check_against_bu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dhruva.persistent import Persistent
+from dhruva.persistent import Persistent, PersistentObject
 from dhruva.persistent_dict import PersistentDict
 
 keys = st.sampled_from([0, 1, 2, 3, "a", "b"])
@@ -176,7 +176,8 @@ def test_missing_hook_of_subclasses_is_used_by_getitem() -> None:
 def test_is_a_mutable_mapping_and_generic() -> None:
     pd: PersistentDict[str, int] = PersistentDict()
     assert isinstance(pd, MutableMapping) and isinstance(pd, Mapping)
-    assert isinstance(pd, Persistent)
+    # As in Durus, the containers are PersistentObjects (slots), not Persistents.
+    assert isinstance(pd, PersistentObject) and not isinstance(pd, Persistent)
     assert PersistentDict[str, int].__origin__ is PersistentDict  # type: ignore[attr-defined]
 
 
@@ -217,7 +218,9 @@ def test_ghost_loads_on_first_read() -> None:
     connection = FakeConnection()
     pd = PersistentDict({1: 2})
     connection.make_ghost(pd)
-    assert pd._p_is_ghost() and "data" not in object.__getattribute__(pd, "__dict__")
+    assert pd._p_is_ghost()
+    with pytest.raises(AttributeError):
+        object.__getattribute__(pd, "data")
     assert pd[1] == 2
     assert connection.loaded == [pd]
     assert pd._p_is_saved()

@@ -12,7 +12,7 @@ from _persistent_fakes import PRIOR_STATES, FakeConnection, Op, check_against_bu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dhruva.persistent import Persistent
+from dhruva.persistent import Persistent, PersistentObject
 from dhruva.persistent_list import PersistentList
 
 items = st.integers(0, 5)
@@ -35,13 +35,16 @@ def _inplace(operator: str, other: Any) -> Any:
 
 
 def _extend_plain_list(other: list[int]) -> Any:
-    """``plain += c`` extends ``plain`` in place (no ``__radd__`` may take over)."""
+    """``plain += c`` gives the concatenation as a plain list.
+
+    With a PersistentList on the right, ``__radd__`` takes over and ``plain``
+    is rebound to a new list (DM-014); ``test_radd_*`` below checks that.
+    """
 
     def apply(c: Any) -> Any:
         plain = list(other)
-        alias = plain
         plain += c
-        return (plain is alias, plain)
+        return (type(plain), plain)
 
     return apply
 
@@ -51,6 +54,16 @@ def _add_persistent(other: list[int]) -> Any:
 
     def apply(c: Any) -> Any:
         return c + (PersistentList(other) if isinstance(c, PersistentList) else other)
+
+    return apply
+
+
+def _iadd_persistent(other: list[int]) -> Any:
+    """``c += PersistentList(other)``; the builtin model adds the plain list."""
+
+    def apply(c: Any) -> Any:
+        c += PersistentList(other) if isinstance(c, PersistentList) else other
+        return c
 
     return apply
 
@@ -143,9 +156,7 @@ WRITE_OPS = st.one_of(
     lists.map(lambda other: Op(f"+= {other}", _inplace("+=", other), mutating=True)),
     lists.map(lambda other: Op(f"+= tuple {other}", _inplace("+=", tuple(other)), mutating=True)),
     lists.map(
-        lambda other: Op(
-            f"+= PersistentList({other})", _inplace("+=", PersistentList(other)), mutating=True
-        )
+        lambda other: Op(f"+= PersistentList({other})", _iadd_persistent(other), mutating=True)
     ),
     st.just(Op("+= self", _iadd_self, mutating=True)),
     st.just(Op("+= 5", _inplace("+=", 5), mutating=True)),
@@ -193,9 +204,26 @@ def test_slices_are_plain_lists_and_derived_lists_keep_the_class() -> None:
     assert type(copy.copy(sub)) is Sub
 
 
-def test_a_list_on_the_left_of_plus_is_a_type_error_as_for_tuples() -> None:
+@pytest.mark.req("DM-014")
+def test_radd_a_list_or_tuple_on_the_left_gives_the_left_type() -> None:
+    pl = PersistentList([1, 2])
+    assert [0] + pl == [0, 1, 2] and type([0] + pl) is list  # noqa: RUF005
+    assert (0,) + pl == (0, 1, 2) and type((0,) + pl) is tuple  # noqa: RUF005
+    assert pl.data == [1, 2] and pl._p_is_unsaved()
     with pytest.raises(TypeError):
-        _ = [0] + PersistentList([1])  # type: ignore[operator]  # noqa: RUF005
+        _ = "ab" + pl  # type: ignore[operator]
+
+
+@pytest.mark.req("DM-014")
+def test_radd_makes_plain_list_plus_equals_rebind() -> None:
+    # The documented cost of __radd__: ``items += pl`` is ``items = items + pl``.
+    items = [0]
+    alias = items
+    items += PersistentList([1])
+    assert items == [0, 1] and type(items) is list
+    assert alias == [0] and items is not alias
+    alias.extend(PersistentList([1]))
+    assert alias == [0, 1]
 
 
 def test_copy_is_an_independent_unsaved_instance() -> None:
@@ -224,7 +252,8 @@ def test_repr_shows_class_oid_and_contents() -> None:
 def test_is_a_mutable_sequence_and_generic() -> None:
     pl: PersistentList[int] = PersistentList()
     assert isinstance(pl, MutableSequence)
-    assert isinstance(pl, Persistent)
+    # As in Durus, the containers are PersistentObjects (slots), not Persistents.
+    assert isinstance(pl, PersistentObject) and not isinstance(pl, Persistent)
     assert PersistentList[int].__origin__ is PersistentList  # type: ignore[attr-defined]
 
 

@@ -146,11 +146,19 @@ class StorageServer:
         pack_step_budget: int = DEFAULT_PACK_STEP_BUDGET,
         pack_progress_interval_s: float = 1.0,
         busy_poll_s: float = DEFAULT_BUSY_POLL_S,
+        *,
+        host: str | None = None,
+        port: int | None = None,
     ) -> None:
         self.storage = storage
         self.readonly = readonly
         self.tls = tls
         self.limits = limits if limits is not None else ServerLimits()
+        # [SRV-088] Durus's StorageServer(storage, host=, port=).
+        if host is not None or port is not None:
+            if address != DEFAULT_ADDRESS:
+                raise TypeError("give either address= or host=/port=, not both")
+            address = (host or DEFAULT_HOST, DEFAULT_PORT if port is None else port)
         self.busy_poll_s = max(0.0, busy_poll_s)
         self._busy = False
         # Tests and the wire vectors replace the nonce source to get

@@ -27,8 +27,9 @@ from typing import Any
 
 from dhruva import journal
 from dhruva.error import CorruptionError, DhruvaError
+from dhruva.record_class import msgspec_class_name as _msgspec_class_name
+from dhruva.record_class import pickle_class_name as _pickle_class_name
 from dhruva.tools.durus_import import detect_durus_format
-from dhruva.tools.durus_import import pickle_class_name as _pickle_class_name
 from dhruva.utils import int8_to_str, iter_oids, str_to_int8
 
 KIND_FILE = "dhruva data file"
@@ -76,25 +77,6 @@ def _check_complete_pickle(state: bytes) -> None:
         last = opcode.name
     if last != "STOP":
         raise ValueError("no STOP opcode")
-
-
-def _msgspec_class_name(data: bytes) -> str:
-    lead = data[1] if len(data) > 1 else -1
-    if 0xA0 <= lead <= 0xBF:
-        start, length = 2, lead - 0xA0
-    elif lead in (0xD9, 0xDA, 0xDB):
-        width = {0xD9: 1, 0xDA: 2, 0xDB: 4}[lead]
-        start = 2 + width
-        length = int.from_bytes(data[2:start], "big")
-    else:
-        raise ValueError("a msgspec record must start with its class name as a str")
-    if start + length > len(data):
-        raise ValueError("the msgspec class name runs past the record")
-    name = data[start : start + length].decode("utf-8", "replace")
-    module, colon, qualname = name.partition(":")
-    if not colon:
-        raise ValueError(f"malformed msgspec class name {name!r}")
-    return f"{module}.{qualname}"
 
 
 @dataclass

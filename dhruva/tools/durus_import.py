@@ -43,7 +43,6 @@ from __future__ import annotations
 import importlib
 import io
 import pickle
-import pickletools
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -52,6 +51,7 @@ from typing import Any, NamedTuple
 
 from dhruva.error import DhruvaError, FormatError
 from dhruva.persistent import GHOST, Persistent, PersistentBase
+from dhruva.record_class import pickle_class_name as pickle_class_name
 from dhruva.serialize import Serializer, get_serializer
 from dhruva.storage import Storage
 
@@ -258,34 +258,6 @@ def read_durus(path: str) -> DurusFile:
     except FormatError as exc:
         raise FormatError(path, exc.offset, exc.reason) from None
     raise FormatError(path, 0, f"not a Durus file (starts with {buf[:8]!r}, not SHELF-1 or DFS20)")
-
-
-def pickle_class_name(payload: bytes) -> tuple[str, int]:
-    """Return the dotted name of the global a class pickle names, and where it ends.
-
-    Reads the opcodes with :func:`pickletools.genops` and never unpickles, so
-    no code runs (TOOL-003).  Raises ValueError when the bytes are not a
-    complete pickle or the pickle names no global.
-    """
-    strings: list[str] = []
-    name: str | None = None
-    end = -1
-    for opcode, arg, position in pickletools.genops(payload):
-        kind = opcode.name
-        if kind in ("GLOBAL", "INST") and name is None:
-            module, _, qualname = str(arg).partition(" ")
-            name = f"{module}.{qualname}"
-        elif kind in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
-            strings.append(str(arg))
-        elif kind == "STACK_GLOBAL" and name is None:
-            if len(strings) < 2:
-                raise ValueError("STACK_GLOBAL without a module and a name before it")
-            name = f"{strings[-2]}.{strings[-1]}"
-        elif kind == "STOP":
-            end = (position or 0) + 1
-    if name is None:
-        raise ValueError("the class pickle names no class")
-    return name, end
 
 
 def durus_class_name(data: bytes) -> str:
