@@ -249,9 +249,10 @@ conflicts = 0
 for _ in range(count):
     while True:
         connection.abort()
-        root = connection.get_root()
-        root["counter"] = root["counter"] + 1
         try:
+            # A load can conflict as well as the commit (SRV-021, PG-031).
+            root = connection.get_root()
+            root["counter"] = root["counter"] + 1
             connection.commit()
             break
         except ConflictError:
