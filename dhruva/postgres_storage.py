@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dhruva.error import (
@@ -127,6 +128,22 @@ class CommitInDoubtError(PostgresConnectionError):
     def __init__(self, message: str, tid: int) -> None:
         super().__init__(message, None)
         self.tid = tid
+
+
+@dataclass
+class DatabaseCheck:
+    """What :meth:`PostgresStorage.check` found (PG-072)."""
+
+    objects: int
+    record_bytes: int
+    #: Records whose reference list is not a whole number of 8-byte oids.
+    bad_refs: int
+    has_root: bool
+    #: (oid, referenced oid) pairs whose target has no record, at most ``limit``.
+    dangling: list[tuple[bytes, bytes]]
+    reachable: int
+    #: ``pg_total_relation_size`` of ``dhruva_object``: heap, TOAST and index.
+    table_bytes: int
 
 
 def _psycopg() -> Any:
@@ -755,6 +772,52 @@ class PostgresStorage(Storage):
         mode = " readonly" if self.readonly else ""
         schema = getattr(self, "schema", "?")
         return f"<{type(self).__name__} {self._where!r} schema={schema!r}{mode}>"
+
+    # --- verify --------------------------------------------------------------------
+
+    def check(self, limit: int = 100) -> DatabaseCheck:
+        """Check the database inside PostgreSQL, read-only (PG-072); see DatabaseCheck.
+
+        Reads no record into Python: counts, reference-list lengths, dangling
+        references (at most ``limit`` reported) and reachability from the
+        root are SQL queries, the last one a recursive CTE.
+        """
+        conn = self._connection()
+        q = self._q
+        ref = "('x' || encode(substr(o.refs, i * 8 + 1, 8), 'hex'))::bit(64)::bigint"
+        with self._errors("check the database"):
+            row = conn.execute(
+                f"SELECT count(*), coalesce(sum(length(data) + length(refs)), 0),"
+                f" count(*) FILTER (WHERE length(refs) % 8 <> 0),"
+                f" bool_or(oid = 0) FROM {q}dhruva_object"
+            ).fetchone()
+            assert row is not None
+            dangling = conn.execute(
+                f"SELECT o.oid, {ref} FROM {q}dhruva_object o,"
+                " generate_series(0, length(o.refs) / 8 - 1) AS i"
+                f" WHERE NOT EXISTS (SELECT 1 FROM {q}dhruva_object x WHERE x.oid = {ref})"
+                " LIMIT %s",
+                (limit,),
+            ).fetchall()
+            reached = conn.execute(
+                f"WITH RECURSIVE reach(oid) AS (SELECT oid FROM {q}dhruva_object WHERE oid = 0"
+                f" UNION SELECT {ref} FROM reach JOIN {q}dhruva_object o ON o.oid = reach.oid,"
+                " generate_series(0, length(o.refs) / 8 - 1) AS i)"
+                f" SELECT count(*) FROM reach JOIN {q}dhruva_object USING (oid)"
+            ).fetchone()
+            size = conn.execute(
+                "SELECT pg_total_relation_size(%s::regclass)", (f"{q}dhruva_object",)
+            ).fetchone()
+        assert reached is not None and size is not None
+        return DatabaseCheck(
+            objects=int(row[0]),
+            record_bytes=int(row[1]),
+            bad_refs=int(row[2]),
+            has_root=bool(row[3]),
+            dangling=[(key_to_oid(int(a)), key_to_oid(int(b))) for a, b in dangling],
+            reachable=int(reached[0]),
+            table_bytes=int(size[0]),
+        )
 
     # --- pack ----------------------------------------------------------------------
 

@@ -643,3 +643,23 @@ def test_convert_to_and_from_postgres(dsn: str, schema: str, tmp_path: Path) -> 
         assert sorted(last.iter_oids()) == oids
         for each in oids:
             assert first.load(each) == last.load(each)
+
+
+@needs_psycopg
+@pytest.mark.req("PG-072")
+def test_verify_runs_inside_postgres(dsn: str, schema: str) -> None:
+    from _dhruva_command import run
+
+    storage = _open(dsn, schema)
+    _graph(storage)  # oid 2 references oid 99, which has no record
+    storage.close()
+    uri = _uri(dsn, schema)
+    result = run("verify", uri, "--quiet")
+    assert result.returncode != 0
+    assert "oid 2 references oid 99" in result.stdout
+    assert "unreachable objects: 10" in result.stdout
+    _sql(dsn, f'UPDATE "{schema}".dhruva_object SET refs = %s WHERE oid = 2', oid(3))
+    _sql(dsn, f"UPDATE \"{schema}\".dhruva_object SET refs = '' WHERE oid = 59")  # ->60
+    healthy = run("verify", uri, "--quiet")
+    assert healthy.returncode == 0, healthy.stdout
+    assert "result: OK" in healthy.stdout
