@@ -142,6 +142,7 @@ class DatabaseCheck:
     #: (oid, referenced oid) pairs whose target has no record, at most ``limit``.
     dangling: list[tuple[bytes, bytes]]
     reachable: int
+    reachable_bytes: int
     #: ``pg_total_relation_size`` of ``dhruva_object``: heap, TOAST and index.
     table_bytes: int
 
@@ -803,7 +804,8 @@ class PostgresStorage(Storage):
                 f"WITH RECURSIVE reach(oid) AS (SELECT oid FROM {q}dhruva_object WHERE oid = 0"
                 f" UNION SELECT {ref} FROM reach JOIN {q}dhruva_object o ON o.oid = reach.oid,"
                 " generate_series(0, length(o.refs) / 8 - 1) AS i)"
-                f" SELECT count(*) FROM reach JOIN {q}dhruva_object USING (oid)"
+                f" SELECT count(*), coalesce(sum(length(data) + length(refs)), 0)"
+                f" FROM reach JOIN {q}dhruva_object USING (oid)"
             ).fetchone()
             size = conn.execute(
                 "SELECT pg_total_relation_size(%s::regclass)", (f"{q}dhruva_object",)
@@ -816,8 +818,22 @@ class PostgresStorage(Storage):
             has_root=bool(row[3]),
             dangling=[(key_to_oid(int(a)), key_to_oid(int(b))) for a, b in dangling],
             reachable=int(reached[0]),
+            reachable_bytes=int(reached[1]),
             table_bytes=int(size[0]),
         )
+
+    def iter_records(self, batch_size: int = 1000) -> Iterator[Record]:
+        """Yield every current record through a server-side cursor (memory stays bounded)."""
+        conn = self._connection()
+        with (
+            self._errors("read the records"),
+            conn.transaction(),
+            conn.cursor(name="dhruva_records") as cursor,
+        ):
+            cursor.itersize = batch_size
+            cursor.execute(f"SELECT oid, data, refs FROM {self._q}dhruva_object")
+            for key, data, refs in cursor:
+                yield Record(key_to_oid(int(key)), bytes(data), bytes(refs))
 
     # --- pack ----------------------------------------------------------------------
 

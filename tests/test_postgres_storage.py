@@ -663,3 +663,25 @@ def test_verify_runs_inside_postgres(dsn: str, schema: str) -> None:
     healthy = run("verify", uri, "--quiet")
     assert healthy.returncode == 0, healthy.stdout
     assert "result: OK" in healthy.stdout
+
+
+@needs_psycopg
+@pytest.mark.req("PG-073")
+def test_stats_on_postgres(dsn: str, schema: str) -> None:
+    from _dhruva_command import run
+
+    from dhruva.connection import Connection
+    from dhruva.persistent_dict import PersistentDict
+
+    connection = Connection(_open(dsn, schema))
+    root = connection.get_root()
+    root["a"] = PersistentDict()
+    root["b"] = PersistentDict()
+    connection.commit()
+    del root["b"]
+    connection.commit()
+    connection.close()
+    result = run("stats", _uri(dsn, schema))
+    assert result.returncode == 0, result.stderr
+    assert "objects: 3 (reachable 2, unreachable 1)" in result.stdout
+    assert "dhruva.persistent_dict.PersistentDict" in result.stdout

@@ -34,6 +34,7 @@ from dhruva.tools.dbinspect import (
     RecordInfo,
     Source,
     ToolError,
+    describe_data,
     detect_kind,
     open_source,
 )
@@ -275,6 +276,8 @@ class Stats:
 
 def stats(path: str) -> Stats:
     """Count objects by class and estimate garbage (TOOL-022)."""
+    if is_postgres_dsn(path):
+        return _stats_postgres(path)
     source = open_source(path)
     try:
         result = Stats(path, detect_kind(path), file_bytes=source.size)
@@ -375,6 +378,34 @@ def _verify_postgres(dsn: str) -> VerifyReport:
             Issue("damage", "root", "the database has objects but no root (oid 0)")
         )
     return report
+
+
+def _stats_postgres(dsn: str) -> Stats:
+    """``dhruva stats postgresql://...``: sizes in SQL, the class census streamed (PG-073)."""
+    from dhruva.postgres_storage import PostgresStorage
+
+    try:
+        storage = PostgresStorage(dsn, readonly=True)
+    except DhruvaError as exc:
+        raise ToolError(f"cannot open the PostgreSQL database: {exc}") from None
+    try:
+        found = storage.check(limit=0)
+        result = Stats(repr(storage), "postgres", file_bytes=found.table_bytes)
+        result.records = result.objects = found.objects
+        result.reachable = found.reachable
+        result.live_bytes = found.reachable_bytes
+        result.unreachable_bytes = found.record_bytes - found.reachable_bytes
+        for record in storage.iter_records():
+            try:
+                name = describe_data(record.data)[1]
+            except ValueError:
+                name = "<undecodable>"
+            entry = result.census.setdefault(name, [0, 0])
+            entry[0] += 1
+            entry[1] += len(record.data) + len(record.refs)
+        return result
+    finally:
+        storage.close()
 
 
 def _new_postgres(dsn: str) -> Storage:
