@@ -72,12 +72,16 @@ class Cluster:
     """A throwaway PostgreSQL cluster in a temporary directory, on a Unix socket."""
 
     def __init__(self) -> None:
-        self.root = Path(tempfile.mkdtemp(prefix="dhruva-pg-"))
+        self._as_postgres = os.geteuid() == 0
+        # As root, in /tmp: the postgres user must reach the directory, and a
+        # TMPDIR under /root would stop it.  The socket path must also stay
+        # short (108 bytes), which a deep TMPDIR can break.
+        parent = "/tmp" if self._as_postgres and os.path.isdir("/tmp") else None
+        self.root = Path(tempfile.mkdtemp(prefix="dhruva-pg-", dir=parent))
         self.data = self.root / "data"
         self.socket_dir = self.root
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = self.root / "postgres.log"
-        self._as_postgres = os.geteuid() == 0
         if self._as_postgres:
             import pwd
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 import contextlib
 import struct
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dhruva.error import (
@@ -88,6 +89,8 @@ assert COMMIT_LOCK_CLASS == 0x44485256 and CREATE_LOCK_CLASS < 1 << 31
 #: The first block of oids a storage allocates; later blocks double up to OID_BLOCK_MAX.
 OID_BLOCK_MIN = 64
 OID_BLOCK_MAX = 8192
+#: Records a storage keeps from its last loads until the next sync (see ``load``).
+RECENT_MAX = 256
 #: Oids fetched per SELECT by bulk_load.
 BATCH_SIZE = 1000
 #: Transaction log rows younger than this are kept by pack (seconds).
@@ -125,6 +128,23 @@ class CommitInDoubtError(PostgresConnectionError):
     def __init__(self, message: str, tid: int) -> None:
         super().__init__(message, None)
         self.tid = tid
+
+
+@dataclass
+class DatabaseCheck:
+    """What :meth:`PostgresStorage.check` found (PG-072)."""
+
+    objects: int
+    record_bytes: int
+    #: Records whose reference list is not a whole number of 8-byte oids.
+    bad_refs: int
+    has_root: bool
+    #: (oid, referenced oid) pairs whose target has no record, at most ``limit``.
+    dangling: list[tuple[bytes, bytes]]
+    reachable: int
+    reachable_bytes: int
+    #: ``pg_total_relation_size`` of ``dhruva_object``: heap, TOAST and index.
+    table_bytes: int
 
 
 def _psycopg() -> Any:
@@ -206,6 +226,7 @@ class PostgresStorage(Storage):
         self._oid_block = OID_BLOCK_MIN
         self._invalidated: set[int] = set()  # keys found at commit, handed out by sync()
         self._commit_lock_key = 0
+        self._recent: dict[bytes, Record] = {}
         try:
             conn = self._connection()
             self.schema = schema if schema is not None else self._current_schema(conn)
@@ -476,6 +497,16 @@ class PostgresStorage(Storage):
         return self._oid_pool.pop().to_bytes(OID_SIZE, "big")
 
     def load(self, oid: bytes) -> Record:
+        """Return ``oid``'s record as of the last sync; ReadConflictError if changed since.
+
+        The last ``RECENT_MAX`` records loaded are kept until the next sync,
+        commit or pack: a Connection loads an object once to make its ghost
+        and again to fill it, and both answers are the state as of the sync
+        point (the storage server's prefetch keeps the same rule, WIRE-056).
+        """
+        recent = self._recent.get(oid)
+        if recent is not None:
+            return recent
         key = oid_to_key(oid)
         conn = self._connection()
         with self._errors("load"):
@@ -487,7 +518,11 @@ class PostgresStorage(Storage):
         if row[0] > self._sync_tid:
             # [PG-031] Changed by another process since our last sync.
             raise ReadConflictError([oid])
-        return Record(oid, bytes(row[1]), bytes(row[2]))
+        record = Record(oid, bytes(row[1]), bytes(row[2]))
+        if len(self._recent) >= RECENT_MAX:
+            del self._recent[next(iter(self._recent))]
+        self._recent[oid] = record
+        return record
 
     def bulk_load(self, oids: Iterable[bytes]) -> Iterator[Record]:
         """Yield the records of ``oids`` in order, ``BATCH_SIZE`` per SELECT (SAPI-022)."""
@@ -554,17 +589,18 @@ class PostgresStorage(Storage):
         self._pending = None
         if not pending:
             return  # An empty transaction changes nothing and writes nothing.
+        self._recent.clear()
         pg = self._pg
         tid: int | None = None
         committing = False
         try:
             with conn.transaction():
-                invalid, tid = self._lock_and_read_invalidations(conn)
+                invalid, tid = self._write_pipelined(conn, pending)
                 conflicts = invalid.intersection(pending)
                 if conflicts:
-                    # [PG-030] Exactly the server's WRITE_CONFLICT: nothing is written.
+                    # [PG-030] Exactly the server's WRITE_CONFLICT: the rollback on
+                    # leaving the block undoes the rows written; nothing is visible.
                     raise WriteConflictError(sorted(key_to_oid(key) for key in conflicts))
-                self._write(conn, tid, pending)
                 committing = True
             # [PG-040] COMMIT returned: the commit is flushed (synchronous_commit on).
         except pg.Error as exc:
@@ -578,31 +614,75 @@ class PostgresStorage(Storage):
         self._invalidated |= invalid
         self._sync_tid = tid
 
-    def _lock_and_read_invalidations(self, conn: psycopg.Connection[Any]) -> tuple[set[int], int]:
-        """Take the commit lock and a tid; return the invalidation set and the tid (PG-020)."""
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._commit_lock_key,))
-        row = conn.execute(f"SELECT nextval('{self._q}{SEQUENCE}')").fetchone()  # [PG-020]
+    def _write_pipelined(
+        self, conn: psycopg.Connection[Any], pending: dict[int, tuple[bytes, bytes]]
+    ) -> tuple[set[int], int]:
+        """Run steps 2 to 7 of the commit protocol in one round trip; return (invalid, tid).
+
+        The statements go out as one pipeline and PostgreSQL runs them in
+        order, each with a snapshot taken when it starts: the log read comes
+        after the lock is granted, so it sees every commit before ours
+        (PG-020).  The records are written before the caller checks for
+        conflicts; on a conflict the caller raises inside the transaction and
+        PostgreSQL rolls all of it back, so nothing is ever visible.  The
+        rows take their tid from ``currval``, this session's ``nextval``.
+        """
+        q = self._q
+        keys = list(pending)
+        highest = max(key % _OID_SPACE for key in keys)
+        since = self._sync_tid
+        sequence = f"'{q}{SEQUENCE}'"
+        with conn.pipeline():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._commit_lock_key,))
+            tid_cursor = conn.execute(f"SELECT nextval({sequence})")  # [PG-020]
+            log_cursor = conn.execute(self._log_query(), (since, (1 << 63) - 1))
+            with conn.cursor() as cursor:
+                # [PG-032] Records, log row and oid mark: one transaction.
+                cursor.executemany(
+                    f"INSERT INTO {q}dhruva_object (oid, tid, data, refs)"
+                    f" VALUES (%s, currval({sequence}), %s, %s)"
+                    " ON CONFLICT (oid) DO UPDATE SET tid = EXCLUDED.tid, data = EXCLUDED.data,"
+                    " refs = EXCLUDED.refs",
+                    [(key, data, refs) for key, (data, refs) in pending.items()],
+                )
+            conn.execute(
+                f"INSERT INTO {q}dhruva_transaction (tid, oids) VALUES (currval({sequence}), %s)",
+                (keys,),
+            )
+            # [PG-014] An oid the application chose itself counts as allocated.
+            conn.execute(
+                f"UPDATE {q}dhruva_oid SET next = %s WHERE next <= %s", (highest + 1, highest)
+            )
+        row = tid_cursor.fetchone()
         assert row is not None
         tid = int(row[0])
-        return self._invalidations_since(conn, self._sync_tid, tid)[0], tid
+        invalid = self._interpret_log(conn, log_cursor.fetchall(), since, tid)[0]
+        return invalid, tid
+
+    def _log_query(self) -> str:
+        q = self._q
+        return (
+            f"SELECT t.tid, t.oids, m.value FROM {q}dhruva_transaction t,"
+            f" {q}dhruva_meta m WHERE m.name = 'log_pruned_through' AND t.tid > %s"
+            " AND t.tid < %s"
+        )
 
     def _invalidations_since(
         self, conn: psycopg.Connection[Any], since: int, below: int | None = None
     ) -> tuple[set[int], int]:
         """Return the keys committed with a tid above ``since`` (below ``below``) and the last tid.
 
-        The log rows and the prune mark come in one query.  When pack pruned
-        log rows above ``since`` (PG-022), the objects' own tids say what
-        changed instead.
+        The log rows and the prune mark come in one query.
         """
-        q = self._q
         bound = below if below is not None else (1 << 63) - 1
-        rows = conn.execute(
-            f"SELECT t.tid, t.oids, m.value FROM {q}dhruva_transaction t,"
-            f" {q}dhruva_meta m WHERE m.name = 'log_pruned_through' AND t.tid > %s"
-            " AND t.tid < %s",
-            (since, bound),
-        ).fetchall()
+        rows = conn.execute(self._log_query(), (since, bound)).fetchall()
+        return self._interpret_log(conn, rows, since, bound)
+
+    def _interpret_log(
+        self, conn: psycopg.Connection[Any], rows: list[Any], since: int, below: int
+    ) -> tuple[set[int], int]:
+        """Turn log rows into (keys, last tid); fall back on object tids when pruned (PG-022)."""
+        rows = [row for row in rows if row[0] < below]
         if not rows:
             return set(), since
         last = max(int(tid) for tid, _, _ in rows)
@@ -610,35 +690,14 @@ class PostgresStorage(Storage):
             # [PG-022] The log no longer reaches back to our sync point: every
             # object changed since then still carries a tid above it.
             changed = conn.execute(
-                f"SELECT oid FROM {q}dhruva_object WHERE tid > %s AND tid <= %s", (since, last)
+                f"SELECT oid FROM {self._q}dhruva_object WHERE tid > %s AND tid <= %s",
+                (since, last),
             ).fetchall()
             return {int(key) for (key,) in changed}, last
         keys: set[int] = set()
         for _, oids, _ in rows:
             keys.update(oids)
         return keys, last
-
-    def _write(
-        self, conn: psycopg.Connection[Any], tid: int, pending: dict[int, tuple[bytes, bytes]]
-    ) -> None:
-        """Write the records, the log row and the oid high-water mark (PG-032)."""
-        q = self._q
-        keys = list(pending)
-        with conn.cursor() as cursor:
-            cursor.executemany(
-                f"INSERT INTO {q}dhruva_object (oid, tid, data, refs) VALUES (%s, %s, %s, %s)"
-                " ON CONFLICT (oid) DO UPDATE SET tid = EXCLUDED.tid, data = EXCLUDED.data,"
-                " refs = EXCLUDED.refs",
-                [(key, tid, data, refs) for key, (data, refs) in pending.items()],
-            )
-        conn.execute(
-            f"INSERT INTO {q}dhruva_transaction (tid, oids) VALUES (%s, %s)", (tid, keys)
-        )
-        highest = max(key % _OID_SPACE for key in keys)
-        # [PG-014] An oid the application chose itself counts as allocated.
-        conn.execute(
-            f"UPDATE {q}dhruva_oid SET next = %s WHERE next <= %s", (highest + 1, highest)
-        )
 
     def _resolve_in_doubt(self, tid: int, error: PostgresConnectionError) -> None:
         """Find out whether the commit ``tid`` took effect; return if it did (PG-053).
@@ -673,6 +732,7 @@ class PostgresStorage(Storage):
         never pruned, so no row means no commit since.
         """
         conn = self._connection()
+        self._recent.clear()
         with self._errors("synchronize"):
             found, last = self._invalidations_since(conn, self._sync_tid)
         found |= self._invalidated
@@ -695,6 +755,7 @@ class PostgresStorage(Storage):
 
     def close(self) -> None:
         self._pending = None
+        self._recent.clear()
         self._closed = True
         self._drop_connection()
 
@@ -713,6 +774,67 @@ class PostgresStorage(Storage):
         schema = getattr(self, "schema", "?")
         return f"<{type(self).__name__} {self._where!r} schema={schema!r}{mode}>"
 
+    # --- verify --------------------------------------------------------------------
+
+    def check(self, limit: int = 100) -> DatabaseCheck:
+        """Check the database inside PostgreSQL, read-only (PG-072); see DatabaseCheck.
+
+        Reads no record into Python: counts, reference-list lengths, dangling
+        references (at most ``limit`` reported) and reachability from the
+        root are SQL queries, the last one a recursive CTE.
+        """
+        conn = self._connection()
+        q = self._q
+        ref = "('x' || encode(substr(o.refs, i * 8 + 1, 8), 'hex'))::bit(64)::bigint"
+        with self._errors("check the database"):
+            row = conn.execute(
+                f"SELECT count(*), coalesce(sum(length(data) + length(refs)), 0),"
+                f" count(*) FILTER (WHERE length(refs) % 8 <> 0),"
+                f" bool_or(oid = 0) FROM {q}dhruva_object"
+            ).fetchone()
+            assert row is not None
+            dangling = conn.execute(
+                f"SELECT o.oid, {ref} FROM {q}dhruva_object o,"
+                " generate_series(0, length(o.refs) / 8 - 1) AS i"
+                f" WHERE NOT EXISTS (SELECT 1 FROM {q}dhruva_object x WHERE x.oid = {ref})"
+                " LIMIT %s",
+                (limit,),
+            ).fetchall()
+            reached = conn.execute(
+                f"WITH RECURSIVE reach(oid) AS (SELECT oid FROM {q}dhruva_object WHERE oid = 0"
+                f" UNION SELECT {ref} FROM reach JOIN {q}dhruva_object o ON o.oid = reach.oid,"
+                " generate_series(0, length(o.refs) / 8 - 1) AS i)"
+                f" SELECT count(*), coalesce(sum(length(data) + length(refs)), 0)"
+                f" FROM reach JOIN {q}dhruva_object USING (oid)"
+            ).fetchone()
+            size = conn.execute(
+                "SELECT pg_total_relation_size(%s::regclass)", (f"{q}dhruva_object",)
+            ).fetchone()
+        assert reached is not None and size is not None
+        return DatabaseCheck(
+            objects=int(row[0]),
+            record_bytes=int(row[1]),
+            bad_refs=int(row[2]),
+            has_root=bool(row[3]),
+            dangling=[(key_to_oid(int(a)), key_to_oid(int(b))) for a, b in dangling],
+            reachable=int(reached[0]),
+            reachable_bytes=int(reached[1]),
+            table_bytes=int(size[0]),
+        )
+
+    def iter_records(self, batch_size: int = 1000) -> Iterator[Record]:
+        """Yield every current record through a server-side cursor (memory stays bounded)."""
+        conn = self._connection()
+        with (
+            self._errors("read the records"),
+            conn.transaction(),
+            conn.cursor(name="dhruva_records") as cursor,
+        ):
+            cursor.itersize = batch_size
+            cursor.execute(f"SELECT oid, data, refs FROM {self._q}dhruva_object")
+            for key, data, refs in cursor:
+                yield Record(key_to_oid(int(key)), bytes(data), bytes(refs))
+
     # --- pack ----------------------------------------------------------------------
 
     def pack(self, progress: Callable[[int, int], object] | None = None) -> None:
@@ -728,6 +850,7 @@ class PostgresStorage(Storage):
         conn = self._writable()
         if self._pending is not None:
             raise DhruvaError("pack() during a transaction; end or abort it first")
+        self._recent.clear()
         with self._errors("pack"):
             self._pack(conn, progress)
 

@@ -249,9 +249,10 @@ conflicts = 0
 for _ in range(count):
     while True:
         connection.abort()
-        root = connection.get_root()
-        root["counter"] = root["counter"] + 1
         try:
+            # A load can conflict as well as the commit (SRV-021, PG-031).
+            root = connection.get_root()
+            root["counter"] = root["counter"] + 1
             connection.commit()
             break
         except ConflictError:
@@ -642,3 +643,45 @@ def test_convert_to_and_from_postgres(dsn: str, schema: str, tmp_path: Path) -> 
         assert sorted(last.iter_oids()) == oids
         for each in oids:
             assert first.load(each) == last.load(each)
+
+
+@needs_psycopg
+@pytest.mark.req("PG-072")
+def test_verify_runs_inside_postgres(dsn: str, schema: str) -> None:
+    from _dhruva_command import run
+
+    storage = _open(dsn, schema)
+    _graph(storage)  # oid 2 references oid 99, which has no record
+    storage.close()
+    uri = _uri(dsn, schema)
+    result = run("verify", uri, "--quiet")
+    assert result.returncode != 0
+    assert "oid 2 references oid 99" in result.stdout
+    assert "unreachable objects: 10" in result.stdout
+    _sql(dsn, f'UPDATE "{schema}".dhruva_object SET refs = %s WHERE oid = 2', oid(3))
+    _sql(dsn, f"UPDATE \"{schema}\".dhruva_object SET refs = '' WHERE oid = 59")  # ->60
+    healthy = run("verify", uri, "--quiet")
+    assert healthy.returncode == 0, healthy.stdout
+    assert "result: OK" in healthy.stdout
+
+
+@needs_psycopg
+@pytest.mark.req("PG-073")
+def test_stats_on_postgres(dsn: str, schema: str) -> None:
+    from _dhruva_command import run
+
+    from dhruva.connection import Connection
+    from dhruva.persistent_dict import PersistentDict
+
+    connection = Connection(_open(dsn, schema))
+    root = connection.get_root()
+    root["a"] = PersistentDict()
+    root["b"] = PersistentDict()
+    connection.commit()
+    del root["b"]
+    connection.commit()
+    connection.close()
+    result = run("stats", _uri(dsn, schema))
+    assert result.returncode == 0, result.stderr
+    assert "objects: 3 (reachable 2, unreachable 1)" in result.stdout
+    assert "dhruva.persistent_dict.PersistentDict" in result.stdout

@@ -34,6 +34,7 @@ from dhruva.tools.dbinspect import (
     RecordInfo,
     Source,
     ToolError,
+    describe_data,
     detect_kind,
     open_source,
 )
@@ -140,6 +141,8 @@ def _current_records(
 
 def verify(path: str, progress: Callable[[int, int], None] | None = None) -> VerifyReport:
     """Check a database read-only and return the findings (TOOL-001 .. TOOL-006)."""
+    if is_postgres_dsn(path):
+        return _verify_postgres(path)
     source = open_source(path)
     try:
         report = VerifyReport(path, detect_kind(path), size=source.size)
@@ -273,6 +276,8 @@ class Stats:
 
 def stats(path: str) -> Stats:
     """Count objects by class and estimate garbage (TOOL-022)."""
+    if is_postgres_dsn(path):
+        return _stats_postgres(path)
     source = open_source(path)
     try:
         result = Stats(path, detect_kind(path), file_bytes=source.size)
@@ -339,6 +344,68 @@ def _discard(path: str) -> None:
 def is_postgres_dsn(path: str) -> bool:
     """True when ``path`` is a PostgreSQL URI (``postgresql://...``) rather than a file."""
     return path.startswith(("postgresql://", "postgres://"))
+
+
+def _verify_postgres(dsn: str) -> VerifyReport:
+    """``dhruva verify postgresql://...``: the checks run inside PostgreSQL (PG-072)."""
+    from dhruva.postgres_storage import PostgresStorage
+
+    try:
+        storage = PostgresStorage(dsn, readonly=True)
+    except DhruvaError as exc:
+        raise ToolError(f"cannot open the PostgreSQL database: {exc}") from None
+    try:
+        found = storage.check()
+    finally:
+        storage.close()
+    report = VerifyReport(repr(storage), "postgres", size=found.table_bytes)
+    report.records = report.objects = found.objects
+    report.unreachable = found.objects - found.reachable
+    if found.bad_refs:
+        report.issues.append(
+            Issue("damage", "record", f"{found.bad_refs} records have a malformed reference list")
+        )
+    for oid, ref in found.dangling:
+        report.issues.append(
+            Issue(
+                "damage",
+                "dangling",
+                f"oid {str_to_int8(oid)} references oid {str_to_int8(ref)}, which has no record",
+            )
+        )
+    if found.objects and not found.has_root:
+        report.issues.append(
+            Issue("damage", "root", "the database has objects but no root (oid 0)")
+        )
+    return report
+
+
+def _stats_postgres(dsn: str) -> Stats:
+    """``dhruva stats postgresql://...``: sizes in SQL, the class census streamed (PG-073)."""
+    from dhruva.postgres_storage import PostgresStorage
+
+    try:
+        storage = PostgresStorage(dsn, readonly=True)
+    except DhruvaError as exc:
+        raise ToolError(f"cannot open the PostgreSQL database: {exc}") from None
+    try:
+        found = storage.check(limit=0)
+        result = Stats(repr(storage), "postgres", file_bytes=found.table_bytes)
+        result.records = result.objects = found.objects
+        result.reachable = found.reachable
+        result.live_bytes = found.reachable_bytes
+        result.unreachable_bytes = found.record_bytes - found.reachable_bytes
+        for record in storage.iter_records():
+            try:
+                name = describe_data(record.data)[1]
+            except ValueError:
+                name = "<undecodable>"
+            entry = result.census.setdefault(name, [0, 0])
+            entry[0] += 1
+            entry[1] += len(record.data) + len(record.refs)
+        return result
+    finally:
+        storage.close()
 
 
 def _new_postgres(dsn: str) -> Storage:
