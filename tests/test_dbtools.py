@@ -15,7 +15,7 @@ import pytest
 
 from dhruva import journal
 from dhruva.connection import Connection
-from dhruva.error import SerializationError
+from dhruva.error import DhruvaError, SerializationError
 from dhruva.file_index import ADDED_FLAG, ENTRIES_OFFSET
 from dhruva.file_storage import FileStorage
 from dhruva.persistent import Persistent
@@ -378,6 +378,35 @@ def test_convert_reencodes_with_another_serializer(db: Path, tmp_path: Path) -> 
         root = connection.get_root()
         assert root["thing"].name == "thing" and root["thing"].friend is root
         assert connection[1] == [1, 2, 3]  # unreachable, but kept under its oid
+
+
+@pytest.mark.req("TOOL-043", "TOOL-040")
+def test_convert_compares_every_record_and_fails_on_a_difference(
+    db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A target back-end that stores one byte wrong: convert must notice.
+    new_storage = dbtools._new_storage
+
+    def corrupting(path: str, backend: str) -> Storage:
+        storage = new_storage(path, backend)
+        store = storage.store
+
+        def store_flipped(oid: bytes, data: bytes, refs: bytes = b"") -> None:
+            if oid == int8_to_str(1):
+                data = data[:-1] + bytes([data[-1] ^ 1])
+            store(oid, data, refs)
+
+        storage.store = store_flipped  # type: ignore[method-assign]
+        return storage
+
+    monkeypatch.setattr(dbtools, "_new_storage", corrupting)
+    target = tmp_path / "flipped"
+    with pytest.raises(DhruvaError, match="copy of oid 1 differs"):
+        dbtools.convert(str(db), str(target), "sqlite")
+    assert not [name for name in os.listdir(tmp_path) if name.startswith("flipped")]
+    # Unchanged, the same copy passes the comparison.
+    monkeypatch.setattr(dbtools, "_new_storage", new_storage)
+    assert dbtools.convert(str(db), str(target), "sqlite") == 3
 
 
 @pytest.mark.req("TOOL-040")

@@ -515,7 +515,9 @@ def convert(
                         connection.shrink_cache()
 
             records = reencode()
-        return _write_batches(target, records, len(oids), progress)
+        count = _write_batches(target, records, len(oids), progress)
+        _check_copy(source, target, oids, same_bytes=serializer is None)
+        return count
     except BaseException:
         target.close()
         _discard(target_path)
@@ -526,6 +528,27 @@ def convert(
             target.close()
         except DhruvaError:
             pass
+
+
+def _check_copy(source: Storage, target: Storage, oids: list[bytes], same_bytes: bool) -> None:
+    """Compare every record of ``target`` with ``source`` after a convert (TOOL-043).
+
+    A byte-for-byte copy must hold the same data and references for every
+    oid; a re-encoded one the same oids with the same references (the data
+    differs by design).  Raises DhruvaError naming the first oid that differs;
+    the caller then discards the new database.
+    """
+    if target.get_size() != len(oids):
+        raise DhruvaError(
+            f"the new database holds {target.get_size()} objects, not the {len(oids)} copied"
+        )
+    for oid in oids:
+        expected = source.load(oid)
+        copied = target.load(oid)
+        if copied.refs != expected.refs or (same_bytes and copied.data != expected.data):
+            raise DhruvaError(
+                f"the copy of oid {str_to_int8(oid)} differs from the source; nothing was kept"
+            )
 
 
 def import_durus_file(
