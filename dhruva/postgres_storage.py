@@ -753,6 +753,22 @@ class PostgresStorage(Storage):
         assert row is not None
         return int(row[0])
 
+    def drop_tables(self) -> None:
+        """Drop dhruva's tables and sequence from the schema, then close the storage.
+
+        ``dhruva convert`` calls this to delete a copy it could not finish
+        (TOOL-040); it destroys the database in this schema and is refused on
+        a read-only storage.  Other relations in the schema are left alone.
+        """
+        if self.readonly:
+            raise ReadOnlyError("a read-only PostgresStorage drops no tables")
+        conn = self._connection()
+        relations = ", ".join(self._q + _ident(name) for name in TABLES)
+        with self._errors("drop the dhruva tables"), conn.transaction():
+            conn.execute(f"DROP TABLE IF EXISTS {relations}")
+            conn.execute(f"DROP SEQUENCE IF EXISTS {self._q}{_ident(SEQUENCE)}")
+        self.close()
+
     def close(self) -> None:
         self._pending = None
         self._recent.clear()

@@ -685,3 +685,37 @@ def test_stats_on_postgres(dsn: str, schema: str) -> None:
     assert result.returncode == 0, result.stderr
     assert "objects: 3 (reachable 2, unreachable 1)" in result.stdout
     assert "dhruva.persistent_dict.PersistentDict" in result.stdout
+
+
+@needs_psycopg
+@pytest.mark.req("TOOL-040", "TOOL-043")
+def test_a_failed_convert_into_postgres_drops_what_it_wrote(
+    dsn: str, schema: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dhruva.error import DhruvaError
+    from dhruva.file_storage import FileStorage
+    from dhruva.tools import dbtools
+
+    source = str(tmp_path / "source.dhruva")
+    with FileStorage(source) as storage:
+        _graph(storage)
+    uri = _uri(dsn, schema)
+
+    def check_fails(*args: object, **kwargs: object) -> None:
+        raise DhruvaError("the copy differs (simulated)")
+
+    monkeypatch.setattr(dbtools, "_check_copy", check_fails)
+    with pytest.raises(DhruvaError, match="simulated"):
+        dbtools.convert(source, uri, "postgres")
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT relname FROM pg_class JOIN pg_namespace n ON n.oid = relnamespace"
+            " WHERE nspname = %s AND relname LIKE 'dhruva%%'",
+            (schema,),
+        ).fetchall()
+    assert left == []
+    # The schema takes a new database afterwards.
+    monkeypatch.undo()
+    assert dbtools.convert(source, uri, "postgres") > 0

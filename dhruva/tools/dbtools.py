@@ -341,6 +341,20 @@ def _discard(path: str) -> None:
             pass
 
 
+def _discard_target(target: Storage, target_path: str) -> None:
+    """Delete what a failed convert wrote of its new database (TOOL-040)."""
+    from dhruva.postgres_storage import PostgresStorage
+
+    if isinstance(target, PostgresStorage):
+        try:
+            target.drop_tables()
+        except DhruvaError:
+            target.close()
+        return
+    target.close()
+    _discard(target_path)
+
+
 def is_postgres_dsn(path: str) -> bool:
     """True when ``path`` is a PostgreSQL URI (``postgresql://...``) rather than a file."""
     return path.startswith(("postgresql://", "postgres://"))
@@ -519,8 +533,7 @@ def convert(
         _check_copy(source, target, oids, same_bytes=serializer is None)
         return count
     except BaseException:
-        target.close()
-        _discard(target_path)
+        _discard_target(target, target_path)
         raise
     finally:
         source.close()
