@@ -250,7 +250,7 @@ def test_a_bare_module_maps_every_class_of_it() -> None:
         del sys.modules[module.__name__]
 
 
-@pytest.mark.req("TOOL-007", "TOOL-034")
+@pytest.mark.req("TOOL-007", "TOOL-034", "TOOL-044")
 def test_command_line_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     new = str(tmp_path / "new.dhruva")
     status = dbtools.main(
@@ -271,10 +271,14 @@ def test_command_line_import(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert capsys.readouterr().err == ""
     assert dbtools.main(["import-durus", str(FIXTURES / "shelf.durus"), str(tmp_path / "x")]) == 1
     lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[0].startswith("import: ")  # progress without -q
-    errors = [line for line in lines if line.startswith("dhruva:")]
-    assert len(errors) == 1 and errors[0] == lines[-1]
-    assert errors[0].startswith("dhruva: import-durus failed: classes not found: ")
+    # [TOOL-044] The classes are checked before any object is decoded: no
+    # progress line comes first, and the --map lines needed follow the error.
+    assert lines[0].startswith("dhruva: import-durus failed: classes not found: ")
+    assert not any(line.startswith("import: ") for line in lines)
+    assert lines[1:] == [
+        "  --map durus_fixture_app.Item=NEW.MODULE.Item",
+        "  --map durus_fixture_app.Point=NEW.MODULE.Point",
+    ]
     assert dbtools.main(["import-durus", str(FIXTURES / "shelf.durus"), new, "-q"]) == 1
     assert "already exists" in capsys.readouterr().err
 
@@ -303,3 +307,16 @@ def test_fixtures_are_what_durus_writes(tmp_path: Path) -> None:
         for suffix in (".durus", ".expected.json"):
             written = (tmp_path / f"{name}{suffix}").read_bytes()
             assert written == (FIXTURES / f"{name}{suffix}").read_bytes(), name + suffix
+
+
+@pytest.mark.req("TOOL-043")
+def test_opening_a_durus_file_names_import_durus(tmp_path: Path) -> None:
+    from dhruva.error import FormatError
+    from dhruva.file_storage import FileStorage
+
+    for name in ("shelf.durus", "dfs20.durus"):
+        copy = tmp_path / name
+        copy.write_bytes((FIXTURES / name).read_bytes())
+        with pytest.raises(FormatError) as caught:
+            FileStorage(str(copy), readonly=True)
+        assert f"dhruva import-durus {copy} NEW.dhruva" in str(caught.value)

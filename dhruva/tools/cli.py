@@ -252,6 +252,30 @@ def _configure_console(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="restricted loading: allow this class, module or package.* (repeatable)",
     )
+    _add_durus_console_options(parser)
+
+
+def _add_durus_console_options(parser: argparse.ArgumentParser) -> None:
+    # [CLI-031] Durus's ``durus -c --startup FILE``, with Durus's meaning.
+    parser.add_argument(
+        "--startup",
+        metavar="FILE",
+        default=None,
+        help="run this Python file in the console's namespace before the first prompt",
+    )
+
+
+def _run_startup(path: str | None, namespace: dict[str, Any]) -> None:
+    """Run the ``--startup`` file in the console namespace; a missing file is one line."""
+    if path is None:
+        return
+    full = os.path.expanduser(path)
+    try:
+        with open(full, encoding="utf-8") as file:
+            source = file.read()
+    except OSError as error:
+        raise CommandError(f"cannot read the startup file {full}: {error.strerror}") from None
+    exec(compile(source, full, "exec"), namespace)
 
 
 class _Console(code.InteractiveConsole):
@@ -317,6 +341,7 @@ def run_console(args: argparse.Namespace) -> int:
             "root": root,
             "storage": storage,
         }
+        _run_startup(args.startup, namespace)
         interactive = sys.stdin.isatty()
         if interactive:
             _enable_completion(namespace)
@@ -393,6 +418,45 @@ def _rewrite_flags(argv: list[str]) -> list[str]:
     return [_FLAG_ALIASES[found[0]], *rest]
 
 
+# Durus 4.3's ``durus -s``/``durus -c`` flags that dhruva spells differently
+# [CLI-031]: accepted under Durus's name when the meaning is the same, and
+# otherwise refused with one line saying what to use instead.
+_DURUS_FLAG_RENAMES = {"--cache_size": "--cache-size"}
+_DURUS_FLAG_ADVICE = {
+    "--logginglevel": (
+        "--loglevel LEVEL (a name: DEBUG, INFO, WARNING, ERROR; Durus's 20 is INFO)"
+    ),
+    "--gcbytes": ("--gcinterval SECONDS (pack on a timer; dhruva does not count bytes written)"),
+    "--storage-class": (
+        "--file PATH for a FileStorage, or a configuration file (--config) for another back-end"
+    ),
+    "--repair": (
+        "FileStorage(PATH, repair=True) in Python once, after 'dhruva verify PATH' "
+        "shows the damage (the cut bytes are kept in PATH.trN)"
+    ),
+    "--owner": "a Unix socket in a directory with the owner you want (chown the directory)",
+    "--group": "a Unix socket in a directory with the group you want (chgrp the directory)",
+    "--umask": "'umask' in the shell before 'dhruva -s' (the socket file is created with it)",
+}
+
+
+def _translate_durus_flags(argv: list[str]) -> list[str]:
+    """Rename the Durus flags dhruva accepts; refuse the others with advice [CLI-031]."""
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    translated: list[str] = []
+    for position, arg in enumerate(argv):
+        name, equals, value = arg.partition("=")
+        if position < len(head) and name in _DURUS_FLAG_RENAMES:
+            arg = _DURUS_FLAG_RENAMES[name] + equals + value
+        elif position < len(head) and name in _DURUS_FLAG_ADVICE:
+            raise CommandError(
+                f"{name} is Durus's option, which dhruva does not take; "
+                f"use {_DURUS_FLAG_ADVICE[name]}"
+            )
+        translated.append(arg)
+    return translated
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -417,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dhruva`` command; return its exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
-        args_list = _rewrite_flags(args_list)
+        args_list = _translate_durus_flags(_rewrite_flags(args_list))
         parser = build_parser()
         args = parser.parse_args(args_list)
         if getattr(args, "run", None) is None:

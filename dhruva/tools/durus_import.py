@@ -484,6 +484,7 @@ def import_durus(
         )
     current = durus_file.current_records()
     mapper = ClassMapper(class_map)
+    _check_record_classes(current.values(), mapper)
     encoder = _Encoder(mapper, get_serializer(serializer))
     failures: list[str] = []
     batch: list[tuple[bytes, bytes, bytes]] = []
@@ -541,6 +542,40 @@ def import_durus(
         )
     result.objects = total
     return result
+
+
+def map_lines(names: Iterable[str]) -> str:
+    """The ``--map`` options that would resolve ``names``, one per line (TOOL-044)."""
+    return "\n".join(
+        f"  --map {name}=NEW.MODULE.{name.rpartition('.')[2]}" for name in sorted(names)
+    )
+
+
+def _check_record_classes(records: Iterable[DurusRecord], mapper: ClassMapper) -> None:
+    """Resolve the class of every record before any state is decoded (TOOL-044).
+
+    Reading a record's class costs a scan of its short class pickle, not an
+    unpickling of its state, so a database whose classes moved fails in
+    seconds, naming every such class with the ``--map`` line it needs,
+    instead of after decoding every object.  Classes used only inside
+    states are still found as the import goes (TOOL-036).
+    """
+    for record in records:
+        try:
+            dotted = durus_class_name(record.data)
+        except ValueError:
+            continue  # the decode pass reports the record itself
+        module, _, name = dotted.rpartition(".")
+        mapper.find_class(module, name)
+    if mapper.missing:
+        raise DurusImportError(
+            "classes not found: "
+            + ", ".join(sorted(mapper.missing))
+            + " (checked before any object was imported); map each to its new home:\n"
+            + map_lines(mapper.missing),
+            mapper.missing,
+            [],
+        )
 
 
 def iter_durus_records(path: str) -> Iterator[tuple[int, DurusRecord]]:
