@@ -490,6 +490,7 @@ def import_durus(
     batch: list[tuple[bytes, bytes, bytes]] = []
     batch_bytes = 0
     total = len(current)
+    btree_oids: list[bytes] = []
 
     def flush() -> None:
         nonlocal batch, batch_bytes
@@ -517,6 +518,8 @@ def import_durus(
         except ValueError:
             pass  # decoding worked, so the name from the unpickled class stands
         result.census[name] = result.census.get(name, 0) + 1
+        if _is_btree(mapper, name):
+            btree_oids.append(oid)
         batch.append((oid, data, refs))
         batch_bytes += len(data)
         if len(batch) >= BATCH_RECORDS or batch_bytes >= BATCH_BYTES:
@@ -540,8 +543,41 @@ def import_durus(
             mapper.missing,
             problems,
         )
+    _store_btree_counts(new_storage, btree_oids, serializer)
     result.objects = total
     return result
+
+
+def _is_btree(mapper: ClassMapper, dotted: str) -> bool:
+    from dhruva.btree import BTree
+
+    module, _, name = dotted.rpartition(".")
+    cls = mapper.find_class(module, name)
+    return isinstance(cls, type) and issubclass(cls, BTree)
+
+
+def _store_btree_counts(
+    storage: Storage, oids: list[bytes], serializer: str | Serializer, batch: int = 1000
+) -> None:
+    """Count every imported BTree once and store the count (TOOL-045, BT-001).
+
+    A Durus tree has no stored count, so without this the first ``len()`` in
+    the application walks every node.  The import has the nodes at hand:
+    each tree is loaded, counted and written again with its ``_count``, in
+    transactions of ``batch`` trees, so the cache is emptied between them.
+    """
+    if not oids:
+        return
+    from dhruva.connection import Connection
+
+    connection = Connection(storage, cache_size=batch * 4, serializer=serializer)
+    for start in range(0, len(oids), batch):
+        for oid in oids[start : start + batch]:
+            tree = connection.get(oid)
+            if tree is not None:
+                len(tree)  # [BT-001] counts a tree that has no _count yet
+                tree._p_note_change()
+        connection.commit()
 
 
 def map_lines(names: Iterable[str]) -> str:
