@@ -287,11 +287,74 @@ class _Console(code.InteractiveConsole):
 
     def raw_input(self, prompt: str = "") -> str:
         if self._interactive:
-            return input(prompt)
+            return _read_interactive_line(self.locals, prompt)
         line = sys.stdin.readline()
         if not line:
             raise EOFError
         return line.rstrip("\n")
+
+
+UNCOMMITTED_WARNING = (
+    "there are uncommitted changes to {count} objects: connection.commit() writes them; "
+    "Ctrl-D again leaves without them"
+)
+
+
+def _read_interactive_line(namespace: Any, prompt: str) -> str:
+    """Read one console line; the first Ctrl-D with uncommitted changes only warns (CLI-032).
+
+    ``namespace`` is the console's; its ``connection`` tells whether changes are
+    pending.  A second Ctrl-D in a row leaves the console as before (CLI-030:
+    nothing is committed on the user's behalf).
+    """
+    try:
+        line = input(prompt)
+    except EOFError:
+        connection = namespace.get("connection")
+        pending = len(getattr(connection, "changed", ()))
+        if pending and not namespace.get("_dhruva_warned_eof"):
+            namespace["_dhruva_warned_eof"] = True
+            print("\n" + UNCOMMITTED_WARNING.format(count=pending), file=sys.stderr)
+            return ""
+        raise
+    namespace["_dhruva_warned_eof"] = False
+    return line
+
+
+HISTORY_ENV = "DHRUVA_HISTORY"
+"""The environment variable naming the console's history file (default ~/.dhruva_history)."""
+
+
+def _history_path() -> str:
+    return os.environ.get(HISTORY_ENV) or os.path.expanduser("~/.dhruva_history")
+
+
+def _load_history() -> str | None:
+    """Load the console history into readline (CLI-033); return the file to save it to."""
+    try:
+        import readline
+    except ImportError:
+        return None
+    path = _history_path()
+    try:
+        readline.read_history_file(path)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        print(f"{PROG}: console history {path} not read: {error.strerror}", file=sys.stderr)
+    readline.set_history_length(1000)
+    return path
+
+
+def _save_history(path: str | None) -> None:
+    if path is None:
+        return
+    import readline
+
+    try:
+        readline.write_history_file(path)
+    except OSError as error:
+        print(f"{PROG}: console history {path} not saved: {error.strerror}", file=sys.stderr)
 
 
 def _enable_completion(namespace: dict[str, Any]) -> None:
@@ -351,8 +414,12 @@ def run_console(args: argparse.Namespace) -> int:
             "    connection.commit() writes your changes, connection.abort() drops them."
         )
         console = _Console(namespace, interactive)
-        # [CLI-030] Nothing is committed on exit: the console never writes on its own.
-        console.interact(banner=banner if interactive else "", exitmsg="")
+        history = _load_history() if interactive else None
+        try:
+            # [CLI-030] Nothing is committed on exit: the console never writes on its own.
+            console.interact(banner=banner if interactive else "", exitmsg="")
+        finally:
+            _save_history(history)
     finally:
         storage.close()
     return 0
