@@ -312,3 +312,24 @@ def test_durus_cache_size_and_startup_work_in_the_console(tmp_path: Path) -> Non
     assert "hello from startup 7" in result.stdout
     missing = one_line_error(run("-c", "--file", path, "--startup", str(tmp_path / "no.py")))
     assert "startup file" in missing
+
+
+@pytest.mark.req("CLI-034")
+def test_console_takes_a_class_map(tmp_path: Path) -> None:
+    from test_mcp_server import _database_with_a_moved_class
+
+    path = tmp_path / "moved.dhruva"
+    _database_with_a_moved_class(path)
+    script = "print('a is', connection.get(1).a)\n"
+    result = run(
+        "-c",
+        "--file",
+        str(path),
+        "--map",
+        "gone_module.Thing=dhruva.persistent.Persistent",
+        stdin=script,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "a is 41" in result.stdout
+    bad = one_line_error(run("-c", "--file", str(path), "--map", "nonsense"))
+    assert "--map" in bad

@@ -256,6 +256,8 @@ def _configure_console(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_durus_console_options(parser: argparse.ArgumentParser) -> None:
+    # [CLI-034] A class map, as dhruva mcp and import-durus take.
+    mcp_server.add_class_map_option(parser)
     # [CLI-031] Durus's ``durus -c --startup FILE``, with Durus's meaning.
     parser.add_argument(
         "--startup",
@@ -392,6 +394,9 @@ def run_console(args: argparse.Namespace) -> int:
         if args.allow is not None:
             options["allowed_classes"] = args.allow
         try:
+            class_map = mcp_server.parse_class_map(args.map)
+            if class_map:
+                options["class_map"] = class_map
             connection = Connection(storage, **options)
             root = connection.get_root()
         except (DhruvaError, ValueError, TypeError) as error:
