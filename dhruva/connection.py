@@ -1,6 +1,12 @@
 """The Connection: loads persistent objects, caches them, commits and aborts.
 
-Theory of operation (spec: ``spec/connection.md``):
+A :class:`Connection` is a view of one storage as a graph of persistent
+objects: ``connection.root`` (or ``get_root()``) is the root object, changes
+to loaded objects are written atomically by ``commit()`` and dropped by
+``abort()``.  :func:`touch_every_reference` and :func:`gen_every_instance` are
+Durus's helpers for renamed classes.  The contract is ``spec/connection.md``.
+
+Theory of operation (for maintainers; the attributes named here are private):
 
 State.  ``_objects`` maps oid to every persistent object of this connection
 that is still alive anywhere (weakly held, ghosts included).  ``_loaded``

@@ -295,12 +295,14 @@ def decode_file_header(buf: Buffer, path: str) -> FileHeader:
     found = bytes(buf[:8])
     # [FMT-002] The magic identifies the file; anything else is not ours.
     if found != MAGIC:
-        raise FormatError(
-            path,
-            0,
-            f"not a dhruva data file (found {found!r} where the magic {MAGIC!r} belongs)",
-            "magic",
-        )
+        reason = f"not a dhruva data file (found {found!r} where the magic {MAGIC!r} belongs)"
+        if found.startswith((b"SHELF-1\n", b"DFS20\x00")):
+            # [TOOL-043] A Durus 4.x file (its two magics): say how to convert it.
+            reason = (
+                "a Durus file, not a dhruva data file; convert it with "
+                f"'dhruva import-durus {path} NEW.dhruva'"
+            )
+        raise FormatError(path, 0, reason, "magic")
     if len(buf) < 12:
         raise CorruptionError(
             path, 0, f"file header truncated to {len(buf)} bytes", "file-header-short"

@@ -183,11 +183,13 @@ class PersistentBase:
         _p_object_setattr(self, "__class__", cls._p_ghost_class)  # type: ignore[attr-defined]
 
     def _p_set_status_saved(self) -> None:
+        """Mark the object saved: its state matches the last committed record."""
         if type(self) is not type(self)._p_class:
             _p_object_setattr(self, "__class__", type(self)._p_class)
         _p_object_setattr(self, "_p_status", SAVED)
 
     def _p_set_status_unsaved(self) -> None:
+        """Mark the object unsaved without telling the connection (used by the connection)."""
         if type(self) is not type(self)._p_class:
             _p_object_setattr(self, "__class__", type(self)._p_class)
         _p_object_setattr(self, "_p_status", UNSAVED)
@@ -201,15 +203,19 @@ class PersistentBase:
         return type(self)._p_hidden_kind == "tracked"
 
     def _p_is_ghost(self) -> bool:
+        """Return whether the object is a ghost (its state not loaded yet)."""
         return self._p_status == GHOST
 
     def _p_is_saved(self) -> bool:
+        """Return whether the object's state matches its last committed record."""
         return self._p_status == SAVED
 
     def _p_is_unsaved(self) -> bool:
+        """Return whether the object is new or changed since its last load or commit."""
         return self._p_status == UNSAVED
 
     def _p_format_oid(self) -> str:
+        """Return the oid as a decimal string, or "None" for an object not yet stored."""
         oid = self._p_oid
         return "None" if oid is None else str(int.from_bytes(oid, "big"))
 

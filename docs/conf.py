@@ -168,7 +168,49 @@ def _reread_glob_indexes(
     return [docname for docname in _GLOB_INDEXES if docname in env.found_docs]
 
 
+# The ``_p_`` methods of persistent objects are their public persistence
+# interface (Durus's names), although autodoc takes them for private.
+_PERSISTENCE_METHODS = frozenset(
+    {
+        "_p_note_change",
+        "_p_load_state",
+        "_p_is_ghost",
+        "_p_is_saved",
+        "_p_is_unsaved",
+        "_p_set_status_ghost",
+        "_p_set_status_saved",
+        "_p_set_status_unsaved",
+        "_p_format_oid",
+    }
+)
+
+
+def _document_persistence_methods(
+    app: Sphinx, what: str, name: str, obj: Any, skip: bool, options: Any
+) -> bool | None:
+    """Keep the ``_p_*`` persistence methods in the API pages (autodoc-skip-member)."""
+    if what == "class" and name in _PERSISTENCE_METHODS:
+        return False
+    return None
+
+
+def _drop_modules_without_source(app: Sphinx) -> list[Any]:
+    """Keep viewcode from listing modules it has no source page for.
+
+    Members whose ``__module__`` is ``builtins`` (a slot wrapper assigned in a
+    class body, such as ``__hash__ = object.__hash__``) make viewcode record
+    ``builtins`` with no source; its index then linked ``builtins.html``,
+    which is never written.  Runs before viewcode's own page collection.
+    """
+    modules = getattr(app.builder.env, "_viewcode_modules", {})
+    for name in [name for name, entry in modules.items() if not entry]:
+        del modules[name]
+    return []
+
+
 def setup(app: Sphinx) -> dict[str, Any]:
+    app.connect("html-collect-pages", _drop_modules_without_source, priority=400)
+    app.connect("autodoc-skip-member", _document_persistence_methods)
     app.connect("source-read", _expand_toctree_globs)
     app.connect("env-get-outdated", _reread_glob_indexes)
     return {"parallel_read_safe": True}

@@ -196,7 +196,11 @@ def test_console_serializer_flag_chooses_the_database_serializer(tmp_path: Path)
     pytest.importorskip("msgspec")
     path = str(tmp_path / "m.dhruva")
     created = run(
-        "-c", "--file", path, "--serializer", "msgspec",
+        "-c",
+        "--file",
+        path,
+        "--serializer",
+        "msgspec",
         stdin='root["x"] = (1, 2)\nconnection.commit()\n',
     )
     assert created.returncode == 0, created.stderr
@@ -273,3 +277,64 @@ def test_dump_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
         errors = dump.stderr.read().decode()
     assert status == 0, errors
     assert "Broken pipe" not in errors and "Traceback" not in errors
+
+
+@pytest.mark.req("CLI-031")
+@pytest.mark.parametrize(
+    ("flag", "advice"),
+    [
+        ("--logginglevel=20", "--loglevel"),
+        ("--gcbytes", "--gcinterval"),
+        ("--storage-class", "--file"),
+        ("--repair", "repair=True"),
+        ("--owner", "chown"),
+        ("--group", "chgrp"),
+        ("--umask", "umask"),
+    ],
+)
+def test_durus_flags_are_refused_with_what_to_use(flag: str, advice: str) -> None:
+    for mode in ("-s", "-c"):
+        line = one_line_error(run(mode, flag, "x"))
+        assert flag.partition("=")[0] in line and advice in line, line
+
+
+@pytest.mark.req("CLI-031")
+def test_durus_cache_size_and_startup_work_in_the_console(tmp_path: Path) -> None:
+    startup = tmp_path / "start.py"
+    startup.write_text("greeting = 'hello from startup'\n")
+    path = str(tmp_path / "db.dhruva")
+    result = run(
+        "-c",
+        "--file",
+        path,
+        "--cache_size",
+        "7",
+        "--startup",
+        str(startup),
+        stdin="print(greeting, connection.get_cache_size())\n",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "hello from startup 7" in result.stdout
+    missing = one_line_error(run("-c", "--file", path, "--startup", str(tmp_path / "no.py")))
+    assert "startup file" in missing
+
+
+@pytest.mark.req("CLI-034")
+def test_console_takes_a_class_map(tmp_path: Path) -> None:
+    from test_mcp_server import _database_with_a_moved_class
+
+    path = tmp_path / "moved.dhruva"
+    _database_with_a_moved_class(path)
+    script = "print('a is', connection.get(1).a)\n"
+    result = run(
+        "-c",
+        "--file",
+        str(path),
+        "--map",
+        "gone_module.Thing=dhruva.persistent.Persistent",
+        stdin=script,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "a is 41" in result.stdout
+    bad = one_line_error(run("-c", "--file", str(path), "--map", "nonsense"))
+    assert "--map" in bad

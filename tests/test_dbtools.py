@@ -380,7 +380,7 @@ def test_convert_reencodes_with_another_serializer(db: Path, tmp_path: Path) -> 
         assert connection[1] == [1, 2, 3]  # unreachable, but kept under its oid
 
 
-@pytest.mark.req("TOOL-043", "TOOL-040")
+@pytest.mark.req("TOOL-046", "TOOL-040")
 def test_convert_compares_every_record_and_fails_on_a_difference(
     db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -440,3 +440,35 @@ def test_register_adds_the_commands_to_a_parser() -> None:
     registered: list[str] = []
     dbtools.register_commands(lambda name, help, configure, run: registered.append(name))
     assert registered == ["verify", "dump", "stats", "convert", "import-durus"]
+
+
+def test_current_table_dense_and_sparse_oids_give_the_same_answers() -> None:
+    from dhruva.tools.dbinspect import RecordInfo
+    from dhruva.tools.dbtools import _CurrentTable
+    from dhruva.utils import int8_to_str
+
+    def build(numbers: list[int]) -> _CurrentTable:
+        table = _CurrentTable()
+        # The root references every object; the last object is superseded once.
+        root_refs = b"".join(int8_to_str(n) for n in numbers[1:])
+        table.add(RecordInfo(int8_to_str(0), 0, root_refs, 100, class_name="Root"))
+        for n in numbers[1:]:
+            table.add(RecordInfo(int8_to_str(n), 0, b"", 10, class_name="Leaf"))
+        table.add(RecordInfo(int8_to_str(numbers[-1]), 0, b"", 7, class_name="Leaf"))
+        table.add(RecordInfo(int8_to_str(numbers[-1] + 1), 0, b"", 5, class_name="Orphan"))
+        return table
+
+    for numbers in ([0, 1, 2, 3], [0, 5, 1 << 40, (1 << 62) + 3]):
+        table = build(numbers)
+        assert len(table) == 5
+        assert int8_to_str(numbers[2]) in table and int8_to_str(numbers[2] + 7) not in table
+        present = dict(table.slots())
+        assert sorted(present.values()) == sorted(
+            int8_to_str(n) for n in [*numbers, numbers[-1] + 1]
+        )
+        reachable = table.reachable()
+        by_oid = {oid: slot for slot, oid in present.items()}
+        assert sum(reachable) == 4
+        orphan = by_oid[int8_to_str(numbers[-1] + 1)]
+        assert not reachable[orphan] and table.class_name(orphan) == "Orphan"
+        assert table.sizes[by_oid[int8_to_str(numbers[-1])]] == 7

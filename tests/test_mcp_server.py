@@ -648,3 +648,38 @@ def test_storage_server_source(db_path: Path, tmp_path: Path) -> None:
                 browser.connection.close()
         server.stop()
         thread.join()
+
+
+def _database_with_a_moved_class(path: Path) -> None:
+    """A database whose object 1 names ``gone_module.Thing``, a module that does not exist."""
+    import pickle
+
+    from dhruva.connection import Connection as _Connection
+    from dhruva.file_storage import FileStorage as _FileStorage
+    from dhruva.utils import int8_to_str as _int8_to_str
+
+    with _Connection(_FileStorage(str(path))) as connection:
+        storage = connection.get_storage()
+        storage.begin()
+        data = b"P" + b"cgone_module\nThing\n." + pickle.dumps({"a": 41}, protocol=5)
+        storage.store(_int8_to_str(1), data, b"")
+        storage.end()
+
+
+@pytest.mark.req("MCP-064")
+def test_a_class_map_lets_the_browser_read_moved_classes(tmp_path: Path) -> None:
+    path = tmp_path / "moved.dhruva"
+    _database_with_a_moved_class(path)
+    browser = open_browser(
+        str(path), class_map={"gone_module.Thing": "dhruva.persistent.Persistent"}
+    )
+    try:
+        assert browser.connection.get(1).a == 41
+    finally:
+        browser.connection.close()
+    from dhruva.tools.mcp_server import CommandFailed, parse_class_map
+
+    assert parse_class_map(["a.B=c.D", "m=n"]) == {"a.B": "c.D", "m": "n"}
+    assert parse_class_map([]) is None
+    with pytest.raises(CommandFailed):
+        parse_class_map(["no-equals"])

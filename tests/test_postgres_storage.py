@@ -688,7 +688,7 @@ def test_stats_on_postgres(dsn: str, schema: str) -> None:
 
 
 @needs_psycopg
-@pytest.mark.req("TOOL-040", "TOOL-043")
+@pytest.mark.req("TOOL-040", "TOOL-046")
 def test_a_failed_convert_into_postgres_drops_what_it_wrote(
     dsn: str, schema: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

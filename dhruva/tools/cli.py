@@ -279,6 +279,32 @@ def _configure_console(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="restricted loading: allow this class, module or package.* (repeatable)",
     )
+    _add_durus_console_options(parser)
+
+
+def _add_durus_console_options(parser: argparse.ArgumentParser) -> None:
+    # [CLI-034] A class map, as dhruva mcp and import-durus take.
+    mcp_server.add_class_map_option(parser)
+    # [CLI-031] Durus's ``durus -c --startup FILE``, with Durus's meaning.
+    parser.add_argument(
+        "--startup",
+        metavar="FILE",
+        default=None,
+        help="run this Python file in the console's namespace before the first prompt",
+    )
+
+
+def _run_startup(path: str | None, namespace: dict[str, Any]) -> None:
+    """Run the ``--startup`` file in the console namespace; a missing file is one line."""
+    if path is None:
+        return
+    full = os.path.expanduser(path)
+    try:
+        with open(full, encoding="utf-8") as file:
+            source = file.read()
+    except OSError as error:
+        raise CommandError(f"cannot read the startup file {full}: {error.strerror}") from None
+    exec(compile(source, full, "exec"), namespace)
 
 
 class _Console(code.InteractiveConsole):
@@ -290,11 +316,74 @@ class _Console(code.InteractiveConsole):
 
     def raw_input(self, prompt: str = "") -> str:
         if self._interactive:
-            return input(prompt)
+            return _read_interactive_line(self.locals, prompt)
         line = sys.stdin.readline()
         if not line:
             raise EOFError
         return line.rstrip("\n")
+
+
+UNCOMMITTED_WARNING = (
+    "there are uncommitted changes to {count} objects: connection.commit() writes them; "
+    "Ctrl-D again leaves without them"
+)
+
+
+def _read_interactive_line(namespace: Any, prompt: str) -> str:
+    """Read one console line; the first Ctrl-D with uncommitted changes only warns (CLI-032).
+
+    ``namespace`` is the console's; its ``connection`` tells whether changes are
+    pending.  A second Ctrl-D in a row leaves the console as before (CLI-030:
+    nothing is committed on the user's behalf).
+    """
+    try:
+        line = input(prompt)
+    except EOFError:
+        connection = namespace.get("connection")
+        pending = len(getattr(connection, "changed", ()))
+        if pending and not namespace.get("_dhruva_warned_eof"):
+            namespace["_dhruva_warned_eof"] = True
+            print("\n" + UNCOMMITTED_WARNING.format(count=pending), file=sys.stderr)
+            return ""
+        raise
+    namespace["_dhruva_warned_eof"] = False
+    return line
+
+
+HISTORY_ENV = "DHRUVA_HISTORY"
+"""The environment variable naming the console's history file (default ~/.dhruva_history)."""
+
+
+def _history_path() -> str:
+    return os.environ.get(HISTORY_ENV) or os.path.expanduser("~/.dhruva_history")
+
+
+def _load_history() -> str | None:
+    """Load the console history into readline (CLI-033); return the file to save it to."""
+    try:
+        import readline
+    except ImportError:
+        return None
+    path = _history_path()
+    try:
+        readline.read_history_file(path)
+    except FileNotFoundError:
+        pass
+    except OSError as error:
+        print(f"{PROG}: console history {path} not read: {error.strerror}", file=sys.stderr)
+    readline.set_history_length(1000)
+    return path
+
+
+def _save_history(path: str | None) -> None:
+    if path is None:
+        return
+    import readline
+
+    try:
+        readline.write_history_file(path)
+    except OSError as error:
+        print(f"{PROG}: console history {path} not saved: {error.strerror}", file=sys.stderr)
 
 
 def _enable_completion(namespace: dict[str, Any]) -> None:
@@ -335,6 +424,9 @@ def run_console(args: argparse.Namespace) -> int:
         if args.allow is not None:
             options["allowed_classes"] = args.allow
         try:
+            class_map = mcp_server.parse_class_map(args.map)
+            if class_map:
+                options["class_map"] = class_map
             connection = Connection(storage, **options)
             root = connection.get_root()
         except (DhruvaError, ValueError, TypeError) as error:
@@ -347,6 +439,7 @@ def run_console(args: argparse.Namespace) -> int:
             "root": root,
             "storage": storage,
         }
+        _run_startup(args.startup, namespace)
         interactive = sys.stdin.isatty()
         if interactive:
             _enable_completion(namespace)
@@ -356,8 +449,12 @@ def run_console(args: argparse.Namespace) -> int:
             "    connection.commit() writes your changes, connection.abort() drops them."
         )
         console = _Console(namespace, interactive)
-        # [CLI-030] Nothing is committed on exit: the console never writes on its own.
-        console.interact(banner=banner if interactive else "", exitmsg="")
+        history = _load_history() if interactive else None
+        try:
+            # [CLI-030] Nothing is committed on exit: the console never writes on its own.
+            console.interact(banner=banner if interactive else "", exitmsg="")
+        finally:
+            _save_history(history)
     finally:
         storage.close()
     return 0
@@ -423,6 +520,45 @@ def _rewrite_flags(argv: list[str]) -> list[str]:
     return [_FLAG_ALIASES[found[0]], *rest]
 
 
+# Durus 4.3's ``durus -s``/``durus -c`` flags that dhruva spells differently
+# [CLI-031]: accepted under Durus's name when the meaning is the same, and
+# otherwise refused with one line saying what to use instead.
+_DURUS_FLAG_RENAMES = {"--cache_size": "--cache-size"}
+_DURUS_FLAG_ADVICE = {
+    "--logginglevel": (
+        "--loglevel LEVEL (a name: DEBUG, INFO, WARNING, ERROR; Durus's 20 is INFO)"
+    ),
+    "--gcbytes": ("--gcinterval SECONDS (pack on a timer; dhruva does not count bytes written)"),
+    "--storage-class": (
+        "--file PATH for a FileStorage, or a configuration file (--config) for another back-end"
+    ),
+    "--repair": (
+        "FileStorage(PATH, repair=True) in Python once, after 'dhruva verify PATH' "
+        "shows the damage (the cut bytes are kept in PATH.trN)"
+    ),
+    "--owner": "a Unix socket in a directory with the owner you want (chown the directory)",
+    "--group": "a Unix socket in a directory with the group you want (chgrp the directory)",
+    "--umask": "'umask' in the shell before 'dhruva -s' (the socket file is created with it)",
+}
+
+
+def _translate_durus_flags(argv: list[str]) -> list[str]:
+    """Rename the Durus flags dhruva accepts; refuse the others with advice [CLI-031]."""
+    head = argv[: argv.index("--")] if "--" in argv else argv
+    translated: list[str] = []
+    for position, arg in enumerate(argv):
+        name, equals, value = arg.partition("=")
+        if position < len(head) and name in _DURUS_FLAG_RENAMES:
+            arg = _DURUS_FLAG_RENAMES[name] + equals + value
+        elif position < len(head) and name in _DURUS_FLAG_ADVICE:
+            raise CommandError(
+                f"{name} is Durus's option, which dhruva does not take; "
+                f"use {_DURUS_FLAG_ADVICE[name]}"
+            )
+        translated.append(arg)
+    return translated
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -447,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dhruva`` command; return its exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
     try:
-        args_list = _rewrite_flags(args_list)
+        args_list = _translate_durus_flags(_rewrite_flags(args_list))
         parser = build_parser()
         args = parser.parse_args(args_list)
         if getattr(args, "run", None) is None:

@@ -484,11 +484,13 @@ def import_durus(
         )
     current = durus_file.current_records()
     mapper = ClassMapper(class_map)
+    _check_record_classes(current.values(), mapper)
     encoder = _Encoder(mapper, get_serializer(serializer))
     failures: list[str] = []
     batch: list[tuple[bytes, bytes, bytes]] = []
     batch_bytes = 0
     total = len(current)
+    btree_oids: list[bytes] = []
 
     def flush() -> None:
         nonlocal batch, batch_bytes
@@ -516,6 +518,8 @@ def import_durus(
         except ValueError:
             pass  # decoding worked, so the name from the unpickled class stands
         result.census[name] = result.census.get(name, 0) + 1
+        if _is_btree(mapper, name):
+            btree_oids.append(oid)
         batch.append((oid, data, refs))
         batch_bytes += len(data)
         if len(batch) >= BATCH_RECORDS or batch_bytes >= BATCH_BYTES:
@@ -539,8 +543,75 @@ def import_durus(
             mapper.missing,
             problems,
         )
+    _store_btree_counts(new_storage, btree_oids, serializer)
     result.objects = total
     return result
+
+
+def _is_btree(mapper: ClassMapper, dotted: str) -> bool:
+    from dhruva.btree import BTree
+
+    module, _, name = dotted.rpartition(".")
+    cls = mapper.find_class(module, name)
+    return isinstance(cls, type) and issubclass(cls, BTree)
+
+
+def _store_btree_counts(
+    storage: Storage, oids: list[bytes], serializer: str | Serializer, batch: int = 1000
+) -> None:
+    """Count every imported BTree once and store the count (TOOL-045, BT-001).
+
+    A Durus tree has no stored count, so without this the first ``len()`` in
+    the application walks every node.  The import has the nodes at hand:
+    each tree is loaded, counted and written again with its ``_count``, in
+    transactions of ``batch`` trees, so the cache is emptied between them.
+    """
+    if not oids:
+        return
+    from dhruva.connection import Connection
+
+    connection = Connection(storage, cache_size=batch * 4, serializer=serializer)
+    for start in range(0, len(oids), batch):
+        for oid in oids[start : start + batch]:
+            tree = connection.get(oid)
+            if tree is not None:
+                len(tree)  # [BT-001] counts a tree that has no _count yet
+                tree._p_note_change()
+        connection.commit()
+
+
+def map_lines(names: Iterable[str]) -> str:
+    """The ``--map`` options that would resolve ``names``, one per line (TOOL-044)."""
+    return "\n".join(
+        f"  --map {name}=NEW.MODULE.{name.rpartition('.')[2]}" for name in sorted(names)
+    )
+
+
+def _check_record_classes(records: Iterable[DurusRecord], mapper: ClassMapper) -> None:
+    """Resolve the class of every record before any state is decoded (TOOL-044).
+
+    Reading a record's class costs a scan of its short class pickle, not an
+    unpickling of its state, so a database whose classes moved fails in
+    seconds, naming every such class with the ``--map`` line it needs,
+    instead of after decoding every object.  Classes used only inside
+    states are still found as the import goes (TOOL-036).
+    """
+    for record in records:
+        try:
+            dotted = durus_class_name(record.data)
+        except ValueError:
+            continue  # the decode pass reports the record itself
+        module, _, name = dotted.rpartition(".")
+        mapper.find_class(module, name)
+    if mapper.missing:
+        raise DurusImportError(
+            "classes not found: "
+            + ", ".join(sorted(mapper.missing))
+            + " (checked before any object was imported); map each to its new home:\n"
+            + map_lines(mapper.missing),
+            mapper.missing,
+            [],
+        )
 
 
 def iter_durus_records(path: str) -> Iterator[tuple[int, DurusRecord]]:

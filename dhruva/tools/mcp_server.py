@@ -102,12 +102,14 @@ def open_browser(
     address: tuple[str, int] | str | None = None,
     allow_writes: bool = False,
     allowed_classes: Sequence[str] | None = None,
+    class_map: dict[str, str] | None = None,
 ) -> ObjectBrowser:
     """Open the database at ``path`` or the server at ``address`` for browsing.
 
     A file is opened read-only unless ``allow_writes`` (MCP-041).
     ``allowed_classes`` (None: unrestricted) is the allow-list every record
-    is read through (MCP-050).  Raises CommandFailed with a one-line reason.
+    is read through (MCP-050).  ``class_map`` maps old class paths to new ones
+    (OBJ-050, MCP-064).  Raises CommandFailed with a one-line reason.
     """
     from dhruva.connection import Connection
 
@@ -139,7 +141,7 @@ def open_browser(
         if not allow_writes:
             # A Connection creates a missing root; a read-only session must not.
             storage.load(ROOT_OID)
-        connection = Connection(storage, allowed_classes=registry)
+        connection = Connection(storage, allowed_classes=registry, class_map=class_map)
     except DhruvaError as error:
         storage.close()
         raise CommandFailed(f"cannot read {source}: {error}") from None
@@ -409,6 +411,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="read restricted: only dhruva's containers and plain values (implied by --allow)",
     )
+    add_class_map_option(parser)
     parser.add_argument(
         "--transport", choices=("stdio", "http"), default="stdio", help="default: stdio"
     )
@@ -424,6 +427,29 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=None,
         help=f"bearer token for --transport http (default: ${TOKEN_ENV}, else a generated one)",
     )
+
+
+def add_class_map_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--map OLD=NEW`` (repeatable) to ``parser``; ``dhruva -c`` shares it."""
+    parser.add_argument(
+        "--map",
+        metavar="OLD=NEW",
+        action="append",
+        default=[],
+        help="load records of class OLD (module.Class, or a bare module for all its "
+        "classes) as class NEW; repeat as needed",
+    )
+
+
+def parse_class_map(items: Sequence[str]) -> dict[str, str] | None:
+    """Turn ``--map OLD=NEW`` values into a class map; raise CommandFailed on a bad one."""
+    class_map: dict[str, str] = {}
+    for item in items:
+        old, equals, new = item.partition("=")
+        if not (equals and old.strip() and new.strip()):
+            raise CommandFailed(f"--map {item!r}: write OLD.module.Class=NEW.module.Class")
+        class_map[old.strip()] = new.strip()
+    return class_map or None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -454,7 +480,11 @@ def _run(args: argparse.Namespace) -> None:
     token = args.token or os.environ.get(TOKEN_ENV) or None
     address = parse_address(args.address) if args.address else None
     browser = open_browser(
-        args.file, address=address, allow_writes=args.allow_writes, allowed_classes=allowed
+        args.file,
+        address=address,
+        allow_writes=args.allow_writes,
+        allowed_classes=allowed,
+        class_map=parse_class_map(args.map),
     )
     serve(browser, transport=args.transport, port=args.http_port, token=token)
 
