@@ -15,9 +15,8 @@ from __future__ import annotations
 import errno
 import mmap
 import os
-import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -233,27 +232,6 @@ def test_eio_reading_the_database_abandons_the_pack(cls: type[JournalStorage], p
 
 
 # --- a real full disk: a small tmpfs ------------------------------------------------------
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MiB tmpfs mounted for the test (skipped where mounting is impossible)."""
-    directory = tmp_path / "small"
-    directory.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(directory)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", str(directory)], check=True)
 
 
 def _fill(directory: Path) -> Path:

@@ -30,33 +30,13 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from dhruva import journal
 
 HERE = Path(__file__).parent
 FILE_ID = bytes(range(16))
 TIME_US = 1_700_000_000_000_000
-
-
-class TxnHeader(NamedTuple):
-    """The fields of ``journal.TXN_HEADER``, in its order."""
-
-    tag: bytes
-    record_count: int
-    body_length: int
-    tid: int
-    time_us: int
-    reserved: int
-    crc: int
-
-
-class Trailer(NamedTuple):
-    """The fields of ``journal.TXN_TRAILER``, in its order."""
-
-    tag: bytes
-    crc: int
-    total_length: int
 
 
 def oid(number: int) -> bytes:
@@ -75,8 +55,8 @@ def txn(tid: int, *records: tuple[int, bytes, list[int]]) -> bytes:
 # --- mutations: each takes a transaction's bytes and returns new bytes ---------------
 
 
-def header_of(data: bytes) -> TxnHeader:
-    return TxnHeader(*journal.TXN_HEADER.unpack_from(data, 0))
+def header_of(data: bytes) -> journal.TxnHeader:
+    return journal.TxnHeader.unpack_from(data, 0)
 
 
 def with_header(data: bytes, **fields: Any) -> bytes:
@@ -89,8 +69,8 @@ def body_end(data: bytes) -> int:
     return journal.TXN_HEADER_SIZE + header_of(data).body_length
 
 
-def trailer_of(data: bytes) -> Trailer:
-    return Trailer(*journal.TXN_TRAILER.unpack_from(data, body_end(data)))
+def trailer_of(data: bytes) -> journal.CommitTrailer:
+    return journal.CommitTrailer.unpack_from(data, body_end(data))
 
 
 def with_trailer(data: bytes, **fields: Any) -> bytes:
