@@ -13,14 +13,13 @@ from a patched ``OSFile`` for backup, which opens its files itself.
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _fault_layers import FaultLayer
 from _journal_storages import commit, contents, oid
 
 from dhruva import backup as backup_module
@@ -28,97 +27,11 @@ from dhruva import file_pack, wire
 from dhruva.client_storage import ClientStorage
 from dhruva.error import DhruvaError, DiskReadError
 from dhruva.file_storage import FileStorage
-from dhruva.fileio import OS_FILES, DataFile, OSFile
+from dhruva.fileio import OSFile
 from dhruva.journal_storage import JournalStorage
 from dhruva.server.storage_server import StorageServer
 from dhruva.storage import Storage
 from dhruva.tools import admin
-
-# --- a file layer with a full disk and bad sectors ------------------------------------
-
-
-class FaultFile:
-    """A real file; writes fail with ENOSPC while the layer is full for its path,
-    and reads that touch a bad span fail with EIO."""
-
-    def __init__(self, layer: FaultLayer, inner: DataFile) -> None:
-        self._layer = layer
-        self._inner = inner
-        self.path = inner.path
-
-    def _check_space(self) -> None:
-        if self._layer.is_full(self.path):
-            self._layer.refused += 1
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as os.pwrite: no name
-
-    def size(self) -> int:
-        return self._inner.size()
-
-    def pread(self, length: int, offset: int) -> bytes:
-        for bad_path, start, stop in self._layer.bad_spans:
-            if bad_path == self.path and offset < stop and start < offset + length:
-                self._layer.failed_reads += 1
-                raise OSError(errno.EIO, os.strerror(errno.EIO))  # as os.pread: no name
-        return self._inner.pread(length, offset)
-
-    def pwrite(self, data: bytes, offset: int) -> None:
-        self._check_space()
-        self._inner.pwrite(data, offset)
-
-    def append(self, data: bytes) -> int:
-        self._check_space()
-        return self._inner.append(data)
-
-    def sync(self) -> None:
-        self._inner.sync()
-
-    def truncate(self, size: int) -> None:
-        self._inner.truncate(size)
-
-    def allocate(self, size: int) -> None:
-        if size > self._inner.size():
-            self._check_space()
-        self._inner.allocate(size)
-
-    def read_map(self) -> mmap.mmap | None:
-        # No map of a file with bad spans: every read must go through pread.
-        if any(bad_path == self.path for bad_path, _, _ in self._layer.bad_spans):
-            return None
-        return self._inner.read_map()
-
-    def lock(self, exclusive: bool) -> None:
-        self._inner.lock(exclusive)
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class FaultLayer:
-    """The OS file layer with faults: ``full`` (a predicate on the path) and ``bad_spans``."""
-
-    def __init__(self) -> None:
-        self.full: Callable[[str], bool] = lambda path: False
-        self.bad_spans: list[tuple[str, int, int]] = []
-        self.refused = 0
-        self.failed_reads = 0
-
-    def is_full(self, path: str) -> bool:
-        return self.full(path)
-
-    def open(self, path: str, create: bool, readonly: bool) -> DataFile:
-        return FaultFile(self, OS_FILES.open(path, create, readonly))
-
-    def exists(self, path: str) -> bool:
-        return OS_FILES.exists(path)
-
-    def rename(self, source: str, target: str) -> None:
-        OS_FILES.rename(source, target)
-
-    def remove(self, path: str) -> None:
-        OS_FILES.remove(path)
-
-    def sync_directory(self, path: str) -> None:
-        OS_FILES.sync_directory(path)
 
 
 def _populate(storage: Storage, garbage: int = 200) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import mmap
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _fault_layers import FaultLayer
 from _journal_storages import commit, oid
 
 from dhruva import wire
@@ -28,89 +28,8 @@ from dhruva.client_storage import ClientStorage
 from dhruva.error import DhruvaError
 from dhruva.file_index import DiskIndex
 from dhruva.file_storage import FileStorage
-from dhruva.fileio import OS_FILES, DataFile
 from dhruva.journal_storage import JournalStorage
 from dhruva.server.storage_server import StorageServer
-
-# --- a disk that fills up on demand ------------------------------------------------
-
-
-def _no_space(path: str) -> OSError:
-    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
-
-
-class FullDiskFile:
-    """A real file whose writes fail with ENOSPC while its layer is full."""
-
-    def __init__(self, layer: FullDiskLayer, inner: DataFile) -> None:
-        self._layer = layer
-        self._inner = inner
-        self.path = inner.path
-
-    def _check_space(self) -> None:
-        if self._layer.full:
-            self._layer.refused += 1
-            raise _no_space(self.path)
-
-    def size(self) -> int:
-        return self._inner.size()
-
-    def pread(self, length: int, offset: int) -> bytes:
-        return self._inner.pread(length, offset)
-
-    def pwrite(self, data: bytes, offset: int) -> None:
-        self._check_space()
-        self._inner.pwrite(data, offset)
-
-    def append(self, data: bytes) -> int:
-        self._check_space()
-        return self._inner.append(data)
-
-    def sync(self) -> None:
-        self._inner.sync()
-
-    def truncate(self, size: int) -> None:
-        self._inner.truncate(size)  # cutting frees space: allowed on a full disk
-
-    def allocate(self, size: int) -> None:
-        if size > self._inner.size():
-            self._check_space()
-        self._inner.allocate(size)
-
-    def read_map(self) -> mmap.mmap | None:
-        return self._inner.read_map()
-
-    def lock(self, exclusive: bool) -> None:
-        self._inner.lock(exclusive)
-
-    def close(self) -> None:
-        self._inner.close()
-
-
-class FullDiskLayer:
-    """The OS file layer, with writes refused (ENOSPC) while ``full`` is True."""
-
-    def __init__(self) -> None:
-        self.full = False
-        self.refused = 0
-
-    def open(self, path: str, create: bool, readonly: bool) -> DataFile:
-        if create and self.full and not OS_FILES.exists(path):
-            raise _no_space(path)
-        return FullDiskFile(self, OS_FILES.open(path, create, readonly))
-
-    def exists(self, path: str) -> bool:
-        return OS_FILES.exists(path)
-
-    def rename(self, source: str, target: str) -> None:
-        OS_FILES.rename(source, target)
-
-    def remove(self, path: str) -> None:
-        OS_FILES.remove(path)
-
-    def sync_directory(self, path: str) -> None:
-        OS_FILES.sync_directory(path)
-
 
 # --- the storage on a full disk ------------------------------------------------------
 
@@ -119,7 +38,7 @@ class FullDiskLayer:
 def test_storage_recovers_once_space_is_back(
     cls: type[JournalStorage], path: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    layer = FullDiskLayer()
+    layer = FaultLayer()
     storage = cls(path, file_layer=layer)
     commit(storage, (0, b"root", [1]), (1, b"one", []))
     layer.full = True
@@ -152,7 +71,7 @@ def test_storage_recovers_once_space_is_back(
 @pytest.mark.req("FLT-072")
 def test_index_growth_on_a_full_disk_is_an_error_not_a_signal(path: str) -> None:
     """The sidecar grows by reserving space: ENOSPC there fails the checkpoint only."""
-    layer = FullDiskLayer()
+    layer = FaultLayer()
     storage = FileStorage(path, file_layer=layer)
     commit(storage, (0, b"root", []))
     storage.checkpoint()
@@ -236,7 +155,7 @@ def test_server_answers_loads_on_a_full_disk_and_commits_once_space_is_back(
         return real_error(self, error)
 
     monkeypatch.setattr(ClientStorage, "_error", recording_error)
-    layer = FullDiskLayer()
+    layer = FaultLayer()
     storage = FileStorage(str(tmp_path / "db.dhruva"), file_layer=layer)
     server = StorageServer(storage, str(tmp_path / "server.sock"))
     thread = threading.Thread(target=server.serve, daemon=True)
