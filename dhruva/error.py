@@ -199,6 +199,26 @@ class PackNotSupportedError(DhruvaError):
     def __init__(self, storage: str) -> None:
         self.storage = storage
         super().__init__(f"{storage} does not support pack")
+class SnapshotTooOldError(DhruvaError):
+    """A read at a snapshot whose old versions are no longer kept [SAPI-094].
+
+    A storage keeps the versions that snapshots still read only back to the
+    oldest snapshot it was told about (``set_oldest_snapshot``), and within a
+    memory bound; a reader holding an older snapshot gets this error instead
+    of a wrong record.  ``tid`` is the snapshot asked for, ``oldest`` the
+    oldest the storage can still serve.  Call ``abort()`` to move to the
+    latest snapshot and retry.
+    """
+
+    def __init__(self, tid: int, oldest: int) -> None:
+        self.tid = tid
+        self.oldest = oldest
+        super().__init__(
+            f"snapshot {tid} is too old: versions before transaction {oldest} are no "
+            "longer kept; call abort() and retry"
+        )
+
+
 # --- Durus compatibility (docs/guide/durus.md) --------------------------------------------
 
 DurusKeyError = DhruvaKeyError

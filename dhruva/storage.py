@@ -14,6 +14,19 @@ then ``end()``.  ``end()`` returns only once the whole transaction is durable
 ``sync()`` returns the oids that other writers changed since the previous
 ``sync()`` of this storage object; a Connection uses it to invalidate its
 cache.  Single-process storages have no other writers and return ``[]``.
+
+Snapshots (capability ``snapshots``, spec "Snapshots").  Every committed
+transaction has a *tid*, increasing in commit order.  A storage object
+reads the database as of one tid, its *read point* (``last_tid()``): the
+latest commit when it was opened, last synchronized or last committed.
+``load`` returns records as of the read point and never a later version;
+``load_at(oid, tid)`` returns them as of an older tid, for a reader that
+holds an older snapshot (the storage server serves many clients from one
+storage object).  The versions those reads need are kept back to the tid
+given to ``set_oldest_snapshot`` (dhruva.snapshots.VersionLedger).
+``note_reads(oids)`` makes ``end()`` refuse the transaction when another
+writer committed one of those oids after the read point, which is what
+serializable commits need from a storage with other writers.
 """
 
 from __future__ import annotations
@@ -27,6 +40,7 @@ from dhruva.record import Record as Record
 from dhruva.record import check_oid as check_oid
 from dhruva.record import check_record as check_record
 from dhruva.record_class import record_class_name
+from dhruva.snapshots import CURRENT, VersionLedger
 from dhruva.utils import int8_to_str, iter_oids, str_to_int8
 
 # Capability names a storage may declare (spec: storage-api.md, "Capabilities").
@@ -35,6 +49,7 @@ CAP_RAW_FILE = "raw-file"
 CAP_HISTORY = "history"
 CAP_DURABLE = "durable"
 CAP_READONLY_OPEN = "readonly-open"
+CAP_SNAPSHOTS = "snapshots"
 
 
 class Storage:
@@ -87,6 +102,42 @@ class Storage:
     def sync(self) -> list[bytes]:
         """Return the oids changed by other writers since the previous sync."""
         return []
+
+    # -- snapshots (capability "snapshots"; spec: storage-api.md, "Snapshots") --------
+
+    def last_tid(self) -> int:
+        """Return the read point: the tid of the latest commit this object reads (SAPI-090).
+
+        0 for a database with no transaction.  It moves forward at ``sync()``
+        and at this object's own ``end()``, never by itself.
+        """
+        raise DhruvaError(f"{type(self).__name__} does not support snapshots")
+
+    def load_at(self, oid: bytes, tid: int) -> Record:
+        """Return ``oid``'s record as the committed transaction ``tid`` left it (SAPI-092).
+
+        ``tid`` is at most ``last_tid()``.  Raise DhruvaKeyError when ``oid``
+        had no record then, SnapshotTooOldError when the versions ``tid``
+        needs are no longer kept (SAPI-094).
+        """
+        raise DhruvaError(f"{type(self).__name__} does not support snapshots")
+
+    def set_oldest_snapshot(self, tid: int | None) -> None:
+        """Say the oldest snapshot a reader of this object still holds (SAPI-093).
+
+        The storage keeps every version a snapshot at or after ``tid`` reads
+        (within its memory bound) and may drop older ones; None means no
+        snapshot older than the read point is held.
+        """
+
+    def note_reads(self, oids: Iterable[bytes]) -> None:
+        """Declare oids the open transaction read: ``end()`` checks them (SAPI-095).
+
+        ``end()`` MUST raise ReadConflictError naming the oids that another
+        writer committed after this object's read point.  A storage with no
+        other writers has nothing to check; one that has MUST raise
+        DhruvaError outside a transaction.
+        """
 
     def pack(self) -> None:
         """Remove records unreachable from the root and superseded revisions."""
@@ -156,15 +207,19 @@ def reachable_oids(storage: Storage, root: bytes = b"\x00" * 8) -> set[bytes]:
 class MemoryStorage(Storage):
     """A storage that keeps everything in a dict; nothing survives close.
 
-    Useful for tests and for caches of throw-away objects.
+    Useful for tests and for caches of throw-away objects.  It has one
+    writer, itself, so its read point is always its last commit; it keeps
+    the versions older snapshots read in a VersionLedger (SAPI-090..095).
     """
 
-    capabilities = frozenset({CAP_PACK})
+    capabilities = frozenset({CAP_PACK, CAP_SNAPSHOTS})
 
     def __init__(self) -> None:
         self._records: dict[bytes, Record] = {}
         self._pending: dict[bytes, Record] | None = None
         self._next_oid = 0
+        self._tid = 0
+        self._ledger = VersionLedger()
         self._closed = False
 
     def _check_open(self) -> None:
@@ -185,6 +240,24 @@ class MemoryStorage(Storage):
             check_oid(oid)  # [SAPI-006] checked where it costs nothing: on a miss
             raise DhruvaKeyError(oid) from None
 
+    def last_tid(self) -> int:
+        self._check_open()
+        return self._tid
+
+    def load_at(self, oid: bytes, tid: int) -> Record:
+        self._check_open()
+        check_snapshot_tid(tid, self._tid)
+        version = self._ledger.lookup(oid, tid)
+        if version is CURRENT:
+            return self.load(oid)
+        if version is None:
+            raise DhruvaKeyError(oid)
+        assert isinstance(version, Record)
+        return version
+
+    def set_oldest_snapshot(self, tid: int | None) -> None:
+        self._ledger.set_floor(tid)
+
     def begin(self) -> None:
         self._check_open()
         if self._pending is not None:
@@ -200,12 +273,19 @@ class MemoryStorage(Storage):
     def end(self) -> None:
         if self._pending is None:
             raise DhruvaError("end() without begin()")
-        self._records.update(self._pending)
+        pending, self._pending = self._pending, None
+        if not pending:
+            return  # [SAPI-036] an empty transaction changes nothing, the tid included
+        tid = self._tid + 1
+        records = self._records
+        self._ledger.supersede(
+            tid, [(oid, records.get(oid)) for oid in pending] if self._ledger.wanted(tid) else ()
+        )
+        records.update(pending)
+        self._tid = tid
         # [SAPI-010] Oids stored here must never be handed out again.
-        if self._pending:
-            highest = max(str_to_int8(oid) for oid in self._pending)
-            self._next_oid = max(self._next_oid, highest + 1)
-        self._pending = None
+        highest = max(str_to_int8(oid) for oid in pending)
+        self._next_oid = max(self._next_oid, highest + 1)
 
     def abort_transaction(self) -> None:
         self._pending = None
@@ -220,11 +300,22 @@ class MemoryStorage(Storage):
     def pack(self) -> None:
         self._check_open()
         keep = reachable_oids(self)
+        # [SAPI-096] Pack removes current records only; the versions held
+        # snapshots read stay in the ledger, and a record packed away is
+        # one no snapshot can reach from its root.
         for oid in [oid for oid in self._records if oid not in keep]:
             del self._records[oid]
 
     def close(self) -> None:
         self._closed = True
+
+
+def check_snapshot_tid(tid: int, last: int) -> None:
+    """Refuse a ``load_at`` tid that is not an int or is past the read point (SAPI-092)."""
+    if type(tid) is not int:
+        raise TypeError(f"a tid is an int, not {type(tid).__name__}")
+    if not 0 <= tid <= last:
+        raise ValueError(f"tid {tid} is not a committed transaction up to the read point {last}")
 
 
 # --- Durus's storage helpers (docs/guide/durus.md) ----------------------------------------

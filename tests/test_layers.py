@@ -37,6 +37,7 @@ LAYERS: dict[str, list[str]] = {
     ],
     # Storages and the file layer under them; object state is opaque bytes here.
     "storages": [
+        "dhruva.snapshots",
         "dhruva.storage",
         "dhruva.fileio",
         "dhruva.file_index",

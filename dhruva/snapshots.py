@@ -1,0 +1,152 @@
+"""The versions that open snapshots still read: a ledger a storage keeps (SAPI-090..099).
+
+Spec: ``spec/storage-api.md``, "Snapshots".
+
+Theory of operation.  A storage with the capability ``snapshots`` answers
+``load_at(oid, tid)``: the record of ``oid`` as the transaction ``tid`` left
+it.  Its current records answer every snapshot at or after the last commit;
+a snapshot before a later commit also needs the versions that commit
+replaced.  The storage keeps those in a :class:`VersionLedger`:
+
+* Each commit that replaces or creates records while a snapshot older than
+  it is held (``wanted(tid)``) hands the ledger the *previous* version of
+  each oid it stores (a Record, or None when the oid had no record), with
+  the commit's tid: the version was current until that tid.
+* ``lookup(oid, tid)`` walks the oid's entries from the oldest: the first
+  entry superseded *after* ``tid`` is the version ``tid`` saw (None: the oid
+  did not exist then); no such entry means the current record is it.
+* ``set_floor(tid)`` says the oldest snapshot still held.  An entry
+  superseded at or before the floor is read by no held snapshot and is
+  dropped.  ``set_floor(None)`` (no snapshot older than the latest) drops all.
+* The ledger is bounded (``limit_bytes``).  Beyond it, the oldest entries
+  are dropped and ``oldest`` moves past them: a snapshot older than
+  ``oldest`` can no longer be answered correctly, so ``lookup`` raises
+  SnapshotTooOldError for it (for every oid: which oids it would miss is
+  not known), never a wrong record.  A commit made while no older snapshot
+  was held moves ``oldest`` as well, for the same reason.
+
+The ledger interprets nothing: records are opaque bytes (DM-004).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+from dhruva.error import SnapshotTooOldError
+from dhruva.record import Record
+
+#: Default bound of the bytes the ledger keeps (record data and references).
+DEFAULT_LIMIT_BYTES = 64 << 20
+
+#: ``lookup`` answer meaning "the current record is the version asked for".
+CURRENT = object()
+
+
+class VersionLedger:
+    """Records replaced since the oldest held snapshot, for ``load_at``.
+
+    ``start_tid`` is the storage's last tid when the ledger starts: snapshots
+    at or after it can be answered, older ones cannot.
+    """
+
+    def __init__(self, start_tid: int = 0, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> None:
+        if limit_bytes < 0:
+            raise ValueError(f"limit_bytes must be >= 0, not {limit_bytes}")
+        self.limit_bytes = limit_bytes
+        # oid -> [(superseded_at, previous record or None)], oldest first.
+        self._versions: dict[bytes, list[tuple[int, Record | None]]] = {}
+        # (superseded_at, oid, size) in commit order, for pruning.
+        self._order: deque[tuple[int, bytes, int]] = deque()
+        self._bytes = 0
+        self._floor: int | None = None
+        # The latest commit the ledger was told about.
+        self._latest = start_tid
+        #: The oldest snapshot the ledger can still answer.
+        self.oldest = start_tid
+
+    @property
+    def floor(self) -> int | None:
+        """The oldest snapshot a reader said it holds, or None."""
+        return self._floor
+
+    @property
+    def kept_bytes(self) -> int:
+        """The bytes of record data and references kept now."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def wanted(self, tid: int) -> bool:
+        """Whether a commit with ``tid`` must hand over the versions it replaces."""
+        return self._floor is not None and self._floor < tid and self.limit_bytes > 0
+
+    def supersede(self, tid: int, previous: Iterable[tuple[bytes, Record | None]]) -> None:
+        """Note that the commit ``tid`` replaced these versions (None: the oid was new).
+
+        Call it for every commit, also when ``wanted(tid)`` is false (then
+        with nothing): a commit whose old versions are not kept makes every
+        snapshot before it unanswerable.
+        """
+        self._latest = max(self._latest, tid)
+        if not self.wanted(tid):
+            self.oldest = max(self.oldest, tid)
+            return
+        versions = self._versions
+        order = self._order
+        for oid, record in previous:
+            size = 0 if record is None else len(record.data) + len(record.refs) + 64
+            versions.setdefault(oid, []).append((tid, record))
+            order.append((tid, oid, size))
+            self._bytes += size
+        if self._bytes > self.limit_bytes:
+            self._drop_oldest_until(lambda: self._bytes <= self.limit_bytes)
+
+    def lookup(self, oid: bytes, tid: int) -> object:
+        """Return the version of ``oid`` snapshot ``tid`` reads.
+
+        A Record, None (the oid had no record at ``tid``), or :data:`CURRENT`.
+        Raises SnapshotTooOldError when ``tid`` is older than :attr:`oldest`.
+        """
+        if tid < self.oldest:
+            raise SnapshotTooOldError(tid, self.oldest)
+        entries = self._versions.get(oid)
+        if entries:
+            for superseded_at, record in entries:
+                if superseded_at > tid:
+                    return record
+        return CURRENT
+
+    def set_floor(self, tid: int | None) -> None:
+        """Say the oldest snapshot still held (None: none older than the latest).
+
+        Snapshots older than that are not answered any more (``oldest`` moves).
+        """
+        self._floor = tid
+        if tid is None:
+            self._versions.clear()
+            self._order.clear()
+            self._bytes = 0
+            self.oldest = max(self.oldest, self._latest)
+            return
+        self.oldest = max(self.oldest, min(tid, self._latest))
+        order = self._order
+        while order and order[0][0] <= tid:
+            self._pop_oldest()
+
+    def _drop_oldest_until(self, enough: object) -> None:
+        assert callable(enough)
+        while self._order and not enough():
+            superseded_at = self._pop_oldest()
+            # A snapshot before superseded_at would now read a later version.
+            self.oldest = max(self.oldest, superseded_at)
+
+    def _pop_oldest(self) -> int:
+        superseded_at, oid, size = self._order.popleft()
+        entries = self._versions[oid]
+        del entries[0]
+        if not entries:
+            del self._versions[oid]
+        self._bytes -= size
+        return superseded_at
