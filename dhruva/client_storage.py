@@ -19,6 +19,19 @@ secret) and checks the server's proof in AUTH_OK before it trusts anything
 the server says (spec: "Authentication").  A client given a secret refuses a
 server that does not ask for it, since such a server proved nothing.
 
+Snapshots (wire protocol, "Snapshots").  When both ends announce the
+feature ``snapshots`` (and the served storage has them) the client declares
+the capability ``snapshots``: the server answers every load as of the
+session's snapshot, and SYNC and COMMIT answers carry the tid they move it
+to, which :meth:`ClientStorage.last_tid` returns (a SYNC right after the
+handshake learns the first one).  ``note_reads`` collects the transaction's
+read set; ``end`` sends it as READS frames in the same write as STAGE and
+COMMIT (none when nothing was read), and the server refuses the commit
+with READ_CONFLICT when another client committed one of those oids after
+the snapshot.  ``set_oldest_snapshot`` travels as HOLD with the next
+request.  Against a server without the feature nothing of this is sent and
+the capability is not declared.
+
 Errors: an ERROR frame becomes the matching typed exception
 (WriteConflictError, ReadConflictError, DhruvaKeyError, ReadOnlyError, ...);
 a broken connection becomes :class:`ServerConnectionError`, and every later
@@ -41,12 +54,20 @@ from dhruva.error import (
     ProtocolError,
     ReadConflictError,
     ReadOnlyError,
+    SnapshotTooOldError,
     UnallocatedOidError,
     WriteConflictError,
 )
 from dhruva.server import security
 from dhruva.server.address import DEFAULT_ADDRESS, Address, format_address
-from dhruva.storage import Record, Storage, check_oid, check_record
+from dhruva.storage import (
+    CAP_SNAPSHOTS,
+    Record,
+    Storage,
+    check_oid,
+    check_record,
+    check_snapshot_tid,
+)
 from dhruva.utils import int8_to_str, str_to_int8
 
 _RECV_SIZE = 1 << 18
@@ -101,6 +122,11 @@ class ClientStorage(Storage):
     ``busy_poll_s`` (default 0.5 ms): how long to poll for an answer before
     blocking on it, which halves a round trip on an idle machine; 0 turns it
     off, and it is off with TLS.
+
+    ``snapshots`` (default True) announces the ``snapshots`` feature: with a
+    server that offers it the storage has the capability ``snapshots``
+    (storage API, "Snapshots"); False keeps the Durus model, in which a load
+    of an object changed since the last sync raises ReadConflictError.
     """
 
     def __init__(
@@ -113,6 +139,7 @@ class ClientStorage(Storage):
         server_hostname: str | None = None,
         prefetch: bool = True,
         busy_poll_s: float = DEFAULT_BUSY_POLL_S,
+        snapshots: bool = True,
         *,
         host: str | None = None,
         port: int | None = None,
@@ -140,7 +167,15 @@ class ClientStorage(Storage):
         features = [wire.FEATURE_PACK_PROGRESS]
         if prefetch:
             features.append(wire.FEATURE_PREFETCH)
+        if snapshots:
+            features.append(wire.FEATURE_SNAPSHOTS)
         self._features = " ".join(features)
+        self._snapshots = False
+        self._last_tid = 0
+        # The read set of the open transaction [WIRE-108], and frames (HOLD)
+        # that go out with the next request.
+        self._reads: set[bytes] = set()
+        self._pending_out = b""
         self._transaction: dict[bytes, Record] | None = None
         self._after_commit: list[bytes] | None = None
         self._broken: ServerConnectionError | None = None
@@ -169,7 +204,21 @@ class ClientStorage(Storage):
             self._sock.close()
             raise
         self.server_features = frozenset(reply.features.split())
-        self.capabilities = frozenset(reply.storage_capabilities.split())
+        capabilities = frozenset(reply.storage_capabilities.split())
+        # [WIRE-100] Snapshots only when both ends announced the feature: an
+        # older server passes a storage's capability on without serving it.
+        self._snapshots = snapshots and wire.FEATURE_SNAPSHOTS in self.server_features
+        if not self._snapshots:
+            capabilities -= {CAP_SNAPSHOTS}
+        self.capabilities = capabilities
+        if self._snapshots:
+            # [WIRE-103] The session's first snapshot: nothing was read yet,
+            # so the invalidations of this SYNC concern nobody.
+            try:
+                self._synchronize()
+            except BaseException:
+                self.close()
+                raise
 
     def _start_tls(
         self, context: ssl.SSLContext, server_hostname: str | None, timeout_s: float | None
@@ -316,6 +365,12 @@ class ClientStorage(Storage):
             raise DhruvaError(f"this ClientStorage for {self._where} is closed")
 
     def _send(self, data: bytes) -> None:
+        # Any request after a commit, answered or failed, ends the moment at
+        # which the commit's invalidations answer sync() [WIRE-072].
+        self._after_commit = None
+        if self._pending_out:
+            # [WIRE-112] HOLD goes out with the next request, in its write.
+            data, self._pending_out = self._pending_out + data, b""
         try:
             self._sock.sendall(data)
         except OSError as error:
@@ -405,6 +460,13 @@ class ClientStorage(Storage):
             return DhruvaKeyError(oids[0] if oids else None)
         if code == wire.ErrorCode.READ_ONLY:
             return ReadOnlyError(f"the storage server at {self._where} is read-only")
+        if code == wire.ErrorCode.SNAPSHOT_TOO_OLD:
+            # [WIRE-114] The bounds travel in the oid list, by code, not in the text.
+            try:
+                tid, oldest = wire.snapshot_bounds(error)
+            except ProtocolError:
+                return self._lost("a SNAPSHOT_TOO_OLD error without its bounds", garbage=True)
+            return SnapshotTooOldError(tid, oldest)
         text = f"storage server at {self._where}: {error.message}"
         if code in (
             wire.ErrorCode.AUTH_FAILED,
@@ -501,11 +563,67 @@ class ClientStorage(Storage):
         self._after_commit = None
         return list(reply.records)
 
+    def load_at(self, oid: bytes, tid: int) -> Record:
+        """Return ``oid``'s record as the committed transaction ``tid`` left it (SAPI-092).
+
+        At the read point this is :meth:`load`; below it, one LOAD_AT
+        [WIRE-106], which the server answers while it keeps that version
+        (set_oldest_snapshot), else raises SnapshotTooOldError.
+        """
+        if not self._snapshots:
+            raise DhruvaError(
+                f"the storage server at {self._where} does not serve snapshots (SAPI-097)"
+            )
+        check_snapshot_tid(tid, self._last_tid)
+        check_oid(oid)
+        if tid == self._last_tid:
+            return self.load(oid)
+        reply = self._request(wire.LoadAt(oid, tid))
+        self._expect(reply, wire.RecordMessage)
+        assert isinstance(reply, wire.RecordMessage)
+        return reply.record
+
+    def last_tid(self) -> int:
+        """The tid of the snapshot this client reads (SAPI-090): its last sync or commit."""
+        if not self._snapshots:
+            raise DhruvaError(
+                f"the storage server at {self._where} does not serve snapshots (SAPI-097)"
+            )
+        self._check_usable()
+        return self._last_tid
+
+    def set_oldest_snapshot(self, tid: int | None) -> None:
+        """Tell the server the oldest snapshot this client still reads at (SAPI-093).
+
+        It travels as HOLD with the next request [WIRE-112]; until then the
+        session's own snapshot keeps what it reads.
+        """
+        if not self._snapshots:
+            return
+        if tid is not None:
+            if type(tid) is not int:
+                raise TypeError(f"a tid is an int, not {type(tid).__name__}")
+            if tid < 0:
+                raise ValueError(f"a tid is not negative, not {tid}")
+        held = wire.NO_HOLD if tid is None else min(tid, wire.NO_HOLD)
+        self._pending_out += wire.Hold(held).encode()
+
+    def note_reads(self, oids: Iterable[bytes]) -> None:
+        """Declare oids the open transaction read; ``end()`` has the server check them.
+
+        (SAPI-095, WIRE-108.)  Raises DhruvaError outside a transaction.
+        """
+        if self._transaction is None:
+            raise DhruvaError("note_reads() outside a transaction; call begin() first")
+        if self._snapshots:
+            self._reads.update(oids)
+
     def begin(self) -> None:
         self._check_usable()
         if self._transaction is not None:
             raise DhruvaError("a transaction is already open")
         self._transaction = {}
+        self._reads = set()
 
     def store(self, oid: bytes, data: bytes, refs: bytes = b"") -> None:
         if self._transaction is None:
@@ -517,21 +635,36 @@ class ClientStorage(Storage):
         """Commit the transaction in one round trip; raise WriteConflictError on conflict."""
         if self._transaction is None:
             raise DhruvaError("end() without begin()")
-        records, self._transaction = list(self._transaction.values()), None
+        transaction, self._transaction = self._transaction, None
+        records = list(transaction.values())
+        reads, self._reads = self._reads, set()
         self._forget_prefetched()
-        # [WIRE-070] Stage frames (no answer) then one COMMIT, in a single write.
+        # [WIRE-070] Stage frames (no answer) then one COMMIT, in a single write,
+        # after the read set [WIRE-108]: none when nothing was read (or only
+        # what is written, which the write check covers).
         frames = wire.split_commit(records)
+        if reads:
+            read_only = [oid for oid in reads if oid not in transaction]
+            if read_only:
+                frames[:0] = wire.reads_frames(read_only)
         self._check_usable()
         self._send(b"".join(frames))
         reply = self._receive()
         if isinstance(reply, wire.Error):
             raise self._error(reply)
-        self._expect(reply, wire.Committed)
-        assert isinstance(reply, wire.Committed)
+        if self._snapshots:
+            self._expect(reply, wire.CommittedAt)
+            assert isinstance(reply, wire.CommittedAt)
+            # [SAPI-090] The read point moves to this transaction's tid.
+            self._last_tid = reply.tid
+        else:
+            self._expect(reply, wire.Committed)
+            assert isinstance(reply, wire.Committed)
         self._after_commit = list(reply.invalidations)
 
     def abort_transaction(self) -> None:
         self._transaction = None
+        self._reads = set()
 
     def sync(self) -> list[bytes]:
         self._forget_prefetched()
@@ -539,7 +672,16 @@ class ClientStorage(Storage):
             # The commit just answered synchronized us; see the module docstring.
             oids, self._after_commit = self._after_commit, None
             return oids
+        return self._synchronize()
+
+    def _synchronize(self) -> list[bytes]:
         reply = self._request(wire.Empty(wire.MessageType.SYNC))
+        if self._snapshots:
+            self._expect(reply, wire.Synced)
+            assert isinstance(reply, wire.Synced)
+            # [WIRE-102] The new snapshot.
+            self._last_tid = reply.tid
+            return list(reply.invalidations)
         self._expect(reply, wire.Oids)
         assert isinstance(reply, wire.Oids)
         return list(reply.oids)

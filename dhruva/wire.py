@@ -88,6 +88,9 @@ class MessageType(IntEnum):
     SIZE = 0x0B
     LIST_OIDS = 0x0C
     AUTH = 0x0D
+    LOAD_AT = 0x0E
+    READS = 0x0F
+    HOLD = 0x10
 
     HELLO_OK = 0x81
     OIDS = 0x82
@@ -100,6 +103,8 @@ class MessageType(IntEnum):
     SIZE_IS = 0x8B
     AUTH_CHALLENGE = 0x8C
     AUTH_OK = 0x8D
+    SYNCED = 0x8E
+    COMMITTED_AT = 0x8F
     ERROR = 0xFF
 
 
@@ -108,6 +113,12 @@ FEATURE_PREFETCH = "prefetch"
 
 FEATURE_PACK_PROGRESS = "pack-progress"
 """The HELLO feature asking the server to send PACK_PROGRESS frames before OK [WIRE-085]."""
+
+FEATURE_SNAPSHOTS = "snapshots"
+"""The HELLO feature asking for snapshot reads and serializable commits [WIRE-100]."""
+
+NO_HOLD = (1 << 64) - 1
+"""The HOLD tid that holds nothing older than the session's snapshot [WIRE-112]."""
 
 
 class ErrorCode(IntEnum):
@@ -135,6 +146,7 @@ class ErrorCode(IntEnum):
     STORAGE_FAILURE = 22
     # 23 was SHUTTING_DOWN, which no server ever sent: retired (spec/history.md).
     TOO_LARGE = 24
+    SNAPSHOT_TOO_OLD = 25
 
     @property
     def fatal(self) -> bool:
@@ -567,6 +579,86 @@ class AuthOk:
         return frame(bytes([self.type]) + body)
 
 
+@dataclass(frozen=True, slots=True)
+class LoadAt:
+    """Ask for the record of ``oid`` as the committed transaction ``tid`` left it [WIRE-106]."""
+
+    oid: bytes
+    tid: int
+    type = MessageType.LOAD_AT
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + self.oid + _U64.pack(self.tid))
+
+
+@dataclass(frozen=True, slots=True)
+class Reads:
+    """Oids the next COMMIT's transaction read (no response) [WIRE-108]."""
+
+    oids: Sequence[bytes]
+    type = MessageType.READS
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + _oids_body(self.oids))
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """The oldest snapshot the client still reads at (no response) [WIRE-112].
+
+    :data:`NO_HOLD` holds nothing older than the session's own snapshot.
+    """
+
+    tid: int
+    type = MessageType.HOLD
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + _U64.pack(self.tid))
+
+
+@dataclass(frozen=True, slots=True)
+class Synced:
+    """The answer to SYNC in a snapshot session: the new snapshot and the invalidations."""
+
+    tid: int
+    invalidations: Sequence[bytes]
+    type = MessageType.SYNCED
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + _U64.pack(self.tid) + _oids_body(self.invalidations))
+
+
+@dataclass(frozen=True, slots=True)
+class CommittedAt:
+    """The answer to a successful COMMIT in a snapshot session [WIRE-104]."""
+
+    tid: int
+    invalidations: Sequence[bytes]
+    type = MessageType.COMMITTED_AT
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + _U64.pack(self.tid) + _oids_body(self.invalidations))
+
+
+def snapshot_too_old(tid: int, oldest: int, message: str = "") -> Error:
+    """The ERROR SNAPSHOT_TOO_OLD for snapshot ``tid``, ``oldest`` being still served [WIRE-114].
+
+    Its "oids" field holds two u64 values, not oids: ``tid`` then ``oldest``.
+    """
+    return Error(ErrorCode.SNAPSHOT_TOO_OLD, message, [_U64.pack(tid), _U64.pack(oldest)])
+
+
+def snapshot_bounds(error: Error) -> tuple[int, int]:
+    """The ``(tid, oldest)`` of an ERROR SNAPSHOT_TOO_OLD [WIRE-114].
+
+    Raises ProtocolError when the error does not carry exactly the two values.
+    """
+    if error.code != ErrorCode.SNAPSHOT_TOO_OLD or len(error.oids) != 2:
+        raise ProtocolError("a SNAPSHOT_TOO_OLD error carries exactly two values: tid and oldest")
+    tid, oldest = (int(_U64.unpack(value)[0]) for value in error.oids)
+    return tid, oldest
+
+
 Message = (
     Hello
     | HelloOk
@@ -588,6 +680,11 @@ Message = (
     | AuthChallenge
     | Auth
     | AuthOk
+    | LoadAt
+    | Reads
+    | Hold
+    | Synced
+    | CommittedAt
 )
 
 _EMPTY_TYPES = frozenset(
@@ -658,6 +755,16 @@ def decode_message(payload: bytes) -> Message:
         message = AuthChallenge(reader.text(), reader.raw(NONCE_SIZE))
     elif kind is MessageType.AUTH:
         message = Auth(reader.text(), reader.raw(NONCE_SIZE), reader.raw(PROOF_SIZE))
+    elif kind is MessageType.LOAD_AT:
+        message = LoadAt(reader.oid(), reader.u64())
+    elif kind is MessageType.READS:
+        message = Reads(reader.oids())
+    elif kind is MessageType.HOLD:
+        message = Hold(reader.u64())
+    elif kind is MessageType.SYNCED:
+        message = Synced(reader.u64(), reader.oids())
+    elif kind is MessageType.COMMITTED_AT:
+        message = CommittedAt(reader.u64(), reader.oids())
     elif kind is MessageType.AUTH_OK:
         proof = reader.raw(PROOF_SIZE)
         magic, major, minor = _HELLO_HEAD.unpack(reader.raw(_HELLO_HEAD.size))
@@ -670,6 +777,15 @@ def decode_message(payload: bytes) -> Message:
         message = Error(code, reader.text(), oids)
     reader.end()
     return message
+
+
+def reads_frames(oids: Sequence[bytes], max_frame_size: int = MAX_FRAME_SIZE) -> list[bytes]:
+    """Encode a transaction's read set as READS frames, each within ``max_frame_size``.
+
+    No oid: no frame, so a transaction that read nothing costs nothing [WIRE-108].
+    """
+    per_frame = (max_frame_size - 1 - _U32.size) // OID_SIZE
+    return [Reads(oids[i : i + per_frame]).encode() for i in range(0, len(oids), per_frame)]
 
 
 def split_commit(records: Iterable[Record], max_frame_size: int = MAX_FRAME_SIZE) -> list[bytes]:

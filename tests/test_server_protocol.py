@@ -267,7 +267,7 @@ def test_stage_then_commit_carries_every_record_and_returns_to_ready() -> None:
     assert events(session) == [NEED_DATA]
     assert session.state is SessionState.STAGING
     session.receive_data(wire.Commit([second]).encode())
-    assert session.next_event() == Commit([first, second])
+    assert session.next_event() == Commit([first, second], [])
     assert session.state is SessionState.READY
     assert take_output(session) == []  # STAGE has no answer
     session.send(wire.Committed([]))

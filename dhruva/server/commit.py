@@ -28,7 +28,7 @@ sessions.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -56,6 +56,24 @@ class Refusal:
 
 
 _CONFLICT = "objects changed by another client since your last sync"
+_READ_CONFLICT = "objects this transaction read were changed by another client since your snapshot"
+
+
+def conflict_refusal(
+    written: Iterable[bytes], read: Iterable[bytes], changed: Container[bytes]
+) -> Refusal | None:
+    """The refusal of a commit whose ``written`` or ``read`` oids are in ``changed``, or None.
+
+    Writes take precedence [SRV-105]: WRITE_CONFLICT names every written oid
+    in ``changed``; without one, READ_CONFLICT names every read oid in it.
+    """
+    conflicts = sorted(oid for oid in written if oid in changed)
+    if conflicts:
+        return Refusal(wire.ErrorCode.WRITE_CONFLICT, _CONFLICT, conflicts)
+    conflicts = sorted({oid for oid in read if oid in changed})
+    if conflicts:
+        return Refusal(wire.ErrorCode.READ_CONFLICT, _READ_CONFLICT, conflicts)
+    return None
 
 
 @dataclass
@@ -65,6 +83,20 @@ class Outcome(Generic[C]):
     client: C
     stored: set[bytes]
     refusal: Refusal | None = None
+
+
+class _WrittenByOthers(Container[bytes], Generic[C]):
+    """The oids an earlier commit of the group, by another client than ``client``, stores."""
+
+    __slots__ = ("_client", "_written")
+
+    def __init__(self, written: dict[bytes, C], client: C) -> None:
+        self._written = written
+        self._client = client
+
+    def __contains__(self, oid: object) -> bool:
+        writer = self._written.get(oid, self._client)  # type: ignore[call-overload]
+        return writer is not self._client
 
 
 class Committer(Generic[C]):
@@ -79,27 +111,33 @@ class Committer(Generic[C]):
         self.storage = storage
         self.readonly = readonly
         self.check_oids = check_oids
-        self._queue: list[tuple[C, list[Record]]] = []
+        self._queue: list[tuple[C, list[Record], Sequence[bytes]]] = []
         self._known_oids: set[bytes] = set()
         self.pending = False
         """True while commits wait for the next group."""
 
     def check(
-        self, records: list[Record], invalid: set[bytes], allocated: set[bytes]
+        self,
+        records: list[Record],
+        invalid: set[bytes],
+        allocated: set[bytes],
+        reads: Sequence[bytes] = (),
     ) -> tuple[list[Record], Refusal | None]:
         """The records to write (last store of an oid wins), or why the commit is refused.
 
         ``invalid`` is the client's invalidation set, ``allocated`` the oids
-        it was given.
+        it was given, ``reads`` the oids its transaction read (READS).
         """
         if self.readonly and records:
             return [], Refusal(wire.ErrorCode.READ_ONLY, "the server is read-only", [])
         by_oid = {record.oid: record for record in records}
-        # [SRV-020] A commit storing an oid another client committed since this
-        # client's last sync is refused; nothing of it is written.
-        conflicts = sorted(oid for oid in by_oid if oid in invalid)
-        if conflicts:
-            return [], Refusal(wire.ErrorCode.WRITE_CONFLICT, _CONFLICT, conflicts)
+        if invalid:
+            # [SRV-020] A commit storing an oid another client committed since
+            # this client's last sync is refused; nothing of it is written.
+            # [SRV-104] So is one that read such an oid.
+            refusal = conflict_refusal(by_oid, reads, invalid)
+            if refusal is not None:
+                return [], refusal
         # [SRV-022] Only oids this client was given, or that are stored, may be
         # stored; the root oid is always allowed, since every database has one.
         if self.check_oids:
@@ -116,12 +154,12 @@ class Committer(Generic[C]):
                 )
         return list(by_oid.values()), None
 
-    def queue(self, client: C, records: list[Record]) -> None:
-        """Hold a checked commit for the next group."""
-        self._queue.append((client, records))
+    def queue(self, client: C, records: list[Record], reads: Sequence[bytes] = ()) -> None:
+        """Hold a checked commit (and its read set) for the next group."""
+        self._queue.append((client, records, reads))
         self.pending = True
 
-    def take_group(self) -> list[tuple[C, list[Record]]]:
+    def take_group(self) -> list[tuple[C, list[Record], Sequence[bytes]]]:
         """The queued commits, oldest first; the queue starts over empty."""
         group, self._queue = self._queue, []
         self.pending = False
@@ -142,27 +180,39 @@ class Committer(Generic[C]):
             self._known_oids.clear()
         self._known_oids.update(oids)
 
-    def run_group(self, group: list[tuple[C, list[Record]]]) -> list[Outcome[C]]:
-        """Write ``group`` (see the module docstring); the outcome of each commit, in order."""
+    def run_group(
+        self,
+        group: list[tuple[C, list[Record], Sequence[bytes]]],
+        before_write: Callable[[list[Outcome[C]]], None] | None = None,
+    ) -> list[Outcome[C]]:
+        """Write ``group`` (see the module docstring); the outcome of each commit, in order.
+
+        ``before_write`` is called with the accepted commits once the
+        conflicts are checked and before the storage transaction begins
+        (the server sets the oldest snapshot then [SRV-101]).
+        """
         outcomes: list[Outcome[C]] = []
         accepted: list[Outcome[C]] = []
         accepted_records: list[list[Record]] = []
         written: dict[bytes, C] = {}
-        for client, records in group:
-            clash = sorted(
-                r.oid for r in records if r.oid in written and written[r.oid] is not client
-            )
-            if clash:
-                # As if the earlier commit of the group had run first [SRV-030].
-                refusal = Refusal(wire.ErrorCode.WRITE_CONFLICT, _CONFLICT, clash)
-                outcomes.append(Outcome(client, set(), refusal))
-                continue
+        for client, records, reads in group:
+            if written:
+                # As if the earlier commits of the group had run first [SRV-030]:
+                # what they wrote is what this commit must not have written
+                # [SRV-020] or read [SRV-104] at its snapshot.
+                changed = _WrittenByOthers(written, client)
+                refusal = conflict_refusal((r.oid for r in records), reads, changed)
+                if refusal is not None:
+                    outcomes.append(Outcome(client, set(), refusal))
+                    continue
             for record in records:
                 written[record.oid] = client
             outcome = Outcome(client, {record.oid for record in records})
             outcomes.append(outcome)
             accepted.append(outcome)
             accepted_records.append(records)
+        if before_write is not None and accepted:
+            before_write(accepted)
         if accepted and written:
             storage = self.storage
             try:

@@ -78,7 +78,10 @@ class Client:
     with the connection): ``invalid``, the oids other clients committed
     since this one last synchronized [SRV-023]; ``allocated``, the oids
     given to it by NEW_OIDS and not stored yet [SRV-022]; ``prefetch``, what
-    it was sent since its last sync (:class:`PrefetchState`).
+    it was sent since its last sync (:class:`PrefetchState`);
+    ``snapshot_tid``, for a session that negotiated snapshots, the tid its
+    reads are answered at (None otherwise) [SRV-100], and ``hold_tid``, the
+    oldest snapshot it said it still reads at (HOLD; ``wire.NO_HOLD``: none).
     """
 
     __slots__ = (
@@ -86,11 +89,13 @@ class Client:
         "closed",
         "events",
         "handshake_events",
+        "hold_tid",
         "invalid",
         "paused",
         "peer",
         "prefetch",
         "session",
+        "snapshot_tid",
         "sock",
         "tls_wrapped",
         "want_write",
@@ -109,6 +114,8 @@ class Client:
         self.invalid: set[bytes] = set()
         self.allocated: set[bytes] = set()
         self.prefetch = PrefetchState()
+        self.snapshot_tid: int | None = None
+        self.hold_tid = wire.NO_HOLD
 
     @property
     def queue(self) -> deque[bytes]:
@@ -127,6 +134,7 @@ class SocketLoop:
     called whenever a client's session may have events (after bytes
     arrived, after its output drained, after a deadline closed it); it must
     end by calling :meth:`flush`.  ``tls`` wraps every connection.
+    ``on_drop`` is called with each client once it is gone.
     """
 
     def __init__(
@@ -136,8 +144,10 @@ class SocketLoop:
         serve_client: Callable[[Client], None],
         limits: ServerLimits,
         tls: ssl.SSLContext | None = None,
+        on_drop: Callable[[Client], None] | None = None,
     ) -> None:
         self.selector = selectors.DefaultSelector()
+        self._on_drop = on_drop
         self.listener = listener
         self.tls = tls
         self.limits = limits
@@ -452,6 +462,8 @@ class SocketLoop:
         client.allocated.clear()
         client.invalid.clear()
         log.info("client %s gone", client.peer, extra={"peer": client.peer, "event": "close"})
+        if self._on_drop is not None:
+            self._on_drop(client)
 
     def close(self) -> None:
         """Drop every client, delivering answers already produced (best effort)."""

@@ -61,6 +61,7 @@ from dhruva import wire
 from dhruva.error import ProtocolError
 from dhruva.record import Record
 from dhruva.server import security
+from dhruva.utils import OID_SIZE
 
 OUTPUT_HIGH_WATER = 16 << 20
 """Unsent answer bytes past which a session stops handling requests."""
@@ -69,7 +70,8 @@ CLOSING_GRACE_S = 2.0
 """How long a closed session whose peer does not read its last answer is kept."""
 
 FEATURES = "stage commit-sync bulk-load list-oids prefetch pack-progress"
-"""The features this server announces in HELLO_OK and AUTH_OK."""
+"""The features this server announces in HELLO_OK and AUTH_OK (plus ``snapshots``
+when its storage has snapshots [WIRE-100])."""
 
 
 @dataclass(frozen=True)
@@ -162,10 +164,22 @@ class NewOids:
 
 
 @dataclass(frozen=True, slots=True)
+class LoadAt:
+    """LOAD_AT (snapshot sessions): answer with RECORD or ERROR [WIRE-106]."""
+
+    oid: bytes
+    tid: int
+
+
+@dataclass(frozen=True, slots=True)
 class Commit:
-    """COMMIT: the staged records and COMMIT's own, in order; answer COMMITTED or ERROR."""
+    """COMMIT: the staged records and COMMIT's own, in order; answer COMMITTED or ERROR.
+
+    ``reads`` are the oids of the READS frames since the last COMMIT [WIRE-108].
+    """
 
     records: list[Record]
+    reads: list[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +210,7 @@ class Stop:
     """STOP: answer with OK; the session closes after it and the server stops."""
 
 
-Request = Load | BulkLoad | NewOids | Commit | Sync | Size | ListOids | Pack | Stop
+Request = Load | LoadAt | BulkLoad | NewOids | Commit | Sync | Size | ListOids | Pack | Stop
 
 
 # --- events: notes that need no answer -----------------------------------------
@@ -225,7 +239,14 @@ class TransactionRefused:
     max_bytes: int
 
 
-Note = Ready | Refused | TransactionRefused
+@dataclass(frozen=True, slots=True)
+class Held:
+    """HOLD (snapshot sessions): the oldest snapshot the client reads at [WIRE-112]."""
+
+    tid: int
+
+
+Note = Ready | Refused | TransactionRefused | Held
 Event = Request | Note
 
 
@@ -236,7 +257,9 @@ class ServerSession:
     ``storage_capabilities`` the text HELLO_OK and AUTH_OK announce;
     ``secret`` turns on the AUTH step [WIRE-030], with challenges from
     ``new_nonce``; ``tls`` starts the session in state ``tls``; ``clock``
-    gives the time in seconds for deadlines.
+    gives the time in seconds for deadlines; ``features`` the server
+    features announced (``snapshots`` among them only when the storage has
+    snapshots).
     """
 
     def __init__(
@@ -248,8 +271,10 @@ class ServerSession:
         new_nonce: Callable[[], bytes] = security.new_nonce,
         tls: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        features: str = FEATURES,
     ) -> None:
         self.limits = limits
+        self._server_features = features
         self._storage_caps = storage_capabilities
         self._secret = secret
         self._new_nonce = new_nonce
@@ -262,6 +287,8 @@ class ServerSession:
         """When bytes last arrived (for ``idle_timeout_s``)."""
         self.features: frozenset[str] = frozenset()
         """The features the client announced in HELLO."""
+        self.snapshots = False
+        """True when both ends announced ``snapshots`` [WIRE-100]."""
         self._server_nonce = b""
         # [WIRE-033] Before the handshake is done, frames are small.
         self._decoder = wire.FrameDecoder(wire.HANDSHAKE_MAX_FRAME_SIZE)
@@ -272,6 +299,7 @@ class ServerSession:
         self._out = bytearray()
         self._outstanding: Request | None = None
         self._staged: list[Record] = []
+        self._reads: list[bytes] = []
         self._staged_bytes = 0
         self._staged_too_large = False
         self._notes: deque[Note] = deque()
@@ -296,7 +324,7 @@ class ServerSession:
     @property
     def mid_request(self) -> bool:
         """True while part of a frame, or a staged transaction, is held."""
-        return self._decoder.buffered > 0 or bool(self._staged)
+        return self._decoder.buffered > 0 or bool(self._staged) or bool(self._reads)
 
     @property
     def reading_paused(self) -> bool:
@@ -404,6 +432,7 @@ class ServerSession:
         if isinstance(message, wire.Commit):
             self._stage(message.records)
             records = self._staged
+            reads = self._reads
             too_large = self._staged_too_large
             size = self._staged_bytes
             self._drop_staged()
@@ -411,11 +440,21 @@ class ServerSession:
             if too_large:
                 self._refuse_too_large(size)
                 return None
-            return Commit(records)
+            return Commit(records, reads)
         if isinstance(message, wire.BulkLoad):
             return BulkLoad(list(message.oids))
         if isinstance(message, wire.NewOids):
             return NewOids(message.count)
+        if self.snapshots:
+            # [WIRE-101] Only a session that negotiated snapshots sends these.
+            if isinstance(message, wire.LoadAt):
+                return LoadAt(message.oid, message.tid)
+            if isinstance(message, wire.Reads):
+                self._read(message.oids)
+                return None
+            if isinstance(message, wire.Hold):
+                self._notes.append(Held(message.tid))
+                return None
         if isinstance(message, wire.ListOids):
             return ListOids(message.start, message.limit)
         kind = message.type
@@ -449,6 +488,10 @@ class ServerSession:
             )
             return
         self.features = frozenset(hello.features.split())
+        self.snapshots = (
+            wire.FEATURE_SNAPSHOTS in self.features
+            and wire.FEATURE_SNAPSHOTS in self._server_features.split()
+        )
         if self._secret is not None:
             # [WIRE-030] Challenge the client with a fresh nonce.
             self.state = SessionState.AUTHENTICATING
@@ -457,7 +500,9 @@ class ServerSession:
             self._out += challenge.encode()
             return
         self._ready(authenticated=False)
-        reply = wire.HelloOk(features=FEATURES, storage_capabilities=self._storage_caps)
+        reply = wire.HelloOk(
+            features=self._server_features, storage_capabilities=self._storage_caps
+        )
         self._out += reply.encode()
 
     def _auth(self, auth: wire.Auth) -> None:
@@ -475,7 +520,9 @@ class ServerSession:
             return
         proof = security.server_proof(self._secret, self._server_nonce, auth.client_nonce)
         self._ready(authenticated=True)
-        reply = wire.AuthOk(proof, features=FEATURES, storage_capabilities=self._storage_caps)
+        reply = wire.AuthOk(
+            proof, features=self._server_features, storage_capabilities=self._storage_caps
+        )
         self._out += reply.encode()
 
     def _ready(self, authenticated: bool) -> None:
@@ -497,11 +544,27 @@ class ServerSession:
             # every later STAGE of this transaction; its COMMIT is refused.
             self._staged_too_large = True
             self._staged = []
+            self._reads = []
             return
         self._staged.extend(records)
 
+    def _read(self, oids: Sequence[bytes]) -> None:
+        """Hold the read set for the next COMMIT; it counts against the staging cap."""
+        if self._staged_too_large:
+            return
+        self._staged_bytes += OID_SIZE * len(oids)
+        if self._staged_bytes > self.limits.max_staged_bytes:
+            self._staged_too_large = True
+            self._staged = []
+            self._reads = []
+            return
+        self._reads.extend(oids)
+        if self.state is SessionState.READY:
+            self.state = SessionState.STAGING
+
     def _drop_staged(self) -> None:
         self._staged = []
+        self._reads = []
         self._staged_bytes = 0
         self._staged_too_large = False
 

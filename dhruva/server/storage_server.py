@@ -27,6 +27,22 @@ answered; then, while a pack runs, one pack step [SRV-051] and the commit
 groups its waiting clients released; then the deadlines and the
 ``gcinterval`` timer.
 
+Snapshots [SRV-100].  When the storage has the capability ``snapshots``
+the server announces the feature, and every session that negotiated it
+reads the database as of its *snapshot*, ``Client.snapshot_tid``: the
+storage's last tid when its handshake finished, its last SYNC, or its last
+accepted COMMIT (the group's tid).  A load of an oid in its invalidation
+set (committed by others after the snapshot) is answered with
+``storage.load_at(oid, snapshot)``; every other oid's current record is the
+snapshot's.  The storage keeps the versions those reads need because the
+server tells it, with ``set_oldest_snapshot``, the oldest snapshot (or
+HOLD) a session still reads at (:meth:`StorageServer._update_floor`):
+before each commit group, counting every session that will not move with
+it, and after every SYNC, group and session end, counting only the
+sessions that are behind the latest commit (None when none is).  The
+storage bounds what it keeps; a session past that bound gets
+SNAPSHOT_TOO_OLD and gets out by synchronizing (abort).
+
 Failure of one client.  Malformed frames, unknown messages, a broken
 handshake: an ERROR frame, then that connection is closed [SRV-040].  A
 client that vanishes loses its staged records and its allocated oids;
@@ -45,11 +61,11 @@ import ssl
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from dhruva import wire
-from dhruva.error import DhruvaError, DhruvaKeyError
+from dhruva.error import DhruvaError, DhruvaKeyError, SnapshotTooOldError
 from dhruva.record import Record
 from dhruva.server import security, session
 from dhruva.server.address import (
@@ -59,11 +75,12 @@ from dhruva.server.address import (
     Address,
     format_address,
 )
-from dhruva.server.commit import Committer
+from dhruva.server.commit import Committer, Outcome
 from dhruva.server.loop import Client, SocketLoop
 from dhruva.server.pack import DEFAULT_PACK_STEP_BUDGET, PackDriver
 from dhruva.server.prefetch import DEFAULT_PREFETCH_BYTES, DEFAULT_PREFETCH_RECORDS, Prefetcher
 from dhruva.server.session import (
+    FEATURES,
     NEED_DATA,
     PAUSED,
     Refused,
@@ -71,7 +88,7 @@ from dhruva.server.session import (
     ServerSession,
     TransactionRefused,
 )
-from dhruva.storage import Storage
+from dhruva.storage import CAP_SNAPSHOTS, Storage
 from dhruva.utils import str_to_int8
 
 log = logging.getLogger("dhruva.server")
@@ -181,18 +198,25 @@ class StorageServer:
         if readonly:
             caps = [c for c in caps if c != "pack"]
         self._storage_caps = " ".join(caps)
+        # [WIRE-100] Snapshots are offered only over a storage that has them.
+        self.snapshots = CAP_SNAPSHOTS in caps
+        self._features = FEATURES + (" " + wire.FEATURE_SNAPSHOTS if self.snapshots else "")
+        self._floor: int | None = None
         self._unix_path: str | None = None
         listener = self._listen(address)
         self.address: Address = (
             listener.getsockname()[:2] if self._unix_path is None else self._unix_path
         )
-        self._loop = SocketLoop(listener, self._new_session, self._serve_client, self.limits, tls)
+        self._loop = SocketLoop(
+            listener, self._new_session, self._serve_client, self.limits, tls, self._dropped
+        )
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._loop.selector.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._handlers: dict[type, Callable[[Client, Any], None]] = {
             session.Load: self._load,
+            session.LoadAt: self._load_at,
             session.BulkLoad: self._bulk_load,
             session.NewOids: self._new_oids,
             session.Commit: self._commit,
@@ -202,6 +226,7 @@ class StorageServer:
             session.Pack: self._pack,
             session.Stop: self._stop_request,
             session.Ready: self._note_ready,
+            session.Held: self._note_held,
             Refused: self._note_refused,
             TransactionRefused: self._note_transaction_refused,
         }
@@ -233,6 +258,7 @@ class StorageServer:
             secret=self._secret,
             new_nonce=self._new_nonce,
             tls=self.tls is not None,
+            features=self._features,
         )
 
     # --- sockets ----------------------------------------------------------------
@@ -407,6 +433,9 @@ class StorageServer:
         self._loop.flush(client)
 
     def _note_ready(self, client: Client, event: session.Ready) -> None:
+        if client.session.snapshots:
+            # [SRV-100] The session starts at the latest commit.
+            client.snapshot_tid = self.storage.last_tid()
         log.info(
             "client %s ready (tls %s, authenticated %s)",
             client.peer,
@@ -419,6 +448,107 @@ class StorageServer:
                 "authenticated": event.authenticated,
             },
         )
+
+    # --- snapshots ----------------------------------------------------------------
+
+    def _note_held(self, client: Client, event: session.Held) -> None:
+        # [SRV-103] HOLD: the client reads at an older snapshot too.
+        client.hold_tid = event.tid
+        self._update_floor()
+
+    def _dropped(self, client: Client) -> None:
+        # [SRV-101] A session that ends holds nothing any more.
+        if client.snapshot_tid is not None:
+            client.snapshot_tid = None
+            self._update_floor()
+
+    def _update_floor(self, moving: Collection[Client] = ()) -> None:
+        """[SRV-101] Tell the storage the oldest snapshot a session still reads at.
+
+        ``moving``: the sessions whose commits the group about to be written
+        accepts; they move to its tid, so only their HOLD counts.  Without
+        ``moving`` (after a SYNC, a group or a session end) a session at the
+        latest commit is not behind, and when no session is, the floor is
+        None: the next group recomputes it before it writes.
+        """
+        if not self.snapshots:
+            return
+        floor = wire.NO_HOLD
+        for other in self._loop.clients:
+            tid = other.snapshot_tid
+            if tid is None:
+                continue
+            held = other.hold_tid
+            if held < tid or other in moving:
+                tid = held
+            if tid < floor:
+                floor = tid
+        oldest: int | None = floor
+        if floor == wire.NO_HOLD or (not moving and floor >= self.storage.last_tid()):
+            oldest = None
+        if oldest != self._floor:
+            self._floor = oldest
+            try:
+                self.storage.set_oldest_snapshot(oldest)
+            except DhruvaError as error:
+                log.error("the storage refused the oldest snapshot %s: %s", oldest, error)
+
+    def _before_write(self, accepted: list[Outcome[Client]]) -> None:
+        # [SRV-101] Before a group writes: keep what every session that does
+        # not move with it (to the group's tid) still reads.
+        self._update_floor({outcome.client for outcome in accepted})
+
+    def _snapshot_too_old(self, client: Client, error: SnapshotTooOldError, oid: bytes) -> None:
+        # [SRV-102] Not a hang, not a wrong record: the client synchronizes and retries.
+        client.session.send(
+            wire.snapshot_too_old(
+                error.tid,
+                error.oldest,
+                f"snapshot {error.tid} is too old (oldest kept: {error.oldest}) loading oid"
+                f" {str_to_int8(oid)}; abort (synchronize) and retry",
+            )
+        )
+
+    def _load_version(self, client: Client, oid: bytes) -> Record | None:
+        """Load ``oid`` as of the client's snapshot (or current); answer errors, return None."""
+        tid = client.snapshot_tid
+        try:
+            if tid is not None and oid in client.invalid:
+                # [SRV-100] Changed after the snapshot: the version it saw.
+                return self.storage.load_at(oid, tid)
+            return self.storage.load(oid)
+        except DhruvaKeyError:
+            client.session.send_error(wire.ErrorCode.NO_SUCH_OBJECT, "no such object", [oid])
+        except SnapshotTooOldError as error:
+            self._snapshot_too_old(client, error, oid)
+        except DhruvaError as error:
+            client.session.send_error(wire.ErrorCode.STORAGE_FAILURE, str(error), [oid])
+        return None
+
+    def _load_at(self, client: Client, event: session.LoadAt) -> None:
+        tid = client.snapshot_tid
+        assert tid is not None  # only snapshot sessions send LOAD_AT
+        if event.tid > tid:
+            # [WIRE-107] The client checks this itself: a peer that does not is broken.
+            client.session.fail(
+                wire.ErrorCode.MALFORMED,
+                f"LOAD_AT tid {event.tid} is above the session's snapshot {tid}",
+            )
+            return
+        try:
+            record = self.storage.load_at(event.oid, event.tid)
+        except DhruvaKeyError:
+            client.session.send_error(
+                wire.ErrorCode.NO_SUCH_OBJECT, "no such object then", [event.oid]
+            )
+            return
+        except SnapshotTooOldError as error:
+            self._snapshot_too_old(client, error, event.oid)
+            return
+        except DhruvaError as error:
+            client.session.send_error(wire.ErrorCode.STORAGE_FAILURE, str(error), [event.oid])
+            return
+        client.session.send(wire.RecordMessage(record))
 
     def _note_refused(self, client: Client, event: Refused) -> None:
         if event.code is wire.ErrorCode.AUTH_FAILED:
@@ -446,9 +576,10 @@ class StorageServer:
 
     def _read_conflicts(self, client: Client, oids: list[bytes]) -> bool:
         # [SRV-021] Loading an oid invalidated for this client and not yet synced
-        # is a read conflict: the client would mix old and new states.
+        # is a read conflict: the client would mix old and new states.  A
+        # snapshot session reads the version its snapshot saw instead [SRV-100].
         invalid = client.invalid
-        if not invalid:
+        if not invalid or client.snapshot_tid is not None:
             return False
         conflicts = [oid for oid in oids if oid in invalid]
         if not conflicts:
@@ -458,16 +589,11 @@ class StorageServer:
 
     def _load_records(self, client: Client, oids: list[bytes]) -> list[Record] | None:
         records: list[Record] = []
-        load = self.storage.load
         for oid in oids:
-            try:
-                records.append(load(oid))
-            except DhruvaKeyError:
-                client.session.send_error(wire.ErrorCode.NO_SUCH_OBJECT, "no such object", [oid])
+            record = self._load_version(client, oid)
+            if record is None:
                 return None
-            except DhruvaError as error:
-                client.session.send_error(wire.ErrorCode.STORAGE_FAILURE, str(error), [oid])
-                return None
+            records.append(record)
         return records
 
     def _load(self, client: Client, event: session.Load) -> None:
@@ -476,6 +602,13 @@ class StorageServer:
         oid = event.oid
         answer_to = client.session
         if client.invalid and oid in client.invalid:
+            if client.snapshot_tid is not None:
+                # [SRV-100] The version the session's snapshot saw; nothing is
+                # prefetched with it (WIRE-056: prefetched records are current).
+                record_at = self._load_version(client, oid)
+                if record_at is not None:
+                    answer_to.send(wire.RecordMessage(record_at))
+                return
             # [SRV-021] (see _read_conflicts)
             answer_to.send_error(wire.ErrorCode.READ_CONFLICT, _CONFLICT, [oid])
             return
@@ -521,7 +654,16 @@ class StorageServer:
         return oids
 
     def _sync(self, client: Client, event: session.Sync) -> None:
-        client.session.send(wire.Oids(self._take_invalidations(client)))
+        if client.snapshot_tid is None:
+            client.session.send(wire.Oids(self._take_invalidations(client)))
+            return
+        # [WIRE-102] SYNCED carries the session's new snapshot.
+        tid = self.storage.last_tid()
+        moved = tid != client.snapshot_tid
+        client.snapshot_tid = tid
+        client.session.send(wire.Synced(tid, self._take_invalidations(client)))
+        if moved:
+            self._update_floor()
 
     def _size(self, client: Client, event: session.Size) -> None:
         client.session.send(wire.SizeIs(self.storage.get_size()))
@@ -542,12 +684,14 @@ class StorageServer:
     # --- commits ----------------------------------------------------------------
 
     def _commit(self, client: Client, event: session.Commit) -> None:
-        records, refusal = self.committer.check(event.records, client.invalid, client.allocated)
+        records, refusal = self.committer.check(
+            event.records, client.invalid, client.allocated, event.reads
+        )
         if refusal is not None:
             client.session.send_error(refusal.code, refusal.message, refusal.oids)
             return
         # The session stays PAUSED (its COMMIT outstanding) until the group is written.
-        self.committer.queue(client, records)
+        self.committer.queue(client, records, event.reads)
 
     def _run_commit_groups(self) -> None:
         # Answering a group may let sessions handle queued requests that hold
@@ -556,9 +700,11 @@ class StorageServer:
         while committer.pending:
             # A session closed meanwhile (its peer left, or sent garbage after
             # its COMMIT) loses the commit, as it would its staged records.
-            group = [(c, r) for c, r in committer.take_group() if not c.session.closed]
-            outcomes = committer.run_group(group)
+            group = [g for g in committer.take_group() if not g[0].session.closed]
+            snapshots = self.snapshots
+            outcomes = committer.run_group(group, self._before_write if snapshots else None)
             accepted = [o for o in outcomes if o.refusal is None]
+            tid = self.storage.last_tid() if snapshots else 0
             for outcome in accepted:
                 outcome.client.allocated -= outcome.stored
                 # [SRV-023] Every other client learns of the change at its next sync.
@@ -568,11 +714,20 @@ class StorageServer:
             for outcome in outcomes:
                 if outcome.refusal is None:
                     # [WIRE-072] COMMITTED also synchronizes the client.
-                    answer: wire.Message = wire.Committed(self._take_invalidations(outcome.client))
+                    answer: wire.Message
+                    invalidations = self._take_invalidations(outcome.client)
+                    if outcome.client.snapshot_tid is None:
+                        answer = wire.Committed(invalidations)
+                    else:
+                        # [WIRE-104] ... to the group's tid, its new snapshot.
+                        outcome.client.snapshot_tid = tid
+                        answer = wire.CommittedAt(tid, invalidations)
                 else:
                     refusal = outcome.refusal
                     answer = wire.Error(refusal.code, refusal.message, refusal.oids)
                 outcome.client.session.send(answer)
+            if snapshots:
+                self._update_floor()
             for outcome in outcomes:
                 self._serve_client(outcome.client)
 
