@@ -189,11 +189,12 @@ def replay(address: Address, transcript: dict[str, Any]) -> None:
 # The union of the transcripts' requirement IDs, for tests/test_requirements.py,
 # which reads markers from the source; each case carries its own IDs as well.
 @pytest.mark.req(
-    "SRV-020", "SRV-021", "SRV-022", "SRV-023", "SRV-080",
+    "SRV-020", "SRV-021", "SRV-022", "SRV-023", "SRV-080", "SRV-100", "SRV-102", "SRV-104",
     "WIRE-010", "WIRE-011", "WIRE-012", "WIRE-013", "WIRE-014", "WIRE-020", "WIRE-021",
     "WIRE-022", "WIRE-030", "WIRE-031", "WIRE-033", "WIRE-040", "WIRE-050", "WIRE-051",
     "WIRE-055", "WIRE-056", "WIRE-060", "WIRE-070", "WIRE-071", "WIRE-072", "WIRE-080",
-    "WIRE-085", "WIRE-091",
+    "WIRE-085", "WIRE-091", "WIRE-100", "WIRE-101", "WIRE-102", "WIRE-104", "WIRE-105",
+    "WIRE-106", "WIRE-107", "WIRE-108", "WIRE-109", "WIRE-112", "WIRE-114",
 )  # fmt: skip
 @pytest.mark.parametrize(
     "path",

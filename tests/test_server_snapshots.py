@@ -159,7 +159,7 @@ SNAPSHOT_HELLO = wire.Hello(features=wire.FEATURE_SNAPSHOTS).encode()
 # --- negotiation -------------------------------------------------------------------
 
 
-@pytest.mark.req("WIRE-100")
+@pytest.mark.req("WIRE-100", "SAPI-097")
 def test_snapshots_are_negotiated(serve: Serve, clients: Callable[..., ClientStorage]) -> None:
     running = serve()
     new = clients(running.address)
@@ -544,3 +544,45 @@ def test_the_server_tells_the_storage_the_oldest_snapshot(
     running.server.stop()
     running.thread.join()
     assert storage.floors[-1] is None
+
+
+class PackedAwayStorage(MemoryStorage):
+    """The state a pack leaves (SAPI-096): no current record, a version at older snapshots."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.packed: dict[bytes, tuple[int, Record]] = {}
+
+    def pack_away(self, oid: bytes) -> None:
+        self.packed[oid] = (self.last_tid(), self.load(oid))
+
+    def load(self, oid: bytes) -> Record:
+        if oid in self.packed:
+            raise DhruvaKeyError(oid)
+        return super().load(oid)
+
+    def load_at(self, oid: bytes, tid: int) -> Record:
+        if oid in self.packed:
+            packed_at, record = self.packed[oid]
+            if tid <= packed_at:
+                return record
+            raise DhruvaKeyError(oid)
+        return super().load_at(oid, tid)
+
+
+@pytest.mark.req("SRV-106")
+def test_a_load_that_misses_is_retried_at_the_snapshot(
+    serve: Serve, clients: Callable[..., ClientStorage]
+) -> None:
+    storage = PackedAwayStorage()
+    running = serve(storage)
+    a, old = clients(running.address), clients(running.address, snapshots=False)
+    x, y = a.new_oid(), a.new_oid()
+    commit(a, {x: b"x", y: b"y"})
+    old.sync()
+    storage.pack_away(x)
+    storage.pack_away(y)
+    assert a.load(x).data == b"x"
+    assert [r.data for r in a.bulk_load([y])] == [b"y"]
+    with pytest.raises(DhruvaKeyError):
+        old.load(x)  # no snapshot to read it at

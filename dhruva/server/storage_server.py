@@ -516,7 +516,27 @@ class StorageServer:
             if tid is not None and oid in client.invalid:
                 # [SRV-100] Changed after the snapshot: the version it saw.
                 return self.storage.load_at(oid, tid)
-            return self.storage.load(oid)
+            try:
+                return self.storage.load(oid)
+            except DhruvaKeyError:
+                if tid is None:
+                    raise
+                # [SRV-106] Packed away now, perhaps still there at the snapshot.
+                return self.storage.load_at(oid, tid)
+        except DhruvaKeyError:
+            client.session.send_error(wire.ErrorCode.NO_SUCH_OBJECT, "no such object", [oid])
+        except SnapshotTooOldError as error:
+            self._snapshot_too_old(client, error, oid)
+        except DhruvaError as error:
+            client.session.send_error(wire.ErrorCode.STORAGE_FAILURE, str(error), [oid])
+        return None
+
+    def _load_version_after_pack(self, client: Client, oid: bytes) -> Record | None:
+        """[SRV-106] ``oid`` has no current record: load it at the snapshot, or answer why not."""
+        tid = client.snapshot_tid
+        assert tid is not None
+        try:
+            return self.storage.load_at(oid, tid)
         except DhruvaKeyError:
             client.session.send_error(wire.ErrorCode.NO_SUCH_OBJECT, "no such object", [oid])
         except SnapshotTooOldError as error:
@@ -615,6 +635,12 @@ class StorageServer:
         try:
             record = self.storage.load(oid)
         except DhruvaKeyError:
+            if client.snapshot_tid is not None:
+                # [SRV-106] (see _load_version)
+                record_at = self._load_version_after_pack(client, oid)
+                if record_at is not None:
+                    answer_to.send(wire.RecordMessage(record_at))
+                return
             answer_to.send_error(wire.ErrorCode.NO_SUCH_OBJECT, "no such object", [oid])
             return
         except DhruvaError as error:

@@ -72,6 +72,7 @@ NEVER = int8_to_str(0x7FFF_FFFF_FFFF_FFFF)
 SYNC = wire.Empty(T.SYNC).encode()
 EMPTY_OIDS = wire.Oids([]).encode()
 COMMITTED_NONE = wire.Committed([]).encode()
+SNAPSHOT_HELLO = wire.Hello(features=wire.FEATURE_SNAPSHOTS).encode()
 
 
 def transcripts() -> dict[str, dict[str, Any]]:
@@ -209,6 +210,95 @@ def transcripts() -> dict[str, dict[str, Any]]:
                 expect(COMMITTED_NONE, "b"),
                 send(wire.Load(OID0).encode(), "c"),
                 expect(wire.RecordMessage(rp0).encode(), "c"),
+            ],
+        },
+        "snapshots": {
+            "description": (
+                "a snapshot session (feature 'snapshots', WIRE-100): SYNC and COMMIT answers"
+                " carry the new snapshot tid (WIRE-102, WIRE-104); a LOAD of an oid changed"
+                " after the snapshot returns the version the snapshot saw, not READ_CONFLICT"
+                " (WIRE-105, SRV-100), as does LOAD_AT at the snapshot (WIRE-106); a COMMIT"
+                " whose READS name an oid changed since is refused with READ_CONFLICT"
+                " (WIRE-108, WIRE-109, SRV-104) and commits after a SYNC; HOLD has no answer"
+                " (WIRE-112)"
+            ),
+            "fresh": True,
+            "steps": [
+                send(SNAPSHOT_HELLO),
+                expect(HELLO_OK),
+                send(SYNC),
+                expect(wire.Synced(0, []).encode()),
+                send(wire.NewOids(2).encode()),
+                expect(wire.Oids([OID0, OID1]).encode()),
+                send(wire.Commit([r0, r1]).encode()),
+                expect(wire.CommittedAt(1, []).encode()),
+                send(SNAPSHOT_HELLO, "b"),
+                expect(HELLO_OK, "b"),
+                send(SYNC, "b"),
+                expect(wire.Synced(1, []).encode(), "b"),
+                send(wire.Commit([r0b]).encode()),
+                expect(wire.CommittedAt(2, []).encode()),
+                send(wire.Load(OID0).encode(), "b"),
+                expect(wire.RecordMessage(r0).encode(), "b"),
+                send(wire.LoadAt(OID0, 1).encode(), "b"),
+                expect(wire.RecordMessage(r0).encode(), "b"),
+                send(wire.Reads([OID0]).encode() + wire.Commit([r1b]).encode(), "b"),
+                expect(error(E.READ_CONFLICT, [OID0]), "b"),
+                send(wire.Hold(wire.NO_HOLD).encode() + SYNC, "b"),
+                expect(wire.Synced(2, [OID0]).encode(), "b"),
+                send(wire.Reads([OID0]).encode() + wire.Commit([r1b]).encode(), "b"),
+                expect(wire.CommittedAt(3, []).encode(), "b"),
+                send(wire.Load(OID1).encode()),
+                expect(wire.RecordMessage(r1).encode()),
+                send(SYNC),
+                expect(wire.Synced(3, [OID1]).encode()),
+            ],
+        },
+        "snapshot-too-old": {
+            "description": (
+                "LOAD_AT of a tid whose versions are not kept (a commit was made while no"
+                " older snapshot was held) is answered SNAPSHOT_TOO_OLD carrying the tid and"
+                " the oldest tid served (WIRE-114, SRV-102); the session goes on"
+            ),
+            "fresh": True,
+            "steps": [
+                send(SNAPSHOT_HELLO),
+                expect(HELLO_OK),
+                send(wire.NewOids(1).encode()),
+                expect(wire.Oids([OID0]).encode()),
+                send(wire.Commit([r0]).encode()),
+                expect(wire.CommittedAt(1, []).encode()),
+                send(wire.Commit([r0b]).encode()),
+                expect(wire.CommittedAt(2, []).encode()),
+                send(wire.LoadAt(OID0, 1).encode()),
+                expect(wire.snapshot_too_old(1, 2).encode()),
+                send(wire.Load(OID0).encode()),
+                expect(wire.RecordMessage(r0b).encode()),
+            ],
+        },
+        "snapshot-requests-need-the-feature": {
+            "description": (
+                "LOAD_AT (and READS, HOLD) from a session without the feature 'snapshots'"
+                " is refused with UNKNOWN_MESSAGE, then closed (WIRE-101)"
+            ),
+            "steps": [
+                *greet(),
+                send(wire.LoadAt(OID0, 0).encode()),
+                expect(error(E.UNKNOWN_MESSAGE)),
+                closed(),
+            ],
+        },
+        "snapshot-load-at-future": {
+            "description": (
+                "LOAD_AT of a tid above the session's snapshot is MALFORMED, then closed"
+                " (WIRE-107)"
+            ),
+            "steps": [
+                send(SNAPSHOT_HELLO),
+                expect(HELLO_OK),
+                send(wire.LoadAt(OID0, 1 << 40).encode()),
+                expect(error(E.MALFORMED)),
+                closed(),
             ],
         },
         "pack": {
@@ -398,6 +488,21 @@ REQUIREMENTS: dict[str, list[str]] = {
     "auth-unknown-mechanism": ["WIRE-031"],
     "auth-required": ["SRV-080"],
     "conflicts": ["SRV-020", "SRV-021", "SRV-023", "WIRE-072"],
+    "snapshots": [
+        "SRV-100",
+        "SRV-104",
+        "WIRE-100",
+        "WIRE-102",
+        "WIRE-104",
+        "WIRE-105",
+        "WIRE-106",
+        "WIRE-108",
+        "WIRE-109",
+        "WIRE-112",
+    ],
+    "snapshot-too-old": ["SRV-102", "WIRE-114"],
+    "snapshot-requests-need-the-feature": ["WIRE-101"],
+    "snapshot-load-at-future": ["WIRE-107"],
     "malformed-new-oids-zero": ["WIRE-013", "WIRE-091"],
     "malformed-load-trailing-byte": ["WIRE-013"],
     "malformed-refs-length": ["WIRE-014"],
