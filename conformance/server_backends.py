@@ -30,7 +30,7 @@ from dhruva_conformance.backends import (
 
 from dhruva.client_storage import ClientStorage
 from dhruva.server.storage_server import StorageServer
-from dhruva.storage import CAP_DURABLE, CAP_RAW_FILE, MemoryStorage, Storage
+from dhruva.storage import CAP_DURABLE, CAP_RAW_FILE, CAP_SNAPSHOTS, MemoryStorage, Storage
 
 
 class ServedStorage(ClientStorage):
@@ -122,7 +122,8 @@ class ServerFileFactory(_ServerFactory):
             "readonly-open",
             "pack",
         }
-    )
+    ) | (FileFactory.capabilities & {CAP_SNAPSHOTS})
+    # (snapshots: served when the FileStorage has them, WIRE-100)
 
     def __init__(self, directory: Any) -> None:
         super().__init__(directory)
