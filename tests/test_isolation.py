@@ -300,3 +300,28 @@ def test_the_docs_tally_merges_per_key() -> None:
     second.commit()
     second.abort()
     assert dict(second.get_root()["tally"]) == {"x": 12, "y": 5}
+
+
+@pytest.mark.req("CONN-048")
+def test_a_durus_style_loop_sees_only_conflicts_it_knows() -> None:
+    """Code written for Durus's conflicts: fewer errors, and only ConflictErrors."""
+    first, second = two_connections()
+    errors: list[type] = []
+    for step in range(20):
+        try:
+            first.abort()
+            root = first.get_root()
+            total = root["a"].balance + root["b"].balance
+            if step % 2:
+                root["a"].balance = total
+            # Another client writes in the middle of every transaction.
+            second.abort()
+            second.get_root()["b"].balance += 1
+            second.commit()
+            first.commit()
+        except ConflictError as error:
+            errors.append(type(error))
+    # Read-only steps never fail; a writing step fails at commit only, and
+    # with a class Durus has (ReadConflictError is a ConflictError there).
+    assert len(errors) == 10
+    assert set(errors) == {ReadConflictError}
