@@ -32,7 +32,10 @@ nothing.  The work per boundary is proportional to what the transaction
 used, never to the cache.  At commit, in serializable isolation, the
 oids of ``_reads`` go to the storage with ``note_reads``: a storage with
 other writers refuses the commit when one of them changed since the
-snapshot.
+snapshot.  Reads are tracked (``_track_reads``) only where they are
+checked, serializable isolation on a storage with other writers: on a
+storage the connection owns alone nothing is re-armed, and a transaction
+costs what it did before snapshots.
 
 Commit.  (1) serialize every changed object and every new persistent object
 reachable from one, attaching new objects (giving them oids); a failure here
@@ -50,10 +53,13 @@ Abort.  Every changed object becomes a ghost, so its next access reloads the
 committed state; then synchronize and shrink the cache.
 
 Cache.  Shrinking runs at transaction boundaries only, never in the middle of
-a transaction.  ``_loaded`` is kept in order of last use by transaction:
-re-arming moves each object the transaction used to the young end, so the
-oldest end holds the objects unused for longest, and shrinking ghosts from
-there.  Changed objects are never touched.
+a transaction.  It is a CLOCK with a second chance: the hand walks
+``_loaded`` from the oldest end; an object still in its tracked class (not
+used since it was armed) becomes a ghost and leaves ``_loaded``; an object
+in its real class is armed and moved to the young end.  When reads are
+tracked, re-arming at each boundary already moved each used object to the
+young end, so the clock evicts the least recently used first.  Changed
+objects are never touched.
 """
 
 from __future__ import annotations
@@ -188,14 +194,19 @@ class Connection:
         isolation: str,
     ) -> None:
         self._storage = storage
-        self._isolation = SERIALIZABLE
-        self.set_isolation(isolation)
         # [CONN-040] Loads read the storage's read point, moved at boundaries only.
         self._snapshots = CAP_SNAPSHOTS in storage.capabilities
-        # Only a storage with other writers checks reads (SAPI-095).
+        # Only a storage with other writers checks reads (SAPI-095, CONN-046).
         self._checks_reads = type(storage).note_reads is not Storage.note_reads
         # The objects this transaction used (CONN-042), in the order of first use.
         self._reads: list[PersistentBase] = []
+        self._isolation = SERIALIZABLE
+        self._track_reads = False
+        self._arm_all = False
+        self.set_isolation(isolation)
+        # The tracked class calls this on every first use: the list's own
+        # append, so that no Python frame runs (the method below documents it).
+        self.note_read = self._reads.append  # type: ignore[method-assign,assignment]
         self._objects: weakref.WeakValueDictionary[bytes, PersistentBase] = (
             weakref.WeakValueDictionary()
         )
@@ -424,16 +435,28 @@ class Connection:
         WriteConflictError when one it changed was.  ``"snapshot"``: only the
         second; two transactions that each read what the other writes may
         then both commit (write skew, see docs/guide/concurrency.md).  Takes
-        effect at the next commit.
+        effect from the next transaction.
         """
         if level not in ISOLATION_LEVELS:
             raise ValueError(
                 f"isolation must be one of {', '.join(map(repr, ISOLATION_LEVELS))}, not {level!r}"
             )
         self._isolation = level
+        # [CONN-046] Reads are tracked only where they are checked.
+        track = level == SERIALIZABLE and self._checks_reads
+        if track and not self._track_reads:
+            # Objects used while reads were not tracked are not armed: the
+            # next boundary arms every loaded object once.
+            self._arm_all = True
+        self._track_reads = track
 
     def get_read_oids(self) -> list[bytes]:
-        """Return the oids whose state this transaction used so far (CONN-042), once each."""
+        """Return the oids whose state this transaction used so far (CONN-042), once each.
+
+        Complete when reads are tracked: serializable isolation on a storage
+        with other writers (CONN-046).  Otherwise it lists the objects loaded
+        in this transaction and some of the cached ones used.
+        """
         seen: dict[bytes, None] = {}
         for obj in self._reads:
             oid = obj._p_oid
@@ -624,21 +647,33 @@ class Connection:
     def _end_transaction(self, written: list[PersistentBase] | None = None) -> None:
         """Re-arm the objects the transaction used and shrink the cache (CONN-042, CONN-020).
 
-        Each object the transaction read or wrote that is still loaded goes
-        back into its tracked class, so that the next transaction sees its
-        first use, and to the young end of ``_loaded``.
+        When reads are tracked, each object the transaction read that is
+        still loaded goes back into its tracked class, so that the next
+        transaction sees its first use, and to the young end of ``_loaded``;
+        so does each object it wrote (already at the young end).  An object
+        in ``_reads`` twice, or no longer in its real class (a ghost, already
+        tracked), is skipped.  When reads are not tracked, nothing is armed
+        here: the cache's clock arms objects when it needs room.
         """
-        loaded = self._loaded
-        for group in (self._reads, written or ()):
-            for obj in group:
-                if obj._p_status != SAVED or obj._p_connection is not self:
+        if self._track_reads:
+            loaded = self._loaded
+            if self._arm_all:
+                self._arm_all = False
+                for obj in loaded.values():
+                    obj._p_set_tracked()
+            for obj in self._reads:
+                cls = type(obj)
+                if cls is not cls._p_class or obj._p_status != SAVED:
                     continue
                 oid = obj._p_oid
-                assert oid is not None
-                if loaded.get(oid) is obj:
-                    del loaded[oid]
-                    loaded[oid] = obj
-                obj._p_set_tracked()
+                if loaded.pop(oid, None) is obj:  # type: ignore[arg-type]
+                    loaded[oid] = obj  # type: ignore[index]
+                _setattr(obj, "__class__", cls._p_tracked_class)
+            if written:
+                for obj in written:
+                    cls = type(obj)
+                    if cls is cls._p_class:
+                        _setattr(obj, "__class__", cls._p_tracked_class)
         self._reads.clear()
         self.shrink_cache()
         self._loads_at_start = self._load_count
@@ -702,26 +737,36 @@ class Connection:
         return cache_bytes is not None and self._loaded_bytes > cache_bytes
 
     def shrink_cache(self) -> None:
-        """Ghost the least recently used objects until the cache is within its bounds.
+        """Ghost least recently used objects until the cache is within its bounds.
 
         The bounds are ``cache_size`` objects and, if set, ``cache_bytes``
-        bytes of records (CONN-020, CONN-022).  Recency counts by
-        transaction: the objects a transaction used are the youngest.
-        Changed objects are never ghosted.
+        bytes of records (CONN-020, CONN-022).  Changed objects are never
+        ghosted.
         """
         if not self._over_limit():
             return
         loaded = self._loaded
         sizes = self._sizes
         changed = self._changed
-        for oid, obj in list(loaded.items()):
-            if not self._over_limit():
-                return
-            if oid in changed or obj._p_status != SAVED:
-                continue
-            obj._p_set_status_ghost()
-            del loaded[oid]
-            self._loaded_bytes -= sizes.pop(oid, 0)
+        # A clock with a second chance, at most two passes of the hand: an
+        # object still tracked was not used since it was armed and goes; one
+        # in its real class is armed and moves to the young end.  With reads
+        # tracked every object is armed at each boundary, so this is LRU by
+        # transaction.
+        for _ in range(2):
+            for oid, obj in list(loaded.items()):
+                if not self._over_limit():
+                    return
+                if oid in changed or obj._p_status != SAVED:
+                    continue
+                if obj._p_is_tracked():
+                    obj._p_set_status_ghost()
+                    del loaded[oid]
+                    self._loaded_bytes -= sizes.pop(oid, 0)
+                else:
+                    obj._p_set_tracked()
+                    del loaded[oid]
+                    loaded[oid] = obj
 
     # -- misc ------------------------------------------------------------------------
 

@@ -160,7 +160,7 @@ def test_objects_not_used_are_not_reads() -> None:
 
 @pytest.mark.req("CONN-042")
 def test_boundary_re_arms_only_what_was_used() -> None:
-    connection = Connection(MemoryStorage())
+    connection = Connection(SharedDatabase().open())
     root = connection.get_root()
     for name in "xyz":
         root[name] = Account(0)
@@ -260,6 +260,39 @@ def test_isolation_level_is_checked() -> None:
     assert connection.get_isolation() == "serializable"
     connection.set_isolation("snapshot")
     assert connection.get_isolation() == "snapshot"
+
+
+@pytest.mark.req("CONN-046")
+def test_reads_are_not_tracked_where_nobody_checks_them() -> None:
+    for connection in (
+        Connection(MemoryStorage()),
+        Connection(SharedDatabase().open(), isolation="snapshot"),
+    ):
+        root = connection.get_root()
+        root["x"] = Account(0)
+        connection.commit()
+        x = root["x"]
+        assert x.balance == 0
+        connection.abort()
+        # Not re-armed: reading x next costs what a plain object's read costs.
+        assert not x._p_is_tracked()
+        assert not root._p_is_tracked()
+
+
+@pytest.mark.req("CONN-045", "CONN-046")
+def test_switching_to_serializable_arms_the_cache_once() -> None:
+    first, second = two_connections(isolation="snapshot")
+    account = first.get_root()["a"]
+    assert account.balance == 1
+    first.set_isolation("serializable")
+    first.abort()  # the boundary arms every loaded object
+    assert account._p_is_tracked()
+    assert account.balance == 1  # a read of the new transaction
+    second.get_root()["a"].balance = 5
+    second.commit()
+    first.get_root()["other"].balance = 3
+    with pytest.raises(ReadConflictError):
+        first.commit()
 
 
 @pytest.mark.req("CONN-046")
