@@ -206,10 +206,7 @@ class Cluster:
             process.wait(STOP_TIMEOUT_S)
 
     def dsn(self, dbname: str = DATABASE, password: str = PASSWORD, user: str = USER) -> str:
-        return (
-            f"host={self.socket_dir} port={PORT} dbname={dbname} user={user} "
-            f"password={password}"
-        )
+        return f"host={self.socket_dir} port={PORT} dbname={dbname} user={user} password={password}"
 
     def remove(self) -> None:
         self.stop()

@@ -14,6 +14,7 @@ from dhruva.error import (
     DhruvaKeyError,
     ProtocolError,
     ReadConflictError,
+    SnapshotTooOldError,
     WriteConflictError,
 )
 from dhruva.file_storage import FileStorage, FileStorage2, TempFileStorage
@@ -41,6 +42,7 @@ __all__ = [
     "PersistentSet",
     "ProtocolError",
     "ReadConflictError",
+    "SnapshotTooOldError",
     "Storage",
     "TempFileStorage",
     "WriteConflictError",

@@ -18,24 +18,48 @@ Loading.  A ghost's first attribute access calls ``load_state``, which reads
 the record, unpickles the state (references become ghosts via
 ``get_ghost``), installs it and appends the object to ``_loaded``.
 
+Snapshots and reads (spec "Isolation").  On a storage with the capability
+``snapshots`` every load returns the record as of the storage's read point,
+which the connection moves only at transaction boundaries (the ``sync()``
+of commit and abort): a transaction reads one committed state, its
+snapshot, and a load never raises ReadConflictError.  ``_reads`` lists the
+objects whose state this transaction used: every object loaded, and every
+cached object the first time an attribute is read.  The second comes from
+the tracked class of ``dhruva.persistent``: at each boundary the objects the
+transaction used are moved back into their tracked class, so their first
+use in the next transaction calls ``note_read``, and later uses cost
+nothing.  The work per boundary is proportional to what the transaction
+used, never to the cache.  At commit, in serializable isolation, the
+oids of ``_reads`` go to the storage with ``note_reads``: a storage with
+other writers refuses the commit when one of them changed since the
+snapshot.  Reads are tracked (``_track_reads``) only where they are
+checked, serializable isolation on a storage with other writers: on a
+storage the connection owns alone nothing is re-armed, and a transaction
+costs what it did before snapshots.
+
 Commit.  (1) serialize every changed object and every new persistent object
 reachable from one, attaching new objects (giving them oids); a failure here
 detaches them again and leaves the connection as it was.  (2) store every
-record in one storage transaction; a failure (a conflict, a full disk)
-aborts the storage transaction, detaches the new objects, and leaves the
-changes in place for the application to ``abort()``.  (3) mark the written
-objects saved, (4) synchronize: ghost every object another client changed,
-(5) shrink the cache.
+record in one storage transaction, with the read set; a failure (a
+conflict, a full disk) aborts the storage transaction, detaches the new
+objects, and leaves the changes in place for the application to
+``abort()``.  A write conflict on objects whose classes define
+``_p_resolve_conflict`` is resolved instead: the old, the committed and
+this transaction's states are merged and the commit goes back to (1).
+(3) mark the written objects saved, (4) synchronize: ghost every object
+another client changed, (5) re-arm the objects used, (6) shrink the cache.
 
 Abort.  Every changed object becomes a ghost, so its next access reloads the
 committed state; then synchronize and shrink the cache.
 
 Cache.  Shrinking runs at transaction boundaries only, never in the middle of
 a transaction.  It is a CLOCK with a second chance: the hand walks
-``_loaded`` from the oldest end; an object still in its *tracked* class
-(not accessed since the hand last passed) becomes a ghost and leaves
-``_loaded``; an object in its real class is moved to the tracked class and
-to the young end.  Changed objects are never touched.
+``_loaded`` from the oldest end; an object still in its tracked class (not
+used since it was armed) becomes a ghost and leaves ``_loaded``; an object
+in its real class is armed and moved to the young end.  When reads are
+tracked, re-arming at each boundary already moved each used object to the
+young end, so the clock evicts the least recently used first.  Changed
+objects are never touched.
 """
 
 from __future__ import annotations
@@ -48,6 +72,7 @@ from typing import Any, TypeVar
 
 from dhruva.class_registry import AllowEntry, ClassMap, ClassRegistry
 from dhruva.error import (
+    ConflictError,
     DhruvaError,
     DhruvaKeyError,
     InvalidObjectReference,
@@ -63,13 +88,22 @@ from dhruva.serialize import (
     reading_registry,
     select_serializer,
 )
-from dhruva.storage import Record, Storage
+from dhruva.storage import CAP_SNAPSHOTS, Record, Storage
 from dhruva.utils import ROOT_OID, int8_to_str, str_to_int8
 
 _setattr = object.__setattr__
 
 ROOT_WAIT_S = 10.0
 """How long get_root() waits for another client's commit of a new root."""
+
+SERIALIZABLE = "serializable"
+"""Isolation level: a commit fails if anything it read changed since its snapshot (CONN-043)."""
+SNAPSHOT = "snapshot"
+"""Isolation level: a commit fails only if something it wrote changed (ZODB's; CONN-045)."""
+ISOLATION_LEVELS = (SERIALIZABLE, SNAPSHOT)
+
+RESOLVE_ROUNDS = 3
+"""How many times one commit resolves conflicts before it gives up (CONN-047)."""
 T = TypeVar("T")
 
 
@@ -103,6 +137,11 @@ class Connection:
     paths) to load them as (OBJ-050); a record naming a class that cannot be
     found raises MissingClassError naming it.
 
+    ``isolation`` is ``"serializable"`` (the default: a commit fails when
+    anything the transaction read or wrote was changed by a commit after
+    its snapshot) or ``"snapshot"`` (only what it wrote; ZODB's behaviour);
+    see :meth:`set_isolation` and spec/connection.md, "Isolation".
+
     A Connection is not thread-safe: use one per thread.
     """
 
@@ -116,6 +155,7 @@ class Connection:
         allowed_classes: ClassRegistry | list[AllowEntry] | None = None,
         class_map: Mapping[str, type | str] | None = None,
         cache_bytes: int | None = None,
+        isolation: str = SERIALIZABLE,
     ) -> None:
         opened_here = isinstance(storage, str)
         if isinstance(storage, str):
@@ -126,7 +166,14 @@ class Connection:
             raise TypeError(f"storage must be a Storage or a path, not {type(storage).__name__}")
         try:
             self._setup(
-                storage, cache_size, root_class, serializer, allowed_classes, class_map, cache_bytes
+                storage,
+                cache_size,
+                root_class,
+                serializer,
+                allowed_classes,
+                class_map,
+                cache_bytes,
+                isolation,
             )
         except BaseException:
             if opened_here:
@@ -144,8 +191,22 @@ class Connection:
         allowed_classes: ClassRegistry | list[AllowEntry] | None,
         class_map: Mapping[str, type | str] | None,
         cache_bytes: int | None,
+        isolation: str,
     ) -> None:
         self._storage = storage
+        # [CONN-040] Loads read the storage's read point, moved at boundaries only.
+        self._snapshots = CAP_SNAPSHOTS in storage.capabilities
+        # Only a storage with other writers checks reads (SAPI-095, CONN-046).
+        self._checks_reads = type(storage).note_reads is not Storage.note_reads
+        # The objects this transaction used (CONN-042), in the order of first use.
+        self._reads: list[PersistentBase] = []
+        self._isolation = SERIALIZABLE
+        self._track_reads = False
+        self._arm_all = False
+        self.set_isolation(isolation)
+        # The tracked class calls this on every first use: the list's own
+        # append, so that no Python frame runs (the method below documents it).
+        self.note_read = self._reads.append  # type: ignore[method-assign,assignment]
         self._objects: weakref.WeakValueDictionary[bytes, PersistentBase] = (
             weakref.WeakValueDictionary()
         )
@@ -303,6 +364,9 @@ class Connection:
         of other objects.  dhruva keeps no per-read hook on loaded objects, so
         every loaded object that was invalidated counts as possibly read.
         """
+        if self._snapshots:
+            # [CONN-040] The storage answers as of the snapshot; no read conflict.
+            return self._storage.load(oid)
         try:
             return self._storage.load(oid)
         except ReadConflictError:
@@ -341,6 +405,7 @@ class Connection:
         oid = obj._p_oid
         assert oid is not None
         self._loaded[oid] = obj
+        self._reads.append(obj)
         size = len(data)
         self._loaded_bytes += size - self._sizes.get(oid, 0)
         self._sizes[oid] = size
@@ -352,6 +417,53 @@ class Connection:
         assert oid is not None
         self._changed[oid] = obj
 
+    def note_read(self, obj: PersistentBase) -> None:
+        """Record that this transaction used ``obj``'s state (called on its first use)."""
+        self._reads.append(obj)
+
+    # -- isolation -------------------------------------------------------------------
+
+    def get_isolation(self) -> str:
+        """Return the isolation level: ``"serializable"`` or ``"snapshot"``."""
+        return self._isolation
+
+    def set_isolation(self, level: str) -> None:
+        """Set the isolation level of this connection's commits (CONN-045).
+
+        ``"serializable"``: a commit fails with ReadConflictError when an object
+        the transaction read was changed after its snapshot, and with
+        WriteConflictError when one it changed was.  ``"snapshot"``: only the
+        second; two transactions that each read what the other writes may
+        then both commit (write skew, see docs/guide/concurrency.md).  Takes
+        effect from the next transaction.
+        """
+        if level not in ISOLATION_LEVELS:
+            raise ValueError(
+                f"isolation must be one of {', '.join(map(repr, ISOLATION_LEVELS))}, not {level!r}"
+            )
+        self._isolation = level
+        # [CONN-046] Reads are tracked only where they are checked.
+        track = level == SERIALIZABLE and self._checks_reads
+        if track and not self._track_reads:
+            # Objects used while reads were not tracked are not armed: the
+            # next boundary arms every loaded object once.
+            self._arm_all = True
+        self._track_reads = track
+
+    def get_read_oids(self) -> list[bytes]:
+        """Return the oids whose state this transaction used so far (CONN-042), once each.
+
+        Complete when reads are tracked: serializable isolation on a storage
+        with other writers (CONN-046).  Otherwise it lists the objects loaded
+        in this transaction and some of the cached ones used.
+        """
+        seen: dict[bytes, None] = {}
+        for obj in self._reads:
+            oid = obj._p_oid
+            if oid is not None and obj._p_connection is self:
+                seen[oid] = None
+        return list(seen)
+
     # -- transactions ----------------------------------------------------------------
 
     def commit(self) -> None:
@@ -359,38 +471,41 @@ class Connection:
 
         New persistent objects reachable from a changed object are stored in
         the same transaction.  Raises WriteConflictError when another client
-        changed a stored object (call ``abort()`` and retry),
+        changed a stored object since this transaction's snapshot, and (in
+        serializable isolation) ReadConflictError when it changed an object
+        this transaction read; call ``abort()`` and retry (``run_transaction``
+        does).  A write conflict on objects whose class defines
+        ``_p_resolve_conflict`` is resolved instead (CONN-047).  Raises
         SerializationError or InvalidObjectReference when a state cannot be
-        stored; in every case nothing is written and the connection stays
-        usable.
+        stored.  In every failing case nothing is written and the connection
+        stays usable.
         """
         self._check_open()
         if self._conflicts:
             # [CONN-016] Changes made on states another client replaced.
             raise WriteConflictError(sorted(self._conflicts))
         if not self._changed:
+            # [CONN-041] A transaction that changed nothing commits nothing,
+            # and cannot conflict.
             self._sync()
-            self._loads_at_start = self._load_count
+            self._end_transaction()
             return
-        writer = ObjectWriter(self, self._serializer)
-        written: list[PersistentBase] = []
-        storage = self._storage
-        try:
-            records = []
-            for oid, data, refs in writer.gen_records(list(self._changed.values())):
-                records.append((oid, data, refs))
-            storage.begin()
+        rounds = 0
+        while True:
+            writer = ObjectWriter(self, self._serializer)
             try:
-                for oid, data, refs in records:
-                    storage.store(oid, data, refs)
-                storage.end()
+                records = self._write(writer)
+                break
+            except ConflictError as conflict:
+                for obj in writer.attached:
+                    self._detach(obj)
+                rounds += 1
+                if rounds > RESOLVE_ROUNDS or not self._resolve(conflict):
+                    raise
             except BaseException:
-                storage.abort_transaction()
+                for obj in writer.attached:
+                    self._detach(obj)
                 raise
-        except BaseException:
-            for obj in writer.attached:
-                self._detach(obj)
-            raise
         objects = self._objects
         loaded = self._loaded
         sizes = self._sizes
@@ -398,8 +513,7 @@ class Connection:
             self._loaded_bytes += len(data) - sizes.get(oid, 0)
             sizes[oid] = len(data)
         serial = self._transaction_serial
-        for obj in self._changed.values():
-            written.append(obj)
+        written: list[PersistentBase] = list(self._changed.values())
         for obj in writer.attached:
             written.append(obj)
             new_oid = obj._p_oid
@@ -414,8 +528,95 @@ class Connection:
         self._changed.clear()
         self._transaction_serial += 1
         self._sync()
-        self.shrink_cache()
-        self._loads_at_start = self._load_count
+        self._end_transaction(written)
+
+    def _write(self, writer: ObjectWriter) -> list[tuple[bytes, bytes, bytes]]:
+        """Serialize the changes and store them in one storage transaction."""
+        records = list(writer.gen_records(list(self._changed.values())))
+        storage = self._storage
+        storage.begin()
+        try:
+            for oid, data, refs in records:
+                storage.store(oid, data, refs)
+            if self._checks_reads and self._isolation == SERIALIZABLE:
+                # [CONN-043] The read set goes with the commit; the storage
+                # refuses it if another writer changed one since the snapshot.
+                reads = [oid for oid in self.get_read_oids() if oid not in self._changed]
+                if reads:
+                    storage.note_reads(reads)
+            storage.end()
+        except BaseException:
+            storage.abort_transaction()
+            raise
+        return records
+
+    def _resolve(self, conflict: ConflictError) -> bool:
+        """Resolve a write conflict with ``_p_resolve_conflict``; False if it cannot be.
+
+        [CONN-047] Every conflicting oid must be one this transaction changed,
+        of a class that defines ``_p_resolve_conflict``, and nothing else the
+        transaction read or wrote may have changed since its snapshot.  Then
+        each object's state becomes ``_p_resolve_conflict(old, committed,
+        mine)``, the snapshot moves to the latest commit, and the caller
+        commits again.  When it cannot be resolved, the synchronization that
+        found it out (if any) has ghosted the objects it invalidated, and the
+        conflict stands until ``abort()``.
+        """
+        if not self._snapshots or not isinstance(conflict, WriteConflictError):
+            return False
+        oids = list(dict.fromkeys(conflict.oids))
+        targets: list[PersistentBase] = []
+        for oid in oids:
+            obj = self._changed.get(oid)
+            if obj is None or getattr(type(obj), "_p_resolve_conflict", None) is None:
+                return False
+            targets.append(obj)
+        if not targets:
+            return False
+        storage = self._storage
+        # A refused end() leaves the read point where it was: this loads the
+        # versions the transaction started from.
+        olds = [self._state_of(storage.load(oid)) for oid in oids]
+        invalid = storage.sync()
+        resolving = set(oids)
+        used = set(self._changed)
+        if self._isolation == SERIALIZABLE:
+            used.update(self.get_read_oids())
+        stale = sorted(oid for oid in invalid if oid in used and oid not in resolving)
+        for oid in invalid:
+            obj = self._objects.get(oid)
+            if obj is None or obj._p_status == GHOST or oid in resolving:
+                continue
+            if oid in self._changed:
+                self._conflicts.add(oid)
+            else:
+                self._ghostify(obj)
+        if stale:
+            if any(oid in self._changed for oid in stale):
+                raise WriteConflictError(stale) from conflict
+            raise ReadConflictError(stale) from conflict
+        for obj, oid, old in zip(targets, oids, olds, strict=True):
+            committed = self._state_of(storage.load(oid))
+            mine = obj.__getstate__()
+            try:
+                resolved = obj._p_resolve_conflict(old, committed, mine)  # type: ignore[attr-defined]
+            except ConflictError:
+                # The class says these changes cannot be merged.
+                self._conflicts.add(oid)
+                return False
+            obj.__setstate__(resolved)
+            _setattr(obj, "_p_status", UNSAVED)
+        return True
+
+    def _state_of(self, record: Record) -> Any:
+        """Return the state a record holds (references as this connection's objects)."""
+        try:
+            return self._reader.get_class_and_state(record.data)[1]
+        except SerializationError as exc:
+            exc.add_note(
+                f"while resolving a conflict on the object with oid {str_to_int8(record.oid)}"
+            )
+            raise
 
     def run_transaction(self, work: Callable[[Connection], T], *, attempts: int = 10) -> T:
         """Run ``work(self)`` and commit, aborting and retrying after conflicts.
@@ -441,6 +642,39 @@ class Connection:
         self._storage.abort_transaction()
         self._transaction_serial += 1
         self._sync()
+        self._end_transaction()
+
+    def _end_transaction(self, written: list[PersistentBase] | None = None) -> None:
+        """Re-arm the objects the transaction used and shrink the cache (CONN-042, CONN-020).
+
+        When reads are tracked, each object the transaction read that is
+        still loaded goes back into its tracked class, so that the next
+        transaction sees its first use, and to the young end of ``_loaded``;
+        so does each object it wrote (already at the young end).  An object
+        in ``_reads`` twice, or no longer in its real class (a ghost, already
+        tracked), is skipped.  When reads are not tracked, nothing is armed
+        here: the cache's clock arms objects when it needs room.
+        """
+        if self._track_reads:
+            loaded = self._loaded
+            if self._arm_all:
+                self._arm_all = False
+                for obj in loaded.values():
+                    obj._p_set_tracked()
+            for obj in self._reads:
+                cls = type(obj)
+                if cls is not cls._p_class or obj._p_status != SAVED:
+                    continue
+                oid = obj._p_oid
+                if loaded.pop(oid, None) is obj:  # type: ignore[arg-type]
+                    loaded[oid] = obj  # type: ignore[index]
+                _setattr(obj, "__class__", cls._p_tracked_class)
+            if written:
+                for obj in written:
+                    cls = type(obj)
+                    if cls is cls._p_class:
+                        _setattr(obj, "__class__", cls._p_tracked_class)
+        self._reads.clear()
         self.shrink_cache()
         self._loads_at_start = self._load_count
 
@@ -506,14 +740,19 @@ class Connection:
         """Ghost least recently used objects until the cache is within its bounds.
 
         The bounds are ``cache_size`` objects and, if set, ``cache_bytes``
-        bytes of records (CONN-020, CONN-022).
+        bytes of records (CONN-020, CONN-022).  Changed objects are never
+        ghosted.
         """
         if not self._over_limit():
             return
         loaded = self._loaded
         sizes = self._sizes
         changed = self._changed
-        # At most two passes of the clock hand: the first may only mark.
+        # A clock with a second chance, at most two passes of the hand: an
+        # object still tracked was not used since it was armed and goes; one
+        # in its real class is armed and moves to the young end.  With reads
+        # tracked every object is armed at each boundary, so this is LRU by
+        # transaction.
         for _ in range(2):
             for oid, obj in list(loaded.items()):
                 if not self._over_limit():

@@ -199,7 +199,7 @@ class PackNotSupportedError(DhruvaError):
     def __init__(self, storage: str) -> None:
         self.storage = storage
         super().__init__(f"{storage} does not support pack")
-class SnapshotTooOldError(DhruvaError):
+class SnapshotTooOldError(ReadConflictError):
     """A read at a snapshot whose old versions are no longer kept [SAPI-094].
 
     A storage keeps the versions that snapshots still read only back to the
@@ -207,15 +207,17 @@ class SnapshotTooOldError(DhruvaError):
     memory bound; a reader holding an older snapshot gets this error instead
     of a wrong record.  ``tid`` is the snapshot asked for, ``oldest`` the
     oldest the storage can still serve.  Call ``abort()`` to move to the
-    latest snapshot and retry.
+    latest snapshot and retry.  It is a ReadConflictError, so
+    ``run_transaction`` and code written for Durus's read conflicts retry it.
     """
 
     def __init__(self, tid: int, oldest: int) -> None:
         self.tid = tid
         self.oldest = oldest
         super().__init__(
+            (),
             f"snapshot {tid} is too old: versions before transaction {oldest} are no "
-            "longer kept; call abort() and retry"
+            "longer kept; call abort() and retry",
         )
 
 

@@ -17,7 +17,11 @@ subclass of its real class whose ``__getattribute__`` loads the state and
 swaps the real class back.  A second hidden subclass ("tracked") serves the
 cache: when the cache needs room it moves loaded objects into the tracked
 class; the first access swaps them back, which tells the cache the object was
-used since the sweep (a CLOCK "second chance").  The hidden subclasses add no
+used since the sweep.  The same swap tells the connection which objects a
+transaction *read*: at every transaction boundary the connection moves the
+objects the transaction used back into the tracked class, so the first
+access of each object in a transaction reports it (``note_read``) and every
+later access costs what a plain object's does.  The hidden subclasses add no
 slots, so CPython allows the swap, and they carry the real class's name and
 module, so ``repr``, ``isinstance`` and ``obj.__class__`` behave as usual.
 ``type(obj)`` may return a hidden subclass; compare classes with
@@ -52,6 +56,8 @@ class ConnectionLike(Protocol):
 
     def note_change(self, obj: PersistentBase) -> None: ...
 
+    def note_read(self, obj: PersistentBase) -> None: ...
+
 
 def _ghost_getattribute(self: PersistentBase, name: str) -> Any:
     # Persistence bookkeeping never loads the state.
@@ -68,6 +74,11 @@ def _tracked_getattribute(self: PersistentBase, name: str) -> Any:
         return _p_object_getattribute(self, name)
     real = type(self)._p_class
     _p_object_setattr(self, "__class__", real)
+    # The first use of this object in the transaction: the connection counts
+    # it as read (CONN-042).
+    connection = _p_object_getattribute(self, "_p_connection")
+    if connection is not None:
+        connection.note_read(self)
     return getattr(self, name)
 
 

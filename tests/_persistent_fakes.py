@@ -33,6 +33,7 @@ class FakeConnection:
         self.states: dict[bytes, Any] = {}
         self.loaded: list[PersistentBase] = []
         self.changed: list[PersistentBase] = []
+        self.read: list[PersistentBase] = []
         self._next_oid = 1
 
     # -- the connection interface persistent objects use ---------------------------------
@@ -47,6 +48,9 @@ class FakeConnection:
 
     def note_change(self, obj: PersistentBase) -> None:
         self.changed.append(obj)
+
+    def note_read(self, obj: PersistentBase) -> None:
+        self.read.append(obj)
 
     # -- test helpers ----------------------------------------------------------------
 

@@ -241,6 +241,10 @@ def test_failed_storage_commit_detaches_new_objects() -> None:
 
 
 class SyncingStorage(MemoryStorage):
+    """A storage with "other writers" in the Durus model: no snapshots (SAPI-097)."""
+
+    capabilities = frozenset({"pack"})
+
     def __init__(self) -> None:
         super().__init__()
         self.invalid: list[bytes] = []
