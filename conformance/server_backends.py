@@ -53,6 +53,16 @@ class ServedStorage(ClientStorage):
             raise
         self.readonly = readonly
 
+    @property
+    def _ledger(self) -> Any:
+        """The served storage's VersionLedger (None without one).
+
+        conformance/test_snapshots.py sets its bound white-box (SAPI-094);
+        through the server that checks that SNAPSHOT_TOO_OLD reaches the
+        client as SnapshotTooOldError, never a wrong record.
+        """
+        return getattr(self.inner, "_ledger", None)
+
     def stop_serving(self, close_inner: bool) -> None:
         """Stop the server thread; close the served storage when asked."""
         self.server.stop()
