@@ -216,3 +216,36 @@ def test_read_ahead_skips_invalidated_oids(serve: Serve) -> None:
         assert reader.load(oid).data == b"flat %d" % oids.index(oid)
     writer.close()
     reader.close()
+
+
+@pytest.mark.req("WIRE-056", "WIRE-105")
+def test_prefetched_records_are_the_snapshots_versions(serve: Serve) -> None:
+    server = serve()
+    writer = ClientStorage(server.address)
+    root, child, other = make_tree(writer, 3, fanout=2)
+    reader = Counting(server.address)
+    reader.sync()
+    # The root's answer brings both children, as of the reader's snapshot.
+    assert reader.load(root).data == b"node 0"
+    assert reader.prefetch_answers == 1
+    loads = reader.loads
+    writer.begin()
+    writer.store(child, b"changed", b"")
+    writer.end()
+    # The prefetched child is the version the snapshot saw, as a LOAD would
+    # return it now (load_at), and the other child is unchanged.
+    assert reader.load(child).data == b"node 1"
+    assert reader.load(other).data == b"node 2"
+    assert reader.loads == loads
+    fresh = Counting(server.address, prefetch=False)
+    fresh.sync()
+    writer.begin()
+    writer.store(child, b"changed again", b"")
+    writer.end()
+    assert fresh.load(child).data == b"changed"
+    # At the next sync the prefetched records go, and the new state comes.
+    reader.sync()
+    assert reader.load(child).data == b"changed again"
+    writer.close()
+    reader.close()
+    fresh.close()

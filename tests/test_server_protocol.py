@@ -15,13 +15,16 @@ from dhruva.error import ProtocolError
 from dhruva.record import Record
 from dhruva.server import security
 from dhruva.server.session import (
+    FEATURES,
     NEED_DATA,
     OUTPUT_HIGH_WATER,
     PAUSED,
     BulkLoad,
     Commit,
+    Held,
     ListOids,
     Load,
+    LoadAt,
     NewOids,
     Pack,
     Ready,
@@ -440,3 +443,85 @@ def test_unsent_output_past_the_high_water_mark_pauses_requests() -> None:
     assert session.next_event() is PAUSED
     session.bytes_sent(len(session.data_to_send()))
     assert session.next_event() == Load(OID)
+
+
+# --- snapshots (wire protocol, "Snapshots") ------------------------------------------
+
+SNAPSHOT_FEATURES = FEATURES + " snapshots"
+
+
+def snapshot_session(
+    client_features: str = "snapshots", server_features: str = SNAPSHOT_FEATURES, **limits: int
+) -> ServerSession:
+    session = ServerSession(
+        ServerLimits(**limits),  # type: ignore[arg-type]
+        storage_capabilities="pack snapshots",
+        new_nonce=lambda: SERVER_NONCE,
+        clock=Clock(),
+        features=server_features,
+    )
+    session.receive_data(wire.Hello(features=client_features).encode())
+    assert events(session) == [Ready(False), NEED_DATA]
+    (hello_ok,) = take_output(session)
+    assert isinstance(hello_ok, wire.HelloOk) and hello_ok.features == server_features
+    return session
+
+
+@pytest.mark.req("WIRE-100")
+def test_a_snapshot_session_needs_the_feature_on_both_ends() -> None:
+    assert snapshot_session().snapshots
+    assert not snapshot_session(client_features="prefetch").snapshots
+    assert not snapshot_session(server_features=FEATURES).snapshots
+
+
+@pytest.mark.req("WIRE-108", "WIRE-112", "WIRE-106")
+def test_reads_come_with_the_commit_and_hold_is_a_note() -> None:
+    session = snapshot_session()
+    other = (8).to_bytes(8, "big")
+    record = Record(OID, b"v", b"")
+    session.receive_data(
+        wire.Hold(3).encode()
+        + wire.Reads([other]).encode()
+        + wire.Stage([record]).encode()
+        + wire.Reads([OID]).encode()
+        + wire.Commit([]).encode()
+    )
+    assert session.next_event() == Held(3)
+    assert session.next_event() == Commit([record], [other, OID])
+    assert take_output(session) == []  # HOLD and READS have no answer
+    session.send(wire.CommittedAt(4, []))
+    assert take_output(session) == [wire.CommittedAt(4, [])]
+    # The next transaction starts with an empty read set.
+    session.receive_data(wire.Commit([]).encode() + wire.LoadAt(OID, 2).encode())
+    assert session.next_event() == Commit([], [])
+    session.send(wire.CommittedAt(4, []))
+    assert session.next_event() == LoadAt(OID, 2)
+
+
+@pytest.mark.req("WIRE-108")
+def test_reads_move_to_staging_count_against_the_cap_and_die_with_the_session() -> None:
+    session = snapshot_session(max_staged_bytes=64)
+    session.receive_data(wire.Reads([OID] * 4).encode())
+    assert events(session) == [NEED_DATA]
+    assert session.state is SessionState.STAGING and session.mid_request
+    session.receive_data(wire.Reads([OID] * 5).encode() + wire.Commit([]).encode())
+    found = events(session)
+    assert isinstance(found[0], TransactionRefused)
+    (answer,) = take_output(session)
+    assert isinstance(answer, wire.Error) and answer.code == wire.ErrorCode.TOO_LARGE
+    assert session.state is SessionState.READY and not session.mid_request
+    session.receive_data(wire.Reads([OID]).encode())
+    session.receive_data(b"")
+    assert session.closed and not session.mid_request
+
+
+@pytest.mark.req("WIRE-101")
+@pytest.mark.parametrize(
+    "request_",
+    [wire.LoadAt(OID, 0), wire.Reads([OID]), wire.Hold(0)],
+    ids=["load-at", "reads", "hold"],
+)
+def test_snapshot_requests_without_the_feature_are_fatal(request_: wire.Message) -> None:
+    session = snapshot_session(client_features="prefetch")
+    session.receive_data(request_.encode())
+    assert_fatal(session, wire.ErrorCode.UNKNOWN_MESSAGE)
