@@ -606,7 +606,8 @@ class ClientStorage(Storage):
             if tid < 0:
                 raise ValueError(f"a tid is not negative, not {tid}")
         held = wire.NO_HOLD if tid is None else min(tid, wire.NO_HOLD)
-        self._pending_out += wire.Hold(held).encode()
+        # A later HOLD replaces an earlier one (WIRE-112): only the last goes out.
+        self._pending_out = wire.Hold(held).encode()
 
     def note_reads(self, oids: Iterable[bytes]) -> None:
         """Declare oids the open transaction read; ``end()`` has the server check them.

@@ -16,6 +16,7 @@ import pytest
 
 from dhruva import wire
 from dhruva.client_storage import ClientStorage
+from dhruva.connection import Connection
 from dhruva.error import (
     DhruvaError,
     DhruvaKeyError,
@@ -23,6 +24,7 @@ from dhruva.error import (
     SnapshotTooOldError,
     WriteConflictError,
 )
+from dhruva.persistent_dict import PersistentDict
 from dhruva.server.storage_server import StorageServer
 from dhruva.snapshots import VersionLedger
 from dhruva.storage import CAP_PACK, CAP_SNAPSHOTS, MemoryStorage, Record, Storage
@@ -586,3 +588,33 @@ def test_a_load_that_misses_is_retried_at_the_snapshot(
     assert [r.data for r in a.bulk_load([y])] == [b"y"]
     with pytest.raises(DhruvaKeyError):
         old.load(x)  # no snapshot to read it at
+
+
+@pytest.mark.req("SRV-100", "SRV-104")
+def test_connections_through_the_server_read_a_snapshot_and_commit_serializably(
+    serve: Serve, clients: Callable[..., ClientStorage]
+) -> None:
+    running = serve()
+    writer = Connection(clients(running.address))
+    root = writer.get_root()
+    root["x"], root["y"] = PersistentDict(n=1), PersistentDict(n=1)
+    writer.commit()
+    reader = Connection(clients(running.address))
+    reader_root = reader.get_root()
+    assert reader_root["x"]["n"] == 1
+    root["x"]["n"] = root["y"]["n"] = 2
+    writer.commit()
+    # The reader's transaction sees its snapshot, whatever the writer did:
+    # y was never loaded by it, and still reads as the snapshot had it.
+    assert reader_root["y"]["n"] == 1
+    assert reader_root["x"]["n"] == 1
+    # Writing something that depends on what it read is refused: x changed.
+    reader_root["sum"] = reader_root["x"]["n"] + reader_root["y"]["n"]
+    with pytest.raises(ReadConflictError):
+        reader.commit()
+    reader.abort()
+    reader_root = reader.get_root()
+    reader_root["sum"] = reader_root["x"]["n"] + reader_root["y"]["n"]
+    reader.commit()
+    writer.abort()
+    assert writer.get_root()["sum"] == 4
