@@ -189,7 +189,7 @@ def replay(address: Address, transcript: dict[str, Any]) -> None:
 # The union of the transcripts' requirement IDs, for tests/test_requirements.py,
 # which reads markers from the source; each case carries its own IDs as well.
 @pytest.mark.req(
-    "SRV-020", "SRV-021", "SRV-022", "SRV-023", "SRV-080", "SRV-100", "SRV-102", "SRV-104",
+    "SRV-020", "SRV-022", "SRV-023", "SRV-080", "SRV-100", "SRV-102", "SRV-104", "SRV-107",
     "WIRE-010", "WIRE-011", "WIRE-012", "WIRE-013", "WIRE-014", "WIRE-020", "WIRE-021",
     "WIRE-022", "WIRE-030", "WIRE-031", "WIRE-033", "WIRE-040", "WIRE-050", "WIRE-051",
     "WIRE-055", "WIRE-056", "WIRE-060", "WIRE-070", "WIRE-071", "WIRE-072", "WIRE-080",

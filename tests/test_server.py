@@ -247,7 +247,7 @@ def test_commit_answer_synchronizes(serve: Callable[..., Running]) -> None:
     b.close()
 
 
-@pytest.mark.req("SRV-021")
+@pytest.mark.req("SRV-107")
 def test_read_conflict(serve: Callable[..., Running]) -> None:
     # A client without the snapshots feature keeps the Durus model.
     running = serve()

@@ -451,7 +451,7 @@ def test_a_group_commit_checks_reads_against_earlier_commits_of_the_group(
 # --- old clients ------------------------------------------------------------------------
 
 
-@pytest.mark.req("WIRE-115", "SRV-021")
+@pytest.mark.req("WIRE-115", "SRV-107")
 def test_an_old_client_keeps_read_conflicts(
     serve: Serve, clients: Callable[..., ClientStorage]
 ) -> None:

@@ -595,7 +595,7 @@ class StorageServer:
         )
 
     def _read_conflicts(self, client: Client, oids: list[bytes]) -> bool:
-        # [SRV-021] Loading an oid invalidated for this client and not yet synced
+        # [SRV-107] Loading an oid invalidated for this client and not yet synced
         # is a read conflict: the client would mix old and new states.  A
         # snapshot session reads the version its snapshot saw instead [SRV-100].
         invalid = client.invalid
@@ -629,7 +629,7 @@ class StorageServer:
                 if record_at is not None:
                     answer_to.send(wire.RecordMessage(record_at))
                 return
-            # [SRV-021] (see _read_conflicts)
+            # [SRV-107] (see _read_conflicts)
             answer_to.send_error(wire.ErrorCode.READ_CONFLICT, _CONFLICT, [oid])
             return
         try:

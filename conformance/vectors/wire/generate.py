@@ -380,7 +380,7 @@ def transcripts() -> dict[str, dict[str, Any]]:
         "conflicts": {
             "description": (
                 "b learns of a's commit at sync; a load or a commit of an oid changed"
-                " since b's last sync is a conflict (SRV-020, SRV-021, SRV-023)"
+                " since b's last sync is a conflict (SRV-020, SRV-107, SRV-023)"
             ),
             "fresh": True,
             "steps": [
@@ -487,7 +487,7 @@ REQUIREMENTS: dict[str, list[str]] = {
     "auth-wrong-proof": ["WIRE-031"],
     "auth-unknown-mechanism": ["WIRE-031"],
     "auth-required": ["SRV-080"],
-    "conflicts": ["SRV-020", "SRV-021", "SRV-023", "WIRE-072"],
+    "conflicts": ["SRV-020", "SRV-023", "SRV-107", "WIRE-072"],
     "snapshots": [
         "SRV-100",
         "SRV-104",
