@@ -145,8 +145,9 @@ class Prefetcher:
             if oid in sent:
                 continue
             frontier.pop(oid, None)
-            # [WIRE-056] Never an invalidated oid: the client must hear
-            # READ_CONFLICT when it loads one.
+            # [WIRE-056] Never an invalidated oid: its current record is not
+            # the one as of the client's last sync (a LOAD of it is answered
+            # READ_CONFLICT, or at a snapshot session's snapshot, SRV-100).
             if oid in invalid:
                 continue
             lookups -= 1
