@@ -459,8 +459,19 @@ class StorageServer:
     def _dropped(self, client: Client) -> None:
         # [SRV-101] A session that ends holds nothing any more.
         if client.snapshot_tid is not None:
+            was = min(client.snapshot_tid, client.hold_tid)
             client.snapshot_tid = None
-            self._update_floor()
+            if self._holds_floor(was):
+                self._update_floor()
+
+    def _holds_floor(self, tid: int) -> bool:
+        """Whether a session that read at ``tid`` may have been the oldest (SRV-101).
+
+        The floor is the oldest among the sessions behind (None: none is);
+        a session moving off a snapshot above it, or while none is behind,
+        leaves it as it is, which spares a walk over every session per SYNC.
+        """
+        return self._floor is not None and tid <= self._floor
 
     def _update_floor(self, moving: Collection[Client] = ()) -> None:
         """[SRV-101] Tell the storage the oldest snapshot a session still reads at.
@@ -685,10 +696,10 @@ class StorageServer:
             return
         # [WIRE-102] SYNCED carries the session's new snapshot.
         tid = self.storage.last_tid()
-        moved = tid != client.snapshot_tid
+        was = min(client.snapshot_tid, client.hold_tid)
         client.snapshot_tid = tid
         client.session.send(wire.Synced(tid, self._take_invalidations(client)))
-        if moved:
+        if self._holds_floor(was):
             self._update_floor()
 
     def _size(self, client: Client, event: session.Size) -> None:
