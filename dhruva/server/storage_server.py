@@ -495,14 +495,15 @@ class StorageServer:
             if tid < floor:
                 floor = tid
         oldest: int | None = floor
-        if floor == wire.NO_HOLD or (not moving and floor >= self.storage.last_tid()):
-            oldest = None
-        if oldest != self._floor:
-            self._floor = oldest
-            try:
+        try:
+            if floor == wire.NO_HOLD or (not moving and floor >= self.storage.last_tid()):
+                oldest = None
+            if oldest != self._floor:
+                self._floor = oldest
                 self.storage.set_oldest_snapshot(oldest)
-            except DhruvaError as error:
-                log.error("the storage refused the oldest snapshot %s: %s", oldest, error)
+        except DhruvaError as error:
+            # A failing storage fails the requests that need it, not the loop.
+            log.error("cannot tell the storage the oldest snapshot %s: %s", oldest, error)
 
     def _before_write(self, accepted: list[Outcome[Client]]) -> None:
         # [SRV-101] Before a group writes: keep what every session that does
@@ -523,18 +524,17 @@ class StorageServer:
     def _load_version(self, client: Client, oid: bytes) -> Record | None:
         """Load ``oid`` as of the client's snapshot (or current); answer errors, return None."""
         tid = client.snapshot_tid
+        changed = False
         try:
             if tid is not None and oid in client.invalid:
                 # [SRV-100] Changed after the snapshot: the version it saw.
+                changed = True
                 return self.storage.load_at(oid, tid)
-            try:
-                return self.storage.load(oid)
-            except DhruvaKeyError:
-                if tid is None:
-                    raise
-                # [SRV-106] Packed away now, perhaps still there at the snapshot.
-                return self.storage.load_at(oid, tid)
+            return self.storage.load(oid)
         except DhruvaKeyError:
+            if tid is not None and not changed:
+                # [SRV-106] Packed away now, perhaps still there at the snapshot.
+                return self._load_version_after_pack(client, oid)
             client.session.send_error(wire.ErrorCode.NO_SUCH_OBJECT, "no such object", [oid])
         except SnapshotTooOldError as error:
             self._snapshot_too_old(client, error, oid)
