@@ -68,7 +68,7 @@ from dhruva.storage import (
     check_record,
     check_snapshot_tid,
 )
-from dhruva.utils import int8_to_str, str_to_int8
+from dhruva.utils import OID_SIZE, int8_to_str, str_to_int8
 
 _RECV_SIZE = 1 << 18
 _LIST_PAGE = 4096
@@ -617,6 +617,12 @@ class ClientStorage(Storage):
         if self._transaction is None:
             raise DhruvaError("note_reads() outside a transaction; call begin() first")
         if self._snapshots:
+            oids = list(oids)
+            # [SAPI-006] A bad oid would make a malformed READS, which costs the
+            # connection: one length check for the lot, each oid only on a miss.
+            if len(b"".join(oids)) != OID_SIZE * len(oids):
+                for oid in oids:
+                    check_oid(oid)
             self._reads.update(oids)
 
     def begin(self) -> None:

@@ -618,3 +618,18 @@ def test_connections_through_the_server_read_a_snapshot_and_commit_serializably(
     reader.commit()
     writer.abort()
     assert writer.get_root()["sum"] == 4
+
+
+@pytest.mark.req("SAPI-095", "SAPI-006")
+def test_note_reads_outside_a_transaction_or_with_a_bad_oid_is_refused(
+    serve: Serve, clients: Callable[..., ClientStorage]
+) -> None:
+    running = serve()
+    a = clients(running.address)
+    with pytest.raises(DhruvaError):
+        a.note_reads([p64(1)])
+    a.begin()
+    with pytest.raises((TypeError, ValueError)):
+        a.note_reads([b"short"])
+    a.abort_transaction()
+    commit(a, {}, reads=[p64(1)])  # the connection is still usable
