@@ -6,6 +6,7 @@ Spec: ``spec/wire-protocol.md`` ("Snapshots") and ``spec/server.md``
 
 from __future__ import annotations
 
+import random
 import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -633,3 +634,78 @@ def test_note_reads_outside_a_transaction_or_with_a_bad_oid_is_refused(
         a.note_reads([b"short"])
     a.abort_transaction()
     commit(a, {}, reads=[p64(1)])  # the connection is still usable
+
+
+@pytest.mark.req("SRV-100", "SRV-104", "SRV-105", "WIRE-102", "WIRE-104", "WIRE-105")
+@pytest.mark.parametrize("seed", range(4))
+def test_random_sessions_match_a_serial_model(
+    serve: Serve, clients: Callable[..., ClientStorage], seed: int
+) -> None:
+    """Random loads, syncs and commits of three clients against a model of the tids.
+
+    The model keeps the database after every tid; each client must read the
+    state at its last_tid(), and a commit must be refused exactly when an oid
+    it wrote (WRITE_CONFLICT first) or read was committed by another client
+    after its snapshot.
+    """
+    rng = random.Random(seed)
+    running = serve(check_oids=False)
+    sessions = [clients(running.address) for _ in range(3)]
+    oids = [p64(n) for n in range(1, 9)]
+    states: list[dict[bytes, bytes]] = [{}]  # states[tid]: every oid's data after tid
+    changes: list[set[bytes]] = [set()]  # changes[tid]: the oids tid stored
+    snapshot = [0, 0, 0]
+    pending: list[set[bytes]] = [set(), set(), set()]  # invalidations not yet synced
+    seen = {"old version": 0, "write conflict": 0, "read conflict": 0}
+    for step in range(250):
+        index = rng.randrange(3)
+        client = sessions[index]
+        assert client.last_tid() == snapshot[index]
+        action = rng.random()
+        if action < 0.45:
+            oid = rng.choice(oids)
+            expected = states[snapshot[index]].get(oid)
+            if expected != states[-1].get(oid):
+                seen["old version"] += 1
+            if expected is None:
+                with pytest.raises(DhruvaKeyError):
+                    client.load(oid)
+            else:
+                assert client.load(oid).data == expected
+        elif action < 0.6:
+            assert set(client.sync()) == pending[index]
+            pending[index] = set()
+            snapshot[index] = len(states) - 1
+        else:
+            writes = set(rng.sample(oids, rng.randrange(0, 3)))
+            reads = set(rng.sample(oids, rng.randrange(0, 4)))
+            changed = set().union(*changes[snapshot[index] + 1 :])
+            client.begin()
+            client.note_reads(sorted(reads))
+            for oid in sorted(writes):
+                client.store(oid, b"%d:%d" % (step, index), b"")
+            if writes & changed:
+                with pytest.raises(WriteConflictError) as raised:
+                    client.end()
+                assert raised.value.oids == sorted(writes & changed)
+                seen["write conflict"] += 1
+            elif (reads - writes) & changed:
+                with pytest.raises(ReadConflictError) as read:
+                    client.end()
+                assert read.value.oids == sorted((reads - writes) & changed)
+                seen["read conflict"] += 1
+            else:
+                client.end()
+                if writes:
+                    state = dict(states[-1])
+                    state.update({oid: b"%d:%d" % (step, index) for oid in writes})
+                    states.append(state)
+                    changes.append(writes)
+                    for other in range(3):
+                        if other != index:
+                            pending[other] |= writes
+                snapshot[index] = len(states) - 1
+                assert set(client.sync()) == pending[index]
+                pending[index] = set()
+    # The run exercised what it checks.
+    assert all(seen.values()), seen
