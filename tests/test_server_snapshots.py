@@ -25,6 +25,7 @@ from dhruva.error import (
     SnapshotTooOldError,
     WriteConflictError,
 )
+from dhruva.file_storage import FileStorage
 from dhruva.persistent_dict import PersistentDict
 from dhruva.server.storage_server import StorageServer
 from dhruva.snapshots import VersionLedger
@@ -75,6 +76,7 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
     yield start
     for running in started:
         running.stop()
+        running.storage.close()
 
 
 @pytest.fixture
@@ -638,8 +640,9 @@ def test_note_reads_outside_a_transaction_or_with_a_bad_oid_is_refused(
 
 @pytest.mark.req("SRV-100", "SRV-104", "SRV-105", "WIRE-102", "WIRE-104", "WIRE-105")
 @pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("kind", ["memory", "file"])
 def test_random_sessions_match_a_serial_model(
-    serve: Serve, clients: Callable[..., ClientStorage], seed: int
+    serve: Serve, clients: Callable[..., ClientStorage], seed: int, kind: str, tmp_path: Path
 ) -> None:
     """Random loads, syncs and commits of three clients against a model of the tids.
 
@@ -649,7 +652,11 @@ def test_random_sessions_match_a_serial_model(
     after its snapshot.
     """
     rng = random.Random(seed)
-    running = serve(check_oids=False)
+    storage: Storage = MemoryStorage() if kind == "memory" else FileStorage(tmp_path / "db")
+    if CAP_SNAPSHOTS not in storage.capabilities:
+        storage.close()
+        pytest.skip(f"{type(storage).__name__} lacks the capability 'snapshots'")
+    running = serve(storage, check_oids=False)
     sessions = [clients(running.address) for _ in range(3)]
     oids = [p64(n) for n in range(1, 9)]
     states: list[dict[bytes, bytes]] = [{}]  # states[tid]: every oid's data after tid
