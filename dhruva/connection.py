@@ -200,6 +200,10 @@ class Connection:
         self._checks_reads = type(storage).note_reads is not Storage.note_reads
         # The objects this transaction used (CONN-042), in the order of first use.
         self._reads: list[PersistentBase] = []
+        # Oids a savepoint gave to new objects: no committed record yet (CONN-052).
+        self._savepoint_new: set[bytes] = set()
+        # Called on the first change of a transaction (the transaction package's join).
+        self._on_first_change: Callable[[], None] | None = None
         self._isolation = SERIALIZABLE
         self._track_reads = False
         self._arm_all = False
@@ -415,6 +419,8 @@ class Connection:
         """Record that ``obj`` changed (called by ``_p_note_change``)."""
         oid = obj._p_oid
         assert oid is not None
+        if not self._changed and self._on_first_change is not None:
+            self._on_first_change()
         self._changed[oid] = obj
 
     def note_read(self, obj: PersistentBase) -> None:
@@ -526,6 +532,7 @@ class Connection:
             assert written_oid is not None
             loaded[written_oid] = obj
         self._changed.clear()
+        self._savepoint_new.clear()
         self._transaction_serial += 1
         self._sync()
         self._end_transaction(written)
@@ -635,9 +642,15 @@ class Connection:
     def abort(self) -> None:
         """Drop every change since the last commit; changed objects reload on next use."""
         self._check_open()
-        for obj in self._changed.values():
-            self._ghostify(obj)
+        for oid, obj in self._changed.items():
+            if oid in self._savepoint_new:
+                # [CONN-052] A new object a savepoint attached has no record to reload.
+                self._objects.pop(oid, None)
+                self._detach(obj)
+            else:
+                self._ghostify(obj)
         self._changed.clear()
+        self._savepoint_new.clear()
         self._conflicts.clear()
         self._storage.abort_transaction()
         self._transaction_serial += 1
@@ -677,6 +690,51 @@ class Connection:
         self._reads.clear()
         self.shrink_cache()
         self._loads_at_start = self._load_count
+
+    def savepoint(self) -> Savepoint:
+        """Capture this transaction's changes so far, to roll back to later (CONN-051).
+
+        The changed objects are serialized now, as a commit would (new
+        objects they reach are given oids); ``rollback()`` of the result puts
+        every changed object back as it was here and reverts the objects
+        changed since to their committed state.  The captured records stay
+        in memory until the transaction ends.
+        """
+        self._check_open()
+        writer = ObjectWriter(self, self._serializer)
+        try:
+            records = list(writer.gen_records(list(self._changed.values())))
+        except BaseException:
+            for obj in writer.attached:
+                self._detach(obj)
+            raise
+        for obj in writer.attached:
+            oid = obj._p_oid
+            assert oid is not None
+            self._objects[oid] = obj
+            self._changed[oid] = obj
+            self._savepoint_new.add(oid)
+        return Savepoint(self, {oid: data for oid, data, _refs in records})
+
+    def _rollback(self, savepoint: Savepoint) -> None:
+        if savepoint.serial != self._transaction_serial:
+            raise DhruvaError("this savepoint belongs to a transaction that has ended")
+        states = savepoint.states
+        for oid, obj in list(self._changed.items()):
+            data = states.get(oid)
+            if data is not None:
+                state = self._reader.get_class_and_state(data)[1]
+                obj.__setstate__(state)
+                _setattr(obj, "_p_status", UNSAVED)
+                continue
+            # Changed after the savepoint: back to the committed state.
+            del self._changed[oid]
+            if oid in self._savepoint_new:
+                self._savepoint_new.discard(oid)
+                self._objects.pop(oid, None)
+                self._detach(obj)
+            else:
+                self._ghostify(obj)
 
     def _ghostify(self, obj: PersistentBase) -> None:
         oid = obj._p_oid
@@ -849,3 +907,20 @@ def gen_every_instance(connection: Connection, *classes: type) -> Iterator[Any]:
         obj = connection.get(oid)
         if isinstance(obj, classes):
             yield obj
+
+
+class Savepoint:
+    """A point in a transaction to roll back to (``Connection.savepoint()``, CONN-051)."""
+
+    def __init__(self, connection: Connection, states: dict[bytes, bytes]) -> None:
+        self.connection = connection
+        self.states = states
+        self.serial = connection.get_transaction_serial()
+
+    def rollback(self) -> None:
+        """Put the changed objects back as they were at this savepoint.
+
+        Raises DhruvaError when the transaction it belongs to has ended.  A
+        savepoint can be rolled back to more than once.
+        """
+        self.connection._rollback(self)

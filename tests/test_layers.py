@@ -65,6 +65,7 @@ LAYERS: dict[str, list[str]] = {
         "dhruva.serialize_msgspec",
         "dhruva.connection",
         "dhruva.retry",
+        "dhruva.datamanager",
     ],
     # Both ends of the wire.  ClientStorage is a storage to the Connection, but
     # it speaks the protocol and shares the address and security modules with
