@@ -64,11 +64,12 @@ objects are never touched.
 
 from __future__ import annotations
 
+import io
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from dhruva.class_registry import AllowEntry, ClassMap, ClassRegistry
 from dhruva.error import (
@@ -88,7 +89,7 @@ from dhruva.serialize import (
     reading_registry,
     select_serializer,
 )
-from dhruva.storage import CAP_SNAPSHOTS, Record, Storage
+from dhruva.storage import CAP_BLOBS, CAP_SNAPSHOTS, Record, Storage
 from dhruva.utils import ROOT_OID, int8_to_str, str_to_int8
 
 _setattr = object.__setattr__
@@ -528,6 +529,8 @@ class Connection:
         for obj in written:
             obj._p_set_status_saved()
             _setattr(obj, "_p_serial", serial)
+            if getattr(type(obj), "_p_blob", False):
+                obj._p_drop_file()  # type: ignore[attr-defined]
             written_oid = obj._p_oid
             assert written_oid is not None
             loaded[written_oid] = obj
@@ -540,11 +543,16 @@ class Connection:
     def _write(self, writer: ObjectWriter) -> list[tuple[bytes, bytes, bytes]]:
         """Serialize the changes and store them in one storage transaction."""
         records = list(writer.gen_records(list(self._changed.values())))
+        blobs = self._blobs_to_store(writer)
         storage = self._storage
         storage.begin()
         try:
             for oid, data, refs in records:
                 storage.store(oid, data, refs)
+            for oid, path in blobs:
+                # [BLOB-010] The content streams from the temporary file.
+                with open(path, "rb") as file:
+                    storage.store_blob(oid, file)
             if self._checks_reads and self._isolation == SERIALIZABLE:
                 # [CONN-043] The read set goes with the commit; the storage
                 # refuses it if another writer changed one since the snapshot.
@@ -556,6 +564,34 @@ class Connection:
             storage.abort_transaction()
             raise
         return records
+
+    def _blobs_to_store(self, writer: ObjectWriter) -> list[tuple[bytes, str]]:
+        """Return (oid, temporary file) of every written Blob with new content."""
+        blobs: list[tuple[bytes, str]] = []
+        for obj in (*self._changed.values(), *writer.attached):
+            if getattr(type(obj), "_p_blob", False):
+                path = obj._p_blob_pending()  # type: ignore[attr-defined]
+                if path is not None:
+                    assert obj._p_oid is not None
+                    blobs.append((obj._p_oid, path))
+        if blobs and CAP_BLOBS not in self._storage.capabilities:
+            # [BLOB-005] Refused before anything is written.
+            raise DhruvaError(
+                f"{type(self._storage).__name__} does not store blobs; use a storage "
+                "with the capability 'blobs' (FileStorage, MemoryStorage)"
+            )
+        return blobs
+
+    def open_blob(self, blob: PersistentBase) -> BinaryIO:
+        """Return a stream of ``blob``'s committed content as of this transaction's snapshot."""
+        self._check_open()
+        oid = blob._p_oid
+        assert oid is not None
+        try:
+            return self._storage.open_blob(oid)
+        except DhruvaKeyError:
+            # A Blob committed with no content written has none stored.
+            return io.BytesIO(b"")
 
     def _resolve(self, conflict: ConflictError) -> bool:
         """Resolve a write conflict with ``_p_resolve_conflict``; False if it cannot be.
@@ -701,6 +737,14 @@ class Connection:
         in memory until the transaction ends.
         """
         self._check_open()
+        if any(
+            getattr(type(obj), "_p_blob", False) and obj._p_blob_pending() is not None  # type: ignore[attr-defined]
+            for obj in self._changed.values()
+        ):
+            raise DhruvaError(
+                "a savepoint cannot capture blob content written in this transaction; "
+                "commit the blob first or take the savepoint before writing it"
+            )
         writer = ObjectWriter(self, self._serializer)
         try:
             records = list(writer.gen_records(list(self._changed.values())))
