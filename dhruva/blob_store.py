@@ -216,3 +216,52 @@ def _remove(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def blob_directory(data_path: str) -> str:
+    """The blob directory of the data file ``data_path`` (BLOB-020): ``PATH.blobs``."""
+    return os.fspath(data_path) + ".blobs"
+
+
+def copy_blobs(source_dir: str, dest_dir: str, last_tid: int) -> int:
+    """Copy every blob file of a tid at or below ``last_tid`` into the new ``dest_dir``.
+
+    For backup and restore (BLOB-023): the copy of a data file up to
+    ``last_tid`` gets the blobs of those transactions.  Each file is copied
+    in chunks and fsynced, then the directories; returns how many files were
+    copied.  Raises DhruvaError when ``dest_dir`` exists, and when a blob
+    file vanishes while it is copied (a pack of the source removed it: run
+    the backup again).
+    """
+    if os.path.exists(dest_dir):
+        raise DhruvaError(f"{dest_dir} exists; choose a new name or remove it first")
+    source = BlobStore(source_dir, readonly=True)
+    os.makedirs(os.path.join(dest_dir, TMP))
+    copied = 0
+    for oid in sorted(source.oids()):
+        versions = [tid for tid in source.versions(oid) if tid <= last_tid]
+        if not versions:
+            continue
+        folder = os.path.join(dest_dir, oid_name(oid))
+        os.mkdir(folder)
+        for tid in versions:
+            name = tid_name(tid)
+            try:
+                with (
+                    open(os.path.join(source_dir, oid_name(oid), name), "rb") as reader,
+                    open(os.path.join(folder, name), "wb") as writer,
+                ):
+                    copy_stream(reader, writer)
+                    writer.flush()
+                    os.fsync(writer.fileno())
+            except FileNotFoundError as error:
+                if error.filename and error.filename.startswith(dest_dir):
+                    raise
+                raise DhruvaError(
+                    f"the blob {oid_name(oid)}/{name} of {source_dir} disappeared during the "
+                    "copy (a pack ran): run it again"
+                ) from None
+            copied += 1
+        _fsync_directory(folder)
+    _fsync_directory(dest_dir)
+    return copied
