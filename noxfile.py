@@ -134,5 +134,6 @@ def bench(session: nox.Session) -> None:
     session.run("python", "tools/bench/postgres_bench.py")
     # Issue 11: conflicts of a mixed workload, Durus's model vs snapshots.
     session.run("python", "tools/bench/mvcc_bench.py")
-    # Issue 15: a transaction-package commit vs connection.commit().
+    # Issue 15: a transaction-package commit vs connection.commit(), and a 1 GiB blob.
     session.run("python", "tools/bench/transaction_bench.py")
+    session.run("python", "tools/bench/blob_bench.py")
