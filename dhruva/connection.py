@@ -79,6 +79,7 @@ from dhruva.error import (
     InvalidObjectReference,
     ReadConflictError,
     SerializationError,
+    SnapshotTooOldError,
     WriteConflictError,
 )
 from dhruva.persistent import GHOST, SAVED, UNSAVED, PersistentBase
@@ -205,6 +206,8 @@ class Connection:
         self._savepoint_new: set[bytes] = set()
         # Called on the first change of a transaction (the transaction package's join).
         self._on_first_change: Callable[[], None] | None = None
+        # The tid this transaction reads (CONN-040), where snapshots exist.
+        self._snapshot_tid = storage.last_tid() if self._snapshots else 0
         self._isolation = SERIALIZABLE
         self._track_reads = False
         self._arm_all = False
@@ -617,9 +620,12 @@ class Connection:
         if not targets:
             return False
         storage = self._storage
-        # A refused end() leaves the read point where it was: this loads the
-        # versions the transaction started from.
-        olds = [self._state_of(storage.load(oid)) for oid in oids]
+        # The versions the transaction started from: read at its snapshot
+        # explicitly, wherever the failed commit left the read point.
+        try:
+            olds = [self._state_of(storage.load_at(oid, self._snapshot_tid)) for oid in oids]
+        except SnapshotTooOldError:
+            return False
         invalid = storage.sync()
         resolving = set(oids)
         used = set(self._changed)
@@ -724,6 +730,8 @@ class Connection:
                     if cls is cls._p_class:
                         _setattr(obj, "__class__", cls._p_tracked_class)
         self._reads.clear()
+        if self._snapshots:
+            self._snapshot_tid = self._storage.last_tid()
         self.shrink_cache()
         self._loads_at_start = self._load_count
 
