@@ -198,8 +198,8 @@ class Connection:
         self._storage = storage
         # [CONN-040] Loads read the storage's read point, moved at boundaries only.
         self._snapshots = CAP_SNAPSHOTS in storage.capabilities
-        # Only a storage with other writers checks reads (SAPI-095, CONN-046).
-        self._checks_reads = type(storage).note_reads is not Storage.note_reads
+        # Only a snapshot storage with other writers checks reads (SAPI-095, CONN-046).
+        self._checks_reads = self._snapshots and type(storage).note_reads is not Storage.note_reads
         # The objects this transaction used (CONN-042), in the order of first use.
         self._reads: list[PersistentBase] = []
         # Oids a savepoint gave to new objects: no committed record yet (CONN-052).
