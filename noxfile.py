@@ -124,7 +124,7 @@ def docs(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def bench(session: nox.Session) -> None:
     """Run the benchmarks in tools/bench/ against Durus 4.3, ZODB, ZEO, RelStorage (not default)."""
-    install_dhruva(session, "msgspec", "dill", "postgres")
+    install_dhruva(session, "msgspec", "dill", "postgres", "transaction")
     # RelStorage on the same throwaway PostgreSQL: tools/bench/postgres_bench.py.
     session.install("relstorage==4.3.0", "psycopg2-binary")
     # ZEO is ZODB's storage server: the server section compares it with
@@ -132,3 +132,8 @@ def bench(session: nox.Session) -> None:
     session.install("durus==4.3", "ZODB", "ZEO")
     session.run("python", "tools/bench/run.py", *session.posargs)
     session.run("python", "tools/bench/postgres_bench.py")
+    # Issue 11: conflicts of a mixed workload, Durus's model vs snapshots.
+    session.run("python", "tools/bench/mvcc_bench.py")
+    # Issue 15: a transaction-package commit vs connection.commit(), and a 1 GiB blob.
+    session.run("python", "tools/bench/transaction_bench.py")
+    session.run("python", "tools/bench/blob_bench.py")

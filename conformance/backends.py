@@ -215,7 +215,7 @@ class FileFactory(_FileFactoryBase):
     name = "file"
     _module = "dhruva.file_storage"
     _class = "FileStorage"
-    capabilities = _FILE_CAPS | {"pack"}
+    capabilities = _FILE_CAPS | {"pack", "blobs"}
 
 
 class File2Factory(_FileFactoryBase):
@@ -224,7 +224,7 @@ class File2Factory(_FileFactoryBase):
     name = "file2"
     _module = "dhruva.file_storage2"
     _class = "FileStorage2"
-    capabilities = _FILE_CAPS | {"pack"}
+    capabilities = _FILE_CAPS | {"pack", "blobs"}
 
 
 # --- registry --------------------------------------------------------------------

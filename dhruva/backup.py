@@ -17,7 +17,9 @@ safely:
 3. write ``DEST.partial``: a new file header (a new file id, FMT-006), then
    the source bytes from 64 to that end, copied in chunks;
 4. walk the copy: it must hold the same transactions, the same last tid;
-5. fsync the copy, rename it to ``DEST``, fsync the directory.
+5. fsync the copy; copy the blob files of the copied transactions to
+   ``DEST.blobs`` (spec blobs.md); rename the copy to ``DEST``, fsync the
+   directory.
 
 The copy is therefore the database as of one of its commits: a prefix of the
 commit order, every commit acknowledged before the backup began, never part
@@ -27,11 +29,13 @@ of a commit.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 from dhruva import journal
+from dhruva.blob_store import blob_directory, copy_blobs
 from dhruva.error import DhruvaError
 from dhruva.file_index import DiskIndex
 from dhruva.fileio import OS_FILES, OSFile
@@ -131,6 +135,10 @@ def copy_prefix(
     dest_path = os.fspath(dest_path)
     if os.path.exists(dest_path):
         raise DhruvaError(f"{dest_path} exists; choose a new name or remove it first")
+    if os.path.exists(blob_directory(dest_path)):
+        raise DhruvaError(
+            f"{blob_directory(dest_path)} exists; choose a new name or remove it first"
+        )
     partial_path = dest_path + ".partial"
     version = data_file_version(source)
     # [FLT-083] A failed write names the copy and says the source is untouched.
@@ -171,6 +179,11 @@ def copy_prefix(
             )
         with naming_file(partial_path, writing):
             dest.sync()
+        source_blobs = blob_directory(source.path)
+        if os.path.isdir(source_blobs):
+            # [BLOB-023] The blobs of the copied transactions, before the
+            # copy gets its name.
+            copy_blobs(source_blobs, blob_directory(dest_path), walk.last_tid)
     except BaseException:
         dest.close()
         # [FLT-083] Nothing is left behind: the partial copy goes.
@@ -178,12 +191,15 @@ def copy_prefix(
             os.unlink(partial_path)
         except FileNotFoundError:
             pass
+        # DEST.blobs did not exist before: whatever is there now is ours.
+        shutil.rmtree(blob_directory(dest_path), ignore_errors=True)
         raise
     dest.close()
     try:
         OS_FILES.rename(partial_path, dest_path)
     except BaseException:
         os.unlink(partial_path)
+        shutil.rmtree(blob_directory(dest_path), ignore_errors=True)
         raise
     OS_FILES.sync_directory(dest_path)
     return CopyResult(dest_path, count, walk.last_tid, end, 0)

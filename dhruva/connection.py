@@ -64,11 +64,12 @@ objects are never touched.
 
 from __future__ import annotations
 
+import io
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from types import MappingProxyType, TracebackType
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 from dhruva.class_registry import AllowEntry, ClassMap, ClassRegistry
 from dhruva.error import (
@@ -78,6 +79,7 @@ from dhruva.error import (
     InvalidObjectReference,
     ReadConflictError,
     SerializationError,
+    SnapshotTooOldError,
     WriteConflictError,
 )
 from dhruva.persistent import GHOST, SAVED, UNSAVED, PersistentBase
@@ -88,7 +90,7 @@ from dhruva.serialize import (
     reading_registry,
     select_serializer,
 )
-from dhruva.storage import CAP_SNAPSHOTS, Record, Storage
+from dhruva.storage import CAP_BLOBS, CAP_SNAPSHOTS, Record, Storage
 from dhruva.utils import ROOT_OID, int8_to_str, str_to_int8
 
 _setattr = object.__setattr__
@@ -196,10 +198,16 @@ class Connection:
         self._storage = storage
         # [CONN-040] Loads read the storage's read point, moved at boundaries only.
         self._snapshots = CAP_SNAPSHOTS in storage.capabilities
-        # Only a storage with other writers checks reads (SAPI-095, CONN-046).
-        self._checks_reads = type(storage).note_reads is not Storage.note_reads
+        # Only a snapshot storage with other writers checks reads (SAPI-095, CONN-046).
+        self._checks_reads = self._snapshots and type(storage).note_reads is not Storage.note_reads
         # The objects this transaction used (CONN-042), in the order of first use.
         self._reads: list[PersistentBase] = []
+        # Oids a savepoint gave to new objects: no committed record yet (CONN-052).
+        self._savepoint_new: set[bytes] = set()
+        # Called on the first change of a transaction (the transaction package's join).
+        self._on_first_change: Callable[[], None] | None = None
+        # The tid this transaction reads (CONN-040), where snapshots exist.
+        self._snapshot_tid = storage.last_tid() if self._snapshots else 0
         self._isolation = SERIALIZABLE
         self._track_reads = False
         self._arm_all = False
@@ -415,6 +423,8 @@ class Connection:
         """Record that ``obj`` changed (called by ``_p_note_change``)."""
         oid = obj._p_oid
         assert oid is not None
+        if not self._changed and self._on_first_change is not None:
+            self._on_first_change()
         self._changed[oid] = obj
 
     def note_read(self, obj: PersistentBase) -> None:
@@ -522,10 +532,13 @@ class Connection:
         for obj in written:
             obj._p_set_status_saved()
             _setattr(obj, "_p_serial", serial)
+            if getattr(type(obj), "_p_blob", False):
+                obj._p_drop_file()  # type: ignore[attr-defined]
             written_oid = obj._p_oid
             assert written_oid is not None
             loaded[written_oid] = obj
         self._changed.clear()
+        self._savepoint_new.clear()
         self._transaction_serial += 1
         self._sync()
         self._end_transaction(written)
@@ -533,11 +546,16 @@ class Connection:
     def _write(self, writer: ObjectWriter) -> list[tuple[bytes, bytes, bytes]]:
         """Serialize the changes and store them in one storage transaction."""
         records = list(writer.gen_records(list(self._changed.values())))
+        blobs = self._blobs_to_store(writer)
         storage = self._storage
         storage.begin()
         try:
             for oid, data, refs in records:
                 storage.store(oid, data, refs)
+            for oid, path in blobs:
+                # [BLOB-010] The content streams from the temporary file.
+                with open(path, "rb") as file:
+                    storage.store_blob(oid, file)
             if self._checks_reads and self._isolation == SERIALIZABLE:
                 # [CONN-043] The read set goes with the commit; the storage
                 # refuses it if another writer changed one since the snapshot.
@@ -549,6 +567,34 @@ class Connection:
             storage.abort_transaction()
             raise
         return records
+
+    def _blobs_to_store(self, writer: ObjectWriter) -> list[tuple[bytes, str]]:
+        """Return (oid, temporary file) of every written Blob with new content."""
+        blobs: list[tuple[bytes, str]] = []
+        for obj in (*self._changed.values(), *writer.attached):
+            if getattr(type(obj), "_p_blob", False):
+                path = obj._p_blob_pending()  # type: ignore[attr-defined]
+                if path is not None:
+                    assert obj._p_oid is not None
+                    blobs.append((obj._p_oid, path))
+        if blobs and CAP_BLOBS not in self._storage.capabilities:
+            # [BLOB-005] Refused before anything is written.
+            raise DhruvaError(
+                f"{type(self._storage).__name__} does not store blobs; use a storage "
+                "with the capability 'blobs' (FileStorage, MemoryStorage)"
+            )
+        return blobs
+
+    def open_blob(self, blob: PersistentBase) -> BinaryIO:
+        """Return a stream of ``blob``'s committed content as of this transaction's snapshot."""
+        self._check_open()
+        oid = blob._p_oid
+        assert oid is not None
+        try:
+            return self._storage.open_blob(oid)
+        except DhruvaKeyError:
+            # A Blob committed with no content written has none stored.
+            return io.BytesIO(b"")
 
     def _resolve(self, conflict: ConflictError) -> bool:
         """Resolve a write conflict with ``_p_resolve_conflict``; False if it cannot be.
@@ -574,9 +620,12 @@ class Connection:
         if not targets:
             return False
         storage = self._storage
-        # A refused end() leaves the read point where it was: this loads the
-        # versions the transaction started from.
-        olds = [self._state_of(storage.load(oid)) for oid in oids]
+        # The versions the transaction started from: read at its snapshot
+        # explicitly, wherever the failed commit left the read point.
+        try:
+            olds = [self._state_of(storage.load_at(oid, self._snapshot_tid)) for oid in oids]
+        except SnapshotTooOldError:
+            return False
         invalid = storage.sync()
         resolving = set(oids)
         used = set(self._changed)
@@ -635,9 +684,15 @@ class Connection:
     def abort(self) -> None:
         """Drop every change since the last commit; changed objects reload on next use."""
         self._check_open()
-        for obj in self._changed.values():
-            self._ghostify(obj)
+        for oid, obj in self._changed.items():
+            if oid in self._savepoint_new:
+                # [CONN-052] A new object a savepoint attached has no record to reload.
+                self._objects.pop(oid, None)
+                self._detach(obj)
+            else:
+                self._ghostify(obj)
         self._changed.clear()
+        self._savepoint_new.clear()
         self._conflicts.clear()
         self._storage.abort_transaction()
         self._transaction_serial += 1
@@ -675,8 +730,63 @@ class Connection:
                     if cls is cls._p_class:
                         _setattr(obj, "__class__", cls._p_tracked_class)
         self._reads.clear()
+        if self._snapshots:
+            self._snapshot_tid = self._storage.last_tid()
         self.shrink_cache()
         self._loads_at_start = self._load_count
+
+    def savepoint(self) -> Savepoint:
+        """Capture this transaction's changes so far, to roll back to later (CONN-051).
+
+        The changed objects are serialized now, as a commit would (new
+        objects they reach are given oids); ``rollback()`` of the result puts
+        every changed object back as it was here and reverts the objects
+        changed since to their committed state.  The captured records stay
+        in memory until the transaction ends.
+        """
+        self._check_open()
+        if any(
+            getattr(type(obj), "_p_blob", False) and obj._p_blob_pending() is not None  # type: ignore[attr-defined]
+            for obj in self._changed.values()
+        ):
+            raise DhruvaError(
+                "a savepoint cannot capture blob content written in this transaction; "
+                "commit the blob first or take the savepoint before writing it"
+            )
+        writer = ObjectWriter(self, self._serializer)
+        try:
+            records = list(writer.gen_records(list(self._changed.values())))
+        except BaseException:
+            for obj in writer.attached:
+                self._detach(obj)
+            raise
+        for obj in writer.attached:
+            oid = obj._p_oid
+            assert oid is not None
+            self._objects[oid] = obj
+            self._changed[oid] = obj
+            self._savepoint_new.add(oid)
+        return Savepoint(self, {oid: data for oid, data, _refs in records})
+
+    def _rollback(self, savepoint: Savepoint) -> None:
+        if savepoint.serial != self._transaction_serial:
+            raise DhruvaError("this savepoint belongs to a transaction that has ended")
+        states = savepoint.states
+        for oid, obj in list(self._changed.items()):
+            data = states.get(oid)
+            if data is not None:
+                state = self._reader.get_class_and_state(data)[1]
+                obj.__setstate__(state)
+                _setattr(obj, "_p_status", UNSAVED)
+                continue
+            # Changed after the savepoint: back to the committed state.
+            del self._changed[oid]
+            if oid in self._savepoint_new:
+                self._savepoint_new.discard(oid)
+                self._objects.pop(oid, None)
+                self._detach(obj)
+            else:
+                self._ghostify(obj)
 
     def _ghostify(self, obj: PersistentBase) -> None:
         oid = obj._p_oid
@@ -849,3 +959,20 @@ def gen_every_instance(connection: Connection, *classes: type) -> Iterator[Any]:
         obj = connection.get(oid)
         if isinstance(obj, classes):
             yield obj
+
+
+class Savepoint:
+    """A point in a transaction to roll back to (``Connection.savepoint()``, CONN-051)."""
+
+    def __init__(self, connection: Connection, states: dict[bytes, bytes]) -> None:
+        self.connection = connection
+        self.states = states
+        self.serial = connection.get_transaction_serial()
+
+    def rollback(self) -> None:
+        """Put the changed objects back as they were at this savepoint.
+
+        Raises DhruvaError when the transaction it belongs to has ended.  A
+        savepoint can be rolled back to more than once.
+        """
+        self.connection._rollback(self)

@@ -56,8 +56,10 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 from dhruva import journal
+from dhruva.blob_store import BlobStore, blob_directory
 from dhruva.error import (
     CorruptionError,
     DhruvaError,
@@ -74,6 +76,7 @@ from dhruva.file_pack import (
 )
 from dhruva.fileio import OS_FILES, DataFile, FileLayer, FileReplacedError, set_aside
 from dhruva.storage import (
+    CAP_BLOBS,
     CAP_DURABLE,
     CAP_PACK,
     CAP_RAW_FILE,
@@ -82,6 +85,7 @@ from dhruva.storage import (
     Storage,
     check_oid,
     check_record,
+    check_snapshot_tid,
 )
 from dhruva.utils import int8_to_str, str_to_int8
 
@@ -95,7 +99,7 @@ _OPEN_ATTEMPTS = 3
 class JournalStorage(Storage):
     """The shared machinery of FileStorage and FileStorage2 (not used directly)."""
 
-    capabilities = frozenset({CAP_DURABLE, CAP_RAW_FILE, CAP_PACK, CAP_READONLY_OPEN})
+    capabilities = frozenset({CAP_DURABLE, CAP_RAW_FILE, CAP_PACK, CAP_READONLY_OPEN, CAP_BLOBS})
 
     def __init__(
         self,
@@ -129,6 +133,12 @@ class JournalStorage(Storage):
             self._file.close()
             self._file = None
             raise
+        # [BLOB-020] Blobs live in PATH.blobs, made at the first blob stored.
+        self._blob_store: BlobStore | None = None
+        if os.path.isdir(blob_directory(self.path)):
+            self._blob_store = BlobStore(blob_directory(self.path), readonly=readonly)
+            # [BLOB-021] What a crash left: staged files, blobs of uncommitted tids.
+            self._blob_store.recover(self._last_tid)
 
     # --- opening and recovery ---------------------------------------------------
 
@@ -359,12 +369,51 @@ class JournalStorage(Storage):
         check_record(oid, data, refs)
         self._pending[oid] = (oid, bytes(data), refs)
 
+    # --- blobs (spec: blobs.md) ------------------------------------------------------
+
+    def store_blob(self, oid: bytes, file: BinaryIO) -> None:
+        """Stage ``file``'s content as ``oid``'s blob of the open transaction (BLOB-010)."""
+        self._check_writable()
+        if self._pending is None:
+            raise DhruvaError("store_blob() outside a transaction; call begin() first")
+        check_oid(oid)
+        if self._blob_store is None:
+            self._blob_store = BlobStore(blob_directory(self.path))
+        self._blob_store.stage(oid, file)
+
+    def open_blob(self, oid: bytes, tid: int | None = None) -> BinaryIO:
+        """Open ``oid``'s blob as of the last commit or ``tid`` (BLOB-011, BLOB-022)."""
+        self._check_open()
+        if tid is None:
+            tid = self._last_tid
+        else:
+            check_snapshot_tid(tid, self._last_tid)
+        if self._blob_store is None:
+            check_oid(oid)
+            raise DhruvaKeyError(oid, f"no blob is stored for oid {str_to_int8(oid)}")
+        return self._blob_store.open(oid, tid)
+
+    def _staged_blobs(self, pending: dict[bytes, Any]) -> set[bytes]:
+        """The oids with staged blobs; refuse blobs whose records are not stored (BLOB-010)."""
+        blobs = self._blob_store
+        if blobs is None:
+            return set()
+        staged = blobs.staged_oids()
+        if staged - set(pending):
+            blobs.discard()
+            raise DhruvaError(
+                "a transaction stored blobs of objects whose records it did not store "
+                f"(oids {sorted(str_to_int8(oid) for oid in staged - set(pending))})"
+            )
+        return staged
+
     def end(self) -> None:
         data_file = self._check_writable()
         pending = self._pending
         if pending is None:
             raise DhruvaError("end() without begin()")
         self._pending = None
+        staged = self._staged_blobs(pending)
         if not pending:
             return  # [RCV-013] An empty transaction writes nothing.
         if self._unclean_tail is not None:
@@ -376,11 +425,18 @@ class JournalStorage(Storage):
         # [FMT-021] Appended in the layout of the file's own version.
         txn = journal.encode_transaction(tid, time_us, records, self.format_version)
         offset = self._end
+        if staged:
+            assert self._blob_store is not None
+            # [BLOB-020] The blobs get their names before the journal write:
+            # they count only once the transaction is durable.
+            self._blob_store.commit(tid)
         try:
             # [RCV-010] One write of the whole transaction, then one sync.
             data_file.pwrite(txn, offset)
             data_file.sync()
         except BaseException as exc:
+            if staged:
+                self._undo_blobs(tid, staged)
             # [FLT-070] The transaction may or may not be on disk, whole or in
             # part; it is not acknowledged and not visible.  Committed data
             # (before _end) is untouched, so loads go on; the next write first
@@ -414,6 +470,16 @@ class JournalStorage(Storage):
             self._next_oid = highest
         self._after_commit()
 
+    def _undo_blobs(self, tid: int, staged: set[bytes]) -> None:
+        """Remove the blob files of a commit that failed after they were named."""
+        assert self._blob_store is not None
+        try:
+            self._blob_store.undo(tid, staged)
+        except OSError as exc:
+            # A blob file named after the failed tid would be taken for the
+            # next commit's: no more writes until a reopen removes it (BLOB-021).
+            self._broken = f"could not remove the blobs of a failed commit: {exc}"
+
     def _restore_tail(self, data_file: DataFile) -> None:
         """Cut the data file back to ``_end`` and sync it, after a failed commit (FLT-071).
 
@@ -426,8 +492,7 @@ class JournalStorage(Storage):
         data_file.truncate(self._end)
         data_file.sync()
         log.warning(
-            "%s: the file was cut back to offset %d after the failed commit (%s); "
-            "commits continue",
+            "%s: the file was cut back to offset %d after the failed commit (%s); commits continue",
             self.path,
             self._end,
             self._unclean_tail,
@@ -436,6 +501,8 @@ class JournalStorage(Storage):
 
     def abort_transaction(self) -> None:
         self._pending = None
+        if self._blob_store is not None:
+            self._blob_store.discard()  # [BLOB-014]
 
     def sync(self) -> list[bytes]:
         """Return []: a file storage has no other writers (FLT-010)."""
@@ -455,6 +522,8 @@ class JournalStorage(Storage):
         if data_file is None:
             return
         self._pending = None
+        if self._blob_store is not None:
+            self._blob_store.discard()
         self.pack_abort()
         try:
             if not self.readonly and self._broken is None:
@@ -537,12 +606,25 @@ class JournalStorage(Storage):
         if packer is None:
             raise DhruvaError("pack_finish() without pack_begin()")
         try:
-            return packer.finish()
+            result = packer.finish()
         except BaseException:
             packer.abort()
             raise
         finally:
             self._packer = None
+        if self._blob_store is not None:
+            # [BLOB-013] The blobs of packed-away oids, and versions no
+            # snapshot reads, go too.
+            self._blob_store.collect(self._has_record, self._snapshot_floor(), self._last_tid)
+        return result
+
+    def _has_record(self, oid: bytes) -> bool:
+        """Whether ``oid`` has a current record (either index)."""
+        return oid in self._index or bool(self._lookup_more(oid))
+
+    def _snapshot_floor(self) -> int | None:
+        """The oldest snapshot held, for the blobs pack keeps (None: only the latest)."""
+        return None
 
     def pack_abort(self) -> None:
         """Abandon a running pack; the data file is untouched (PACK-013)."""

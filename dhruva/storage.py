@@ -31,8 +31,11 @@ serializable commits need from a storage with other writers.
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
+from dhruva.blob_store import BlobStore
 from dhruva.error import DhruvaError, DhruvaKeyError, PackNotSupportedError
 
 # Re-exported: Record and its checks were defined here before dhruva.record.
@@ -50,6 +53,7 @@ CAP_HISTORY = "history"
 CAP_DURABLE = "durable"
 CAP_READONLY_OPEN = "readonly-open"
 CAP_SNAPSHOTS = "snapshots"
+CAP_BLOBS = "blobs"
 
 
 class Storage:
@@ -139,6 +143,19 @@ class Storage:
         DhruvaError outside a transaction.
         """
 
+    # -- blobs (capability "blobs"; spec: blobs.md) -----------------------------------
+
+    def store_blob(self, oid: bytes, file: BinaryIO) -> None:
+        """Make ``file``'s content (from its position on) ``oid``'s blob in this transaction.
+
+        [BLOB-010] The transaction must store ``oid``'s record as well.
+        """
+        raise DhruvaError(f"{type(self).__name__} does not store blobs")
+
+    def open_blob(self, oid: bytes, tid: int | None = None) -> BinaryIO:
+        """Return a readable stream of ``oid``'s blob as of the read point or ``tid`` (BLOB-011)."""
+        raise DhruvaError(f"{type(self).__name__} does not store blobs")
+
     def pack(self) -> None:
         """Remove records unreachable from the root and superseded revisions."""
         raise PackNotSupportedError(type(self).__name__)
@@ -212,10 +229,12 @@ class MemoryStorage(Storage):
     the versions older snapshots read in a VersionLedger (SAPI-090..095).
     """
 
-    capabilities = frozenset({CAP_PACK, CAP_SNAPSHOTS})
+    capabilities = frozenset({CAP_PACK, CAP_SNAPSHOTS, CAP_BLOBS})
 
     def __init__(self) -> None:
         self._records: dict[bytes, Record] = {}
+        # Blobs live in files even here (BLOB-015), in a directory removed at close.
+        self._blob_store: BlobStore | None = None
         self._pending: dict[bytes, Record] | None = None
         self._next_oid = 0
         self._tid = 0
@@ -258,6 +277,27 @@ class MemoryStorage(Storage):
     def set_oldest_snapshot(self, tid: int | None) -> None:
         self._ledger.set_floor(tid)
 
+    def _blobs(self) -> BlobStore:
+        if self._blob_store is None:
+            self._blob_store = BlobStore(tempfile.mkdtemp(prefix="dhruva-memory-blobs-"))
+        return self._blob_store
+
+    def store_blob(self, oid: bytes, file: BinaryIO) -> None:
+        if self._pending is None:
+            raise DhruvaError("store_blob() outside a transaction; call begin() first")
+        check_oid(oid)
+        self._blobs().stage(oid, file)
+
+    def open_blob(self, oid: bytes, tid: int | None = None) -> BinaryIO:
+        self._check_open()
+        if tid is None:
+            tid = self._tid
+        else:
+            check_snapshot_tid(tid, self._tid)
+        if self._blob_store is None:
+            raise DhruvaKeyError(oid, f"no blob is stored for oid {str_to_int8(oid)}")
+        return self._blob_store.open(oid, tid)
+
     def begin(self) -> None:
         self._check_open()
         if self._pending is not None:
@@ -274,9 +314,20 @@ class MemoryStorage(Storage):
         if self._pending is None:
             raise DhruvaError("end() without begin()")
         pending, self._pending = self._pending, None
+        blobs = self._blob_store
+        staged = blobs.staged_oids() if blobs is not None else set()
+        if staged - set(pending):
+            assert blobs is not None
+            blobs.discard()
+            raise DhruvaError(
+                "a transaction stored blobs of objects whose records it did not store "
+                f"(oids {sorted(str_to_int8(oid) for oid in staged - set(pending))})"
+            )
         if not pending:
             return  # [SAPI-036] an empty transaction changes nothing, the tid included
         tid = self._tid + 1
+        if blobs is not None and staged:
+            blobs.commit(tid)
         records = self._records
         self._ledger.supersede(
             tid, [(oid, records.get(oid)) for oid in pending] if self._ledger.wanted(tid) else ()
@@ -289,6 +340,8 @@ class MemoryStorage(Storage):
 
     def abort_transaction(self) -> None:
         self._pending = None
+        if self._blob_store is not None:
+            self._blob_store.discard()
 
     def iter_oids(self) -> Iterator[bytes]:
         self._check_open()
@@ -305,9 +358,14 @@ class MemoryStorage(Storage):
         # one no snapshot can reach from its root.
         for oid in [oid for oid in self._records if oid not in keep]:
             del self._records[oid]
+        if self._blob_store is not None:
+            self._blob_store.collect(keep.__contains__, self._ledger.floor, self._tid)
 
     def close(self) -> None:
         self._closed = True
+        if self._blob_store is not None:
+            self._blob_store.remove_all()
+            self._blob_store = None
 
 
 def check_snapshot_tid(tid: int, last: int) -> None:

@@ -38,6 +38,7 @@ LAYERS: dict[str, list[str]] = {
     # Storages and the file layer under them; object state is opaque bytes here.
     "storages": [
         "dhruva.snapshots",
+        "dhruva.blob_store",
         "dhruva.storage",
         "dhruva.fileio",
         "dhruva.file_index",
@@ -59,12 +60,14 @@ LAYERS: dict[str, list[str]] = {
         "dhruva.persistent_list",
         "dhruva.persistent_set",
         "dhruva.btree",
+        "dhruva.blob",
         "dhruva.class_registry",
         "dhruva.serialize",
         "dhruva.serialize_dill",
         "dhruva.serialize_msgspec",
         "dhruva.connection",
         "dhruva.retry",
+        "dhruva.datamanager",
     ],
     # Both ends of the wire.  ClientStorage is a storage to the Connection, but
     # it speaks the protocol and shares the address and security modules with
