@@ -30,7 +30,14 @@ from dhruva_conformance.backends import (
 
 from dhruva.client_storage import ClientStorage
 from dhruva.server.storage_server import StorageServer
-from dhruva.storage import CAP_DURABLE, CAP_RAW_FILE, CAP_SNAPSHOTS, MemoryStorage, Storage
+from dhruva.storage import (
+    CAP_BLOBS,
+    CAP_DURABLE,
+    CAP_RAW_FILE,
+    CAP_SNAPSHOTS,
+    MemoryStorage,
+    Storage,
+)
 
 
 class ServedStorage(ClientStorage):
@@ -105,7 +112,8 @@ class ServerMemoryFactory(_ServerFactory):
     """A MemoryStorage behind a storage server."""
 
     name = "server-memory"
-    capabilities = MemoryStorage.capabilities
+    # No blobs: the wire protocol carries none (SRV-108).
+    capabilities = MemoryStorage.capabilities - {CAP_BLOBS}
 
     def _inner(self, reopen: bool, **options: Any) -> Storage:
         if reopen:

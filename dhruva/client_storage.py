@@ -61,6 +61,7 @@ from dhruva.error import (
 from dhruva.server import security
 from dhruva.server.address import DEFAULT_ADDRESS, Address, format_address
 from dhruva.storage import (
+    CAP_BLOBS,
     CAP_SNAPSHOTS,
     Record,
     Storage,
@@ -210,7 +211,9 @@ class ClientStorage(Storage):
         self._snapshots = snapshots and wire.FEATURE_SNAPSHOTS in self.server_features
         if not self._snapshots:
             capabilities -= {CAP_SNAPSHOTS}
-        self.capabilities = capabilities
+        # [SRV-108] The wire carries no blob operations: a served storage's
+        # blobs are not this client's.
+        self.capabilities = capabilities - {CAP_BLOBS}
         if self._snapshots:
             # [WIRE-103] The session's first snapshot: nothing was read yet,
             # so the invalidations of this SYNC concern nobody.

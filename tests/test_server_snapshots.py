@@ -29,7 +29,7 @@ from dhruva.file_storage import FileStorage
 from dhruva.persistent_dict import PersistentDict
 from dhruva.server.storage_server import StorageServer
 from dhruva.snapshots import VersionLedger
-from dhruva.storage import CAP_PACK, CAP_SNAPSHOTS, MemoryStorage, Record, Storage
+from dhruva.storage import CAP_BLOBS, CAP_PACK, CAP_SNAPSHOTS, MemoryStorage, Record, Storage
 from dhruva.utils import int8_to_str as p64
 
 T = wire.MessageType
@@ -716,3 +716,11 @@ def test_random_sessions_match_a_serial_model(
                 pending[index] = set()
     # The run exercised what it checks.
     assert all(seen.values()), seen
+
+
+@pytest.mark.req("SRV-108")
+def test_a_client_declares_no_blobs(serve: Serve, clients: Callable[..., ClientStorage]) -> None:
+    storage = MemoryStorage()
+    assert CAP_BLOBS in storage.capabilities
+    running = serve(storage)
+    assert CAP_BLOBS not in clients(running.address).capabilities
