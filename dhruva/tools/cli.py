@@ -401,8 +401,10 @@ class _Console(code.InteractiveConsole):
     def _current_storage_answers(self) -> bool:
         try:
             self._connection.storage.get_size()
-        except ServerConnectionError:
+        except (ServerConnectionError, OSError):
             return False
+        except DhruvaError:
+            return True  # it answered, if with an error: the server is there
         return True
 
     def reconnect(self) -> bool:
@@ -422,7 +424,11 @@ class _Console(code.InteractiveConsole):
         dropped = len(old.changed)
         try:
             connection = self._open_connection()
-            root = connection.get_root()
+            try:
+                root = connection.get_root()
+            except BaseException:
+                connection.close()
+                raise
         except DhruvaError as error:
             # [TOOL-061] Not back yet (or refusing us): one line, and how to retry.
             self.write(f"{PROG}: cannot reconnect: {error}\n")
