@@ -1,4 +1,4 @@
-"""The console as a person uses it: through a pseudo-terminal (spec CLI-032, CLI-033).
+"""The console as a person uses it: through a pseudo-terminal (spec CLI-032, CLI-033, TOOL-060).
 
 Each test runs ``python -m dhruva -c`` on the child side of a pty, so standard
 input is a terminal and the console is interactive (prompts, readline), types
@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 pty = pytest.importorskip("pty")
 pytest.importorskip("readline")
+
+from _dhruva_command import Server  # noqa: E402
 
 from dhruva.connection import Connection  # noqa: E402
 from dhruva.file_storage import FileStorage  # noqa: E402
@@ -129,3 +133,107 @@ def test_history_is_kept_across_sessions(tmp_path: Path) -> None:
     assert "marker is 42" in second.read_until(PROMPT)
     second.type("\x04")
     assert second.wait() == 0
+
+
+def stop(server: Server) -> None:
+    """Stop a ``dhruva -s`` child by its pid, as an operator restarting it would."""
+    os.kill(server.process.pid, signal.SIGTERM)
+    assert server.wait() == 0
+
+
+@pytest.mark.req("TOOL-060")
+def test_console_reconnects_after_the_server_restarts(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    path = str(tmp_path / "db.dhruva")
+    server = start_server("--file", path)
+    terminal = Terminal(tmp_path, "--address", server.socket)
+    terminal.read_until(PROMPT)
+    terminal.type("root['kept'] = 1; connection.commit()\n")
+    terminal.read_until(PROMPT)
+    terminal.type("root['dropped'] = 2\n")
+    terminal.read_until(PROMPT)
+
+    stop(server)
+    server = start_server("--file", path)  # the same socket path
+    terminal.type("connection.commit()\n")
+    shown = terminal.read_until(PROMPT)
+    assert "lost the connection to the server at" in shown
+    assert "reconnected to the server at" in shown
+    assert "1 uncommitted changes were dropped" in shown
+    assert "Traceback" not in shown
+    # One line for the loss and one for the reconnect, nothing else.
+    said = [line for line in shown.splitlines()[1:] if line.strip() and line != PROMPT]
+    assert len(said) == 2, shown
+
+    terminal.type("print(sorted(root.items()))\n")
+    assert "[('kept', 1)]" in terminal.read_until(PROMPT)
+    terminal.type("root['after'] = 3; connection.commit()\n")
+    terminal.read_until(PROMPT)
+    terminal.type("\x04")
+    assert terminal.wait() == 0
+    assert "Traceback" not in terminal.seen
+    stop(server)
+    with Connection(FileStorage(path)) as connection:
+        assert dict(connection.get_root()) == {"kept": 1, "after": 3}
+
+
+@pytest.mark.req("TOOL-061")
+def test_reconnect_when_the_server_is_back_later(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    path = str(tmp_path / "db.dhruva")
+    server = start_server("--file", path)
+    terminal = Terminal(tmp_path, "--address", server.socket)
+    terminal.read_until(PROMPT)
+    stop(server)
+    terminal.type("connection.abort()\n")
+    shown = terminal.read_until(PROMPT)
+    assert "cannot reconnect" in shown and "reconnect()" in shown
+    assert "Traceback" not in shown
+
+    server = start_server("--file", path)
+    terminal.type("reconnect()\n")
+    shown = terminal.read_until(PROMPT)
+    assert "reconnected to the server at" in shown and "0 uncommitted changes" in shown
+    terminal.type("root['x'] = 1; connection.commit(); print('committed')\n")
+    assert "committed" in terminal.read_until(PROMPT)
+    terminal.type("\x04")
+    assert terminal.wait() == 0
+    stop(server)
+    with Connection(FileStorage(path)) as connection:
+        assert connection.get_root()["x"] == 1
+
+
+@pytest.mark.req("TOOL-062")
+def test_only_the_consoles_own_connection_reconnects(
+    tmp_path: Path, start_server: Callable[..., Server]
+) -> None:
+    path = str(tmp_path / "db.dhruva")
+    server = start_server("--file", path)
+    terminal = Terminal(tmp_path, "--address", server.socket)
+    terminal.read_until(PROMPT)
+    terminal.type("old = connection; from dhruva.client_storage import ClientStorage\n")
+    terminal.read_until(PROMPT)
+    terminal.type(f"mine = ClientStorage({server.socket!r})\n")
+    terminal.read_until(PROMPT)
+    stop(server)
+    server = start_server("--file", path)
+    terminal.type("connection.abort()\n")
+    assert "reconnected" in terminal.read_until(PROMPT)
+    terminal.type("root['new'] = 1\n")
+    terminal.read_until(PROMPT)
+
+    terminal.type("old.abort()\n")  # the old connection was closed at the reconnect
+    shown = terminal.read_until(PROMPT)
+    assert "this connection is closed" in shown and "reconnect" not in shown
+    terminal.type("mine.get_size()\n")  # the user's own storage: theirs to handle
+    shown = terminal.read_until(PROMPT)
+    assert "ServerConnectionError" in shown and "reconnect" not in shown
+    terminal.type("print('changed:', len(connection.changed))\n")
+    assert "changed: 1" in terminal.read_until(PROMPT)  # the new connection's change is kept
+    terminal.type("\x04")
+    terminal.read_until(PROMPT)  # the uncommitted-changes warning
+    terminal.type("\x04")
+    assert terminal.wait() == 0
+    stop(server)

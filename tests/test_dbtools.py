@@ -468,7 +468,135 @@ def test_current_table_dense_and_sparse_oids_give_the_same_answers() -> None:
         )
         reachable = table.reachable()
         by_oid = {oid: slot for slot, oid in present.items()}
-        assert sum(reachable) == 4
+        assert reachable.count() == 4
         orphan = by_oid[int8_to_str(numbers[-1] + 1)]
-        assert not reachable[orphan] and table.class_name(orphan) == "Orphan"
+        assert orphan not in reachable and table.class_name(orphan) == "Orphan"
         assert table.sizes[by_oid[int8_to_str(numbers[-1])]] == 7
+
+
+# --- bounded memory (TOOL-008) --------------------------------------------------------------
+
+THING_DATA = b"P" + pickle.dumps(Thing, 5) + pickle.dumps({}, 5)
+
+
+def make_graph(path: Path, numbers: list[int], commits: int = 1) -> None:
+    """A root referencing every other oid of ``numbers`` (one chain each), in ``commits`` parts."""
+    with FileStorage(str(path)) as storage:
+        parts = [numbers[1:][i::commits] for i in range(commits)]
+        for part in parts:
+            storage.begin()
+            for n in part:
+                storage.store(int8_to_str(n), THING_DATA, b"")
+            storage.end()
+        # The root last: it references them all and one oid that has no record.
+        store_raw(storage, 0, THING_DATA, [*numbers[1:], max(numbers) + 1])
+        store_raw(storage, numbers[1], THING_DATA, [numbers[2]])  # superseded once
+
+
+@pytest.mark.req("TOOL-008")
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_windowed_walk_finds_what_a_whole_file_scan_finds(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dhruva.tools import dbinspect
+
+    numbers = list(range(40)) if kind == "dense" else [0, 5, 7, 90_000, 200_001]
+    path = tmp_path / f"{kind}.dhruva"
+    make_graph(path, numbers, commits=4)
+    with open(path, "ab") as file:
+        file.write(journal.TXN_TAG + b"\x00" * 30)  # a torn tail after them
+    whole = journal.scan(path.read_bytes(), journal.FILE_HEADER_SIZE, str(path))
+    expected = (run(capsys, "verify", str(path)), run(capsys, "stats", "--json", str(path)))
+    assert expected[0][0] == 1 and "which has no record" in expected[0][1]
+    assert "torn tail" not in expected[0][1] and "not a complete transaction" in expected[0][1]
+
+    # One transaction a window, pages released after every byte and every read.
+    monkeypatch.setattr(dbinspect, "SCAN_WINDOW_BYTES", 1)
+    monkeypatch.setattr(dbinspect, "RELEASE_EVERY_BYTES", 1)
+    monkeypatch.setattr(dbinspect, "RELEASE_EVERY_READS", 1)
+    source = dbinspect.JournalSource(str(path))
+    try:
+        assert source.spans == whole.spans and len(source.spans) == 6
+        assert [issue.kind for issue in source.issues] == ["torn tail"]
+    finally:
+        source.close()
+    assert (run(capsys, "verify", str(path)), run(capsys, "stats", "--json", str(path))) == expected
+    figures = json.loads(expected[1][1])
+    assert figures["objects"] == len(numbers) and figures["reachable"] == len(numbers)
+
+
+@pytest.mark.req("TOOL-008")
+def test_windowed_walk_still_reports_damage_in_the_middle(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dhruva.tools import dbinspect
+
+    path = tmp_path / "damaged.dhruva"
+    make_graph(path, list(range(30)), commits=5)
+    data = bytearray(path.read_bytes())
+    second = journal.scan(bytes(data), journal.FILE_HEADER_SIZE, str(path)).spans[1]
+    data[second.offset + 50] ^= 0xFF
+    path.write_bytes(bytes(data))
+    expected = run(capsys, "verify", str(path))
+    monkeypatch.setattr(dbinspect, "SCAN_WINDOW_BYTES", 1)
+    assert run(capsys, "verify", str(path)) == expected
+    assert expected[0] == 1
+    assert f"at offset {second.offset}: transaction checksum mismatch" in expected[1]
+
+
+@pytest.mark.req("TOOL-008", "TOOL-004")
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+def test_streamed_index_check_finds_stale_and_missing_entries(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    numbers = list(range(12)) if kind == "dense" else [0, 3, 70_000, 150_000]
+    path = tmp_path / f"{kind}.dhruva"
+    make_graph(path, numbers, commits=2)
+    FileStorage(str(path)).close()  # write the index
+    status, out, _err = run(capsys, "verify", str(path))
+    assert status == 1 and out.count("DAMAGE:") == 1  # only the dangling reference
+    index = Path(str(path) + ".index")
+    raw = bytearray(index.read_bytes())
+    struct.pack_into(">Q", raw, _index_entry_position(numbers[-1]), 0)  # missing
+    struct.pack_into(">Q", raw, _index_entry_position(numbers[1]), 104)  # stale
+    index.write_bytes(bytes(raw))
+    status, out, _err = run(capsys, "verify", str(path))
+    assert status == 1
+    assert f"has no entry for oid {numbers[-1]}" in out
+    assert f"the entry of oid {numbers[1]} points at offset 104 but its current record" in out
+
+
+def make_chain(path: Path, count: int) -> None:
+    """Objects 0 (the root) -> 1 -> ... -> count - 1, in transactions of 1000 records."""
+    with FileStorage(str(path)) as storage:
+        for first in range(0, count, 1000):
+            storage.begin()
+            for n in range(first, min(first + 1000, count)):
+                refs = int8_to_str(n + 1) if n + 1 < count else b""
+                storage.store(int8_to_str(n), THING_DATA, refs)
+            storage.end()
+    os.unlink(str(path) + ".index")  # the index check reads the index in fixed chunks
+
+
+@pytest.mark.req("TOOL-008")
+def test_verify_and_stats_keep_a_few_bytes_per_object(tmp_path: Path) -> None:
+    import tracemalloc
+
+    def peak_bytes(tool: Any, path: Path) -> int:
+        tracemalloc.start()
+        try:
+            tool(str(path))
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    small, large = tmp_path / "small.dhruva", tmp_path / "large.dhruva"
+    make_chain(small, 4_000)
+    make_chain(large, 16_000)
+    for tool in (dbtools.verify, dbtools.stats):
+        report = tool(str(large))
+        assert report.objects == 16_000
+        per_object = (peak_bytes(tool, large) - peak_bytes(tool, small)) / 12_000
+        # The table is 20 bytes an object and a bit; a dict or set keyed by
+        # oid, or a RecordInfo an object, would cost 100 bytes or more.
+        assert per_object < 32, (tool.__name__, per_object)

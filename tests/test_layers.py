@@ -91,6 +91,7 @@ LAYERS: dict[str, list[str]] = {
         "dhruva.tools.common",
         "dhruva.tools.config",
         "dhruva.tools.durus_import",
+        "dhruva.tools.oid_table",
         "dhruva.tools.dbinspect",
         "dhruva.tools.dbtools",
         "dhruva.tools.object_browser",

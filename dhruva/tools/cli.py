@@ -26,8 +26,9 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from dhruva.client_storage import ServerConnectionError
 from dhruva.error import AuthenticationError, DhruvaError
 from dhruva.serialize import SERIALIZER_NAMES
 from dhruva.server.address import format_address
@@ -43,6 +44,9 @@ from dhruva.tools.common import (
     open_client,
     settings_from,
 )
+
+if TYPE_CHECKING:
+    from dhruva.connection import Connection
 
 PROG = "dhruva"
 
@@ -307,12 +311,61 @@ def _run_startup(path: str | None, namespace: dict[str, Any]) -> None:
     exec(compile(source, full, "exec"), namespace)
 
 
-class _Console(code.InteractiveConsole):
-    """An InteractiveConsole that stays quiet when standard input is not a terminal."""
+ConnectionFactory = Callable[[], "Connection"]
+"""Opens the console's Connection on a new storage (may raise DhruvaError)."""
 
-    def __init__(self, namespace: dict[str, Any], interactive: bool) -> None:
+
+def _lost_server_error(error: BaseException) -> ServerConnectionError | None:
+    """The ServerConnectionError that ``error`` is or was raised from, if any (TOOL-060).
+
+    The console decides by type, never by message text: a lost server can
+    surface directly (a load, a commit) or as the cause or context of another
+    error (a load inside ``__getattr__`` of a ghost).
+    """
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, ServerConnectionError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class _Console(code.InteractiveConsole):
+    """The ``dhruva -c`` console: quiet without a terminal, and it outlives a server restart.
+
+    Theory of operation (TOOL-060..TOOL-062).  The console's namespace binds
+    ``connection``, ``root`` and ``storage``.  When the code of a line raises
+    :class:`ServerConnectionError` and ``open_connection`` is given (a
+    console on a server), the console first asks its own storage for its
+    size, one harmless round trip.  If that answers, the error came from a
+    storage the user opened, which is theirs: the traceback is shown as for
+    any error.  Otherwise the console's server is gone: the console prints
+    one line saying so, opens a new storage and Connection with the same
+    options, closes the old connection (its objects then raise "this
+    connection is closed" rather than reconnecting again), rebinds the three
+    names, and says how many uncommitted changes were dropped.  The line that
+    failed is not run again: it may have done part of its work.  If the
+    server does not answer yet, one line says so and ``reconnect()`` tries
+    again.
+    """
+
+    def __init__(
+        self,
+        namespace: dict[str, Any],
+        interactive: bool,
+        connection: Connection,
+        where: str,
+        open_connection: ConnectionFactory | None = None,
+    ) -> None:
         super().__init__(namespace)
         self._interactive = interactive
+        self._connection = connection
+        self._where = where
+        self._open_connection = open_connection
+        if open_connection is not None:
+            namespace["reconnect"] = self.reconnect
 
     def raw_input(self, prompt: str = "") -> str:
         if self._interactive:
@@ -321,6 +374,80 @@ class _Console(code.InteractiveConsole):
         if not line:
             raise EOFError
         return line.rstrip("\n")
+
+    def runcode(self, code: Any) -> None:
+        try:
+            exec(code, self.locals)
+        except SystemExit:
+            raise
+        except BaseException as error:
+            lost = _lost_server_error(error)
+            if lost is None or self._open_connection is None:
+                self.showtraceback()
+            elif self._current_storage_answers():
+                # [TOOL-062] A storage of the user's own lost its server, not the
+                # console's: theirs to handle, with the usual traceback.
+                self.showtraceback()
+            else:
+                # [TOOL-060] One line, then reconnect.
+                self.write(f"{PROG}: lost the connection to {self._where}; reconnecting\n")
+                self.reconnect()
+
+    @property
+    def storage(self) -> Storage:
+        """The storage of the console's current connection."""
+        return self._connection.storage
+
+    def _current_storage_answers(self) -> bool:
+        try:
+            self._connection.storage.get_size()
+        except (ServerConnectionError, OSError):
+            return False
+        except DhruvaError:
+            return True  # it answered, if with an error: the server is there
+        return True
+
+    def reconnect(self) -> bool:
+        """Open a new connection to the server and rebind ``connection``, ``root``, ``storage``.
+
+        The console's ``reconnect()`` (TOOL-061): uncommitted changes of the
+        old connection are dropped, and the console says how many.  Returns
+        True when connected; when the server does not answer, prints one line
+        and returns False, leaving the old names bound.
+        """
+        if self._open_connection is None:
+            raise DhruvaError(
+                "this console opened a file, not a server: there is nothing to reconnect"
+            )
+        namespace = self.locals
+        old = self._connection
+        dropped = len(old.changed)
+        try:
+            connection = self._open_connection()
+            try:
+                root = connection.get_root()
+            except BaseException:
+                connection.close()
+                raise
+        except DhruvaError as error:
+            # [TOOL-061] Not back yet (or refusing us): one line, and how to retry.
+            self.write(f"{PROG}: cannot reconnect: {error}\n")
+            self.write("type reconnect() to try again\n")
+            return False
+        try:
+            old.close()
+        except DhruvaError:
+            pass  # its storage is already broken; closing only frees the socket
+        self._connection = connection
+        namespace.update(connection=connection, root=root, storage=connection.storage)
+        namespace["_dhruva_warned_eof"] = False
+        # [TOOL-060] Say what was lost.
+        self.write(
+            f"reconnected to {self._where}; {dropped} uncommitted changes were dropped;"
+            " connection and root are new: fetch objects kept in other variables again"
+            " from root\n"
+        )
+        return True
 
 
 UNCOMMITTED_WARNING = (
@@ -403,6 +530,8 @@ def run_console(args: argparse.Namespace) -> int:
     from dhruva.connection import Connection
 
     storage: Storage
+    reopen: Callable[[], Storage] | None = None
+    console: _Console | None = None
     if getattr(args, "postgres", None):
         storage = open_postgres_storage(args.postgres, readonly=args.readonly)
         where = f"PostgreSQL {storage!r}"
@@ -415,6 +544,14 @@ def run_console(args: argparse.Namespace) -> int:
         settings = settings_from(args)
         storage = connect_client(settings)
         where = f"the server at {format_address(settings.server_address())}"
+
+        def reopen() -> Storage:
+            # [TOOL-060] The same address, TLS and secret as the first time.
+            try:
+                return open_client(settings)
+            except dconfig.ConfigError as error:
+                raise DhruvaError(str(error)) from None
+
     try:
         options: dict[str, Any] = {}
         if args.cache_size is not None:
@@ -439,8 +576,21 @@ def run_console(args: argparse.Namespace) -> int:
             "root": root,
             "storage": storage,
         }
-        _run_startup(args.startup, namespace)
+        open_connection: ConnectionFactory | None = None
+        if reopen is not None:
+            open_storage = reopen
+
+            def open_connection() -> Connection:
+                new_storage = open_storage()
+                try:
+                    return Connection(new_storage, **options)
+                except BaseException:
+                    new_storage.close()
+                    raise
+
         interactive = sys.stdin.isatty()
+        console = _Console(namespace, interactive, connection, where, open_connection)
+        _run_startup(args.startup, namespace)
         if interactive:
             _enable_completion(namespace)
         banner = (
@@ -448,7 +598,6 @@ def run_console(args: argparse.Namespace) -> int:
             "    root is the root object, connection its Connection:\n"
             "    connection.commit() writes your changes, connection.abort() drops them."
         )
-        console = _Console(namespace, interactive)
         history = _load_history() if interactive else None
         try:
             # [CLI-030] Nothing is committed on exit: the console never writes on its own.
@@ -456,7 +605,9 @@ def run_console(args: argparse.Namespace) -> int:
         finally:
             _save_history(history)
     finally:
-        storage.close()
+        # The storage the console ends with: the first, or the last reconnect's
+        # (each reconnect closed the one before).
+        (console.storage if console is not None else storage).close()
     return 0
 
 

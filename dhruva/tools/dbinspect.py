@@ -21,6 +21,7 @@ import mmap
 import os
 import pickletools
 import sqlite3
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,11 +31,20 @@ from dhruva.error import CorruptionError, DhruvaError
 from dhruva.record_class import msgspec_class_name as _msgspec_class_name
 from dhruva.record_class import pickle_class_name as _pickle_class_name
 from dhruva.tools.durus_import import detect_durus_format
-from dhruva.utils import int8_to_str, iter_oids, str_to_int8
+from dhruva.tools.oid_table import Bitmap, OidSlots
+from dhruva.utils import iter_oids, str_to_int8
 
 KIND_FILE = "dhruva data file"
 KIND_SQLITE = "dhruva SQLite database"
 SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+RELEASE_EVERY_BYTES = 8 << 20
+"""A sequential walk of a mapped data file releases the pages behind it every this many bytes."""
+SCAN_WINDOW_BYTES = 8 << 20
+"""The first scan of a data file reads it in windows of this many bytes (at least)."""
+RELEASE_EVERY_READS = 1024
+"""Random reads of a mapped data file release its pages every this many reads."""
 
 
 class ToolError(DhruvaError):
@@ -94,6 +104,9 @@ class RecordInfo:
     time_us: int | None = None
     offset: int | None = None
     txn_offset: int | None = None
+    #: False when the record's bytes failed their checks, so ``refs`` is empty
+    #: because the references could not be trusted, not because there are none.
+    refs_readable: bool = True
 
     def as_json(self) -> dict[str, Any]:
         """The JSON-lines form of ``dhruva dump --json`` (TOOL-020)."""
@@ -166,9 +179,11 @@ class JournalSource:
         self.version = journal.MAJOR_VERSION
         self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
         self._map: mmap.mmap | None = None
+        self._reads = 0
         if self.size:
             self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
         self._scan()
+        self._release_pages(0, self.size)
 
     @property
     def buf(self) -> bytes | mmap.mmap:
@@ -189,13 +204,7 @@ class JournalSource:
         view = memoryview(buf)
         try:
             try:
-                result = journal.scan(
-                    view,
-                    journal.FILE_HEADER_SIZE,
-                    self.path,
-                    version=self.version,
-                    committed_end=committed_end,
-                )
+                result = self._scan_in_windows(view, committed_end)
             except CorruptionError as exc:
                 # [TOOL-002] Damage before the last valid commit: say where and why.
                 self.issues.append(Issue("damage", "journal", str(exc)))
@@ -222,6 +231,76 @@ class JournalSource:
         finally:
             view.release()
         self.spans = result.spans
+
+    def _scan_in_windows(self, view: memoryview, committed_end: int) -> journal.ScanResult:
+        """Scan the file as :func:`journal.scan` would, with its pages released as it goes.
+
+        [TOOL-008] One scan of the whole mapping would leave every page of
+        the file resident.  This scans it in windows of about
+        ``SCAN_WINDOW_BYTES`` that end at a transaction boundary (found by
+        hopping from header to header by their lengths; at least one
+        transaction a window), and releases each window's pages before the
+        next.  A window that scans clean is a prefix of what the whole-file
+        scan finds.  Everything from the first window that does not scan
+        clean, or from the first header the hop cannot follow (a bad tag, a
+        length past the end of the file), is scanned in one piece to the end
+        of the file, with the index's committed offset: so the last scan
+        alone decides, exactly as the whole-file scan does, whether bytes
+        after the last valid transaction are a torn tail or damage (a window
+        is scanned with ``repair=True``, so that it never decides).
+        """
+        position = journal.FILE_HEADER_SIZE
+        spans: list[journal.TxnSpan] = []
+        last_tid = 0
+        while True:
+            end = self._window_end(view, position)
+            if end == position:
+                break
+            # repair=True: a window never raises; its tail only ends the windows.
+            part = journal.scan(
+                view[position:end],
+                position,
+                self.path,
+                last_tid=last_tid,
+                repair=True,
+                base=position,
+                version=self.version,
+            )
+            spans.extend(part.spans)
+            if part.spans:
+                last_tid = part.spans[-1].tid
+            self._release_pages(position, part.end)
+            position = part.end
+            if part.tail is not None:
+                break
+        last = journal.scan(
+            view[position:],
+            position,
+            self.path,
+            last_tid=last_tid,
+            base=position,
+            version=self.version,
+            committed_end=committed_end,
+        )
+        return last._replace(spans=spans + last.spans)
+
+    def _window_end(self, view: memoryview, position: int) -> int:
+        """The end of the last whole transaction that ends within a window from ``position``.
+
+        At least one transaction, if its header can be followed; ``position``
+        itself when it cannot (the last scan then starts there), and never the
+        end of the file (the last scan must reach it).
+        """
+        end = position
+        while end + journal.TXN_HEADER_SIZE <= self.size:
+            header = journal.TxnHeader.unpack_from(view, end)
+            following = end + header.length
+            if header.tag != journal.TXN_TAG or following >= self.size:
+                break
+            if end > position and following - position > SCAN_WINDOW_BYTES:
+                break
+            end = following
+        return end
 
     def _index_covered_offset(self) -> int:
         """Return the offset ``PATH.index`` covers (0 without a usable index of this file)."""
@@ -254,7 +333,12 @@ class JournalSource:
         """
         buf = self.buf
         version = self.version
+        released = 0
         for span in self.spans:
+            if span.offset - released >= RELEASE_EVERY_BYTES:
+                # [TOOL-008] The pages walked past are not needed again.
+                self._release_pages(released, span.offset)
+                released = span.offset
             position = span.offset + journal.TXN_HEADER_SIZE
             body_end = span.end - journal.TXN_TRAILER_SIZE
             while position < body_end:
@@ -276,23 +360,66 @@ class JournalSource:
                 except CorruptionError as exc:
                     info = RecordInfo(header.oid, header.data_length, b"", header.size, **where)
                     info.error = exc.reason
+                    info.refs_readable = False
                 else:
                     info = _info(record.oid, record.data, record.refs, header.size, **where)
                 yield info
                 position += header.size
+                if position - released >= RELEASE_EVERY_BYTES:
+                    self._release_pages(released, position)
+                    released = position
+        self._release_pages(0, self.size)
 
-    def _record_offsets(self, spans: Sequence[journal.TxnSpan]) -> dict[bytes, int]:
-        """Return oid -> offset of its last record within ``spans``."""
-        found: dict[bytes, int] = {}
+    def current_refs(self, oid: bytes, offset: int) -> bytes:
+        """Return the references of the record at ``offset`` (one :meth:`records` yielded).
+
+        Used by verify and stats, which keep offsets rather than references
+        (TOOL-008); the record's checks passed when :meth:`records` read it.
+        Every ``RELEASE_EVERY_READS`` reads the mapped pages are released, so
+        that a walk over the whole file does not keep all of it resident.
+        """
         buf = self.buf
+        header = journal.RecordHeader.unpack_from(buf, offset, self.version)
+        start = offset + header.header_size + header.data_length
+        refs = bytes(buf[start : start + 8 * header.ref_count])
+        self._reads += 1
+        if self._reads % RELEASE_EVERY_READS == 0:
+            self._release_pages(0, self.size)
+        return refs
+
+    def _release_pages(self, start: int, end: int) -> None:
+        """Drop the mapped pages of ``[start, end)`` from this process's memory (TOOL-008).
+
+        The mapping is read-only and shared, so a page dropped here is read
+        again from the file (or the page cache) if it is needed again: this
+        changes what is resident, never what is read.  Without
+        ``madvise(MADV_DONTNEED)`` (not Linux or BSD) it does nothing.
+        """
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if self._map is None or advice is None:
+            return
+        first = start - start % mmap.PAGESIZE
+        length = min(end, self.size) - first
+        if length > 0:
+            self._map.madvise(advice, first, length)
+
+    def _record_headers(
+        self, spans: Sequence[journal.TxnSpan]
+    ) -> Iterator[tuple[int, journal.RecordHeader]]:
+        """Yield ``(offset, header)`` of every record within ``spans``, releasing pages behind."""
+        buf = self.buf
+        released = spans[0].offset if spans else 0
         for span in spans:
             position = span.offset + journal.TXN_HEADER_SIZE
             body_end = span.end - journal.TXN_TRAILER_SIZE
             while position < body_end:
                 header = journal.RecordHeader.unpack_from(buf, position, self.version)
-                found[header.oid] = position
+                yield position, header
                 position += header.size
-        return found
+            if span.end - released >= RELEASE_EVERY_BYTES:
+                self._release_pages(released, span.end)
+                released = span.end
+        self._release_pages(0, self.size)
 
     def check_index(self) -> list[Issue]:
         """Compare ``PATH.index`` with the scan (TOOL-004)."""
@@ -339,26 +466,41 @@ class JournalSource:
                     "rebuilds it (RCV-031)",
                 )
             ]
-        expected = self._record_offsets(covered_spans)
-        tail = self._record_offsets([span for span in self.spans if span.end > covered])
+        # [TOOL-008] Streamed, in a few numbers and bits per oid: the offset
+        # of each oid's last record the index covers, whether it has a record
+        # past the covered offset, and whether the index has an entry for it.
+        expected: list[array[int]] = []
+        in_tail = Bitmap()
+        slots = OidSlots(present=lambda slot: expected[0][slot] >= 0 or slot in in_tail)
+        expected.append(slots.column("q", -1))
+        last_offsets = expected[0]
+        for position, header in self._record_headers(covered_spans):
+            last_offsets[slots.make(str_to_int8(header.oid))] = position
+        tail_spans = [span for span in self.spans if span.end > covered]
+        for _position, header in self._record_headers(tail_spans):
+            in_tail.add(slots.make(str_to_int8(header.oid)))
         issues: list[Issue] = []
-        seen: set[bytes] = set()
+        seen = Bitmap(len(slots))
         for number, offset in disk.iter_entries():
-            oid = int8_to_str(number)
-            seen.add(oid)
+            slot = slots.find(number)
+            if slot is not None:
+                seen.add(slot)
             if offset >= covered:
-                if oid not in tail:
+                if slot is None or slot not in in_tail:
                     issues.append(self._stale(index_path, number, offset, None))
                 continue
-            if expected.get(oid) != offset:
-                issues.append(self._stale(index_path, number, offset, expected.get(oid)))
-        for oid, offset in expected.items():
-            if oid not in seen:
+            current = last_offsets[slot] if slot is not None else -1
+            if current != offset:
+                shown = current if current >= 0 else None
+                issues.append(self._stale(index_path, number, offset, shown))
+        for slot in slots.iter_slots():
+            offset = last_offsets[slot]
+            if offset >= 0 and slot not in seen:
                 issues.append(
                     Issue(
                         "damage",
                         "index",
-                        f"{index_path} has no entry for oid {str_to_int8(oid)} "
+                        f"{index_path} has no entry for oid {slots.number(slot)} "
                         f"(its current record is at offset {offset}); delete the index to "
                         "rebuild it",
                     )
@@ -423,6 +565,10 @@ class SqliteSource:
         for oid in sorted(self.storage.iter_oids()):
             record = self.storage.load(oid)
             yield _info(oid, record.data, record.refs, len(record.data) + len(record.refs))
+
+    def current_refs(self, oid: bytes, offset: int) -> bytes:
+        """Return the references of the current record of ``oid`` (``offset`` is unused)."""
+        return bytes(self.storage.load(oid).refs)
 
     def check_index(self) -> list[Issue]:
         return []

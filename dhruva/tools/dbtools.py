@@ -40,6 +40,7 @@ from dhruva.tools.dbinspect import (
     open_source,
 )
 from dhruva.tools.durus_import import DurusImportError, import_durus
+from dhruva.tools.oid_table import Bitmap, OidSlots
 from dhruva.utils import ROOT_OID, int8_to_str, iter_oids, str_to_int8
 
 BACKENDS = ("file", "file2", "sqlite", "postgres")
@@ -117,63 +118,44 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+NO_RECORD = -1
+"""The offset column's value for a slot without a current record."""
+UNREADABLE_REFS = -2
+"""The offset column's value for a current record whose bytes failed their checks."""
+
+
 class _CurrentTable:
-    """The current record of every oid, kept compactly while a file is walked.
+    """The current record of every oid, kept in a few numbers per object (TOOL-008).
 
-    ``verify`` and ``stats`` need, per object, only its current record's
-    size, class and reference list.  Keeping a :class:`RecordInfo` per oid
-    cost ~750 bytes an object (748 MB peak for 1M objects); this table keeps
-    parallel arrays: the size (-1 for an oid without a record), an index
-    into the list of class names, and where the references start in one byte
-    array -- about 28 bytes an object plus 8 per reference.  Records are
-    walked one at a time and dropped; a superseded record's references stay
-    in the byte array until the walk ends.
-
-    Oids are dense in practice (``new_oid`` counts up), so a slot is the oid's
-    number and no dict is needed.  An oid far beyond the others (a sparse
-    file) switches the table to a dict from oid to slot, so memory follows
-    the number of objects, never the largest oid.
+    ``verify`` and ``stats`` need, per object, its current record's size,
+    class and references.  The table keeps three columns of an
+    :class:`OidSlots` table: where the current record is (its offset in a
+    data file, 0 for a SQLite database whose records are found by oid; or
+    ``NO_RECORD``, or ``UNREADABLE_REFS`` for a record whose bytes failed
+    their checks), its size, and an index into the list of class names --
+    20 bytes an object.  References are not kept: :meth:`refs` reads them
+    again from the source when the dangling check and the reachability walk
+    need them, so memory does not follow the number of references or the
+    size of the file.
     """
 
-    def __init__(self) -> None:
-        self._slot: dict[int, int] | None = None  # None: slot == oid number
-        self._numbers = array("q")
-        self.sizes = array("q")
-        self._class_of = array("l")
-        self._refs_start = array("q")
-        self._refs_count = array("l")
-        self._refs = bytearray()
+    def __init__(self, source: Source | None = None) -> None:
+        self._source = source
+        self._slots = OidSlots(present=self._present)
+        self._offsets = self._slots.column("q", NO_RECORD)
+        self.sizes = self._slots.column("q", -1)
+        self._class_of = self._slots.column("i", 0)
         self._count = 0
         self.class_names: list[str] = []
         self._class_index: dict[str, int] = {}
+        self._refs_of: dict[int, bytes] = {}  # only without a source (tests)
 
-    def _append_slot(self, number: int) -> int:
-        self._numbers.append(number)
-        self.sizes.append(-1)
-        self._class_of.append(0)
-        self._refs_start.append(0)
-        self._refs_count.append(0)
-        return len(self.sizes) - 1
+    def _present(self, slot: int) -> bool:
+        return self._offsets[slot] != NO_RECORD
 
     def _find(self, number: int) -> int | None:
-        if self._slot is None:
-            return number if number < len(self.sizes) and self.sizes[number] >= 0 else None
-        return self._slot.get(number)
-
-    def _make(self, number: int) -> int:
-        if self._slot is None:
-            if number < len(self.sizes):
-                return number
-            if number <= 2 * len(self.sizes) + (1 << 16):
-                while len(self.sizes) <= number:
-                    self._append_slot(len(self.sizes))
-                return number
-            # Sparse: map the present oids to their slots from now on.
-            self._slot = {n: slot for slot, n in enumerate(self._numbers) if self.sizes[slot] >= 0}
-        slot = self._slot.get(number)
-        if slot is None:
-            slot = self._slot[number] = self._append_slot(number)
-        return slot
+        slot = self._slots.find(number)
+        return slot if slot is not None and self._offsets[slot] != NO_RECORD else None
 
     def add(self, info: RecordInfo) -> None:
         name = info.class_name or "<undecodable>"
@@ -181,14 +163,17 @@ class _CurrentTable:
         if index is None:
             index = self._class_index[name] = len(self.class_names)
             self.class_names.append(name)
-        slot = self._make(str_to_int8(info.oid))
-        if self.sizes[slot] < 0:
+        slot = self._slots.make(str_to_int8(info.oid))
+        if self._offsets[slot] == NO_RECORD:
             self._count += 1
+        if info.refs_readable:
+            self._offsets[slot] = info.offset if info.offset is not None else 0
+        else:
+            self._offsets[slot] = UNREADABLE_REFS
         self.sizes[slot] = info.size
         self._class_of[slot] = index
-        self._refs_start[slot] = len(self._refs)
-        self._refs_count[slot] = len(info.refs) // 8
-        self._refs += info.refs
+        if self._source is None:
+            self._refs_of[slot] = info.refs
 
     def __len__(self) -> int:
         return self._count
@@ -198,31 +183,41 @@ class _CurrentTable:
 
     def slots(self) -> Iterator[tuple[int, bytes]]:
         """Yield ``(slot, oid)`` of every present object."""
-        sizes = self.sizes
-        for slot, number in enumerate(self._numbers):
-            if sizes[slot] >= 0:
-                yield slot, int8_to_str(number)
+        number = self._slots.number
+        for slot in self._slots.iter_slots():
+            yield slot, int8_to_str(number(slot))
 
     def class_name(self, slot: int) -> str:
         return self.class_names[self._class_of[slot]]
 
     def refs(self, slot: int) -> Iterator[bytes]:
-        start = self._refs_start[slot]
-        return iter_oids(bytes(self._refs[start : start + 8 * self._refs_count[slot]]))
+        """The references of the slot's current record, read again from the source."""
+        offset = self._offsets[slot]
+        if offset == UNREADABLE_REFS:
+            return iter(())
+        if self._source is None:
+            return iter_oids(self._refs_of.get(slot, b""))
+        oid = int8_to_str(self._slots.number(slot))
+        return iter_oids(self._source.current_refs(oid, offset))
 
-    def reachable(self) -> bytearray:
-        """Return one byte per slot: 1 when reachable from the root through current records."""
-        seen = bytearray(len(self.sizes))
+    def reachable(self) -> Bitmap:
+        """Return the slots reachable from the root through current records.
+
+        The walk keeps one bit per slot and a stack of slot numbers; each
+        slot is pushed at most once (it is marked when pushed).
+        """
+        seen = Bitmap(len(self._slots))
         root = self._find(0)
-        todo = [] if root is None else [root]
+        if root is None:
+            return seen
+        seen.add(root)
+        todo = array("q", [root])
         while todo:
             slot = todo.pop()
-            if seen[slot]:
-                continue
-            seen[slot] = 1
             for ref in self.refs(slot):
                 target = self._find(str_to_int8(ref))
-                if target is not None and not seen[target]:
+                if target is not None and target not in seen:
+                    seen.add(target)
                     todo.append(target)
         return seen
 
@@ -230,7 +225,7 @@ class _CurrentTable:
 def _current_records(
     source: Source, on_record: Callable[[RecordInfo], None] | None = None
 ) -> _CurrentTable:
-    current = _CurrentTable()
+    current = _CurrentTable(source)
     for info in source.records():
         if on_record is not None:
             on_record(info)
@@ -282,7 +277,7 @@ def verify(path: str, progress: Callable[[int, int], None] | None = None) -> Ver
             report.issues.append(
                 Issue("damage", "root", "the database has objects but no root (oid 0)")
             )
-        report.unreachable = len(current) - sum(current.reachable())
+        report.unreachable = len(current) - current.reachable().count()
         report.issues.extend(source.check_index())
         return report
     finally:
@@ -391,12 +386,12 @@ def stats(path: str) -> Stats:
         current = _current_records(source, count)
         reachable = current.reachable()
         result.objects = len(current)
-        result.reachable = sum(reachable)
+        result.reachable = reachable.count()
         current_bytes = 0
         for slot, _oid in current.slots():
             size = current.sizes[slot]
             current_bytes += size
-            if reachable[slot]:
+            if slot in reachable:
                 result.live_bytes += size
             else:
                 result.unreachable_bytes += size
