@@ -1,9 +1,9 @@
 """Conflicts of a read-heavy mixed workload: Durus's model vs snapshots (issue 11).
 
 Four client processes share one storage server (FileStorage, durable).  Each
-runs transactions over 300 items: 90 % read-only (sum 20 random items), 10 %
-writes (read 5 random items, add 1 to one of them), retrying every
-conflict.  Three ways of running the same clients:
+runs transactions over 2000 items with a cache of 200 objects: 80 %
+read-only (sum 50 random items), 20 % writes (read 5 random items, add 1 to
+one of them), retrying every conflict.  Three ways of running the same clients:
 
 * ``durus-model``: the client does not ask for snapshots (as a Durus-era
   client): a load of an object another client changed during the
@@ -37,10 +37,12 @@ from dhruva.persistent import Persistent
 from dhruva.persistent_list import PersistentList
 from dhruva.server.storage_server import StorageServer
 
-ITEMS = 300
-READS_PER_AUDIT = 20
+ITEMS = 2000
+READS_PER_AUDIT = 50
 READS_PER_WRITE = 5
-WRITE_SHARE = 0.1
+WRITE_SHARE = 0.2
+#: Small, so that transactions load objects (Durus's read conflicts happen on loads).
+CACHE_SIZE = 200
 MODES = ("durus-model", "serializable", "snapshot")
 
 
@@ -53,7 +55,7 @@ def _client(args: tuple[str, Any, int, int]) -> dict[str, int]:
     mode, address, transactions, seed = args
     storage = ClientStorage(address, snapshots=mode != "durus-model")
     isolation = "snapshot" if mode == "snapshot" else "serializable"
-    connection = Connection(storage, isolation=isolation)
+    connection = Connection(storage, cache_size=CACHE_SIZE, isolation=isolation)
     rng = random.Random(seed)
     counts = {"load_read_conflicts": 0, "commit_read_conflicts": 0, "write_conflicts": 0}
     counts["failed_audits"] = 0
