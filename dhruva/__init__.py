@@ -14,6 +14,7 @@ from dhruva.error import (
     DhruvaKeyError,
     ProtocolError,
     ReadConflictError,
+    SerializationConflictError,
     SnapshotTooOldError,
     WriteConflictError,
 )
@@ -42,6 +43,7 @@ __all__ = [
     "PersistentSet",
     "ProtocolError",
     "ReadConflictError",
+    "SerializationConflictError",
     "SnapshotTooOldError",
     "Storage",
     "TempFileStorage",

@@ -78,6 +78,7 @@ from dhruva.error import (
     DhruvaKeyError,
     InvalidObjectReference,
     ReadConflictError,
+    SerializationConflictError,
     SerializationError,
     SnapshotTooOldError,
     WriteConflictError,
@@ -562,7 +563,13 @@ class Connection:
                 reads = [oid for oid in self.get_read_oids() if oid not in self._changed]
                 if reads:
                     storage.note_reads(reads)
-            storage.end()
+            try:
+                storage.end()
+            except ReadConflictError as conflict:
+                if isinstance(conflict, (WriteConflictError, SnapshotTooOldError)):
+                    raise
+                # [CONN-043] A stale read found at commit: both kinds, as Durus.
+                raise SerializationConflictError(conflict.oids) from conflict
         except BaseException:
             storage.abort_transaction()
             raise

@@ -75,6 +75,16 @@ class ReadConflictError(ConflictError):
     """An object was loaded after another client changed it during this transaction."""
 
 
+class SerializationConflictError(WriteConflictError, ReadConflictError):
+    """A commit refused because objects it *read* were changed since its snapshot.
+
+    Raised by ``Connection.commit()`` in serializable isolation (spec
+    CONN-043); ``oids`` names the objects read.  It is a ReadConflictError,
+    which is what happened, and a WriteConflictError, which is what Durus
+    raises at commit in this case, so handlers written for either catch it.
+    """
+
+
 class ProtocolError(DhruvaError):
     """A peer sent bytes that break the wire protocol (spec: wire protocol)."""
 
