@@ -905,6 +905,12 @@ class Connection:
         self._storage.pack()
 
     def get_transaction_serial(self) -> int:
+        """Return the number of the current transaction (it grows at every commit and abort)."""
+        return self._transaction_serial
+
+    @property
+    def transaction_serial(self) -> int:
+        """Durus's attribute for :meth:`get_transaction_serial` (read-only here)."""
         return self._transaction_serial
 
     def get_crawler(self, start_oid: bytes = ROOT_OID, batch_size: int = 100) -> Iterator[Any]:
