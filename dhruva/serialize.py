@@ -127,17 +127,23 @@ class Serializer:
 # -- pickle ------------------------------------------------------------------------------
 
 
-class _RecordPickler(pickle.Pickler):
-    """A pickler whose persistent ids are persistent objects (OBJ-004)."""
+def persistent_id_function(reference: Reference) -> Callable[[Any], Any]:
+    """The ``persistent_id`` of a record pickler: ``reference(obj)`` for persistent objects.
 
-    def __init__(self, file: io.BytesIO, reference: Reference) -> None:
-        super().__init__(file, protocol=PICKLE_PROTOCOL)
-        self._reference = reference
+    Persistent objects become persistent ids (OBJ-004).
+    The pickler calls it for every object it writes (every int and str of
+    every state), so it is a function with its names bound as defaults
+    rather than a method of a Pickler subclass; and a plain pickler that
+    takes it as an attribute is built by the C constructor alone, without a
+    Python ``__init__``.
+    """
 
-    def persistent_id(self, obj: Any) -> Any:
-        if not isinstance(obj, PersistentBase):
-            return None
-        return self._reference(obj)
+    def persistent_id(obj: Any, _isinstance: Any = isinstance, _base: type = PersistentBase) -> Any:
+        if _isinstance(obj, _base):
+            return reference(obj)
+        return None
+
+    return persistent_id
 
 
 def check_persistent_id(pid: Any) -> tuple[bytes, type]:
@@ -304,7 +310,9 @@ class PickleSerializer(Serializer):
         # the largest memo seen so far, which a big container makes huge.
         file = io.BytesIO()
         file.write(PICKLE_CODE)
-        pickler = _RecordPickler(file, reference)
+        pickler = pickle.Pickler(file, PICKLE_PROTOCOL)
+        # The C Pickler takes persistent_id as an instance attribute.
+        pickler.persistent_id = persistent_id_function(reference)  # type: ignore[method-assign]
         pickler.dump(cls)
         pickler.dump(state)
         return file.getvalue()
