@@ -202,8 +202,8 @@ class Connection:
             weakref.WeakValueDictionary()
         )
         self._loaded: dict[bytes, PersistentBase] = {}
-        # Record sizes of the loaded objects, for the byte bound of the cache.
-        self._sizes: dict[bytes, int] = {}
+        # The record sizes of the loaded objects, for the byte bound of the
+        # cache; each object keeps its own in ``_p_size`` (0 when not counted).
         self._loaded_bytes = 0
         self._cache_bytes: int | None = None
         self.set_cache_bytes(cache_bytes)
@@ -412,9 +412,8 @@ class Connection:
         self._loaded[oid] = obj
         self._reads.append(obj)
         size = len(data)
-        sizes = self._sizes
-        self._loaded_bytes += size - sizes.get(oid, 0)
-        sizes[oid] = size
+        self._loaded_bytes += size - _getattribute(obj, "_p_size")
+        _setattr(obj, "_p_size", size)
         self._load_count += 1
 
     def note_change(self, obj: PersistentBase) -> None:
@@ -502,10 +501,7 @@ class Connection:
                 raise
         objects = self._objects
         loaded = self._loaded
-        sizes = self._sizes
-        for oid, data, _refs in records:
-            self._loaded_bytes += len(data) - sizes.get(oid, 0)
-            sizes[oid] = len(data)
+        sizes = {oid: len(data) for oid, data, _refs in records}
         serial = self._transaction_serial
         written: list[PersistentBase] = list(self._changed.values())
         for obj in writer.attached:
@@ -518,6 +514,9 @@ class Connection:
             _setattr(obj, "_p_serial", serial)
             written_oid = obj._p_oid
             assert written_oid is not None
+            size = sizes[written_oid]
+            self._loaded_bytes += size - obj._p_size
+            _setattr(obj, "_p_size", size)
             loaded[written_oid] = obj
         self._changed.clear()
         self._transaction_serial += 1
@@ -665,7 +664,8 @@ class Connection:
         obj._p_set_status_ghost()
         if oid is not None:
             self._loaded.pop(oid, None)
-            self._loaded_bytes -= self._sizes.pop(oid, 0)
+        self._loaded_bytes -= obj._p_size
+        _setattr(obj, "_p_size", 0)
 
     def _sync(self) -> None:
         invalid = self._storage.sync()
@@ -729,7 +729,6 @@ class Connection:
         if not self._over_limit():
             return
         loaded = self._loaded
-        sizes = self._sizes
         changed = self._changed
         for oid, obj in list(loaded.items()):
             if not self._over_limit():
@@ -738,7 +737,8 @@ class Connection:
                 continue
             obj._p_set_status_ghost()
             del loaded[oid]
-            self._loaded_bytes -= sizes.pop(oid, 0)
+            self._loaded_bytes -= obj._p_size
+            _setattr(obj, "_p_size", 0)
 
     # -- misc ------------------------------------------------------------------------
 
@@ -778,7 +778,6 @@ class Connection:
         self._closed = True
         self._changed.clear()
         self._loaded.clear()
-        self._sizes.clear()
         self._loaded_bytes = 0
         self._storage.close()
 
