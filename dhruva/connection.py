@@ -88,6 +88,7 @@ from dhruva.serialize import (
     ObjectReader,
     ObjectWriter,
     Serializer,
+    check_record_class,
     reading_registry,
     select_serializer,
 )
@@ -95,6 +96,7 @@ from dhruva.storage import CAP_BLOBS, CAP_SNAPSHOTS, Record, Storage
 from dhruva.utils import ROOT_OID, int8_to_str, str_to_int8
 
 _setattr = object.__setattr__
+_getattribute = object.__getattribute__
 
 ROOT_WAIT_S = 10.0
 """How long get_root() waits for another client's commit of a new root."""
@@ -220,8 +222,8 @@ class Connection:
             weakref.WeakValueDictionary()
         )
         self._loaded: dict[bytes, PersistentBase] = {}
-        # Record sizes of the loaded objects, for the byte bound of the cache.
-        self._sizes: dict[bytes, int] = {}
+        # The record sizes of the loaded objects, for the byte bound of the
+        # cache; each object keeps its own in ``_p_size`` (0 when not counted).
         self._loaded_bytes = 0
         self._cache_bytes: int | None = None
         self.set_cache_bytes(cache_bytes)
@@ -327,13 +329,18 @@ class Connection:
             record = self._load_record(oid)
         except DhruvaKeyError:
             return None
+        data = record.data
+        # One decoder pass gives the class and the state.  A reference in
+        # the state back to this oid made its ghost meanwhile, and get_ghost
+        # returns that one, so the cycle keeps its identity.
         try:
-            cls = self._reader.get_class(record.data)
+            cls, state = self._reader.get_class_and_state(data)
+            cls = check_record_class(cls)
         except SerializationError as exc:
             exc.add_note(f"while loading the object with oid {str_to_int8(oid)}")
             raise
         obj = self.get_ghost(oid, cls)
-        self._install_state(obj, record.data)
+        self._set_state(obj, oid, data, state)
         return obj
 
     def __getitem__(self, oid: bytes | int) -> Any:
@@ -357,10 +364,14 @@ class Connection:
 
     def load_state(self, obj: PersistentBase) -> None:
         """Load the committed state of the ghost ``obj`` (called on first access)."""
-        oid = obj._p_oid
+        # The hot path of every cold read: slots are read without the ghost
+        # class's __getattribute__, and a snapshot storage is asked directly.
+        oid = _getattribute(obj, "_p_oid")
         assert oid is not None
-        record = self._load_record(oid)
-        self._install_state(obj, record.data)
+        # [CONN-040] A snapshot storage answers as of the snapshot: no read conflict.
+        storage = self._storage
+        record = storage.load(oid) if self._snapshots else self._load_record(oid)
+        self._install_state(obj, record.data, oid)
 
     def _load_record(self, oid: bytes) -> Record:
         """Load ``oid``'s record, resolving a read conflict when it is safe to.
@@ -394,16 +405,23 @@ class Connection:
                 raise
             return self._storage.load(oid)
 
-    def _install_state(self, obj: PersistentBase, data: bytes) -> None:
-        # The class was fixed when the ghost was made; the record's copy of it
-        # is read only to reach the state.
+    def _install_state(self, obj: PersistentBase, data: bytes, oid: bytes | None = None) -> None:
+        """Decode ``data`` and make it the state of the ghost ``obj`` (of oid ``oid``)."""
+        # The class was fixed when the ghost was made; only the state is
+        # decoded (one unpickler pass over the state pickle).
+        if oid is None:
+            oid = _getattribute(obj, "_p_oid")
+            assert oid is not None
         try:
-            _cls, state = self._reader.get_class_and_state(data)
+            state = self._reader.get_state(data)
         except SerializationError as exc:
-            exc.add_note(f"while loading the object with oid {obj._p_format_oid()}")
+            exc.add_note(f"while loading the object with oid {str_to_int8(oid)}")
             raise
-        real = type(obj)._p_class
-        _setattr(obj, "__class__", real)
+        self._set_state(obj, oid, data, state)
+
+    def _set_state(self, obj: PersistentBase, oid: bytes, data: bytes, state: Any) -> None:
+        """Install the decoded ``state`` of record ``data`` in the ghost ``obj``; note the load."""
+        _setattr(obj, "__class__", type(obj)._p_class)
         try:
             obj.__setstate__(state)
         except BaseException:
@@ -411,13 +429,11 @@ class Connection:
             raise
         _setattr(obj, "_p_status", SAVED)
         _setattr(obj, "_p_serial", self._transaction_serial)
-        oid = obj._p_oid
-        assert oid is not None
         self._loaded[oid] = obj
         self._reads.append(obj)
         size = len(data)
-        self._loaded_bytes += size - self._sizes.get(oid, 0)
-        self._sizes[oid] = size
+        self._loaded_bytes += size - _getattribute(obj, "_p_size")
+        _setattr(obj, "_p_size", size)
         self._load_count += 1
 
     def note_change(self, obj: PersistentBase) -> None:
@@ -519,10 +535,7 @@ class Connection:
                 raise
         objects = self._objects
         loaded = self._loaded
-        sizes = self._sizes
-        for oid, data, _refs in records:
-            self._loaded_bytes += len(data) - sizes.get(oid, 0)
-            sizes[oid] = len(data)
+        sizes = {oid: len(data) for oid, data, _refs in records}
         serial = self._transaction_serial
         written: list[PersistentBase] = list(self._changed.values())
         for obj in writer.attached:
@@ -537,6 +550,9 @@ class Connection:
                 obj._p_drop_file()  # type: ignore[attr-defined]
             written_oid = obj._p_oid
             assert written_oid is not None
+            size = sizes[written_oid]
+            self._loaded_bytes += size - obj._p_size
+            _setattr(obj, "_p_size", size)
             loaded[written_oid] = obj
         self._changed.clear()
         self._savepoint_new.clear()
@@ -800,7 +816,8 @@ class Connection:
         obj._p_set_status_ghost()
         if oid is not None:
             self._loaded.pop(oid, None)
-            self._loaded_bytes -= self._sizes.pop(oid, 0)
+        self._loaded_bytes -= obj._p_size
+        _setattr(obj, "_p_size", 0)
 
     def _sync(self) -> None:
         invalid = self._storage.sync()
@@ -863,7 +880,6 @@ class Connection:
         if not self._over_limit():
             return
         loaded = self._loaded
-        sizes = self._sizes
         changed = self._changed
         # A clock with a second chance, at most two passes of the hand: an
         # object still tracked was not used since it was armed and goes; one
@@ -879,7 +895,8 @@ class Connection:
                 if obj._p_is_tracked():
                     obj._p_set_status_ghost()
                     del loaded[oid]
-                    self._loaded_bytes -= sizes.pop(oid, 0)
+                    self._loaded_bytes -= obj._p_size
+                    _setattr(obj, "_p_size", 0)
                 else:
                     obj._p_set_tracked()
                     del loaded[oid]
@@ -929,7 +946,6 @@ class Connection:
         self._closed = True
         self._changed.clear()
         self._loaded.clear()
-        self._sizes.clear()
         self._loaded_bytes = 0
         self._storage.close()
 

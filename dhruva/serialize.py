@@ -76,6 +76,11 @@ class RecordDecoder(Protocol):
         ...
 
 
+#: A decoder MAY also have ``get_state(data)``, returning the state alone
+#: (the load path knows the class already); ObjectReader falls back to
+#: ``get_class_and_state(data)[1]`` for one that has not.
+
+
 class Serializer:
     """One way of turning states into record data (subclass it; spec OBJ-001).
 
@@ -122,17 +127,23 @@ class Serializer:
 # -- pickle ------------------------------------------------------------------------------
 
 
-class _RecordPickler(pickle.Pickler):
-    """A pickler whose persistent ids are persistent objects (OBJ-004)."""
+def persistent_id_function(reference: Reference) -> Callable[[Any], Any]:
+    """The ``persistent_id`` of a record pickler: ``reference(obj)`` for persistent objects.
 
-    def __init__(self, file: io.BytesIO, reference: Reference) -> None:
-        super().__init__(file, protocol=PICKLE_PROTOCOL)
-        self._reference = reference
+    Persistent objects become persistent ids (OBJ-004).
+    The pickler calls it for every object it writes (every int and str of
+    every state), so it is a function with its names bound as defaults
+    rather than a method of a Pickler subclass; and a plain pickler that
+    takes it as an attribute is built by the C constructor alone, without a
+    Python ``__init__``.
+    """
 
-    def persistent_id(self, obj: Any) -> Any:
-        if not isinstance(obj, PersistentBase):
-            return None
-        return self._reference(obj)
+    def persistent_id(obj: Any, _isinstance: Any = isinstance, _base: type = PersistentBase) -> Any:
+        if _isinstance(obj, _base):
+            return reference(obj)
+        return None
+
+    return persistent_id
 
 
 def check_persistent_id(pid: Any) -> tuple[bytes, type]:
@@ -150,20 +161,45 @@ def check_persistent_id(pid: Any) -> tuple[bytes, type]:
 
 
 class _RecordUnpickler(pickle.Unpickler):
-    def __init__(
-        self,
-        file: io.BytesIO,
+    """The unpickler of ``P`` records: references become ghosts, globals may be checked.
+
+    Its configuration lives in class attributes, so that making one per
+    record is only the C constructor (no Python ``__init__``): a decoder
+    makes one subclass of it with :meth:`bound` and instantiates that.
+    """
+
+    _get_ghost: GetGhost
+    _find_class_hook: Callable[[str, str], Any] | None = None
+    _class_map: ClassMap | None = None
+
+    @classmethod
+    def bound(
+        cls,
         get_ghost: GetGhost,
         find_class: Callable[[str, str], Any] | None,
         class_map: ClassMap | None = None,
-    ) -> None:
-        super().__init__(file)
-        self._get_ghost = get_ghost
-        self._find_class_hook = find_class
-        self._class_map = class_map
+    ) -> type[_RecordUnpickler]:
+        """A subclass whose instances use ``get_ghost``, ``find_class`` and ``class_map``."""
+        namespace = {
+            "_get_ghost": staticmethod(get_ghost),
+            "_find_class_hook": None if find_class is None else staticmethod(find_class),
+            "_class_map": class_map,
+        }
+        return type(cls.__name__, (cls,), namespace)
 
     def persistent_load(self, pid: Any) -> Any:
-        oid, cls = check_persistent_id(pid)
+        # The shape test of check_persistent_id, inline: this runs for every
+        # reference of every record loaded.
+        if type(pid) is tuple and len(pid) == 2:
+            oid, cls = pid
+            if (
+                type(oid) is bytes
+                and len(oid) == 8
+                and isinstance(cls, type)
+                and issubclass(cls, PersistentBase)
+            ):
+                return self._get_ghost(oid, cls)
+        oid, cls = check_persistent_id(pid)  # raises SerializationError
         return self._get_ghost(oid, cls)
 
     def find_class(self, module: str, name: str) -> Any:
@@ -207,6 +243,17 @@ class TwoPickleDecoder:
         state = unpickler.load()
         return cls, state
 
+    def get_state(self, data: bytes) -> Any:
+        """Return the state alone (one unpickler; the class pickle is read and dropped).
+
+        The class pickle cannot be skipped: the pickler's memo spans both
+        pickles, so the state pickle may refer to objects (the class, its
+        name strings) that only the class pickle defines.
+        """
+        unpickler = self._unpickler(data)
+        unpickler.load()
+        return unpickler.load()
+
 
 class PickleDecoder(TwoPickleDecoder):
     """Reads ``P`` records; with ``find_class`` every global goes through it (OBJ-020)."""
@@ -220,11 +267,21 @@ class PickleDecoder(TwoPickleDecoder):
         self._get_ghost = get_ghost
         self._find_class = find_class
         self._class_map = class_map or None
+        self._unpickler_class = _RecordUnpickler.bound(get_ghost, find_class, self._class_map)
 
     def _unpickler(self, data: bytes) -> _RecordUnpickler:
         file = io.BytesIO(data)
         file.seek(1)
-        return _RecordUnpickler(file, self._get_ghost, self._find_class, self._class_map)
+        return self._unpickler_class(file)
+
+    def get_state(self, data: bytes) -> Any:
+        # The load hot path (Connection.load_state): one C-constructed
+        # unpickler, the class pickle read and dropped, the state returned.
+        file = io.BytesIO(data)
+        file.seek(1)
+        unpickler = self._unpickler_class(file)
+        unpickler.load()
+        return unpickler.load()
 
 
 def check_record_class(cls: Any) -> type:
@@ -253,7 +310,9 @@ class PickleSerializer(Serializer):
         # the largest memo seen so far, which a big container makes huge.
         file = io.BytesIO()
         file.write(PICKLE_CODE)
-        pickler = _RecordPickler(file, reference)
+        pickler = pickle.Pickler(file, PICKLE_PROTOCOL)
+        # The C Pickler takes persistent_id as an instance attribute.
+        pickler.persistent_id = persistent_id_function(reference)  # type: ignore[method-assign]
         pickler.dump(cls)
         pickler.dump(state)
         return file.getvalue()
@@ -499,6 +558,9 @@ class ObjectReader:
         pickle_decoder = PickleDecoder(get_ghost, find_class, self.class_map)
         # Keyed by the code byte as an int: ``data[0]`` is the cheapest lookup.
         self._decoders: dict[int, RecordDecoder] = {PICKLE_CODE[0]: pickle_decoder}
+        self._state_readers: dict[int, Callable[[bytes], Any]] = {
+            PICKLE_CODE[0]: pickle_decoder.get_state
+        }
 
     def decoder_for(self, data: bytes) -> RecordDecoder:
         """Return the decoder for ``data``'s serializer code, creating it on first use."""
@@ -516,10 +578,32 @@ class ObjectReader:
         return self.decoder_for(data).get_class(data)
 
     def get_class_and_state(self, data: bytes) -> tuple[type, Any]:
-        """Return ``(class, state)`` from ``data``."""
-        # The load hot path: one dict lookup on the code byte, no extra call.
+        """Return ``(class, state)`` from ``data``, in one decoder pass."""
+        # One dict lookup on the code byte, no extra call.
         try:
             decoder = self._decoders[data[0]]
         except (KeyError, IndexError):
             decoder = self.decoder_for(data)
         return decoder.get_class_and_state(data)
+
+    def get_state(self, data: bytes) -> Any:
+        """Return the state in ``data`` alone, for an object whose class is known.
+
+        The class is not checked against the record's (the object's class
+        came from the reference that made it), but every global inside the
+        state is resolved as by :meth:`get_class_and_state`, restrictions
+        and class map included.
+        """
+        try:
+            return self._state_readers[data[0]](data)
+        except (KeyError, IndexError):
+            pass
+        decoder = self.decoder_for(data)
+        reader = getattr(decoder, "get_state", None)
+        if reader is None:
+
+            def reader(data: bytes) -> Any:
+                return decoder.get_class_and_state(data)[1]
+
+        self._state_readers[data[0]] = reader
+        return reader(data)

@@ -139,6 +139,25 @@ def _check_server(server: dict[str, Any] | None, systems: list[str]) -> None:
         assert server["targets"] == {"loads_3x_durus": None, "commits_ge_durus": None}
 
 
+def _check_everyday(everyday: dict[str, Any] | None, systems: list[str]) -> None:
+    """Section 10 ran every system in ``systems``, each row with positive numbers."""
+    assert everyday is not None and "skipped" not in everyday, everyday
+    sizes = bench_run.section_sizes(bench_figures.TINY).everyday
+    assert everyday["sizes"]["chunks"] == sizes.chunks
+    rows = {row["system"]: row for row in everyday["rows"]}
+    assert sorted(rows) == sorted(systems)
+    for name in systems:
+        row = rows[name]
+        assert row["error"] is None, row["error"]
+        assert len(row["samples"]) == sizes.rounds
+        for key in ("bulk_per_s", "cold_us", "server_per_s"):
+            assert isinstance(row[key], float) and row[key] > 0, (name, key, row[key])
+        # RSS moves in pages: a tiny database may not grow it at all.
+        assert isinstance(row["memory_mb"], float)
+    assert everyday["targets"]["cold"] in (True, False)
+    assert everyday["targets"]["server"] in (True, False)
+
+
 def test_dhruva_figures_run_at_tiny_sizes(tmp_path: Path) -> None:
     reason = _dhruva_missing()
     if reason:
@@ -161,7 +180,9 @@ def test_dhruva_figures_run_at_tiny_sizes(tmp_path: Path) -> None:
         assert btree["sizes"][-1]["size"] == bench_figures.TINY.btree_keys
     _check_pack(results.get("pack"), with_others=False)
     _check_server(results.get("server"), ["dhruva", "dhruva-thread"])
+    _check_everyday(results.get("everyday"), ["dhruva"])
     assert "8. Pack" in printed and "9. Storage servers" in printed
+    assert "10. Everyday paths" in printed and "everyday_cold" in printed
     # The bulk database lives in the work folder only while figure 5 runs.
     assert not list((tmp_path / "cache" / "work").glob("bulk-*"))
 
@@ -222,6 +243,44 @@ def test_pack_and_servers_of_durus_zodb_and_zeo_run_at_tiny_sizes(tmp_path: Path
     printed = out.getvalue()
     assert "Durus 4.3 server" in printed and "ZEO server" in printed
     assert "server_loads" in printed and "pack " in printed
+
+
+def test_everyday_section_of_durus_and_zodb_runs_at_tiny_sizes(tmp_path: Path) -> None:
+    # Section 10 side by side; needs the bench session's packages.
+    reason = _dhruva_missing()
+    if reason:
+        pytest.skip(reason)
+    for module in ("durus", "ZODB", "ZEO"):
+        pytest.importorskip(module)
+    results_path = tmp_path / "results.json"
+    bench_run.run(
+        sizes=bench_figures.TINY,
+        cache_dir=tmp_path / "cache",
+        only=["everyday"],
+        systems=["dhruva", "durus", "zodb"],
+        strict=True,
+        json_path=results_path,
+        out=io.StringIO(),
+    )
+    results = json.loads(results_path.read_text())
+    _check_everyday(results["everyday"], ["dhruva", "durus", "zodb"])
+
+
+def test_a_missing_everyday_system_becomes_an_error_row() -> None:
+    everyday_bench = pytest.importorskip("everyday_bench")
+    missing = everyday_bench.EverydaySystem(
+        "durus", "missing", "no_such_module_for_bench", "Durus", "durus"
+    )
+    original = everyday_bench.SYSTEMS
+    everyday_bench.SYSTEMS = [missing]
+    try:
+        result = everyday_bench.bench_everyday(everyday_bench.TINY_SIZES, with_server=False)
+    finally:
+        everyday_bench.SYSTEMS = original
+    (row,) = result["rows"]
+    assert row["error"].startswith("not installed")
+    assert result["targets"] == {"cold": None, "memory": None, "bulk": None, "server": None}
+    assert "not installed" in everyday_bench.format_table(result)
 
 
 def test_a_missing_server_system_becomes_an_error_row(tmp_path: Path) -> None:

@@ -76,6 +76,7 @@ def test_a_new_object_is_unsaved_and_detached(cls: type) -> None:
     obj = cls()
     assert obj._p_status == UNSAVED and obj._p_is_unsaved()
     assert obj._p_oid is None and obj._p_connection is None and obj._p_serial == 0
+    assert obj._p_size == 0
     assert type(obj) is cls
 
 
@@ -145,7 +146,7 @@ def test_generic_subclass_swaps_like_any_other() -> None:
 
 
 @pytest.mark.req("CONN-001")
-@pytest.mark.parametrize("name", ["_p_oid", "_p_status", "_p_connection", "_p_serial"])
+@pytest.mark.parametrize("name", ["_p_oid", "_p_status", "_p_connection", "_p_serial", "_p_size"])
 def test_reading_p_attributes_does_not_load(name: str) -> None:
     point = Point(1, 2)
     connection = _ghost(point)
@@ -422,3 +423,30 @@ def test_persistent_subclass_with_state_slots_is_refused() -> None:
 
         class Slotted(Persistent):
             __slots__ = ("x",)
+
+
+@pytest.mark.req("CONN-022")
+def test_p_size_holds_the_record_bytes_each_loaded_object_counts_for() -> None:
+    # The connection keeps each loaded object's record size in its _p_size
+    # slot (not in a dict by oid); get_loaded_bytes is their sum.
+    from dhruva.connection import Connection
+    from dhruva.storage import MemoryStorage
+
+    storage = MemoryStorage()
+    writer = Connection(storage)
+    writer.get_root()["points"] = [Point(n, n) for n in range(5)]
+    writer.commit()
+    sizes = [p._p_size for p in writer.get_root()["points"]]
+    assert all(size > 0 for size in sizes)
+    reader = Connection(storage, cache_size=0)
+    root = reader.get_root()
+    points = root["points"]
+    assert all(p._p_size == 0 and p._p_is_ghost() for p in points)
+    for point in points:
+        point.x  # noqa: B018 -- loads the point
+    assert [p._p_size for p in points] == sizes
+    assert reader.get_loaded_bytes() == sum(sizes) + root._p_size
+    points[0].x = 99
+    reader.commit()  # the changed point is counted at its new size; the cache shrinks to 0
+    assert reader.get_loaded_bytes() == 0
+    assert all(p._p_size == 0 and p._p_is_ghost() for p in points)

@@ -417,3 +417,67 @@ def test_dill_error_names_class_and_attribute() -> None:
     connection.get_root()["item"] = item
     with pytest.raises(SerializationError, match=r"Item \(oid \d+\).*attribute"):
         connection.commit()
+
+
+# -- the load path: one decoder pass per record ---------------------------------------------------
+
+
+def _records_of_every_serializer() -> list[str]:
+    names = ["pickle"]
+    if has("msgspec"):
+        names.append("msgspec")
+    if has("dill"):
+        names.append("dill")
+    return names
+
+
+@pytest.mark.parametrize("name", _records_of_every_serializer())
+def test_get_state_returns_the_state_get_class_and_state_returns(name: str) -> None:
+    # ObjectReader.get_state is the load path's decoder call; for a decoder
+    # without get_state of its own (msgspec) it falls back to the pair.
+    storage = MemoryStorage()
+    connection = Connection(storage, serializer=name)
+    connection.get_root()["item"] = Item(7)
+    connection.get_root()["plain"] = {"k": [1, 2.5, "s"]}
+    connection.commit()
+    ghosts: list[tuple[bytes, type]] = []
+
+    def get_ghost(oid: bytes, cls: type) -> Any:
+        ghosts.append((oid, cls))
+        return ("ghost", oid)
+
+    reader = ObjectReader(get_ghost)
+    data = storage.load(ROOT_OID).data
+    cls, state = reader.get_class_and_state(data)
+    assert cls is PersistentDict
+    assert reader.get_state(data) == state
+    assert reader.get_state(data) == state  # the cached state reader, second time
+    assert state["data"]["plain"] == {"k": [1, 2.5, "s"]}
+    assert ghosts[0][1] is Item and len(set(ghosts)) == 1
+
+
+def test_get_state_refuses_what_get_class_and_state_refuses() -> None:
+    reader = ObjectReader(lambda oid, cls: None)  # type: ignore[arg-type,return-value]
+    for read in (reader.get_class_and_state, reader.get_state):
+        with pytest.raises(pickle.UnpicklingError):
+            read(PICKLE_CODE + b"\x80\x05not a pickle")
+        with pytest.raises(FormatError, match="unknown serializer code"):
+            read(b"Zjunk")
+
+
+def test_an_object_that_refers_to_itself_loads_as_one_object() -> None:
+    # Connection.get decodes the class and the state in one pass, before the
+    # object exists; the reference back to it must still be the object.
+    storage = MemoryStorage()
+    connection = Connection(storage)
+    item = Item(1)
+    item.me = item
+    connection.get_root()["item"] = item
+    connection.commit()
+    oid = item._p_oid
+    assert oid is not None
+    fresh = Connection(storage)
+    loaded = fresh.get(oid)
+    assert loaded is not None and loaded.me is loaded and loaded.n == 1
+    assert fresh.get(oid) is loaded
+    assert fresh.get_root()["item"] is loaded

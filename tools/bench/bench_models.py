@@ -4,6 +4,9 @@ Every system gets the same two shapes so the figures compare like with like:
 
 * ``Item``: a small persistent object with three attributes (``a`` an int,
   ``b`` a short str, ``c`` a float), the unit counted by every objects/s figure.
+* ``EverydayItem``: issue 13's Item (``a`` an int, ``b`` a short str, ``c``
+  a float, ``d`` a list of 3 ints), stored 1000 to a chunk dict by
+  ``everyday_bench.py``.
 * ``Bucket``: a persistent object whose ``items`` attribute is a plain list of
   up to 10,000 Items; the root maps ``"b0"``, ``"b1"``, ... to Buckets.  One
   commit of a bulk load writes one Bucket and its Items, so no single record
@@ -50,6 +53,13 @@ else:
         def __init__(self, items: list[Any]) -> None:
             self.items = items
 
+    class DhruvaEverydayItem(_DhruvaPersistent):
+        def __init__(self, a: int, b: str, c: float, d: list[int]) -> None:
+            self.a = a
+            self.b = b
+            self.c = c
+            self.d = d
+
 
 try:
     from durus.persistent import Persistent as _DurusPersistent
@@ -67,6 +77,13 @@ else:
         def __init__(self, items: list[Any]) -> None:
             self.items = items
 
+    class DurusEverydayItem(_DurusPersistent):
+        def __init__(self, a: int, b: str, c: float, d: list[int]) -> None:
+            self.a = a
+            self.b = b
+            self.c = c
+            self.d = d
+
 
 try:
     from persistent import Persistent as _ZodbPersistent
@@ -83,3 +100,10 @@ else:
     class ZodbBucket(_ZodbPersistent):
         def __init__(self, items: list[Any]) -> None:
             self.items = items
+
+    class ZodbEverydayItem(_ZodbPersistent):
+        def __init__(self, a: int, b: str, c: float, d: list[int]) -> None:
+            self.a = a
+            self.b = b
+            self.c = c
+            self.d = d

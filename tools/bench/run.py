@@ -1,7 +1,7 @@
 """Run dhruva's benchmark figures against Durus 4.3 and ZODB; see README.md.
 
 Usage: ``python tools/bench/run.py [--quick]
-[--only attr,open,commit,bulk,cold,serializers,btree,pack,server]
+[--only attr,open,commit,bulk,cold,serializers,btree,pack,server,everyday]
 [--systems dhruva,durus,zodb] [--cache-dir DIR] [--json FILE]``.
 
 Prints the environment and one table per figure to stdout (progress goes to
@@ -35,26 +35,28 @@ from bench_report import (  # noqa: E402
     format_summary,
     write_json,
 )
+from everyday_bench import FULL_SIZES, QUICK_SIZES, TINY_SIZES, EverydaySizes  # noqa: E402
 
 #: Sections that are not figures of bench_figures.py: measurements that other
 #: modules in this folder provide, each printed in its own format.
-EXTRA_SECTIONS = ("serializers", "btree", "pack", "server")
+EXTRA_SECTIONS = ("serializers", "btree", "pack", "server", "everyday")
 
 
 @dataclass(frozen=True)
 class SectionSizes:
-    """Sizes of sections 8 and 9, chosen by which ``Sizes`` the run uses."""
+    """Sizes of sections 8 to 10, chosen by which ``Sizes`` the run uses."""
 
     pack_objects: int  # live objects packed (pack_bench.py, pack_compare.py)
     server_objects: int  # objects loaded through each server
     server_commits: int  # one-object commits per client
     server_clients: int  # concurrent clients of the last column
+    everyday: EverydaySizes  # issue 13's workload (everyday_bench.py)
 
 
 SECTION_SIZES = {
-    FULL: SectionSizes(100_000, 20_000, 1_000, 4),
-    QUICK: SectionSizes(20_000, 5_000, 200, 4),
-    TINY: SectionSizes(300, 200, 5, 2),
+    FULL: SectionSizes(100_000, 20_000, 1_000, 4, FULL_SIZES),
+    QUICK: SectionSizes(20_000, 5_000, 200, 4, QUICK_SIZES),
+    TINY: SectionSizes(300, 200, 5, 2, TINY_SIZES),
 }
 
 
@@ -89,11 +91,13 @@ def _wanted(systems: list[str] | None, *names: str) -> bool:
 def run_extra_sections(
     bench: Bench, only: list[str] | None, systems: list[str] | None, stream: TextIO
 ) -> dict[str, Any]:
-    """Sections 6 (serializers.py), 7 (btree_bench.py), 8 (pack) and 9 (servers).
+    """Sections 6 (serializers.py), 7 (btree_bench.py), 8 (pack), 9 (servers), 10 (everyday).
 
     Sections 6 to 8 measure dhruva and run when ``systems`` includes it;
     section 8 adds Durus's and ZODB's pack when those are chosen, and
     section 9 runs each chosen server (``zodb`` or ``zeo`` selects ZEO).
+    Section 10 (everyday_bench.py, issue 13) runs each chosen system of
+    ``dhruva``, ``durus`` and ``zodb``.
     """
     sizes = bench.sizes
     more = section_sizes(sizes)
@@ -126,7 +130,26 @@ def run_extra_sections(
         results["server"] = _section(
             "9", "server_compare", partial(_server, bench, systems), stream
         )
+    if only is None or "everyday" in only:
+        everyday = more.everyday
+        bench.log(
+            f"10: everyday ({everyday.chunks} x {everyday.per_chunk} Items, "
+            f"{everyday.rounds} rounds)"
+        )
+        results["everyday"] = _section(
+            "10", "everyday_bench", partial(_everyday, bench, systems), stream
+        )
     return results
+
+
+def _everyday(bench: Bench, systems: list[str] | None, module: Any) -> dict[str, Any]:
+    names = None
+    if systems is not None:
+        names = [name for name in ("dhruva", "durus", "zodb") if name in systems]
+    result: dict[str, Any] = module.bench_everyday(
+        section_sizes(bench.sizes).everyday, systems=names, strict=bench.strict, log=bench.log
+    )
+    return result
 
 
 def _pack(bench: Bench, systems: list[str] | None, module: Any) -> dict[str, Any]:
@@ -158,7 +181,7 @@ def _server(bench: Bench, systems: list[str] | None, module: Any) -> dict[str, A
 
 
 def target_verdicts(extras: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
-    """The targets of sections 8 and 9 as (key, target, verdict) for the summary."""
+    """The targets of sections 8 to 10 as (key, target, verdict) for the summary."""
     verdicts: list[tuple[str, str, bool | None]] = []
     pack = extras.get("pack")
     if pack and "results" in pack:
@@ -173,6 +196,16 @@ def target_verdicts(extras: dict[str, Any]) -> list[tuple[str, str, bool | None]
         verdicts.append(
             ("server_commits", "durable commits >= Durus (no fsync)", targets["commits_ge_durus"])
         )
+    everyday = extras.get("everyday")
+    if everyday and "targets" in everyday:
+        module = importlib.import_module("everyday_bench")
+        for key, target in (
+            ("cold", f"cold load <= {module.TARGET_COLD_US:g} us"),
+            ("memory", f"100k Items <= {module.TARGET_MEMORY_MB:g} MB"),
+            ("bulk", f"bulk insert >= {module.TARGET_BULK_PER_S:,.0f}/s"),
+            ("server", f"server cold loads >= {module.TARGET_SERVER_PER_S:,.0f}/s"),
+        ):
+            verdicts.append((f"everyday_{key}", target, everyday["targets"][key]))
     return verdicts
 
 
