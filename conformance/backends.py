@@ -35,7 +35,14 @@ from typing import Any, Protocol, runtime_checkable
 
 from dhruva_conformance.faults import SimulatedCrash
 
-from dhruva.storage import CAP_DURABLE, CAP_RAW_FILE, CAP_READONLY_OPEN, MemoryStorage, Storage
+from dhruva.storage import (
+    CAP_DURABLE,
+    CAP_RAW_FILE,
+    CAP_READONLY_OPEN,
+    CAP_SNAPSHOTS,
+    MemoryStorage,
+    Storage,
+)
 
 # Capabilities of a factory, on top of the storage's own (spec: CONF-020).
 CAP_REOPEN = "reopen"
@@ -205,6 +212,7 @@ _FILE_CAPS = frozenset(
         CAP_SUBPROCESS,
         CAP_REPAIR,
         CAP_READONLY,
+        CAP_SNAPSHOTS,
     }
 )
 

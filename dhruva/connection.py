@@ -211,6 +211,7 @@ class Connection:
         self._on_first_change: Callable[[], None] | None = None
         # The tid this transaction reads (CONN-040), where snapshots exist.
         self._snapshot_tid = storage.last_tid() if self._snapshots else 0
+        self._refresh_pending = False
         self._isolation = SERIALIZABLE
         self._track_reads = False
         self._arm_all = False
@@ -325,6 +326,8 @@ class Connection:
         obj = self._objects.get(oid)
         if obj is not None:
             return obj
+        if self._refresh_pending:
+            self._refresh_snapshot()
         try:
             record = self._load_record(oid)
         except DhruvaKeyError:
@@ -368,10 +371,25 @@ class Connection:
         # class's __getattribute__, and a snapshot storage is asked directly.
         oid = _getattribute(obj, "_p_oid")
         assert oid is not None
+        if self._refresh_pending:
+            self._refresh_snapshot()
         # [CONN-040] A snapshot storage answers as of the snapshot: no read conflict.
         storage = self._storage
         record = storage.load(oid) if self._snapshots else self._load_record(oid)
         self._install_state(obj, record.data, oid)
+
+    def _refresh_snapshot(self) -> None:
+        """Move the snapshot to the latest commit at a transaction's first load (CONN-040).
+
+        Only when the transaction has used no object yet: nothing it saw can
+        then be older than the new snapshot.  Reads must be tracked for that
+        to be known, so this runs only where they are (CONN-046).
+        """
+        self._refresh_pending = False
+        if self._reads or self._changed:
+            return
+        self._sync()
+        self._snapshot_tid = self._storage.last_tid()
 
     def _load_record(self, oid: bytes) -> Record:
         """Load ``oid``'s record, resolving a read conflict when it is safe to.
@@ -755,6 +773,8 @@ class Connection:
         self._reads.clear()
         if self._snapshots:
             self._snapshot_tid = self._storage.last_tid()
+        # The next transaction's first load may move its snapshot forward.
+        self._refresh_pending = self._track_reads
         self.shrink_cache()
         self._loads_at_start = self._load_count
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 import os
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -115,6 +115,13 @@ class PackTarget(Protocol):
 
     def snapshot(self) -> PackSnapshot:
         """Return the end of valid data and the last transaction's tid and time."""
+        ...
+
+    def snapshot_refs(self) -> Iterable[bytes]:
+        """Return the packed reference lists of the versions held snapshots read.
+
+        The walk starts from their oids as well as from the root (SAPI-096).
+        """
         ...
 
     def current_end(self) -> int:
@@ -226,6 +233,14 @@ class Packer:
         self.pack_path = target.path + ".pack"
         self._seen: set[bytes] = {ROOT_OID}
         self._todo: list[bytes] = [ROOT_OID]
+        # [SAPI-096] [PACK-050] What the kept versions of held snapshots
+        # reference is walked like what the root reaches.
+        for refs in target.snapshot_refs():
+            for i in range(0, len(refs), 8):
+                ref = refs[i : i + 8]
+                if ref not in self._seen:
+                    self._seen.add(ref)
+                    self._todo.append(ref)
         self._new_offsets: dict[bytes, int] = {}
         self._tail_offsets: dict[bytes, int] = {}
         # Oid -> offset of its record as of the snapshot, for oids rewritten since.

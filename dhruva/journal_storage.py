@@ -75,12 +75,14 @@ from dhruva.file_pack import (
     PackSnapshot,
 )
 from dhruva.fileio import OS_FILES, DataFile, FileLayer, FileReplacedError, set_aside
+from dhruva.snapshots import CURRENT, VersionLedger
 from dhruva.storage import (
     CAP_BLOBS,
     CAP_DURABLE,
     CAP_PACK,
     CAP_RAW_FILE,
     CAP_READONLY_OPEN,
+    CAP_SNAPSHOTS,
     Record,
     Storage,
     check_oid,
@@ -99,7 +101,9 @@ _OPEN_ATTEMPTS = 3
 class JournalStorage(Storage):
     """The shared machinery of FileStorage and FileStorage2 (not used directly)."""
 
-    capabilities = frozenset({CAP_DURABLE, CAP_RAW_FILE, CAP_PACK, CAP_READONLY_OPEN, CAP_BLOBS})
+    capabilities = frozenset(
+        {CAP_DURABLE, CAP_RAW_FILE, CAP_PACK, CAP_READONLY_OPEN, CAP_SNAPSHOTS, CAP_BLOBS}
+    )
 
     def __init__(
         self,
@@ -133,6 +137,10 @@ class JournalStorage(Storage):
             self._file.close()
             self._file = None
             raise
+        # [SAPI-090] The journal's last tid is the read point; it is on disk,
+        # so it survives close and reopen.  [SAPI-098] The ledger is memory
+        # only: it starts empty at every open, answering snapshots from here on.
+        self._ledger = VersionLedger(self._last_tid)
         # [BLOB-020] Blobs live in PATH.blobs, made at the first blob stored.
         self._blob_store: BlobStore | None = None
         if os.path.isdir(blob_directory(self.path)):
@@ -356,6 +364,47 @@ class JournalStorage(Storage):
             )
         return record
 
+    # --- snapshots (spec: storage-api.md, "Snapshots") ------------------------------
+
+    def last_tid(self) -> int:
+        """Return the tid of the last committed transaction of the journal (SAPI-090).
+
+        One writer per file (FLT-010): the read point is always the last commit.
+        """
+        self._check_open()
+        return self._last_tid
+
+    def load_at(self, oid: bytes, tid: int) -> Record:
+        """Return ``oid``'s record as transaction ``tid`` left it (SAPI-092, SAPI-094)."""
+        self._check_open()
+        check_snapshot_tid(tid, self._last_tid)
+        version = self._ledger.lookup(oid, tid)
+        if version is CURRENT:
+            return self.load(oid)
+        if version is None:
+            raise DhruvaKeyError(oid)
+        assert isinstance(version, Record)
+        return version
+
+    def set_oldest_snapshot(self, tid: int | None) -> None:
+        """Keep the versions snapshots at or after ``tid`` read (SAPI-093)."""
+        self._check_open()
+        self._ledger.set_floor(tid)
+
+    def _previous_versions(self, oids: list[bytes]) -> list[tuple[bytes, Record | None]]:
+        """Return the current record of each oid (None for a new one), for the ledger.
+
+        Read before the commit's write, by the index as it is: the versions
+        a held snapshot still reads once this commit replaces them.
+        """
+        previous: list[tuple[bytes, Record | None]] = []
+        for oid in oids:
+            try:
+                previous.append((oid, self.load(oid)))
+            except DhruvaKeyError:
+                previous.append((oid, None))
+        return previous
+
     def begin(self) -> None:
         self._check_writable()
         if self._pending is not None:
@@ -420,6 +469,10 @@ class JournalStorage(Storage):
             self._restore_tail(data_file)
         records = list(pending.values())
         tid = self._last_tid + 1
+        ledger = self._ledger
+        # [SAPI-093] Only while an older snapshot is held: otherwise a commit
+        # reads nothing more than it did before snapshots existed.
+        previous = self._previous_versions(list(pending)) if ledger.wanted(tid) else ()
         # [FMT-016] Commit times never go backwards within a file.
         time_us = max(time.time_ns() // 1000, self._last_time_us)
         # [FMT-021] Appended in the layout of the file's own version.
@@ -465,6 +518,7 @@ class JournalStorage(Storage):
         self._last_tid = tid
         self._last_time_us = time_us
         self._last_trailer_crc = journal.trailer_crc_before(txn, len(txn))
+        ledger.supersede(tid, previous)
         highest = str_to_int8(max(pending)) + 1
         if highest > self._next_oid:
             self._next_oid = highest
@@ -624,7 +678,7 @@ class JournalStorage(Storage):
 
     def _snapshot_floor(self) -> int | None:
         """The oldest snapshot held, for the blobs pack keeps (None: only the latest)."""
-        return None
+        return self._ledger.floor
 
     def pack_abort(self) -> None:
         """Abandon a running pack; the data file is untouched (PACK-013)."""
@@ -684,6 +738,10 @@ class _StoragePackTarget:
     def snapshot(self) -> PackSnapshot:
         storage = self._storage
         return PackSnapshot(storage._end, storage._last_tid, storage._last_time_us)
+
+    def snapshot_refs(self) -> Iterator[bytes]:
+        # [SAPI-096] The versions held snapshots read reference objects too.
+        return self._storage._ledger.kept_refs()
 
     def current_end(self) -> int:
         return self._storage._end

@@ -18,6 +18,12 @@ replaced.  The storage keeps those in a :class:`VersionLedger`:
 * ``set_floor(tid)`` says the oldest snapshot still held.  An entry
   superseded at or before the floor is read by no held snapshot and is
   dropped.  ``set_floor(None)`` (no snapshot older than the latest) drops all.
+* ``kept_refs()`` yields the reference lists of the kept versions: a pack
+  follows them as well as the current records' (SAPI-096), so that an
+  object an old version references stays loadable at that version's tid.
+* The ledger is memory only.  Nothing of it reaches a file, so a crash or a
+  close forgets it, and a reopened storage answers snapshots from its last
+  tid on (``start_tid``), which is all a new reader can hold.
 * The ledger is bounded (``limit_bytes``).  Beyond it, the oldest entries
   are dropped and ``oldest`` moves past them: a snapshot older than
   ``oldest`` can no longer be answered correctly, so ``lookup`` raises
@@ -31,7 +37,7 @@ The ledger interprets nothing: records are opaque bytes (DM-004).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from dhruva.error import SnapshotTooOldError
 from dhruva.record import Record
@@ -117,6 +123,19 @@ class VersionLedger:
                 if superseded_at > tid:
                     return record
         return CURRENT
+
+    def kept_refs(self) -> Iterator[bytes]:
+        """Yield the packed reference list of every kept version (for pack, SAPI-096).
+
+        The versions "the oid had no record" (None) reference nothing and are
+        skipped.  The lists are those of the moment of the call; a pack that
+        runs while commits continue also follows the records those commits
+        write, which covers the versions they hand the ledger later.
+        """
+        for entries in list(self._versions.values()):
+            for _superseded_at, record in entries:
+                if record is not None and record.refs:
+                    yield record.refs
 
     def set_floor(self, tid: int | None) -> None:
         """Say the oldest snapshot still held (None: none older than the latest).

@@ -353,9 +353,12 @@ class MemoryStorage(Storage):
     def pack(self) -> None:
         self._check_open()
         keep = reachable_oids(self)
-        # [SAPI-096] Pack removes current records only; the versions held
-        # snapshots read stay in the ledger, and a record packed away is
-        # one no snapshot can reach from its root.
+        # [SAPI-096] The versions held snapshots read stay in the ledger;
+        # what they reference is kept as what the root reaches is.
+        for refs in self._ledger.kept_refs():
+            for ref in iter_oids(refs):
+                if ref not in keep:
+                    keep |= reachable_oids(self, ref)
         for oid in [oid for oid in self._records if oid not in keep]:
             del self._records[oid]
         if self._blob_store is not None:

@@ -124,10 +124,6 @@ DIFFERENT: dict[tuple[str, str, str, str], str] = {
     ("utest_connection", "TestConnectionClientStorage", "check_touch_every_reference", ""): (
         "Connection.get_cache() is not offered (get_cache_count() is)"
     ),
-    ("utest_connection", "TestConnectionClientStorage", "check_fine_conflict", ""): (
-        "a commit that changed nothing another client changed succeeds, even when it"
-        " read an object another client changed since"
-    ),
     ("utest_persistent", "TestPersistent", "check_accessors", ""): (
         "an oid is 8 bytes; Durus's test sets a str oid"
     ),

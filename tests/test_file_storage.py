@@ -27,7 +27,14 @@ from dhruva.file_index import DiskIndex
 from dhruva.file_storage import FileStorage, FileStorage2, TempFileStorage
 from dhruva.file_storage2 import JournalStorage
 from dhruva.fileio import OS_FILES, DataFile
-from dhruva.storage import CAP_BLOBS, CAP_DURABLE, CAP_PACK, CAP_RAW_FILE, CAP_READONLY_OPEN
+from dhruva.storage import (
+    CAP_BLOBS,
+    CAP_DURABLE,
+    CAP_PACK,
+    CAP_RAW_FILE,
+    CAP_READONLY_OPEN,
+    CAP_SNAPSHOTS,
+)
 from dhruva.utils import ROOT_OID
 
 # --- a file layer that records what the storage does ------------------------------
@@ -133,6 +140,7 @@ def test_store_load_reopen(cls: type[JournalStorage], path: str) -> None:
             CAP_RAW_FILE,
             CAP_PACK,
             CAP_READONLY_OPEN,
+            CAP_SNAPSHOTS,
             CAP_BLOBS,
         }
 

@@ -366,3 +366,30 @@ def test_a_durus_style_loop_sees_only_conflicts_it_knows() -> None:
     assert set(errors) == {SerializationConflictError}
     assert issubclass(SerializationConflictError, WriteConflictError)
     assert issubclass(SerializationConflictError, ReadConflictError)
+
+
+@pytest.mark.req("CONN-040")
+def test_the_first_load_of_a_transaction_reads_the_latest_commit() -> None:
+    reader, writer = two_connections(cache_size=0)
+    reader.abort()  # everything is a ghost now: the next transaction loads first
+    writer.get_root()["a"].balance = 7
+    writer.commit()
+    # The reader used nothing since its abort: its first load moves its
+    # snapshot to the latest commit, as a Durus client would see it.
+    assert reader.get_root()["a"].balance == 7
+
+
+@pytest.mark.req("CONN-040")
+def test_a_transaction_that_used_an_object_keeps_its_snapshot() -> None:
+    reader, writer = two_connections()
+    root = reader.get_root()
+    account = root["a"]
+    assert account.balance == 1
+    reader.abort()
+    assert root["b"]._p_oid is not None  # uses the cached root: a read
+    writer.get_root()["a"].balance = 7
+    writer.commit()
+    reader_b = root["b"]
+    reader_b._p_set_status_ghost()  # force a load later in the transaction
+    assert reader_b.balance == 1
+    assert account.balance == 1  # still the snapshot of the abort

@@ -337,3 +337,51 @@ def test_random_commits_interleaved_with_pack_steps(
             state = models[at]
             for number in reachable(state):
                 assert view.load(number) == (number, *state[number])
+
+
+# --- held snapshots (SAPI-096, PACK-050) ------------------------------------------------
+
+
+@pytest.mark.req("PACK-050", "SAPI-096")
+def test_two_phase_pack_keeps_what_held_snapshots_reach(
+    cls: type[JournalStorage], path: str
+) -> None:
+    with cls(path) as storage:
+        # root -> 1 -> 2 at t1; then the root drops 1, before the pack.
+        commit(storage, (0, b"root", [1]), (1, b"one", [2]), (2, b"two", []))
+        t1 = storage.last_tid()
+        storage.set_oldest_snapshot(t1)
+        commit(storage, (0, b"root v2", [3]), (3, b"three", [4]), (4, b"four", []))
+        t2 = storage.last_tid()
+        storage.pack_begin()
+        storage.pack_step(budget=1)
+        # During the pack the root drops 3 (reachable at t2) and 2 is rewritten.
+        commit(storage, (0, b"root v3", []), (2, b"two v3", []))
+        t3 = storage.last_tid()
+        storage.pack_step(budget=1)
+        storage.pack_finish()
+        assert [storage.load_at(oid(n), t1).data for n in (0, 1, 2)] == [b"root", b"one", b"two"]
+        assert [storage.load_at(oid(n), t2).data for n in (0, 3, 4)] == [
+            b"root v2",
+            b"three",
+            b"four",
+        ]
+        assert storage.load_at(oid(2), t3).data == b"two v3"
+        with pytest.raises(DhruvaKeyError):
+            storage.load_at(oid(3), t1)
+        # Released: the next pack keeps only what the root reaches.
+        storage.set_oldest_snapshot(None)
+        storage.pack()
+        assert contents(storage) == {0: b"root v3"}
+    check_file(path)
+
+
+@pytest.mark.req("PACK-001", "SAPI-093")
+def test_pack_without_held_snapshot_is_unchanged_by_the_ledger(
+    cls: type[JournalStorage], path: str
+) -> None:
+    with cls(path) as storage:
+        commit(storage, (0, b"root", [1]), (1, b"one", []))
+        commit(storage, (0, b"root v2", []))
+        storage.pack()
+        assert contents(storage) == {0: b"root v2"}
