@@ -21,14 +21,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from array import array
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from dhruva.error import DhruvaError
-from dhruva.storage import Storage
+from dhruva.blob_store import CHUNK_BYTES, blob_directory
+from dhruva.error import DhruvaError, DhruvaKeyError
+from dhruva.record_class import record_class_name
+from dhruva.storage import CAP_BLOBS, Storage
 from dhruva.tools.dbinspect import (
     KIND_FILE,
     Issue,
@@ -434,6 +437,7 @@ def _discard(path: str) -> None:
             os.unlink(path + suffix)
         except FileNotFoundError:
             pass
+    shutil.rmtree(blob_directory(path), ignore_errors=True)
 
 
 def _discard_target(target: Storage, target_path: str) -> None:
@@ -559,6 +563,7 @@ def _write_batches(
     records: Iterator[tuple[bytes, bytes, bytes]],
     total: int,
     progress: Callable[[int, int], None] | None,
+    blob_source: Storage | None = None,
 ) -> int:
     done = 0
     batch: list[tuple[bytes, bytes, bytes]] = []
@@ -566,20 +571,74 @@ def _write_batches(
         batch.append(record)
         done += 1
         if len(batch) >= BATCH_RECORDS:
-            _commit(target, batch)
+            _commit(target, batch, blob_source)
             batch = []
         if progress is not None:
             progress(done, total)
-    _commit(target, batch)
+    _commit(target, batch, blob_source)
     return done
 
 
-def _commit(target: Storage, batch: list[tuple[bytes, bytes, bytes]]) -> None:
+BLOB_CLASS = "dhruva.blob.Blob"
+
+
+def _is_blob(data: bytes) -> bool:
+    """Whether a record is a Blob's (its class read from the bytes, nothing unpickled)."""
+    try:
+        return record_class_name(data) == BLOB_CLASS
+    except ValueError:
+        return False
+
+
+def _commit(
+    target: Storage, batch: list[tuple[bytes, bytes, bytes]], blob_source: Storage | None
+) -> None:
     if batch:
         target.begin()
-        for oid, data, refs in batch:
-            target.store(oid, data, refs)
-        target.end()
+        try:
+            for oid, data, refs in batch:
+                target.store(oid, data, refs)
+                if blob_source is not None and _is_blob(data):
+                    _copy_blob(blob_source, target, oid)
+            target.end()
+        except BaseException:
+            target.abort_transaction()
+            raise
+
+
+def _copy_blob(source: Storage, target: Storage, oid: bytes) -> None:
+    """Stream ``oid``'s blob from ``source`` into the open transaction of ``target`` (TOOL-047)."""
+    try:
+        blob = source.open_blob(oid)
+    except DhruvaKeyError:
+        return  # a Blob committed without content has no blob to copy
+    if CAP_BLOBS not in target.capabilities:
+        blob.close()
+        raise DhruvaError(
+            f"the source holds blobs (oid {str_to_int8(oid)} is one) and the new "
+            f"{type(target).__name__} does not store blobs; convert to a file back-end"
+        )
+    with blob:
+        target.store_blob(oid, blob)
+
+
+def _same_blob(source: Storage, target: Storage, oid: bytes) -> bool:
+    """Whether both storages hold the same blob for ``oid`` (compared in chunks)."""
+    try:
+        left = source.open_blob(oid)
+    except DhruvaKeyError:
+        try:
+            target.open_blob(oid).close()
+        except DhruvaKeyError:
+            return True
+        return False
+    with left, target.open_blob(oid) as right:
+        while True:
+            chunk = left.read(CHUNK_BYTES)
+            if chunk != right.read(CHUNK_BYTES):
+                return False
+            if not chunk:
+                return True
 
 
 def convert(
@@ -624,7 +683,8 @@ def convert(
                         connection.shrink_cache()
 
             records = reencode()
-        count = _write_batches(target, records, len(oids), progress)
+        blob_source = source if CAP_BLOBS in source.capabilities else None
+        count = _write_batches(target, records, len(oids), progress, blob_source)
         _check_copy(source, target, oids, same_bytes=serializer is None)
         return count
     except BaseException:
@@ -650,10 +710,15 @@ def _check_copy(source: Storage, target: Storage, oids: list[bytes], same_bytes:
         raise DhruvaError(
             f"the new database holds {target.get_size()} objects, not the {len(oids)} copied"
         )
+    blobs = CAP_BLOBS in source.capabilities
     for oid in oids:
         expected = source.load(oid)
         copied = target.load(oid)
-        if copied.refs != expected.refs or (same_bytes and copied.data != expected.data):
+        if (
+            copied.refs != expected.refs
+            or (same_bytes and copied.data != expected.data)
+            or (blobs and _is_blob(expected.data) and not _same_blob(source, target, oid))
+        ):
             raise DhruvaError(
                 f"the copy of oid {str_to_int8(oid)} differs from the source; nothing was kept"
             )
