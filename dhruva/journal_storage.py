@@ -481,8 +481,7 @@ class JournalStorage(Storage):
         data_file.truncate(self._end)
         data_file.sync()
         log.warning(
-            "%s: the file was cut back to offset %d after the failed commit (%s); "
-            "commits continue",
+            "%s: the file was cut back to offset %d after the failed commit (%s); commits continue",
             self.path,
             self._end,
             self._unclean_tail,
