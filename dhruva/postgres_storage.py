@@ -337,6 +337,23 @@ class PostgresStorage(Storage):
         """Open the read transaction whose first statement fixes its snapshot."""
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
+    def _fresh_snapshot(
+        self, conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()
+    ) -> list[Any]:
+        """End ``conn``'s snapshot, start the next with ``query``; return its rows.
+
+        One round trip: the three statements go out as one pipeline.
+        """
+        with conn.pipeline():
+            if conn.info.transaction_status != 0:  # not IDLE
+                conn.execute("ROLLBACK")
+            self._begin_snapshot(conn)
+            cursor = conn.execute(query, params)
+        return cursor.fetchall()
+
+    def _max_tid_query(self) -> str:
+        return f"SELECT coalesce(max(tid), 0) FROM {self._q}dhruva_transaction"
+
     @staticmethod
     def _end_snapshot(conn: psycopg.Connection[Any]) -> None:
         if conn.info.transaction_status != 0:  # not IDLE: a read transaction is open
@@ -483,9 +500,7 @@ class PostgresStorage(Storage):
             return None
         assert reader is not None
         try:
-            self._end_snapshot(reader)
-            self._begin_snapshot(reader)
-            tid = self._last_tid(reader)
+            tid = int(self._fresh_snapshot(reader, self._max_tid_query())[0][0])
         except (self._pg.Error, DhruvaError):
             return None
         return reader, tid
@@ -1033,9 +1048,9 @@ class PostgresStorage(Storage):
         if target is None:
             target = self._open_connection()
         with self._reader_errors("synchronize", target):
-            self._end_snapshot(target)
-            self._begin_snapshot(target)
-            found, last = self._invalidations_since(target, since)
+            bound = (1 << 63) - 1
+            rows = self._fresh_snapshot(target, self._log_query(), (since, bound))
+            found, last = self._interpret_log(target, rows, since, bound)
         last = max(last, since)
         old = self._reader
         if last > since:
