@@ -34,9 +34,10 @@ them, and PostgreSQL is the only thing they share.
   commit with WriteConflictError if it stores one of those oids (PG-030),
   and with ReadConflictError if it declared (``note_reads``) one of them
   (PG-084), else writes the rows, one ``dhruva_transaction`` row and the
-  oid high-water mark, and commits.  The commit lock is a session-level
-  lock here, held past COMMIT until the reader has started its snapshot of
-  the new read point (which is then exactly this commit's tid, PG-082).
+  oid high-water mark, and commits.  Then the reader starts its next
+  snapshot at once: normally exactly this commit; when another process
+  committed in between, the read point moves on to that snapshot as a sync
+  would (PG-082).
   The invalidation set it read is handed out by the next ``sync()`` without
   another query (the server does the same with COMMITTED).
 * Reads below the read point (``load_at``, the storage server's clients):
@@ -342,14 +343,15 @@ class PostgresStorage(Storage):
     ) -> list[Any]:
         """End ``conn``'s snapshot, start the next with ``query``; return its rows.
 
-        One round trip: the three statements go out as one pipeline.
+        Two round trips: ROLLBACK and BEGIN go as one simple query, then
+        the query that fixes the snapshot.  (Not one pipeline: in pipeline
+        mode PostgreSQL ran BEGIN inside the implicit block of the batch.)
         """
-        with conn.pipeline():
-            if conn.info.transaction_status != 0:  # not IDLE
-                conn.execute("ROLLBACK")
-            self._begin_snapshot(conn)
-            cursor = conn.execute(query, params)
-        return cursor.fetchall()
+        begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+        if conn.info.transaction_status != 0:  # not IDLE: end the old snapshot too
+            begin = "ROLLBACK; " + begin
+        conn.execute(begin)
+        return conn.execute(query, params).fetchall()
 
     def _max_tid_query(self) -> str:
         return f"SELECT coalesce(max(tid), 0) FROM {self._q}dhruva_transaction"
@@ -504,6 +506,33 @@ class PostgresStorage(Storage):
         except (self._pg.Error, DhruvaError):
             return None
         return reader, tid
+
+    def _catch_up_reader(self) -> None:
+        """Move the read point on to the reader's snapshot when that is later (PG-082).
+
+        After a commit or a pack the reader starts its next snapshot without
+        the commit lock (a transaction-level lock, so that PgBouncer's
+        transaction pooling keeps working), and another process may have
+        committed in between.  The read point then follows the snapshot, as a
+        sync would, and the oids of those commits are kept for the next
+        ``sync()`` to report.  Their replaced versions were never read, so
+        held snapshots before the new read point become unanswerable
+        (PG-086), never wrong.
+        """
+        reader = self._reader
+        point = self._reader_tid
+        if reader is None or not self._live(reader) or point <= self._sync_tid:
+            return
+        try:
+            with self._reader_errors("synchronize"):
+                found, _ = self._invalidations_since(reader, self._sync_tid, point + 1)
+        except DhruvaError:
+            # Called after a durable commit, which must not be reported as
+            # failed: the next load starts a reader and PG-088 applies.
+            self._drop_readers()
+            return
+        self._invalidated |= found
+        self._move_read_point(point, found, lambda: (reader, point))
 
     # --- snapshots (spec: storage-api.md "Snapshots"; PG-080..PG-089) ------------------
 
@@ -875,43 +904,36 @@ class PostgresStorage(Storage):
         tid: int | None = None
         committing = False
         try:
-            try:
-                with conn.transaction():
-                    invalid, tid = self._write_pipelined(conn, pending)
-                    conflicts = invalid.intersection(pending)
-                    if conflicts:
-                        # [PG-030] Exactly the server's WRITE_CONFLICT: the rollback on
-                        # leaving the block undoes the rows written; nothing is visible.
-                        raise WriteConflictError(sorted(key_to_oid(key) for key in conflicts))
-                    stale = invalid.intersection(reads)
-                    if stale:
-                        # [PG-084] Read at the read point, committed by another since:
-                        # checked under the commit lock, atomically with the write.
-                        raise ReadConflictError(sorted(key_to_oid(key) for key in stale))
-                    committing = True
-                # [PG-040] COMMIT returned: the commit is flushed (synchronous_commit on).
-            except pg.Error as exc:
-                error = self._translate(exc, "commit")
-                if committing and tid is not None and isinstance(error, PostgresConnectionError):
-                    self._resolve_in_doubt(tid, error)
-                    with self._errors("synchronize"):
-                        invalid = self._invalidations_since(
-                            self._connection(), self._sync_tid, tid
-                        )[0]
-                    # The commit lock went with the lost session: the reader's
-                    # next snapshot is started lazily, at whatever is latest then.
-                    self._invalidated |= invalid
-                    self._move_read_point(tid, invalid | set(pending), lambda: None)
-                    return
-                raise error from exc
-            self._invalidated |= invalid
-            # [PG-082] Still under the (session-level) commit lock: the reader's
-            # next snapshot is exactly this commit.
-            self._move_read_point(tid, invalid | set(pending), self._restart_reader)
-        finally:
-            if self._live(conn):
-                with contextlib.suppress(pg.Error):
-                    conn.execute("SELECT pg_advisory_unlock_all()")
+            with conn.transaction():
+                invalid, tid = self._write_pipelined(conn, pending)
+                conflicts = invalid.intersection(pending)
+                if conflicts:
+                    # [PG-030] Exactly the server's WRITE_CONFLICT: the rollback on
+                    # leaving the block undoes the rows written; nothing is visible.
+                    raise WriteConflictError(sorted(key_to_oid(key) for key in conflicts))
+                stale = invalid.intersection(reads)
+                if stale:
+                    # [PG-084] Read at the read point, committed by another since:
+                    # checked under the commit lock, atomically with the write.
+                    raise ReadConflictError(sorted(key_to_oid(key) for key in stale))
+                committing = True
+            # [PG-040] COMMIT returned: the commit is flushed (synchronous_commit on).
+        except pg.Error as exc:
+            error = self._translate(exc, "commit")
+            if committing and tid is not None and isinstance(error, PostgresConnectionError):
+                self._resolve_in_doubt(tid, error)
+                with self._errors("synchronize"):
+                    invalid = self._invalidations_since(self._connection(), self._sync_tid, tid)[0]
+                self._invalidated |= invalid
+                self._move_read_point(tid, invalid | set(pending), self._restart_reader)
+                self._catch_up_reader()
+                return
+            raise error from exc
+        self._invalidated |= invalid
+        # [PG-082] The reader's next snapshot, at once: this commit's, or
+        # a later one when another process committed in between.
+        self._move_read_point(tid, invalid | set(pending), self._restart_reader)
+        self._catch_up_reader()
 
     def _write_pipelined(
         self, conn: psycopg.Connection[Any], pending: dict[int, tuple[bytes, bytes]]
@@ -932,9 +954,7 @@ class PostgresStorage(Storage):
         since = self._sync_tid
         sequence = f"'{q}{SEQUENCE}'"
         with conn.pipeline():
-            # [PG-082] Session-level: end() releases it once the reader's new
-            # snapshot is started (pg_advisory_unlock_all), also after a rollback.
-            conn.execute("SELECT pg_advisory_lock(%s)", (self._commit_lock_key,))
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._commit_lock_key,))
             tid_cursor = conn.execute(f"SELECT nextval({sequence})")  # [PG-020]
             log_cursor = conn.execute(self._log_query(), (since, (1 << 63) - 1))
             with conn.cursor() as cursor:
@@ -1232,9 +1252,7 @@ class PostgresStorage(Storage):
             marked = self._mark(conn, 1, objects, progress)
             self._step("marked")
             with conn.transaction():
-                # Session-level, so that the reader's next snapshot is started
-                # under it, below (PG-085).
-                conn.execute("SELECT pg_advisory_lock(%s)", (self._commit_lock_key,))
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._commit_lock_key,))
                 # [PG-061] Whatever was committed since the walk began is live, and
                 # so is everything it references.
                 conn.execute("TRUNCATE pg_temp.dhruva_frontier")
@@ -1256,16 +1274,15 @@ class PostgresStorage(Storage):
                 self._prune_log(conn)
             self._step("committed")
             # [PG-085] Loads see the pack from here on: the reader's next
-            # snapshot is the pack's (at the read point unless others
-            # committed since the last sync, then PG-088 applies).
+            # snapshot includes it (and the read point follows when others
+            # committed since the last sync, PG-082).
             restarted = self._restart_reader()
             if restarted is None:
                 self._drop_readers()
             else:
                 self._reader, self._reader_tid = restarted
+                self._catch_up_reader()
         finally:
-            with contextlib.suppress(self._pg.Error):
-                conn.execute("SELECT pg_advisory_unlock_all()")
             for name in ("dhruva_mark", "dhruva_frontier", "dhruva_next"):
                 with contextlib.suppress(self._pg.Error):
                     conn.execute(f"DROP TABLE IF EXISTS pg_temp.{name}")

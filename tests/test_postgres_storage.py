@@ -298,6 +298,31 @@ def test_own_commit_moves_the_read_point_to_its_tid(dsn: str, schema: str) -> No
 
 
 @needs_psycopg
+@pytest.mark.req("PG-082")
+def test_a_commit_between_own_commit_and_new_snapshot_moves_the_read_point_on(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = _open(dsn, schema), _open(dsn, schema)
+    _commit(a, {oid(0): b"root", oid(1): b"one"})
+    b.sync()
+    restart = b._restart_reader
+
+    def racing():  # type: ignore[no-untyped-def]
+        _commit(a, {oid(1): b"one v2"})  # lands after b's COMMIT, before its snapshot
+        return restart()
+
+    monkeypatch.setattr(b, "_restart_reader", racing)
+    _commit(b, {oid(2): b"two"})
+    monkeypatch.undo()
+    assert b.last_tid() == a.last_tid()  # moved on, as a sync would
+    assert b.load(oid(1)).data == b"one v2"  # consistent with that read point
+    assert b.load(oid(2)).data == b"two"
+    assert b.sync() == [oid(1)]  # and the next sync reports what it passed
+    a.close()
+    b.close()
+
+
+@needs_psycopg
 @pytest.mark.req("PG-086", "PG-087", "SAPI-092", "SAPI-093")
 def test_load_at_below_the_read_point_with_a_held_snapshot(dsn: str, schema: str) -> None:
     a, b = _open(dsn, schema), _open(dsn, schema)
