@@ -339,19 +339,23 @@ class PostgresStorage(Storage):
         conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
 
     def _fresh_snapshot(
-        self, conn: psycopg.Connection[Any], query: str, params: tuple[Any, ...] = ()
+        self, conn: psycopg.Connection[Any], query: str, params: tuple[int, ...] = ()
     ) -> list[Any]:
         """End ``conn``'s snapshot, start the next with ``query``; return its rows.
 
-        Two round trips: ROLLBACK and BEGIN go as one simple query, then
-        the query that fixes the snapshot.  (Not one pipeline: in pipeline
-        mode PostgreSQL ran BEGIN inside the implicit block of the batch.)
+        One round trip: ROLLBACK, BEGIN and the query that fixes the snapshot
+        go as one simple-protocol query string (which takes no parameters, so
+        the ``params``, integers only, are formatted into ``query``'s ``%s``).  Not one
+        pipeline: in pipeline mode PostgreSQL ran BEGIN inside the implicit
+        block of the batch and refused it.
         """
-        begin = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+        parts = ["BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", query % params]
         if conn.info.transaction_status != 0:  # not IDLE: end the old snapshot too
-            begin = "ROLLBACK; " + begin
-        conn.execute(begin)
-        return conn.execute(query, params).fetchall()
+            parts.insert(0, "ROLLBACK")
+        cursor = conn.execute("; ".join(parts))
+        while cursor.nextset():
+            pass  # the last result is the query's
+        return cursor.fetchall()
 
     def _max_tid_query(self) -> str:
         return f"SELECT coalesce(max(tid), 0) FROM {self._q}dhruva_transaction"
