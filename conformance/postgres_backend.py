@@ -49,7 +49,7 @@ from dhruva_conformance.backends import (
     register_backend,
 )
 
-from dhruva.storage import CAP_DURABLE, CAP_PACK, Storage
+from dhruva.storage import CAP_DURABLE, CAP_PACK, CAP_SNAPSHOTS, Storage
 
 ENV_DSN = "DHRUVA_TEST_POSTGRES"
 PASSWORD = "dhruva-test-password"
@@ -263,6 +263,14 @@ def drop_schema(dsn: str, schema: str) -> None:
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
+        # A storage a failed test left open holds a read snapshot (PG-080),
+        # whose table locks would block the DROP for ever: end those sessions.
+        conn.execute(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l JOIN pg_class c"
+            " ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = %s AND l.pid <> pg_backend_pid()",
+            (schema,),
+        )
         conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
 
 
@@ -270,7 +278,9 @@ class PostgresFactory(BaseFactory):
     """PostgresStorage on a schema of its own in the test database."""
 
     name = "postgres"
-    capabilities = frozenset({CAP_REOPEN, CAP_DURABLE, CAP_SUBPROCESS, CAP_READONLY, CAP_PACK})
+    capabilities = frozenset(
+        {CAP_REOPEN, CAP_DURABLE, CAP_SUBPROCESS, CAP_READONLY, CAP_PACK, CAP_SNAPSHOTS}
+    )
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         reason = psycopg_missing_reason()

@@ -30,14 +30,16 @@ from dhruva_conformance.backends import (
 )
 
 from dhruva.sqlite_storage import SqliteStorage
-from dhruva.storage import CAP_DURABLE, CAP_PACK, Storage
+from dhruva.storage import CAP_DURABLE, CAP_PACK, CAP_SNAPSHOTS, Storage
 
 
 class SqliteFactory(BaseFactory):
     """SqliteStorage on ``data.sqlite`` in the factory's directory."""
 
     name = "sqlite"
-    capabilities = frozenset({CAP_REOPEN, CAP_DURABLE, CAP_SUBPROCESS, CAP_READONLY, CAP_PACK})
+    capabilities = frozenset(
+        {CAP_REOPEN, CAP_DURABLE, CAP_SUBPROCESS, CAP_READONLY, CAP_PACK, CAP_SNAPSHOTS}
+    )
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         super().__init__(directory)

@@ -18,26 +18,48 @@ them, and PostgreSQL is the only thing they share.
   synchronized to.  The oids other processes committed since then -- its
   *invalidation set*, exactly the storage server's (SRV-020, SRV-021) -- are
   the ``oids`` of the ``dhruva_transaction`` rows above ``_sync_tid``.
-* ``load`` reads the current row; a row whose ``tid`` is above ``_sync_tid``
-  was committed by another process since the last sync, and is refused with
-  ReadConflictError (PG-031).  A load therefore returns the state as of the
-  last sync, or says that the object changed.
+* Snapshot reads (PG-080..PG-089).  Loads go to a second connection, the
+  *reader*, which holds one ``REPEATABLE READ READ ONLY`` transaction whose
+  first statement is the poll that fixed ``_sync_tid``: PostgreSQL's own
+  snapshot of that statement is then exactly "every commit up to
+  ``_sync_tid``" (commits are tid-ordered under the commit lock, PG-020), so
+  ``load`` returns the version as of the read point whatever others commit
+  meanwhile, and PostgreSQL keeps the old row versions for it (also across a
+  pack's DELETE).  ``sync()`` ends that transaction and starts the next one
+  with the next poll.  This is RelStorage's "load connection"; the
+  alternative, keeping superseded rows in a table of their own, would write
+  every commit twice and need its own pruning, while PostgreSQL's MVCC
+  already keeps exactly the row versions open snapshots can see.
 * ``end`` takes the commit lock, reads the invalidation set, refuses the
   commit with WriteConflictError if it stores one of those oids (PG-030),
-  else writes the rows, one ``dhruva_transaction`` row and the oid
-  high-water mark, and commits.  The invalidation set it read is handed out
-  by the next ``sync()`` without another query (the server does the same
-  with COMMITTED).
+  and with ReadConflictError if it declared (``note_reads``) one of them
+  (PG-084), else writes the rows, one ``dhruva_transaction`` row and the
+  oid high-water mark, and commits.  Then the reader starts its next
+  snapshot at once: normally exactly this commit; when another process
+  committed in between, the read point moves on to that snapshot as a sync
+  would (PG-082).
+  The invalidation set it read is handed out by the next ``sync()`` without
+  another query (the server does the same with COMMITTED).
+* Reads below the read point (``load_at``, the storage server's clients):
+  while ``set_oldest_snapshot`` holds an older snapshot, each move of the
+  read point first reads, in the old snapshot, the versions the move
+  replaces (the oids of this object's commit and of the others' commits it
+  passes) and hands them to a VersionLedger (PG-086).  A ``sync()`` then
+  uses a third connection: the next snapshot is started there, the
+  replaced versions read from the old one, and the two change places.
 * Oids come in blocks from the one-row table ``dhruva_oid`` (an UPDATE
   under a row lock: transactional and monotone, unlike a sequence's
   ``setval``, see the spec).
 * Nothing here unpickles: records are opaque bytes, references a packed
   list of oids read only by pack.
 
-The connection is psycopg 3 in autocommit mode; each dhruva commit is one
+The connections are psycopg 3 in autocommit mode; each dhruva commit is one
 explicit PostgreSQL transaction.  A connection that breaks is dropped and
 the next call opens a new one (PG-052), so the storage is usable again once
-the server is back.  A commit whose COMMIT was sent but whose answer was
+the server is back.  A new reader cannot get the lost snapshot back: its
+snapshot is at a later tid, and a row it finds committed after the read
+point is answered from the VersionLedger or refused with
+SnapshotTooOldError, never returned (PG-088).  A commit whose COMMIT was sent but whose answer was
 lost is *in doubt*; it is resolved on the new connection by looking for its
 tid after taking the commit lock, which waits for the old backend's
 transaction to end (PG-053).
@@ -59,18 +81,22 @@ from dhruva.error import (
     FormatError,
     ReadConflictError,
     ReadOnlyError,
+    SnapshotTooOldError,
     WriteConflictError,
 )
+from dhruva.snapshots import CURRENT, VersionLedger
 from dhruva.storage import (
     CAP_DURABLE,
     CAP_PACK,
     CAP_READONLY_OPEN,
+    CAP_SNAPSHOTS,
     Record,
     Storage,
     check_oid,
     check_record,
+    check_snapshot_tid,
 )
-from dhruva.utils import OID_SIZE
+from dhruva.utils import OID_SIZE, iter_oids
 
 if TYPE_CHECKING:
     import psycopg
@@ -202,7 +228,7 @@ class PostgresStorage(Storage):
     the pip extra when psycopg is not installed.
     """
 
-    capabilities = frozenset({CAP_DURABLE, CAP_PACK, CAP_READONLY_OPEN})
+    capabilities = frozenset({CAP_DURABLE, CAP_PACK, CAP_READONLY_OPEN, CAP_SNAPSHOTS})
 
     #: Test hook (spec PACK-040): called with each pack step's name.
     _pack_step_hook: Callable[[str], object] | None = None
@@ -227,15 +253,28 @@ class PostgresStorage(Storage):
         self._invalidated: set[int] = set()  # keys found at commit, handed out by sync()
         self._commit_lock_key = 0
         self._recent: dict[bytes, Record] = {}
+        # The reader: its open REPEATABLE READ transaction is the snapshot of
+        # the tid _reader_tid, which is _sync_tid unless the reader was lost
+        # and replaced (PG-088).  _spare: the next reader, for a sync that
+        # must read the versions it replaces (PG-086).
+        self._reader: psycopg.Connection[Any] | None = None
+        self._spare: psycopg.Connection[Any] | None = None
+        self._reader_tid = 0
+        self._reads: set[int] = set()  # keys declared by note_reads (PG-084)
+        self._sync_tid = 0
         try:
             conn = self._connection()
             self.schema = schema if schema is not None else self._current_schema(conn)
             self._q = _ident(self.schema) + "."
             self._open_schema(conn, create=not readonly)
-            self._sync_tid = self._last_tid(conn)
+            self._sync_tid = self._snapshot_reader()[1]  # [PG-080]
         except BaseException:
             self._drop_connection()
+            self._drop_readers()
             raise
+        self._ledger = VersionLedger(self._sync_tid)
+        # Read points this object had at or after the ledger's oldest (PG-087).
+        self._read_points: list[int] = [self._sync_tid]
 
     # --- connecting ---------------------------------------------------------------
 
@@ -247,6 +286,11 @@ class PostgresStorage(Storage):
         if live is not None and not live.closed and not live.broken:
             return live
         self._drop_connection()
+        self._conn = self._open_connection()
+        return self._conn
+
+    def _open_connection(self) -> psycopg.Connection[Any]:
+        """Open and configure one connection (the committer's or a reader)."""
         pg = self._pg
         try:
             conn: psycopg.Connection[Any] = pg.connect(
@@ -268,7 +312,6 @@ class PostgresStorage(Storage):
         except pg.Error as exc:
             conn.close()
             raise self._translate(exc, "connect") from None
-        self._conn = conn
         return conn
 
     def _drop_connection(self) -> None:
@@ -276,6 +319,278 @@ class PostgresStorage(Storage):
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
+
+    # --- the reader: snapshot reads (PG-080..PG-089) ---------------------------------
+
+    def _drop_readers(self) -> None:
+        for name in ("_reader", "_spare"):
+            conn = getattr(self, name)
+            setattr(self, name, None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.close()
+
+    @staticmethod
+    def _live(conn: psycopg.Connection[Any] | None) -> bool:
+        return conn is not None and not conn.closed and not conn.broken
+
+    def _begin_snapshot(self, conn: psycopg.Connection[Any]) -> None:
+        """Open the read transaction whose first statement fixes its snapshot."""
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+
+    def _fresh_snapshot(
+        self, conn: psycopg.Connection[Any], query: str, params: tuple[int, ...] = ()
+    ) -> list[Any]:
+        """End ``conn``'s snapshot, start the next with ``query``; return its rows.
+
+        One round trip: ROLLBACK, BEGIN and the query that fixes the snapshot
+        go as one simple-protocol query string (which takes no parameters, so
+        the ``params``, integers only, are formatted into ``query``'s ``%s``).  Not one
+        pipeline: in pipeline mode PostgreSQL ran BEGIN inside the implicit
+        block of the batch and refused it.
+        """
+        parts = ["BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", query % params]
+        if conn.info.transaction_status != 0:  # not IDLE: end the old snapshot too
+            parts.insert(0, "ROLLBACK")
+        cursor = conn.execute("; ".join(parts))
+        while cursor.nextset():
+            pass  # the last result is the query's
+        return cursor.fetchall()
+
+    def _max_tid_query(self) -> str:
+        return f"SELECT coalesce(max(tid), 0) FROM {self._q}dhruva_transaction"
+
+    @staticmethod
+    def _end_snapshot(conn: psycopg.Connection[Any]) -> None:
+        if conn.info.transaction_status != 0:  # not IDLE: a read transaction is open
+            conn.execute("ROLLBACK")
+
+    def _snapshot_reader(self) -> tuple[psycopg.Connection[Any], int]:
+        """Return the reader and the tid of its snapshot, connecting first if it was lost.
+
+        A new reader's snapshot is the latest commit, which may be above the
+        read point: ``_reader_tid`` then says so and loads check row tids
+        against the read point ([PG-088]).
+        """
+        if self._closed:
+            raise DhruvaError(f"the storage on {self._where} is closed")
+        reader = self._reader
+        if self._live(reader):
+            assert reader is not None
+            return reader, self._reader_tid
+        self._drop_readers()
+        reader = self._open_connection()
+        try:
+            with self._reader_errors("start a snapshot", reader):
+                self._begin_snapshot(reader)
+                tid = self._last_tid(reader)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                reader.close()
+            raise
+        self._reader, self._reader_tid = reader, tid
+        return reader, tid
+
+    @contextlib.contextmanager
+    def _reader_errors(
+        self, doing: str, reader: psycopg.Connection[Any] | None = None
+    ) -> Iterator[None]:
+        """Translate psycopg errors of a reader; a lost reader is dropped (PG-052)."""
+        try:
+            yield
+        except self._pg.Error as exc:
+            conn = reader if reader is not None else self._reader
+            if conn is None or conn.closed or conn.broken:
+                self._drop_readers()
+                # The server probably went away: the committer's idle
+                # connection is then broken too, which psycopg learns only
+                # when it is next used; a commit would fail on it.
+                self._drop_connection()
+                raise PostgresConnectionError(
+                    f"cannot {doing}: lost the connection to PostgreSQL at {self._where} "
+                    f"({exc}); the next call connects again",
+                    getattr(exc, "sqlstate", None),
+                ) from exc
+            raise self._translate(exc, doing) from exc
+
+    def _as_of(self, oid: bytes, tid: int, row_tid: int, data: Any, refs: Any) -> Record:
+        """Return the version of ``oid`` at ``tid`` given its newest row seen, or refuse.
+
+        The row is the answer when it was committed at or before ``tid``;
+        otherwise the ledger may hold the version ``tid`` saw ([PG-087]),
+        and when it does not SnapshotTooOldError is raised ([PG-088]):
+        never a version committed after ``tid``.
+        """
+        if row_tid <= tid:
+            return Record(oid, bytes(data), bytes(refs))
+        version = self._ledger.lookup(oid, tid)
+        if isinstance(version, Record):
+            return version
+        if version is None:
+            raise DhruvaKeyError(oid)
+        assert version is CURRENT
+        raise SnapshotTooOldError(tid, row_tid)
+
+    def _read_versions(
+        self, reader: psycopg.Connection[Any], keys: Iterable[int]
+    ) -> list[tuple[bytes, Record | None]]:
+        """Return the versions of ``keys`` in ``reader``'s snapshot (None: no row)."""
+        keys = sorted(set(keys))
+        found: dict[int, Record] = {}
+        for start in range(0, len(keys), BATCH_SIZE):
+            rows = reader.execute(
+                f"SELECT oid, data, refs FROM {self._q}dhruva_object WHERE oid = ANY(%s)",
+                (keys[start : start + BATCH_SIZE],),
+            ).fetchall()
+            for key, data, refs in rows:
+                found[int(key)] = Record(key_to_oid(int(key)), bytes(data), bytes(refs))
+        return [(key_to_oid(key), found.get(key)) for key in keys]
+
+    def _move_read_point(
+        self,
+        tid: int,
+        replaced: set[int],
+        next_reader: Callable[[], tuple[psycopg.Connection[Any], int] | None],
+    ) -> None:
+        """Move the read point to ``tid``; hand the ledger what the move replaces.
+
+        ``replaced`` are the keys committed between the old read point and
+        ``tid``.  When a held snapshot wants them ([PG-086]) their versions
+        are read from the old snapshot first; when that is not possible (the
+        reader was lost), snapshots before ``tid`` become unanswerable rather
+        than wrong.  ``next_reader()`` returns the reader of the new snapshot
+        (or None: it is started lazily) after the old one was read.
+        """
+        ledger = self._ledger
+        previous: list[tuple[bytes, Record | None]] = []
+        complete = True
+        if replaced and ledger.wanted(tid):
+            reader = self._reader
+            if self._live(reader) and self._reader_tid == self._sync_tid:
+                assert reader is not None
+                try:
+                    with self._reader_errors("read the versions a commit replaces"):
+                        previous = self._read_versions(reader, replaced)
+                except DhruvaError:
+                    complete = False
+            else:
+                complete = False
+        if complete:
+            ledger.supersede(tid, previous)
+        else:
+            ledger.supersede(tid, ())
+            ledger.forget_before(tid)
+        started = None
+        try:
+            started = next_reader()
+        finally:
+            if started is None:
+                self._drop_readers()
+            else:
+                self._reader, self._reader_tid = started
+            self._sync_tid = tid
+            points = self._read_points
+            points.append(tid)
+            oldest = ledger.oldest
+            while len(points) > 1 and points[0] < oldest:
+                del points[0]
+
+    def _restart_reader(self) -> tuple[psycopg.Connection[Any], int] | None:
+        """End the reader's snapshot and start one at the latest commit, with its tid.
+
+        The caller holds the commit lock, so "the latest commit" is the one it
+        knows.  None when the reader is lost (the next load starts one).
+        """
+        reader = self._reader
+        if not self._live(reader):
+            return None
+        assert reader is not None
+        try:
+            tid = int(self._fresh_snapshot(reader, self._max_tid_query())[0][0])
+        except (self._pg.Error, DhruvaError):
+            return None
+        return reader, tid
+
+    def _catch_up_reader(self) -> None:
+        """Move the read point on to the reader's snapshot when that is later (PG-082).
+
+        After a commit or a pack the reader starts its next snapshot without
+        the commit lock (a transaction-level lock, so that PgBouncer's
+        transaction pooling keeps working), and another process may have
+        committed in between.  The read point then follows the snapshot, as a
+        sync would, and the oids of those commits are kept for the next
+        ``sync()`` to report.  Their replaced versions were never read, so
+        held snapshots before the new read point become unanswerable
+        (PG-086), never wrong.
+        """
+        reader = self._reader
+        point = self._reader_tid
+        if reader is None or not self._live(reader) or point <= self._sync_tid:
+            return
+        try:
+            with self._reader_errors("synchronize"):
+                found, _ = self._invalidations_since(reader, self._sync_tid, point + 1)
+        except DhruvaError:
+            # Called after a durable commit, which must not be reported as
+            # failed: the next load starts a reader and PG-088 applies.
+            self._drop_readers()
+            return
+        self._invalidated |= found
+        self._move_read_point(point, found, lambda: (reader, point))
+
+    # --- snapshots (spec: storage-api.md "Snapshots"; PG-080..PG-089) ------------------
+
+    def last_tid(self) -> int:
+        """Return the read point: the tid of the last sync or of this object's last commit."""
+        if self._closed:
+            raise DhruvaError(f"the storage on {self._where} is closed")
+        return self._sync_tid
+
+    def load_at(self, oid: bytes, tid: int) -> Record:
+        """Return ``oid``'s record as transaction ``tid`` left it (SAPI-092, PG-087).
+
+        ``tid`` at the read point is a load.  Below it, ``tid`` must be one
+        of this object's earlier read points at or after the oldest snapshot
+        set: a tid in between, which this object never read at, raises
+        SnapshotTooOldError (its versions were never kept), as does one whose
+        versions were dropped.
+        """
+        check_oid(oid)
+        if self._closed:
+            raise DhruvaError(f"the storage on {self._where} is closed")
+        check_snapshot_tid(tid, self._sync_tid)
+        if tid == self._sync_tid:
+            return self.load(oid)
+        points = self._read_points
+        if tid < self._ledger.oldest or tid not in points:
+            later = [point for point in points if point > tid]
+            raise SnapshotTooOldError(tid, later[0] if later else self._sync_tid)
+        version = self._ledger.lookup(oid, tid)
+        if isinstance(version, Record):
+            return version
+        if version is None:
+            raise DhruvaKeyError(oid)
+        key = oid_to_key(oid)
+        reader, _ = self._snapshot_reader()
+        with self._reader_errors("load"):
+            row = reader.execute(
+                f"SELECT tid, data, refs FROM {self._q}dhruva_object WHERE oid = %s", (key,)
+            ).fetchone()
+        if row is None:
+            raise DhruvaKeyError(oid)
+        return self._as_of(oid, tid, int(row[0]), row[1], row[2])
+
+    def set_oldest_snapshot(self, tid: int | None) -> None:
+        """Keep the versions snapshots at or after ``tid`` read (SAPI-093, PG-086)."""
+        if self._closed:
+            raise DhruvaError(f"the storage on {self._where} is closed")
+        self._ledger.set_floor(tid)
+
+    def note_reads(self, oids: Iterable[bytes]) -> None:
+        """Declare oids the open transaction read; ``end()`` checks them (SAPI-095, PG-084)."""
+        if self._pending is None:
+            raise DhruvaError("note_reads() outside a transaction; call begin() first")
+        self._reads.update(oid_to_key(oid) for oid in oids)
 
     def _translate(self, exc: Exception, doing: str) -> DhruvaError:
         """Turn a psycopg error into the typed dhruva error that says what happened.
@@ -425,9 +740,7 @@ class PostgresStorage(Storage):
                 f"schema {self.schema!r} holds tables of another application ({shown}) and no "
                 "dhruva_meta table; give PostgresStorage a schema of its own (schema='dhruva')",
             )
-        meta = dict(
-            conn.execute(f"SELECT name, value FROM {self._q}dhruva_meta").fetchall()
-        )
+        meta = dict(conn.execute(f"SELECT name, value FROM {self._q}dhruva_meta").fetchall())
         if meta.get("application_id") != APPLICATION_ID:
             raise FormatError(
                 self._where,
@@ -497,28 +810,27 @@ class PostgresStorage(Storage):
         return self._oid_pool.pop().to_bytes(OID_SIZE, "big")
 
     def load(self, oid: bytes) -> Record:
-        """Return ``oid``'s record as of the last sync; ReadConflictError if changed since.
+        """Return ``oid``'s record as of the read point, whatever others committed since.
 
-        The last ``RECENT_MAX`` records loaded are kept until the next sync,
-        commit or pack: a Connection loads an object once to make its ghost
-        and again to fill it, and both answers are the state as of the sync
-        point (the storage server's prefetch keeps the same rule, WIRE-056).
+        [PG-081] Read in the reader's snapshot, which is the read point's;
+        SnapshotTooOldError only when the reader was lost and the version is
+        not kept ([PG-088]).  The last ``RECENT_MAX`` records loaded are kept
+        until the next sync, commit or pack (they are the state as of the
+        read point too, and a Connection loads an object twice: to make its
+        ghost and to fill it).
         """
         recent = self._recent.get(oid)
         if recent is not None:
             return recent
         key = oid_to_key(oid)
-        conn = self._connection()
-        with self._errors("load"):
-            row = conn.execute(
+        reader, _ = self._snapshot_reader()
+        with self._reader_errors("load"):
+            row = reader.execute(
                 f"SELECT tid, data, refs FROM {self._q}dhruva_object WHERE oid = %s", (key,)
             ).fetchone()
         if row is None:
             raise DhruvaKeyError(oid)
-        if row[0] > self._sync_tid:
-            # [PG-031] Changed by another process since our last sync.
-            raise ReadConflictError([oid])
-        record = Record(oid, bytes(row[1]), bytes(row[2]))
+        record = self._as_of(oid, self._sync_tid, int(row[0]), row[1], row[2])
         if len(self._recent) >= RECENT_MAX:
             del self._recent[next(iter(self._recent))]
         self._recent[oid] = record
@@ -537,29 +849,28 @@ class PostgresStorage(Storage):
             yield from self._load_batch(batch)
 
     def _load_batch(self, batch: list[bytes]) -> Iterator[Record]:
-        conn = self._connection()
+        reader, _ = self._snapshot_reader()
         keys = sorted({oid_to_key(oid) for oid in batch})
-        with self._errors("load"):
-            rows = conn.execute(
+        with self._reader_errors("load"):
+            rows = reader.execute(
                 f"SELECT oid, tid, data, refs FROM {self._q}dhruva_object WHERE oid = ANY(%s)",
                 (keys,),
             ).fetchall()
         found = {key: (tid, data, refs) for key, tid, data, refs in rows}
-        since = self._sync_tid
-        stale = sorted(key_to_oid(key) for key, (tid, _, _) in found.items() if tid > since)
-        if stale:
-            raise ReadConflictError(stale)  # [PG-031]
+        point = self._sync_tid
         for oid in batch:
             entry = found.get(oid_to_key(oid))
             if entry is None:
                 raise DhruvaKeyError(oid)
-            yield Record(oid, bytes(entry[1]), bytes(entry[2]))
+            # [PG-081] The snapshot's version, as load returns it.
+            yield self._as_of(oid, point, int(entry[0]), entry[1], entry[2])
 
     def begin(self) -> None:
         self._writable()
         if self._pending is not None:
             raise DhruvaError("a transaction is already open")
         self._pending = {}
+        self._reads = set()
 
     def store(self, oid: bytes, data: bytes, refs: bytes = b"") -> None:
         if self._closed:
@@ -571,13 +882,15 @@ class PostgresStorage(Storage):
 
     def abort_transaction(self) -> None:
         self._pending = None
+        self._reads = set()
 
     def end(self) -> None:
         """Commit the open transaction as one PostgreSQL transaction (PG-030..PG-033).
 
         Raises WriteConflictError, writing nothing, when another process
-        committed one of the stored oids since this storage's last sync;
-        ReadOnlyError when the role may not write; PostgresConnectionError
+        committed one of the stored oids since this storage's last sync, and
+        ReadConflictError when it committed one of the oids declared with
+        ``note_reads`` (PG-084); ReadOnlyError when the role may not write; PostgresConnectionError
         when the connection broke before COMMIT (nothing written) and
         CommitInDoubtError when it broke during COMMIT and no new connection
         could say whether the commit took effect.
@@ -590,6 +903,7 @@ class PostgresStorage(Storage):
         if not pending:
             return  # An empty transaction changes nothing and writes nothing.
         self._recent.clear()
+        reads, self._reads = self._reads, set()
         pg = self._pg
         tid: int | None = None
         committing = False
@@ -601,6 +915,11 @@ class PostgresStorage(Storage):
                     # [PG-030] Exactly the server's WRITE_CONFLICT: the rollback on
                     # leaving the block undoes the rows written; nothing is visible.
                     raise WriteConflictError(sorted(key_to_oid(key) for key in conflicts))
+                stale = invalid.intersection(reads)
+                if stale:
+                    # [PG-084] Read at the read point, committed by another since:
+                    # checked under the commit lock, atomically with the write.
+                    raise ReadConflictError(sorted(key_to_oid(key) for key in stale))
                 committing = True
             # [PG-040] COMMIT returned: the commit is flushed (synchronous_commit on).
         except pg.Error as exc:
@@ -609,10 +928,16 @@ class PostgresStorage(Storage):
                 self._resolve_in_doubt(tid, error)
                 with self._errors("synchronize"):
                     invalid = self._invalidations_since(self._connection(), self._sync_tid, tid)[0]
-            else:
-                raise error from exc
+                self._invalidated |= invalid
+                self._move_read_point(tid, invalid | set(pending), self._restart_reader)
+                self._catch_up_reader()
+                return
+            raise error from exc
         self._invalidated |= invalid
-        self._sync_tid = tid
+        # [PG-082] The reader's next snapshot, at once: this commit's, or
+        # a later one when another process committed in between.
+        self._move_read_point(tid, invalid | set(pending), self._restart_reader)
+        self._catch_up_reader()
 
     def _write_pipelined(
         self, conn: psycopg.Connection[Any], pending: dict[int, tuple[bytes, bytes]]
@@ -728,16 +1053,45 @@ class PostgresStorage(Storage):
     def sync(self) -> list[bytes]:
         """Return the oids other processes committed since the previous sync (PG-021).
 
-        One query: the log rows above the sync point.  The newest log row is
-        never pruned, so no row means no commit since.
+        One query: the log rows above the sync point, the first statement of
+        the reader's next snapshot, so the new read point and the snapshot
+        agree ([PG-083]).  The newest log row is never pruned, so no row
+        means no commit since.  While an older snapshot is held, the next
+        snapshot is started on a second reader and the versions the move
+        replaces are read from the old one first ([PG-086]).
         """
-        conn = self._connection()
+        if self._closed:
+            raise DhruvaError(f"the storage on {self._where} is closed")
         self._recent.clear()
-        with self._errors("synchronize"):
-            found, last = self._invalidations_since(conn, self._sync_tid)
+        since = self._sync_tid
+        keep_old = self._ledger.floor is not None and self._live(self._reader)
+        if keep_old:
+            target = self._spare if self._live(self._spare) else None
+        else:
+            target = self._reader if self._live(self._reader) else None
+        if target is None:
+            target = self._open_connection()
+        with self._reader_errors("synchronize", target):
+            bound = (1 << 63) - 1
+            rows = self._fresh_snapshot(target, self._log_query(), (since, bound))
+            found, last = self._interpret_log(target, rows, since, bound)
+        last = max(last, since)
+        old = self._reader
+        if last > since:
+            self._move_read_point(last, found, lambda: (target, last))
+        else:
+            self._reader, self._reader_tid = target, last
+        if old is not None and old is not target:
+            # The old snapshot's reader becomes the spare for the next sync.
+            try:
+                self._end_snapshot(old)
+                self._spare = old
+            except self._pg.Error:
+                with contextlib.suppress(Exception):
+                    old.close()
+                self._spare = None
         found |= self._invalidated
         self._invalidated = set()
-        self._sync_tid = max(last, self._sync_tid)
         return [key_to_oid(key) for key in sorted(found)]
 
     def iter_oids(self) -> Iterator[bytes]:
@@ -763,6 +1117,7 @@ class PostgresStorage(Storage):
         if self.readonly:
             raise ReadOnlyError("a read-only PostgresStorage drops no tables")
         conn = self._connection()
+        self._drop_readers()  # their snapshots' table locks would block the DROP
         relations = ", ".join(self._q + _ident(name) for name in TABLES)
         with self._errors("drop the dhruva tables"), conn.transaction():
             conn.execute(f"DROP TABLE IF EXISTS {relations}")
@@ -774,15 +1129,18 @@ class PostgresStorage(Storage):
         self._recent.clear()
         self._closed = True
         self._drop_connection()
+        self._drop_readers()
 
     def _abandon(self) -> None:
         """Drop the connection as a killed process would (conformance crash tests)."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.pgconn.finish()
-            with contextlib.suppress(Exception):
-                conn.close()
+        for name in ("_conn", "_reader", "_spare"):
+            conn = getattr(self, name)
+            setattr(self, name, None)
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    conn.pgconn.finish()
+                with contextlib.suppress(Exception):
+                    conn.close()
         self._closed = True
 
     def __repr__(self) -> str:
@@ -884,6 +1242,17 @@ class PostgresStorage(Storage):
         try:
             conn.execute("INSERT INTO pg_temp.dhruva_frontier VALUES (0)")
             conn.execute("INSERT INTO pg_temp.dhruva_mark VALUES (0)")
+            # [PG-089] [SAPI-096] What the versions kept for held snapshots
+            # reference is live too.
+            kept = sorted(
+                {oid_to_key(ref) for refs in self._ledger.kept_refs() for ref in iter_oids(refs)}
+                - {0}
+            )
+            if kept:
+                for table in ("dhruva_frontier", "dhruva_mark"):
+                    conn.execute(
+                        f"INSERT INTO pg_temp.{table} SELECT unnest(%s::bigint[])", (kept,)
+                    )
             marked = self._mark(conn, 1, objects, progress)
             self._step("marked")
             with conn.transaction():
@@ -908,6 +1277,15 @@ class PostgresStorage(Storage):
                 self._step("deleted")
                 self._prune_log(conn)
             self._step("committed")
+            # [PG-085] Loads see the pack from here on: the reader's next
+            # snapshot includes it (and the read point follows when others
+            # committed since the last sync, PG-082).
+            restarted = self._restart_reader()
+            if restarted is None:
+                self._drop_readers()
+            else:
+                self._reader, self._reader_tid = restarted
+                self._catch_up_reader()
         finally:
             for name in ("dhruva_mark", "dhruva_frontier", "dhruva_next"):
                 with contextlib.suppress(self._pg.Error):
@@ -961,4 +1339,3 @@ class PostgresStorage(Storage):
                 " AND value::bigint < %s",
                 (str(row[0]), row[0]),
             )
-

@@ -137,6 +137,19 @@ class VersionLedger:
                 if record is not None and record.refs:
                     yield record.refs
 
+    def forget_before(self, tid: int) -> None:
+        """Make every snapshot before ``tid`` unanswerable (its versions could not be kept).
+
+        For a storage that could not read what a commit replaced (a lost
+        connection): those snapshots then get SnapshotTooOldError, never a
+        version another tid saw.
+        """
+        self._latest = max(self._latest, tid)
+        self.oldest = max(self.oldest, tid)
+        order = self._order
+        while order and order[0][0] <= tid:
+            self._pop_oldest()
+
     def set_floor(self, tid: int | None) -> None:
         """Say the oldest snapshot still held (None: none older than the latest).
 

@@ -7,6 +7,7 @@ oid: the record's data and packed reference list) and ``meta`` (named values;
 today only the oid high-water mark).  The oid column is SQLite's rowid, the
 oid's eight bytes read as a signed big-endian integer, so that lookups use the
 table's own B-tree and small oids read naturally in the ``sqlite3`` shell.
+``meta`` also holds ``last_tid``, the tid of the last commit (SQL-080).
 
 State of a storage object:
 
@@ -22,10 +23,16 @@ State of a storage object:
   reopen or a crash, nor after a pack removed it.
 * ``_pending``: the records of the open transaction, kept in Python until
   ``end()``; nothing reaches SQLite before then.
+* ``_last_tid``: the read point (SAPI-090).  One writer per database, so it
+  is the last commit; each commit writes it into ``meta`` in the same SQLite
+  transaction as its records (SQL-080).  ``_ledger``: the versions older
+  snapshots read (a VersionLedger, memory only), fed by ``end()`` only while
+  one is held (SQL-081).
 
 A read-only storage opens the file with ``mode=ro`` and keeps one read
 transaction open from open to close: it sees one consistent snapshot even
-while a writer in another process commits.
+while a writer in another process commits, and its ``last_tid()`` is that
+snapshot's, fixed until close (SQL-082).
 """
 
 from __future__ import annotations
@@ -45,14 +52,17 @@ from dhruva.error import (
     ReadOnlyError,
     StorageLockedError,
 )
+from dhruva.snapshots import CURRENT, VersionLedger
 from dhruva.storage import (
     CAP_DURABLE,
     CAP_PACK,
     CAP_READONLY_OPEN,
+    CAP_SNAPSHOTS,
     Record,
     Storage,
     check_oid,
     check_record,
+    check_snapshot_tid,
 )
 from dhruva.utils import OID_SIZE, ROOT_OID, iter_oids
 
@@ -68,6 +78,8 @@ assert len(SQLITE_MAGIC) == 16
 BATCH_SIZE = 500
 #: Name of the ``meta`` row holding the highest oid ever handed out or stored.
 HIGH_WATER = "oid_high_water"
+#: Name of the ``meta`` row holding the tid of the last commit (SQL-080).
+LAST_TID = "last_tid"
 #: Largest WAL file kept after a checkpoint (bytes); larger ones are truncated.
 JOURNAL_SIZE_LIMIT_BYTES = 64 << 20
 
@@ -113,7 +125,7 @@ class SqliteStorage(Storage):
     copy while commits continue.
     """
 
-    capabilities = frozenset({CAP_DURABLE, CAP_PACK, CAP_READONLY_OPEN})
+    capabilities = frozenset({CAP_DURABLE, CAP_PACK, CAP_READONLY_OPEN, CAP_SNAPSHOTS})
 
     #: Test hook (spec PACK-040, SQL-064): called with each pack step's name.
     _pack_step_hook: Callable[[str], object] | None = None
@@ -127,6 +139,7 @@ class SqliteStorage(Storage):
         self._lock_fd: int | None = None
         self._conn: sqlite3.Connection | None = None
         self._broken: str | None = None
+        self._last_tid = 0
         try:
             if readonly:
                 self._conn = self._open_readonly()
@@ -134,9 +147,12 @@ class SqliteStorage(Storage):
                 self._lock_fd = self._take_write_lock()
                 self._conn = self._open_writable()
             self._next_oid = self._find_next_oid()
+            self._last_tid = self._find_last_tid()
         except BaseException:
             self._release()
             raise
+        # [SAPI-098] Memory only: snapshots are answered from the open's last tid on.
+        self._ledger = VersionLedger(self._last_tid)
 
     # --- opening ------------------------------------------------------------------
 
@@ -288,6 +304,11 @@ class SqliteStorage(Storage):
             high = max(high, _unsigned(top))
         return high + 1
 
+    def _find_last_tid(self) -> int:
+        """Return the tid of the last commit: the ``last_tid`` row, 0 without one (SQL-080)."""
+        row = self._live().execute("SELECT value FROM meta WHERE name = ?", (LAST_TID,)).fetchone()
+        return 0 if row is None else int(row[0])
+
     def _translate(self, exc: sqlite3.DatabaseError) -> DhruvaError:
         """Turn a SQLite error into the dhruva error that says what happened.
 
@@ -378,6 +399,30 @@ class SqliteStorage(Storage):
                 raise DhruvaKeyError(oid)
             yield Record(oid, entry[0], entry[1])
 
+    # --- snapshots (spec: storage-api.md "Snapshots", SQL-080..SQL-083) ---------------
+
+    def last_tid(self) -> int:
+        """Return the tid of the last commit (a read-only storage: of its snapshot)."""
+        self._live()
+        return self._last_tid
+
+    def load_at(self, oid: bytes, tid: int) -> Record:
+        """Return ``oid``'s record as transaction ``tid`` left it (SAPI-092, SQL-081)."""
+        self._live()
+        check_snapshot_tid(tid, self._last_tid)
+        version = self._ledger.lookup(oid, tid)
+        if version is CURRENT:
+            return self.load(oid)
+        if version is None:
+            raise DhruvaKeyError(oid)
+        assert isinstance(version, Record)
+        return version
+
+    def set_oldest_snapshot(self, tid: int | None) -> None:
+        """Keep the versions snapshots at or after ``tid`` read (SAPI-093)."""
+        self._live()
+        self._ledger.set_floor(tid)
+
     def begin(self) -> None:
         self._writable()
         if self._pending is not None:
@@ -408,17 +453,30 @@ class SqliteStorage(Storage):
         # [SQL-050] Persist the high-water mark with the records that use it.
         next_oid = max(self._next_oid, max(int.from_bytes(oid, "big") for oid in pending) + 1)
         high_water = next_oid - 1
+        tid = self._last_tid + 1
+        ledger = self._ledger
+        previous: list[tuple[bytes, Record | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
+                if ledger.wanted(tid):
+                    # [SQL-081] Only while an older snapshot is held; read in
+                    # the write transaction, so they are exactly what it replaces.
+                    previous = self._previous_versions(conn, list(pending))
                 conn.executemany(
                     "INSERT OR REPLACE INTO objects (oid, data, refs) VALUES (?, ?, ?)",
                     pending.values(),
                 )
+                # [SQL-080] The tid is committed with the records it names
+                # (one statement with the high-water mark when that moves).
                 if high_water != self._stored_high_water:
                     conn.execute(
-                        "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)",
-                        (HIGH_WATER, _signed(high_water)),
+                        "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?), (?, ?)",
+                        (LAST_TID, tid, HIGH_WATER, _signed(high_water)),
+                    )
+                else:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (LAST_TID, tid)
                     )
                 # [SQL-020] [SQL-011] COMMIT returns once the WAL frames are fsynced.
                 conn.execute("COMMIT")
@@ -429,6 +487,23 @@ class SqliteStorage(Storage):
             raise self._translate(exc) from exc
         self._next_oid = next_oid
         self._stored_high_water = high_water
+        ledger.supersede(tid, previous)
+        self._last_tid = tid
+
+    def _previous_versions(
+        self, conn: sqlite3.Connection, oids: list[bytes]
+    ) -> list[tuple[bytes, Record | None]]:
+        """Return the current record of each oid (None for a new one), for the ledger."""
+        found: dict[bytes, Record] = {}
+        for start in range(0, len(oids), BATCH_SIZE):
+            batch = oids[start : start + BATCH_SIZE]
+            marks = ",".join("?" * len(batch))
+            for key, data, refs in conn.execute(
+                f"SELECT oid, data, refs FROM objects WHERE oid IN ({marks})",
+                [oid_to_key(oid) for oid in batch],
+            ):
+                found[key_to_oid(key)] = Record(key_to_oid(key), data, refs)
+        return [(oid, found.get(oid)) for oid in oids]
 
     def _rollback(self, conn: sqlite3.Connection) -> None:
         """Roll back a failed write; a failing rollback leaves the storage refusing work."""
@@ -442,7 +517,10 @@ class SqliteStorage(Storage):
         self._pending = None
 
     def sync(self) -> list[bytes]:
-        """Return []: a writable storage is the only writer; a read-only one sees a snapshot."""
+        """Return []: a writable storage is the only writer; a read-only one sees a snapshot.
+
+        Neither moves the read point ([SQL-082]).
+        """
         self._live()
         return []
 
@@ -526,6 +604,14 @@ class SqliteStorage(Storage):
         """Return the rowids of records not reachable from the root (SQL-060)."""
         seen = {oid_to_key(ROOT_OID)}
         todo = [oid_to_key(ROOT_OID)]
+        # [SQL-083] [SAPI-096] What the versions kept for held snapshots
+        # reference is marked like what the root reaches.
+        for refs in self._ledger.kept_refs():
+            for ref in iter_oids(refs):
+                key = oid_to_key(ref)
+                if key not in seen:
+                    seen.add(key)
+                    todo.append(key)
         while todo:
             batch, todo = todo[-BATCH_SIZE:], todo[:-BATCH_SIZE]
             marks = ",".join("?" * len(batch))

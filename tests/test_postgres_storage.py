@@ -29,6 +29,7 @@ from dhruva.error import (
     FormatError,
     ReadConflictError,
     ReadOnlyError,
+    SnapshotTooOldError,
     WriteConflictError,
 )
 from dhruva.utils import int8_to_str
@@ -187,16 +188,16 @@ def test_oid_blocks_are_disjoint_and_above_stored_oids(dsn: str, schema: str) ->
 
 
 @needs_psycopg
-@pytest.mark.req("PG-020", "PG-021", "PG-030", "PG-031")
+@pytest.mark.req("PG-020", "PG-021", "PG-030", "PG-081")
 def test_conflicts_exactly_as_through_the_server(dsn: str, schema: str) -> None:
     a, b = _open(dsn, schema), _open(dsn, schema)
     _commit(a, {oid(0): b"root", oid(1): b"one"})
     assert a.sync() == []  # its own commit is never reported
-    # b has not synchronized: both oids are in its invalidation set.
-    with pytest.raises(ReadConflictError) as caught:
+    # b has not synchronized: it reads as of its read point, where neither
+    # oid existed (PG-081: no ReadConflictError, the version of the snapshot).
+    with pytest.raises(DhruvaKeyError):
         b.load(oid(1))
-    assert caught.value.oids == [oid(1)]
-    with pytest.raises(ReadConflictError):
+    with pytest.raises(DhruvaKeyError):
         list(b.bulk_load([oid(0), oid(1)]))
     with pytest.raises(WriteConflictError) as refused:
         _commit(b, {oid(1): b"stale"})
@@ -212,6 +213,192 @@ def test_conflicts_exactly_as_through_the_server(dsn: str, schema: str) -> None:
     assert a.load(oid(1)).data == b"fresh"
     a.close()
     b.close()
+
+
+@needs_psycopg
+@pytest.mark.req("SAPI-091", "PG-080", "PG-081", "PG-083")
+def test_load_returns_the_read_point_version_until_sync(dsn: str, schema: str) -> None:
+    a, b = _open(dsn, schema), _open(dsn, schema)
+    _commit(a, {oid(0): b"root", oid(1): b"one"})
+    b.sync()
+    point = b.last_tid()
+    assert point == a.last_tid()
+    _commit(a, {oid(1): b"one v2", oid(2): b"two"})
+    _commit(a, {oid(1): b"one v3"})
+    # b reads as of its read point: the old version, never a conflict.
+    assert b.last_tid() == point
+    assert b.load(oid(1)).data == b"one"
+    assert [r.data for r in b.bulk_load([oid(0), oid(1)])] == [b"root", b"one"]
+    with pytest.raises(DhruvaKeyError):
+        b.load(oid(2))  # created after b's read point
+    assert b.load_at(oid(1), point).data == b"one"
+    assert b.sync() == [oid(1), oid(2)]
+    assert b.last_tid() == a.last_tid() > point
+    assert b.load(oid(1)).data == b"one v3"
+    assert b.load(oid(2)).data == b"two"
+    a.close()
+    b.close()
+
+
+@needs_psycopg
+@pytest.mark.req("SAPI-095", "PG-084")
+def test_note_reads_conflicts_with_commits_of_others(dsn: str, schema: str) -> None:
+    a, b = _open(dsn, schema), _open(dsn, schema)
+    _commit(a, {oid(0): b"root", oid(1): b"one", oid(2): b"two"})
+    b.sync()
+    _commit(a, {oid(1): b"one v2", oid(2): b"two v2"})
+    # b read 1 and 2 at its read point and writes 3: a changed what it read.
+    b.begin()
+    b.note_reads([oid(1), oid(0)])
+    b.store(oid(3), b"three")
+    with pytest.raises(ReadConflictError) as caught:
+        b.end()
+    assert caught.value.oids == [oid(1)]
+    with pytest.raises(DhruvaKeyError):
+        a.load(oid(3))  # nothing of the refused commit was written
+    # Writes take precedence when an oid is both read and written.
+    b.begin()
+    b.note_reads([oid(1), oid(2)])
+    b.store(oid(2), b"mine")
+    with pytest.raises(WriteConflictError) as refused:
+        b.end()
+    assert refused.value.oids == [oid(2)]
+    # Reads of unchanged oids do not conflict; after a sync nothing does.
+    b.begin()
+    b.note_reads([oid(0)])
+    b.store(oid(3), b"three")
+    b.end()
+    b.sync()
+    b.begin()
+    b.note_reads([oid(1), oid(2)])
+    b.store(oid(4), b"four")
+    b.end()
+    with pytest.raises(DhruvaError):
+        b.note_reads([oid(1)])  # outside a transaction
+    a.close()
+    b.close()
+
+
+@needs_psycopg
+@pytest.mark.req("PG-082", "SAPI-090")
+def test_own_commit_moves_the_read_point_to_its_tid(dsn: str, schema: str) -> None:
+    a, b = _open(dsn, schema), _open(dsn, schema)
+    _commit(a, {oid(0): b"root"})
+    _commit(b, {oid(1): b"one"})  # b's commit is above a's
+    assert b.last_tid() > a.last_tid()
+    # As of b's commit, a's root exists (it committed before).
+    assert b.load(oid(0)).data == b"root"
+    assert b.load_at(oid(1), b.last_tid()).data == b"one"
+    _commit(a, {oid(0): b"root v2"})
+    assert b.load(oid(0)).data == b"root"  # a's later commit is not in b's snapshot
+    assert b.sync() == [oid(0)]
+    assert b.load(oid(0)).data == b"root v2"
+    a.close()
+    b.close()
+
+
+@needs_psycopg
+@pytest.mark.req("PG-082")
+def test_a_commit_between_own_commit_and_new_snapshot_moves_the_read_point_on(
+    dsn: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = _open(dsn, schema), _open(dsn, schema)
+    _commit(a, {oid(0): b"root", oid(1): b"one"})
+    b.sync()
+    restart = b._restart_reader
+
+    def racing():  # type: ignore[no-untyped-def]
+        _commit(a, {oid(1): b"one v2"})  # lands after b's COMMIT, before its snapshot
+        return restart()
+
+    monkeypatch.setattr(b, "_restart_reader", racing)
+    _commit(b, {oid(2): b"two"})
+    monkeypatch.undo()
+    assert b.last_tid() == a.last_tid()  # moved on, as a sync would
+    assert b.load(oid(1)).data == b"one v2"  # consistent with that read point
+    assert b.load(oid(2)).data == b"two"
+    assert b.sync() == [oid(1)]  # and the next sync reports what it passed
+    a.close()
+    b.close()
+
+
+@needs_psycopg
+@pytest.mark.req("PG-086", "PG-087", "SAPI-092", "SAPI-093")
+def test_load_at_below_the_read_point_with_a_held_snapshot(dsn: str, schema: str) -> None:
+    a, b = _open(dsn, schema), _open(dsn, schema)
+    _commit(a, {oid(0): b"root", oid(1): b"one"})
+    b.sync()
+    t1 = b.last_tid()
+    b.set_oldest_snapshot(t1)
+    _commit(a, {oid(1): b"one v2", oid(2): b"two"})
+    _commit(a, {oid(1): b"one v3"})
+    b.sync()  # others' commits: the versions they replaced are kept for t1
+    t2 = b.last_tid()
+    _commit(b, {oid(0): b"root v2"})  # b's own commit too
+    t3 = b.last_tid()
+    assert t1 < t2 < t3
+    assert b.load_at(oid(1), t1).data == b"one"
+    assert b.load_at(oid(1), t2).data == b"one v3"
+    assert b.load_at(oid(0), t1).data == b"root"
+    assert b.load_at(oid(0), t2).data == b"root"
+    assert b.load_at(oid(0), t3).data == b"root v2"
+    with pytest.raises(DhruvaKeyError):
+        b.load_at(oid(2), t1)
+    # A tid b never read at (a's first commit above t1) is not answered wrongly.
+    with pytest.raises(SnapshotTooOldError):
+        b.load_at(oid(1), t1 + 1)
+    b.set_oldest_snapshot(None)
+    _commit(a, {oid(1): b"one v4"})
+    b.sync()
+    with pytest.raises(SnapshotTooOldError):
+        b.load_at(oid(1), t1)
+    a.close()
+    b.close()
+
+
+@needs_psycopg
+@pytest.mark.req("PG-088")
+def test_lost_reader_never_returns_a_later_version(dsn: str, schema: str) -> None:
+    a, b = _open(dsn, schema), _open(dsn, schema)
+    _commit(a, {oid(0): b"root", oid(1): b"one"})
+    b.sync()
+    _commit(a, {oid(1): b"one v2"})
+    assert b._reader is not None
+    _sql(dsn, "SELECT pg_terminate_backend(%s)", b._reader.info.backend_pid)
+    with pytest.raises(DhruvaError):
+        b.load(oid(1))  # the reader's connection is gone: this call says so
+    # The next reader's snapshot is later than b's read point.
+    assert b.load(oid(0)).data == b"root"  # unchanged since: still right
+    with pytest.raises(SnapshotTooOldError):
+        b.load(oid(1))  # changed since: refused, not the later version
+    assert b.sync() == [oid(1)]
+    assert b.load(oid(1)).data == b"one v2"
+    a.close()
+    b.close()
+
+
+@needs_psycopg
+@pytest.mark.req("PG-089", "PG-085", "SAPI-096")
+def test_pack_keeps_what_a_held_snapshot_reaches(dsn: str, schema: str) -> None:
+    a = _open(dsn, schema)
+    a.begin()
+    a.store(oid(0), b"root", oid(1))
+    a.store(oid(1), b"one", oid(2))
+    a.store(oid(2), b"two")
+    a.end()
+    t1 = a.last_tid()
+    a.set_oldest_snapshot(t1)
+    a.begin()
+    a.store(oid(0), b"root v2")
+    a.end()
+    a.pack()
+    assert a.load_at(oid(1), t1).data == b"one"
+    assert a.load_at(oid(2), t1).data == b"two"
+    a.set_oldest_snapshot(None)
+    a.pack()
+    with pytest.raises(DhruvaKeyError):
+        a.load(oid(2))
+    a.close()
 
 
 @needs_psycopg
@@ -250,7 +437,7 @@ for _ in range(count):
     while True:
         connection.abort()
         try:
-            # A load can conflict as well as the commit (SRV-021, PG-031).
+            # A commit can conflict (PG-030); loads read the snapshot (PG-081).
             root = connection.get_root()
             root["counter"] = root["counter"] + 1
             connection.commit()
@@ -442,7 +629,7 @@ def test_read_only_role(dsn: str, schema: str) -> None:
             readonly.begin()
         readonly.close()
     finally:
-        _sql(dsn, f'DROP OWNED BY {role}')
+        _sql(dsn, f"DROP OWNED BY {role}")
         _sql(dsn, f"DROP ROLE {role}")
 
 

@@ -110,6 +110,21 @@ def test_ledger_kept_refs_are_those_of_kept_versions() -> None:
     assert list(ledger.kept_refs()) == []
 
 
+@pytest.mark.req("SAPI-094", "PG-086")
+def test_ledger_forget_before_makes_older_snapshots_too_old() -> None:
+    ledger = VersionLedger(start_tid=1)
+    ledger.set_floor(1)
+    ledger.supersede(2, [(A, rec(A, b"a1"))])
+    # A commit whose replaced versions could not be read (a lost connection).
+    ledger.supersede(3, ())
+    ledger.forget_before(3)
+    for tid in (1, 2):
+        with pytest.raises(SnapshotTooOldError):
+            ledger.lookup(A, tid)
+    assert ledger.lookup(A, 3) is CURRENT
+    assert len(ledger) == 0
+
+
 # --- storages -------------------------------------------------------------------------
 
 

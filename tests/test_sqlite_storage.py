@@ -301,7 +301,7 @@ def test_a_failed_rollback_leaves_the_storage_refusing_work(path: Path) -> None:
     reopened.close()
 
 
-@pytest.mark.req("SQL-020", "SQL-005")
+@pytest.mark.req("SQL-020", "SQL-005", "SQL-080")
 def test_a_commit_is_one_sqlite_transaction(storage: SqliteStorage) -> None:
     conn = storage._conn
     assert conn is not None
@@ -313,14 +313,16 @@ def test_a_commit_is_one_sqlite_transaction(storage: SqliteStorage) -> None:
     storage.end()
     storage.begin()
     storage.store(int8_to_str(2), b"y", b"")
-    storage.end()  # the high-water mark is unchanged: no meta write
+    storage.end()  # the high-water mark is unchanged: only the tid is written
     storage.begin()
     storage.end()  # empty: runs nothing
     conn.set_trace_callback(None)
     words = [" ".join(statement.split()[:3]) for statement in statements]
     first = ["BEGIN IMMEDIATE", *["INSERT OR REPLACE"] * 4, "COMMIT"]
-    assert words == [*first, "BEGIN IMMEDIATE", "INSERT OR REPLACE", "COMMIT"]
-    assert sum("INTO meta" in statement for statement in statements) == 1
+    assert words == [*first, "BEGIN IMMEDIATE", *["INSERT OR REPLACE"] * 2, "COMMIT"]
+    # [SQL-080] One meta statement per commit: the tid, with the mark when it moved.
+    meta = [statement for statement in statements if "INTO meta" in statement]
+    assert len(meta) == 2 and "last_tid" in meta[0] and "oid_high_water" in meta[0]
 
 
 @pytest.mark.req("SQL-022", "SQL-020")
@@ -723,3 +725,75 @@ def test_pack_reports_its_steps_in_order(storage: SqliteStorage) -> None:
         "checkpointed",
     ]
     assert list(storage.iter_oids()) == [ROOT_OID]
+
+
+# --- snapshots (SQL-080..SQL-083) -----------------------------------------------------------
+
+
+@pytest.mark.req("SQL-080", "SAPI-090")
+def test_last_tid_is_kept_in_meta_and_survives_reopen(path: Path) -> None:
+    storage = SqliteStorage(path)
+    commit(storage, {ROOT_OID: (b"one", b"")})
+    commit(storage, {ROOT_OID: (b"two", b"")})
+    assert storage.last_tid() == 2
+    storage.close()
+    with raw(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE name = 'last_tid'").fetchone() == (2,)
+    storage = SqliteStorage(path)
+    assert storage.last_tid() == 2
+    commit(storage, {ROOT_OID: (b"three", b"")})
+    assert storage.last_tid() == 3
+    storage.close()
+
+
+@pytest.mark.req("SQL-080")
+def test_a_database_without_the_last_tid_row_opens_at_zero(path: Path) -> None:
+    storage = SqliteStorage(path)
+    commit(storage, {ROOT_OID: (b"old", b"")})
+    storage.close()
+    # A database written before the row existed: same schema, no row.
+    write_raw(path, "DELETE FROM meta WHERE name = 'last_tid'")
+    storage = SqliteStorage(path)
+    assert storage.last_tid() == 0
+    assert storage.load(ROOT_OID).data == b"old"
+    assert storage.load_at(ROOT_OID, 0).data == b"old"
+    commit(storage, {ROOT_OID: (b"new", b"")})
+    assert storage.last_tid() == 1
+    storage.close()
+
+
+@pytest.mark.req("SQL-082")
+def test_readonly_read_point_is_its_fixed_snapshot(path: Path) -> None:
+    writer = SqliteStorage(path)
+    commit(writer, {ROOT_OID: (b"one", b"")})
+    reader = SqliteStorage(path, readonly=True)
+    point = reader.last_tid()
+    assert point == writer.last_tid()
+    commit(writer, {ROOT_OID: (b"two", b"")})
+    assert reader.sync() == []
+    assert reader.last_tid() == point
+    assert reader.load_at(ROOT_OID, point).data == b"one"
+    with pytest.raises(ValueError):
+        reader.load_at(ROOT_OID, writer.last_tid())  # beyond its read point
+    reader.close()
+    writer.close()
+
+
+@pytest.mark.req("SQL-081", "SQL-083")
+def test_commits_keep_replaced_versions_only_while_a_snapshot_is_held(
+    storage: SqliteStorage,
+) -> None:
+    one = int8_to_str(1)
+    commit(storage, {ROOT_OID: (b"root", one), one: (b"one", b"")})
+    commit(storage, {one: (b"one v2", b"")})
+    assert len(storage._ledger) == 0  # nothing held: nothing read or kept
+    held = storage.last_tid()
+    storage.set_oldest_snapshot(held)
+    commit(storage, {ROOT_OID: (b"root v3", b"")})  # 1 now unreachable
+    assert len(storage._ledger) == 1
+    storage.pack()
+    assert storage.load_at(one, held).data == b"one v2"
+    storage.set_oldest_snapshot(None)
+    storage.pack()
+    with pytest.raises(DhruvaKeyError):
+        storage.load(one)
