@@ -48,6 +48,7 @@ RECOVERY_NAMES = sorted(p.stem for p in RECOVERY.glob("*.hex"))
 
 # Every folder of conformance/vectors/, with the test module that runs its files.
 VECTOR_FOLDERS = {
+    "blobs": "tests/test_blob_vectors.py",
     "durus": "tests/test_durus_import.py",
     "file-format": "tests/test_journal.py",
     "file-index": "tests/test_file_index.py",
