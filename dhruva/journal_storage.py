@@ -75,7 +75,7 @@ from dhruva.file_pack import (
     PackSnapshot,
 )
 from dhruva.fileio import OS_FILES, DataFile, FileLayer, FileReplacedError, set_aside
-from dhruva.snapshots import CURRENT, VersionLedger
+from dhruva.snapshots import VersionLedger
 from dhruva.storage import (
     CAP_BLOBS,
     CAP_DURABLE,
@@ -377,14 +377,7 @@ class JournalStorage(Storage):
     def load_at(self, oid: bytes, tid: int) -> Record:
         """Return ``oid``'s record as transaction ``tid`` left it (SAPI-092, SAPI-094)."""
         self._check_open()
-        check_snapshot_tid(tid, self._last_tid)
-        version = self._ledger.lookup(oid, tid)
-        if version is CURRENT:
-            return self.load(oid)
-        if version is None:
-            raise DhruvaKeyError(oid)
-        assert isinstance(version, Record)
-        return version
+        return self._ledger.load_at(oid, tid, self._last_tid, self.load)
 
     def set_oldest_snapshot(self, tid: int | None) -> None:
         """Keep the versions snapshots at or after ``tid`` read (SAPI-093)."""

@@ -37,9 +37,9 @@ The ledger interprets nothing: records are opaque bytes (DM-004).
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
-from dhruva.error import SnapshotTooOldError
+from dhruva.error import DhruvaKeyError, SnapshotTooOldError
 from dhruva.record import Record
 
 #: Default bound of the bytes the ledger keeps (record data and references).
@@ -47,6 +47,14 @@ DEFAULT_LIMIT_BYTES = 64 << 20
 
 #: ``lookup`` answer meaning "the current record is the version asked for".
 CURRENT = object()
+
+
+def check_snapshot_tid(tid: int, last: int) -> None:
+    """Refuse a ``load_at`` tid that is not an int or is past the read point (SAPI-092)."""
+    if type(tid) is not int:
+        raise TypeError(f"a tid is an int, not {type(tid).__name__}")
+    if not 0 <= tid <= last:
+        raise ValueError(f"tid {tid} is not a committed transaction up to the read point {last}")
 
 
 class VersionLedger:
@@ -149,6 +157,24 @@ class VersionLedger:
         order = self._order
         while order and order[0][0] <= tid:
             self._pop_oldest()
+
+    def load_at(
+        self, oid: bytes, tid: int, last_tid: int, load: Callable[[bytes], Record]
+    ) -> Record:
+        """``Storage.load_at`` for a storage whose current records ``load`` reads (SAPI-092).
+
+        ``last_tid`` is the storage's read point; raises DhruvaKeyError when
+        ``oid`` had no record at ``tid``, SnapshotTooOldError when the
+        versions are no longer kept.
+        """
+        check_snapshot_tid(tid, last_tid)
+        version = self.lookup(oid, tid)
+        if version is CURRENT:
+            return load(oid)
+        if version is None:
+            raise DhruvaKeyError(oid)
+        assert isinstance(version, Record)
+        return version
 
     def set_floor(self, tid: int | None) -> None:
         """Say the oldest snapshot still held (None: none older than the latest).

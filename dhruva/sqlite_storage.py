@@ -52,7 +52,7 @@ from dhruva.error import (
     ReadOnlyError,
     StorageLockedError,
 )
-from dhruva.snapshots import CURRENT, VersionLedger
+from dhruva.snapshots import VersionLedger
 from dhruva.storage import (
     CAP_DURABLE,
     CAP_PACK,
@@ -62,7 +62,6 @@ from dhruva.storage import (
     Storage,
     check_oid,
     check_record,
-    check_snapshot_tid,
 )
 from dhruva.utils import OID_SIZE, ROOT_OID, iter_oids
 
@@ -409,14 +408,7 @@ class SqliteStorage(Storage):
     def load_at(self, oid: bytes, tid: int) -> Record:
         """Return ``oid``'s record as transaction ``tid`` left it (SAPI-092, SQL-081)."""
         self._live()
-        check_snapshot_tid(tid, self._last_tid)
-        version = self._ledger.lookup(oid, tid)
-        if version is CURRENT:
-            return self.load(oid)
-        if version is None:
-            raise DhruvaKeyError(oid)
-        assert isinstance(version, Record)
-        return version
+        return self._ledger.load_at(oid, tid, self._last_tid, self.load)
 
     def set_oldest_snapshot(self, tid: int | None) -> None:
         """Keep the versions snapshots at or after ``tid`` read (SAPI-093)."""

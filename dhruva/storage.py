@@ -43,7 +43,8 @@ from dhruva.record import Record as Record
 from dhruva.record import check_oid as check_oid
 from dhruva.record import check_record as check_record
 from dhruva.record_class import record_class_name
-from dhruva.snapshots import CURRENT, VersionLedger
+from dhruva.snapshots import VersionLedger
+from dhruva.snapshots import check_snapshot_tid as check_snapshot_tid
 from dhruva.utils import int8_to_str, iter_oids, str_to_int8
 
 # Capability names a storage may declare (spec: storage-api.md, "Capabilities").
@@ -265,14 +266,7 @@ class MemoryStorage(Storage):
 
     def load_at(self, oid: bytes, tid: int) -> Record:
         self._check_open()
-        check_snapshot_tid(tid, self._tid)
-        version = self._ledger.lookup(oid, tid)
-        if version is CURRENT:
-            return self.load(oid)
-        if version is None:
-            raise DhruvaKeyError(oid)
-        assert isinstance(version, Record)
-        return version
+        return self._ledger.load_at(oid, tid, self._tid, self.load)
 
     def set_oldest_snapshot(self, tid: int | None) -> None:
         self._ledger.set_floor(tid)
@@ -369,14 +363,6 @@ class MemoryStorage(Storage):
         if self._blob_store is not None:
             self._blob_store.remove_all()
             self._blob_store = None
-
-
-def check_snapshot_tid(tid: int, last: int) -> None:
-    """Refuse a ``load_at`` tid that is not an int or is past the read point (SAPI-092)."""
-    if type(tid) is not int:
-        raise TypeError(f"a tid is an int, not {type(tid).__name__}")
-    if not 0 <= tid <= last:
-        raise ValueError(f"tid {tid} is not a committed transaction up to the read point {last}")
 
 
 # --- Durus's storage helpers (docs/guide/durus.md) ----------------------------------------
