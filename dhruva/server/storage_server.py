@@ -601,6 +601,8 @@ class StorageServer:
         client.session.send(wire.RecordMessage(record))
 
     def _note_refused(self, client: Client, event: Refused) -> None:
+        # [SRV-123] A fatal error ends the session: its staged blobs go now.
+        self._drop_blobs(client)
         if event.code is wire.ErrorCode.AUTH_FAILED:
             log.warning(
                 "client %s: authentication failed",
