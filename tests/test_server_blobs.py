@@ -24,6 +24,7 @@ from dhruva.client_storage import ClientStorage
 from dhruva.connection import Connection
 from dhruva.error import DhruvaError, DhruvaKeyError, ProtocolError
 from dhruva.record import Record
+from dhruva.server import session as sessions
 from dhruva.server.commit import Committer
 from dhruva.server.session import ServerLimits
 from dhruva.server.storage_server import StorageServer
@@ -145,7 +146,7 @@ def read_all(storage: Storage, oid: bytes, tid: int | None = None) -> bytes:
 
 @pytest.mark.req("WIRE-131", "WIRE-132", "WIRE-133", "WIRE-134")
 def test_the_blob_frames_match_the_spec_examples() -> None:
-    examples = {
+    examples: dict[wire.Message, str] = {
         wire.Hello(features="blobs"): "00 00 00 10 01 44 48 52 56 00 01 00 00 00 05 62 6c 6f 62 73",
         wire.BlobChunk(OID, b"ab"): "00 00 00 0b 11 00 00 00 00 00 00 00 01 61 62",
         wire.BlobChunk(OID, b""): "00 00 00 09 11 00 00 00 00 00 00 00 01",
@@ -522,3 +523,67 @@ def test_a_64_mib_blob_goes_through_in_bounded_memory(
     assert read_digest.hexdigest() == digest.hexdigest()
     assert write_peak < 16 * CHUNK, write_peak
     assert read_peak < 16 * CHUNK, read_peak
+
+
+# --- the sans-IO session -----------------------------------------------------------
+
+
+def _session_events(session: sessions.ServerSession) -> list[Any]:
+    found: list[Any] = []
+    while True:
+        event = session.next_event()
+        if event is sessions.NEED_DATA or event is sessions.PAUSED:
+            return found
+        found.append(event)
+
+
+def _session_output(session: sessions.ServerSession) -> list[wire.Message]:
+    decoder = wire.FrameDecoder()
+    payloads = decoder.feed(bytes(session.data_to_send()))
+    session.bytes_sent(len(session.data_to_send()))
+    return [wire.decode_message(p) for p in payloads]
+
+
+@pytest.mark.req("SRV-121", "SRV-120", "WIRE-132")
+def test_the_session_passes_chunks_on_and_refuses_past_the_limit() -> None:
+    session = sessions.ServerSession(
+        ServerLimits(max_staged_blob_bytes=5),
+        features=f"{sessions.FEATURES} {wire.FEATURE_BLOBS}",
+    )
+    session.receive_data(wire.Hello(features=wire.FEATURE_BLOBS).encode())
+    assert _session_events(session) == [sessions.Ready(False)]
+    assert session.blobs
+    _session_output(session)
+    record = Record(OID, b"r", b"")
+    session.receive_data(
+        wire.BlobChunk(OID, b"abc").encode()
+        + wire.BlobChunk(OID, b"de").encode()
+        + wire.Commit([record]).encode()
+    )
+    # The chunks come out, in order, before the COMMIT they belong to.
+    assert _session_events(session) == [
+        sessions.BlobChunk(OID, b"abc"),
+        sessions.BlobChunk(OID, b"de"),
+        sessions.Commit([record], []),
+    ]
+    session.send(wire.Committed([]))
+    _session_output(session)
+    session.receive_data(
+        wire.BlobChunk(OID, b"abcd").encode()
+        + wire.BlobChunk(OID, b"ef").encode()
+        + wire.BlobChunk(OID, b"never passed on").encode()
+        + wire.Commit([record]).encode()
+    )
+    assert _session_events(session) == [
+        sessions.BlobChunk(OID, b"abcd"),
+        sessions.BlobsRefused(6, 1),
+    ]
+    (answer,) = _session_output(session)
+    assert isinstance(answer, wire.Error) and answer.code == E.TOO_LARGE
+    assert not session.closed and not session.mid_request
+    # The next transaction starts empty.
+    session.receive_data(wire.BlobChunk(OID, b"ok").encode() + wire.Commit([record]).encode())
+    assert _session_events(session) == [
+        sessions.BlobChunk(OID, b"ok"),
+        sessions.Commit([record], []),
+    ]
