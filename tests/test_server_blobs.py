@@ -443,6 +443,20 @@ def test_a_session_that_dies_mid_blob_leaves_nothing(serve: Callable[..., Runnin
         running.storage.open_blob(OID)
 
 
+@pytest.mark.req("SRV-123")
+def test_a_stopping_server_deletes_the_staged_blobs(serve: Callable[..., Running]) -> None:
+    running = serve()
+    raw = Raw(running.address)
+    raw.send(wire.BlobChunk(OID, b"staged").encode())
+    assert isinstance(raw.ask(wire.Empty(T.SIZE).encode()), wire.SizeIs)
+    (staged,) = running.server._staged_blobs.values()
+    ((_, file),) = staged.files()
+    running.stop()
+    assert file.closed
+    assert not running.server._staged_blobs
+    raw.close()
+
+
 @pytest.mark.req("SRV-122", "SRV-123")
 def test_a_group_stores_the_blobs_of_its_accepted_commits_only() -> None:
     storage = MemoryStorage()
