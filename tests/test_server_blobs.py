@@ -29,6 +29,7 @@ from dhruva.server.commit import Committer
 from dhruva.server.session import ServerLimits
 from dhruva.server.storage_server import StorageServer
 from dhruva.storage import CAP_BLOBS, CAP_PACK, CAP_SNAPSHOTS, MemoryStorage, Storage
+from dhruva.tools.config import load_settings
 from dhruva.utils import int8_to_str as p64
 
 T = wire.MessageType
@@ -417,6 +418,16 @@ def test_the_staged_blob_limits(
     # Not fatal: the next transaction, within the limits, commits.
     commit_blob(client, OID, b"x" * (CHUNK + 10))
     assert client.open_blob(OID).read() == b"x" * (CHUNK + 10)
+
+
+@pytest.mark.req("SRV-121")
+def test_the_blob_limits_are_settings() -> None:
+    settings = load_settings({"max_staged_blob_bytes": 4096, "max_staged_blobs": 3}, environ={})
+    limits = settings.limits()
+    assert (limits.max_staged_blob_bytes, limits.max_staged_blobs) == (4096, 3)
+    assert ServerLimits().max_staged_blob_bytes == 4 << 30
+    with pytest.raises(ValueError):
+        ServerLimits(max_staged_blobs=0)
 
 
 @pytest.mark.req("SRV-123", "SRV-120", "WIRE-132")
