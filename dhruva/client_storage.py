@@ -926,6 +926,10 @@ def _keep_content(file: BinaryIO) -> BinaryIO:
     except (AttributeError, OSError, io.UnsupportedOperation):
         regular = False
     if regular:
+        # Bytes written through ``file`` but still in its buffer must reach
+        # the file before another descriptor reads it.
+        if file.writable():
+            file.flush()
         position = file.tell()
         # A new open file description, so that its offset is its own.
         # (Linux's /proc; elsewhere the copy below.)
