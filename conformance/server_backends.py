@@ -112,8 +112,8 @@ class ServerMemoryFactory(_ServerFactory):
     """A MemoryStorage behind a storage server."""
 
     name = "server-memory"
-    # No blobs: the wire protocol carries none (SRV-108).
-    capabilities = MemoryStorage.capabilities - {CAP_BLOBS}
+    # Blobs too: the server carries them when its storage has them (SRV-120).
+    capabilities = MemoryStorage.capabilities
 
     def _inner(self, reopen: bool, **options: Any) -> Storage:
         if reopen:
@@ -140,8 +140,8 @@ class ServerFileFactory(_ServerFactory):
             "readonly-open",
             "pack",
         }
-    ) | (FileFactory.capabilities & {CAP_SNAPSHOTS})
-    # (snapshots: served when the FileStorage has them, WIRE-100)
+    ) | (FileFactory.capabilities & {CAP_SNAPSHOTS, CAP_BLOBS})
+    # (snapshots and blobs: served when the FileStorage has them, WIRE-100, SRV-120)
 
     def __init__(self, directory: Any) -> None:
         super().__init__(directory)

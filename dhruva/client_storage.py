@@ -32,6 +32,16 @@ the snapshot.  ``set_oldest_snapshot`` travels as HOLD with the next
 request.  Against a server without the feature nothing of this is sent and
 the capability is not declared.
 
+Blobs (wire protocol, "Blobs").  When both ends announce the feature
+``blobs`` the client declares the capability ``blobs``.  ``store_blob``
+keeps a handle on the file's content (a duplicate descriptor of a regular
+file, or else a streamed copy in a temporary file); ``end`` streams each as
+BLOB_CHUNK frames of at most 1 MiB, read from the file as they are sent,
+before the STAGE and COMMIT frames, so a blob is never whole in memory
+[BLOB-015].  ``open_blob`` returns a buffered reader over
+:class:`_BlobReader`, which asks READ_BLOB for 1 MiB at a time, at the
+tid the blob was opened at.
+
 Errors: an ERROR frame becomes the matching typed exception
 (WriteConflictError, ReadConflictError, DhruvaKeyError, ReadOnlyError, ...);
 a broken connection becomes :class:`ServerConnectionError`, and every later
@@ -40,11 +50,17 @@ call raises it again: a new ClientStorage is needed once the server is back.
 
 from __future__ import annotations
 
+import io
+import os
+import shutil
 import socket
 import ssl
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO
 
 from dhruva import wire
 from dhruva.error import (
@@ -170,6 +186,7 @@ class ClientStorage(Storage):
             features.append(wire.FEATURE_PREFETCH)
         if snapshots:
             features.append(wire.FEATURE_SNAPSHOTS)
+        features.append(wire.FEATURE_BLOBS)
         self._features = " ".join(features)
         self._snapshots = False
         self._last_tid = 0
@@ -178,6 +195,7 @@ class ClientStorage(Storage):
         self._reads: set[bytes] = set()
         self._pending_out = b""
         self._transaction: dict[bytes, Record] | None = None
+        self._blobs: dict[bytes, BinaryIO] = {}
         self._after_commit: list[bytes] | None = None
         self._broken: ServerConnectionError | None = None
         self._lost_reason = ""
@@ -211,9 +229,12 @@ class ClientStorage(Storage):
         self._snapshots = snapshots and wire.FEATURE_SNAPSHOTS in self.server_features
         if not self._snapshots:
             capabilities -= {CAP_SNAPSHOTS}
-        # [SRV-108] The wire carries no blob operations: a served storage's
-        # blobs are not this client's.
-        self.capabilities = capabilities - {CAP_BLOBS}
+        # [SRV-125] Blobs only when both ends announced the feature: an older
+        # server passes a storage's capability on without carrying blobs.
+        self._blobs_served = wire.FEATURE_BLOBS in self.server_features
+        if not self._blobs_served:
+            capabilities -= {CAP_BLOBS}
+        self.capabilities = capabilities
         if self._snapshots:
             # [WIRE-103] The session's first snapshot: nothing was read yet,
             # so the invalidations of this SYNC concern nobody.
@@ -634,6 +655,60 @@ class ClientStorage(Storage):
             raise DhruvaError("a transaction is already open")
         self._transaction = {}
         self._reads = set()
+        self._drop_blobs()
+
+    def _drop_blobs(self) -> None:
+        blobs, self._blobs = self._blobs, {}
+        for file in blobs.values():
+            file.close()
+
+    def store_blob(self, oid: bytes, file: BinaryIO) -> None:
+        """Make ``file``'s content (from its position on) ``oid``'s blob in this transaction.
+
+        (BLOB-010.)  Nothing is sent yet: the content streams to the server
+        at :meth:`end`, in BLOB_CHUNK frames [WIRE-132].  Keeps a duplicate
+        descriptor of a regular file (positioned where ``file`` is), or else
+        a copy made in 1 MiB pieces, so that ``file`` may be closed at once.
+        """
+        if self._transaction is None:
+            raise DhruvaError("store_blob() outside a transaction; call begin() first")
+        if not self._blobs_served:
+            raise DhruvaError(f"the storage server at {self._where} does not store blobs")
+        check_oid(oid)
+        kept = _keep_content(file)
+        previous = self._blobs.pop(oid, None)
+        if previous is not None:
+            previous.close()
+        self._blobs[oid] = kept
+
+    def open_blob(self, oid: bytes, tid: int | None = None) -> BinaryIO:
+        """Return a buffered reader of ``oid``'s blob as of the read point or ``tid`` (BLOB-011).
+
+        The first READ_BLOB goes now, so that a missing blob raises
+        DhruvaKeyError here; later ones as the reader is read, each at the
+        same tid (the session's snapshot when the blob was opened, so that a
+        later sync does not change what the reader returns).
+        """
+        self._check_usable()
+        if not self._blobs_served:
+            raise DhruvaError(f"the storage server at {self._where} does not store blobs")
+        check_oid(oid)
+        if tid is None:
+            tid = self._last_tid if self._snapshots else wire.SESSION_SNAPSHOT
+        else:
+            if self._snapshots:
+                check_snapshot_tid(tid, self._last_tid)
+            elif type(tid) is not int or tid < 0:
+                raise ValueError(f"a tid is a non-negative int, not {tid!r}")
+        raw = _BlobReader(self, oid, tid)
+        return io.BufferedReader(raw, wire.MAX_BLOB_CHUNK)
+
+    def _read_blob(self, oid: bytes, tid: int, offset: int, length: int) -> bytes:
+        """One READ_BLOB round trip [WIRE-133]: at most ``length`` bytes at ``offset``."""
+        reply = self._request(wire.ReadBlob(oid, tid, offset, length))
+        self._expect(reply, wire.BlobData)
+        assert isinstance(reply, wire.BlobData)
+        return reply.data
 
     def store(self, oid: bytes, data: bytes, refs: bytes = b"") -> None:
         if self._transaction is None:
@@ -648,6 +723,12 @@ class ClientStorage(Storage):
         transaction, self._transaction = self._transaction, None
         records = list(transaction.values())
         reads, self._reads = self._reads, set()
+        blobs, self._blobs = self._blobs, {}
+        try:
+            self._send_blobs(blobs, transaction)
+        finally:
+            for file in blobs.values():
+                file.close()
         self._forget_prefetched()
         # [WIRE-070] Stage frames (no answer) then one COMMIT, in a single write,
         # after the read set [WIRE-108]: none when nothing was read (or only
@@ -672,9 +753,28 @@ class ClientStorage(Storage):
             assert isinstance(reply, wire.Committed)
         self._after_commit = list(reply.invalidations)
 
+    def _send_blobs(self, blobs: dict[bytes, BinaryIO], transaction: dict[bytes, Record]) -> None:
+        """Stream the transaction's blobs to the server, one chunk in memory at a time."""
+        if not blobs:
+            return
+        missing = [oid for oid in blobs if oid not in transaction]
+        if missing:
+            # [BLOB-010] Checked here, before a byte goes out: the server
+            # would close the connection on such a COMMIT [WIRE-135].
+            raise DhruvaError(
+                f"a transaction stored blobs of {len(missing)} objects whose records it did"
+                f" not store (oid {str_to_int8(missing[0])}); nothing was committed"
+            )
+        self._check_usable()
+        for oid, file in blobs.items():
+            for chunk_frame in wire.blob_chunk_frames(oid, file):
+                self._send(chunk_frame)
+
     def abort_transaction(self) -> None:
         self._transaction = None
         self._reads = set()
+        # [BLOB-014] Nothing was sent yet: dropping the handles drops the blobs.
+        self._drop_blobs()
 
     def sync(self) -> list[bytes]:
         self._forget_prefetched()
@@ -738,6 +838,7 @@ class ClientStorage(Storage):
         self.close()
 
     def close(self) -> None:
+        self._drop_blobs()
         if self._closed:
             return
         self._closed = True
@@ -750,3 +851,94 @@ class ClientStorage(Storage):
 
     def __repr__(self) -> str:
         return f"ClientStorage({self._where!r})"
+
+
+class _BlobReader(io.RawIOBase):
+    """A blob on the server, read with READ_BLOB requests (at most 1 MiB each).
+
+    The first chunk is asked for at construction, so that a missing blob
+    raises DhruvaKeyError at ``open_blob``; every request names the same
+    ``tid``.  Seekable: a seek only moves the offset of the next request.
+    """
+
+    def __init__(self, client: ClientStorage, oid: bytes, tid: int) -> None:
+        super().__init__()
+        self._client = client
+        self._oid = oid
+        self._tid = tid
+        self._offset = 0
+        self._ahead = client._read_blob(oid, tid, 0, wire.MAX_BLOB_CHUNK)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._offset
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_CUR:
+            offset += self._offset
+        elif whence == io.SEEK_END:
+            raise io.UnsupportedOperation("a served blob cannot seek from its end")
+        if offset < 0:
+            raise ValueError(f"negative seek position {offset}")
+        if offset != self._offset:
+            self._ahead = b""
+        self._offset = offset
+        return offset
+
+    def readall(self) -> bytes:
+        # RawIOBase's would ask for 8 KiB at a time: one round trip each.
+        parts: list[bytes] = []
+        while True:
+            part = self.read(wire.MAX_BLOB_CHUNK)
+            if not part:
+                return b"".join(parts)
+            parts.append(part)
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        if not len(view):
+            return 0
+        if self._ahead:
+            data, self._ahead = self._ahead[: len(view)], self._ahead[len(view) :]
+        else:
+            length = min(len(view), wire.MAX_BLOB_CHUNK)
+            data = self._client._read_blob(self._oid, self._tid, self._offset, length)
+        view[: len(data)] = data
+        self._offset += len(data)
+        return len(data)
+
+
+def _keep_content(file: BinaryIO) -> BinaryIO:
+    """A handle on ``file``'s content from its position on, valid after ``file`` is closed.
+
+    A regular file: a duplicate descriptor, positioned where ``file`` is (no
+    copy).  Anything else: a temporary file the content is copied into,
+    1 MiB at a time, rewound.
+    """
+    try:
+        fd = file.fileno()
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        regular = False
+    if regular:
+        # Bytes written through ``file`` but still in its buffer must reach
+        # the file before another descriptor reads it.
+        if file.writable():
+            file.flush()
+        position = file.tell()
+        # A new open file description, so that its offset is its own.
+        # (Linux's /proc; elsewhere the copy below.)
+        path = f"/proc/self/fd/{fd}"
+        if os.path.exists(path):
+            duplicate = open(path, "rb")  # noqa: SIM115 (kept until end() or abort)
+            duplicate.seek(position)
+            return duplicate
+    copy = tempfile.TemporaryFile(prefix="dhruva-client-blob-")  # noqa: SIM115 (as above)
+    shutil.copyfileobj(file, copy, wire.MAX_BLOB_CHUNK)
+    copy.seek(0)
+    return copy

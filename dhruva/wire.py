@@ -27,9 +27,10 @@ is :mod:`dhruva.server.security`'s; this module only lays out the bytes.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import BinaryIO
 
 from dhruva.error import ProtocolError
 from dhruva.record import Record
@@ -70,6 +71,8 @@ _RECORD_HEAD = struct.Struct(">8sII")
 assert _RECORD_HEAD.size == 16
 _ERROR_HEAD = struct.Struct(">HI")
 assert _ERROR_HEAD.size == 6
+_READ_BLOB = struct.Struct(">8sQQI")
+assert _READ_BLOB.size == 28
 
 
 class MessageType(IntEnum):
@@ -91,6 +94,8 @@ class MessageType(IntEnum):
     LOAD_AT = 0x0E
     READS = 0x0F
     HOLD = 0x10
+    BLOB_CHUNK = 0x11
+    READ_BLOB = 0x12
 
     HELLO_OK = 0x81
     OIDS = 0x82
@@ -105,6 +110,7 @@ class MessageType(IntEnum):
     AUTH_OK = 0x8D
     SYNCED = 0x8E
     COMMITTED_AT = 0x8F
+    BLOB_DATA = 0x90
     ERROR = 0xFF
 
 
@@ -116,6 +122,15 @@ FEATURE_PACK_PROGRESS = "pack-progress"
 
 FEATURE_SNAPSHOTS = "snapshots"
 """The HELLO feature asking for snapshot reads and serializable commits [WIRE-100]."""
+
+FEATURE_BLOBS = "blobs"
+"""The HELLO feature for blobs: BLOB_CHUNK, READ_BLOB and BLOB_DATA [WIRE-130]."""
+
+MAX_BLOB_CHUNK = 1 << 20
+"""The most blob bytes one BLOB_CHUNK or BLOB_DATA carries, and READ_BLOB asks for [WIRE-131]."""
+
+SESSION_SNAPSHOT = (1 << 64) - 1
+"""The READ_BLOB tid meaning the session's snapshot (or the latest commit) [WIRE-133]."""
 
 NO_HOLD = (1 << 64) - 1
 """The HOLD tid that holds nothing older than the session's snapshot [WIRE-112]."""
@@ -242,6 +257,9 @@ class _Reader:
 
     def raw(self, size: int) -> bytes:
         return self._take(size)
+
+    def rest(self) -> bytes:
+        return self._take(len(self._data) - self._offset)
 
     def oid(self) -> bytes:
         return self._take(OID_SIZE)
@@ -640,6 +658,62 @@ class CommittedAt:
         return frame(bytes([self.type]) + _U64.pack(self.tid) + _oids_body(self.invalidations))
 
 
+@dataclass(frozen=True, slots=True)
+class BlobChunk:
+    """The next bytes of ``oid``'s blob for the next COMMIT (no response) [WIRE-132]."""
+
+    oid: bytes
+    data: bytes
+    type = MessageType.BLOB_CHUNK
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + self.oid + self.data)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBlob:
+    """Ask for ``length`` bytes at ``offset`` of ``oid``'s blob as of ``tid`` [WIRE-133]."""
+
+    oid: bytes
+    tid: int
+    offset: int
+    length: int
+    type = MessageType.READ_BLOB
+
+    def encode(self) -> bytes:
+        body = _READ_BLOB.pack(self.oid, self.tid, self.offset, self.length)
+        return frame(bytes([self.type]) + body)
+
+
+@dataclass(frozen=True, slots=True)
+class BlobData:
+    """The answer to READ_BLOB: the bytes read; fewer than asked means the end [WIRE-134]."""
+
+    data: bytes
+    type = MessageType.BLOB_DATA
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + self.data)
+
+
+def blob_chunk_frames(oid: bytes, file: BinaryIO) -> Iterator[bytes]:
+    """Yield the BLOB_CHUNK frames of ``file``'s content from its position on [WIRE-132].
+
+    One frame per :data:`MAX_BLOB_CHUNK` bytes read, so that memory holds
+    one chunk whatever the file's size; an empty file gives one frame with
+    no data (the blob exists and is empty).
+    """
+    sent = False
+    while True:
+        data = file.read(MAX_BLOB_CHUNK)
+        if not data:
+            break
+        sent = True
+        yield BlobChunk(oid, bytes(data)).encode()
+    if not sent:
+        yield BlobChunk(oid, b"").encode()
+
+
 def snapshot_too_old(tid: int, oldest: int, message: str = "") -> Error:
     """The ERROR SNAPSHOT_TOO_OLD for snapshot ``tid``, ``oldest`` being still served [WIRE-114].
 
@@ -685,6 +759,9 @@ Message = (
     | Hold
     | Synced
     | CommittedAt
+    | BlobChunk
+    | ReadBlob
+    | BlobData
 )
 
 _EMPTY_TYPES = frozenset(
@@ -765,6 +842,27 @@ def decode_message(payload: bytes) -> Message:
         message = Synced(reader.u64(), reader.oids())
     elif kind is MessageType.COMMITTED_AT:
         message = CommittedAt(reader.u64(), reader.oids())
+    elif kind is MessageType.BLOB_CHUNK:
+        oid = reader.oid()
+        data = reader.rest()
+        # [WIRE-131] A chunk carries at most MAX_BLOB_CHUNK bytes.
+        if len(data) > MAX_BLOB_CHUNK:
+            raise ProtocolError(
+                f"BLOB_CHUNK carries {len(data)} bytes; at most {MAX_BLOB_CHUNK} are allowed"
+            )
+        message = BlobChunk(oid, data)
+    elif kind is MessageType.READ_BLOB:
+        oid, tid, offset, length = _READ_BLOB.unpack(reader.raw(_READ_BLOB.size))
+        if not 1 <= length <= MAX_BLOB_CHUNK:
+            raise ProtocolError(f"READ_BLOB length {length} is outside 1..{MAX_BLOB_CHUNK}")
+        message = ReadBlob(oid, tid, offset, length)
+    elif kind is MessageType.BLOB_DATA:
+        data = reader.rest()
+        if len(data) > MAX_BLOB_CHUNK:
+            raise ProtocolError(
+                f"BLOB_DATA carries {len(data)} bytes; at most {MAX_BLOB_CHUNK} are allowed"
+            )
+        message = BlobData(data)
     elif kind is MessageType.AUTH_OK:
         proof = reader.raw(PROOF_SIZE)
         magic, major, minor = _HELLO_HEAD.unpack(reader.raw(_HELLO_HEAD.size))

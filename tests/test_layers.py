@@ -80,6 +80,7 @@ LAYERS: dict[str, list[str]] = {
         "dhruva.server.session",
         "dhruva.server.prefetch",
         "dhruva.server.loop",
+        "dhruva.server.blobs",
         "dhruva.server.commit",
         "dhruva.server.pack",
         "dhruva.server.storage_server",

@@ -18,6 +18,12 @@ conflict, exactly as if the first had been executed before it.  If
 STORAGE_FAILURE (READ_ONLY for a read-only storage) and nothing of the group
 is visible.
 
+Blobs [SRV-122].  A commit may carry staged blobs, ``(oid, file)`` pairs
+(:mod:`dhruva.server.blobs`): after its records, each is passed to
+``storage.store_blob`` in the same storage transaction, so the group's
+records and blobs become durable together or not at all.  The files stay
+the server's; it closes them once the group is answered.
+
 The committer owns the queue and a bounded cache of oids known to be stored
 (so that the allocation check rarely loads); it does not answer clients
 itself: :meth:`run_group` returns the outcome of every commit and the server
@@ -30,7 +36,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import BinaryIO, Generic, TypeVar
 
 from dhruva import wire
 from dhruva.error import DhruvaKeyError, ReadOnlyError
@@ -44,6 +50,12 @@ _KNOWN_OIDS_MAX = 1 << 20
 """The most oids :class:`Committer` remembers as stored before it starts over."""
 
 C = TypeVar("C")
+
+BlobFiles = Sequence[tuple[bytes, BinaryIO]]
+"""A commit's staged blobs: ``(oid, file)`` pairs, each file rewound [SRV-122]."""
+
+QueuedCommit = tuple[C, list[Record], Sequence[bytes], BlobFiles]
+"""A checked commit: the client, its records, its read set, its blobs."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +123,7 @@ class Committer(Generic[C]):
         self.storage = storage
         self.readonly = readonly
         self.check_oids = check_oids
-        self._queue: list[tuple[C, list[Record], Sequence[bytes]]] = []
+        self._queue: list[QueuedCommit[C]] = []
         self._known_oids: set[bytes] = set()
         self.pending = False
         """True while commits wait for the next group."""
@@ -154,12 +166,18 @@ class Committer(Generic[C]):
                 )
         return list(by_oid.values()), None
 
-    def queue(self, client: C, records: list[Record], reads: Sequence[bytes] = ()) -> None:
-        """Hold a checked commit (and its read set) for the next group."""
-        self._queue.append((client, records, reads))
+    def queue(
+        self,
+        client: C,
+        records: list[Record],
+        reads: Sequence[bytes] = (),
+        blobs: BlobFiles = (),
+    ) -> None:
+        """Hold a checked commit (with its read set and its blobs) for the next group."""
+        self._queue.append((client, records, reads, blobs))
         self.pending = True
 
-    def take_group(self) -> list[tuple[C, list[Record], Sequence[bytes]]]:
+    def take_group(self) -> list[QueuedCommit[C]]:
         """The queued commits, oldest first; the queue starts over empty."""
         group, self._queue = self._queue, []
         self.pending = False
@@ -182,7 +200,7 @@ class Committer(Generic[C]):
 
     def run_group(
         self,
-        group: list[tuple[C, list[Record], Sequence[bytes]]],
+        group: list[QueuedCommit[C]],
         before_write: Callable[[list[Outcome[C]]], None] | None = None,
     ) -> list[Outcome[C]]:
         """Write ``group`` (see the module docstring); the outcome of each commit, in order.
@@ -193,9 +211,9 @@ class Committer(Generic[C]):
         """
         outcomes: list[Outcome[C]] = []
         accepted: list[Outcome[C]] = []
-        accepted_records: list[list[Record]] = []
+        accepted_records: list[tuple[list[Record], BlobFiles]] = []
         written: dict[bytes, C] = {}
-        for client, records, reads in group:
+        for client, records, reads, blobs in group:
             if written:
                 # As if the earlier commits of the group had run first [SRV-030]:
                 # what they wrote is what this commit must not have written
@@ -210,7 +228,7 @@ class Committer(Generic[C]):
             outcome = Outcome(client, {record.oid for record in records})
             outcomes.append(outcome)
             accepted.append(outcome)
-            accepted_records.append(records)
+            accepted_records.append((records, blobs))
         if before_write is not None and accepted:
             before_write(accepted)
         if accepted and written:
@@ -218,9 +236,12 @@ class Committer(Generic[C]):
             try:
                 storage.begin()
                 try:
-                    for records in accepted_records:
+                    for records, blobs in accepted_records:
                         for record in records:
                             storage.store(record.oid, record.data, record.refs)
+                        # [SRV-122] The blobs in the same transaction as the records.
+                        for oid, file in blobs:
+                            storage.store_blob(oid, file)
                     # [SRV-031] Nobody hears COMMITTED before end() returned.
                     storage.end()
                 except BaseException:

@@ -88,6 +88,10 @@ class ServerLimits:
     drain [SRV-082].  ``max_staged_bytes``: the most record bytes (wire
     size) one transaction may stage before its COMMIT, COMMIT's own records
     included; a larger transaction is refused with TOO_LARGE [SRV-085].
+    ``max_staged_blob_bytes`` and ``max_staged_blobs``: the most blob bytes
+    (BLOB_CHUNK data) and blob oids one transaction may stage; past either
+    its staged blobs are dropped at once and its COMMIT is refused with
+    TOO_LARGE, the session going on [SRV-121].
     """
 
     handshake_timeout_s: float = 10.0
@@ -96,6 +100,8 @@ class ServerLimits:
     max_pending_requests: int = 1024
     max_pending_bytes: int = 128 << 20
     max_staged_bytes: int = 256 << 20
+    max_staged_blob_bytes: int = 4 << 30
+    max_staged_blobs: int = 1024
 
     def __post_init__(self) -> None:
         if self.handshake_timeout_s <= 0:
@@ -110,6 +116,10 @@ class ServerLimits:
             raise ValueError("max_pending_requests and max_pending_bytes must be positive")
         if self.max_staged_bytes < 1:
             raise ValueError("max_staged_bytes must be positive")
+        if self.max_staged_blob_bytes < 0 or self.max_staged_blobs < 1:
+            raise ValueError(
+                "max_staged_blob_bytes must not be negative and max_staged_blobs must be positive"
+            )
 
 
 class SessionState(enum.Enum):
@@ -183,6 +193,16 @@ class Commit:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadBlob:
+    """READ_BLOB (blob sessions): answer with BLOB_DATA or ERROR [WIRE-133]."""
+
+    oid: bytes
+    tid: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
 class Sync:
     """SYNC: answer with OIDS (the invalidations)."""
 
@@ -210,7 +230,9 @@ class Stop:
     """STOP: answer with OK; the session closes after it and the server stops."""
 
 
-Request = Load | LoadAt | BulkLoad | NewOids | Commit | Sync | Size | ListOids | Pack | Stop
+Request = (
+    Load | LoadAt | BulkLoad | NewOids | Commit | Sync | Size | ListOids | Pack | Stop | ReadBlob
+)
 
 
 # --- events: notes that need no answer -----------------------------------------
@@ -246,7 +268,23 @@ class Held:
     tid: int
 
 
-Note = Ready | Refused | TransactionRefused | Held
+@dataclass(frozen=True, slots=True)
+class BlobChunk:
+    """BLOB_CHUNK (blob sessions): append ``data`` to ``oid``'s staged blob [SRV-120]."""
+
+    oid: bytes
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class BlobsRefused:
+    """The transaction's staged blobs passed a limit: drop them now [SRV-121]."""
+
+    size_bytes: int
+    count: int
+
+
+Note = Ready | Refused | TransactionRefused | Held | BlobChunk | BlobsRefused
 Event = Request | Note
 
 
@@ -289,6 +327,8 @@ class ServerSession:
         """The features the client announced in HELLO."""
         self.snapshots = False
         """True when both ends announced ``snapshots`` [WIRE-100]."""
+        self.blobs = False
+        """True when both ends announced ``blobs`` [WIRE-130]."""
         self._server_nonce = b""
         # [WIRE-033] Before the handshake is done, frames are small.
         self._decoder = wire.FrameDecoder(wire.HANDSHAKE_MAX_FRAME_SIZE)
@@ -302,6 +342,9 @@ class ServerSession:
         self._reads: list[bytes] = []
         self._staged_bytes = 0
         self._staged_too_large = False
+        self._blob_oids: set[bytes] = set()
+        self._blob_bytes = 0
+        self._blobs_too_large = False
         self._notes: deque[Note] = deque()
 
     # --- properties -----------------------------------------------------------
@@ -324,7 +367,12 @@ class ServerSession:
     @property
     def mid_request(self) -> bool:
         """True while part of a frame, or a staged transaction, is held."""
-        return self._decoder.buffered > 0 or bool(self._staged) or bool(self._reads)
+        return (
+            self._decoder.buffered > 0
+            or bool(self._staged)
+            or bool(self._reads)
+            or bool(self._blob_oids)
+        )
 
     @property
     def reading_paused(self) -> bool:
@@ -435,11 +483,26 @@ class ServerSession:
             reads = self._reads
             too_large = self._staged_too_large
             size = self._staged_bytes
+            blobs_too_large = self._blobs_too_large
+            blob_oids = self._blob_oids
             self._drop_staged()
             self.state = SessionState.READY
             if too_large:
                 self._refuse_too_large(size)
                 return None
+            if blobs_too_large:
+                self._refuse_blobs_too_large()
+                return None
+            if blob_oids:
+                # [WIRE-135] A blob goes with its object's record.
+                missing = blob_oids.difference(record.oid for record in records)
+                if missing:
+                    self.fail(
+                        wire.ErrorCode.MALFORMED,
+                        f"COMMIT carries blobs of {len(missing)} objects whose records it"
+                        " does not store",
+                    )
+                    return None
             return Commit(records, reads)
         if isinstance(message, wire.BulkLoad):
             return BulkLoad(list(message.oids))
@@ -455,6 +518,13 @@ class ServerSession:
             if isinstance(message, wire.Hold):
                 self._notes.append(Held(message.tid))
                 return None
+        if self.blobs:
+            # [WIRE-130] Only a session that negotiated blobs sends these.
+            if isinstance(message, wire.BlobChunk):
+                self._blob_chunk(message.oid, message.data)
+                return None
+            if isinstance(message, wire.ReadBlob):
+                return ReadBlob(message.oid, message.tid, message.offset, message.length)
         if isinstance(message, wire.ListOids):
             return ListOids(message.start, message.limit)
         kind = message.type
@@ -491,6 +561,10 @@ class ServerSession:
         self.snapshots = (
             wire.FEATURE_SNAPSHOTS in self.features
             and wire.FEATURE_SNAPSHOTS in self._server_features.split()
+        )
+        self.blobs = (
+            wire.FEATURE_BLOBS in self.features
+            and wire.FEATURE_BLOBS in self._server_features.split()
         )
         if self._secret is not None:
             # [WIRE-030] Challenge the client with a fresh nonce.
@@ -562,11 +636,44 @@ class ServerSession:
         if self.state is SessionState.READY:
             self.state = SessionState.STAGING
 
+    def _blob_chunk(self, oid: bytes, data: bytes) -> None:
+        """Pass a BLOB_CHUNK on to the server's spool, within the blob limits [SRV-121]."""
+        if self._blobs_too_large:
+            return
+        self._blob_bytes += len(data)
+        if oid not in self._blob_oids:
+            self._blob_oids.add(oid)
+        limits = self.limits
+        if (
+            self._blob_bytes > limits.max_staged_blob_bytes
+            or len(self._blob_oids) > limits.max_staged_blobs
+        ):
+            # [SRV-121] Disk is the point: the server drops the staged files
+            # at once; later chunks of the transaction are ignored.
+            self._blobs_too_large = True
+            self._notes.append(BlobsRefused(self._blob_bytes, len(self._blob_oids)))
+            return
+        self._notes.append(BlobChunk(oid, data))
+        if self.state is SessionState.READY:
+            self.state = SessionState.STAGING
+
+    def _refuse_blobs_too_large(self) -> None:
+        limits = self.limits
+        self._out += wire.Error(
+            wire.ErrorCode.TOO_LARGE,
+            "the transaction staged more blob data than this server accepts per transaction"
+            f" (max_staged_blob_bytes {limits.max_staged_blob_bytes}, max_staged_blobs"
+            f" {limits.max_staged_blobs}); nothing of it was written",
+        ).encode()
+
     def _drop_staged(self) -> None:
         self._staged = []
         self._reads = []
         self._staged_bytes = 0
         self._staged_too_large = False
+        self._blob_oids = set()
+        self._blob_bytes = 0
+        self._blobs_too_large = False
 
     def _refuse_too_large(self, size: int) -> None:
         maximum = self.limits.max_staged_bytes

@@ -43,6 +43,14 @@ sessions that are behind the latest commit (None when none is).  The
 storage bounds what it keeps; a session past that bound gets
 SNAPSHOT_TOO_OLD and gets out by synchronizing (abort).
 
+Blobs [SRV-120].  When the storage has the capability ``blobs`` the server
+offers the feature ``blobs``: a session's BLOB_CHUNK data goes straight to
+its :class:`~dhruva.server.blobs.StagedBlobs` (temporary files, never
+memory), which COMMIT hands to the committer; the files are closed (and
+deleted) once the group is answered, when the transaction is refused, or
+when the session ends [SRV-123].  READ_BLOB opens the blob as of the
+session's snapshot and answers one chunk [SRV-124].
+
 Failure of one client.  Malformed frames, unknown messages, a broken
 handshake: an ERROR frame, then that connection is closed [SRV-040].  A
 client that vanishes loses its staged records and its allocated oids;
@@ -75,6 +83,7 @@ from dhruva.server.address import (
     Address,
     format_address,
 )
+from dhruva.server.blobs import StagedBlobs
 from dhruva.server.commit import Committer, Outcome
 from dhruva.server.loop import Client, SocketLoop
 from dhruva.server.pack import DEFAULT_PACK_STEP_BUDGET, PackDriver
@@ -88,7 +97,7 @@ from dhruva.server.session import (
     ServerSession,
     TransactionRefused,
 )
-from dhruva.storage import CAP_SNAPSHOTS, Storage
+from dhruva.storage import CAP_BLOBS, CAP_SNAPSHOTS, Storage
 from dhruva.utils import str_to_int8
 
 log = logging.getLogger("dhruva.server")
@@ -201,6 +210,11 @@ class StorageServer:
         # [WIRE-100] Snapshots are offered only over a storage that has them.
         self.snapshots = CAP_SNAPSHOTS in caps
         self._features = FEATURES + (" " + wire.FEATURE_SNAPSHOTS if self.snapshots else "")
+        # [SRV-120] Blobs likewise, over a storage that stores them.
+        self.blobs = CAP_BLOBS in caps
+        if self.blobs:
+            self._features += " " + wire.FEATURE_BLOBS
+        self._staged_blobs: dict[Client, StagedBlobs] = {}
         self._floor: int | None = None
         self._unix_path: str | None = None
         listener = self._listen(address)
@@ -227,6 +241,9 @@ class StorageServer:
             session.Stop: self._stop_request,
             session.Ready: self._note_ready,
             session.Held: self._note_held,
+            session.ReadBlob: self._read_blob,
+            session.BlobChunk: self._note_blob_chunk,
+            session.BlobsRefused: self._note_blobs_refused,
             Refused: self._note_refused,
             TransactionRefused: self._note_transaction_refused,
         }
@@ -457,6 +474,8 @@ class StorageServer:
         self._update_floor()
 
     def _dropped(self, client: Client) -> None:
+        # [SRV-123] A session that ends leaves no staged blob behind.
+        self._drop_blobs(client)
         # [SRV-101] A session that ends holds nothing any more.
         if client.snapshot_tid is not None:
             was = min(client.snapshot_tid, client.hold_tid)
@@ -582,6 +601,8 @@ class StorageServer:
         client.session.send(wire.RecordMessage(record))
 
     def _note_refused(self, client: Client, event: Refused) -> None:
+        # [SRV-123] A fatal error ends the session: its staged blobs go now.
+        self._drop_blobs(client)
         if event.code is wire.ErrorCode.AUTH_FAILED:
             log.warning(
                 "client %s: authentication failed",
@@ -597,6 +618,7 @@ class StorageServer:
         )
 
     def _note_transaction_refused(self, client: Client, event: TransactionRefused) -> None:
+        self._drop_blobs(client)
         log.warning(
             "client %s: transaction of at least %d bytes refused (max_staged_bytes %d)",
             client.peer,
@@ -718,17 +740,91 @@ class StorageServer:
         client.session.send(_OK)
         self.stop()
 
+    # --- blobs ------------------------------------------------------------------
+
+    def _drop_blobs(self, client: Client) -> None:
+        staged = self._staged_blobs.pop(client, None)
+        if staged is not None:
+            staged.close()
+
+    def _note_blob_chunk(self, client: Client, event: session.BlobChunk) -> None:
+        # [SRV-120] Straight to the session's temporary file of that oid.
+        if client.session.closed:
+            return
+        staged = self._staged_blobs.get(client)
+        if staged is None:
+            staged = self._staged_blobs[client] = StagedBlobs()
+        staged.append(event.oid, event.data)
+
+    def _note_blobs_refused(self, client: Client, event: session.BlobsRefused) -> None:
+        # [SRV-121] Past the limit: the files go now, the COMMIT is refused later.
+        self._drop_blobs(client)
+        log.warning(
+            "client %s: %d staged blobs of at least %d bytes refused (max_staged_blob_bytes %d,"
+            " max_staged_blobs %d)",
+            client.peer,
+            event.count,
+            event.size_bytes,
+            self.limits.max_staged_blob_bytes,
+            self.limits.max_staged_blobs,
+            extra={"peer": client.peer, "event": "refused", "code": "TOO_LARGE"},
+        )
+
+    def _read_blob(self, client: Client, event: session.ReadBlob) -> None:
+        snapshot = client.snapshot_tid
+        tid: int | None = event.tid
+        if tid == wire.SESSION_SNAPSHOT:
+            # [WIRE-133] The session's snapshot; without snapshots, the latest commit.
+            tid = snapshot
+        elif snapshot is not None and event.tid > snapshot:
+            # [WIRE-136] As LOAD_AT: a client checks this itself.
+            client.session.fail(
+                wire.ErrorCode.MALFORMED,
+                f"READ_BLOB tid {event.tid} is above the session's snapshot {snapshot}",
+            )
+            return
+        try:
+            file = self.storage.open_blob(event.oid, tid)
+        except DhruvaKeyError:
+            client.session.send_error(
+                wire.ErrorCode.NO_SUCH_OBJECT, "no blob is stored for this object", [event.oid]
+            )
+            return
+        except SnapshotTooOldError as error:
+            self._snapshot_too_old(client, error, event.oid)
+            return
+        except DhruvaError as error:
+            client.session.send_error(wire.ErrorCode.STORAGE_FAILURE, str(error), [event.oid])
+            return
+        # [SRV-124] One chunk read from the file: memory holds no more.
+        with file:
+            file.seek(event.offset)
+            parts: list[bytes] = []
+            left = event.length
+            while left:
+                part = file.read(left)
+                if not part:
+                    break
+                parts.append(part)
+                left -= len(part)
+        client.session.send(wire.BlobData(b"".join(parts)))
+
     # --- commits ----------------------------------------------------------------
 
     def _commit(self, client: Client, event: session.Commit) -> None:
         records, refusal = self.committer.check(
             event.records, client.invalid, client.allocated, event.reads
         )
+        staged = self._staged_blobs.pop(client, None)
         if refusal is not None:
+            if staged is not None:
+                staged.close()
             client.session.send_error(refusal.code, refusal.message, refusal.oids)
             return
         # The session stays PAUSED (its COMMIT outstanding) until the group is written.
-        self.committer.queue(client, records, event.reads)
+        # [SRV-122] Its staged blobs go with it; _run_commit_groups closes them.
+        blobs = staged.files() if staged is not None else ()
+        self.committer.queue(client, records, event.reads, blobs)
 
     def _run_commit_groups(self) -> None:
         # Answering a group may let sessions handle queued requests that hold
@@ -737,9 +833,16 @@ class StorageServer:
         while committer.pending:
             # A session closed meanwhile (its peer left, or sent garbage after
             # its COMMIT) loses the commit, as it would its staged records.
-            group = [g for g in committer.take_group() if not g[0].session.closed]
+            taken = committer.take_group()
+            group = [g for g in taken if not g[0].session.closed]
             snapshots = self.snapshots
-            outcomes = committer.run_group(group, self._before_write if snapshots else None)
+            try:
+                outcomes = committer.run_group(group, self._before_write if snapshots else None)
+            finally:
+                # [SRV-123] Written, refused or abandoned: the staged files go.
+                for entry in taken:
+                    for _oid, file in entry[3]:
+                        file.close()
             accepted = [o for o in outcomes if o.refusal is None]
             tid = self.storage.last_tid() if snapshots else 0
             for outcome in accepted:
@@ -803,6 +906,9 @@ class StorageServer:
     def _shutdown(self) -> None:
         log.info("dhruva server stopping")
         self.packer.abandon()
+        for staged in self._staged_blobs.values():
+            staged.close()
+        self._staged_blobs.clear()
         self._loop.close()
         self._wake_r.close()
         self._wake_w.close()

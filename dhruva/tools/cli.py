@@ -93,6 +93,8 @@ _LIMIT_KEYS = [
     "max_pending_requests",
     "max_pending_bytes",
     "max_staged_bytes",
+    "max_staged_blob_bytes",
+    "max_staged_blobs",
 ]
 
 

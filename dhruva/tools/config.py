@@ -102,6 +102,8 @@ class Settings:
     max_pending_requests: int = _key(1024, "requests per client read ahead before pausing")
     max_pending_bytes: int = _key(128 << 20, "bytes per client buffered before pausing")
     max_staged_bytes: int = _key(256 << 20, "bytes one transaction may stage before COMMIT")
+    max_staged_blob_bytes: int = _key(4 << 30, "blob bytes one transaction may stage")
+    max_staged_blobs: int = _key(1024, "blobs one transaction may stage")
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     # --- derived values -------------------------------------------------------------
@@ -120,6 +122,8 @@ class Settings:
                 max_pending_requests=self.max_pending_requests,
                 max_pending_bytes=self.max_pending_bytes,
                 max_staged_bytes=self.max_staged_bytes,
+                max_staged_blob_bytes=self.max_staged_blob_bytes,
+                max_staged_blobs=self.max_staged_blobs,
             )
         except ValueError as error:
             raise ConfigError(str(error)) from None

@@ -73,6 +73,96 @@ SYNC = wire.Empty(T.SYNC).encode()
 EMPTY_OIDS = wire.Oids([]).encode()
 COMMITTED_NONE = wire.Committed([]).encode()
 SNAPSHOT_HELLO = wire.Hello(features=wire.FEATURE_SNAPSHOTS).encode()
+BLOB_HELLO = wire.Hello(features=wire.FEATURE_BLOBS).encode()
+BLOB_SNAPSHOT_HELLO = wire.Hello(
+    features=f"{wire.FEATURE_BLOBS} {wire.FEATURE_SNAPSHOTS}"
+).encode()
+
+
+def blob_transcripts() -> dict[str, dict[str, Any]]:
+    """The transcripts of the feature ``blobs`` (wire protocol, "Blobs")."""
+    root = Record(OID0, b"v1", b"")
+    current = wire.SESSION_SNAPSHOT
+    return {
+        "blobs": {
+            "description": (
+                "a blob session (feature 'blobs', WIRE-130): BLOB_CHUNK frames have no answer"
+                " and make the blob of the next COMMIT (WIRE-132, SRV-120, SRV-122); READ_BLOB"
+                " at the session's snapshot answers BLOB_DATA, fewer bytes than asked at the"
+                " end (WIRE-133, WIRE-134), NO_SUCH_OBJECT for an oid without a blob"
+            ),
+            "fresh": True,
+            "steps": [
+                send(BLOB_HELLO),
+                expect(HELLO_OK),
+                send(
+                    wire.BlobChunk(OID0, b"he").encode()
+                    + wire.BlobChunk(OID0, b"llo").encode()
+                    + wire.Commit([root]).encode()
+                ),
+                expect(COMMITTED_NONE),
+                send(wire.ReadBlob(OID0, current, 0, wire.MAX_BLOB_CHUNK).encode()),
+                expect(wire.BlobData(b"hello").encode()),
+                send(wire.ReadBlob(OID0, current, 3, 10).encode()),
+                expect(wire.BlobData(b"lo").encode()),
+                send(wire.ReadBlob(OID0, current, 5, 1).encode()),
+                expect(wire.BlobData(b"").encode()),
+                send(wire.ReadBlob(OID1, current, 0, 1).encode()),
+                expect(error(E.NO_SUCH_OBJECT, [OID1])),
+            ],
+        },
+        "blob-requests-need-the-feature": {
+            "description": (
+                "BLOB_CHUNK from a session that did not negotiate 'blobs' is UNKNOWN_MESSAGE,"
+                " then closed (WIRE-130)"
+            ),
+            "steps": [
+                *greet(),
+                send(wire.BlobChunk(OID0, b"x").encode()),
+                expect(error(E.UNKNOWN_MESSAGE)),
+                closed(),
+            ],
+        },
+        "blob-without-its-record": {
+            "description": (
+                "a COMMIT whose transaction sent a blob of an oid it does not store is"
+                " MALFORMED, then closed, nothing written (WIRE-135)"
+            ),
+            "steps": [
+                send(BLOB_HELLO),
+                expect(HELLO_OK),
+                send(wire.BlobChunk(OID1, b"orphan").encode() + wire.Commit([root]).encode()),
+                expect(error(E.MALFORMED)),
+                closed(),
+            ],
+        },
+        "malformed-read-blob-length": {
+            "description": "a READ_BLOB of length 0 is malformed, then closed (WIRE-131)",
+            "steps": [
+                send(BLOB_HELLO),
+                expect(HELLO_OK),
+                send(wire.ReadBlob(OID0, current, 0, 0).encode()),
+                expect(error(E.MALFORMED)),
+                closed(),
+            ],
+        },
+        "blob-read-above-snapshot": {
+            "description": (
+                "in a snapshot session a READ_BLOB at a tid above the session's snapshot is"
+                " MALFORMED, then closed (WIRE-136)"
+            ),
+            "fresh": True,
+            "steps": [
+                send(BLOB_SNAPSHOT_HELLO),
+                expect(HELLO_OK),
+                send(SYNC),
+                expect(wire.Synced(0, []).encode()),
+                send(wire.ReadBlob(OID0, 1, 0, 1).encode()),
+                expect(error(E.MALFORMED)),
+                closed(),
+            ],
+        },
+    }
 
 
 def transcripts() -> dict[str, dict[str, Any]]:
@@ -511,12 +601,17 @@ REQUIREMENTS: dict[str, list[str]] = {
     "response-as-request": ["WIRE-091"],
     "frame-above-maximum": ["WIRE-011", "WIRE-012"],
     "large-frame-before-handshake": ["WIRE-033"],
+    "blobs": ["SRV-120", "SRV-122", "WIRE-130", "WIRE-132", "WIRE-133", "WIRE-134"],
+    "blob-requests-need-the-feature": ["WIRE-130"],
+    "blob-without-its-record": ["WIRE-135"],
+    "malformed-read-blob-length": ["WIRE-131"],
+    "blob-read-above-snapshot": ["WIRE-136"],
 }
 
 
 def files() -> dict[str, str]:
     """The text of every ``NAME.json`` this script writes."""
-    made = {**transcripts(), **malformed()}
+    made = {**transcripts(), **malformed(), **blob_transcripts()}
     assert set(made) == set(REQUIREMENTS), set(made) ^ set(REQUIREMENTS)
     out = {}
     for name, body in made.items():
