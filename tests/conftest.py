@@ -91,3 +91,20 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
         yield directory
     finally:
         subprocess.run(["umount", str(directory)], check=True)
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[..., Any]]:
+    """Open ClientStorages (``clients(address, **options)``), closed after the test."""
+    from dhruva.client_storage import ClientStorage
+
+    opened: list[ClientStorage] = []
+
+    def open_client(address: Any, **options: Any) -> ClientStorage:
+        client = ClientStorage(address, **options)
+        opened.append(client)
+        return client
+
+    yield open_client
+    for client in opened:
+        client.close()

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _running_server import Running
 
 from dhruva import wire
 from dhruva.client_storage import ClientStorage, ServerConnectionError
@@ -55,30 +55,6 @@ class CountingStorage(MemoryStorage):
     def pack(self) -> None:
         self.packs += 1
         super().pack()
-
-
-class Running:
-    """A StorageServer running in a thread of the test process."""
-
-    def __init__(self, storage: Storage, address: Any, **options: Any) -> None:
-        self.storage = storage
-        self.server = StorageServer(storage, address, **options)
-        self.thread = threading.Thread(target=self.server.serve, daemon=True)
-
-    def start(self) -> Running:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.stop()
-        if self.thread.is_alive():
-            self.thread.join()
-        else:
-            self.server.close()
-
-    @property
-    def address(self) -> Any:
-        return self.server.address
 
 
 @pytest.fixture

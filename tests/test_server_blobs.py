@@ -10,13 +10,13 @@ import hashlib
 import io
 import os
 import socket
-import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _running_server import Running
 
 from dhruva import wire
 from dhruva.blob import Blob
@@ -27,7 +27,6 @@ from dhruva.record import Record
 from dhruva.server import session as sessions
 from dhruva.server.commit import Committer
 from dhruva.server.session import ServerLimits
-from dhruva.server.storage_server import StorageServer
 from dhruva.storage import CAP_BLOBS, CAP_PACK, CAP_SNAPSHOTS, MemoryStorage, Storage
 from dhruva.tools.config import load_settings
 from dhruva.utils import int8_to_str as p64
@@ -37,31 +36,14 @@ E = wire.ErrorCode
 CHUNK = wire.MAX_BLOB_CHUNK
 
 
-class Running:
-    """A StorageServer running in a thread of the test process."""
-
-    def __init__(self, storage: Storage, address: str, **options: Any) -> None:
-        self.storage = storage
-        self.server = StorageServer(storage, address, check_oids=False, **options)
-        self.thread = threading.Thread(target=self.server.serve, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.thread.join()
-
-    @property
-    def address(self) -> Any:
-        return self.server.address
-
-
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     started: list[Running] = []
 
     def start(storage: Storage | None = None, **options: Any) -> Running:
         path = str(tmp_path / f"s{len(started)}.sock")
-        running = Running(storage if storage is not None else MemoryStorage(), path, **options)
+        served = storage if storage is not None else MemoryStorage()
+        running = Running(served, path, check_oids=False, **options).start()
         started.append(running)
         return running
 
@@ -69,20 +51,6 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Running]]:
     for running in started:
         running.stop()
         running.storage.close()
-
-
-@pytest.fixture
-def clients() -> Iterator[Callable[..., ClientStorage]]:
-    opened: list[ClientStorage] = []
-
-    def open_client(address: Any, **options: Any) -> ClientStorage:
-        client = ClientStorage(address, **options)
-        opened.append(client)
-        return client
-
-    yield open_client
-    for client in opened:
-        client.close()
 
 
 class Raw:

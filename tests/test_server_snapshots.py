@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _running_server import Running
 
 from dhruva import wire
 from dhruva.client_storage import ClientStorage
@@ -27,37 +28,12 @@ from dhruva.error import (
 )
 from dhruva.file_storage import FileStorage
 from dhruva.persistent_dict import PersistentDict
-from dhruva.server.storage_server import StorageServer
 from dhruva.snapshots import VersionLedger
 from dhruva.storage import CAP_PACK, CAP_SNAPSHOTS, MemoryStorage, Record, Storage
 from dhruva.utils import int8_to_str as p64
 
 T = wire.MessageType
 E = wire.ErrorCode
-
-
-class Running:
-    """A StorageServer running in a thread of the test process."""
-
-    def __init__(self, storage: Storage, address: str, **options: Any) -> None:
-        self.storage = storage
-        self.server = StorageServer(storage, address, **options)
-        self.thread = threading.Thread(target=self.server.serve, daemon=True)
-
-    def start(self) -> Running:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.stop()
-        if self.thread.is_alive():
-            self.thread.join()
-        else:
-            self.server.close()
-
-    @property
-    def address(self) -> Any:
-        return self.server.address
 
 
 Serve = Callable[..., Running]
@@ -77,20 +53,6 @@ def serve(tmp_path: Path) -> Iterator[Serve]:
     for running in started:
         running.stop()
         running.storage.close()
-
-
-@pytest.fixture
-def clients() -> Iterator[Callable[..., ClientStorage]]:
-    opened: list[ClientStorage] = []
-
-    def open_client(address: Any, **options: Any) -> ClientStorage:
-        client = ClientStorage(address, **options)
-        opened.append(client)
-        return client
-
-    yield open_client
-    for client in opened:
-        client.close()
 
 
 class SmallLedgerStorage(MemoryStorage):
