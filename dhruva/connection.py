@@ -370,13 +370,33 @@ class Connection:
         # The hot path of every cold read: slots are read without the ghost
         # class's __getattribute__, and a snapshot storage is asked directly.
         oid = _getattribute(obj, "_p_oid")
-        assert oid is not None
         if self._refresh_pending:
             self._refresh_snapshot()
         # [CONN-040] A snapshot storage answers as of the snapshot: no read conflict.
-        storage = self._storage
-        record = storage.load(oid) if self._snapshots else self._load_record(oid)
-        self._install_state(obj, record.data, oid)
+        record = self._storage.load(oid) if self._snapshots else self._load_record(oid)
+        data = record.data
+        try:
+            # The reference list lets a record that references nothing be
+            # read without a Python-level unpickler (OBJ-009).
+            state = self._reader.get_state(data, record.refs)
+        except SerializationError as exc:
+            exc.add_note(f"while loading the object with oid {str_to_int8(oid)}")
+            raise
+        # _set_state, inline.
+        _setattr(obj, "__class__", type(obj)._p_class)
+        try:
+            obj.__setstate__(state)
+        except BaseException:
+            obj._p_set_status_ghost()
+            raise
+        _setattr(obj, "_p_status", SAVED)
+        _setattr(obj, "_p_serial", self._transaction_serial)
+        self._loaded[oid] = obj
+        self._reads.append(obj)
+        size = len(data)
+        self._loaded_bytes += size - _getattribute(obj, "_p_size")
+        _setattr(obj, "_p_size", size)
+        self._load_count += 1
 
     def _refresh_snapshot(self) -> None:
         """Move the snapshot to the latest commit at a transaction's first load (CONN-040).

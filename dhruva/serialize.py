@@ -52,6 +52,8 @@ DILL_CODE = b"D"
 """The serializer code of the dill encoding (OBJ-040)."""
 
 PICKLE_PROTOCOL = 5
+_loads = pickle.loads
+_CLASS_PICKLES_MAX = 4096
 
 Reference = Callable[[PersistentBase], tuple[bytes, type]]
 """Called by an encoder for each persistent object in a state: returns ``(oid, class)``."""
@@ -158,6 +160,58 @@ def check_persistent_id(pid: Any) -> tuple[bytes, type]:
     ):
         return pid
     raise SerializationError(f"a record holds a malformed persistent reference {pid!r:.80}")
+
+
+_CLASS_PREFIXES: dict[type, bytes] = {}
+_CLASS_PREFIXES_MAX = 4096
+
+
+def _class_prefix(cls: type) -> bytes:
+    """``P`` and the class pickle of ``cls`` that dhruva writes (OBJ-002, OBJ-009).
+
+    Pickled in pickle's "fast" mode, which memoizes nothing: the state
+    pickle that follows is written by a fresh pickler, so it refers to
+    nothing of the class pickle and a reader may read it alone.  Made once
+    per class (pickle still checks that the class is importable by its name).
+    """
+    prefix = _CLASS_PREFIXES.get(cls)
+    if prefix is None:
+        file = io.BytesIO()
+        file.write(PICKLE_CODE)
+        pickler = pickle.Pickler(file, PICKLE_PROTOCOL)
+        pickler.fast = True
+        pickler.dump(cls)
+        prefix = file.getvalue()
+        if len(_CLASS_PREFIXES) >= _CLASS_PREFIXES_MAX:
+            _CLASS_PREFIXES.clear()
+        _CLASS_PREFIXES[cls] = prefix
+    return prefix
+
+
+_FRAMED_PROTO_5 = b"\x80\x05\x95"  # PROTO 5, FRAME: how a protocol 5 class pickle starts
+_MEMO_FREE_CLASS_OPS = ("PROTO", "FRAME", "SHORT_BINUNICODE", "SHORT_BINUNICODE", "STACK_GLOBAL")
+
+
+def _is_memo_free_class_pickle(class_pickle: bytes) -> bool:
+    """Whether ``class_pickle`` is exactly OBJ-009's form: nothing memoized, one frame.
+
+    PROTO 5, FRAME (covering the rest), two short strings, STACK_GLOBAL,
+    STOP, and nothing after it.  A record whose class pickle has this form
+    has a state pickle that refers to nothing before it (the memo is empty
+    where it starts), so the state can be read by a fresh unpickler.
+    """
+    import pickletools
+
+    try:
+        ops = list(pickletools.genops(class_pickle))
+    except Exception:
+        return False
+    names = tuple(op.name for op, _arg, _pos in ops)
+    if names[:-1] != _MEMO_FREE_CLASS_OPS or names[-1] != "STOP":
+        return False
+    frame_length = ops[1][1]
+    stop_position = ops[-1][2]
+    return stop_position == len(class_pickle) - 1 and frame_length == len(class_pickle) - 11
 
 
 class _RecordUnpickler(pickle.Unpickler):
@@ -268,6 +322,9 @@ class PickleDecoder(TwoPickleDecoder):
         self._find_class = find_class
         self._class_map = class_map or None
         self._unpickler_class = _RecordUnpickler.bound(get_ghost, find_class, self._class_map)
+        # pickle.loads resolves globals exactly as this decoder does.
+        self._plain = find_class is None and self._class_map is None
+        self._class_pickles: dict[bytes, bool] = {}
 
     def _unpickler(self, data: bytes) -> _RecordUnpickler:
         file = io.BytesIO(data)
@@ -275,13 +332,56 @@ class PickleDecoder(TwoPickleDecoder):
         return self._unpickler_class(file)
 
     def get_state(self, data: bytes) -> Any:
-        # The load hot path (Connection.load_state): one C-constructed
-        # unpickler, the class pickle read and dropped, the state returned.
+        # One C-constructed unpickler, the class pickle read and dropped,
+        # the state returned: any P record, whoever wrote it.
         file = io.BytesIO(data)
         file.seek(1)
         unpickler = self._unpickler_class(file)
         unpickler.load()
         return unpickler.load()
+
+    def read_state(self, data: bytes, refs: bytes | None) -> Any:
+        """Return the state of ``data``; ``refs`` is its reference list (None: unknown).
+
+        The load hot path (Connection.load_state).  A record whose class
+        pickle is memo-free (OBJ-009, what dhruva writes) has its state
+        pickle read alone, by a fresh unpickler started after the class
+        pickle; and when the record references nothing and globals resolve
+        as pickle's own (no restriction, no class map), by ``pickle.loads``,
+        which builds no Python-level unpickler at all.  The class pickle is
+        judged once per distinct byte string (through this decoder's
+        ``find_class``, so a restricted reader still refuses a forbidden
+        class) and remembered.  Anything else, and any failure of the fast
+        reading, goes to :meth:`get_state`, whose answer or error is the
+        authoritative one.
+        """
+        if data[1:4] == _FRAMED_PROTO_5:
+            end = 12 + int.from_bytes(data[4:12], "little")  # pickle's own little-endian integer
+            class_pickle = data[1:end]
+            memo_free = self._class_pickles.get(class_pickle)
+            if memo_free is None:
+                memo_free = self._learn_class_pickle(class_pickle)
+            if memo_free:
+                if refs is not None and not refs and self._plain:
+                    try:
+                        return _loads(data[end:])
+                    except (pickle.UnpicklingError, ImportError, AttributeError):
+                        pass  # get_state below raises the error it would have raised
+                else:
+                    file = io.BytesIO(data)
+                    file.seek(end)
+                    return self._unpickler_class(file).load()
+        return self.get_state(data)
+
+    def _learn_class_pickle(self, class_pickle: bytes) -> bool:
+        """Judge ``class_pickle`` (see :meth:`read_state`) and remember the verdict."""
+        # Resolved through this decoder: a refused class raises here, as get_state would.
+        self._unpickler_class(io.BytesIO(class_pickle)).load()
+        memo_free = _is_memo_free_class_pickle(class_pickle)
+        if len(self._class_pickles) >= _CLASS_PICKLES_MAX:
+            self._class_pickles.clear()
+        self._class_pickles[class_pickle] = memo_free
+        return memo_free
 
 
 def check_record_class(cls: Any) -> type:
@@ -306,14 +406,14 @@ class PickleSerializer(Serializer):
         self.name = "pickle-restricted" if restricted else "pickle"
 
     def encode(self, cls: type, state: Any, reference: Reference) -> bytes:
-        # A fresh pickler per object: clear_memo() costs time proportional to
-        # the largest memo seen so far, which a big container makes huge.
+        # [OBJ-009] The code and the memo-free class pickle, made once per
+        # class; then the state by a fresh pickler (clear_memo() would cost
+        # time proportional to the largest memo seen so far).
         file = io.BytesIO()
-        file.write(PICKLE_CODE)
+        file.write(_class_prefix(cls))
         pickler = pickle.Pickler(file, PICKLE_PROTOCOL)
         # The C Pickler takes persistent_id as an instance attribute.
         pickler.persistent_id = persistent_id_function(reference)  # type: ignore[method-assign]
-        pickler.dump(cls)
         pickler.dump(state)
         return file.getvalue()
 
@@ -558,8 +658,8 @@ class ObjectReader:
         pickle_decoder = PickleDecoder(get_ghost, find_class, self.class_map)
         # Keyed by the code byte as an int: ``data[0]`` is the cheapest lookup.
         self._decoders: dict[int, RecordDecoder] = {PICKLE_CODE[0]: pickle_decoder}
-        self._state_readers: dict[int, Callable[[bytes], Any]] = {
-            PICKLE_CODE[0]: pickle_decoder.get_state
+        self._state_readers: dict[int, Callable[[bytes, bytes | None], Any]] = {
+            PICKLE_CODE[0]: pickle_decoder.read_state
         }
 
     def decoder_for(self, data: bytes) -> RecordDecoder:
@@ -586,24 +686,31 @@ class ObjectReader:
             decoder = self.decoder_for(data)
         return decoder.get_class_and_state(data)
 
-    def get_state(self, data: bytes) -> Any:
+    def get_state(self, data: bytes, refs: bytes | None = None) -> Any:
         """Return the state in ``data`` alone, for an object whose class is known.
 
-        The class is not checked against the record's (the object's class
-        came from the reference that made it), but every global inside the
-        state is resolved as by :meth:`get_class_and_state`, restrictions
-        and class map included.
+        ``refs`` is the record's reference list when the caller has it (a
+        pickle record that references nothing is then read faster).  The
+        class is not checked against the record's (the object's class came
+        from the reference that made it), but every global inside the state
+        is resolved as by :meth:`get_class_and_state`, restrictions and
+        class map included.
         """
         try:
-            return self._state_readers[data[0]](data)
+            return self._state_readers[data[0]](data, refs)
         except (KeyError, IndexError):
             pass
         decoder = self.decoder_for(data)
-        reader = getattr(decoder, "get_state", None)
-        if reader is None:
+        state_of = getattr(decoder, "get_state", None)
+        if state_of is None:
 
-            def reader(data: bytes) -> Any:
+            def reader(data: bytes, refs: bytes | None) -> Any:
                 return decoder.get_class_and_state(data)[1]
 
+        else:
+
+            def reader(data: bytes, refs: bytes | None) -> Any:
+                return state_of(data)
+
         self._state_readers[data[0]] = reader
-        return reader(data)
+        return reader(data, refs)

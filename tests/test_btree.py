@@ -541,21 +541,37 @@ def test_node_state_with_durus_dev_len_is_read() -> None:
 
 
 # The records that BT-001/BT-002's example in spec/btree.md shows: a BTree of
-# BNode4 nodes holding {1: "a", 2: "b"}, tree oid 1, leaf oid 2.
+# BNode4 nodes holding {1: "a", 2: "b"}, tree oid 1, leaf oid 2, as dhruva
+# writes them (OBJ-009) ...
 SPEC_TREE_HEX = (
+    "5080059517000000000000008c0c6468727576612e62747265658c054254726565"
+    "932e8005953f000000000000007d94288c065f636f756e74944b028c04726f6f749443"
+    "080000000000000002948c0c6468727576612e6274726565948c06424e6f646534"
+    "949394869451752e"
+)
+SPEC_LEAF_HEX = (
+    "5080059518000000000000008c0c6468727576612e62747265658c06424e6f6465"
+    "34932e8005952a000000000000007d94288c056974656d73945d94284b018c0161"
+    "9486944b028c0162948694658c056e6f646573944e752e"
+)
+# ... and as dhruva wrote them before OBJ-009 (one pickler, shared memo).
+OLD_TREE_HEX = (
     "508005951a000000000000008c0c6468727576612e6274726565948c05425472"
     "65659493942e80059532000000000000007d94288c065f636f756e74944b028c"
     "04726f6f7494430800000000000000029468008c06424e6f646534949394869451752e"
 )
-SPEC_LEAF_HEX = (
+OLD_LEAF_HEX = (
     "508005951b000000000000008c0c6468727576612e6274726565948c06424e6f"
     "6465349493942e8005952a000000000000007d94288c056974656d73945d9428"
     "4b018c01619486944b028c0162948694658c056e6f646573944e752e"
 )
 
 
-@pytest.mark.req("BT-001", "BT-002", "BT-003")
-def test_spec_example_records_decode() -> None:
+@pytest.mark.req("BT-001", "BT-002", "BT-003", "OBJ-003", "OBJ-009")
+@pytest.mark.parametrize(
+    ("tree_hex", "leaf_hex"), [(SPEC_TREE_HEX, SPEC_LEAF_HEX), (OLD_TREE_HEX, OLD_LEAF_HEX)]
+)
+def test_spec_example_records_decode(tree_hex: str, leaf_hex: str) -> None:
     ghosts: list[tuple[bytes, type]] = []
 
     def get_ghost(oid: bytes, cls: type) -> Any:
@@ -563,14 +579,27 @@ def test_spec_example_records_decode() -> None:
         return ("ghost", oid)
 
     reader = ObjectReader(get_ghost)
-    cls, state = reader.get_class_and_state(bytes.fromhex(SPEC_TREE_HEX))
+    cls, state = reader.get_class_and_state(bytes.fromhex(tree_hex))
     assert cls is BTree
     assert state == {"_count": 2, "root": ("ghost", (2).to_bytes(8, "big"))}
     assert ghosts == [((2).to_bytes(8, "big"), BNode4)]
-    cls, state = reader.get_class_and_state(bytes.fromhex(SPEC_LEAF_HEX))
+    assert reader.get_state(bytes.fromhex(tree_hex), (2).to_bytes(8, "big")) == state
+    cls, state = reader.get_class_and_state(bytes.fromhex(leaf_hex))
     assert cls is BNode4
     assert state == {"items": [(1, "a"), (2, "b")], "nodes": None}
-    # dhruva's pickle writer produces exactly these bytes today.
+    assert reader.get_state(bytes.fromhex(leaf_hex), b"") == state
+    # Through a Connection, as loads run.
+    storage = MemoryStorage()
+    for oid, hex_data, refs in ((1, tree_hex, (2).to_bytes(8, "big")), (2, leaf_hex, b"")):
+        storage.begin()
+        storage.store(oid.to_bytes(8, "big"), bytes.fromhex(hex_data), refs)
+        storage.end()
+    tree = connect(storage).get((1).to_bytes(8, "big"))
+    assert isinstance(tree, BTree) and list(tree.items()) == [(1, "a"), (2, "b")]
+
+
+@pytest.mark.req("BT-001", "OBJ-009")
+def test_the_writer_produces_the_spec_example_byte_for_byte() -> None:
     storage = MemoryStorage()
     connection = connect(storage)
     tree = BTree(BNode4)

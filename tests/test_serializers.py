@@ -481,3 +481,165 @@ def test_an_object_that_refers_to_itself_loads_as_one_object() -> None:
     assert loaded is not None and loaded.me is loaded and loaded.n == 1
     assert fresh.get(oid) is loaded
     assert fresh.get_root()["item"] is loaded
+
+
+# -- OBJ-009: the memo-free class pickle, and reading the state alone -----------------------------
+
+
+def _class_pickle_end(data: bytes) -> int:
+    """Where the class pickle of a protocol-5 ``P`` record ends (after its STOP)."""
+    return 12 + int.from_bytes(data[4:12], "little")
+
+
+def _record(cls: type, state: Any, *, one_pickler: bool) -> bytes:
+    """A ``P`` record of ``cls`` and ``state``: as dhruva writes it, or as before OBJ-009."""
+    file = io.BytesIO()
+    file.write(PICKLE_CODE)
+    pickler = pickle.Pickler(file, protocol=5)
+    if one_pickler:
+        pickler.dump(cls)
+    else:
+        pickler.fast = True
+        pickler.dump(cls)
+        pickler = pickle.Pickler(file, protocol=5)
+    pickler.dump(state)
+    return file.getvalue()
+
+
+@pytest.mark.req("OBJ-009", "OBJ-002")
+def test_the_writer_memoizes_nothing_in_the_class_pickle_and_starts_a_fresh_state_pickle() -> None:
+    import pickletools
+
+    storage = MemoryStorage()
+    connection = Connection(storage)
+    item = Item(3)
+    item.other = Item(4)
+    connection.get_root()["item"] = item
+    connection.commit()
+    for oid in (item._p_oid, item.other._p_oid):
+        assert oid is not None
+        data = storage.load(oid).data
+        end = _class_pickle_end(data)
+        ops = [op.name for op, _arg, _pos in pickletools.genops(data[1:end])]
+        assert ops == [
+            "PROTO",
+            "FRAME",
+            "SHORT_BINUNICODE",
+            "SHORT_BINUNICODE",
+            "STACK_GLOBAL",
+            "STOP",
+        ]
+        assert pickle.loads(data[1:end]) is Item
+        # The state pickle is complete by itself: no GET of the class pickle's memo.
+        unpickler = pickle.Unpickler(io.BytesIO(data[end:]))
+        found: list[Any] = []
+        unpickler.persistent_load = lambda pid, found=found: found.append(pid) or ("ghost", pid[0])
+        state = unpickler.load()
+        assert state["n"] in (3, 4)
+        if oid == item._p_oid:
+            assert found == [(item.other._p_oid, Item)]
+
+
+@pytest.mark.req("OBJ-009", "OBJ-003")
+@pytest.mark.parametrize("one_pickler", [True, False], ids=["before-OBJ-009", "OBJ-009"])
+@pytest.mark.parametrize("restricted", [False, True], ids=["pickle", "restricted"])
+def test_both_record_forms_load_alike(one_pickler: bool, restricted: bool) -> None:
+    storage = MemoryStorage()
+    writer = Connection(storage)
+    writer.get_root()["a"] = Item(0)
+    writer.get_root()["b"] = Item(0)
+    writer.commit()
+    a, b = writer.get_root()["a"], writer.get_root()["b"]
+    # a references nothing; b references a (and repeats Item, memoized by the class pickle
+    # in the old form, so its state pickle there GETs a memo entry of the class pickle).
+    store_raw(storage, a._p_oid, _record(Item, {"n": 1, "s": "x" * 3}, one_pickler=one_pickler))
+    other = PersistentDict
+    state_b = {"n": 2, "kind": other, "ref": a}
+
+    class Writer(pickle.Pickler):
+        def persistent_id(self, obj: Any) -> Any:
+            return (obj._p_oid, type(obj)) if isinstance(obj, Item) else None
+
+    file = io.BytesIO()
+    file.write(PICKLE_CODE)
+    pickler = Writer(file, protocol=5)
+    if not one_pickler:
+        pickler.fast = True
+        pickler.dump(Item)
+        pickler = Writer(file, protocol=5)
+    else:
+        pickler.dump(Item)
+    pickler.dump(state_b)
+    storage.begin()
+    storage.store(b._p_oid, file.getvalue(), a._p_oid)
+    storage.end()
+    kwargs: dict[str, Any] = {"allowed_classes": [Item, PersistentDict]} if restricted else {}
+    reader = Connection(storage, **kwargs)
+    ra, rb = reader.get_root()["a"], reader.get_root()["b"]
+    assert (ra.n, ra.s) == (1, "xxx")
+    assert rb.n == 2 and rb.kind is PersistentDict and rb.ref is ra
+
+
+@pytest.mark.req("OBJ-009", "OBJ-020")
+@pytest.mark.skipif(os.name != "posix", reason="the payload uses the POSIX touch command")
+def test_restricted_reading_refuses_a_memo_free_record_too(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    storage = MemoryStorage()
+    writer = Connection(storage)
+    writer.get_root()["item"] = Item(1)
+    writer.get_root()["color"] = Color.RED
+    writer.commit()
+    oid = writer.get_root()["item"]._p_oid
+    store_raw(storage, oid, _record(Item, {"n": Exploit(f"touch {marker}")}, one_pickler=False))
+    reader = Connection(storage, allowed_classes=[Item, Color])
+    with pytest.raises(ForbiddenClassError, match=r"posix\.system|os\.system"):
+        _ = reader.get_root()["item"].n
+    assert not marker.exists()
+    # A memo-free record of a class off the list is refused by its class pickle.
+    color_only = Connection(storage, allowed_classes=[Color])
+    with pytest.raises(ForbiddenClassError, match=rf"{MODULE}\.Item"):
+        _ = color_only.get_root()["item"].n
+
+
+@pytest.mark.req("OBJ-009", "OBJ-005")
+def test_a_record_whose_reference_list_hides_a_reference_still_loads_right() -> None:
+    # The fast path (no references: plain pickle.loads) meets a persistent id;
+    # the reader falls back to the full unpickler and makes the ghost as always.
+    storage = MemoryStorage()
+    writer = Connection(storage)
+    writer.get_root()["a"] = Item(1)
+    writer.get_root()["b"] = Item(2)
+    writer.commit()
+    a, b = writer.get_root()["a"], writer.get_root()["b"]
+
+    class Writer(pickle.Pickler):
+        def persistent_id(self, obj: Any) -> Any:
+            return (obj._p_oid, type(obj)) if isinstance(obj, Item) else None
+
+    file = io.BytesIO()
+    file.write(PICKLE_CODE)
+    pickler = pickle.Pickler(file, protocol=5)
+    pickler.fast = True
+    pickler.dump(Item)
+    Writer(file, protocol=5).dump({"n": 2, "ref": a})
+    store_raw(storage, b._p_oid, file.getvalue())  # reference list b"": a lie
+    reader = Connection(storage)
+    assert reader.get_root()["b"].ref is reader.get_root()["a"]
+    assert reader.get_root()["a"].n == 1
+
+
+@pytest.mark.req("OBJ-009")
+def test_reading_the_state_alone_equals_reading_both_pickles() -> None:
+    reader = ObjectReader(lambda oid, cls: ("ghost", oid))  # type: ignore[arg-type,return-value]
+    states: list[Any] = [
+        {"n": 1},
+        {"n": 2, "s": "é" * 40, "l": [1, 2.5, None], "t": (1, (2, 3)), "b": b"\x00" * 300},
+        {"n": 3, "kind": Item, "when": dt.date(2026, 12, 3), "d": decimal.Decimal("1.5")},
+    ]
+    for state in states:
+        for one_pickler in (True, False):
+            data = _record(Item, state, one_pickler=one_pickler)
+            assert reader.get_class_and_state(data) == (Item, state)
+            assert reader.get_state(data, b"") == state
+            assert reader.get_state(data, None) == state
+            assert reader.get_state(data) == state
