@@ -78,6 +78,7 @@ META = struct.Struct(">QQQQQI16sI")
 assert META.size == 64
 _ENTRY = struct.Struct(">Q")
 assert _ENTRY.size == ENTRY_SIZE
+_unpack_entry = _ENTRY.unpack_from
 
 _ITER_CHUNK_ENTRIES = 1 << 16
 
@@ -330,10 +331,12 @@ class DiskIndex:
             return 0
         mapping = self._map
         if mapping is not None:
-            raw: int = _ENTRY.unpack_from(mapping, ENTRIES_OFFSET + oid_int * ENTRY_SIZE)[0]
+            raw: int = _unpack_entry(mapping, ENTRIES_OFFSET + oid_int * ENTRY_SIZE)[0]
         else:
             raw = self._read_raw(oid_int, 1)[0]
-        return self._decode_entry(raw)
+        if raw & ADDED_FLAG:
+            return self._decode_entry(raw)
+        return raw  # _decode_entry of an entry without the flag
 
     def iter_entries(self) -> Iterator[tuple[int, int]]:
         """Yield ``(oid_int, offset)`` for every oid whose ``lookup`` is non-zero, by oid."""

@@ -211,7 +211,7 @@ class FileStorage(JournalStorage):
         disk = self._disk
         if disk is None:
             return 0
-        number = str_to_int8(oid)
+        number = int.from_bytes(oid, "big")  # load checked the oid's shape
         if number > self._disk_max_oid:
             return 0
         return disk.lookup(number)

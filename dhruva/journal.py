@@ -29,6 +29,7 @@ offset.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import struct
 import zlib
@@ -688,11 +689,15 @@ def trailer_crc_before(buf: Buffer, end: int, base: int = 0) -> int:
 
 
 # oid-less view of a record header: data_length, ref_count (same in both versions)
-_RECORD_LENGTHS = struct.Struct(">II")
-assert _RECORD_LENGTHS.size == 8
+RECORD_LENGTHS = struct.Struct(">II")
+assert RECORD_LENGTHS.size == 8
+_RECORD_LENGTHS = RECORD_LENGTHS
 _unpack_v1 = RECORD_HEADER_V1.unpack_from
 _unpack_v2 = RECORD_HEADER_V2.unpack_from
 _crc32 = zlib.crc32
+# Record(...) runs a Python-level __new__; tuple.__new__ makes the same
+# NamedTuple without it (the load path makes one per record).
+_new_record = functools.partial(tuple.__new__, Record)
 
 
 def record_size(header: Buffer, version: int = MAJOR_VERSION) -> int:
@@ -739,4 +744,4 @@ def decode_record_at(
             "bytes changed after they were committed",
             "record-crc",
         )
-    return Record(bytes(oid), data, refs)
+    return _new_record((oid, data, refs))

@@ -65,7 +65,12 @@ def _ghost_getattribute(self: PersistentBase, name: str) -> Any:
         return _p_object_getattribute(self, name)
     if name == "__class__":
         return type(self)._p_class
-    self._p_load_state()
+    # _p_load_state, inline: the ghost class is only ever set with the
+    # status GHOST, so the state is due.
+    connection = _p_object_getattribute(self, "_p_connection")
+    if connection is None:
+        raise RuntimeError(f"ghost {self!r} has no connection to load from")
+    connection.load_state(self)
     return getattr(self, name)
 
 
@@ -277,7 +282,13 @@ class Persistent(PersistentBase):
         # Unpickled attribute names are not interned strings, and CPython's
         # fast attribute lookup needs interned keys: without this, reading an
         # attribute of a loaded object costs ten times a plain object's.
-        d.update({_intern(k) if type(k) is str else k: v for k, v in state.items()})
+        try:
+            for k, v in state.items():
+                d[_intern(k)] = v
+        except TypeError:
+            # A key that is not an exact str (sys.intern refuses it): kept as it is.
+            d.clear()
+            d.update({_intern(k) if type(k) is str else k: v for k, v in state.items()})
 
     def _p_clear_state(self) -> None:
         self.__dict__.clear()
