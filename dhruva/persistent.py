@@ -34,6 +34,7 @@ and then notes the change with the connection.
 from __future__ import annotations
 
 import copyreg
+import threading
 from sys import intern as _intern
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -47,6 +48,27 @@ UNSAVED = 1
 _p_object_getattribute = object.__getattribute__
 _dict_state_base: type | None = None  # Persistent, once it is defined
 _p_object_setattr = object.__setattr__
+
+
+class ReferenceFound(Exception):
+    """A persistent object was met while its state's pickle was probed (not an error).
+
+    dhruva.serialize pickles a state with plain ``pickle.dumps`` first, with
+    :data:`reference_probe` active, so a state that references no persistent
+    object is written without a Python call per value; a persistent object
+    inside it raises this from ``__reduce_ex__``, and the state is pickled
+    again with persistent ids (OBJ-004).
+    """
+
+
+class _ReferenceProbe(threading.local):
+    active = False
+
+
+#: Per thread: while ``active``, pickling a persistent object raises ReferenceFound.
+reference_probe = _ReferenceProbe()
+#: Set when a persistent class defines its own ``__reduce_ex__`` (the probe would not run).
+reduce_overridden = False
 
 
 class ConnectionLike(Protocol):
@@ -129,6 +151,9 @@ class PersistentBase:
         super().__init_subclass__(**kwargs)
         if cls.__dict__.get("_p_hidden_kind") is not None:
             return
+        if "__reduce_ex__" in cls.__dict__:
+            global reduce_overridden
+            reduce_overridden = True
         if _dict_state_base is not None and issubclass(cls, _dict_state_base):
             slots = cls.__dict__.get("__slots__", ())
             if isinstance(slots, str):
@@ -252,6 +277,8 @@ class PersistentBase:
         raise NotImplementedError
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        if reference_probe.active:
+            raise ReferenceFound
         # Pickling outside a database: a fresh unsaved copy of the state, of
         # the real class even when this object is a ghost or tracked.
         state = self.__getstate__()

@@ -30,11 +30,13 @@ Storages never run any of this: they see ``data`` and ``refs`` as bytes.
 
 from __future__ import annotations
 
+import copyreg
 import io
 import pickle
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from dhruva import persistent
 from dhruva.class_registry import AllowEntry, ClassMap, ClassRegistry, as_registry
 from dhruva.error import (
     FormatError,
@@ -186,6 +188,29 @@ def _class_prefix(cls: type) -> bytes:
             _CLASS_PREFIXES.clear()
         _CLASS_PREFIXES[cls] = prefix
     return prefix
+
+
+_REFERENCING_CLASSES: set[type] = set()
+_dumps = pickle.dumps
+_dispatch_seen = -1
+
+
+def _probe_is_sound() -> bool:
+    """Whether pickling a persistent object is sure to reach the probe (its ``__reduce_ex__``).
+
+    Not when a persistent class defines its own ``__reduce_ex__``, or when
+    ``copyreg.dispatch_table`` (which plain pickling consults first) names
+    a persistent class; the table is scanned again whenever it changes size.
+    """
+    global _dispatch_seen
+    if persistent.reduce_overridden:
+        return False
+    table = copyreg.dispatch_table
+    if len(table) != _dispatch_seen:
+        if any(isinstance(t, type) and issubclass(t, PersistentBase) for t in table):
+            return False
+        _dispatch_seen = len(table)
+    return True
 
 
 _FRAMED_PROTO_5 = b"\x80\x05\x95"  # PROTO 5, FRAME: how a protocol 5 class pickle starts
@@ -409,8 +434,25 @@ class PickleSerializer(Serializer):
         # [OBJ-009] The code and the memo-free class pickle, made once per
         # class; then the state by a fresh pickler (clear_memo() would cost
         # time proportional to the largest memo seen so far).
+        prefix = _class_prefix(cls)
+        if cls not in _REFERENCING_CLASSES and _probe_is_sound():
+            # A state without persistent objects pickles to the same bytes
+            # with or without persistent_id; plain dumps makes no Python call
+            # per value.  A persistent object inside stops it (ReferenceFound).
+            probe = persistent.reference_probe
+            probe.active = True
+            try:
+                return prefix + _dumps(state, PICKLE_PROTOCOL)
+            except persistent.ReferenceFound:
+                # This class's states reference objects: go straight to the
+                # pickler with persistent ids next time.
+                if len(_REFERENCING_CLASSES) >= _CLASS_PREFIXES_MAX:
+                    _REFERENCING_CLASSES.clear()
+                _REFERENCING_CLASSES.add(cls)
+            finally:
+                probe.active = False
         file = io.BytesIO()
-        file.write(_class_prefix(cls))
+        file.write(prefix)
         pickler = pickle.Pickler(file, PICKLE_PROTOCOL)
         # The C Pickler takes persistent_id as an instance attribute.
         pickler.persistent_id = persistent_id_function(reference)  # type: ignore[method-assign]

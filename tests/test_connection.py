@@ -311,6 +311,27 @@ def test_cache_never_ghosts_changed_objects() -> None:
     assert connect(storage).get_root().items[0].n == 100
 
 
+
+@pytest.mark.req("CONN-020")
+def test_changed_objects_at_the_old_end_do_not_stop_the_cache_shrinking() -> None:
+    # The clock takes the oldest entries in batches; more changed objects at
+    # the old end than one batch holds must not keep it from the rest.
+    storage = MemoryStorage()
+    writer = connect(storage)
+    writer.get_root().items = [Item(i) for i in range(600)]
+    writer.commit()
+    reader = connect(storage, cache_size=1000)
+    items = reader.get_root().items
+    assert sum(item.n for item in items) == sum(range(600))
+    for item in items[:300]:
+        item.n += 1000  # the oldest 300 are changed
+    reader.set_cache_size(350)
+    reader.shrink_cache()
+    assert all(item._p_status == UNSAVED for item in items[:300])
+    assert sum(1 for item in items if item._p_status == SAVED) <= 50
+    reader.commit()
+    assert [item.n for item in connect(storage).get_root().items][:2] == [1000, 1001]
+
 def test_cache_drops_unreferenced_objects() -> None:
     storage = MemoryStorage()
     writer = connect(storage)

@@ -643,3 +643,135 @@ def test_reading_the_state_alone_equals_reading_both_pickles() -> None:
             assert reader.get_state(data, b"") == state
             assert reader.get_state(data, None) == state
             assert reader.get_state(data) == state
+
+
+# -- the writer's probe: states without references pickled by plain dumps --------------------------
+
+
+class Holder:
+    """A plain object whose pickle reaches a persistent object through its own reduce."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def __reduce__(self) -> Any:
+        return (Holder, (self.inner,))
+
+
+def _slow_encode(cls: type, state: Any, refs: list[bytes]) -> bytes:
+    """What PickleSerializer writes, the long way: a pickler with persistent_id."""
+    file = io.BytesIO()
+    file.write(PICKLE_CODE)
+    pickler = pickle.Pickler(file, protocol=5)
+    pickler.fast = True
+    pickler.dump(cls)
+    pickler = pickle.Pickler(file, protocol=5)
+
+    def persistent_id(obj: Any) -> Any:
+        if isinstance(obj, Persistent):
+            refs.append(obj._p_oid)
+            return (obj._p_oid, type(obj))
+        return None
+
+    pickler.persistent_id = persistent_id  # type: ignore[method-assign]
+    pickler.dump(state)
+    return file.getvalue()
+
+
+@pytest.mark.req("OBJ-004", "OBJ-005", "OBJ-009")
+def test_every_way_a_state_reaches_a_persistent_object_writes_a_persistent_id() -> None:
+    storage = MemoryStorage()
+    connection = Connection(storage)
+    root = connection.get_root()
+    target = Item(9)
+    root["target"] = target
+    connection.commit()
+    shapes = {
+        "plain": Item(1),  # no reference: the probe's fast path
+        "direct": Item(2),
+        "nested": Item(3),
+        "reduce": Item(4),
+        "plain-again": Item(5),
+    }
+    shapes["direct"].ref = target
+    shapes["nested"].ref = {"k": [(1, [target])]}
+    shapes["reduce"].ref = Holder(target)
+    for name, item in shapes.items():
+        root[name] = item
+    connection.commit()
+    for name, item in shapes.items():
+        record = storage.load(item._p_oid)
+        refs: list[bytes] = []
+        assert record.data == _slow_encode(Item, item.__getstate__(), refs), name
+        assert record.refs == b"".join(refs), name
+        assert (target._p_oid in record.refs) == (name not in ("plain", "plain-again")), name
+    fresh = Connection(storage)
+    assert fresh.get_root()["reduce"].ref.inner is fresh.get_root()["target"]
+    assert fresh.get_root()["nested"].ref["k"][0][1][0] is fresh.get_root()["target"]
+    # The probe is off again: outside a commit a persistent object pickles as a copy.
+    copy = pickle.loads(pickle.dumps(target))
+    assert copy.n == 9 and copy is not target and copy._p_oid is None
+
+
+@pytest.mark.req("OBJ-004", "OBJ-009")
+def test_a_class_with_its_own_reduce_or_a_dispatch_entry_still_becomes_a_reference(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import copyreg
+
+    from dhruva import persistent as persistent_module
+    from dhruva import serialize
+
+    module = sys.modules[__name__]
+    monkeypatch.setattr(persistent_module, "reduce_overridden", False)
+    # No class is known to reference objects yet: every record tries the probe first.
+    monkeypatch.setattr(serialize, "_REFERENCING_CLASSES", set())
+
+    class Special(Persistent):
+        def __reduce_ex__(self, protocol: Any) -> Any:
+            return (Special, ())
+
+    assert persistent_module.reduce_overridden  # noticed when the class was made
+    monkeypatch.setattr(persistent_module, "reduce_overridden", False)
+
+    class Registered(Persistent):
+        pass
+
+    for kind in (Special, Registered):
+        # Importable by name, as record classes are.
+        kind.__qualname__ = kind.__name__ = f"Probe{kind.__name__}"
+        monkeypatch.setattr(module, kind.__name__, kind, raising=False)
+    monkeypatch.setitem(copyreg.dispatch_table, Registered, lambda obj: (Registered, ()))
+    for kind in (Special, Registered):
+        if kind is Special:
+            monkeypatch.setattr(persistent_module, "reduce_overridden", True)
+        storage = MemoryStorage()
+        connection = Connection(storage)
+        holder = Item(1)
+        holder.ref = kind()
+        connection.get_root()["holder"] = holder
+        connection.commit()
+        record = storage.load(holder._p_oid)
+        assert record.refs == holder.ref._p_oid, kind
+        assert isinstance(Connection(storage).get_root()["holder"].ref, kind)
+        monkeypatch.setattr(persistent_module, "reduce_overridden", False)
+
+
+def test_the_probe_is_per_thread() -> None:
+    import threading
+
+    from dhruva import persistent as persistent_module
+
+    seen: list[bool] = []
+    persistent_module.reference_probe.active = True
+    try:
+        probe = persistent_module.reference_probe
+        thread = threading.Thread(target=lambda: seen.append(probe.active))
+        thread.start()
+        thread.join()
+        with pytest.raises(persistent_module.ReferenceFound):
+            pickle.dumps(Item(1))
+    finally:
+        persistent_module.reference_probe.active = False
+    assert seen == [False]
+    assert pickle.loads(pickle.dumps(Item(2))).n == 2
