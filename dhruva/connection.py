@@ -68,6 +68,7 @@ import io
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
+from itertools import islice
 from types import MappingProxyType, TracebackType
 from typing import Any, BinaryIO, TypeVar
 
@@ -923,24 +924,31 @@ class Connection:
         changed = self._changed
         # A clock with a second chance, at most two passes of the hand: an
         # object still tracked was not used since it was armed and goes; one
-        # in its real class is armed and moves to the young end.  With reads
-        # tracked every object is armed at each boundary, so this is LRU by
-        # transaction.
-        for _ in range(2):
-            for oid, obj in list(loaded.items()):
-                if not self._over_limit():
+        # in its real class is armed and moves to the young end, and so does
+        # one that cannot go now (changed, or not saved).  With reads tracked
+        # every object is armed at each boundary, so this is LRU by
+        # transaction.  The hand takes the oldest entries in batches a little
+        # larger than the excess, so a commit that adds a few objects to a
+        # full cache costs in proportion to them, not to the cache.
+        budget = 2 * len(loaded)
+        while budget > 0:
+            batch = list(islice(loaded.items(), max(len(loaded) - self._cache_size, 0) + 64))
+            if not batch:
+                return
+            for oid, obj in batch:
+                if budget <= 0 or not self._over_limit():
                     return
-                if oid in changed or obj._p_status != SAVED:
-                    continue
-                if obj._p_is_tracked():
+                budget -= 1
+                if oid not in changed and obj._p_status == SAVED and obj._p_is_tracked():
                     obj._p_set_status_ghost()
                     del loaded[oid]
                     self._loaded_bytes -= obj._p_size
                     _setattr(obj, "_p_size", 0)
-                else:
+                    continue
+                if oid not in changed and obj._p_status == SAVED:
                     obj._p_set_tracked()
-                    del loaded[oid]
-                    loaded[oid] = obj
+                del loaded[oid]
+                loaded[oid] = obj
 
     # -- misc ------------------------------------------------------------------------
 
