@@ -691,7 +691,6 @@ def trailer_crc_before(buf: Buffer, end: int, base: int = 0) -> int:
 # oid-less view of a record header: data_length, ref_count (same in both versions)
 RECORD_LENGTHS = struct.Struct(">II")
 assert RECORD_LENGTHS.size == 8
-_RECORD_LENGTHS = RECORD_LENGTHS
 _unpack_v1 = RECORD_HEADER_V1.unpack_from
 _unpack_v2 = RECORD_HEADER_V2.unpack_from
 _crc32 = zlib.crc32
@@ -702,7 +701,7 @@ _new_record = functools.partial(tuple.__new__, Record)
 
 def record_size(header: Buffer, version: int = MAJOR_VERSION) -> int:
     """Return the full size of the record whose header starts ``header``."""
-    data_length, ref_count = _RECORD_LENGTHS.unpack_from(header, 8)
+    data_length, ref_count = RECORD_LENGTHS.unpack_from(header, 8)
     header_size = 20 if version >= FORMAT_V2 else 16
     return int(header_size + data_length + 8 * ref_count)
 

@@ -349,13 +349,14 @@ class JournalStorage(Storage):
         version = self.format_version
         try:
             buf = data_file.pread(LOAD_READ_BYTES, offset)
-            if len(buf) < 16:
+            header_size = journal.record_header_size(version)
+            if len(buf) < header_size:
                 raise CorruptionError(
                     self.path, offset, "record header runs past the end of the file"
                 )
-            # data_length, ref_count at 8 in both versions (journal.record_size)
+            # journal.record_size, inline: data_length, ref_count at 8 in both versions
             data_length, ref_count = _record_lengths(buf, 8)
-            size = (20 if version >= journal.FORMAT_V2 else 16) + data_length + 8 * ref_count
+            size = header_size + data_length + 8 * ref_count
             if size > len(buf):
                 buf = data_file.pread(size, offset)
         except OSError as exc:

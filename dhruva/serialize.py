@@ -55,7 +55,8 @@ DILL_CODE = b"D"
 
 PICKLE_PROTOCOL = 5
 _loads = pickle.loads
-_CLASS_PICKLES_MAX = 4096
+#: The bound of each per-class cache below (class pickles, verdicts, referencing classes).
+_CLASS_CACHE_MAX = 4096
 
 Reference = Callable[[PersistentBase], tuple[bytes, type]]
 """Called by an encoder for each persistent object in a state: returns ``(oid, class)``."""
@@ -165,7 +166,6 @@ def check_persistent_id(pid: Any) -> tuple[bytes, type]:
 
 
 _CLASS_PREFIXES: dict[type, bytes] = {}
-_CLASS_PREFIXES_MAX = 4096
 
 
 def _class_prefix(cls: type) -> bytes:
@@ -184,7 +184,7 @@ def _class_prefix(cls: type) -> bytes:
         pickler.fast = True
         pickler.dump(cls)
         prefix = file.getvalue()
-        if len(_CLASS_PREFIXES) >= _CLASS_PREFIXES_MAX:
+        if len(_CLASS_PREFIXES) >= _CLASS_CACHE_MAX:
             _CLASS_PREFIXES.clear()
         _CLASS_PREFIXES[cls] = prefix
     return prefix
@@ -192,7 +192,8 @@ def _class_prefix(cls: type) -> bytes:
 
 _REFERENCING_CLASSES: set[type] = set()
 _dumps = pickle.dumps
-_dispatch_seen = -1
+_dispatch_seen = -1  # the size of copyreg.dispatch_table when last scanned
+_dispatch_sound = True  # and whether it named no persistent class then
 
 
 def _probe_is_sound() -> bool:
@@ -202,15 +203,16 @@ def _probe_is_sound() -> bool:
     ``copyreg.dispatch_table`` (which plain pickling consults first) names
     a persistent class; the table is scanned again whenever it changes size.
     """
-    global _dispatch_seen
+    global _dispatch_seen, _dispatch_sound
     if persistent.reduce_overridden:
         return False
     table = copyreg.dispatch_table
     if len(table) != _dispatch_seen:
-        if any(isinstance(t, type) and issubclass(t, PersistentBase) for t in table):
-            return False
+        _dispatch_sound = not any(
+            isinstance(t, type) and issubclass(t, PersistentBase) for t in table
+        )
         _dispatch_seen = len(table)
-    return True
+    return _dispatch_sound
 
 
 _FRAMED_PROTO_5 = b"\x80\x05\x95"  # PROTO 5, FRAME: how a protocol 5 class pickle starts
@@ -403,7 +405,7 @@ class PickleDecoder(TwoPickleDecoder):
         # Resolved through this decoder: a refused class raises here, as get_state would.
         self._unpickler_class(io.BytesIO(class_pickle)).load()
         memo_free = _is_memo_free_class_pickle(class_pickle)
-        if len(self._class_pickles) >= _CLASS_PICKLES_MAX:
+        if len(self._class_pickles) >= _CLASS_CACHE_MAX:
             self._class_pickles.clear()
         self._class_pickles[class_pickle] = memo_free
         return memo_free
@@ -446,7 +448,7 @@ class PickleSerializer(Serializer):
             except persistent.ReferenceFound:
                 # This class's states reference objects: go straight to the
                 # pickler with persistent ids next time.
-                if len(_REFERENCING_CLASSES) >= _CLASS_PREFIXES_MAX:
+                if len(_REFERENCING_CLASSES) >= _CLASS_CACHE_MAX:
                     _REFERENCING_CLASSES.clear()
                 _REFERENCING_CLASSES.add(cls)
             finally:
