@@ -30,7 +30,7 @@ from dhruva_conformance.backends import (
 )
 
 from dhruva.sqlite_storage import SqliteStorage
-from dhruva.storage import CAP_DURABLE, CAP_PACK, CAP_SNAPSHOTS, Storage
+from dhruva.storage import CAP_BLOBS, CAP_DURABLE, CAP_PACK, CAP_SNAPSHOTS, Storage
 
 
 class SqliteFactory(BaseFactory):
@@ -38,7 +38,7 @@ class SqliteFactory(BaseFactory):
 
     name = "sqlite"
     capabilities = frozenset(
-        {CAP_REOPEN, CAP_DURABLE, CAP_SUBPROCESS, CAP_READONLY, CAP_PACK, CAP_SNAPSHOTS}
+        {CAP_REOPEN, CAP_DURABLE, CAP_SUBPROCESS, CAP_READONLY, CAP_PACK, CAP_SNAPSHOTS, CAP_BLOBS}
     )
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:

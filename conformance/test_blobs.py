@@ -164,3 +164,53 @@ def test_blob_objects_through_a_connection(storage_factory: StorageFactory) -> N
     with connection.root["file"].open() as file:
         assert file.read() == b"a" * 100_000 + b"b"
     connection.close()
+
+
+@pytest.mark.needs("pack", "snapshots")
+@pytest.mark.req("BLOB-013")
+def test_pack_removes_superseded_versions_no_snapshot_reads(storage: Storage) -> None:
+    oid = new_blob_oid(storage)
+    storage.begin()
+    storage.store(ROOT_OID, b"root", oid)
+    storage.store(oid, b"blob record", b"")
+    storage.store_blob(oid, io.BytesIO(b"v1"))
+    storage.end()
+    first = storage.last_tid()
+    commit_blob(storage, oid, b"v2")
+    second = storage.last_tid()
+    commit_blob(storage, oid, b"v3")
+    # A snapshot at the second commit is held: v2 stays for it, v1 goes.
+    storage.set_oldest_snapshot(second)
+    storage.pack()
+    assert read_blob(storage, oid, second) == b"v2"
+    assert read_blob(storage, oid) == b"v3"
+    with pytest.raises(DhruvaKeyError):
+        read_blob(storage, oid, first)
+    # Nothing older than the latest is held: only v3 stays.
+    storage.set_oldest_snapshot(None)
+    storage.pack()
+    assert read_blob(storage, oid) == b"v3"
+    with pytest.raises(DhruvaKeyError):
+        read_blob(storage, oid, second)
+
+
+@pytest.mark.req("BLOB-011", "BLOB-006")
+def test_a_blob_stream_seeks_across_chunks(storage: Storage) -> None:
+    oid = new_blob_oid(storage)
+    chunk = 1 << 20
+    content = os.urandom(2 * chunk + 5)
+    commit_blob(storage, oid, content)
+    with storage.open_blob(oid) as file:
+        file.seek(chunk - 3)
+        assert file.read(6) == content[chunk - 3 : chunk + 3]
+        file.seek(2 * chunk + 1)
+        assert file.read() == content[2 * chunk + 1 :]
+        assert file.read(10) == b""
+        file.seek(0)
+        assert file.read(4) == content[:4]
+    empty = new_blob_oid(storage)
+    commit_blob(storage, empty, b"")
+    assert read_blob(storage, empty) == b""
+    exact = new_blob_oid(storage)
+    commit_blob(storage, exact, content[: 2 * chunk])
+    assert read_blob(storage, exact) == content[: 2 * chunk]

@@ -8,6 +8,9 @@ today only the oid high-water mark).  The oid column is SQLite's rowid, the
 oid's eight bytes read as a signed big-endian integer, so that lookups use the
 table's own B-tree and small oids read naturally in the ``sqlite3`` shell.
 ``meta`` also holds ``last_tid``, the tid of the last commit (SQL-080).
+Schema version 2 adds ``blob_chunks``: the blobs, one row per chunk of
+each (oid, tid) version (SQL-090); a database gets it, and version 2, with
+the first commit that stores a blob, so one without blobs stays version 1.
 
 State of a storage object:
 
@@ -22,7 +25,10 @@ State of a storage object:
   transaction as its records, so an oid is never handed out again after a
   reopen or a crash, nor after a pack removed it.
 * ``_pending``: the records of the open transaction, kept in Python until
-  ``end()``; nothing reaches SQLite before then.
+  ``end()``; nothing of them reaches SQLite before then.  Blobs are the
+  exception: ``store_blob`` writes its chunks at once, inside a write
+  transaction it opens then and ``end()`` commits (``abort_transaction``
+  rolls back), so a blob is never held in memory (SQL-091).
 * ``_last_tid``: the read point (SAPI-090).  One writer per database, so it
   is the last commit; each commit writes it into ``meta`` in the same SQLite
   transaction as its records (SQL-080).  ``_ledger``: the versions older
@@ -43,7 +49,9 @@ import os
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
+from dhruva.blob_chunks import open_reader, write_chunks
 from dhruva.error import (
     CorruptionError,
     DhruvaError,
@@ -52,8 +60,9 @@ from dhruva.error import (
     ReadOnlyError,
     StorageLockedError,
 )
-from dhruva.snapshots import VersionLedger
+from dhruva.snapshots import VersionLedger, check_snapshot_tid
 from dhruva.storage import (
+    CAP_BLOBS,
     CAP_DURABLE,
     CAP_PACK,
     CAP_READONLY_OPEN,
@@ -63,10 +72,14 @@ from dhruva.storage import (
     check_oid,
     check_record,
 )
-from dhruva.utils import OID_SIZE, ROOT_OID, iter_oids
+from dhruva.utils import OID_SIZE, ROOT_OID, iter_oids, str_to_int8
 
-#: The schema version this module reads and writes, kept in ``PRAGMA user_version``.
+#: The schema version of a database without blobs, kept in ``PRAGMA user_version``.
 SCHEMA_VERSION = 1
+#: The schema version with the table ``blob_chunks`` (SQL-090).
+BLOB_SCHEMA_VERSION = 2
+#: The schema versions this module reads and writes.
+SCHEMA_VERSIONS = (SCHEMA_VERSION, BLOB_SCHEMA_VERSION)
 #: ``PRAGMA application_id``: "DHRV" as a big-endian u32, marks a dhruva database.
 APPLICATION_ID = int.from_bytes(b"DHRV", "big")
 assert APPLICATION_ID == 0x44485256
@@ -87,6 +100,11 @@ _OID_SPACE = 1 << 64
 SCHEMA = (
     "CREATE TABLE objects (oid INTEGER PRIMARY KEY, data BLOB NOT NULL, refs BLOB NOT NULL)",
     "CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+)
+#: What schema version 2 adds (SQL-090): chunk n of the blob oid stored by transaction tid.
+BLOB_SCHEMA = (
+    "CREATE TABLE blob_chunks (oid INTEGER NOT NULL, tid INTEGER NOT NULL, "
+    "n INTEGER NOT NULL, data BLOB NOT NULL, PRIMARY KEY (oid, tid, n))",
 )
 
 
@@ -124,7 +142,7 @@ class SqliteStorage(Storage):
     copy while commits continue.
     """
 
-    capabilities = frozenset({CAP_DURABLE, CAP_PACK, CAP_READONLY_OPEN, CAP_SNAPSHOTS})
+    capabilities = frozenset({CAP_DURABLE, CAP_PACK, CAP_READONLY_OPEN, CAP_SNAPSHOTS, CAP_BLOBS})
 
     #: Test hook (spec PACK-040, SQL-064): called with each pack step's name.
     _pack_step_hook: Callable[[str], object] | None = None
@@ -139,6 +157,10 @@ class SqliteStorage(Storage):
         self._conn: sqlite3.Connection | None = None
         self._broken: str | None = None
         self._last_tid = 0
+        # The schema version: 2 once the database has blob_chunks (SQL-090).
+        self._schema_version = SCHEMA_VERSION
+        # The oids whose blobs the open write transaction holds (SQL-091).
+        self._staged_blobs: set[bytes] = set()
         try:
             if readonly:
                 self._conn = self._open_readonly()
@@ -254,6 +276,16 @@ class SqliteStorage(Storage):
                 conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             else:
                 self._refuse_foreign(version, application_id, tables)
+                if (
+                    version >= BLOB_SCHEMA_VERSION
+                    and not conn.execute(
+                        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'blob_chunks'"
+                    ).fetchone()
+                ):
+                    raise FormatError(
+                        self.path, None, f"schema version {version} but no table blob_chunks"
+                    )
+                self._schema_version = version
         except BaseException:
             conn.execute("ROLLBACK")
             raise
@@ -279,13 +311,13 @@ class SqliteStorage(Storage):
                 f"a SQLite database but not a dhruva one (application_id {application_id:#x}, "
                 f"expected {APPLICATION_ID:#x})",
             )
-        if version != SCHEMA_VERSION:
+        if version not in SCHEMA_VERSIONS:
             # [SQL-040] An unknown schema version is refused before anything is read.
             raise FormatError(
                 self.path,
                 None,
-                f"dhruva SQLite schema version {version}; this dhruva reads only version "
-                f"{SCHEMA_VERSION} (upgrade dhruva to open it)",
+                f"dhruva SQLite schema version {version}; this dhruva reads only versions "
+                f"{' and '.join(map(str, SCHEMA_VERSIONS))} (upgrade dhruva to open it)",
             )
 
     def _find_next_oid(self) -> int:
@@ -421,6 +453,105 @@ class SqliteStorage(Storage):
             raise DhruvaError("a transaction is already open")
         self._pending = {}
 
+    # --- blobs (spec: blobs.md "Blobs in a database", SQL-090..SQL-093) ---------------
+
+    def store_blob(self, oid: bytes, file: BinaryIO) -> None:
+        """Write ``file``'s content as ``oid``'s blob of the open transaction (BLOB-010).
+
+        The chunks go into SQLite now, inside the write transaction that
+        ``end()`` commits and ``abort_transaction()`` rolls back (SQL-091);
+        a second blob for the same oid replaces the first.  A failure while
+        reading ``file`` or writing leaves the transaction as it was before.
+        """
+        conn = self._writable()
+        if self._pending is None:
+            raise DhruvaError("store_blob() outside a transaction; call begin() first")
+        key = oid_to_key(oid)
+        tid = self._last_tid + 1
+        try:
+            if not conn.in_transaction:
+                conn.execute("BEGIN IMMEDIATE")
+            if self._schema_version < BLOB_SCHEMA_VERSION:
+                # [SQL-090] The first blob makes the database version 2, in the
+                # transaction that commits it: rolled back with it, too.
+                for statement in BLOB_SCHEMA:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={BLOB_SCHEMA_VERSION}")
+                self._schema_version = BLOB_SCHEMA_VERSION
+            conn.execute("SAVEPOINT store_blob")
+            try:
+                conn.execute("DELETE FROM blob_chunks WHERE oid = ? AND tid = ?", (key, tid))
+                write_chunks(
+                    file,
+                    lambda number, data: conn.execute(
+                        "INSERT INTO blob_chunks (oid, tid, n, data) VALUES (?, ?, ?, ?)",
+                        (key, tid, number, data),
+                    ),
+                )
+            except BaseException:
+                conn.execute("ROLLBACK TO store_blob")
+                conn.execute("RELEASE store_blob")
+                raise
+            conn.execute("RELEASE store_blob")
+        except sqlite3.DatabaseError as exc:
+            self._abort_write(conn)
+            raise self._translate(exc) from exc
+        self._staged_blobs.add(oid)
+
+    def open_blob(self, oid: bytes, tid: int | None = None) -> BinaryIO:
+        """Open ``oid``'s blob as of the read point or ``tid`` (BLOB-011, SQL-092)."""
+        conn = self._live()
+        key = oid_to_key(oid)
+        if tid is None:
+            tid = self._last_tid
+        else:
+            check_snapshot_tid(tid, self._last_tid)
+        if self._schema_version < BLOB_SCHEMA_VERSION:
+            raise DhruvaKeyError(oid, f"no blob is stored for oid {str_to_int8(oid)}")
+        try:
+            # [SQL-092] The newest version at or below tid, and its last chunk's size.
+            row = conn.execute(
+                "SELECT tid, n, length(data) FROM blob_chunks WHERE oid = ? AND tid <= ? "
+                "ORDER BY tid DESC, n DESC LIMIT 1",
+                (key, tid),
+            ).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self._translate(exc) from exc
+        if row is None:
+            raise DhruvaKeyError(oid, f"no blob is stored for oid {str_to_int8(oid)}")
+        version, last, last_size = row
+
+        def fetch(number: int) -> bytes | None:
+            try:
+                found = (
+                    self._live()
+                    .execute(
+                        "SELECT data FROM blob_chunks WHERE oid = ? AND tid = ? AND n = ?",
+                        (key, version, number),
+                    )
+                    .fetchone()
+                )
+            except sqlite3.DatabaseError as exc:
+                raise self._translate(exc) from exc
+            return None if found is None else bytes(found[0])
+
+        where = f"the blob of oid {str_to_int8(oid)} stored by transaction {version} in {self.path}"
+        return open_reader(fetch, last + 1, last_size, where)
+
+    def _abort_write(self, conn: sqlite3.Connection) -> None:
+        """Roll back the open write transaction and forget its blobs.
+
+        The schema version is read again: the rollback also undoes a move to
+        version 2 made by the transaction's first blob.
+        """
+        self._staged_blobs = set()
+        if self.readonly:
+            return
+        self._rollback(conn)
+        if self._broken is None:
+            with contextlib.suppress(sqlite3.Error):
+                self._schema_version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+
     def store(self, oid: bytes, data: bytes, refs: bytes = b"") -> None:
         self._writable()
         if self._pending is None:
@@ -440,6 +571,14 @@ class SqliteStorage(Storage):
         if pending is None:
             raise DhruvaError("end() without begin()")
         self._pending = None
+        staged, self._staged_blobs = self._staged_blobs, set()
+        if staged - set(pending):
+            # [BLOB-010] Nothing of the transaction is written.
+            self._abort_write(conn)
+            raise DhruvaError(
+                "a transaction stored blobs of objects whose records it did not store "
+                f"(oids {sorted(str_to_int8(oid) for oid in staged - set(pending))})"
+            )
         if not pending:
             return  # An empty transaction changes nothing and writes nothing.
         # [SQL-050] Persist the high-water mark with the records that use it.
@@ -449,7 +588,8 @@ class SqliteStorage(Storage):
         ledger = self._ledger
         previous: list[tuple[bytes, Record | None]] = []
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            if not conn.in_transaction:  # store_blob may have opened it (SQL-091)
+                conn.execute("BEGIN IMMEDIATE")
             try:
                 if ledger.wanted(tid):
                     # [SQL-081] Only while an older snapshot is held; read in
@@ -473,7 +613,7 @@ class SqliteStorage(Storage):
                 # [SQL-020] [SQL-011] COMMIT returns once the WAL frames are fsynced.
                 conn.execute("COMMIT")
             except BaseException:
-                self._rollback(conn)
+                self._abort_write(conn)
                 raise
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
@@ -507,6 +647,12 @@ class SqliteStorage(Storage):
 
     def abort_transaction(self) -> None:
         self._pending = None
+        if self._staged_blobs or (
+            not self.readonly and self._conn is not None and self._conn.in_transaction
+        ):
+            # [BLOB-014] The blobs store_blob wrote go with the transaction.
+            assert self._conn is not None
+            self._abort_write(self._conn)
 
     def sync(self) -> list[bytes]:
         """Return []: a writable storage is the only writer; a read-only one sees a snapshot.
@@ -569,6 +715,8 @@ class SqliteStorage(Storage):
                         ((key,) for key in garbage[start : start + BATCH_SIZE]),
                     )
                     self._pack_step("deleted")
+                if self._schema_version >= BLOB_SCHEMA_VERSION:
+                    self._collect_blobs(conn)
                 # [SQL-061] The one commit point of a pack.
                 conn.execute("COMMIT")
             except BaseException:
@@ -585,6 +733,22 @@ class SqliteStorage(Storage):
             self._pack_step("checkpointed")
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
+
+    def _collect_blobs(self, conn: sqlite3.Connection) -> None:
+        """Delete the blob versions no reader can reach (SQL-093, BLOB-013).
+
+        The blobs of oids the pack removed go, and of every other oid the
+        versions superseded at or before the oldest snapshot held: the newest
+        version at or below it and every later one stay.
+        """
+        floor = self._ledger.floor
+        oldest = self._last_tid if floor is None else min(floor, self._last_tid)
+        conn.execute("DELETE FROM blob_chunks WHERE oid NOT IN (SELECT oid FROM objects)")
+        conn.execute(
+            "DELETE FROM blob_chunks WHERE tid < (SELECT max(kept.tid) FROM blob_chunks AS kept "
+            "WHERE kept.oid = blob_chunks.oid AND kept.tid <= ?)",
+            (oldest,),
+        )
 
     def _pack_step(self, name: str) -> None:
         """Call the test hook at a pack step boundary (SQL-064)."""

@@ -39,6 +39,7 @@ LAYERS: dict[str, list[str]] = {
     "storages": [
         "dhruva.snapshots",
         "dhruva.blob_store",
+        "dhruva.blob_chunks",
         "dhruva.storage",
         "dhruva.fileio",
         "dhruva.file_index",

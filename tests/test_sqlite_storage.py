@@ -10,6 +10,7 @@ process killed at many points inside a pack) and online backup.
 from __future__ import annotations
 
 import contextlib
+import io
 import itertools
 import json
 import os
@@ -183,12 +184,12 @@ def test_empty_files_are_initialised(tmp_path: Path) -> None:
 @pytest.mark.req("SQL-040")
 def test_unknown_schema_version_is_refused(storage: SqliteStorage, path: Path) -> None:
     storage.close()
-    write_raw(path, "PRAGMA user_version=2")
+    write_raw(path, "PRAGMA user_version=3")
     for readonly in (False, True):
         with pytest.raises(FormatError) as info:
             SqliteStorage(path, readonly=readonly)
         message = str(info.value)
-        assert str(path) in message and "version 2" in message and "version 1" in message
+        assert str(path) in message and "version 3" in message and "versions 1 and 2" in message
 
 
 @pytest.mark.req("SQL-040")
@@ -797,3 +798,212 @@ def test_commits_keep_replaced_versions_only_while_a_snapshot_is_held(
     storage.pack()
     with pytest.raises(DhruvaKeyError):
         storage.load(one)
+
+
+# --- blobs (SQL-090..SQL-093) ----------------------------------------------------------------
+
+CHUNK = 1 << 20
+
+
+def user_version(path: Path) -> int:
+    with raw(path) as db:
+        return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def commit_blob(storage: SqliteStorage, oid: bytes, source: io.BufferedIOBase | io.BytesIO) -> None:
+    storage.begin()
+    storage.store(oid, b"blob record", b"")
+    storage.store_blob(oid, source)
+    storage.end()
+
+
+class Pattern(io.RawIOBase):
+    """``size`` bytes of a repeating pattern, read in odd-sized pieces, never whole in memory."""
+
+    BASE = bytes(range(251)) * (CHUNK // 251 + 2)
+
+    def __init__(self, size: int, piece: int = 300_007) -> None:
+        self.left = size
+        self.position = 0
+        self.piece = piece
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        count = min(len(buffer), self.left, self.piece, CHUNK)
+        start = self.position % 251
+        buffer[:count] = self.BASE[start : start + count]
+        self.left -= count
+        self.position += count
+        return count
+
+
+@pytest.mark.req("SQL-090")
+def test_the_first_blob_makes_the_database_version_2(storage: SqliteStorage, path: Path) -> None:
+    oid = storage.new_oid()
+    commit(storage, {oid: (b"plain", b"")})
+    assert user_version(path) == 1  # a database without blobs stays readable by older dhruvas
+    storage.begin()
+    storage.store(oid, b"blob record", b"")
+    storage.store_blob(oid, io.BytesIO(b"dropped"))
+    storage.abort_transaction()
+    assert user_version(path) == 1  # the move to version 2 went with the rollback
+    with pytest.raises(DhruvaKeyError):
+        storage.open_blob(oid)
+    commit_blob(storage, oid, io.BytesIO(b"kept"))
+    assert user_version(path) == 2
+    with raw(path) as db:
+        tables = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
+    assert tables["blob_chunks"] == sqlite_storage.BLOB_SCHEMA[0]
+    storage.close()
+    for readonly in (True, False):
+        reopened = SqliteStorage(path, readonly=readonly)
+        with reopened.open_blob(oid) as file:
+            assert file.read() == b"kept"
+        reopened.close()
+
+
+@pytest.mark.req("SQL-040", "SQL-090")
+def test_version_2_without_its_table_is_refused(storage: SqliteStorage, path: Path) -> None:
+    storage.close()
+    write_raw(path, "PRAGMA user_version=2")
+    with pytest.raises(FormatError, match="no table blob_chunks"):
+        SqliteStorage(path, readonly=True)
+
+
+@pytest.mark.req("SQL-090", "BLOB-030")
+def test_chunk_rows_of_a_blob(storage: SqliteStorage, path: Path) -> None:
+    big, empty, exact = storage.new_oid(), storage.new_oid(), storage.new_oid()
+    commit_blob(storage, big, Pattern(2 * CHUNK + 1))
+    commit_blob(storage, empty, io.BytesIO(b""))
+    commit_blob(storage, exact, Pattern(CHUNK))
+    with raw(path) as db:
+        rows = db.execute(
+            "SELECT oid, tid, n, length(data) FROM blob_chunks ORDER BY oid, tid, n"
+        ).fetchall()
+    keys = [sqlite_storage.oid_to_key(oid) for oid in (big, empty, exact)]
+    assert rows == [
+        (keys[0], 1, 0, CHUNK),
+        (keys[0], 1, 1, CHUNK),
+        (keys[0], 1, 2, 1),
+        (keys[1], 2, 0, 0),
+        (keys[2], 3, 0, CHUNK),
+    ]
+    expected = io.BytesIO()
+    source = Pattern(2 * CHUNK + 1)
+    while chunk := source.read(CHUNK):
+        expected.write(chunk)
+    with storage.open_blob(big) as file:
+        assert file.read() == expected.getvalue()
+
+
+@pytest.mark.req("BLOB-015", "SQL-091")
+def test_a_large_blob_is_never_whole_in_memory(storage: SqliteStorage) -> None:
+    import tracemalloc
+
+    oid = storage.new_oid()
+    size = 24 * CHUNK
+    tracemalloc.start()
+    try:
+        commit_blob(storage, oid, Pattern(size))
+        _, written_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        read = 0
+        with storage.open_blob(oid) as file:
+            while piece := file.read(256 << 10):
+                read += len(piece)
+        _, read_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert read == size
+    # A chunk being written or read, the buffered reader's buffer, and copies.
+    assert written_peak < 4 * CHUNK, written_peak
+    assert read_peak < 4 * CHUNK, read_peak
+
+
+@pytest.mark.req("BLOB-012", "BLOB-032", "SQL-091")
+def test_a_crash_with_a_large_staged_blob_leaves_none(tmp_path: Path) -> None:
+    path = tmp_path / "crash.sqlite"
+    storage = SqliteStorage(path)
+    oid = storage.new_oid()
+    commit(storage, {oid: (b"before", b"")})
+    storage.begin()
+    storage.store(oid, b"blob record", b"")
+    # More than SQLite's page cache: pages spill into the WAL before any commit.
+    storage.store_blob(oid, Pattern(16 * CHUNK))
+    # What a killed process leaves: the files as they are now.
+    copy = tmp_path / "copy.sqlite"
+    for suffix in ("", "-wal"):
+        source = Path(str(path) + suffix)
+        if source.exists():
+            Path(str(copy) + suffix).write_bytes(source.read_bytes())
+    storage.abort_transaction()
+    storage.close()
+    reopened = SqliteStorage(copy)
+    assert reopened.load(oid).data == b"before"
+    with pytest.raises(DhruvaKeyError):
+        reopened.open_blob(oid)
+    reopened.close()
+
+
+@pytest.mark.req("BLOB-010", "SQL-091")
+def test_a_failing_source_leaves_the_transaction_as_before(
+    storage: SqliteStorage, path: Path
+) -> None:
+    oid, other = storage.new_oid(), storage.new_oid()
+
+    class Failing(Pattern):
+        def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+            if self.left < 2 * CHUNK:
+                raise OSError(5, "Input/output error")
+            return super().readinto(buffer)
+
+    storage.begin()
+    storage.store(oid, b"blob record", b"")
+    storage.store(other, b"blob record", b"")
+    storage.store_blob(other, io.BytesIO(b"other"))
+    with pytest.raises(OSError):
+        storage.store_blob(oid, Failing(5 * CHUNK))
+    storage.end()
+    with storage.open_blob(other) as file:
+        assert file.read() == b"other"
+    with pytest.raises(DhruvaKeyError):
+        storage.open_blob(oid)
+    with raw(path) as db:
+        assert db.execute("SELECT count(*) FROM blob_chunks").fetchone()[0] == 1
+
+
+@pytest.mark.req("BLOB-031", "SQL-092")
+def test_a_chunk_gone_or_damaged_while_read_raises(storage: SqliteStorage, path: Path) -> None:
+    oid = storage.new_oid()
+    commit_blob(storage, oid, Pattern(3 * CHUNK))
+    conn = storage._conn
+    assert conn is not None
+    key = sqlite_storage.oid_to_key(oid)
+    with storage.open_blob(oid) as file:
+        assert len(file.read(CHUNK)) == CHUNK
+        conn.execute("UPDATE blob_chunks SET data = x'00' WHERE oid = ? AND n = 1", (key,))
+        with pytest.raises(CorruptionError, match="chunk 1 holds 1 bytes"):
+            file.read(CHUNK)
+    with storage.open_blob(oid) as file:
+        conn.execute("DELETE FROM blob_chunks WHERE oid = ? AND n = 2", (key,))
+        file.seek(2 * CHUNK)
+        with pytest.raises(DhruvaError, match="a pack removed this version"):
+            file.read()
+
+
+@pytest.mark.req("BLOB-033", "SQL-093")
+def test_pack_deletes_the_chunks_no_reader_reaches(storage: SqliteStorage, path: Path) -> None:
+    kept, dropped = storage.new_oid(), storage.new_oid()
+    commit(storage, {ROOT_OID: (b"root", kept)})
+    commit_blob(storage, kept, Pattern(CHUNK + 1))
+    commit_blob(storage, kept, io.BytesIO(b"new"))
+    commit_blob(storage, dropped, Pattern(2 * CHUNK))
+    steps: list[str] = []
+    storage._pack_step_hook = steps.append
+    storage.pack()
+    with raw(path) as db:
+        rows = db.execute("SELECT oid, tid, n, length(data) FROM blob_chunks").fetchall()
+    assert rows == [(sqlite_storage.oid_to_key(kept), 3, 0, 3)]
+    assert steps[-2:] == ["vacuumed", "checkpointed"]
