@@ -49,7 +49,7 @@ from dhruva_conformance.backends import (
     register_backend,
 )
 
-from dhruva.storage import CAP_DURABLE, CAP_PACK, CAP_SNAPSHOTS, Storage
+from dhruva.storage import CAP_BLOBS, CAP_DURABLE, CAP_PACK, CAP_SNAPSHOTS, Storage
 
 ENV_DSN = "DHRUVA_TEST_POSTGRES"
 PASSWORD = "dhruva-test-password"
@@ -279,7 +279,7 @@ class PostgresFactory(BaseFactory):
 
     name = "postgres"
     capabilities = frozenset(
-        {CAP_REOPEN, CAP_DURABLE, CAP_SUBPROCESS, CAP_READONLY, CAP_PACK, CAP_SNAPSHOTS}
+        {CAP_REOPEN, CAP_DURABLE, CAP_SUBPROCESS, CAP_READONLY, CAP_PACK, CAP_SNAPSHOTS, CAP_BLOBS}
     )
 
     def __init__(self, directory: str | os.PathLike[str]) -> None:

@@ -643,7 +643,8 @@ class Connection:
             # [BLOB-005] Refused before anything is written.
             raise DhruvaError(
                 f"{type(self._storage).__name__} does not store blobs; use a storage "
-                "with the capability 'blobs' (FileStorage, MemoryStorage)"
+                "with the capability 'blobs' (FileStorage, FileStorage2, SqliteStorage, "
+                "PostgresStorage, MemoryStorage, or a server of one)"
             )
         return blobs
 

@@ -50,6 +50,16 @@ them, and PostgreSQL is the only thing they share.
 * Oids come in blocks from the one-row table ``dhruva_oid`` (an UPDATE
   under a row lock: transactional and monotone, unlike a sequence's
   ``setval``, see the spec).
+* Blobs (PG-090..PG-095) are rows of ``dhruva_blob_chunk``, 1 MiB each, in
+  blobs.md's layout.  ``store_blob`` streams them in at once, in a
+  PostgreSQL transaction of their own, under a negative *staging tid* that
+  no reader ever selects; the commit's pipeline turns them into the commit's
+  rows with one ``UPDATE ... SET tid`` (PostgreSQL keeps the TOASTed bytes
+  where they are), so the commit lock is held for a few small row updates,
+  not for the upload.  An aborted or failed transaction deletes its staged
+  rows; those of a process that died are deleted by a pack once they are
+  older than ``BLOB_STAGE_RETENTION_S``.  The table, and schema version 2,
+  come with the first blob.
 * Nothing here unpickles: records are opaque bytes, references a packed
   list of oids read only by pack.
 
@@ -68,11 +78,14 @@ transaction to end (PG-053).
 from __future__ import annotations
 
 import contextlib
+import secrets
 import struct
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
+from dhruva.blob_chunks import open_reader, write_chunks
 from dhruva.error import (
     AuthenticationError,
     CorruptionError,
@@ -86,6 +99,7 @@ from dhruva.error import (
 )
 from dhruva.snapshots import CURRENT, VersionLedger
 from dhruva.storage import (
+    CAP_BLOBS,
     CAP_DURABLE,
     CAP_PACK,
     CAP_READONLY_OPEN,
@@ -96,13 +110,21 @@ from dhruva.storage import (
     check_record,
     check_snapshot_tid,
 )
-from dhruva.utils import OID_SIZE, iter_oids
+from dhruva.utils import OID_SIZE, iter_oids, str_to_int8
 
 if TYPE_CHECKING:
     import psycopg
 
-#: The schema version this module reads and writes (``dhruva_meta.schema_version``).
+#: The schema version of a database without blobs (``dhruva_meta.schema_version``).
 SCHEMA_VERSION = 1
+#: The schema version with the table ``dhruva_blob_chunk`` (PG-090).
+BLOB_SCHEMA_VERSION = 2
+#: The schema versions this module reads and writes.
+SCHEMA_VERSIONS = (SCHEMA_VERSION, BLOB_SCHEMA_VERSION)
+#: The table of blob chunks (schema version 2).
+BLOB_TABLE = "dhruva_blob_chunk"
+#: Staged blob chunks older than this, left by a process that died, go at the next pack (s).
+BLOB_STAGE_RETENTION_S = 86400.0
 #: ``dhruva_meta.application_id``: marks the tables as a dhruva database's.
 APPLICATION_ID = "dhruva"
 #: Every relation dhruva creates in its schema.
@@ -228,7 +250,7 @@ class PostgresStorage(Storage):
     the pip extra when psycopg is not installed.
     """
 
-    capabilities = frozenset({CAP_DURABLE, CAP_PACK, CAP_READONLY_OPEN, CAP_SNAPSHOTS})
+    capabilities = frozenset({CAP_DURABLE, CAP_PACK, CAP_READONLY_OPEN, CAP_SNAPSHOTS, CAP_BLOBS})
 
     #: Test hook (spec PACK-040): called with each pack step's name.
     _pack_step_hook: Callable[[str], object] | None = None
@@ -262,6 +284,13 @@ class PostgresStorage(Storage):
         self._reader_tid = 0
         self._reads: set[int] = set()  # keys declared by note_reads (PG-084)
         self._sync_tid = 0
+        # 2 once the schema has dhruva_blob_chunk (PG-090).
+        self._schema_version = SCHEMA_VERSION
+        # The open transaction's staged blobs (PG-091): the staging tid, the
+        # connection that wrote them, and the chunk count of each oid key.
+        self._stage_tid: int | None = None
+        self._stage_conn: psycopg.Connection[Any] | None = None
+        self._staged_blobs: dict[int, int] = {}
         try:
             conn = self._connection()
             self.schema = schema if schema is not None else self._current_schema(conn)
@@ -748,15 +777,19 @@ class PostgresStorage(Storage):
                 f"schema {self.schema!r}: dhruva_meta names application "
                 f"{meta.get('application_id')!r}, not {APPLICATION_ID!r}",
             )
-        if meta.get("schema_version") != str(SCHEMA_VERSION):
+        known = {str(version): version for version in SCHEMA_VERSIONS}
+        version = known.get(str(meta.get("schema_version")))
+        if version is None:
             # [PG-013] Refused before anything else is read.
             raise FormatError(
                 self._where,
                 None,
                 f"dhruva PostgreSQL schema version {meta.get('schema_version')}; this dhruva "
-                f"reads only version {SCHEMA_VERSION} (upgrade dhruva to open it)",
+                f"reads only versions {' and '.join(known)} (upgrade dhruva to open it)",
             )
-        missing = [name for name in (*TABLES, SEQUENCE) if name not in relations]
+        self._schema_version = version
+        needed = (*TABLES, SEQUENCE, *((BLOB_TABLE,) if version >= BLOB_SCHEMA_VERSION else ()))
+        missing = [name for name in needed if name not in relations]
         if missing:
             raise FormatError(
                 self._where, None, f"schema {self.schema!r} lacks {', '.join(missing)}"
@@ -869,6 +902,7 @@ class PostgresStorage(Storage):
         self._writable()
         if self._pending is not None:
             raise DhruvaError("a transaction is already open")
+        self._discard_blob_stage()
         self._pending = {}
         self._reads = set()
 
@@ -883,6 +917,157 @@ class PostgresStorage(Storage):
     def abort_transaction(self) -> None:
         self._pending = None
         self._reads = set()
+        self._discard_blob_stage()  # [BLOB-014]
+
+    # --- blobs (spec: blobs.md "Blobs in a database"; PG-090..PG-095) ------------------
+
+    def _has_blob_table(self, conn: psycopg.Connection[Any]) -> bool:
+        """Whether the schema has ``dhruva_blob_chunk`` (another process may have made it)."""
+        if self._schema_version >= BLOB_SCHEMA_VERSION:
+            return True
+        row = conn.execute("SELECT to_regclass(%s)", (f"{self._q}{BLOB_TABLE}",)).fetchone()
+        return row is not None and row[0] is not None
+
+    def _ensure_blob_table(self, conn: psycopg.Connection[Any]) -> None:
+        """[PG-090] Make the schema version 2: the blob table, in one transaction."""
+        q = self._q
+        with self._errors("create the blob table"), conn.transaction():
+            # Under the commit lock: two processes storing their first blob at
+            # once make the table once, and no commit runs half-migrated.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (self._commit_lock_key,))
+            found = conn.execute("SELECT to_regclass(%s)", (f"{q}{BLOB_TABLE}",)).fetchone()
+            if found is None or found[0] is None:
+                # Only a table nobody reads yet is altered: ALTER TABLE waits
+                # for every reader's lock, and readers hold theirs until sync.
+                conn.execute(
+                    f"CREATE TABLE {q}{BLOB_TABLE} (oid bigint NOT NULL,"
+                    " tid bigint NOT NULL, n integer NOT NULL, data bytea NOT NULL,"
+                    " PRIMARY KEY (oid, tid, n))"
+                )
+                # Blobs are mostly compressed already: no compression attempt,
+                # and length() works without reading the value.
+                conn.execute(
+                    f"ALTER TABLE {q}{BLOB_TABLE} ALTER COLUMN data SET STORAGE EXTERNAL"
+                )
+            conn.execute(
+                f"UPDATE {q}dhruva_meta SET value = %s WHERE name = 'schema_version'"
+                " AND value = %s",
+                (str(BLOB_SCHEMA_VERSION), str(SCHEMA_VERSION)),
+            )
+        self._schema_version = BLOB_SCHEMA_VERSION
+
+    def store_blob(self, oid: bytes, file: BinaryIO) -> None:
+        """Stream ``file``'s content in as ``oid``'s blob of the open transaction (BLOB-010).
+
+        [PG-091] The chunks are written now, one at a time, in a PostgreSQL
+        transaction of their own under the transaction's staging tid; no
+        reader sees them until ``end()`` commits them.  A failure (of the
+        file or of PostgreSQL) leaves the transaction as before; a second
+        blob for the same oid replaces the first.
+        """
+        conn = self._writable()
+        if self._pending is None:
+            raise DhruvaError("store_blob() outside a transaction; call begin() first")
+        key = oid_to_key(oid)
+        if self._stage_tid is not None and self._stage_conn is not conn:
+            raise PostgresConnectionError(
+                f"the connection to PostgreSQL at {self._where} was lost after this "
+                "transaction staged blobs; abort it and commit again"
+            )
+        if self._schema_version < BLOB_SCHEMA_VERSION:
+            self._ensure_blob_table(conn)
+        if self._stage_tid is None:
+            # [PG-091] Negative, so never a committed tid; its high bits are
+            # the time in ms, so that a pack can tell an abandoned stage.
+            self._stage_tid = -((int(time.time() * 1000) << 20) | secrets.randbits(20))
+            self._stage_conn = conn
+        stage = self._stage_tid
+        table = f"{self._q}{BLOB_TABLE}"
+        count = 0
+
+        def put(number: int, data: bytes) -> None:
+            nonlocal count
+            conn.execute(
+                f"INSERT INTO {table} (oid, tid, n, data) VALUES (%s, %s, %s, %s)",
+                (key, stage, number, data),
+            )
+            count += 1
+
+        with self._errors("store a blob"), conn.transaction():
+            conn.execute(f"DELETE FROM {table} WHERE oid = %s AND tid = %s", (key, stage))
+            write_chunks(file, put)
+        self._staged_blobs[key] = count
+
+    def _discard_blob_stage(self) -> None:
+        """Delete the open transaction's staged chunks, if any (best effort, PG-092)."""
+        stage, conn = self._stage_tid, self._stage_conn
+        self._stage_tid, self._stage_conn, self._staged_blobs = None, None, {}
+        if stage is None or conn is None or not self._live(conn):
+            return  # a lost connection's stage goes at a pack (PG-094)
+        with contextlib.suppress(self._pg.Error):
+            conn.execute(f"DELETE FROM {self._q}{BLOB_TABLE} WHERE tid = %s", (stage,))
+
+    def open_blob(self, oid: bytes, tid: int | None = None) -> BinaryIO:
+        """Open ``oid``'s blob as of the read point or ``tid`` (BLOB-011, PG-093)."""
+        key = oid_to_key(oid)
+        point = self._sync_tid
+        if tid is None:
+            tid = point
+        else:
+            check_snapshot_tid(tid, point)
+        reader, _ = self._snapshot_reader()
+        table = f"{self._q}{BLOB_TABLE}"
+        with self._reader_errors("open a blob"):
+            if not self._has_blob_table(reader):
+                raise DhruvaKeyError(oid, f"no blob is stored for oid {str_to_int8(oid)}")
+            # [PG-093] In the reader's snapshot; tid > 0 leaves staged rows out.
+            row = reader.execute(
+                f"SELECT tid, n, length(data) FROM {table} WHERE oid = %s AND tid > 0"
+                " AND tid <= %s ORDER BY tid DESC, n DESC LIMIT 1",
+                (key, tid),
+            ).fetchone()
+            if row is None:
+                self._blob_missing(reader, oid, key, tid)
+        assert row is not None
+        version, last, last_size = int(row[0]), int(row[1]), int(row[2])
+
+        def fetch(number: int) -> bytes | None:
+            current, _ = self._snapshot_reader()
+            with self._reader_errors("read a blob"):
+                found = current.execute(
+                    f"SELECT data FROM {table} WHERE oid = %s AND tid = %s AND n = %s",
+                    (key, version, number),
+                ).fetchone()
+            return None if found is None else bytes(found[0])
+
+        where = (
+            f"the blob of oid {str_to_int8(oid)} stored by transaction {version} "
+            f"in schema {self.schema!r} on {self._where}"
+        )
+        return open_reader(fetch, last + 1, last_size, where)
+
+    def _blob_missing(
+        self, reader: psycopg.Connection[Any], oid: bytes, key: int, tid: int
+    ) -> None:
+        """Raise for an oid with no blob as of ``tid``: KeyError, or too old (PG-095).
+
+        A pack in any process may have removed the version ``tid`` read
+        (it records how far in ``blob_pack_floor``); when a later version
+        at or below that floor exists, the answer is SnapshotTooOldError,
+        never "no blob" (which a Connection reads as empty content).
+        """
+        row = reader.execute(
+            f"SELECT value FROM {self._q}dhruva_meta WHERE name = 'blob_pack_floor'"
+        ).fetchone()
+        floor = int(row[0]) if row is not None else 0
+        if tid < floor:
+            newer = reader.execute(
+                f"SELECT min(tid) FROM {self._q}{BLOB_TABLE} WHERE oid = %s AND tid > %s",
+                (key, tid),
+            ).fetchone()
+            if newer is not None and newer[0] is not None and int(newer[0]) <= floor:
+                raise SnapshotTooOldError(tid, int(newer[0]))
+        raise DhruvaKeyError(oid, f"no blob is stored for oid {str_to_int8(oid)}")
 
     def end(self) -> None:
         """Commit the open transaction as one PostgreSQL transaction (PG-030..PG-033).
@@ -900,8 +1085,38 @@ class PostgresStorage(Storage):
         if pending is None:
             raise DhruvaError("end() without begin()")
         self._pending = None
-        if not pending:
-            return  # An empty transaction changes nothing and writes nothing.
+        staged = self._staged_blobs
+        stage = self._stage_tid
+        try:
+            if staged.keys() - pending.keys():
+                # [BLOB-010] Nothing of the transaction is written.
+                raise DhruvaError(
+                    "a transaction stored blobs of objects whose records it did not store (oids "
+                    f"{sorted(str_to_int8(key_to_oid(k)) for k in staged.keys() - pending.keys())})"
+                )
+            if stage is not None and self._stage_conn is not conn:
+                raise PostgresConnectionError(
+                    f"the connection to PostgreSQL at {self._where} was lost after this "
+                    "transaction staged blobs; nothing was committed, commit again"
+                )
+            if not pending:
+                self._discard_blob_stage()
+                return  # An empty transaction changes nothing and writes nothing.
+            blobs = None if stage is None else (stage, sum(staged.values()))
+            self._commit(conn, pending, blobs)
+        except BaseException:
+            self._discard_blob_stage()
+            raise
+        # The staged rows are the commit's now.
+        self._stage_tid, self._stage_conn, self._staged_blobs = None, None, {}
+
+    def _commit(
+        self,
+        conn: psycopg.Connection[Any],
+        pending: dict[int, tuple[bytes, bytes]],
+        blobs: tuple[int, int] | None,
+    ) -> None:
+        """Run the commit protocol for ``pending`` and the staged ``blobs`` (see ``end``)."""
         self._recent.clear()
         reads, self._reads = self._reads, set()
         pg = self._pg
@@ -909,7 +1124,7 @@ class PostgresStorage(Storage):
         committing = False
         try:
             with conn.transaction():
-                invalid, tid = self._write_pipelined(conn, pending)
+                invalid, tid = self._write_pipelined(conn, pending, blobs)
                 conflicts = invalid.intersection(pending)
                 if conflicts:
                     # [PG-030] Exactly the server's WRITE_CONFLICT: the rollback on
@@ -940,7 +1155,10 @@ class PostgresStorage(Storage):
         self._catch_up_reader()
 
     def _write_pipelined(
-        self, conn: psycopg.Connection[Any], pending: dict[int, tuple[bytes, bytes]]
+        self,
+        conn: psycopg.Connection[Any],
+        pending: dict[int, tuple[bytes, bytes]],
+        blobs: tuple[int, int] | None = None,
     ) -> tuple[set[int], int]:
         """Run steps 2 to 7 of the commit protocol in one round trip; return (invalid, tid).
 
@@ -978,9 +1196,23 @@ class PostgresStorage(Storage):
             conn.execute(
                 f"UPDATE {q}dhruva_oid SET next = %s WHERE next <= %s", (highest + 1, highest)
             )
+            blob_cursor = None
+            if blobs is not None:
+                # [PG-091] The staged chunks become this commit's: a small row
+                # update each, the TOASTed bytes stay where they are.
+                blob_cursor = conn.execute(
+                    f"UPDATE {q}{BLOB_TABLE} SET tid = currval({sequence}) WHERE tid = %s",
+                    (blobs[0],),
+                )
         row = tid_cursor.fetchone()
         assert row is not None
         tid = int(row[0])
+        if blobs is not None and blob_cursor is not None and blob_cursor.rowcount != blobs[1]:
+            # Raised inside the caller's transaction block: all of it rolls back.
+            raise DhruvaError(
+                f"{blobs[1] - max(blob_cursor.rowcount, 0)} staged blob chunks of this "
+                "transaction are gone (a pack removed them as abandoned); nothing was committed"
+            )
         invalid = self._interpret_log(conn, log_cursor.fetchall(), since, tid)[0]
         return invalid, tid
 
@@ -1118,13 +1350,15 @@ class PostgresStorage(Storage):
             raise ReadOnlyError("a read-only PostgresStorage drops no tables")
         conn = self._connection()
         self._drop_readers()  # their snapshots' table locks would block the DROP
-        relations = ", ".join(self._q + _ident(name) for name in TABLES)
+        relations = ", ".join(self._q + _ident(name) for name in (*TABLES, BLOB_TABLE))
         with self._errors("drop the dhruva tables"), conn.transaction():
             conn.execute(f"DROP TABLE IF EXISTS {relations}")
             conn.execute(f"DROP SEQUENCE IF EXISTS {self._q}{_ident(SEQUENCE)}")
         self.close()
 
     def close(self) -> None:
+        if not self._closed:
+            self._discard_blob_stage()
         self._pending = None
         self._recent.clear()
         self._closed = True
@@ -1275,6 +1509,8 @@ class PostgresStorage(Storage):
                     " (SELECT 1 FROM pg_temp.dhruva_mark m WHERE m.oid = o.oid)"
                 )
                 self._step("deleted")
+                if self._has_blob_table(conn):
+                    self._collect_blobs(conn)
                 self._prune_log(conn)
             self._step("committed")
             # [PG-085] Loads see the pack from here on: the reader's next
@@ -1322,6 +1558,39 @@ class PostgresStorage(Storage):
             conn.execute("INSERT INTO pg_temp.dhruva_frontier SELECT oid FROM pg_temp.dhruva_next")
             if progress is not None:
                 progress(marked, objects)
+
+    def _collect_blobs(self, conn: psycopg.Connection[Any]) -> None:
+        """[PG-094] Delete the blob chunks no reader reaches, under the commit lock.
+
+        The chunks of oids the pack removed, the versions superseded at or
+        before the oldest snapshot this storage holds (its read point when
+        none), and stages older than BLOB_STAGE_RETENTION_S (their process
+        died); then ``blob_pack_floor`` records how far versions went
+        (PG-095).  Other processes' open snapshots keep seeing what they saw:
+        PostgreSQL keeps the deleted row versions for them.
+        """
+        table = f"{self._q}{BLOB_TABLE}"
+        floor = self._ledger.floor
+        oldest = self._sync_tid if floor is None else min(floor, self._sync_tid)
+        conn.execute(
+            f"DELETE FROM {table} b WHERE b.tid > 0 AND NOT EXISTS"
+            f" (SELECT 1 FROM {self._q}dhruva_object o WHERE o.oid = b.oid)"
+        )
+        conn.execute(
+            f"DELETE FROM {table} b WHERE b.tid > 0 AND b.tid < (SELECT max(k.tid)"
+            f" FROM {table} k WHERE k.oid = b.oid AND k.tid > 0 AND k.tid <= %s)",
+            (oldest,),
+        )
+        cutoff_ms = int((time.time() - BLOB_STAGE_RETENTION_S) * 1000)
+        conn.execute(
+            f"DELETE FROM {table} WHERE tid < 0 AND tid > %s", (-(max(cutoff_ms, 0) << 20),)
+        )
+        conn.execute(
+            f"INSERT INTO {self._q}dhruva_meta (name, value) VALUES ('blob_pack_floor', %s)"
+            " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
+            " WHERE dhruva_meta.value::bigint < EXCLUDED.value::bigint",
+            (str(oldest),),
+        )
 
     def _prune_log(self, conn: psycopg.Connection[Any]) -> None:
         """[PG-062] Drop old log rows, keeping the newest, and record how far."""

@@ -2,7 +2,8 @@
 
 ``cls`` and ``path`` serve the tests of the journal storages (FileStorage
 and FileStorage2); ``start_server`` the tests of the ``dhruva`` command;
-``serve`` the tests that run a StorageServer in a thread.
+``serve`` the tests that run a StorageServer in a thread; ``dsn`` and
+``schema`` the PostgreSQL tests (a throwaway cluster, a fresh schema each).
 A test module that defines a fixture of the same name uses its own.
 """
 
@@ -108,3 +109,26 @@ def clients() -> Iterator[Callable[..., Any]]:
     yield open_client
     for client in opened:
         client.close()
+
+
+@pytest.fixture
+def dsn() -> str:
+    """The connection string of the test cluster (started on first use), or skip."""
+    from dhruva_conformance import postgres_backend
+
+    missing = postgres_backend.psycopg_missing_reason()
+    if missing is not None:
+        pytest.skip(missing)
+    return postgres_backend.base_dsn()
+
+
+@pytest.fixture
+def schema(dsn: str) -> Iterator[str]:
+    """A new schema name in the test cluster, dropped afterwards."""
+    import uuid
+
+    from dhruva_conformance import postgres_backend
+
+    name = "t_" + uuid.uuid4().hex[:16]
+    yield name
+    postgres_backend.drop_schema(dsn, name)

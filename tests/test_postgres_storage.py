@@ -15,7 +15,6 @@ import sys
 import textwrap
 import threading
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -56,18 +55,7 @@ def test_missing_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
 # --- fixtures ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def dsn() -> str:
-    if MISSING is not None:
-        pytest.skip(MISSING)
-    return postgres_backend.base_dsn()
-
-
-@pytest.fixture
-def schema(dsn: str) -> Iterator[str]:
-    name = "t_" + uuid.uuid4().hex[:16]
-    yield name
-    postgres_backend.drop_schema(dsn, name)
+# ``dsn`` and ``schema`` are in conftest.py (tests/test_postgres_blobs.py uses them too).
 
 
 def _sql(dsn: str, statement: str, *params: object) -> list[tuple[object, ...]]:
@@ -139,8 +127,12 @@ def test_refuses_another_applications_tables(dsn: str, schema: str) -> None:
 @pytest.mark.req("PG-011", "PG-013")
 def test_refuses_foreign_application_id_and_unknown_version(dsn: str, schema: str) -> None:
     _open(dsn, schema).close()
+    _sql(dsn, f"UPDATE \"{schema}\".dhruva_meta SET value = '3' WHERE name = 'schema_version'")
+    with pytest.raises(FormatError, match=r"schema version 3.*versions 1 and 2"):
+        _open(dsn, schema)
+    # Version 2 is known, but only with its blob table (PG-090).
     _sql(dsn, f"UPDATE \"{schema}\".dhruva_meta SET value = '2' WHERE name = 'schema_version'")
-    with pytest.raises(FormatError, match="schema version 2"):
+    with pytest.raises(FormatError, match="lacks dhruva_blob_chunk"):
         _open(dsn, schema)
     _sql(dsn, f"UPDATE \"{schema}\".dhruva_meta SET value = 'zodb' WHERE name = 'application_id'")
     with pytest.raises(FormatError, match="zodb"):
