@@ -388,4 +388,3 @@ def test_blob_data_at_to_a_read_at_a_named_tid_breaks_the_connection(
             client.open_blob(ROOT, 3)
     finally:
         fake.close()
-
