@@ -71,7 +71,8 @@ CLOSING_GRACE_S = 2.0
 
 FEATURES = "stage commit-sync bulk-load list-oids prefetch pack-progress"
 """The features this server announces in HELLO_OK and AUTH_OK (plus ``snapshots``
-when its storage has snapshots [WIRE-100])."""
+when its storage has snapshots [WIRE-100], ``blobs`` when it has blobs [WIRE-130],
+and ``blob-tids`` when it has both [WIRE-137])."""
 
 
 @dataclass(frozen=True)
