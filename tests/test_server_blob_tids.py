@@ -22,6 +22,7 @@ from _running_server import Running
 from dhruva import wire
 from dhruva.client_storage import ClientStorage, ServerConnectionError
 from dhruva.error import DhruvaKeyError, ProtocolError, SnapshotTooOldError
+from dhruva.file_storage import FileStorage
 from dhruva.server import session as sessions
 from dhruva.server.session import ServerLimits
 from dhruva.storage import CAP_BLOBS, CAP_PACK, MemoryStorage, Storage
@@ -246,10 +247,16 @@ def test_a_blob_data_at_sent_to_the_server_costs_that_session_only(
 
 
 @pytest.mark.req("WIRE-138", "SRV-125", "SRV-124")
+@pytest.mark.parametrize("kind", ["memory", "file"])
 def test_a_reader_without_snapshots_reads_one_version_while_another_client_commits(
-    serve: Callable[..., Running], clients: Callable[..., ClientStorage]
+    serve: Callable[..., Running],
+    clients: Callable[..., ClientStorage],
+    tmp_path: Path,
+    kind: str,
 ) -> None:
-    running = serve()
+    # FileStorage: JournalStorage.open_blob(oid, tid) below last_tid opens the
+    # newest blob file at or below tid (BLOB-022), as the reader needs.
+    running = serve(MemoryStorage() if kind == "memory" else FileStorage(tmp_path / "db"))
     first = os.urandom(3 * CHUNK)
     second = os.urandom(3 * CHUNK)
     writer = clients(running.address, snapshots=False)
@@ -267,10 +274,14 @@ def test_a_reader_without_snapshots_reads_one_version_while_another_client_commi
 
 
 @pytest.mark.req("WIRE-138", "WIRE-134")
+@pytest.mark.parametrize("kind", ["memory", "file"])
 def test_a_version_packed_away_mid_read_raises_and_returns_no_other_bytes(
-    serve: Callable[..., Running], clients: Callable[..., ClientStorage]
+    serve: Callable[..., Running],
+    clients: Callable[..., ClientStorage],
+    tmp_path: Path,
+    kind: str,
 ) -> None:
-    running = serve()
+    running = serve(MemoryStorage() if kind == "memory" else FileStorage(tmp_path / "db"))
     first = os.urandom(3 * CHUNK)
     writer = clients(running.address, snapshots=False)
     commit_blob(writer, ROOT, first, b"v1")
