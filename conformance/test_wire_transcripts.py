@@ -195,8 +195,8 @@ def replay(address: Address, transcript: dict[str, Any]) -> None:
     "WIRE-055", "WIRE-056", "WIRE-060", "WIRE-070", "WIRE-071", "WIRE-072", "WIRE-080",
     "WIRE-085", "WIRE-091", "WIRE-100", "WIRE-101", "WIRE-102", "WIRE-104", "WIRE-105",
     "WIRE-106", "WIRE-107", "WIRE-108", "WIRE-109", "WIRE-112", "WIRE-114",
-    "SRV-120", "SRV-122", "WIRE-130", "WIRE-131", "WIRE-132", "WIRE-133", "WIRE-134",
-    "WIRE-135", "WIRE-136",
+    "SRV-120", "SRV-122", "SRV-124", "WIRE-130", "WIRE-131", "WIRE-132", "WIRE-133",
+    "WIRE-134", "WIRE-135", "WIRE-136", "WIRE-137",
 )  # fmt: skip
 @pytest.mark.parametrize(
     "path",

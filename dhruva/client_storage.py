@@ -40,7 +40,9 @@ BLOB_CHUNK frames of at most 1 MiB, read from the file as they are sent,
 before the STAGE and COMMIT frames, so a blob is never whole in memory
 [BLOB-015].  ``open_blob`` returns a buffered reader over
 :class:`_BlobReader`, which asks READ_BLOB for 1 MiB at a time, at the
-tid the blob was opened at.
+tid the blob was opened at: the snapshot's, or, without snapshots, the one
+the server's first answer (BLOB_DATA_AT, feature ``blob-tids``) names, so
+that the pieces are of one version whatever other clients commit.
 
 Errors: an ERROR frame becomes the matching typed exception
 (WriteConflictError, ReadConflictError, DhruvaKeyError, ReadOnlyError, ...);
@@ -187,6 +189,7 @@ class ClientStorage(Storage):
         if snapshots:
             features.append(wire.FEATURE_SNAPSHOTS)
         features.append(wire.FEATURE_BLOBS)
+        features.append(wire.FEATURE_BLOB_TIDS)
         self._features = " ".join(features)
         self._snapshots = False
         self._last_tid = 0
@@ -234,6 +237,9 @@ class ClientStorage(Storage):
         self._blobs_served = wire.FEATURE_BLOBS in self.server_features
         if not self._blobs_served:
             capabilities -= {CAP_BLOBS}
+        # [WIRE-137] An older server does not say which commit a read at
+        # SESSION_SNAPSHOT was at; this one answers it with BLOB_DATA_AT.
+        self._blob_tids = self._blobs_served and wire.FEATURE_BLOB_TIDS in self.server_features
         self.capabilities = capabilities
         if self._snapshots:
             # [WIRE-103] The session's first snapshot: nothing was read yet,
@@ -687,7 +693,12 @@ class ClientStorage(Storage):
         The first READ_BLOB goes now, so that a missing blob raises
         DhruvaKeyError here; later ones as the reader is read, each at the
         same tid (the session's snapshot when the blob was opened, so that a
-        later sync does not change what the reader returns).
+        later sync does not change what the reader returns).  Without
+        snapshots the first names SESSION_SNAPSHOT and the server's
+        BLOB_DATA_AT says which commit it read at; the later ones name that
+        commit, so that a blob another client commits meanwhile is not mixed
+        in [WIRE-138].  (A server without ``blob-tids`` cannot say: there the
+        reader may return pieces of two versions, as WIRE-138 describes.)
         """
         self._check_usable()
         if not self._blobs_served:
@@ -703,12 +714,22 @@ class ClientStorage(Storage):
         raw = _BlobReader(self, oid, tid)
         return io.BufferedReader(raw, wire.MAX_BLOB_CHUNK)
 
-    def _read_blob(self, oid: bytes, tid: int, offset: int, length: int) -> bytes:
-        """One READ_BLOB round trip [WIRE-133]: at most ``length`` bytes at ``offset``."""
+    def _read_blob(self, oid: bytes, tid: int, offset: int, length: int) -> tuple[int, bytes]:
+        """One READ_BLOB round trip [WIRE-133]: at most ``length`` bytes at ``offset``.
+
+        Returns the tid read at and the bytes: ``tid`` itself, or, for
+        SESSION_SNAPSHOT outside snapshots with ``blob-tids``, the tid of the
+        server's BLOB_DATA_AT [WIRE-137] (SESSION_SNAPSHOT again from a
+        server without the feature).  Any other answer loses the connection.
+        """
         reply = self._request(wire.ReadBlob(oid, tid, offset, length))
+        if tid == wire.SESSION_SNAPSHOT and self._blob_tids and not self._snapshots:
+            self._expect(reply, wire.BlobDataAt)
+            assert isinstance(reply, wire.BlobDataAt)
+            return reply.tid, reply.data
         self._expect(reply, wire.BlobData)
         assert isinstance(reply, wire.BlobData)
-        return reply.data
+        return tid, reply.data
 
     def store(self, oid: bytes, data: bytes, refs: bytes = b"") -> None:
         if self._transaction is None:
@@ -857,17 +878,18 @@ class _BlobReader(io.RawIOBase):
     """A blob on the server, read with READ_BLOB requests (at most 1 MiB each).
 
     The first chunk is asked for at construction, so that a missing blob
-    raises DhruvaKeyError at ``open_blob``; every request names the same
-    ``tid``.  Seekable: a seek only moves the offset of the next request.
+    raises DhruvaKeyError at ``open_blob``; every later request names the
+    tid the first was read at (for SESSION_SNAPSHOT, the one the server's
+    BLOB_DATA_AT named [WIRE-138]).  Seekable: a seek only moves the offset
+    of the next request.
     """
 
     def __init__(self, client: ClientStorage, oid: bytes, tid: int) -> None:
         super().__init__()
         self._client = client
         self._oid = oid
-        self._tid = tid
         self._offset = 0
-        self._ahead = client._read_blob(oid, tid, 0, wire.MAX_BLOB_CHUNK)
+        self._tid, self._ahead = client._read_blob(oid, tid, 0, wire.MAX_BLOB_CHUNK)
 
     def readable(self) -> bool:
         return True
@@ -907,10 +929,26 @@ class _BlobReader(io.RawIOBase):
             data, self._ahead = self._ahead[: len(view)], self._ahead[len(view) :]
         else:
             length = min(len(view), wire.MAX_BLOB_CHUNK)
-            data = self._client._read_blob(self._oid, self._tid, self._offset, length)
+            data = self._read(length)
         view[: len(data)] = data
         self._offset += len(data)
         return len(data)
+
+    def _read(self, length: int) -> bytes:
+        """A later READ_BLOB, at the reader's tid; typed errors when that version is gone."""
+        try:
+            tid, data = self._client._read_blob(self._oid, self._tid, self._offset, length)
+        except DhruvaKeyError:
+            # [WIRE-138] The version read so far is gone (a pack removed it):
+            # an error, never bytes of another version.
+            at = "" if self._tid == wire.SESSION_SNAPSHOT else f" as of tid {self._tid}"
+            raise DhruvaKeyError(
+                self._oid,
+                f"the blob of oid {str_to_int8(self._oid)}{at} is no longer stored (a pack"
+                " removed it while it was read); open it again",
+            ) from None
+        assert tid == self._tid
+        return data
 
 
 def _keep_content(file: BinaryIO) -> BinaryIO:

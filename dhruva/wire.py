@@ -111,6 +111,7 @@ class MessageType(IntEnum):
     SYNCED = 0x8E
     COMMITTED_AT = 0x8F
     BLOB_DATA = 0x90
+    BLOB_DATA_AT = 0x91
     ERROR = 0xFF
 
 
@@ -125,6 +126,9 @@ FEATURE_SNAPSHOTS = "snapshots"
 
 FEATURE_BLOBS = "blobs"
 """The HELLO feature for blobs: BLOB_CHUNK, READ_BLOB and BLOB_DATA [WIRE-130]."""
+
+FEATURE_BLOB_TIDS = "blob-tids"
+"""The HELLO feature asking for BLOB_DATA_AT: the tid a SESSION_SNAPSHOT read was at [WIRE-137]."""
 
 MAX_BLOB_CHUNK = 1 << 20
 """The most blob bytes one BLOB_CHUNK or BLOB_DATA carries, and READ_BLOB asks for [WIRE-131]."""
@@ -696,6 +700,23 @@ class BlobData:
         return frame(bytes([self.type]) + self.data)
 
 
+@dataclass(frozen=True, slots=True)
+class BlobDataAt:
+    """The answer to a SESSION_SNAPSHOT READ_BLOB outside snapshots, with ``blob-tids``.
+
+    ``tid`` is the commit the server read at (never :data:`SESSION_SNAPSHOT`);
+    ``data`` is as BLOB_DATA's [WIRE-137].  The client names ``tid`` in the
+    reader's later READ_BLOB requests, so that every piece is of one version.
+    """
+
+    tid: int
+    data: bytes
+    type = MessageType.BLOB_DATA_AT
+
+    def encode(self) -> bytes:
+        return frame(bytes([self.type]) + _U64.pack(self.tid) + self.data)
+
+
 def blob_chunk_frames(oid: bytes, file: BinaryIO) -> Iterator[bytes]:
     """Yield the BLOB_CHUNK frames of ``file``'s content from its position on [WIRE-132].
 
@@ -762,6 +783,7 @@ Message = (
     | BlobChunk
     | ReadBlob
     | BlobData
+    | BlobDataAt
 )
 
 _EMPTY_TYPES = frozenset(
@@ -863,6 +885,19 @@ def decode_message(payload: bytes) -> Message:
                 f"BLOB_DATA carries {len(data)} bytes; at most {MAX_BLOB_CHUNK} are allowed"
             )
         message = BlobData(data)
+    elif kind is MessageType.BLOB_DATA_AT:
+        # [WIRE-137] A body shorter than its tid is truncated (_Reader says so).
+        tid = reader.u64()
+        if tid == SESSION_SNAPSHOT:
+            raise ProtocolError(
+                "BLOB_DATA_AT names the tid SESSION_SNAPSHOT; it must name the commit read at"
+            )
+        data = reader.rest()
+        if len(data) > MAX_BLOB_CHUNK:
+            raise ProtocolError(
+                f"BLOB_DATA_AT carries {len(data)} bytes; at most {MAX_BLOB_CHUNK} are allowed"
+            )
+        message = BlobDataAt(tid, data)
     elif kind is MessageType.AUTH_OK:
         proof = reader.raw(PROOF_SIZE)
         magic, major, minor = _HELLO_HEAD.unpack(reader.raw(_HELLO_HEAD.size))

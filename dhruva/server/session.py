@@ -71,7 +71,8 @@ CLOSING_GRACE_S = 2.0
 
 FEATURES = "stage commit-sync bulk-load list-oids prefetch pack-progress"
 """The features this server announces in HELLO_OK and AUTH_OK (plus ``snapshots``
-when its storage has snapshots [WIRE-100])."""
+when its storage has snapshots [WIRE-100], ``blobs`` when it has blobs [WIRE-130],
+and ``blob-tids`` when it has both [WIRE-137])."""
 
 
 @dataclass(frozen=True)
@@ -194,7 +195,11 @@ class Commit:
 
 @dataclass(frozen=True, slots=True)
 class ReadBlob:
-    """READ_BLOB (blob sessions): answer with BLOB_DATA or ERROR [WIRE-133]."""
+    """READ_BLOB (blob sessions): answer with BLOB_DATA, BLOB_DATA_AT or ERROR [WIRE-133].
+
+    BLOB_DATA_AT only when :attr:`ServerSession.blob_tids`, outside a
+    snapshot session, for ``tid`` SESSION_SNAPSHOT [WIRE-137].
+    """
 
     oid: bytes
     tid: int
@@ -329,6 +334,8 @@ class ServerSession:
         """True when both ends announced ``snapshots`` [WIRE-100]."""
         self.blobs = False
         """True when both ends announced ``blobs`` [WIRE-130]."""
+        self.blob_tids = False
+        """True in a blob session when both ends announced ``blob-tids`` [WIRE-137]."""
         self._server_nonce = b""
         # [WIRE-033] Before the handshake is done, frames are small.
         self._decoder = wire.FrameDecoder(wire.HANDSHAKE_MAX_FRAME_SIZE)
@@ -565,6 +572,11 @@ class ServerSession:
         self.blobs = (
             wire.FEATURE_BLOBS in self.features
             and wire.FEATURE_BLOBS in self._server_features.split()
+        )
+        self.blob_tids = (
+            self.blobs
+            and wire.FEATURE_BLOB_TIDS in self.features
+            and wire.FEATURE_BLOB_TIDS in self._server_features.split()
         )
         if self._secret is not None:
             # [WIRE-030] Challenge the client with a fresh nonce.

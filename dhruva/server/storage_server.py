@@ -49,7 +49,10 @@ its :class:`~dhruva.server.blobs.StagedBlobs` (temporary files, never
 memory), which COMMIT hands to the committer; the files are closed (and
 deleted) once the group is answered, when the transaction is refused, or
 when the session ends [SRV-123].  READ_BLOB opens the blob as of the
-session's snapshot and answers one chunk [SRV-124].
+session's snapshot and answers one chunk [SRV-124]; outside a snapshot
+session, with the feature ``blob-tids``, a read at SESSION_SNAPSHOT is
+at ``storage.last_tid()`` and its BLOB_DATA_AT names that tid, which the
+client's later reads of the blob name [WIRE-137].
 
 Failure of one client.  Malformed frames, unknown messages, a broken
 handshake: an ERROR frame, then that connection is closed [SRV-040].  A
@@ -214,6 +217,9 @@ class StorageServer:
         self.blobs = CAP_BLOBS in caps
         if self.blobs:
             self._features += " " + wire.FEATURE_BLOBS
+            # [WIRE-137] Naming the tid read at needs the storage's last_tid().
+            if self.snapshots:
+                self._features += " " + wire.FEATURE_BLOB_TIDS
         self._staged_blobs: dict[Client, StagedBlobs] = {}
         self._floor: int | None = None
         self._unix_path: str | None = None
@@ -773,9 +779,15 @@ class StorageServer:
     def _read_blob(self, client: Client, event: session.ReadBlob) -> None:
         snapshot = client.snapshot_tid
         tid: int | None = event.tid
+        # [WIRE-137] Outside a snapshot session, with blob-tids: read at the
+        # latest commit by its number, and tell the client which it was.
+        answer_at = False
         if tid == wire.SESSION_SNAPSHOT:
             # [WIRE-133] The session's snapshot; without snapshots, the latest commit.
             tid = snapshot
+            if tid is None and client.session.blob_tids:
+                tid = self.storage.last_tid()
+                answer_at = True
         elif snapshot is not None and event.tid > snapshot:
             # [WIRE-136] As LOAD_AT: a client checks this itself.
             client.session.fail(
@@ -807,7 +819,12 @@ class StorageServer:
                     break
                 parts.append(part)
                 left -= len(part)
-        client.session.send(wire.BlobData(b"".join(parts)))
+        data = b"".join(parts)
+        if answer_at:
+            assert tid is not None
+            client.session.send(wire.BlobDataAt(tid, data))
+        else:
+            client.session.send(wire.BlobData(data))
 
     # --- commits ----------------------------------------------------------------
 

@@ -77,6 +77,7 @@ BLOB_HELLO = wire.Hello(features=wire.FEATURE_BLOBS).encode()
 BLOB_SNAPSHOT_HELLO = wire.Hello(
     features=f"{wire.FEATURE_BLOBS} {wire.FEATURE_SNAPSHOTS}"
 ).encode()
+BLOB_TIDS_HELLO = wire.Hello(features=f"{wire.FEATURE_BLOBS} {wire.FEATURE_BLOB_TIDS}").encode()
 
 
 def blob_transcripts() -> dict[str, dict[str, Any]]:
@@ -144,6 +145,41 @@ def blob_transcripts() -> dict[str, dict[str, Any]]:
                 send(wire.ReadBlob(OID0, current, 0, 0).encode()),
                 expect(error(E.MALFORMED)),
                 closed(),
+            ],
+        },
+        "blob-tids": {
+            "description": (
+                "outside snapshots, with the feature 'blob-tids', a READ_BLOB at SESSION_SNAPSHOT"
+                " is answered with BLOB_DATA_AT naming the latest commit (WIRE-137); after"
+                " another client commits a new blob for the oid, a READ_BLOB naming that tid"
+                " still reads the first version, with BLOB_DATA (SRV-124), and a new read at"
+                " SESSION_SNAPSHOT names the new commit; a client without the feature gets"
+                " BLOB_DATA as before (WIRE-133)"
+            ),
+            "fresh": True,
+            "steps": [
+                send(BLOB_TIDS_HELLO),
+                expect(HELLO_OK),
+                send(wire.BlobChunk(OID0, b"hello").encode() + wire.Commit([root]).encode()),
+                expect(COMMITTED_NONE),
+                send(wire.ReadBlob(OID0, current, 0, 2).encode()),
+                expect(wire.BlobDataAt(1, b"he").encode()),
+                send(BLOB_HELLO, "b"),
+                expect(HELLO_OK, "b"),
+                send(
+                    wire.BlobChunk(OID0, b"HELLO!").encode()
+                    + wire.Commit([Record(OID0, b"v2", b"")]).encode(),
+                    "b",
+                ),
+                expect(COMMITTED_NONE, "b"),
+                send(wire.ReadBlob(OID0, 1, 2, 10).encode()),
+                expect(wire.BlobData(b"llo").encode()),
+                send(wire.ReadBlob(OID0, current, 0, 10).encode()),
+                expect(wire.BlobDataAt(2, b"HELLO!").encode()),
+                send(wire.ReadBlob(OID0, current, 6, 10).encode()),
+                expect(wire.BlobDataAt(2, b"").encode()),
+                send(wire.ReadBlob(OID0, current, 0, 10).encode(), "b"),
+                expect(wire.BlobData(b"HELLO!").encode(), "b"),
             ],
         },
         "blob-read-above-snapshot": {
@@ -606,6 +642,7 @@ REQUIREMENTS: dict[str, list[str]] = {
     "blob-without-its-record": ["WIRE-135"],
     "malformed-read-blob-length": ["WIRE-131"],
     "blob-read-above-snapshot": ["WIRE-136"],
+    "blob-tids": ["SRV-124", "WIRE-133", "WIRE-137"],
 }
 
 
