@@ -1007,3 +1007,15 @@ def test_pack_deletes_the_chunks_no_reader_reaches(storage: SqliteStorage, path:
         rows = db.execute("SELECT oid, tid, n, length(data) FROM blob_chunks").fetchall()
     assert rows == [(sqlite_storage.oid_to_key(kept), 3, 0, 3)]
     assert steps[-2:] == ["vacuumed", "checkpointed"]
+
+
+@pytest.mark.req("SQL-070", "SQL-090")
+def test_backup_carries_the_blobs(storage: SqliteStorage, tmp_path: Path) -> None:
+    blob = storage.new_oid()
+    commit_blob(storage, blob, Pattern(CHUNK + 7))
+    copy = tmp_path / "copy.sqlite"
+    storage.backup(copy)
+    restored = SqliteStorage(copy, readonly=True)
+    with restored.open_blob(blob) as file, storage.open_blob(blob) as original:
+        assert file.read() == original.read()
+    restored.close()
