@@ -13,16 +13,22 @@ beside it:
   see: ``open_blob(oid, tid)`` for each oid, at the read point (``tid``
   null) and at older tids.
 
+* ``chunks.json``: how a back-end in a database cuts blobs into chunk rows
+  (BLOB-030): for blobs whose byte ``i`` is ``i % 251``, of several sizes,
+  each chunk's number, length and SHA-256.
+
     python conformance/vectors/blobs/generate.py          # rewrite the files
     python conformance/vectors/blobs/generate.py --check  # exit 1 if stale
 
 ``tests/test_blob_vectors.py`` lays the files out in a directory and checks
-every expectation through FileStorage and FileStorage2.
+every expectation through FileStorage and FileStorage2, and checks the
+chunks SqliteStorage writes against ``chunks.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -91,6 +97,40 @@ def blobs() -> dict[str, object]:
     }
 
 
+CHUNK = 1 << 20
+
+
+def pattern(size: int) -> bytes:
+    """The content of a chunk-vector blob: byte ``i`` is ``i % 251``."""
+    return (bytes(range(251)) * (size // 251 + 1))[:size]
+
+
+def chunks() -> dict[str, object]:
+    sizes = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 5]
+    blobs = []
+    for size in sizes:
+        content = pattern(size)
+        cut = [content[start : start + CHUNK] for start in range(0, size, CHUNK)] or [b""]
+        blobs.append(
+            {
+                "size": size,
+                "chunks": [
+                    {"n": n, "length": len(part), "sha256": hashlib.sha256(part).hexdigest()}
+                    for n, part in enumerate(cut)
+                ],
+            }
+        )
+    return {
+        "description": (
+            "blob chunk rows of a back-end in a database (blobs.md, 'Blobs in a database'): "
+            "byte i of each blob is i % 251; CHUNK is 1048576"
+        ),
+        "requirements": ["BLOB-030"],
+        "chunk_bytes": CHUNK,
+        "blobs": blobs,
+    }
+
+
 def render_hex(parts: list[tuple[str, bytes]]) -> str:
     lines = [
         "# database: the data file of the blob vector (see blobs.json)",
@@ -112,6 +152,7 @@ def expected_files() -> dict[str, str]:
     return {
         "database.hex": render_hex(data_file()),
         "blobs.json": json.dumps(blobs(), indent=2, sort_keys=True) + "\n",
+        "chunks.json": json.dumps(chunks(), indent=2, sort_keys=True) + "\n",
     }
 
 
