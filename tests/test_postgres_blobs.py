@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import os
 import tracemalloc
+from pathlib import Path
 
 import pytest
 from test_postgres_storage import _open, _sql, needs_psycopg
@@ -279,3 +280,32 @@ def test_a_large_blob_is_never_whole_in_memory(dsn: str, schema: str) -> None:
     assert written < 5 * CHUNK, written
     assert reading < 5 * CHUNK, reading
     storage.close()
+
+
+@pytest.mark.req("TOOL-047", "PG-071")
+def test_convert_carries_blobs_into_and_out_of_postgres(
+    dsn: str, schema: str, tmp_path: Path
+) -> None:
+    from test_postgres_storage import _uri
+
+    from dhruva.blob import Blob
+    from dhruva.connection import Connection
+    from dhruva.file_storage import FileStorage
+    from dhruva.tools.dbtools import convert
+
+    content = os.urandom(CHUNK + 3)
+    source, back = tmp_path / "source.dhruva", tmp_path / "back.dhruva"
+    connection = Connection(FileStorage(str(source)))
+    connection.root["big"] = Blob(content)
+    connection.root["empty"] = Blob()
+    connection.commit()
+    connection.close()
+    uri = _uri(dsn, schema)
+    convert(str(source), uri, backend="postgres")
+    convert(uri, str(back), backend="file")
+    connection = Connection(FileStorage(str(back)))
+    with connection.root["big"].open() as file:
+        assert file.read() == content
+    with connection.root["empty"].open() as file:
+        assert file.read() == b""
+    connection.close()
