@@ -249,3 +249,39 @@ def test_prefetched_records_are_the_snapshots_versions(serve: Serve) -> None:
     writer.close()
     reader.close()
     fresh.close()
+
+
+@pytest.mark.req("WIRE-055", "WIRE-056")
+def test_random_reads_among_known_references_keep_the_window_small() -> None:
+    import random
+
+    from dhruva.server.prefetch import Prefetcher, PrefetchState
+    from dhruva.storage import MemoryStorage
+
+    storage = MemoryStorage()
+    oids = [storage.new_oid() for _ in range(20_001)]
+    storage.begin()
+    # The root references 20,000 leaves (more than the frontier holds):
+    # every leaf the client asks for is a known reference, or was dropped.
+    storage.store(oids[0], b"mapping", b"".join(oids[1:]))
+    for index, oid in enumerate(oids[1:]):
+        storage.store(oid, b"leaf %d" % index, b"")
+    storage.end()
+    prefetcher = Prefetcher(storage, max_records=32, max_bytes=1 << 20)
+    at_random = PrefetchState()
+    prefetcher.choose(at_random, set(), storage.load(oids[0]))
+    leaves = oids[1:]
+    random.Random(3).shuffle(leaves)
+    sent = [len(prefetcher.choose(at_random, set(), storage.load(oid))) for oid in leaves[:500]]
+    # Random picks were not predicted: the window stays at its minimum
+    # (it used to double on every leaf, each one a referenced oid).
+    assert sum(sent[50:]) <= 450 * 2, sum(sent[50:])
+    # A client taking the leaves in the frontier's order gets more and more.
+    in_order = PrefetchState()
+    prefetcher.choose(in_order, set(), storage.load(oids[0]))
+    walked = []
+    position = 1
+    while position < 2000:
+        walked.append(len(prefetcher.choose(in_order, set(), storage.load(oids[position]))))
+        position += walked[-1] + 1
+    assert max(walked) == 32, walked

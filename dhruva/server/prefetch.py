@@ -31,21 +31,20 @@ DEFAULT_PREFETCH_BYTES = 64 << 10
 _PREFETCHED_MAX = 1 << 16
 _FRONTIER_MAX = 16384
 _OID_LIMIT = 1 << 64
-_PREFETCH_WINDOW_MIN = 2
+#: How far into the frontier a LOAD counts as predicted, at least.
+_PREDICTED_REACH_MIN = 8
 
 
 class PrefetchState:
     """What one client was sent since its last synchronization (see the module docstring)."""
 
-    __slots__ = ("frontier", "frontier_overflowed", "prefetched", "readahead_next", "window")
+    __slots__ = ("frontier", "prefetched", "readahead_next", "window")
 
     def __init__(self) -> None:
         self.prefetched: set[bytes] = set()
         """Oids whose records were sent since the client last synchronized."""
         self.frontier: dict[bytes, None] = {}
         """Oids referenced by records sent since the last sync, not sent yet (in order)."""
-        self.frontier_overflowed = False
-        """The frontier dropped references (it is bounded): a miss then says nothing."""
         self.window = 8
         """How many records the next LOAD answer may prefetch (adapts per load)."""
         self.readahead_next = -1
@@ -55,7 +54,6 @@ class PrefetchState:
         """[WIRE-057] The client synchronized: it dropped what it was sent."""
         self.prefetched.clear()
         self.frontier.clear()
-        self.frontier_overflowed = False
 
     def extend_frontier(self, refs: bytes) -> None:
         """Add the oids of ``refs`` not sent yet to the frontier (bounded)."""
@@ -63,11 +61,17 @@ class PrefetchState:
         sent = self.prefetched
         for start in range(0, len(refs), 8):
             if len(frontier) >= _FRONTIER_MAX:
-                self.frontier_overflowed = True
-                return
+                return  # bounded: the dropped references are simply not predicted
             oid = refs[start : start + 8]
             if oid not in sent:
                 frontier[oid] = None
+
+
+def _near_head(frontier: dict[bytes, None], oid: bytes, reach: int) -> bool:
+    """Whether ``oid`` is among the first ``reach`` oids of ``frontier``."""
+    if oid not in frontier:
+        return False
+    return any(each == oid for each in itertools.islice(frontier, reach))
 
 
 class Prefetcher:
@@ -100,9 +104,12 @@ class Prefetcher:
         At most the client's *window* of records (and about ``max_bytes``
         bytes, four window's worth of look-ups) go with one answer.  The
         window doubles, up to ``max_records``, when the client loads an oid
-        of the frontier or the next oid in order, and halves otherwise, so
-        that a client reading at random does not make the server read
-        records nobody wants.
+        the server predicted: the next oid in order, or one of the first
+        ``2 * window`` (at least 8) oids of the frontier, what the next
+        answers would have carried; it halves otherwise, down to none.  So
+        a client walking the graph gets more per answer, and one reading at
+        random, even among the references of what it loaded (the items of a
+        big mapping), does not make the server read records nobody wants.
 
         Only oids outside ``invalid`` (the client's invalidation set)
         qualify: their current record is then the one as of the client's
@@ -116,15 +123,22 @@ class Prefetcher:
         frontier = state.frontier
         number = str_to_int8(record.oid)
         in_order = number == state.readahead_next
-        if frontier.pop(record.oid, False) is None or in_order:
-            state.window = min(2 * state.window, max_records)
-        elif not state.frontier_overflowed:
-            # (Once the frontier dropped references, a miss says nothing.)
-            state.window = max(state.window // 2, _PREFETCH_WINDOW_MIN)
+        reach = max(2 * state.window, _PREDICTED_REACH_MIN)
+        if in_order or _near_head(frontier, record.oid, reach):
+            state.window = min(max(2 * state.window, 1), max_records)
+        else:
+            # Not predicted: what the answers carried was not what the client
+            # needed next (also when the frontier, full, dropped the oid).
+            state.window //= 2  # down to 0: a client reading at random gets no extra
+        frontier.pop(record.oid, None)
         window = min(state.window, max_records)
         state.readahead_next = number + 1
         sent.add(record.oid)
         state.extend_frontier(record.refs)
+        if window == 0:
+            if len(sent) > _PREFETCHED_MAX:
+                sent.clear()
+            return []
         budget = self.max_bytes
         lookups = 4 * window
         records: list[Record] = []
