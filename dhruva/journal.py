@@ -29,7 +29,6 @@ offset.
 
 from __future__ import annotations
 
-import functools
 import mmap
 import struct
 import zlib
@@ -37,7 +36,7 @@ from collections.abc import Callable, MutableMapping, Sequence
 from typing import NamedTuple
 
 from dhruva.error import CorruptionError, FormatError
-from dhruva.record import Record
+from dhruva.record import Record, new_record
 
 Buffer = bytes | bytearray | memoryview | mmap.mmap
 #: ``read(length, offset)``: at most ``length`` bytes of the file from ``offset``.
@@ -694,9 +693,6 @@ assert RECORD_LENGTHS.size == 8
 _unpack_v1 = RECORD_HEADER_V1.unpack_from
 _unpack_v2 = RECORD_HEADER_V2.unpack_from
 _crc32 = zlib.crc32
-# Record(...) runs a Python-level __new__; tuple.__new__ makes the same
-# NamedTuple without it (the load path makes one per record).
-_new_record = functools.partial(tuple.__new__, Record)
 
 
 def record_size(header: Buffer, version: int = MAJOR_VERSION) -> int:
@@ -743,4 +739,4 @@ def decode_record_at(
             "bytes changed after they were committed",
             "record-crc",
         )
-    return _new_record((oid, data, refs))
+    return new_record((oid, data, refs))

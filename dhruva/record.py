@@ -7,11 +7,12 @@ sits below both, so a codec never imports the storage layer.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 from dhruva.utils import OID_SIZE, iter_oids
 
-__all__ = ["Record", "check_oid", "check_record"]
+__all__ = ["Record", "check_oid", "check_record", "new_record"]
 
 
 class Record(NamedTuple):
@@ -28,6 +29,12 @@ class Record(NamedTuple):
     def ref_oids(self) -> list[bytes]:
         """Return the referenced oids as a list."""
         return list(iter_oids(self.refs))
+
+
+#: ``new_record((oid, data, refs))`` is ``Record(oid, data, refs)`` without the
+#: NamedTuple's Python-level ``__new__`` (the load paths make one per record;
+#: the caller has checked the fields).
+new_record = functools.partial(tuple.__new__, Record)
 
 
 def check_oid(oid: object) -> None:

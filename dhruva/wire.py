@@ -33,7 +33,7 @@ from enum import IntEnum
 from typing import BinaryIO
 
 from dhruva.error import ProtocolError
-from dhruva.record import Record
+from dhruva.record import Record, new_record
 from dhruva.utils import OID_SIZE
 
 MAGIC = b"DHRV"
@@ -296,7 +296,7 @@ class _Reader:
             )
         data = self._take(data_length)
         refs = self._take(refs_length)
-        return Record(oid, data, refs)
+        return new_record((oid, data, refs))
 
     def records(self) -> list[Record]:
         count = self.u32()
@@ -798,6 +798,11 @@ _EMPTY_TYPES = frozenset(
 )
 
 
+_MESSAGE_TYPES: dict[int, MessageType] = {kind.value: kind for kind in MessageType}
+_RECORD_TYPE = MessageType.RECORD.value
+_LOAD_TYPE = MessageType.LOAD.value
+
+
 def decode_message(payload: bytes) -> Message:
     """Parse one frame payload into a message.
 
@@ -806,10 +811,21 @@ def decode_message(payload: bytes) -> Message:
     """
     if not payload:
         raise ProtocolError("empty frame payload")
-    try:
-        kind = MessageType(payload[0])
-    except ValueError:
-        raise ProtocolError(f"unknown message type 0x{payload[0]:02x}") from None
+    first = payload[0]
+    # The two messages of every cold read, well formed, without the general
+    # reader; anything else about them (a wrong length) goes on below, which
+    # says what is wrong.
+    if first == _RECORD_TYPE:
+        if len(payload) >= 17:
+            oid, data_length, refs_length = _RECORD_HEAD.unpack_from(payload, 1)
+            refs_at = 17 + data_length
+            if refs_at + refs_length == len(payload) and not refs_length % OID_SIZE:
+                return RecordMessage(new_record((oid, payload[17:refs_at], payload[refs_at:])))
+    elif first == _LOAD_TYPE and len(payload) == 1 + OID_SIZE:
+        return Load(payload[1:])
+    kind = _MESSAGE_TYPES.get(first)
+    if kind is None:
+        raise ProtocolError(f"unknown message type 0x{first:02x}")
     reader = _Reader(payload, 1, kind.name)
     message: Message
     if kind in _EMPTY_TYPES:

@@ -161,6 +161,12 @@ def test_encoder_refuses_oversized_payload() -> None:
         b"\x07\x00\x00\x00\x01" + b"\x00" * 8 + b"\x00\x00\x00\x05\x00\x00\x00\x00",  # short data
         b"\x01DHRV\x00\x01\x00\x00\x00\x02\xff\xfe",  # HELLO with non-UTF-8 features
         b"\x02\x00\x00\x00\x00",  # NEW_OIDS of 0
+        # RECORD (the decoder's fast path): short header, short data, a
+        # trailing byte, refs not a multiple of 8.
+        b"\x83" + b"\x00" * 15,
+        b"\x83" + p64(1) + b"\x00\x00\x00\x05\x00\x00\x00\x00" + b"abc",
+        b"\x83" + p64(1) + b"\x00\x00\x00\x02\x00\x00\x00\x00" + b"abc",
+        b"\x83" + p64(1) + b"\x00\x00\x00\x00\x00\x00\x00\x04" + b"abcd",
     ],
 )
 def test_malformed_payloads(payload: bytes) -> None:
