@@ -159,8 +159,10 @@ class SqliteStorage(Storage):
         self._last_tid = 0
         # The schema version: 2 once the database has blob_chunks (SQL-090).
         self._schema_version = SCHEMA_VERSION
-        # The oids whose blobs the open write transaction holds (SQL-091).
+        # The oids whose blobs the open write transaction holds (SQL-091),
+        # and why that transaction was lost, when a failed blob write lost it.
         self._staged_blobs: set[bytes] = set()
+        self._blobs_lost: str | None = None
         try:
             if readonly:
                 self._conn = self._open_readonly()
@@ -452,6 +454,7 @@ class SqliteStorage(Storage):
         if self._pending is not None:
             raise DhruvaError("a transaction is already open")
         self._pending = {}
+        self._blobs_lost = None
 
     # --- blobs (spec: blobs.md "Blobs in a database", SQL-090..SQL-093) ---------------
 
@@ -479,23 +482,33 @@ class SqliteStorage(Storage):
                 conn.execute(f"PRAGMA user_version={BLOB_SCHEMA_VERSION}")
                 self._schema_version = BLOB_SCHEMA_VERSION
             conn.execute("SAVEPOINT store_blob")
+        except sqlite3.DatabaseError as exc:
+            self._lose_blobs(conn, str(exc))
+            raise self._translate(exc) from exc
+        try:
+            conn.execute("DELETE FROM blob_chunks WHERE oid = ? AND tid = ?", (key, tid))
+            write_chunks(
+                file,
+                lambda number, data: conn.execute(
+                    "INSERT INTO blob_chunks (oid, tid, n, data) VALUES (?, ?, ?, ?)",
+                    (key, tid, number, data),
+                ),
+            )
+            conn.execute("RELEASE store_blob")
+        except BaseException as exc:
+            # Back to before this blob; the transaction's other blobs stay.
+            # SQLite rolls a whole transaction back on some errors (a full
+            # disk): then they are lost, and end() must not commit without them.
             try:
-                conn.execute("DELETE FROM blob_chunks WHERE oid = ? AND tid = ?", (key, tid))
-                write_chunks(
-                    file,
-                    lambda number, data: conn.execute(
-                        "INSERT INTO blob_chunks (oid, tid, n, data) VALUES (?, ?, ?, ?)",
-                        (key, tid, number, data),
-                    ),
-                )
-            except BaseException:
+                if not conn.in_transaction:
+                    raise sqlite3.OperationalError("SQLite rolled the transaction back")
                 conn.execute("ROLLBACK TO store_blob")
                 conn.execute("RELEASE store_blob")
-                raise
-            conn.execute("RELEASE store_blob")
-        except sqlite3.DatabaseError as exc:
-            self._abort_write(conn)
-            raise self._translate(exc) from exc
+            except sqlite3.Error as undo:
+                self._lose_blobs(conn, f"{exc}; {undo}")
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise self._translate(exc) from exc
+            raise
         self._staged_blobs.add(oid)
 
     def open_blob(self, oid: bytes, tid: int | None = None) -> BinaryIO:
@@ -538,6 +551,11 @@ class SqliteStorage(Storage):
         where = f"the blob of oid {str_to_int8(oid)} stored by transaction {version} in {self.path}"
         return open_reader(fetch, last + 1, last_size, where)
 
+    def _lose_blobs(self, conn: sqlite3.Connection, reason: str) -> None:
+        """The write transaction holding the blobs is gone: end() must refuse (SQL-091)."""
+        self._abort_write(conn)
+        self._blobs_lost = reason
+
     def _abort_write(self, conn: sqlite3.Connection) -> None:
         """Roll back the open write transaction and forget its blobs.
 
@@ -572,6 +590,14 @@ class SqliteStorage(Storage):
             raise DhruvaError("end() without begin()")
         self._pending = None
         staged, self._staged_blobs = self._staged_blobs, set()
+        lost, self._blobs_lost = self._blobs_lost, None
+        if lost is not None:
+            # [BLOB-010] The blobs went with a failed write: commit none of it.
+            self._abort_write(conn)
+            raise DhruvaError(
+                f"{self.path}: this transaction's blobs were lost when a blob write failed "
+                f"({lost}); nothing was written, abort it and commit again"
+            )
         if staged - set(pending):
             # [BLOB-010] Nothing of the transaction is written.
             self._abort_write(conn)
@@ -580,6 +606,8 @@ class SqliteStorage(Storage):
                 f"(oids {sorted(str_to_int8(oid) for oid in staged - set(pending))})"
             )
         if not pending:
+            if conn.in_transaction:
+                self._abort_write(conn)  # a store_blob that failed left it open
             return  # An empty transaction changes nothing and writes nothing.
         # [SQL-050] Persist the high-water mark with the records that use it.
         next_oid = max(self._next_oid, max(int.from_bytes(oid, "big") for oid in pending) + 1)
@@ -647,6 +675,7 @@ class SqliteStorage(Storage):
 
     def abort_transaction(self) -> None:
         self._pending = None
+        self._blobs_lost = None
         if self._staged_blobs or (
             not self.readonly and self._conn is not None and self._conn.in_transaction
         ):

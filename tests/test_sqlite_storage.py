@@ -1019,3 +1019,65 @@ def test_backup_carries_the_blobs(storage: SqliteStorage, tmp_path: Path) -> Non
     with restored.open_blob(blob) as file, storage.open_blob(blob) as original:
         assert file.read() == original.read()
     restored.close()
+
+
+@pytest.mark.req("BLOB-010", "SQL-091")
+def test_blobs_lost_with_their_transaction_are_never_committed_without(
+    storage: SqliteStorage,
+) -> None:
+    first, second = storage.new_oid(), storage.new_oid()
+    conn = storage._conn
+    assert conn is not None
+
+    class RolledBack(io.RawIOBase):
+        """What SQLite does on a full disk: the whole transaction is rolled back."""
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+            conn.execute("ROLLBACK")
+            raise OSError(28, "No space left on device")
+
+    storage.begin()
+    storage.store(first, b"blob record", b"")
+    storage.store(second, b"blob record", b"")
+    storage.store_blob(first, io.BytesIO(b"first"))
+    with pytest.raises(OSError):
+        storage.store_blob(second, RolledBack())
+    with pytest.raises(DhruvaError, match="blobs were lost"):
+        storage.end()  # never the records without the first blob
+    storage.abort_transaction()
+    for oid in (first, second):
+        with pytest.raises(DhruvaKeyError):
+            storage.load(oid)
+        with pytest.raises(DhruvaKeyError):
+            storage.open_blob(oid)
+    # The storage goes on: the next transaction commits.
+    commit_blob(storage, first, io.BytesIO(b"again"))
+    with storage.open_blob(first) as file:
+        assert file.read() == b"again"
+
+
+@pytest.mark.req("SQL-091")
+def test_an_empty_transaction_after_a_failed_blob_releases_the_write_lock(
+    storage: SqliteStorage, path: Path
+) -> None:
+    class Failing(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+            raise OSError(5, "Input/output error")
+
+    storage.begin()
+    with pytest.raises(OSError):
+        storage.store_blob(storage.new_oid(), Failing())
+    storage.end()  # nothing to commit
+    assert storage._conn is not None and not storage._conn.in_transaction
+    other = sqlite3.connect(path, timeout=0.1)
+    try:
+        other.execute("BEGIN IMMEDIATE")  # the write lock is free
+        other.execute("ROLLBACK")
+    finally:
+        other.close()
