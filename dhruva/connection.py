@@ -121,6 +121,31 @@ def _as_oid(oid: bytes | int) -> bytes:
     raise TypeError(f"an oid is an int or 8 bytes, not {oid!r}")
 
 
+class _ObjectRef(weakref.ref):  # type: ignore[type-arg]
+    """A weak reference with its key, made without KeyedRef's Python ``__new__``."""
+
+    __slots__ = ("key",)
+    key: bytes
+
+
+class _ObjectMap(weakref.WeakValueDictionary):  # type: ignore[type-arg]
+    """The connection's oid -> object map: a WeakValueDictionary with a cheaper insert.
+
+    ``WeakValueDictionary.__setitem__`` makes a ``KeyedRef``, whose
+    ``__new__`` and ``__init__`` are Python code: a third of the cost of
+    attaching a new object at commit and of every new ghost.  The same
+    reference, with the key the dictionary's removal callback reads, is
+    made here by the C constructor alone.
+    """
+
+    def __setitem__(self, key: bytes, value: Any) -> None:
+        if self._pending_removals:  # type: ignore[attr-defined]
+            self._commit_removals()  # type: ignore[attr-defined]
+        ref = _ObjectRef(value, self._remove)  # type: ignore[attr-defined]
+        ref.key = key
+        self.data[key] = ref  # type: ignore[attr-defined]
+
+
 class Connection:
     """A view of one storage as a graph of persistent objects (Durus's API).
 
@@ -220,9 +245,7 @@ class Connection:
         # The tracked class calls this on every first use: the list's own
         # append, so that no Python frame runs (the method below documents it).
         self.note_read = self._reads.append  # type: ignore[method-assign,assignment]
-        self._objects: weakref.WeakValueDictionary[bytes, PersistentBase] = (
-            weakref.WeakValueDictionary()
-        )
+        self._objects: weakref.WeakValueDictionary[bytes, PersistentBase] = _ObjectMap()
         self._loaded: dict[bytes, PersistentBase] = {}
         # The record sizes of the loaded objects, for the byte bound of the
         # cache; each object keeps its own in ``_p_size`` (0 when not counted).

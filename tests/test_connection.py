@@ -311,7 +311,6 @@ def test_cache_never_ghosts_changed_objects() -> None:
     assert connect(storage).get_root().items[0].n == 100
 
 
-
 @pytest.mark.req("CONN-020")
 def test_changed_objects_at_the_old_end_do_not_stop_the_cache_shrinking() -> None:
     # The clock takes the oldest entries in batches; more changed objects at
@@ -331,6 +330,7 @@ def test_changed_objects_at_the_old_end_do_not_stop_the_cache_shrinking() -> Non
     assert sum(1 for item in items if item._p_status == SAVED) <= 50
     reader.commit()
     assert [item.n for item in connect(storage).get_root().items][:2] == [1000, 1001]
+
 
 def test_cache_drops_unreferenced_objects() -> None:
     storage = MemoryStorage()
@@ -543,3 +543,27 @@ def test_get_root_waits_for_another_client_creating_the_root() -> None:
         assert connection.get_root().made_by == "other"
     finally:
         timer.join()
+
+
+@pytest.mark.req("CONN-020")
+def test_the_object_map_holds_objects_weakly() -> None:
+    # The connection's oid -> object map makes its weak references itself
+    # (without KeyedRef); an object nothing else holds must still leave it.
+    connection = Connection(MemoryStorage())
+    connection.root["kept"] = kept = Persistent()
+    connection.root["dropped"] = Persistent()
+    connection.commit()
+    kept_oid, dropped_oid = kept._p_oid, connection.root["dropped"]._p_oid
+    assert connection._objects.get(dropped_oid) is connection.root["dropped"]
+    del connection.root["dropped"]
+    connection.commit()
+    connection._loaded.pop(dropped_oid, None)  # the cache's own strong reference
+    gc.collect()
+    assert connection._objects.get(dropped_oid) is None
+    assert dropped_oid not in connection._objects
+    assert connection._objects[kept_oid] is kept
+    ghost = connection.get_ghost(int8_to_str(999), Persistent)
+    assert connection._objects[int8_to_str(999)] is ghost
+    del ghost
+    gc.collect()
+    assert int8_to_str(999) not in connection._objects
