@@ -57,11 +57,6 @@ def write_chunks(source: BinaryIO, put: Callable[[int, bytes], object]) -> int:
             return size
 
 
-def blob_size(count: int, last_size: int) -> int:
-    """The size of a version with ``count`` chunks whose last holds ``last_size`` bytes."""
-    return (count - 1) * CHUNK_BYTES + last_size
-
-
 class ChunkReader(io.RawIOBase):
     """A read-only, seekable stream over one blob version's chunks (BLOB-031).
 
@@ -77,7 +72,7 @@ class ChunkReader(io.RawIOBase):
         self._fetch = fetch
         self._count = count
         self._last_size = last_size
-        self._size = blob_size(count, last_size)
+        self._size = (count - 1) * CHUNK_BYTES + last_size  # [BLOB-030]
         self._where = where
         self._position = 0
         self._chunk_number = -1
@@ -107,9 +102,6 @@ class ChunkReader(io.RawIOBase):
             raise ValueError(f"negative seek position {target}")
         self._position = target
         return target
-
-    def size(self) -> int:
-        return self._size
 
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         self._check_open()

@@ -29,7 +29,7 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import BinaryIO
 
 from dhruva.error import DhruvaError, DhruvaKeyError
@@ -38,6 +38,26 @@ from dhruva.error import DhruvaError, DhruvaKeyError
 CHUNK_BYTES = 1 << 20
 TMP = "tmp"
 SUFFIX = ".blob"
+
+
+def no_blob(oid: bytes) -> DhruvaKeyError:
+    """The error for an oid without a blob as of the tid asked for (BLOB-011)."""
+    return DhruvaKeyError(oid, f"no blob is stored for oid {int.from_bytes(oid, 'big')}")
+
+
+def blobs_without_records(staged: Iterable[bytes], stored: Container[bytes]) -> DhruvaError | None:
+    """The error for blobs staged for oids the transaction stores no record of (BLOB-010).
+
+    ``stored`` is the transaction's pending records (looked up, not copied).
+    None when every staged oid has its record; the caller drops what it
+    staged, then raises the error.
+    """
+    orphans = sorted(int.from_bytes(oid, "big") for oid in staged if oid not in stored)
+    if not orphans:
+        return None
+    return DhruvaError(
+        f"a transaction stored blobs of objects whose records it did not store (oids {orphans})"
+    )
 
 
 def oid_name(oid: bytes) -> str:
@@ -147,7 +167,7 @@ class BlobStore:
         """Open ``oid``'s blob as of ``tid``; DhruvaKeyError if there is none."""
         chosen = [version for version in self.versions(oid) if version <= tid]
         if not chosen:
-            raise DhruvaKeyError(oid, f"no blob is stored for oid {int.from_bytes(oid, 'big')}")
+            raise no_blob(oid)
         return open(os.path.join(self.directory, oid_name(oid), tid_name(chosen[-1])), "rb")
 
     def oids(self) -> Iterator[bytes]:

@@ -59,7 +59,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from dhruva import journal
-from dhruva.blob_store import BlobStore, blob_directory
+from dhruva.blob_store import BlobStore, blob_directory, blobs_without_records, no_blob
 from dhruva.error import (
     CorruptionError,
     DhruvaError,
@@ -441,7 +441,7 @@ class JournalStorage(Storage):
             check_snapshot_tid(tid, self._last_tid)
         if self._blob_store is None:
             check_oid(oid)
-            raise DhruvaKeyError(oid, f"no blob is stored for oid {str_to_int8(oid)}")
+            raise no_blob(oid)
         return self._blob_store.open(oid, tid)
 
     def _staged_blobs(self, pending: dict[bytes, Any]) -> set[bytes]:
@@ -450,12 +450,10 @@ class JournalStorage(Storage):
         if blobs is None:
             return set()
         staged = blobs.staged_oids()
-        if staged - set(pending):
+        orphans = blobs_without_records(staged, pending)
+        if orphans is not None:
             blobs.discard()
-            raise DhruvaError(
-                "a transaction stored blobs of objects whose records it did not store "
-                f"(oids {sorted(str_to_int8(oid) for oid in staged - set(pending))})"
-            )
+            raise orphans
         return staged
 
     def end(self) -> None:

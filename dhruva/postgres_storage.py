@@ -86,6 +86,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from dhruva.blob_chunks import open_reader, write_chunks
+from dhruva.blob_store import blobs_without_records, no_blob
 from dhruva.error import (
     AuthenticationError,
     CorruptionError,
@@ -946,9 +947,7 @@ class PostgresStorage(Storage):
                 )
                 # Blobs are mostly compressed already: no compression attempt,
                 # and length() works without reading the value.
-                conn.execute(
-                    f"ALTER TABLE {q}{BLOB_TABLE} ALTER COLUMN data SET STORAGE EXTERNAL"
-                )
+                conn.execute(f"ALTER TABLE {q}{BLOB_TABLE} ALTER COLUMN data SET STORAGE EXTERNAL")
             conn.execute(
                 f"UPDATE {q}dhruva_meta SET value = %s WHERE name = 'schema_version'"
                 " AND value = %s",
@@ -1019,7 +1018,7 @@ class PostgresStorage(Storage):
         table = f"{self._q}{BLOB_TABLE}"
         with self._reader_errors("open a blob"):
             if not self._has_blob_table(reader):
-                raise DhruvaKeyError(oid, f"no blob is stored for oid {str_to_int8(oid)}")
+                raise no_blob(oid)
             # [PG-093] In the reader's snapshot; tid > 0 leaves staged rows out.
             row = reader.execute(
                 f"SELECT tid, n, length(data) FROM {table} WHERE oid = %s AND tid > 0"
@@ -1067,7 +1066,7 @@ class PostgresStorage(Storage):
             ).fetchone()
             if newer is not None and newer[0] is not None and int(newer[0]) <= floor:
                 raise SnapshotTooOldError(tid, int(newer[0]))
-        raise DhruvaKeyError(oid, f"no blob is stored for oid {str_to_int8(oid)}")
+        raise no_blob(oid)
 
     def end(self) -> None:
         """Commit the open transaction as one PostgreSQL transaction (PG-030..PG-033).
@@ -1088,12 +1087,12 @@ class PostgresStorage(Storage):
         staged = self._staged_blobs
         stage = self._stage_tid
         try:
-            if staged.keys() - pending.keys():
-                # [BLOB-010] Nothing of the transaction is written.
-                raise DhruvaError(
-                    "a transaction stored blobs of objects whose records it did not store (oids "
-                    f"{sorted(str_to_int8(key_to_oid(k)) for k in staged.keys() - pending.keys())})"
-                )
+            # The staged keys without a pending record, as oids (stored: none of them).
+            orphans = blobs_without_records(
+                [key_to_oid(key) for key in staged if key not in pending], ()
+            )
+            if orphans is not None:
+                raise orphans  # [BLOB-010] Nothing of the transaction is written.
             if stage is not None and self._stage_conn is not conn:
                 raise PostgresConnectionError(
                     f"the connection to PostgreSQL at {self._where} was lost after this "

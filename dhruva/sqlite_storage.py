@@ -52,6 +52,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dhruva.blob_chunks import open_reader, write_chunks
+from dhruva.blob_store import blobs_without_records, no_blob
 from dhruva.error import (
     CorruptionError,
     DhruvaError,
@@ -520,7 +521,7 @@ class SqliteStorage(Storage):
         else:
             check_snapshot_tid(tid, self._last_tid)
         if self._schema_version < BLOB_SCHEMA_VERSION:
-            raise DhruvaKeyError(oid, f"no blob is stored for oid {str_to_int8(oid)}")
+            raise no_blob(oid)
         try:
             # [SQL-092] The newest version at or below tid, and its last chunk's size.
             row = conn.execute(
@@ -531,7 +532,7 @@ class SqliteStorage(Storage):
         except sqlite3.DatabaseError as exc:
             raise self._translate(exc) from exc
         if row is None:
-            raise DhruvaKeyError(oid, f"no blob is stored for oid {str_to_int8(oid)}")
+            raise no_blob(oid)
         version, last, last_size = row
 
         def fetch(number: int) -> bytes | None:
@@ -598,13 +599,11 @@ class SqliteStorage(Storage):
                 f"{self.path}: this transaction's blobs were lost when a blob write failed "
                 f"({lost}); nothing was written, abort it and commit again"
             )
-        if staged - set(pending):
+        orphans = blobs_without_records(staged, pending)
+        if orphans is not None:
             # [BLOB-010] Nothing of the transaction is written.
             self._abort_write(conn)
-            raise DhruvaError(
-                "a transaction stored blobs of objects whose records it did not store "
-                f"(oids {sorted(str_to_int8(oid) for oid in staged - set(pending))})"
-            )
+            raise orphans
         if not pending:
             if conn.in_transaction:
                 self._abort_write(conn)  # a store_blob that failed left it open
@@ -676,12 +675,10 @@ class SqliteStorage(Storage):
     def abort_transaction(self) -> None:
         self._pending = None
         self._blobs_lost = None
-        if self._staged_blobs or (
-            not self.readonly and self._conn is not None and self._conn.in_transaction
-        ):
+        conn = self._conn
+        if not self.readonly and conn is not None and conn.in_transaction:
             # [BLOB-014] The blobs store_blob wrote go with the transaction.
-            assert self._conn is not None
-            self._abort_write(self._conn)
+            self._abort_write(conn)
 
     def sync(self) -> list[bytes]:
         """Return []: a writable storage is the only writer; a read-only one sees a snapshot.

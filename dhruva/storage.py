@@ -35,7 +35,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
-from dhruva.blob_store import BlobStore
+from dhruva.blob_store import BlobStore, blobs_without_records, no_blob
 from dhruva.error import DhruvaError, DhruvaKeyError, PackNotSupportedError
 
 # Re-exported: Record and its checks were defined here before dhruva.record.
@@ -289,7 +289,7 @@ class MemoryStorage(Storage):
         else:
             check_snapshot_tid(tid, self._tid)
         if self._blob_store is None:
-            raise DhruvaKeyError(oid, f"no blob is stored for oid {str_to_int8(oid)}")
+            raise no_blob(oid)
         return self._blob_store.open(oid, tid)
 
     def begin(self) -> None:
@@ -310,13 +310,11 @@ class MemoryStorage(Storage):
         pending, self._pending = self._pending, None
         blobs = self._blob_store
         staged = blobs.staged_oids() if blobs is not None else set()
-        if staged - set(pending):
+        orphans = blobs_without_records(staged, pending)
+        if orphans is not None:
             assert blobs is not None
             blobs.discard()
-            raise DhruvaError(
-                "a transaction stored blobs of objects whose records it did not store "
-                f"(oids {sorted(str_to_int8(oid) for oid in staged - set(pending))})"
-            )
+            raise orphans
         if not pending:
             return  # [SAPI-036] an empty transaction changes nothing, the tid included
         tid = self._tid + 1

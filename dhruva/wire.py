@@ -800,6 +800,7 @@ _EMPTY_TYPES = frozenset(
 
 _MESSAGE_TYPES: dict[int, MessageType] = {kind.value: kind for kind in MessageType}
 _RECORD_TYPE = MessageType.RECORD.value
+_RECORD_DATA_AT = 1 + _RECORD_HEAD.size  # a RECORD's data, after its type byte and head
 _LOAD_TYPE = MessageType.LOAD.value
 
 
@@ -816,11 +817,12 @@ def decode_message(payload: bytes) -> Message:
     # reader; anything else about them (a wrong length) goes on below, which
     # says what is wrong.
     if first == _RECORD_TYPE:
-        if len(payload) >= 17:
+        if len(payload) >= _RECORD_DATA_AT:
             oid, data_length, refs_length = _RECORD_HEAD.unpack_from(payload, 1)
-            refs_at = 17 + data_length
+            refs_at = _RECORD_DATA_AT + data_length
             if refs_at + refs_length == len(payload) and not refs_length % OID_SIZE:
-                return RecordMessage(new_record((oid, payload[17:refs_at], payload[refs_at:])))
+                data = payload[_RECORD_DATA_AT:refs_at]
+                return RecordMessage(new_record((oid, data, payload[refs_at:])))
     elif first == _LOAD_TYPE and len(payload) == 1 + OID_SIZE:
         return Load(payload[1:])
     kind = _MESSAGE_TYPES.get(first)

@@ -133,11 +133,12 @@ class Prefetcher:
         frontier.pop(record.oid, None)
         window = min(state.window, max_records)
         state.readahead_next = number + 1
+        if len(sent) >= _PREFETCHED_MAX:
+            # Forgetting only costs resending; memory stays bounded.
+            sent.clear()
         sent.add(record.oid)
         state.extend_frontier(record.refs)
         if window == 0:
-            if len(sent) > _PREFETCHED_MAX:
-                sent.clear()
             return []
         budget = self.max_bytes
         lookups = 4 * window
@@ -178,7 +179,4 @@ class Prefetcher:
             state.extend_frontier(child.refs)
             if in_order and str_to_int8(oid) == state.readahead_next:
                 state.readahead_next += 1
-        if len(sent) > _PREFETCHED_MAX:
-            # Forgetting only costs resending; memory stays bounded.
-            sent.clear()
         return records
