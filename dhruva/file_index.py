@@ -47,6 +47,7 @@ from collections.abc import Iterator, Mapping
 from types import TracebackType
 from typing import NamedTuple
 
+from dhruva import speedups
 from dhruva.error import ReadOnlyError
 from dhruva.fileio import OS_FILES, DataFile, FileLayer
 
@@ -79,6 +80,7 @@ assert META.size == 64
 _ENTRY = struct.Struct(">Q")
 assert _ENTRY.size == ENTRY_SIZE
 _unpack_entry = _ENTRY.unpack_from
+_c_index_offset = speedups.index_offset
 
 _ITER_CHUNK_ENTRIES = 1 << 16
 
@@ -337,6 +339,20 @@ class DiskIndex:
         if raw & ADDED_FLAG:
             return self._decode_entry(raw)
         return raw  # _decode_entry of an entry without the flag
+
+    def lookup_oid(self, oid: bytes, last: int) -> int:
+        """Return :meth:`lookup` of the 8-byte ``oid``, 0 when its number is beyond ``last``."""
+        mapping = self._map
+        if _c_index_offset is not None and mapping is not None:
+            offset = _c_index_offset(
+                mapping, oid, min(last, self._capacity - 1), self.covered_offset
+            )
+            if offset is not None:
+                return offset
+        number = int.from_bytes(oid, "big")
+        if number > last:
+            return 0
+        return self.lookup(number)
 
     def iter_entries(self) -> Iterator[tuple[int, int]]:
         """Yield ``(oid_int, offset)`` for every oid whose ``lookup`` is non-zero, by oid."""

@@ -211,10 +211,7 @@ class FileStorage(JournalStorage):
         disk = self._disk
         if disk is None:
             return 0
-        number = int.from_bytes(oid, "big")  # load checked the oid's shape
-        if number > self._disk_max_oid:
-            return 0
-        return disk.lookup(number)
+        return disk.lookup_oid(oid, self._disk_max_oid)  # load checked the oid's shape
 
     def iter_oids(self) -> Iterator[bytes]:
         self._check_open()

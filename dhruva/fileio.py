@@ -92,7 +92,9 @@ _posix_fallocate = getattr(os, "posix_fallocate", None)
 
 
 class OSFile:
-    """A DataFile on a real file descriptor."""
+    """A DataFile on a real file descriptor: ``fd`` (-1 once closed)."""
+
+    fd: int
 
     def __init__(self, path: str, create: bool, readonly: bool) -> None:
         flags = os.O_RDONLY if readonly else os.O_RDWR
@@ -100,12 +102,12 @@ class OSFile:
             flags |= os.O_CREAT
         flags |= getattr(os, "O_CLOEXEC", 0)
         self.path = path
-        self._fd = os.open(path, flags, 0o644)
-        status = os.fstat(self._fd)
+        self.fd = os.open(path, flags, 0o644)
+        status = os.fstat(self.fd)
         if stat.S_ISDIR(status.st_mode):
             # A read-only open of a directory succeeds; its first read would
             # fail with an error that does not name the path.
-            os.close(self._fd)
+            os.close(self.fd)
             raise IsADirectoryError(errno.EISDIR, "Is a directory", path)
         self._size = status.st_size
 
@@ -113,14 +115,14 @@ class OSFile:
         return self._size
 
     def pread(self, length: int, offset: int) -> bytes:
-        data = os.pread(self._fd, length, offset)
+        data = os.pread(self.fd, length, offset)
         if len(data) == length or len(data) == 0:
             return data
         # A short read that is not at end of file; ask again for the rest.
         parts = [data]
         got = len(data)
         while got < length:
-            more = os.pread(self._fd, length - got, offset + got)
+            more = os.pread(self.fd, length - got, offset + got)
             if not more:
                 break
             parts.append(more)
@@ -130,7 +132,7 @@ class OSFile:
     def pwrite(self, data: bytes, offset: int) -> None:
         view = memoryview(data)
         while view:
-            written = os.pwrite(self._fd, view, offset)
+            written = os.pwrite(self.fd, view, offset)
             view = view[written:]
             offset += written
         self._size = max(self._size, offset)
@@ -143,10 +145,10 @@ class OSFile:
     def sync(self) -> None:
         # [FLT-004] fdatasync suffices: appends change the size, which
         # fdatasync flushes along with the data.
-        _fdatasync(self._fd)
+        _fdatasync(self.fd)
 
     def truncate(self, size: int) -> None:
-        os.ftruncate(self._fd, size)
+        os.ftruncate(self.fd, size)
         self._size = size
 
     def allocate(self, size: int) -> None:
@@ -154,7 +156,7 @@ class OSFile:
             return
         if _posix_fallocate is not None:
             try:
-                _posix_fallocate(self._fd, self._size, size - self._size)
+                _posix_fallocate(self.fd, self._size, size - self._size)
             except OSError as exc:
                 if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                     raise
@@ -168,12 +170,12 @@ class OSFile:
     def read_map(self) -> mmap.mmap | None:
         if self._size == 0:
             return None  # an empty file cannot be mapped
-        return mmap.mmap(self._fd, self._size, access=mmap.ACCESS_READ)
+        return mmap.mmap(self.fd, self._size, access=mmap.ACCESS_READ)
 
     def lock(self, exclusive: bool) -> None:
         mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         try:
-            fcntl.flock(self._fd, mode | fcntl.LOCK_NB)
+            fcntl.flock(self.fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             raise StorageLockedError(
                 f"{self.path} is locked by another process; close the other storage "
@@ -182,17 +184,17 @@ class OSFile:
         # pack() renames a new file over the path; a lock taken on the old,
         # replaced inode protects nothing, so check we locked what the path names.
         try:
-            same = os.path.samestat(os.fstat(self._fd), os.stat(self.path))
+            same = os.path.samestat(os.fstat(self.fd), os.stat(self.path))
         except FileNotFoundError:
             same = False
         if not same:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
             raise FileReplacedError(f"{self.path} was replaced while it was being opened; retry")
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)  # closing releases the flock
-            self._fd = -1
+        if self.fd >= 0:
+            os.close(self.fd)  # closing releases the flock
+            self.fd = -1
 
 
 class OSFileLayer:

@@ -35,6 +35,7 @@ import zlib
 from collections.abc import Callable, MutableMapping, Sequence
 from typing import NamedTuple
 
+from dhruva import speedups
 from dhruva.error import CorruptionError, FormatError
 from dhruva.record import Record, new_record
 
@@ -358,6 +359,9 @@ def is_unfinished_header(buf: Buffer) -> bool:
 # --- transactions ----------------------------------------------------------------
 
 
+_c_encode_transaction = speedups.encode_transaction
+
+
 def encode_transaction(
     tid: int,
     time_us: int,
@@ -370,6 +374,11 @@ def encode_transaction(
     multiple of 8 bytes; ``version`` is the format of the file it goes into.
     Raises ValueError for a repeated oid or a field that does not fit its width.
     """
+    if _c_encode_transaction is not None and type(records) is list:
+        # The C version answers the ordinary case; None means "do it here".
+        txn = _c_encode_transaction(tid, time_us, records, version)
+        if txn is not None:
+            return txn
     if not 0 < tid <= _U64_MAX or not 0 <= time_us <= _U64_MAX:
         raise ValueError(f"tid {tid} or time {time_us} out of range")
     parts: list[Buffer] = [b""]

@@ -58,7 +58,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
-from dhruva import journal
+from dhruva import journal, speedups
 from dhruva.blob_store import BlobStore, blob_directory, blobs_without_records, no_blob
 from dhruva.error import (
     CorruptionError,
@@ -74,7 +74,7 @@ from dhruva.file_pack import (
     PackProgress,
     PackSnapshot,
 )
-from dhruva.fileio import OS_FILES, DataFile, FileLayer, FileReplacedError, set_aside
+from dhruva.fileio import OS_FILES, DataFile, FileLayer, FileReplacedError, OSFile, set_aside
 from dhruva.snapshots import VersionLedger
 from dhruva.storage import (
     CAP_BLOBS,
@@ -96,6 +96,7 @@ log = logging.getLogger("dhruva.file_storage")
 #: Bytes read by a load in one go; most records fit, larger ones take a second read.
 LOAD_READ_BYTES = 4096
 _record_lengths = journal.RECORD_LENGTHS.unpack_from
+_c_read_record = speedups.read_record
 _OPEN_ATTEMPTS = 3
 
 
@@ -347,6 +348,12 @@ class JournalStorage(Storage):
             if not offset:
                 raise DhruvaKeyError(oid)
         version = self.format_version
+        if _c_read_record is not None and type(data_file) is OSFile:
+            # The C version reads the ordinary record; None sends anything
+            # else (short, damaged, another oid) down the reference path below.
+            record = _c_read_record(data_file.fd, offset, version, oid)
+            if record is not None:
+                return record
         try:
             buf = data_file.pread(LOAD_READ_BYTES, offset)
             header_size = journal.record_header_size(version)

@@ -38,6 +38,8 @@ import threading
 from sys import intern as _intern
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from dhruva import speedups
+
 if TYPE_CHECKING:
     from collections.abc import Callable
 
@@ -48,6 +50,7 @@ UNSAVED = 1
 _p_object_getattribute = object.__getattribute__
 _dict_state_base: type | None = None  # Persistent, once it is defined
 _p_object_setattr = object.__setattr__
+_c_set_dict_state = speedups.set_dict_state
 
 
 class ReferenceFound(Exception):
@@ -305,6 +308,9 @@ class Persistent(PersistentBase):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         d = self.__dict__
+        # The C version does the ordinary case (an exact dict), the same way.
+        if _c_set_dict_state is not None and _c_set_dict_state(d, state) is None:
+            return
         d.clear()
         # Unpickled attribute names are not interned strings, and CPython's
         # fast attribute lookup needs interned keys: without this, reading an

@@ -31,12 +31,13 @@ Storages never run any of this: they see ``data`` and ``refs`` as bytes.
 from __future__ import annotations
 
 import copyreg
+import functools
 import io
 import pickle
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
-from dhruva import persistent
+from dhruva import persistent, speedups
 from dhruva.class_registry import AllowEntry, ClassMap, ClassRegistry, as_registry
 from dhruva.error import (
     FormatError,
@@ -55,6 +56,7 @@ DILL_CODE = b"D"
 
 PICKLE_PROTOCOL = 5
 _loads = pickle.loads
+_c_read_pickle_state = speedups.read_pickle_state
 #: The bound of each per-class cache below (class pickles, verdicts, referencing classes).
 _CLASS_CACHE_MAX = 4096
 
@@ -366,6 +368,16 @@ class PickleDecoder(TwoPickleDecoder):
         unpickler = self._unpickler_class(file)
         unpickler.load()
         return unpickler.load()
+
+    def state_reader(self) -> Callable[[bytes, bytes | None], Any]:
+        """Return :meth:`read_state`, or its C version where that applies (dhruva.speedups).
+
+        The C version does read_state's fast case (no references, globals
+        resolved as pickle's own) and calls read_state for anything else.
+        """
+        if _c_read_pickle_state is not None and self._plain:
+            return functools.partial(_c_read_pickle_state, self._class_pickles, self.read_state)
+        return self.read_state
 
     def read_state(self, data: bytes, refs: bytes | None) -> Any:
         """Return the state of ``data``; ``refs`` is its reference list (None: unknown).
@@ -703,7 +715,7 @@ class ObjectReader:
         # Keyed by the code byte as an int: ``data[0]`` is the cheapest lookup.
         self._decoders: dict[int, RecordDecoder] = {PICKLE_CODE[0]: pickle_decoder}
         self._state_readers: dict[int, Callable[[bytes, bytes | None], Any]] = {
-            PICKLE_CODE[0]: pickle_decoder.read_state
+            PICKLE_CODE[0]: pickle_decoder.state_reader()
         }
 
     def decoder_for(self, data: bytes) -> RecordDecoder:

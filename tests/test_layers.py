@@ -29,6 +29,7 @@ LAYERS: dict[str, list[str]] = {
     "base": ["dhruva.error", "dhruva.utils", "dhruva.logger"],
     # Sans-IO codecs: bytes in, bytes or typed values out.
     "codecs": [
+        "dhruva.speedups",
         "dhruva.record",
         "dhruva.record_class",
         "dhruva.journal",

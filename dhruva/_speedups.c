@@ -1,0 +1,555 @@
+/* dhruva._speedups: optional C versions of a few hot pure-Python functions.
+ *
+ * Theory of operation (docs/guide/speedups.md).  Every function here has a
+ * pure-Python original that stays the reference: dhruva/speedups.py picks
+ * this module when it was built and DHRUVA_PURE_PYTHON is unset, and the
+ * test suite runs once each way.  A function here never raises an error of
+ * its own about the data: where the input is anything but the ordinary case
+ * (a short read, a checksum that does not match, an oid that is not the one
+ * asked for, a value out of range, a type it does not expect) it returns
+ * None, and the caller runs the Python original, whose answer or typed error
+ * is the authoritative one.  So the C code can only make the ordinary case
+ * faster; it cannot change what an unusual one does.
+ *
+ * The checksum is CRC-32 (the polynomial of zlib.crc32, reflected,
+ * 0xEDB88320), computed here by slicing-by-8 so that the module needs no
+ * zlib headers to build.
+ */
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <unistd.h>
+
+/* --- CRC-32 ---------------------------------------------------------------- */
+
+static uint32_t crc_table[8][256];
+
+static void
+crc_init(void)
+{
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = n;
+        for (int k = 0; k < 8; k++) {
+            c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        }
+        crc_table[0][n] = c;
+    }
+    for (uint32_t n = 0; n < 256; n++) {
+        uint32_t c = crc_table[0][n];
+        for (int k = 1; k < 8; k++) {
+            c = crc_table[0][c & 0xFF] ^ (c >> 8);
+            crc_table[k][n] = c;
+        }
+    }
+}
+
+/* The running CRC-32 of ``len`` bytes at ``p`` after ``crc`` (zlib.crc32(data, crc)). */
+static uint32_t
+crc_update(uint32_t crc, const unsigned char *p, Py_ssize_t len)
+{
+    crc = ~crc;
+    while (len >= 8) {
+        uint32_t lo = crc ^ ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+                             (uint32_t)p[3] << 24);
+        uint32_t hi = (uint32_t)p[4] | (uint32_t)p[5] << 8 | (uint32_t)p[6] << 16 |
+                      (uint32_t)p[7] << 24;
+        crc = crc_table[7][lo & 0xFF] ^ crc_table[6][(lo >> 8) & 0xFF] ^
+              crc_table[5][(lo >> 16) & 0xFF] ^ crc_table[4][lo >> 24] ^
+              crc_table[3][hi & 0xFF] ^ crc_table[2][(hi >> 8) & 0xFF] ^
+              crc_table[1][(hi >> 16) & 0xFF] ^ crc_table[0][hi >> 24];
+        p += 8;
+        len -= 8;
+    }
+    while (len-- > 0) {
+        crc = crc_table[0][(crc ^ *p++) & 0xFF] ^ (crc >> 8);
+    }
+    return ~crc;
+}
+
+static inline uint32_t
+get_u32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+}
+
+static inline void
+put_u32(unsigned char *p, uint32_t v)
+{
+    p[0] = (unsigned char)(v >> 24);
+    p[1] = (unsigned char)(v >> 16);
+    p[2] = (unsigned char)(v >> 8);
+    p[3] = (unsigned char)v;
+}
+
+static inline void
+put_u64(unsigned char *p, uint64_t v)
+{
+    put_u32(p, (uint32_t)(v >> 32));
+    put_u32(p + 4, (uint32_t)v);
+}
+
+static PyObject *
+speedups_crc32(PyObject *module, PyObject *args)
+{
+    Py_buffer view;
+    unsigned int value = 0;
+    if (!PyArg_ParseTuple(args, "y*|I:crc32", &view, &value)) {
+        return NULL;
+    }
+    uint32_t crc = crc_update(value, view.buf, view.len);
+    PyBuffer_Release(&view);
+    return PyLong_FromUnsignedLong(crc);
+}
+
+/* --- records --------------------------------------------------------------- */
+
+/* Set by configure(): dhruva.record.Record, pickle.loads, and the exceptions
+ * of a pickle.loads failure that read_pickle_state hands to its fallback. */
+static PyTypeObject *record_type = NULL;
+static PyObject *pickle_loads = NULL;
+static PyObject *loads_errors = NULL;
+
+static PyObject *
+speedups_configure(PyObject *module, PyObject *args)
+{
+    PyObject *record, *loads, *errors;
+    if (!PyArg_ParseTuple(args, "O!OO!:configure", &PyType_Type, &record, &loads, &PyTuple_Type,
+                          &errors)) {
+        return NULL;
+    }
+    if (!PyType_IsSubtype((PyTypeObject *)record, &PyTuple_Type) || !PyCallable_Check(loads)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "configure(Record, pickle.loads, errors): a tuple type, a callable");
+        return NULL;
+    }
+    Py_INCREF(record);
+    Py_XSETREF(record_type, (PyTypeObject *)record);
+    Py_INCREF(loads);
+    Py_XSETREF(pickle_loads, loads);
+    Py_INCREF(errors);
+    Py_XSETREF(loads_errors, errors);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+new_record(PyObject *oid, const unsigned char *data, Py_ssize_t data_length,
+           const unsigned char *refs, Py_ssize_t refs_length)
+{
+    PyObject *record = record_type->tp_alloc(record_type, 3);
+    if (record == NULL) {
+        return NULL;
+    }
+    PyObject *data_obj = PyBytes_FromStringAndSize((const char *)data, data_length);
+    PyObject *refs_obj = PyBytes_FromStringAndSize((const char *)refs, refs_length);
+    if (data_obj == NULL || refs_obj == NULL) {
+        Py_XDECREF(data_obj);
+        Py_XDECREF(refs_obj);
+        Py_DECREF(record);
+        return NULL;
+    }
+    Py_INCREF(oid);
+    PyTuple_SET_ITEM(record, 0, oid);
+    PyTuple_SET_ITEM(record, 1, data_obj);
+    PyTuple_SET_ITEM(record, 2, refs_obj);
+    return record;
+}
+
+/* pread() all of ``length`` bytes, or fewer at the end of the file; -1 on an error. */
+static Py_ssize_t
+pread_full(int fd, unsigned char *buf, Py_ssize_t length, long long offset)
+{
+    Py_ssize_t got = 0;
+    while (got < length) {
+        ssize_t n;
+        Py_BEGIN_ALLOW_THREADS
+        n = pread(fd, buf + got, (size_t)(length - got), (off_t)(offset + got));
+        Py_END_ALLOW_THREADS
+        if (n < 0) {
+            return -1; /* EINTR included: the Python path retries and checks signals */
+        }
+        if (n == 0) {
+            break;
+        }
+        got += n;
+    }
+    return got;
+}
+
+#define FIRST_READ 4096
+
+/* read_record(fd, offset, version, oid) -> Record | None
+ *
+ * The record at ``offset`` of the data file open on ``fd``, if it is whole,
+ * of ``oid``, and (version 2) its checksum matches; None for anything else
+ * (JournalStorage.load then reads it again the reference way and raises the
+ * error that says what is wrong).  The returned Record's oid is ``oid``
+ * itself (its bytes are equal).
+ */
+static PyObject *
+speedups_read_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || record_type == NULL) {
+        PyErr_SetString(PyExc_TypeError, "read_record(fd, offset, version, oid), once configured");
+        return NULL;
+    }
+    long fd = PyLong_AsLong(args[0]);
+    long long offset = PyLong_AsLongLong(args[1]);
+    long version = PyLong_AsLong(args[2]);
+    PyObject *oid = args[3];
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(oid) || PyBytes_GET_SIZE(oid) != 8 || offset < 0 || fd < 0 || fd > INT_MAX) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t header_size = version >= 2 ? 20 : 16;
+    unsigned char first[FIRST_READ];
+    Py_ssize_t got = pread_full((int)fd, first, FIRST_READ, offset);
+    if (got < header_size) {
+        Py_RETURN_NONE;
+    }
+    if (memcmp(first, PyBytes_AS_STRING(oid), 8) != 0) {
+        Py_RETURN_NONE;
+    }
+    uint64_t data_length = get_u32(first + 8);
+    uint64_t ref_count = get_u32(first + 12);
+    uint64_t size = (uint64_t)header_size + data_length + 8 * ref_count;
+    unsigned char *buf = first;
+    unsigned char *big = NULL;
+    if (size > (uint64_t)got) {
+        if (got < FIRST_READ || size > (uint64_t)PY_SSIZE_T_MAX) {
+            Py_RETURN_NONE; /* the file ends inside the record */
+        }
+        big = PyMem_Malloc((size_t)size);
+        if (big == NULL) {
+            return PyErr_NoMemory();
+        }
+        if (pread_full((int)fd, big, (Py_ssize_t)size, offset) != (Py_ssize_t)size) {
+            PyMem_Free(big);
+            Py_RETURN_NONE;
+        }
+        buf = big;
+    }
+    PyObject *result;
+    const unsigned char *data = buf + header_size;
+    Py_ssize_t refs_length = (Py_ssize_t)(8 * ref_count);
+    if (version >= 2) {
+        uint32_t crc = crc_update(0, buf, 16);
+        crc = crc_update(crc, data, (Py_ssize_t)data_length + refs_length);
+        if (crc != get_u32(buf + 16)) {
+            PyMem_Free(big);
+            Py_RETURN_NONE;
+        }
+    }
+    result = new_record(oid, data, (Py_ssize_t)data_length, data + data_length, refs_length);
+    PyMem_Free(big);
+    return result;
+}
+
+/* --- the on-disk index ------------------------------------------------------ */
+
+#define INDEX_ENTRIES_OFFSET (3 * 4096)
+#define INDEX_ADDED_FLAG ((uint64_t)1 << 63)
+
+/* index_offset(mapping, oid, last, covered_offset) -> int | None
+ *
+ * DiskIndex.lookup_oid's answer from the index file's read-only map: the
+ * data-file offset of ``oid``'s record, 0 when the index has none (oid number
+ * beyond ``last``, no entry, or an entry an interrupted checkpoint left at or
+ * past ``covered_offset``, IDX-022).  None when ``oid`` is not 8 bytes or the
+ * map does not hold the entry (the caller looks it up the Python way).
+ */
+static PyObject *
+speedups_index_offset(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "index_offset(mapping, oid, last, covered_offset)");
+        return NULL;
+    }
+    PyObject *oid = args[1];
+    long long last = PyLong_AsLongLong(args[2]);
+    unsigned long long covered = PyLong_AsUnsignedLongLong(args[3]);
+    if (PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    if (!PyBytes_CheckExact(oid) || PyBytes_GET_SIZE(oid) != 8) {
+        Py_RETURN_NONE;
+    }
+    const unsigned char *o = (const unsigned char *)PyBytes_AS_STRING(oid);
+    uint64_t number = (uint64_t)get_u32(o) << 32 | get_u32(o + 4);
+    if (last < 0 || number > (uint64_t)last) {
+        return PyLong_FromLong(0);
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    uint64_t position = INDEX_ENTRIES_OFFSET + number * 8;
+    if (number > (uint64_t)PY_SSIZE_T_MAX / 8 || position + 8 > (uint64_t)view.len) {
+        PyBuffer_Release(&view);
+        Py_RETURN_NONE;
+    }
+    const unsigned char *e = (const unsigned char *)view.buf + position;
+    uint64_t raw = (uint64_t)get_u32(e) << 32 | get_u32(e + 4);
+    PyBuffer_Release(&view);
+    if (raw & INDEX_ADDED_FLAG) {
+        raw &= ~INDEX_ADDED_FLAG;
+        if (raw >= covered) {
+            raw = 0;
+        }
+    }
+    return PyLong_FromUnsignedLongLong(raw);
+}
+
+/* --- transactions ----------------------------------------------------------- */
+
+/* encode_transaction(tid, time_us, records, version) -> bytes | None
+ *
+ * The bytes journal.encode_transaction returns, or None where it would
+ * raise (it is then called to raise) or where a record is not a 3-tuple of
+ * exact bytes (it is then called to encode).
+ */
+static PyObject *
+speedups_encode_transaction(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "encode_transaction(tid, time_us, records, version)");
+        return NULL;
+    }
+    unsigned long long tid = PyLong_AsUnsignedLongLong(args[0]);
+    if (tid == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    unsigned long long time_us = PyLong_AsUnsignedLongLong(args[1]);
+    if (time_us == (unsigned long long)-1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    long version = PyLong_AsLong(args[3]);
+    if (version == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *records = args[2];
+    if (tid == 0 || !PyList_CheckExact(records)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(records);
+    if (count > 0xFFFFFFFFLL) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t header_size = version >= 2 ? 20 : 16;
+    Py_ssize_t body_length = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        if (!PyTuple_Check(record) || PyTuple_GET_SIZE(record) != 3) {
+            Py_RETURN_NONE;
+        }
+        PyObject *oid = PyTuple_GET_ITEM(record, 0);
+        PyObject *data = PyTuple_GET_ITEM(record, 1);
+        PyObject *refs = PyTuple_GET_ITEM(record, 2);
+        if (!PyBytes_CheckExact(oid) || PyBytes_GET_SIZE(oid) != 8 || !PyBytes_CheckExact(data) ||
+            !PyBytes_CheckExact(refs) || PyBytes_GET_SIZE(data) > 0xFFFFFFFFLL ||
+            (PyBytes_GET_SIZE(refs) & 7) != 0 || PyBytes_GET_SIZE(refs) / 8 > 0xFFFFFFFFLL) {
+            Py_RETURN_NONE;
+        }
+        body_length += header_size + PyBytes_GET_SIZE(data) + PyBytes_GET_SIZE(refs);
+    }
+    if (count > 1) {
+        /* [FMT-013] An oid appears at most once per transaction. */
+        PyObject *seen = PySet_New(NULL);
+        if (seen == NULL) {
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < count; i++) {
+            if (PySet_Add(seen, PyTuple_GET_ITEM(PyList_GET_ITEM(records, i), 0)) < 0) {
+                Py_DECREF(seen);
+                return NULL;
+            }
+        }
+        Py_ssize_t distinct = PySet_GET_SIZE(seen);
+        Py_DECREF(seen);
+        if (distinct != count) {
+            Py_RETURN_NONE;
+        }
+    }
+    Py_ssize_t total = 40 + body_length + 16;
+    PyObject *result = PyBytes_FromStringAndSize(NULL, total);
+    if (result == NULL) {
+        return NULL;
+    }
+    unsigned char *out = (unsigned char *)PyBytes_AS_STRING(result);
+    /* Transaction header: tag, record_count, body_length, tid, time_us, reserved, crc. */
+    memcpy(out, "DTXN", 4);
+    put_u32(out + 4, (uint32_t)count);
+    put_u64(out + 8, (uint64_t)body_length);
+    put_u64(out + 16, tid);
+    put_u64(out + 24, time_us);
+    put_u32(out + 32, 0);
+    put_u32(out + 36, crc_update(0, out, 36));
+    unsigned char *p = out + 40;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        PyObject *data = PyTuple_GET_ITEM(record, 1);
+        PyObject *refs = PyTuple_GET_ITEM(record, 2);
+        Py_ssize_t data_length = PyBytes_GET_SIZE(data);
+        Py_ssize_t refs_length = PyBytes_GET_SIZE(refs);
+        unsigned char *head = p;
+        memcpy(head, PyBytes_AS_STRING(PyTuple_GET_ITEM(record, 0)), 8);
+        put_u32(head + 8, (uint32_t)data_length);
+        put_u32(head + 12, (uint32_t)(refs_length >> 3));
+        p += header_size;
+        memcpy(p, PyBytes_AS_STRING(data), data_length);
+        memcpy(p + data_length, PyBytes_AS_STRING(refs), refs_length);
+        if (version >= 2) {
+            /* [FMT-020] header bytes 0..15, the data, the references. */
+            uint32_t crc = crc_update(crc_update(0, head, 16), p, data_length + refs_length);
+            put_u32(head + 16, crc);
+        }
+        p += data_length + refs_length;
+    }
+    /* Trailer: tag, crc of header and body, total length. */
+    memcpy(p, "DCMT", 4);
+    put_u32(p + 4, crc_update(0, out, 40 + body_length));
+    put_u64(p + 8, (uint64_t)total);
+    return result;
+}
+
+/* read_pickle_state(class_pickles, fallback, data, refs) -> state
+ *
+ * PickleDecoder.read_state's fast case for an unrestricted reader: a record
+ * that references nothing (``refs`` is b"") and whose class pickle is known
+ * memo-free (``class_pickles[class_pickle] is True``) has its state pickle
+ * read by pickle.loads alone.  Everything else, and a pickle.loads failure
+ * of the kinds read_state lets through to its fallback, is
+ * ``fallback(data, refs)``.
+ */
+static PyObject *
+speedups_read_pickle_state(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || pickle_loads == NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "read_pickle_state(class_pickles, fallback, data, refs), once configured");
+        return NULL;
+    }
+    PyObject *class_pickles = args[0];
+    PyObject *fallback = args[1];
+    PyObject *data = args[2];
+    PyObject *refs = args[3];
+    if (PyDict_CheckExact(class_pickles) && PyBytes_CheckExact(data) && PyBytes_CheckExact(refs) &&
+        PyBytes_GET_SIZE(refs) == 0 && PyBytes_GET_SIZE(data) >= 12) {
+        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
+        Py_ssize_t length = PyBytes_GET_SIZE(data);
+        if (p[1] == 0x80 && p[2] == 0x05 && p[3] == 0x95) {
+            /* PROTO 5, FRAME and pickle's little-endian frame length. */
+            uint64_t frame = 0;
+            for (int i = 7; i >= 0; i--) {
+                frame = frame << 8 | p[4 + i];
+            }
+            if (frame <= (uint64_t)(length - 12)) {
+                Py_ssize_t end = 12 + (Py_ssize_t)frame;
+                PyObject *class_pickle = PyBytes_FromStringAndSize((const char *)p + 1, end - 1);
+                if (class_pickle == NULL) {
+                    return NULL;
+                }
+                PyObject *memo_free = PyDict_GetItemWithError(class_pickles, class_pickle);
+                Py_DECREF(class_pickle);
+                if (memo_free == NULL && PyErr_Occurred()) {
+                    return NULL;
+                }
+                if (memo_free == Py_True) {
+                    PyObject *state_pickle =
+                        PyBytes_FromStringAndSize((const char *)p + end, length - end);
+                    if (state_pickle == NULL) {
+                        return NULL;
+                    }
+                    PyObject *state = PyObject_CallOneArg(pickle_loads, state_pickle);
+                    Py_DECREF(state_pickle);
+                    if (state != NULL || !PyErr_ExceptionMatches(loads_errors)) {
+                        return state;
+                    }
+                    PyErr_Clear(); /* the fallback raises the error it would have raised */
+                }
+            }
+        }
+    }
+    PyObject *fallback_args[2] = {data, refs};
+    return PyObject_Vectorcall(fallback, fallback_args, 2, NULL);
+}
+
+/* --- states ---------------------------------------------------------------- */
+
+/* set_dict_state(d, state) -> None
+ *
+ * Persistent.__setstate__ for an exact dict ``state``: ``d`` cleared, then
+ * every item of ``state`` copied into it with exact-str keys interned.
+ * Returns NotImplemented, without touching ``d``, for anything else.
+ */
+static PyObject *
+speedups_set_dict_state(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "set_dict_state(d, state)");
+        return NULL;
+    }
+    PyObject *d = args[0];
+    PyObject *state = args[1];
+    if (!PyDict_CheckExact(d) || !PyDict_CheckExact(state) || d == state) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    PyDict_Clear(d);
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(state, &pos, &key, &value)) {
+        Py_INCREF(key);
+        if (PyUnicode_CheckExact(key)) {
+            PyUnicode_InternInPlace(&key);
+        }
+        int failed = PyDict_SetItem(d, key, value);
+        Py_DECREF(key);
+        if (failed < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+/* --- the module -------------------------------------------------------------- */
+
+static PyMethodDef speedups_methods[] = {
+    {"crc32", speedups_crc32, METH_VARARGS, "crc32(data, value=0): zlib.crc32's checksum."},
+    {"configure", speedups_configure, METH_VARARGS,
+     "configure(Record, pickle.loads, errors): what the functions below build and call."},
+    {"read_pickle_state", (PyCFunction)(void (*)(void))speedups_read_pickle_state,
+     METH_FASTCALL, "read_pickle_state(class_pickles, fallback, data, refs) -> state"},
+    {"read_record", (PyCFunction)(void (*)(void))speedups_read_record, METH_FASTCALL,
+     "read_record(fd, offset, version, oid) -> Record | None"},
+    {"index_offset", (PyCFunction)(void (*)(void))speedups_index_offset, METH_FASTCALL,
+     "index_offset(mapping, oid, last, covered_offset) -> int | None"},
+    {"encode_transaction", (PyCFunction)(void (*)(void))speedups_encode_transaction,
+     METH_FASTCALL, "encode_transaction(tid, time_us, records, version) -> bytes | None"},
+    {"set_dict_state", (PyCFunction)(void (*)(void))speedups_set_dict_state, METH_FASTCALL,
+     "set_dict_state(d, state) -> None | NotImplemented"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT,
+    "dhruva._speedups",
+    "Optional C versions of dhruva's hot paths (see dhruva/speedups.py).",
+    -1,
+    speedups_methods,
+};
+
+PyMODINIT_FUNC
+PyInit__speedups(void)
+{
+    crc_init();
+    return PyModule_Create(&speedups_module);
+}
