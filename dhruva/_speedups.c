@@ -18,6 +18,7 @@
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 #include <errno.h>
 #include <stdint.h>
@@ -485,6 +486,28 @@ speedups_read_pickle_state(PyObject *module, PyObject *const *args, Py_ssize_t n
 
 /* --- states ---------------------------------------------------------------- */
 
+/* Clear ``d``, then copy every item of the dict ``state`` into it, exact-str
+ * keys interned (CPython's fast attribute lookup needs interned keys). */
+static int
+copy_state(PyObject *d, PyObject *state)
+{
+    PyDict_Clear(d);
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(state, &pos, &key, &value)) {
+        Py_INCREF(key);
+        if (PyUnicode_CheckExact(key)) {
+            PyUnicode_InternInPlace(&key);
+        }
+        int failed = PyDict_SetItem(d, key, value);
+        Py_DECREF(key);
+        if (failed < 0) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* set_dict_state(d, state) -> None
  *
  * Persistent.__setstate__ for an exact dict ``state``: ``d`` cleared, then
@@ -503,21 +526,268 @@ speedups_set_dict_state(PyObject *module, PyObject *const *args, Py_ssize_t narg
     if (!PyDict_CheckExact(d) || !PyDict_CheckExact(state) || d == state) {
         Py_RETURN_NOTIMPLEMENTED;
     }
-    PyDict_Clear(d);
-    Py_ssize_t pos = 0;
-    PyObject *key, *value;
-    while (PyDict_Next(state, &pos, &key, &value)) {
-        Py_INCREF(key);
-        if (PyUnicode_CheckExact(key)) {
-            PyUnicode_InternInPlace(&key);
-        }
-        int failed = PyDict_SetItem(d, key, value);
-        Py_DECREF(key);
-        if (failed < 0) {
+    if (copy_state(d, state) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* --- persistent objects ------------------------------------------------------ */
+
+/* Set by configure_persistent(): the classes, the byte offsets of the _p_
+ * slots in every instance of a PersistentBase subclass (CPython keeps a
+ * slot's offset in its member descriptor), and the Python originals the
+ * C versions below defer to in unusual cases. */
+static PyTypeObject *persistent_base = NULL;
+static PyObject *dict_state_setstate = NULL; /* Persistent.__setstate__, the Python function */
+static PyObject *python_setattr = NULL;      /* PersistentBase.__setattr__, the Python function */
+static PyObject *value_unsaved = NULL;
+static PyObject *value_saved = NULL;
+static PyObject *str_p_note_change = NULL;
+static PyObject *str_setstate = NULL;
+static PyObject *str_class = NULL;
+static PyObject *str_p_class = NULL;
+static Py_ssize_t off_status = -1, off_serial = -1, off_size = -1, off_oid = -1,
+                  off_connection = -1;
+
+static Py_ssize_t
+slot_offset(PyTypeObject *type, const char *name)
+{
+    PyObject *descr = PyDict_GetItemString(type->tp_dict, name); /* borrowed */
+    if (descr == NULL || !PyObject_TypeCheck(descr, &PyMemberDescr_Type)) {
+        PyErr_Format(PyExc_TypeError, "%s has no slot %s", type->tp_name, name);
+        return -1;
+    }
+    PyMemberDef *member = ((PyMemberDescrObject *)descr)->d_member;
+    if (member->type != T_OBJECT_EX) {
+        PyErr_Format(PyExc_TypeError, "%s.%s is not an object slot", type->tp_name, name);
+        return -1;
+    }
+    return member->offset;
+}
+
+#define SLOT(obj, offset) (*(PyObject **)((char *)(obj) + (offset)))
+
+/* Store ``value`` (a new reference taken here) in a slot. */
+static inline void
+slot_set(PyObject *obj, Py_ssize_t offset, PyObject *value)
+{
+    Py_INCREF(value);
+    Py_XSETREF(SLOT(obj, offset), value);
+}
+
+static PyObject *
+speedups_configure_persistent(PyObject *module, PyObject *args)
+{
+    PyObject *base, *dict_class, *setstate, *setattr_function, *unsaved, *saved;
+    if (!PyArg_ParseTuple(args, "O!O!OOOO:configure_persistent", &PyType_Type, &base,
+                          &PyType_Type, &dict_class, &setstate, &setattr_function, &unsaved,
+                          &saved)) {
+        return NULL;
+    }
+    PyTypeObject *type = (PyTypeObject *)base;
+    Py_ssize_t status = slot_offset(type, "_p_status");
+    Py_ssize_t serial = status < 0 ? -1 : slot_offset(type, "_p_serial");
+    Py_ssize_t size = serial < 0 ? -1 : slot_offset(type, "_p_size");
+    Py_ssize_t oid = size < 0 ? -1 : slot_offset(type, "_p_oid");
+    Py_ssize_t connection = oid < 0 ? -1 : slot_offset(type, "_p_connection");
+    if (connection < 0) {
+        return NULL;
+    }
+    if (str_p_note_change == NULL) {
+        str_p_note_change = PyUnicode_InternFromString("_p_note_change");
+        str_setstate = PyUnicode_InternFromString("__setstate__");
+        str_class = PyUnicode_InternFromString("__class__");
+        str_p_class = PyUnicode_InternFromString("_p_class");
+        if (str_p_note_change == NULL || str_setstate == NULL || str_class == NULL ||
+            str_p_class == NULL) {
             return NULL;
         }
     }
+    off_status = status;
+    off_serial = serial;
+    off_size = size;
+    off_oid = oid;
+    off_connection = connection;
+    Py_INCREF(base);
+    Py_XSETREF(persistent_base, type);
+    Py_INCREF(setstate);
+    Py_XSETREF(dict_state_setstate, setstate);
+    Py_INCREF(setattr_function);
+    Py_XSETREF(python_setattr, setattr_function);
+    Py_INCREF(unsaved);
+    Py_XSETREF(value_unsaved, unsaved);
+    Py_INCREF(saved);
+    Py_XSETREF(value_saved, saved);
+    (void)dict_class;
     Py_RETURN_NONE;
+}
+
+/* persistent_new(cls, *args, **kwargs): PersistentBase.__new__. */
+static PyObject *
+speedups_persistent_new(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                        PyObject *kwnames)
+{
+    if (nargs < 1 || !PyType_Check(args[0]) || persistent_base == NULL ||
+        !PyType_IsSubtype((PyTypeObject *)args[0], persistent_base)) {
+        PyErr_SetString(PyExc_TypeError, "persistent_new(cls, ...): cls is a persistent class");
+        return NULL;
+    }
+    PyTypeObject *cls = (PyTypeObject *)args[0];
+    PyObject *empty = PyTuple_New(0);
+    if (empty == NULL) {
+        return NULL;
+    }
+    /* object.__new__(cls): its checks (an abstract class is refused) and allocation. */
+    PyObject *self = PyBaseObject_Type.tp_new(cls, empty, NULL);
+    Py_DECREF(empty);
+    if (self == NULL) {
+        return NULL;
+    }
+    static PyObject *zero = NULL;
+    if (zero == NULL && (zero = PyLong_FromLong(0)) == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    slot_set(self, off_status, value_unsaved);
+    slot_set(self, off_serial, zero);
+    slot_set(self, off_size, zero);
+    slot_set(self, off_oid, Py_None);
+    slot_set(self, off_connection, Py_None);
+    return self;
+}
+
+/* PersistentBase.__setattr__(self, name, value), as a method descriptor. */
+static PyObject *
+persistent_setattr(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyUnicode_CheckExact(args[0])) {
+        /* A name that is not an exact str: the Python original says what happens. */
+        PyObject *stack[3] = {self, nargs > 0 ? args[0] : NULL, nargs > 1 ? args[1] : NULL};
+        return PyObject_Vectorcall(python_setattr, stack, nargs + 1, NULL);
+    }
+    PyObject *name = args[0];
+    int is_p = PyUnicode_GET_LENGTH(name) >= 3 && PyUnicode_READ_CHAR(name, 0) == '_' &&
+               PyUnicode_READ_CHAR(name, 1) == 'p' && PyUnicode_READ_CHAR(name, 2) == '_';
+    if (!is_p) {
+        PyObject *status = SLOT(self, off_status);
+        int changed;
+        if (status == NULL) {
+            /* No status yet: reading it raises AttributeError, as in Python. */
+            PyObject *read = PyObject_GetAttrString(self, "_p_status");
+            if (read == NULL) {
+                return NULL;
+            }
+            changed = PyObject_RichCompareBool(read, value_unsaved, Py_NE);
+            Py_DECREF(read);
+        }
+        else if (status == value_unsaved) {
+            changed = 0;
+        }
+        else {
+            changed = PyObject_RichCompareBool(status, value_unsaved, Py_NE);
+        }
+        if (changed < 0) {
+            return NULL;
+        }
+        if (changed) {
+            PyObject *result = PyObject_CallMethodNoArgs(self, str_p_note_change);
+            if (result == NULL) {
+                return NULL;
+            }
+            Py_DECREF(result);
+        }
+    }
+    if (PyObject_GenericSetAttr(self, name, args[1]) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef persistent_setattr_def = {
+    "__setattr__", (PyCFunction)(void (*)(void))persistent_setattr, METH_FASTCALL,
+    "Set an attribute; a change to a saved or ghost object is noted first (_p_note_change).",
+};
+
+/* setattr_descriptor(PersistentBase): PersistentBase.__setattr__ in C, a method descriptor. */
+static PyObject *
+speedups_setattr_descriptor(PyObject *module, PyObject *arg)
+{
+    if (persistent_base == NULL || arg != (PyObject *)persistent_base) {
+        PyErr_SetString(PyExc_TypeError, "setattr_descriptor() takes the configured PersistentBase");
+        return NULL;
+    }
+    return PyDescr_NewMethod(persistent_base, &persistent_setattr_def);
+}
+
+/* install_state(obj, state, serial, size) -> the previous _p_size
+ *
+ * Connection.load_state's end for a ghost ``obj``: its real class back,
+ * ``obj.__setstate__(state)`` (done here for Persistent's own __setstate__
+ * and an exact dict state), then status SAVED, ``_p_serial`` ``serial`` and
+ * ``_p_size`` ``size``.  When __setstate__ raises, the error propagates with
+ * the class restored and nothing else changed (the caller makes ``obj`` a
+ * ghost again).
+ */
+static PyObject *
+speedups_install_state(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || persistent_base == NULL) {
+        PyErr_SetString(PyExc_TypeError, "install_state(obj, state, serial, size), once configured");
+        return NULL;
+    }
+    PyObject *obj = args[0];
+    PyObject *state = args[1];
+    if (!PyObject_TypeCheck(obj, persistent_base)) {
+        PyErr_SetString(PyExc_TypeError, "install_state() takes a persistent object");
+        return NULL;
+    }
+    PyObject *real = PyObject_GetAttr((PyObject *)Py_TYPE(obj), str_p_class);
+    if (real == NULL) {
+        return NULL;
+    }
+    if ((PyObject *)Py_TYPE(obj) != real) {
+        int failed = PyObject_GenericSetAttr(obj, str_class, real);
+        if (failed < 0) {
+            Py_DECREF(real);
+            return NULL;
+        }
+    }
+    Py_DECREF(real);
+    PyObject *setstate = _PyType_Lookup(Py_TYPE(obj), str_setstate); /* borrowed */
+    if (setstate == dict_state_setstate && setstate != NULL && PyDict_CheckExact(state)) {
+        PyObject *d = PyObject_GenericGetDict(obj, NULL);
+        if (d == NULL) {
+            return NULL;
+        }
+        if (PyDict_CheckExact(d) && d != state) {
+            int failed = copy_state(d, state);
+            Py_DECREF(d);
+            if (failed < 0) {
+                return NULL;
+            }
+            goto installed;
+        }
+        Py_DECREF(d);
+    }
+    {
+        PyObject *result = PyObject_CallMethodOneArg(obj, str_setstate, state);
+        if (result == NULL) {
+            return NULL;
+        }
+        Py_DECREF(result);
+    }
+installed:;
+    PyObject *previous = SLOT(obj, off_size);
+    if (previous == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_p_size");
+        return NULL;
+    }
+    Py_INCREF(previous);
+    slot_set(obj, off_status, value_saved);
+    slot_set(obj, off_serial, args[2]);
+    slot_set(obj, off_size, args[3]);
+    return previous;
 }
 
 /* --- the module -------------------------------------------------------------- */
@@ -534,6 +804,15 @@ static PyMethodDef speedups_methods[] = {
      "index_offset(mapping, oid, last, covered_offset) -> int | None"},
     {"encode_transaction", (PyCFunction)(void (*)(void))speedups_encode_transaction,
      METH_FASTCALL, "encode_transaction(tid, time_us, records, version) -> bytes | None"},
+    {"configure_persistent", speedups_configure_persistent, METH_VARARGS,
+     "configure_persistent(PersistentBase, Persistent, Persistent.__setstate__, "
+     "PersistentBase.__setattr__, UNSAVED, SAVED)"},
+    {"persistent_new", (PyCFunction)(void (*)(void))speedups_persistent_new,
+     METH_FASTCALL | METH_KEYWORDS, "persistent_new(cls, *args, **kwargs): PersistentBase.__new__"},
+    {"setattr_descriptor", speedups_setattr_descriptor, METH_O,
+     "setattr_descriptor(PersistentBase): its __setattr__ as a C method descriptor"},
+    {"install_state", (PyCFunction)(void (*)(void))speedups_install_state, METH_FASTCALL,
+     "install_state(obj, state, serial, size) -> previous _p_size"},
     {"set_dict_state", (PyCFunction)(void (*)(void))speedups_set_dict_state, METH_FASTCALL,
      "set_dict_state(d, state) -> None | NotImplemented"},
     {NULL, NULL, 0, NULL},

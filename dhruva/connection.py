@@ -72,6 +72,7 @@ from itertools import islice
 from types import MappingProxyType, TracebackType
 from typing import Any, BinaryIO, TypeVar
 
+from dhruva import speedups
 from dhruva.class_registry import AllowEntry, ClassMap, ClassRegistry
 from dhruva.error import (
     ConflictError,
@@ -98,6 +99,7 @@ from dhruva.utils import ROOT_OID, int8_to_str, str_to_int8
 
 _setattr = object.__setattr__
 _getattribute = object.__getattribute__
+_c_install_state = speedups.install_state
 
 ROOT_WAIT_S = 10.0
 """How long get_root() waits for another client's commit of a new root."""
@@ -406,21 +408,7 @@ class Connection:
         except SerializationError as exc:
             exc.add_note(f"while loading the object with oid {str_to_int8(oid)}")
             raise
-        # _set_state, inline.
-        _setattr(obj, "__class__", type(obj)._p_class)
-        try:
-            obj.__setstate__(state)
-        except BaseException:
-            obj._p_set_status_ghost()
-            raise
-        _setattr(obj, "_p_status", SAVED)
-        _setattr(obj, "_p_serial", self._transaction_serial)
-        self._loaded[oid] = obj
-        self._reads.append(obj)
-        size = len(data)
-        self._loaded_bytes += size - _getattribute(obj, "_p_size")
-        _setattr(obj, "_p_size", size)
-        self._load_count += 1
+        self._set_state(obj, oid, data, state)
 
     def _refresh_snapshot(self) -> None:
         """Move the snapshot to the latest commit at a transaction's first load (CONN-040).
@@ -483,19 +471,28 @@ class Connection:
 
     def _set_state(self, obj: PersistentBase, oid: bytes, data: bytes, state: Any) -> None:
         """Install the decoded ``state`` of record ``data`` in the ghost ``obj``; note the load."""
-        _setattr(obj, "__class__", type(obj)._p_class)
-        try:
-            obj.__setstate__(state)
-        except BaseException:
-            obj._p_set_status_ghost()
-            raise
-        _setattr(obj, "_p_status", SAVED)
-        _setattr(obj, "_p_serial", self._transaction_serial)
+        size = len(data)
+        if _c_install_state is not None:
+            # The same steps in C (dhruva.speedups).
+            try:
+                previous = _c_install_state(obj, state, self._transaction_serial, size)
+            except BaseException:
+                obj._p_set_status_ghost()
+                raise
+        else:
+            _setattr(obj, "__class__", type(obj)._p_class)
+            try:
+                obj.__setstate__(state)
+            except BaseException:
+                obj._p_set_status_ghost()
+                raise
+            _setattr(obj, "_p_status", SAVED)
+            _setattr(obj, "_p_serial", self._transaction_serial)
+            previous = _getattribute(obj, "_p_size")
+            _setattr(obj, "_p_size", size)
         self._loaded[oid] = obj
         self._reads.append(obj)
-        size = len(data)
-        self._loaded_bytes += size - _getattribute(obj, "_p_size")
-        _setattr(obj, "_p_size", size)
+        self._loaded_bytes += size - previous
         self._load_count += 1
 
     def note_change(self, obj: PersistentBase) -> None:

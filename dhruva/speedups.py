@@ -25,11 +25,15 @@ from dhruva.record import Record
 __all__ = [
     "ENABLED",
     "PURE_PYTHON_VARIABLE",
+    "configure_persistent",
     "encode_transaction",
     "index_offset",
+    "install_state",
+    "persistent_new",
     "read_pickle_state",
     "read_record",
     "set_dict_state",
+    "setattr_descriptor",
 ]
 
 #: Set to a non-empty value, this environment variable turns the C versions off.
@@ -66,7 +70,21 @@ set_dict_state: Callable[[dict[str, Any], Any], Any] | None = None
 read_pickle_state: Callable[[dict[bytes, bool], Callable[..., Any], bytes, bytes | None], Any]
 read_pickle_state = None  # type: ignore[assignment]
 
+#: ``configure_persistent(PersistentBase, Persistent, Persistent.__setstate__,
+#: PersistentBase.__setattr__, UNSAVED, SAVED)``, then ``persistent_new`` (PersistentBase's
+#: ``__new__``), ``setattr_descriptor(PersistentBase)`` (its ``__setattr__``) and
+#: ``install_state(obj, state, serial, size)`` (the end of a load; returns the previous
+#: ``_p_size``): dhruva.persistent and the Connection use these.
+configure_persistent: Callable[..., None] | None = None
+persistent_new: Callable[..., Any] | None = None
+setattr_descriptor: Callable[[type], Any] | None = None
+install_state: Callable[[Any, Any, int, int], int] | None = None
+
 if _c is not None:
+    configure_persistent = _c.configure_persistent
+    persistent_new = _c.persistent_new
+    setattr_descriptor = _c.setattr_descriptor
+    install_state = _c.install_state
     # What read_state itself hands to its fallback when pickle.loads fails.
     _c.configure(Record, pickle.loads, (pickle.UnpicklingError, ImportError, AttributeError))
     read_pickle_state = _c.read_pickle_state
