@@ -329,20 +329,9 @@ class Persistent(PersistentBase):
 
 _dict_state_base = Persistent
 
-if speedups.configure_persistent is not None:
-    # The C versions of __new__ and __setattr__ (dhruva.speedups); the Python
-    # ones above stay the reference, and __setattr__ hands them names that
-    # are not exact strs.
-    speedups.configure_persistent(
-        PersistentBase,
-        Persistent,
-        Persistent.__setstate__,
-        PersistentBase.__setattr__,
-        UNSAVED,
-        SAVED,
-    )
-    PersistentBase.__new__ = staticmethod(speedups.persistent_new)  # type: ignore[assignment]
-    PersistentBase.__setattr__ = speedups.setattr_descriptor(PersistentBase)  # type: ignore[method-assign, assignment]
+# The C versions of __new__ and __setattr__, when dhruva.speedups has them;
+# the Python ones above stay the reference.
+speedups.install_persistent(PersistentBase, Persistent, UNSAVED, SAVED)
 
 
 def _state_slot_names(cls: type) -> tuple[str, ...]:

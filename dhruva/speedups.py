@@ -25,15 +25,13 @@ from dhruva.record import Record
 __all__ = [
     "ENABLED",
     "PURE_PYTHON_VARIABLE",
-    "configure_persistent",
     "encode_transaction",
     "index_offset",
+    "install_persistent",
     "install_state",
-    "persistent_new",
     "read_pickle_state",
     "read_record",
     "set_dict_state",
-    "setattr_descriptor",
 ]
 
 #: Set to a non-empty value, this environment variable turns the C versions off.
@@ -70,20 +68,31 @@ set_dict_state: Callable[[dict[str, Any], Any], Any] | None = None
 read_pickle_state: Callable[[dict[bytes, bool], Callable[..., Any], bytes, bytes | None], Any]
 read_pickle_state = None  # type: ignore[assignment]
 
-#: ``configure_persistent(PersistentBase, Persistent, Persistent.__setstate__,
-#: PersistentBase.__setattr__, UNSAVED, SAVED)``, then ``persistent_new`` (PersistentBase's
-#: ``__new__``), ``setattr_descriptor(PersistentBase)`` (its ``__setattr__``) and
-#: ``install_state(obj, state, serial, size)`` (the end of a load; returns the previous
-#: ``_p_size``): dhruva.persistent and the Connection use these.
-configure_persistent: Callable[..., None] | None = None
-persistent_new: Callable[..., Any] | None = None
-setattr_descriptor: Callable[[type], Any] | None = None
+#: ``install_state(obj, state, serial, size)``: the end of Connection's load of a ghost
+#: (its real class, its state, SAVED, ``_p_serial``, ``_p_size``); returns the previous
+#: ``_p_size``.  Usable once :func:`install_persistent` ran.
 install_state: Callable[[Any, Any, int, int], int] | None = None
 
+
+def install_persistent(base: type, dict_class: type, unsaved: int, saved: int) -> bool:
+    """Give ``base`` (PersistentBase) the C ``__new__`` and ``__setattr__``; False without C.
+
+    dhruva.persistent calls it once, after defining ``base`` and ``dict_class``
+    (Persistent).  The C ``__setattr__`` hands a name that is not an exact
+    str to the Python original, and the C ``install_state`` does what
+    ``dict_class.__setstate__`` does only for that very function.
+    """
+    if _c is None:
+        return False
+    _c.configure_persistent(
+        base, dict_class, dict_class.__dict__["__setstate__"], base.__setattr__, unsaved, saved
+    )
+    base.__new__ = staticmethod(_c.persistent_new)  # type: ignore[method-assign]
+    base.__setattr__ = _c.setattr_descriptor(base)  # type: ignore[method-assign]
+    return True
+
+
 if _c is not None:
-    configure_persistent = _c.configure_persistent
-    persistent_new = _c.persistent_new
-    setattr_descriptor = _c.setattr_descriptor
     install_state = _c.install_state
     # What read_state itself hands to its fallback when pickle.loads fails.
     _c.configure(Record, pickle.loads, (pickle.UnpicklingError, ImportError, AttributeError))
