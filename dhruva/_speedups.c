@@ -720,6 +720,68 @@ speedups_setattr_descriptor(PyObject *module, PyObject *arg)
     return PyDescr_NewMethod(persistent_base, &persistent_setattr_def);
 }
 
+/* persistent_id(base, reference, obj) -> reference(obj) | None
+ *
+ * The persistent_id of a record pickler (serialize.persistent_id_function):
+ * ``reference(obj)`` for an instance of ``base`` (isinstance, as in Python),
+ * None for anything else, without a Python call for the ints and strs of a
+ * state.
+ */
+static PyObject *
+speedups_persistent_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "persistent_id(base, reference, obj)");
+        return NULL;
+    }
+    int is_persistent = PyObject_IsInstance(args[2], args[0]);
+    if (is_persistent < 0) {
+        return NULL;
+    }
+    if (!is_persistent) {
+        Py_RETURN_NONE;
+    }
+    return PyObject_CallOneArg(args[1], args[2]);
+}
+
+/* mark_saved(obj, serial, size) -> the previous _p_size
+ *
+ * The commit's step for each written object: its real class (out of the
+ * tracked class), status SAVED, ``_p_serial`` ``serial``, ``_p_size`` ``size``.
+ */
+static PyObject *
+speedups_mark_saved(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || persistent_base == NULL) {
+        PyErr_SetString(PyExc_TypeError, "mark_saved(obj, serial, size), once configured");
+        return NULL;
+    }
+    PyObject *obj = args[0];
+    if (!PyObject_TypeCheck(obj, persistent_base)) {
+        PyErr_SetString(PyExc_TypeError, "mark_saved() takes a persistent object");
+        return NULL;
+    }
+    PyObject *real = PyObject_GetAttr((PyObject *)Py_TYPE(obj), str_p_class);
+    if (real == NULL) {
+        return NULL;
+    }
+    if ((PyObject *)Py_TYPE(obj) != real && PyObject_GenericSetAttr(obj, str_class, real) < 0) {
+        Py_DECREF(real);
+        return NULL;
+    }
+    Py_DECREF(real);
+    PyObject *previous = SLOT(obj, off_size);
+    if (previous == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_p_size");
+        return NULL;
+    }
+    Py_INCREF(previous);
+    slot_set(obj, off_status, value_saved);
+    slot_set(obj, off_serial, args[1]);
+    slot_set(obj, off_size, args[2]);
+    return previous;
+}
+
 /* install_state(obj, state, serial, size) -> the previous _p_size
  *
  * Connection.load_state's end for a ghost ``obj``: its real class back,
@@ -813,6 +875,10 @@ static PyMethodDef speedups_methods[] = {
      "setattr_descriptor(PersistentBase): its __setattr__ as a C method descriptor"},
     {"install_state", (PyCFunction)(void (*)(void))speedups_install_state, METH_FASTCALL,
      "install_state(obj, state, serial, size) -> previous _p_size"},
+    {"persistent_id", (PyCFunction)(void (*)(void))speedups_persistent_id, METH_FASTCALL,
+     "persistent_id(base, reference, obj) -> reference(obj) | None"},
+    {"mark_saved", (PyCFunction)(void (*)(void))speedups_mark_saved, METH_FASTCALL,
+     "mark_saved(obj, serial, size) -> previous _p_size"},
     {"set_dict_state", (PyCFunction)(void (*)(void))speedups_set_dict_state, METH_FASTCALL,
      "set_dict_state(d, state) -> None | NotImplemented"},
     {NULL, NULL, 0, NULL},

@@ -100,6 +100,7 @@ from dhruva.utils import ROOT_OID, int8_to_str, str_to_int8
 _setattr = object.__setattr__
 _getattribute = object.__getattribute__
 _c_install_state = speedups.install_state
+_c_mark_saved = speedups.mark_saved
 
 ROOT_WAIT_S = 10.0
 """How long get_root() waits for another client's commit of a new root."""
@@ -603,15 +604,19 @@ class Connection:
             assert new_oid is not None
             objects[new_oid] = obj
         for obj in written:
-            obj._p_set_status_saved()
-            _setattr(obj, "_p_serial", serial)
-            if getattr(type(obj), "_p_blob", False):
-                obj._p_drop_file()  # type: ignore[attr-defined]
             written_oid = obj._p_oid
             assert written_oid is not None
             size = sizes[written_oid]
-            self._loaded_bytes += size - obj._p_size
-            _setattr(obj, "_p_size", size)
+            if _c_mark_saved is not None:
+                previous = _c_mark_saved(obj, serial, size)  # the same three steps in C
+            else:
+                obj._p_set_status_saved()
+                _setattr(obj, "_p_serial", serial)
+                previous = obj._p_size
+                _setattr(obj, "_p_size", size)
+            if getattr(type(obj), "_p_blob", False):
+                obj._p_drop_file()  # type: ignore[attr-defined]
+            self._loaded_bytes += size - previous
             loaded[written_oid] = obj
         self._changed.clear()
         self._savepoint_new.clear()

@@ -89,7 +89,7 @@ from dhruva.storage import (
     check_record,
     check_snapshot_tid,
 )
-from dhruva.utils import int8_to_str, str_to_int8
+from dhruva.utils import OID_SIZE, int8_to_str, str_to_int8
 
 log = logging.getLogger("dhruva.file_storage")
 
@@ -328,7 +328,8 @@ class JournalStorage(Storage):
     # --- the Storage interface ----------------------------------------------------
 
     def new_oid(self) -> bytes:
-        self._check_writable()
+        if self._file is None or self._broken is not None or self.readonly:
+            self._check_writable()  # raises; the checks are inline for a commit of many new objects
         # [SAPI-010] Beyond every stored oid and every oid handed out by this open.
         oid = self._next_oid
         self._next_oid = oid + 1
@@ -421,11 +422,24 @@ class JournalStorage(Storage):
         self._pending = {}
 
     def store(self, oid: bytes, data: bytes, refs: bytes = b"") -> None:
-        self._check_writable()
-        if self._pending is None:
+        pending = self._pending
+        # Once per record of a commit: the state checks inline, and the
+        # record's checked only when it is not three exact byte strings of
+        # the right shapes.
+        if self._file is None or self._broken is not None or self.readonly:
+            self._check_writable()  # raises
+        if pending is None:
             raise DhruvaError("store() outside a transaction; call begin() first")
-        check_record(oid, data, refs)
-        self._pending[oid] = (oid, bytes(data), refs)
+        if (
+            type(oid) is not bytes
+            or len(oid) != OID_SIZE
+            or type(data) is not bytes
+            or type(refs) is not bytes
+            or len(refs) % OID_SIZE
+        ):
+            check_record(oid, data, refs)
+            data = bytes(data)
+        pending[oid] = (oid, data, refs)
 
     # --- blobs (spec: blobs.md) ------------------------------------------------------
 

@@ -57,6 +57,7 @@ DILL_CODE = b"D"
 PICKLE_PROTOCOL = 5
 _loads = pickle.loads
 _c_read_pickle_state = speedups.read_pickle_state
+_c_persistent_id = speedups.persistent_id
 #: The bound of each per-class cache below (class pickles, verdicts, referencing classes).
 _CLASS_CACHE_MAX = 4096
 
@@ -142,8 +143,11 @@ def persistent_id_function(reference: Reference) -> Callable[[Any], Any]:
     every state), so it is a function with its names bound as defaults
     rather than a method of a Pickler subclass; and a plain pickler that
     takes it as an attribute is built by the C constructor alone, without a
-    Python ``__init__``.
+    Python ``__init__``.  With dhruva.speedups it is the C version, bound
+    to ``reference`` with functools.partial.
     """
+    if _c_persistent_id is not None:
+        return functools.partial(_c_persistent_id, PersistentBase, reference)
 
     def persistent_id(obj: Any, _isinstance: Any = isinstance, _base: type = PersistentBase) -> Any:
         if _isinstance(obj, _base):

@@ -29,6 +29,8 @@ __all__ = [
     "index_offset",
     "install_persistent",
     "install_state",
+    "mark_saved",
+    "persistent_id",
     "read_pickle_state",
     "read_record",
     "set_dict_state",
@@ -73,6 +75,13 @@ read_pickle_state = None  # type: ignore[assignment]
 #: ``_p_size``.  Usable once :func:`install_persistent` ran.
 install_state: Callable[[Any, Any, int, int], int] | None = None
 
+#: ``mark_saved(obj, serial, size)``: the commit's step for a written object (its real
+#: class, SAVED, ``_p_serial``, ``_p_size``); returns the previous ``_p_size``.
+mark_saved: Callable[[Any, int, int], int] | None = None
+#: ``persistent_id(base, reference, obj)``: ``reference(obj)`` if ``obj`` is a ``base``,
+#: else None (a record pickler's persistent_id, bound with functools.partial).
+persistent_id: Callable[[type, Callable[[Any], Any], Any], Any] | None = None
+
 
 def install_persistent(base: type, dict_class: type, unsaved: int, saved: int) -> bool:
     """Give ``base`` (PersistentBase) the C ``__new__`` and ``__setattr__``; False without C.
@@ -94,6 +103,8 @@ def install_persistent(base: type, dict_class: type, unsaved: int, saved: int) -
 
 if _c is not None:
     install_state = _c.install_state
+    mark_saved = _c.mark_saved
+    persistent_id = _c.persistent_id
     # What read_state itself hands to its fallback when pickle.loads fails.
     _c.configure(Record, pickle.loads, (pickle.UnpicklingError, ImportError, AttributeError))
     read_pickle_state = _c.read_pickle_state
