@@ -782,6 +782,24 @@ speedups_mark_saved(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return previous;
 }
 
+/* attach(obj, oid, connection) -> None: a new object's _p_oid, _p_connection, _p_status. */
+static PyObject *
+speedups_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || persistent_base == NULL) {
+        PyErr_SetString(PyExc_TypeError, "attach(obj, oid, connection), once configured");
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(args[0], persistent_base)) {
+        PyErr_SetString(PyExc_TypeError, "attach() takes a persistent object");
+        return NULL;
+    }
+    slot_set(args[0], off_oid, args[1]);
+    slot_set(args[0], off_connection, args[2]);
+    slot_set(args[0], off_status, value_unsaved);
+    Py_RETURN_NONE;
+}
+
 /* install_state(obj, state, serial, size) -> the previous _p_size
  *
  * Connection.load_state's end for a ghost ``obj``: its real class back,
@@ -877,6 +895,8 @@ static PyMethodDef speedups_methods[] = {
      "install_state(obj, state, serial, size) -> previous _p_size"},
     {"persistent_id", (PyCFunction)(void (*)(void))speedups_persistent_id, METH_FASTCALL,
      "persistent_id(base, reference, obj) -> reference(obj) | None"},
+    {"attach", (PyCFunction)(void (*)(void))speedups_attach, METH_FASTCALL,
+     "attach(obj, oid, connection): a new object's _p_oid, _p_connection, _p_status"},
     {"mark_saved", (PyCFunction)(void (*)(void))speedups_mark_saved, METH_FASTCALL,
      "mark_saved(obj, serial, size) -> previous _p_size"},
     {"set_dict_state", (PyCFunction)(void (*)(void))speedups_set_dict_state, METH_FASTCALL,

@@ -131,7 +131,7 @@ class _ObjectRef(weakref.ref):  # type: ignore[type-arg]
     key: bytes
 
 
-class _ObjectMap(weakref.WeakValueDictionary):  # type: ignore[type-arg]
+class _ObjectMap(weakref.WeakValueDictionary[bytes, PersistentBase]):
     """The connection's oid -> object map: a WeakValueDictionary with a cheaper insert.
 
     ``WeakValueDictionary.__setitem__`` makes a ``KeyedRef``, whose
@@ -141,12 +141,23 @@ class _ObjectMap(weakref.WeakValueDictionary):  # type: ignore[type-arg]
     made here by the C constructor alone.
     """
 
-    def __setitem__(self, key: bytes, value: Any) -> None:
+    def __setitem__(self, key: bytes, value: PersistentBase) -> None:
         if self._pending_removals:  # type: ignore[attr-defined]
             self._commit_removals()  # type: ignore[attr-defined]
         ref = _ObjectRef(value, self._remove)  # type: ignore[attr-defined]
         ref.key = key
         self.data[key] = ref  # type: ignore[attr-defined]
+
+    def add_all(self, objects: list[PersistentBase]) -> None:
+        """``self[obj._p_oid] = obj`` for each of ``objects`` (a commit's new objects)."""
+        if self._pending_removals:  # type: ignore[attr-defined]
+            self._commit_removals()  # type: ignore[attr-defined]
+        data = self.data  # type: ignore[attr-defined]
+        remove = self._remove  # type: ignore[attr-defined]
+        for obj in objects:
+            ref = _ObjectRef(obj, remove)
+            ref.key = key = _getattribute(obj, "_p_oid")
+            data[key] = ref
 
 
 class Connection:
@@ -248,7 +259,7 @@ class Connection:
         # The tracked class calls this on every first use: the list's own
         # append, so that no Python frame runs (the method below documents it).
         self.note_read = self._reads.append  # type: ignore[method-assign,assignment]
-        self._objects: weakref.WeakValueDictionary[bytes, PersistentBase] = _ObjectMap()
+        self._objects = _ObjectMap()
         self._loaded: dict[bytes, PersistentBase] = {}
         # The record sizes of the loaded objects, for the byte bound of the
         # cache; each object keeps its own in ``_p_size`` (0 when not counted).
@@ -598,11 +609,8 @@ class Connection:
         sizes = {oid: len(data) for oid, data, _refs in records}
         serial = self._transaction_serial
         written: list[PersistentBase] = list(self._changed.values())
-        for obj in writer.attached:
-            written.append(obj)
-            new_oid = obj._p_oid
-            assert new_oid is not None
-            objects[new_oid] = obj
+        objects.add_all(writer.attached)
+        written.extend(writer.attached)
         for obj in written:
             written_oid = obj._p_oid
             assert written_oid is not None

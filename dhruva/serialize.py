@@ -58,6 +58,7 @@ PICKLE_PROTOCOL = 5
 _loads = pickle.loads
 _c_read_pickle_state = speedups.read_pickle_state
 _c_persistent_id = speedups.persistent_id
+_c_attach = speedups.attach
 #: The bound of each per-class cache below (class pickles, verdicts, referencing classes).
 _CLASS_CACHE_MAX = 4096
 
@@ -452,8 +453,16 @@ class PickleSerializer(Serializer):
         # [OBJ-009] The code and the memo-free class pickle, made once per
         # class; then the state by a fresh pickler (clear_memo() would cost
         # time proportional to the largest memo seen so far).
-        prefix = _class_prefix(cls)
-        if cls not in _REFERENCING_CLASSES and _probe_is_sound():
+        prefix = _CLASS_PREFIXES.get(cls) or _class_prefix(cls)
+        if cls not in _REFERENCING_CLASSES and (
+            # _probe_is_sound(), its answer when nothing changed since it last ran
+            (
+                _dispatch_sound
+                and not persistent.reduce_overridden
+                and len(copyreg.dispatch_table) == _dispatch_seen
+            )
+            or _probe_is_sound()
+        ):
             # A state without persistent objects pickles to the same bytes
             # with or without persistent_id; plain dumps makes no Python call
             # per value.  A persistent object inside stops it (ReferenceFound).
@@ -638,9 +647,12 @@ class ObjectWriter:
         if connection is None:
             # [OBJ-006] A new object is stored in the same transaction.
             oid = self.connection.new_oid()
-            object.__setattr__(obj, "_p_oid", oid)
-            object.__setattr__(obj, "_p_connection", self.connection)
-            object.__setattr__(obj, "_p_status", UNSAVED)
+            if _c_attach is not None:
+                _c_attach(obj, oid, self.connection)  # the three slots below, in C
+            else:
+                object.__setattr__(obj, "_p_oid", oid)
+                object.__setattr__(obj, "_p_connection", self.connection)
+                object.__setattr__(obj, "_p_status", UNSAVED)
             self.attached.append(obj)
             self.queue.append(obj)
         elif connection is not self.connection:

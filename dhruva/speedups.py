@@ -25,6 +25,7 @@ from dhruva.record import Record
 __all__ = [
     "ENABLED",
     "PURE_PYTHON_VARIABLE",
+    "attach",
     "encode_transaction",
     "index_offset",
     "install_persistent",
@@ -78,6 +79,9 @@ install_state: Callable[[Any, Any, int, int], int] | None = None
 #: ``mark_saved(obj, serial, size)``: the commit's step for a written object (its real
 #: class, SAVED, ``_p_serial``, ``_p_size``); returns the previous ``_p_size``.
 mark_saved: Callable[[Any, int, int], int] | None = None
+#: ``attach(obj, oid, connection)``: a new object's ``_p_oid``, ``_p_connection`` and
+#: ``_p_status`` UNSAVED, set as ObjectWriter.reference attaches it.
+attach: Callable[[Any, bytes, Any], None] | None = None
 #: ``persistent_id(base, reference, obj)``: ``reference(obj)`` if ``obj`` is a ``base``,
 #: else None (a record pickler's persistent_id, bound with functools.partial).
 persistent_id: Callable[[type, Callable[[Any], Any], Any], Any] | None = None
@@ -104,6 +108,7 @@ def install_persistent(base: type, dict_class: type, unsaved: int, saved: int) -
 if _c is not None:
     install_state = _c.install_state
     mark_saved = _c.mark_saved
+    attach = _c.attach
     persistent_id = _c.persistent_id
     # What read_state itself hands to its fallback when pickle.loads fails.
     _c.configure(Record, pickle.loads, (pickle.UnpicklingError, ImportError, AttributeError))
