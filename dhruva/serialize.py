@@ -636,8 +636,11 @@ class ObjectWriter:
         self.connection = connection
         self.serializer = serializer if serializer is not None else PickleSerializer()
         self._encode = self.serializer.encode
-        self._refs: list[bytes] = []
-        self._ref_set: set[bytes] = set()
+        self._reference = self.reference
+        # The oids the state being encoded references, once each in
+        # first-seen order (a dict of bytes keys: no set beside a list, and
+        # nothing for the garbage collector to track).
+        self._refs: dict[bytes, None] = {}
         self.attached: list[PersistentBase] = []
         self.queue: list[PersistentBase] = []
 
@@ -663,10 +666,8 @@ class ObjectWriter:
             )
         oid = obj._p_oid
         assert oid is not None
-        if oid not in self._ref_set:
-            # [OBJ-005] Each referenced oid once, in first-seen order.
-            self._ref_set.add(oid)
-            self._refs.append(oid)
+        # [OBJ-005] Each referenced oid once, in first-seen order.
+        self._refs[oid] = None
         return (oid, type(obj)._p_class)
 
     def get_state(self, obj: PersistentBase) -> tuple[bytes, bytes]:
@@ -676,12 +677,11 @@ class ObjectWriter:
         state cannot be encoded (OBJ-008), InvalidObjectReference for a
         foreign object.
         """
-        self._refs = []
-        self._ref_set = set()
+        self._refs = {}
         cls = type(obj)._p_class
         state = obj.__getstate__()
         try:
-            data = self._encode(cls, state, self.reference)
+            data = self._encode(cls, state, self._reference)
         except (InvalidObjectReference, SerializationError):
             raise
         except Exception as exc:
