@@ -422,6 +422,352 @@ speedups_encode_transaction(PyObject *module, PyObject *const *args, Py_ssize_t 
     return result;
 }
 
+/* --- plain pickles ------------------------------------------------------------ */
+
+/* plain_loads: pickle.loads for the pickles of plain data, without an
+ * Unpickler object.
+ *
+ * It reads the opcodes pickle protocols 2 to 5 write for None, bools, ints,
+ * floats, strs, bytes, tuples, lists and dicts, with the memo (MEMOIZE,
+ * BINGET, LONG_BINGET) and frames.  It returns 1 and the object in
+ * ``*result``; or 0, no error set, for anything else: another opcode (a
+ * global, a persistent id, a set, ...), a pickle that ends early or is
+ * malformed, or any failure while building (an unhashable key, no memory).
+ * Its caller then runs pickle.loads, whose answer or error is the
+ * authoritative one.  Every object is built as pickle's C unpickler builds
+ * it (PyDict_SetItem for SETITEM(S) into a dict, appends for APPEND(S) into a
+ * list, "surrogatepass" UTF-8 for strs).
+ */
+
+typedef struct {
+    PyObject **items;
+    Py_ssize_t length, capacity;
+} plain_stack;
+
+static int
+plain_push(plain_stack *stack, PyObject *obj) /* steals ``obj`` */
+{
+    if (obj == NULL) {
+        return -1;
+    }
+    if (stack->length == stack->capacity) {
+        Py_ssize_t capacity = stack->capacity * 2;
+        PyObject **items = PyMem_Realloc(stack->items, (size_t)capacity * sizeof(PyObject *));
+        if (items == NULL) {
+            Py_DECREF(obj);
+            return -1;
+        }
+        stack->items = items;
+        stack->capacity = capacity;
+    }
+    stack->items[stack->length++] = obj;
+    return 0;
+}
+
+static void
+plain_clear(plain_stack *stack)
+{
+    for (Py_ssize_t i = 0; i < stack->length; i++) {
+        Py_DECREF(stack->items[i]);
+    }
+    PyMem_Free(stack->items);
+}
+
+static inline uint64_t
+get_le(const unsigned char *p, int size)
+{
+    uint64_t value = 0;
+    for (int i = size - 1; i >= 0; i--) {
+        value = value << 8 | p[i];
+    }
+    return value;
+}
+
+#define PLAIN_INLINE 32
+
+static int
+plain_loads(const unsigned char *p, Py_ssize_t n, PyObject **result)
+{
+    plain_stack stack = {NULL, 0, PLAIN_INLINE};
+    plain_stack memo = {NULL, 0, PLAIN_INLINE};
+    Py_ssize_t marks[PLAIN_INLINE];
+    int mark_count = 0;
+    int handled = 0;
+    Py_ssize_t pos = 0;
+    stack.items = PyMem_Malloc(PLAIN_INLINE * sizeof(PyObject *));
+    memo.items = PyMem_Malloc(PLAIN_INLINE * sizeof(PyObject *));
+    if (stack.items == NULL || memo.items == NULL) {
+        goto done;
+    }
+#define NEED(k)                                                                                   \
+    do {                                                                                          \
+        if (n - pos < (Py_ssize_t)(k)) {                                                          \
+            goto done;                                                                            \
+        }                                                                                         \
+    } while (0)
+#define PUSH(obj)                                                                                 \
+    do {                                                                                          \
+        if (plain_push(&stack, (obj)) < 0) {                                                      \
+            goto done;                                                                            \
+        }                                                                                         \
+    } while (0)
+    while (pos < n) {
+        unsigned char op = p[pos++];
+        Py_ssize_t length;
+        switch (op) {
+        case 0x80: /* PROTO */
+            NEED(1);
+            if (p[pos] < 2 || p[pos] > 5) {
+                goto done;
+            }
+            pos += 1;
+            break;
+        case 0x95: /* FRAME */
+            NEED(8);
+            if (get_le(p + pos, 8) > (uint64_t)(n - pos - 8)) {
+                goto done;
+            }
+            pos += 8;
+            break;
+        case '.': /* STOP */
+            if (stack.length != 1 || mark_count != 0) {
+                goto done;
+            }
+            *result = stack.items[0];
+            stack.length = 0;
+            handled = 1;
+            goto done;
+        case 'N':
+            PUSH(Py_NewRef(Py_None));
+            break;
+        case 0x88: /* NEWTRUE */
+            PUSH(Py_NewRef(Py_True));
+            break;
+        case 0x89: /* NEWFALSE */
+            PUSH(Py_NewRef(Py_False));
+            break;
+        case 'K': /* BININT1 */
+            NEED(1);
+            PUSH(PyLong_FromLong(p[pos]));
+            pos += 1;
+            break;
+        case 'M': /* BININT2 */
+            NEED(2);
+            PUSH(PyLong_FromLong((long)get_le(p + pos, 2)));
+            pos += 2;
+            break;
+        case 'J': /* BININT */
+            NEED(4);
+            PUSH(PyLong_FromLong((long)(int32_t)(uint32_t)get_le(p + pos, 4)));
+            pos += 4;
+            break;
+        case 0x8a: /* LONG1 */
+            NEED(1);
+            length = p[pos];
+            pos += 1;
+            NEED(length);
+            PUSH(length == 0 ? PyLong_FromLong(0)
+                             : _PyLong_FromByteArray(p + pos, (size_t)length, 1, 1));
+            pos += length;
+            break;
+        case 'G': /* BINFLOAT */
+        {
+            NEED(8);
+            double value = PyFloat_Unpack8((const char *)p + pos, 0);
+            if (value == -1.0 && PyErr_Occurred()) {
+                goto done;
+            }
+            PUSH(PyFloat_FromDouble(value));
+            pos += 8;
+            break;
+        }
+        case 0x8c: /* SHORT_BINUNICODE */
+        case 'X':  /* BINUNICODE */
+        case 0x8d: /* BINUNICODE8 */
+        case 'C':  /* SHORT_BINBYTES */
+        case 'B':  /* BINBYTES */
+        case 0x8e: /* BINBYTES8 */
+        {
+            int size = (op == 0x8c || op == 'C') ? 1 : (op == 'X' || op == 'B') ? 4 : 8;
+            NEED(size);
+            uint64_t declared = get_le(p + pos, size);
+            pos += size;
+            if (declared > (uint64_t)(n - pos)) {
+                goto done;
+            }
+            length = (Py_ssize_t)declared;
+            if (op == 0x8c || op == 'X' || op == 0x8d) {
+                PUSH(PyUnicode_DecodeUTF8((const char *)p + pos, length, "surrogatepass"));
+            }
+            else {
+                PUSH(PyBytes_FromStringAndSize((const char *)p + pos, length));
+            }
+            pos += length;
+            break;
+        }
+        case '}': /* EMPTY_DICT */
+            PUSH(PyDict_New());
+            break;
+        case ']': /* EMPTY_LIST */
+            PUSH(PyList_New(0));
+            break;
+        case ')': /* EMPTY_TUPLE */
+            PUSH(PyTuple_New(0));
+            break;
+        case '(': /* MARK */
+            if (mark_count == PLAIN_INLINE) {
+                goto done;
+            }
+            marks[mark_count++] = stack.length;
+            break;
+        case 0x85: /* TUPLE1 */
+        case 0x86: /* TUPLE2 */
+        case 0x87: /* TUPLE3 */
+        case 't':  /* TUPLE */
+        {
+            Py_ssize_t start;
+            if (op == 't') {
+                if (mark_count == 0) {
+                    goto done;
+                }
+                start = marks[--mark_count];
+            }
+            else {
+                start = stack.length - (op - 0x84);
+            }
+            if (start < 0 || (mark_count > 0 && start < marks[mark_count - 1])) {
+                goto done;
+            }
+            PyObject *tuple = PyTuple_New(stack.length - start);
+            if (tuple == NULL) {
+                goto done;
+            }
+            for (Py_ssize_t i = start; i < stack.length; i++) {
+                PyTuple_SET_ITEM(tuple, i - start, stack.items[i]);
+            }
+            stack.length = start;
+            PUSH(tuple);
+            break;
+        }
+        case 'a': /* APPEND */
+        case 'e': /* APPENDS */
+        {
+            Py_ssize_t start;
+            if (op == 'e') {
+                if (mark_count == 0) {
+                    goto done;
+                }
+                start = marks[--mark_count];
+            }
+            else {
+                start = stack.length - 1;
+            }
+            if (start < 1 || (mark_count > 0 && start - 1 < marks[mark_count - 1])) {
+                goto done;
+            }
+            PyObject *list = stack.items[start - 1];
+            if (!PyList_CheckExact(list)) {
+                goto done;
+            }
+            for (Py_ssize_t i = start; i < stack.length; i++) {
+                if (PyList_Append(list, stack.items[i]) < 0) {
+                    goto done;
+                }
+            }
+            for (Py_ssize_t i = start; i < stack.length; i++) {
+                Py_DECREF(stack.items[i]);
+            }
+            stack.length = start;
+            break;
+        }
+        case 's': /* SETITEM */
+        case 'u': /* SETITEMS */
+        {
+            Py_ssize_t start;
+            if (op == 'u') {
+                if (mark_count == 0) {
+                    goto done;
+                }
+                start = marks[--mark_count];
+            }
+            else {
+                start = stack.length - 2;
+            }
+            if (start < 1 || (stack.length - start) % 2 != 0 ||
+                (mark_count > 0 && start - 1 < marks[mark_count - 1])) {
+                goto done;
+            }
+            PyObject *dict = stack.items[start - 1];
+            if (!PyDict_CheckExact(dict)) {
+                goto done;
+            }
+            for (Py_ssize_t i = start; i < stack.length; i += 2) {
+                if (PyDict_SetItem(dict, stack.items[i], stack.items[i + 1]) < 0) {
+                    goto done;
+                }
+            }
+            for (Py_ssize_t i = start; i < stack.length; i++) {
+                Py_DECREF(stack.items[i]);
+            }
+            stack.length = start;
+            break;
+        }
+        case 0x94: /* MEMOIZE */
+            if (stack.length == 0 || (mark_count > 0 && stack.length == marks[mark_count - 1])) {
+                goto done;
+            }
+            if (plain_push(&memo, Py_NewRef(stack.items[stack.length - 1])) < 0) {
+                goto done;
+            }
+            break;
+        case 'h': /* BINGET */
+        case 'j': /* LONG_BINGET */
+        {
+            int size = op == 'h' ? 1 : 4;
+            NEED(size);
+            uint64_t index = get_le(p + pos, size);
+            pos += size;
+            if (index >= (uint64_t)memo.length) {
+                goto done;
+            }
+            PUSH(Py_NewRef(memo.items[index]));
+            break;
+        }
+        default:
+            goto done;
+        }
+    }
+done:
+#undef NEED
+#undef PUSH
+    if (stack.items != NULL) {
+        plain_clear(&stack);
+    }
+    if (memo.items != NULL) {
+        plain_clear(&memo);
+    }
+    if (!handled) {
+        PyErr_Clear(); /* whatever went wrong, pickle.loads decides it */
+    }
+    return handled;
+}
+
+/* plain_loads(data) -> (True, object) | (False, None): the function above, for the tests. */
+static PyObject *
+speedups_plain_loads(PyObject *module, PyObject *arg)
+{
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "plain_loads() takes bytes");
+        return NULL;
+    }
+    PyObject *result = NULL;
+    if (plain_loads((const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg),
+                    &result)) {
+        return Py_BuildValue("(ON)", Py_True, result);
+    }
+    return Py_BuildValue("(OO)", Py_False, Py_None);
+}
+
 /* read_pickle_state(class_pickles, fallback, data, refs) -> state
  *
  * PickleDecoder.read_state's fast case for an unrestricted reader: a record
@@ -465,12 +811,16 @@ speedups_read_pickle_state(PyObject *module, PyObject *const *args, Py_ssize_t n
                     return NULL;
                 }
                 if (memo_free == Py_True) {
+                    PyObject *state;
+                    if (plain_loads(p + end, length - end, &state)) {
+                        return state;
+                    }
                     PyObject *state_pickle =
                         PyBytes_FromStringAndSize((const char *)p + end, length - end);
                     if (state_pickle == NULL) {
                         return NULL;
                     }
-                    PyObject *state = PyObject_CallOneArg(pickle_loads, state_pickle);
+                    state = PyObject_CallOneArg(pickle_loads, state_pickle);
                     Py_DECREF(state_pickle);
                     if (state != NULL || !PyErr_ExceptionMatches(loads_errors)) {
                         return state;
@@ -876,6 +1226,8 @@ static PyMethodDef speedups_methods[] = {
     {"crc32", speedups_crc32, METH_VARARGS, "crc32(data, value=0): zlib.crc32's checksum."},
     {"configure", speedups_configure, METH_VARARGS,
      "configure(Record, pickle.loads, errors): what the functions below build and call."},
+    {"plain_loads", speedups_plain_loads, METH_O,
+     "plain_loads(data) -> (True, obj) | (False, None): pickle.loads of plain data, or not"},
     {"read_pickle_state", (PyCFunction)(void (*)(void))speedups_read_pickle_state,
      METH_FASTCALL, "read_pickle_state(class_pickles, fallback, data, refs) -> state"},
     {"read_record", (PyCFunction)(void (*)(void))speedups_read_record, METH_FASTCALL,
