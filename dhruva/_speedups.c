@@ -1011,8 +1011,10 @@ speedups_persistent_new(PyObject *module, PyObject *const *args, Py_ssize_t narg
 static PyObject *
 persistent_setattr(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2 || !PyUnicode_CheckExact(args[0])) {
-        /* A name that is not an exact str: the Python original says what happens. */
+    if (nargs != 2 || !PyUnicode_CheckExact(args[0]) || !PyObject_TypeCheck(self, persistent_base)) {
+        /* A name that is not an exact str, or an object that is not persistent
+         * (PersistentBase.__setattr__(other, ...)): the Python original says
+         * what happens. */
         PyObject *stack[3] = {self, nargs > 0 ? args[0] : NULL, nargs > 1 ? args[1] : NULL};
         return PyObject_Vectorcall(python_setattr, stack, nargs + 1, NULL);
     }
@@ -1067,7 +1069,10 @@ speedups_setattr_descriptor(PyObject *module, PyObject *arg)
         PyErr_SetString(PyExc_TypeError, "setattr_descriptor() takes the configured PersistentBase");
         return NULL;
     }
-    return PyDescr_NewMethod(persistent_base, &persistent_setattr_def);
+    /* A descriptor of object's, so that its type check lets every object
+     * through to persistent_setattr, which hands the ones that are not
+     * persistent to the Python original (as the Python method would take them). */
+    return PyDescr_NewMethod(&PyBaseObject_Type, &persistent_setattr_def);
 }
 
 /* persistent_id(base, reference, obj) -> reference(obj) | None

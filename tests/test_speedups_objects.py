@@ -1,0 +1,334 @@
+"""The C versions of the object model's and the loader's steps behave as the Python ones.
+
+Theory of operation.  ``dhruva.speedups.install_persistent`` gives
+PersistentBase a C ``__new__`` and ``__setattr__``; the Connection ends a load
+with ``install_state`` and a commit with ``mark_saved``; ObjectWriter attaches
+a new object with ``attach`` and pickles with the C ``persistent_id``; and
+``read_pickle_state`` reads a plain state pickle with ``plain_loads``
+(tests/test_speedups.py covers the other functions).  The behaviour tests
+here pass on both paths -- ``nox -s tests`` runs them with the extension and
+``nox -s tests_bare`` without it -- so they pin the C versions to what the
+Python ones do; the tests marked ``needs_c`` look at the C functions directly
+(``plain_loads`` against ``pickle.loads``, byte by byte).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import random
+import sys
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dhruva import speedups
+from dhruva.connection import Connection
+from dhruva.error import SerializationError
+from dhruva.persistent import GHOST, SAVED, UNSAVED, Persistent, PersistentBase, PersistentObject
+from dhruva.storage import MemoryStorage
+
+_c: Any = importlib.import_module("dhruva._speedups") if speedups.ENABLED else None
+
+needs_c = pytest.mark.skipif(
+    _c is None,
+    reason="the C extension dhruva._speedups is not in use (not built, or "
+    f"{speedups.PURE_PYTHON_VARIABLE} is set)",
+)
+
+
+class Item(Persistent):
+    def __init__(self, a: Any = None) -> None:
+        self.a = a
+
+
+class Slotted(PersistentObject):
+    __slots__ = ("x", "y")
+
+
+class OwnNew(Persistent):
+    def __new__(cls, *args: Any, **kwargs: Any) -> OwnNew:
+        self = super().__new__(cls, *args, **kwargs)
+        self.made_by = "OwnNew.__new__"
+        return self
+
+    def __init__(self, a: Any) -> None:
+        self.a = a
+
+
+class Counting(Persistent):
+    """A state set through a __setstate__ of its own."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.__dict__["restored"] = True
+
+
+class Refusing(Persistent):
+    fail = False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if Refusing.fail:
+            raise ValueError("this state is refused")
+        super().__setstate__(state)
+
+
+def _fresh(obj: PersistentBase) -> tuple[Any, ...]:
+    get = object.__getattribute__
+    return tuple(
+        get(obj, name) for name in ("_p_status", "_p_serial", "_p_size", "_p_oid", "_p_connection")
+    )
+
+
+@pytest.mark.req("CONV-006")
+@pytest.mark.parametrize("cls", [Item, Slotted, OwnNew])
+def test_a_new_object_starts_unsaved_with_no_oid_or_connection(cls: type) -> None:
+    obj = cls.__new__(cls) if cls is not OwnNew else cls(1)
+    assert _fresh(obj) == (UNSAVED, 0, 0, None, None)
+    assert type(obj) is cls
+
+
+def test_new_ignores_its_arguments_as_object_new_would_not() -> None:
+    # PersistentBase.__new__ takes and drops the constructor's arguments.
+    assert Item.__new__(Item, 1, 2, key=3)._p_status == UNSAVED
+    assert OwnNew(5).made_by == "OwnNew.__new__"
+
+
+@pytest.mark.req("CONV-008")
+def test_the_c_versions_are_installed_exactly_when_the_extension_is_in_use() -> None:
+    new = PersistentBase.__dict__["__new__"]
+    setattr_ = PersistentBase.__dict__["__setattr__"]
+    if speedups.ENABLED:
+        assert type(new.__func__).__name__ == "builtin_function_or_method"
+        assert type(setattr_).__name__ == "method_descriptor"
+    else:
+        assert type(new.__func__).__name__ == "function"
+        assert type(setattr_).__name__ == "function"
+
+
+@pytest.mark.req("CONV-006")
+def test_assigning_to_a_saved_object_notes_the_change_once() -> None:
+    connection = Connection(MemoryStorage())
+    root = connection.get_root()
+    root["item"] = item = Item(1)
+    connection.commit()
+    assert item._p_status == SAVED and not connection.changed
+    item.a = 2
+    assert item._p_status == UNSAVED
+    assert list(connection.changed.values()) == [item]
+    item.b = 3  # already changed: noted once
+    assert list(connection.changed.values()) == [item]
+    connection.commit()
+    assert item._p_status == SAVED
+
+
+def test_assigning_a_p_name_notes_nothing() -> None:
+    connection = Connection(MemoryStorage())
+    connection.get_root()["item"] = item = Item(1)
+    connection.commit()
+    item._p_size = 7
+    assert item._p_status == SAVED and not connection.changed
+
+
+@pytest.mark.req("CONV-006")
+def test_assigning_to_a_ghost_loads_it_first() -> None:
+    storage = MemoryStorage()
+    first = Connection(storage)
+    first.get_root()["item"] = Item({"k": 1})
+    first.commit()
+    item = Connection(storage).get_root()["item"]
+    assert item._p_status == GHOST
+    item.b = 2
+    assert item._p_status == UNSAVED
+    assert item.a == {"k": 1} and item.b == 2
+
+
+class Name(str):
+    pass
+
+
+def test_an_attribute_name_that_is_not_an_exact_str() -> None:
+    item = Item(1)
+    # A str subclass goes to the Python original, which stores it as CPython does.
+    setattr(item, Name("c"), 3)
+    assert item.c == 3
+    with pytest.raises(TypeError):
+        item.__setattr__(5, 3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        PersistentBase.__setattr__(item)  # type: ignore[call-arg]
+
+
+def test_setattr_of_an_object_that_is_not_persistent_fails_as_in_python() -> None:
+    class Plain:
+        pass
+
+    with pytest.raises(AttributeError, match="_p_status"):
+        PersistentBase.__setattr__(Plain(), "a", 1)  # type: ignore[arg-type]
+
+
+@pytest.mark.req("CONV-006")
+def test_a_load_installs_the_state_whatever_the_class_sets_it_with() -> None:
+    storage = MemoryStorage()
+    first = Connection(storage)
+    root = first.get_root()
+    root["plain"] = Item(1)
+    root["own"] = own = Counting()
+    own.a = 2
+    root["slots"] = slotted = Slotted()
+    slotted.x = 3
+    first.commit()
+    second = Connection(storage)
+    loaded = second.get_root()
+    assert loaded["plain"].a == 1 and loaded["plain"]._p_status == SAVED
+    assert loaded["own"].a == 2 and loaded["own"].restored is True
+    assert loaded["slots"].x == 3 and not hasattr(loaded["slots"], "y")
+    key = next(k for k in loaded["plain"].__dict__ if k == "a")
+    assert sys.intern(key) is key  # interned, as the Python __setstate__ does
+
+
+@pytest.mark.req("CONV-006")
+def test_a_state_the_class_refuses_leaves_a_ghost_and_the_error() -> None:
+    storage = MemoryStorage()
+    first = Connection(storage)
+    first.get_root()["item"] = Refusing()
+    first.commit()
+    second = Connection(storage)
+    item = second.get_root()["item"]
+    Refusing.fail = True
+    try:
+        with pytest.raises(ValueError, match="refused"):
+            item.a  # noqa: B018
+        assert item._p_status == GHOST
+    finally:
+        Refusing.fail = False
+    assert item.__dict__ == {} or item._p_status == SAVED  # loads fine the next time
+    assert item._p_status == SAVED
+
+
+@pytest.mark.req("CONV-006")
+def test_a_commit_marks_new_and_changed_objects_saved_with_their_sizes() -> None:
+    connection = Connection(MemoryStorage())
+    root = connection.get_root()
+    root["a"] = first = Item("x" * 100)
+    connection.commit()
+    size = first._p_size
+    assert first._p_status == SAVED and size > 100
+    first.a = "y"
+    root["b"] = second = Item(2)
+    connection.commit()
+    assert first._p_status == second._p_status == SAVED
+    assert first._p_size < size and second._p_size > 0
+    assert first._p_oid is not None and second._p_connection is connection
+    assert connection.get(second._p_oid) is second
+
+
+class Proxy:
+    """An object that says it is an Item (isinstance follows ``__class__``)."""
+
+    @property  # type: ignore[misc]
+    def __class__(self) -> type:
+        return Item
+
+
+def test_persistent_id_follows_isinstance_as_the_python_one_does() -> None:
+    connection = Connection(MemoryStorage())
+    root = connection.get_root()
+    root["item"] = Item([1, "two", 3.0, None])
+    connection.commit()
+    assert root["item"]._p_oid is not None
+    root["proxy"] = Proxy()
+    # Both versions take the proxy for a persistent object and fail on it alike.
+    with pytest.raises(SerializationError) as failure:
+        connection.commit()
+    assert isinstance(failure.value.__cause__, AttributeError)
+    assert "_p_connection" in str(failure.value.__cause__)
+    connection.abort()
+
+
+# -- plain_loads ------------------------------------------------------------------------------
+
+_leaf = (
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text() | st.binary()
+)
+_plain = st.recursive(
+    _leaf,
+    lambda children: (
+        st.lists(children)
+        | st.tuples(children)
+        | st.tuples(children, children)
+        | st.tuples(children, children, children)
+        | st.lists(children, min_size=4).map(tuple)
+        | st.dictionaries(st.text() | st.integers(), children)
+    ),
+    max_leaves=25,
+)
+
+
+@needs_c
+@pytest.mark.req("CONV-006", "CONV-007")
+@settings(max_examples=400, deadline=None)
+@given(_plain, st.sampled_from([4, 5]))
+def test_plain_loads_reads_what_pickle_loads_reads(value: Any, protocol: int) -> None:
+    data = pickle.dumps(value, protocol)
+    handled, got = _c.plain_loads(data)
+    assert handled, f"protocol {protocol} plain data left to pickle: {data!r}"
+    expected = pickle.loads(data)
+    assert repr(got) == repr(expected)
+    assert type(got) is type(expected)
+
+
+@needs_c
+def test_plain_loads_keeps_shared_objects_shared() -> None:
+    shared = [1, 2]
+    handled, got = _c.plain_loads(pickle.dumps({"x": shared, "y": shared, "z": (shared,)}, 5))
+    assert handled
+    assert got["x"] is got["y"] is got["z"][0]
+
+
+@needs_c
+@pytest.mark.req("CONV-007")
+@pytest.mark.parametrize(
+    "value",
+    [{1, 2}, frozenset([3]), Item, bytearray(b"x"), 1 + 2j, [Name("a")]],
+    ids=["set", "frozenset", "class", "bytearray", "complex", "str-subclass"],
+)
+def test_plain_loads_leaves_anything_else_to_pickle(value: Any) -> None:
+    assert _c.plain_loads(pickle.dumps(value, 5)) == (False, None)
+
+
+@needs_c
+@pytest.mark.req("CONV-007")
+@pytest.mark.parametrize("protocol", [0, 1, 2, 3])
+def test_plain_loads_leaves_older_protocols_to_pickle(protocol: int) -> None:
+    # Protocols before 4 memoize with PUT opcodes, which plain_loads does not read.
+    assert _c.plain_loads(pickle.dumps({"a": [1]}, protocol)) == (False, None)
+
+
+@needs_c
+@pytest.mark.req("CONV-007")
+def test_plain_loads_never_accepts_what_pickle_refuses() -> None:
+    value = {"a": 12345, "b": "item", "c": 0.5, "d": [1, 2, 3], "e": (None, True, b"x" * 300)}
+    data = pickle.dumps(value, 5)
+    for cut in range(len(data)):
+        assert _c.plain_loads(data[:cut]) == (False, None), cut
+    rng = random.Random(7)
+    accepted = 0
+    for _ in range(5000):
+        damaged = bytearray(data)
+        for _flip in range(rng.randint(1, 3)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        handled, got = _c.plain_loads(bytes(damaged))
+        if handled:
+            accepted += 1
+            expected = pickle.loads(bytes(damaged))  # raises if pickle refuses it
+            assert repr(got) == repr(expected)
+    assert accepted > 0  # the damage hit values as well as structure
+
+
+@needs_c
+def test_plain_loads_reads_big_and_negative_ints_and_special_floats() -> None:
+    value = [2**64 + 5, -(2**70), -1, 255, 256, 65535, 65536, -(2**31), float("inf"), -0.0]
+    handled, got = _c.plain_loads(pickle.dumps(value, 5))
+    assert handled and repr(got) == repr(value)
