@@ -891,6 +891,10 @@ speedups_set_dict_state(PyObject *module, PyObject *const *args, Py_ssize_t narg
 static PyTypeObject *persistent_base = NULL;
 static PyObject *dict_state_setstate = NULL; /* Persistent.__setstate__, the Python function */
 static PyObject *python_setattr = NULL;      /* PersistentBase.__setattr__, the Python function */
+static PyObject *python_ghost_getattribute = NULL;   /* persistent._ghost_getattribute */
+static PyObject *python_tracked_getattribute = NULL; /* persistent._tracked_getattribute */
+static PyObject *str_load_state = NULL;
+static PyObject *str_note_read = NULL;
 static PyObject *value_unsaved = NULL;
 static PyObject *value_saved = NULL;
 static PyObject *str_p_note_change = NULL;
@@ -929,10 +933,10 @@ slot_set(PyObject *obj, Py_ssize_t offset, PyObject *value)
 static PyObject *
 speedups_configure_persistent(PyObject *module, PyObject *args)
 {
-    PyObject *base, *dict_class, *setstate, *setattr_function, *unsaved, *saved;
-    if (!PyArg_ParseTuple(args, "O!O!OOOO:configure_persistent", &PyType_Type, &base,
+    PyObject *base, *dict_class, *setstate, *setattr_function, *unsaved, *saved, *ghost, *tracked;
+    if (!PyArg_ParseTuple(args, "O!O!OOOOOO:configure_persistent", &PyType_Type, &base,
                           &PyType_Type, &dict_class, &setstate, &setattr_function, &unsaved,
-                          &saved)) {
+                          &saved, &ghost, &tracked)) {
         return NULL;
     }
     PyTypeObject *type = (PyTypeObject *)base;
@@ -949,8 +953,10 @@ speedups_configure_persistent(PyObject *module, PyObject *args)
         str_setstate = PyUnicode_InternFromString("__setstate__");
         str_class = PyUnicode_InternFromString("__class__");
         str_p_class = PyUnicode_InternFromString("_p_class");
+        str_load_state = PyUnicode_InternFromString("load_state");
+        str_note_read = PyUnicode_InternFromString("note_read");
         if (str_p_note_change == NULL || str_setstate == NULL || str_class == NULL ||
-            str_p_class == NULL) {
+            str_p_class == NULL || str_load_state == NULL || str_note_read == NULL) {
             return NULL;
         }
     }
@@ -965,6 +971,10 @@ speedups_configure_persistent(PyObject *module, PyObject *args)
     Py_XSETREF(dict_state_setstate, setstate);
     Py_INCREF(setattr_function);
     Py_XSETREF(python_setattr, setattr_function);
+    Py_INCREF(ghost);
+    Py_XSETREF(python_ghost_getattribute, ghost);
+    Py_INCREF(tracked);
+    Py_XSETREF(python_tracked_getattribute, tracked);
     Py_INCREF(unsaved);
     Py_XSETREF(value_unsaved, unsaved);
     Py_INCREF(saved);
@@ -1007,6 +1017,14 @@ speedups_persistent_new(PyObject *module, PyObject *const *args, Py_ssize_t narg
     return self;
 }
 
+/* Whether ``name`` (an exact str) starts with "_p_". */
+static inline int
+is_p_name(PyObject *name)
+{
+    return PyUnicode_GET_LENGTH(name) >= 3 && PyUnicode_READ_CHAR(name, 0) == '_' &&
+           PyUnicode_READ_CHAR(name, 1) == 'p' && PyUnicode_READ_CHAR(name, 2) == '_';
+}
+
 /* PersistentBase.__setattr__(self, name, value), as a method descriptor. */
 static PyObject *
 persistent_setattr(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
@@ -1019,9 +1037,7 @@ persistent_setattr(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         return PyObject_Vectorcall(python_setattr, stack, nargs + 1, NULL);
     }
     PyObject *name = args[0];
-    int is_p = PyUnicode_GET_LENGTH(name) >= 3 && PyUnicode_READ_CHAR(name, 0) == '_' &&
-               PyUnicode_READ_CHAR(name, 1) == 'p' && PyUnicode_READ_CHAR(name, 2) == '_';
-    if (!is_p) {
+    if (!is_p_name(name)) {
         PyObject *status = SLOT(self, off_status);
         int changed;
         if (status == NULL) {
@@ -1155,6 +1171,99 @@ speedups_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* The ghost class's __getattribute__ (persistent._ghost_getattribute): a _p_
+ * name is read as it is; any other loads the state first, through the
+ * object's connection. */
+static PyObject *
+ghost_getattribute(PyObject *self, PyObject *name)
+{
+    PyObject *connection;
+    if (!PyUnicode_CheckExact(name) || !PyObject_TypeCheck(self, persistent_base) ||
+        (connection = SLOT(self, off_connection)) == NULL || connection == Py_None) {
+        /* The Python original says what happens (it raises, for a ghost without a
+         * connection). */
+        return PyObject_CallFunctionObjArgs(python_ghost_getattribute, self, name, NULL);
+    }
+    if (is_p_name(name)) {
+        return PyObject_GenericGetAttr(self, name);
+    }
+    if (PyUnicode_CompareWithASCIIString(name, "__class__") == 0) {
+        return PyObject_GetAttr((PyObject *)Py_TYPE(self), str_p_class);
+    }
+    Py_INCREF(connection);
+    PyObject *result = PyObject_CallMethodOneArg(connection, str_load_state, self);
+    Py_DECREF(connection);
+    if (result == NULL) {
+        return NULL;
+    }
+    Py_DECREF(result);
+    return PyObject_GetAttr(self, name);
+}
+
+/* The tracked class's __getattribute__ (persistent._tracked_getattribute): the
+ * real class back, the first use noted with the connection (note_read). */
+static PyObject *
+tracked_getattribute(PyObject *self, PyObject *name)
+{
+    PyObject *connection;
+    if (!PyUnicode_CheckExact(name) || !PyObject_TypeCheck(self, persistent_base) ||
+        (connection = SLOT(self, off_connection)) == NULL) {
+        return PyObject_CallFunctionObjArgs(python_tracked_getattribute, self, name, NULL);
+    }
+    if (is_p_name(name)) {
+        return PyObject_GenericGetAttr(self, name);
+    }
+    PyObject *real = PyObject_GetAttr((PyObject *)Py_TYPE(self), str_p_class);
+    if (real == NULL) {
+        return NULL;
+    }
+    int failed = PyObject_GenericSetAttr(self, str_class, real);
+    Py_DECREF(real);
+    if (failed < 0) {
+        return NULL;
+    }
+    if (connection != Py_None) {
+        Py_INCREF(connection);
+        PyObject *result = PyObject_CallMethodOneArg(connection, str_note_read, self);
+        Py_DECREF(connection);
+        if (result == NULL) {
+            return NULL;
+        }
+        Py_DECREF(result);
+    }
+    return PyObject_GetAttr(self, name);
+}
+
+static PyMethodDef ghost_getattribute_def = {
+    "__getattribute__", (PyCFunction)ghost_getattribute, METH_O,
+    "Load the state first (a ghost), then return the attribute.",
+};
+
+static PyMethodDef tracked_getattribute_def = {
+    "__getattribute__", (PyCFunction)tracked_getattribute, METH_O,
+    "Note the first use with the connection (tracked), then return the attribute.",
+};
+
+/* getattribute_descriptors() -> (ghost, tracked): the two __getattribute__ hooks in C. */
+static PyObject *
+speedups_getattribute_descriptors(PyObject *module, PyObject *unused)
+{
+    if (persistent_base == NULL) {
+        PyErr_SetString(PyExc_TypeError, "getattribute_descriptors(), once configured");
+        return NULL;
+    }
+    /* Descriptors of object's, as for __setattr__: every object reaches the C
+     * function, which hands anything unusual to the Python original. */
+    PyObject *ghost = PyDescr_NewMethod(&PyBaseObject_Type, &ghost_getattribute_def);
+    PyObject *tracked = PyDescr_NewMethod(&PyBaseObject_Type, &tracked_getattribute_def);
+    if (ghost == NULL || tracked == NULL) {
+        Py_XDECREF(ghost);
+        Py_XDECREF(tracked);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", ghost, tracked);
+}
+
 /* install_state(obj, state, serial, size) -> the previous _p_size
  *
  * Connection.load_state's end for a ghost ``obj``: its real class back,
@@ -1243,9 +1352,11 @@ static PyMethodDef speedups_methods[] = {
      METH_FASTCALL, "encode_transaction(tid, time_us, records, version) -> bytes | None"},
     {"configure_persistent", speedups_configure_persistent, METH_VARARGS,
      "configure_persistent(PersistentBase, Persistent, Persistent.__setstate__, "
-     "PersistentBase.__setattr__, UNSAVED, SAVED)"},
+     "PersistentBase.__setattr__, UNSAVED, SAVED, ghost and tracked __getattribute__)"},
     {"persistent_new", (PyCFunction)(void (*)(void))speedups_persistent_new,
      METH_FASTCALL | METH_KEYWORDS, "persistent_new(cls, *args, **kwargs): PersistentBase.__new__"},
+    {"getattribute_descriptors", speedups_getattribute_descriptors, METH_NOARGS,
+     "getattribute_descriptors() -> (ghost, tracked): the __getattribute__ hooks in C"},
     {"setattr_descriptor", speedups_setattr_descriptor, METH_O,
      "setattr_descriptor(PersistentBase): its __setattr__ as a C method descriptor"},
     {"install_state", (PyCFunction)(void (*)(void))speedups_install_state, METH_FASTCALL,

@@ -112,6 +112,14 @@ def _tracked_getattribute(self: PersistentBase, name: str) -> Any:
     return getattr(self, name)
 
 
+#: The hidden classes' ``__getattribute__``: ghost, tracked (the C versions
+#: once dhruva.speedups installed them, below Persistent).
+_getattribute_hooks: tuple[Callable[..., Any], Callable[..., Any]] = (
+    _ghost_getattribute,
+    _tracked_getattribute,
+)
+
+
 def _hidden_subclass(real: type, kind: str, getattribute: Callable[..., Any]) -> type:
     namespace = {
         "__slots__": (),
@@ -171,8 +179,9 @@ class PersistentBase:
                     "for slots"
                 )
         cls._p_class = cls
-        cls._p_ghost_class = _hidden_subclass(cls, "ghost", _ghost_getattribute)
-        cls._p_tracked_class = _hidden_subclass(cls, "tracked", _tracked_getattribute)
+        ghost_hook, tracked_hook = _getattribute_hooks
+        cls._p_ghost_class = _hidden_subclass(cls, "ghost", ghost_hook)
+        cls._p_tracked_class = _hidden_subclass(cls, "tracked", tracked_hook)
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Any:
         self = object.__new__(cls)
@@ -329,9 +338,17 @@ class Persistent(PersistentBase):
 
 _dict_state_base = Persistent
 
-# The C versions of __new__ and __setattr__, when dhruva.speedups has them;
-# the Python ones above stay the reference.
-speedups.install_persistent(PersistentBase, Persistent, UNSAVED, SAVED)
+# The C versions of __new__, __setattr__ and the hidden classes'
+# __getattribute__ hooks, when dhruva.speedups has them; the Python ones
+# above stay the reference.
+_c_hooks = speedups.install_persistent(
+    PersistentBase, Persistent, UNSAVED, SAVED, _ghost_getattribute, _tracked_getattribute
+)
+if _c_hooks is not None:
+    _getattribute_hooks = _c_hooks
+    # Persistent's hidden classes were made before the hooks were known.
+    Persistent._p_ghost_class.__getattribute__ = _c_hooks[0]  # type: ignore[method-assign]
+    Persistent._p_tracked_class.__getattribute__ = _c_hooks[1]  # type: ignore[method-assign]
 
 
 def _state_slot_names(cls: type) -> tuple[str, ...]:

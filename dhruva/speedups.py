@@ -87,22 +87,41 @@ attach: Callable[[Any, bytes, Any], None] | None = None
 persistent_id: Callable[[type, Callable[[Any], Any], Any], Any] | None = None
 
 
-def install_persistent(base: type, dict_class: type, unsaved: int, saved: int) -> bool:
-    """Give ``base`` (PersistentBase) the C ``__new__`` and ``__setattr__``; False without C.
+def install_persistent(
+    base: type,
+    dict_class: type,
+    unsaved: int,
+    saved: int,
+    ghost_getattribute: Callable[[Any, str], Any],
+    tracked_getattribute: Callable[[Any, str], Any],
+) -> tuple[Any, Any] | None:
+    """Give ``base`` (PersistentBase) the C ``__new__`` and ``__setattr__``; None without C.
 
     dhruva.persistent calls it once, after defining ``base`` and ``dict_class``
-    (Persistent).  The C ``__setattr__`` hands a name that is not an exact
-    str to the Python original, and the C ``install_state`` does what
-    ``dict_class.__setstate__`` does only for that very function.
+    (Persistent), with its two hidden classes' ``__getattribute__`` hooks;
+    it returns the C versions of those hooks, ``(ghost, tracked)``, for the
+    hidden classes.  Each C function hands what it does not handle (a name
+    that is not an exact str, an object that is not persistent, a ghost
+    without a connection) to the Python original it was given, and the C
+    ``install_state`` does what ``dict_class.__setstate__`` does only for
+    that very function.
     """
     if _c is None:
-        return False
+        return None
     _c.configure_persistent(
-        base, dict_class, dict_class.__dict__["__setstate__"], base.__setattr__, unsaved, saved
+        base,
+        dict_class,
+        dict_class.__dict__["__setstate__"],
+        base.__setattr__,
+        unsaved,
+        saved,
+        ghost_getattribute,
+        tracked_getattribute,
     )
     base.__new__ = staticmethod(_c.persistent_new)  # type: ignore[method-assign]
     base.__setattr__ = _c.setattr_descriptor(base)  # type: ignore[method-assign]
-    return True
+    hooks: tuple[Any, Any] = _c.getattribute_descriptors()
+    return hooks
 
 
 if _c is not None:

@@ -99,13 +99,20 @@ def test_new_ignores_its_arguments_as_object_new_would_not() -> None:
 @pytest.mark.req("CONV-008")
 def test_the_c_versions_are_installed_exactly_when_the_extension_is_in_use() -> None:
     new = PersistentBase.__dict__["__new__"]
-    setattr_ = PersistentBase.__dict__["__setattr__"]
+    hooks = [
+        PersistentBase.__dict__["__setattr__"],
+        *(
+            hidden.__dict__["__getattribute__"]
+            for cls in (Persistent, PersistentObject, Item, Slotted)
+            for hidden in (cls._p_ghost_class, cls._p_tracked_class)
+        ),
+    ]
     if speedups.ENABLED:
         assert type(new.__func__).__name__ == "builtin_function_or_method"
-        assert type(setattr_).__name__ == "method_descriptor"
+        assert {type(hook).__name__ for hook in hooks} == {"method_descriptor"}
     else:
         assert type(new.__func__).__name__ == "function"
-        assert type(setattr_).__name__ == "function"
+        assert {type(hook).__name__ for hook in hooks} == {"function"}
 
 
 @pytest.mark.req("CONV-006")
@@ -158,6 +165,44 @@ def test_an_attribute_name_that_is_not_an_exact_str() -> None:
         item.__setattr__(5, 3)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         PersistentBase.__setattr__(item)  # type: ignore[call-arg]
+
+
+def test_a_ghost_hook_on_an_object_that_is_not_persistent_fails_as_in_python() -> None:
+    class Plain:
+        pass
+
+    for hidden in (Item._p_ghost_class, Item._p_tracked_class):
+        with pytest.raises(AttributeError, match=r"_p_connection|_p_class"):
+            hidden.__dict__["__getattribute__"](Plain(), "a")
+
+
+def test_a_ghost_without_a_connection_says_so() -> None:
+    ghost = Item.__new__(Item)
+    object.__setattr__(ghost, "_p_status", GHOST)
+    object.__setattr__(ghost, "__class__", Item._p_ghost_class)
+    with pytest.raises(RuntimeError, match="no connection"):
+        ghost.a  # noqa: B018
+    assert ghost._p_status == GHOST
+    assert ghost.__class__ is Item
+
+
+def test_a_tracked_object_reports_its_first_use_once() -> None:
+    storage = MemoryStorage()
+    first = Connection(storage)
+    first.get_root()["item"] = Item(1)
+    first.commit()
+    second = Connection(storage)
+    item = second.get_root()["item"]
+    assert item.a == 1
+    second.abort()  # a transaction boundary arms the object again (tracked) when reads count
+    item._p_set_tracked()
+    assert item._p_is_tracked()
+    before = len(second._reads)
+    assert item.a == 1
+    assert not item._p_is_tracked()
+    assert len(second._reads) == before + 1
+    assert item.a == 1
+    assert len(second._reads) == before + 1
 
 
 def test_setattr_of_an_object_that_is_not_persistent_fails_as_in_python() -> None:
