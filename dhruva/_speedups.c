@@ -444,33 +444,55 @@ typedef struct {
     Py_ssize_t length, capacity;
 } plain_stack;
 
+/* The first PLAIN_INLINE entries of a stack live in the C function's own
+ * frame (``own``); a deeper stack moves to the heap. */
+#define PLAIN_INLINE 32
+
 static int
-plain_push(plain_stack *stack, PyObject *obj) /* steals ``obj`` */
+plain_grow(plain_stack *stack, PyObject **own)
+{
+    Py_ssize_t capacity = stack->capacity * 2;
+    PyObject **items;
+    if (stack->items == own) {
+        items = PyMem_Malloc((size_t)capacity * sizeof(PyObject *));
+        if (items != NULL) {
+            memcpy(items, own, (size_t)stack->length * sizeof(PyObject *));
+        }
+    }
+    else {
+        items = PyMem_Realloc(stack->items, (size_t)capacity * sizeof(PyObject *));
+    }
+    if (items == NULL) {
+        return -1;
+    }
+    stack->items = items;
+    stack->capacity = capacity;
+    return 0;
+}
+
+static inline int
+plain_push(plain_stack *stack, PyObject **own, PyObject *obj) /* steals ``obj`` */
 {
     if (obj == NULL) {
         return -1;
     }
-    if (stack->length == stack->capacity) {
-        Py_ssize_t capacity = stack->capacity * 2;
-        PyObject **items = PyMem_Realloc(stack->items, (size_t)capacity * sizeof(PyObject *));
-        if (items == NULL) {
-            Py_DECREF(obj);
-            return -1;
-        }
-        stack->items = items;
-        stack->capacity = capacity;
+    if (stack->length == stack->capacity && plain_grow(stack, own) < 0) {
+        Py_DECREF(obj);
+        return -1;
     }
     stack->items[stack->length++] = obj;
     return 0;
 }
 
 static void
-plain_clear(plain_stack *stack)
+plain_clear(plain_stack *stack, PyObject **own)
 {
     for (Py_ssize_t i = 0; i < stack->length; i++) {
         Py_DECREF(stack->items[i]);
     }
-    PyMem_Free(stack->items);
+    if (stack->items != own) {
+        PyMem_Free(stack->items);
+    }
 }
 
 static inline uint64_t
@@ -483,22 +505,16 @@ get_le(const unsigned char *p, int size)
     return value;
 }
 
-#define PLAIN_INLINE 32
-
 static int
 plain_loads(const unsigned char *p, Py_ssize_t n, PyObject **result)
 {
-    plain_stack stack = {NULL, 0, PLAIN_INLINE};
-    plain_stack memo = {NULL, 0, PLAIN_INLINE};
+    PyObject *stack_own[PLAIN_INLINE], *memo_own[PLAIN_INLINE];
+    plain_stack stack = {stack_own, 0, PLAIN_INLINE};
+    plain_stack memo = {memo_own, 0, PLAIN_INLINE};
     Py_ssize_t marks[PLAIN_INLINE];
     int mark_count = 0;
     int handled = 0;
     Py_ssize_t pos = 0;
-    stack.items = PyMem_Malloc(PLAIN_INLINE * sizeof(PyObject *));
-    memo.items = PyMem_Malloc(PLAIN_INLINE * sizeof(PyObject *));
-    if (stack.items == NULL || memo.items == NULL) {
-        goto done;
-    }
 #define NEED(k)                                                                                   \
     do {                                                                                          \
         if (n - pos < (Py_ssize_t)(k)) {                                                          \
@@ -507,7 +523,7 @@ plain_loads(const unsigned char *p, Py_ssize_t n, PyObject **result)
     } while (0)
 #define PUSH(obj)                                                                                 \
     do {                                                                                          \
-        if (plain_push(&stack, (obj)) < 0) {                                                      \
+        if (plain_push(&stack, stack_own, (obj)) < 0) {                                                      \
             goto done;                                                                            \
         }                                                                                         \
     } while (0)
@@ -716,7 +732,7 @@ plain_loads(const unsigned char *p, Py_ssize_t n, PyObject **result)
             if (stack.length == 0 || (mark_count > 0 && stack.length == marks[mark_count - 1])) {
                 goto done;
             }
-            if (plain_push(&memo, Py_NewRef(stack.items[stack.length - 1])) < 0) {
+            if (plain_push(&memo, memo_own, Py_NewRef(stack.items[stack.length - 1])) < 0) {
                 goto done;
             }
             break;
@@ -740,12 +756,8 @@ plain_loads(const unsigned char *p, Py_ssize_t n, PyObject **result)
 done:
 #undef NEED
 #undef PUSH
-    if (stack.items != NULL) {
-        plain_clear(&stack);
-    }
-    if (memo.items != NULL) {
-        plain_clear(&memo);
-    }
+    plain_clear(&stack, stack_own);
+    plain_clear(&memo, memo_own);
     if (!handled) {
         PyErr_Clear(); /* whatever went wrong, pickle.loads decides it */
     }

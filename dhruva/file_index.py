@@ -344,8 +344,9 @@ class DiskIndex:
         """Return :meth:`lookup` of the 8-byte ``oid``, 0 when its number is beyond ``last``."""
         mapping = self._map
         if _c_index_offset is not None and mapping is not None:
+            capacity = self._capacity
             offset = _c_index_offset(
-                mapping, oid, min(last, self._capacity - 1), self.covered_offset
+                mapping, oid, last if last < capacity else capacity - 1, self.covered_offset
             )
             if offset is not None:
                 return offset
