@@ -7,7 +7,12 @@ run because they compare against Durus and ZODB and take a while.
 
 Each session installs dhruva from this checkout into its own virtualenv (a plain,
 non-editable install, so the sessions test what a user gets from ``pip install``,
-including the ``dhruva_conformance`` plugin and its test vectors).
+including the ``dhruva_conformance`` plugin and its test vectors).  The install
+builds the optional C extension ``dhruva._speedups`` (setup.py); ``tests_bare``
+makes that compile fail, as on a machine without a C compiler, so the unit tests
+run once on the C path (``tests``) and once on the pure-Python path
+(``tests_bare``), and tests/test_speedups.py checks that each got the path it
+asked for (docs/guide/speedups.md).
 """
 
 from __future__ import annotations
@@ -42,37 +47,62 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 
-def install_dhruva(session: nox.Session, *extras: str) -> None:
+#: The environment variable tests/test_speedups.py reads: "1" when the session
+#: installed dhruva with its C extension, "0" when without.
+EXPECT_SPEEDUPS = "DHRUVA_EXPECT_SPEEDUPS"
+
+#: What makes the extension's compile fail, as on a machine with no C compiler:
+#: setuptools runs ``$CC`` to compile (on POSIX, the only platform dhruva's file
+#: layer supports), ``/bin/false`` exits 1, and the extension, being optional,
+#: is left out with a warning.
+NO_COMPILER = {"CC": "/bin/false"}
+
+#: An empty DHRUVA_PURE_PYTHON, so that one exported in the caller's shell does
+#: not turn the C path off in the sessions that test it (dhruva/speedups.py).
+C_PATH = {"DHRUVA_PURE_PYTHON": ""}
+
+
+def install_dhruva(session: nox.Session, *extras: str, compile_speedups: bool = True) -> None:
     """Install dhruva from this checkout, with ``extras``, into the session's venv.
 
     setuptools builds in ``build/`` inside the checkout and never empties it, so
-    a module deleted from the source would still be installed from there; the
-    directory is removed first.
+    a module deleted from the source would still be installed from there, and a
+    C extension built by an earlier session would be installed as "up to date"
+    even where the compile now fails; the directory is removed first.  With
+    ``compile_speedups=False`` the compile of the C extension is made to fail
+    and dhruva is installed without it.
     """
     shutil.rmtree(Path(__file__).parent / "build", ignore_errors=True)
-    session.install(f".[{','.join(extras)}]" if extras else ".")
+    session.install(
+        f".[{','.join(extras)}]" if extras else ".",
+        env={} if compile_speedups else NO_COMPILER,
+    )
 
 
 @nox.session(python=PYTHON)
 def tests(session: nox.Session) -> None:
-    """Run the unit tests in tests/ (includes the requirement-coverage check)."""
+    """Run the unit tests in tests/ with the C extension (includes the requirement check)."""
     # The optional serializers' extras too, so their tests run instead of skipping;
     # postgres so that tests/test_postgres_storage.py runs on a throwaway cluster.
     install_dhruva(session, "test", "msgspec", "dill", "postgres")
-    session.run("pytest", "tests/", *session.posargs)
+    session.run("pytest", "tests/", *session.posargs, env={**C_PATH, EXPECT_SPEEDUPS: "1"})
 
 
 @nox.session(python=PYTHON)
 def tests_bare(session: nox.Session) -> None:
-    """Run the unit tests and the file back-end's conformance suite with no extra installed.
+    """Run the unit tests and the file back-end's conformance suite bare: no extra, no C.
 
     The core needs the standard library alone; what needs msgspec, dill, the
-    MCP SDK, cryptography or psycopg must skip with a reason, never fail.
+    MCP SDK, cryptography or psycopg must skip with a reason, never fail.  And
+    dhruva must work without a C compiler: the install here is made to fail
+    the compile of the C extension, so both runs take the pure-Python path.
     """
-    install_dhruva(session)
+    install_dhruva(session, compile_speedups=False)
     session.install("pytest>=8", "hypothesis>=6.100")
-    session.run("pytest", "tests/", *session.posargs)
-    session.run("pytest", "conformance/", "--dhruva-backend=file", *session.posargs)
+    # C_PATH here too: the extension must be off because it is absent, not disabled.
+    without = {**C_PATH, EXPECT_SPEEDUPS: "0"}
+    session.run("pytest", "tests/", *session.posargs, env=without)
+    session.run("pytest", "conformance/", "--dhruva-backend=file", *session.posargs, env=without)
 
 
 @nox.session(python=PYTHON)
@@ -81,7 +111,9 @@ def conformance(session: nox.Session, backend: str) -> None:
     """Run the conformance suite in conformance/ against one back-end."""
     # The postgres back-ends start a throwaway PostgreSQL cluster; they need psycopg.
     install_dhruva(session, "test", *(["postgres"] if "postgres" in backend else []))
-    session.run("pytest", "conformance/", f"--dhruva-backend={backend}", *session.posargs)
+    session.run(
+        "pytest", "conformance/", f"--dhruva-backend={backend}", *session.posargs, env=C_PATH
+    )
 
 
 @nox.session(python=PYTHON)

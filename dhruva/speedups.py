@@ -9,7 +9,7 @@ import).  The caller keeps the pure-Python original as the reference: a C
 function answers only the ordinary case and returns None (NotImplemented
 for :data:`set_dict_state`) for anything else, and the caller then runs the
 original, which gives the answer or the typed error.  The test suite runs
-once with the extension and once without (``nox -s tests_pure``).
+once with the extension and once without (``nox -s tests``, ``nox -s tests_bare``).
 """
 
 from __future__ import annotations
