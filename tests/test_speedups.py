@@ -46,7 +46,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dhruva
-from dhruva import file_index, journal, journal_storage, persistent, serialize, speedups
+from dhruva import connection, file_index, journal, journal_storage, persistent, serialize, speedups
 from dhruva.class_registry import ClassMap, ClassRegistry
 from dhruva.connection import Connection
 from dhruva.error import CorruptionError, ForbiddenClassError, MissingClassError
@@ -80,6 +80,10 @@ CALL_SITES: list[tuple[ModuleType, str, str]] = [
     (file_index, "_c_index_offset", "index_offset"),
     (serialize, "_c_read_pickle_state", "read_pickle_state"),
     (persistent, "_c_set_dict_state", "set_dict_state"),
+    (serialize, "_c_persistent_id", "persistent_id"),
+    (serialize, "_c_attach", "attach"),
+    (connection, "_c_install_state", "install_state"),
+    (connection, "_c_mark_saved", "mark_saved"),
 ]
 
 
