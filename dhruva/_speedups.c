@@ -197,13 +197,14 @@ speedups_read_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "read_record(fd, offset, version, oid), once configured");
         return NULL;
     }
-    long fd = PyLong_AsLong(args[0]);
-    long long offset = PyLong_AsLongLong(args[1]);
-    long version = PyLong_AsLong(args[2]);
-    PyObject *oid = args[3];
-    if (PyErr_Occurred()) {
+    long fd, version;
+    long long offset;
+    if (((fd = PyLong_AsLong(args[0])) == -1 && PyErr_Occurred()) ||
+        ((offset = PyLong_AsLongLong(args[1])) == -1 && PyErr_Occurred()) ||
+        ((version = PyLong_AsLong(args[2])) == -1 && PyErr_Occurred())) {
         return NULL;
     }
+    PyObject *oid = args[3];
     if (!PyBytes_CheckExact(oid) || PyBytes_GET_SIZE(oid) != 8 || offset < 0 || fd < 0 || fd > INT_MAX) {
         Py_RETURN_NONE;
     }
@@ -272,9 +273,11 @@ speedups_index_offset(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *oid = args[1];
-    long long last = PyLong_AsLongLong(args[2]);
-    unsigned long long covered = PyLong_AsUnsignedLongLong(args[3]);
-    if (PyErr_Occurred()) {
+    long long last;
+    unsigned long long covered;
+    if (((last = PyLong_AsLongLong(args[2])) == -1 && PyErr_Occurred()) ||
+        ((covered = PyLong_AsUnsignedLongLong(args[3])) == (unsigned long long)-1 &&
+         PyErr_Occurred())) {
         PyErr_Clear();
         Py_RETURN_NONE;
     }
@@ -1127,6 +1130,36 @@ speedups_persistent_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     return PyObject_CallOneArg(args[1], args[2]);
 }
 
+/* Put ``obj`` back in its real class (out of the ghost or tracked class); -1 on an error. */
+static int
+restore_real_class(PyObject *obj)
+{
+    PyObject *real = PyObject_GetAttr((PyObject *)Py_TYPE(obj), str_p_class);
+    if (real == NULL) {
+        return -1;
+    }
+    int failed = (PyObject *)Py_TYPE(obj) != real && PyObject_GenericSetAttr(obj, str_class, real) < 0;
+    Py_DECREF(real);
+    return failed ? -1 : 0;
+}
+
+/* Status SAVED, ``_p_serial`` ``serial``, ``_p_size`` ``size``; returns the previous
+ * ``_p_size`` (a new reference), or NULL with AttributeError when it has none. */
+static PyObject *
+set_saved(PyObject *obj, PyObject *serial, PyObject *size)
+{
+    PyObject *previous = SLOT(obj, off_size);
+    if (previous == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_p_size");
+        return NULL;
+    }
+    Py_INCREF(previous);
+    slot_set(obj, off_status, value_saved);
+    slot_set(obj, off_serial, serial);
+    slot_set(obj, off_size, size);
+    return previous;
+}
+
 /* mark_saved(obj, serial, size) -> the previous _p_size
  *
  * The commit's step for each written object: its real class (out of the
@@ -1144,25 +1177,10 @@ speedups_mark_saved(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "mark_saved() takes a persistent object");
         return NULL;
     }
-    PyObject *real = PyObject_GetAttr((PyObject *)Py_TYPE(obj), str_p_class);
-    if (real == NULL) {
+    if (restore_real_class(obj) < 0) {
         return NULL;
     }
-    if ((PyObject *)Py_TYPE(obj) != real && PyObject_GenericSetAttr(obj, str_class, real) < 0) {
-        Py_DECREF(real);
-        return NULL;
-    }
-    Py_DECREF(real);
-    PyObject *previous = SLOT(obj, off_size);
-    if (previous == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "_p_size");
-        return NULL;
-    }
-    Py_INCREF(previous);
-    slot_set(obj, off_status, value_saved);
-    slot_set(obj, off_serial, args[1]);
-    slot_set(obj, off_size, args[2]);
-    return previous;
+    return set_saved(obj, args[1], args[2]);
 }
 
 /* attach(obj, oid, connection) -> None: a new object's _p_oid, _p_connection, _p_status. */
@@ -1225,13 +1243,7 @@ tracked_getattribute(PyObject *self, PyObject *name)
     if (is_p_name(name)) {
         return PyObject_GenericGetAttr(self, name);
     }
-    PyObject *real = PyObject_GetAttr((PyObject *)Py_TYPE(self), str_p_class);
-    if (real == NULL) {
-        return NULL;
-    }
-    int failed = PyObject_GenericSetAttr(self, str_class, real);
-    Py_DECREF(real);
-    if (failed < 0) {
+    if (restore_real_class(self) < 0) {
         return NULL;
     }
     if (connection != Py_None) {
@@ -1298,18 +1310,9 @@ speedups_install_state(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_TypeError, "install_state() takes a persistent object");
         return NULL;
     }
-    PyObject *real = PyObject_GetAttr((PyObject *)Py_TYPE(obj), str_p_class);
-    if (real == NULL) {
+    if (restore_real_class(obj) < 0) {
         return NULL;
     }
-    if ((PyObject *)Py_TYPE(obj) != real) {
-        int failed = PyObject_GenericSetAttr(obj, str_class, real);
-        if (failed < 0) {
-            Py_DECREF(real);
-            return NULL;
-        }
-    }
-    Py_DECREF(real);
     PyObject *setstate = _PyType_Lookup(Py_TYPE(obj), str_setstate); /* borrowed */
     if (setstate == dict_state_setstate && setstate != NULL && PyDict_CheckExact(state)) {
         PyObject *d = PyObject_GenericGetDict(obj, NULL);
@@ -1333,17 +1336,8 @@ speedups_install_state(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         }
         Py_DECREF(result);
     }
-installed:;
-    PyObject *previous = SLOT(obj, off_size);
-    if (previous == NULL) {
-        PyErr_SetString(PyExc_AttributeError, "_p_size");
-        return NULL;
-    }
-    Py_INCREF(previous);
-    slot_set(obj, off_status, value_saved);
-    slot_set(obj, off_serial, args[2]);
-    slot_set(obj, off_size, args[3]);
-    return previous;
+installed:
+    return set_saved(obj, args[2], args[3]);
 }
 
 /* --- the module -------------------------------------------------------------- */
