@@ -23,6 +23,7 @@
 #include <errno.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 /* --- CRC-32 ---------------------------------------------------------------- */
@@ -223,8 +224,12 @@ speedups_read_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     unsigned char *buf = first;
     unsigned char *big = NULL;
     if (size > (uint64_t)got) {
-        if (got < FIRST_READ || size > (uint64_t)PY_SSIZE_T_MAX) {
-            Py_RETURN_NONE; /* the file ends inside the record */
+        struct stat status;
+        if (got < FIRST_READ || size > (uint64_t)PY_SSIZE_T_MAX || fstat((int)fd, &status) != 0 ||
+            (uint64_t)offset + size > (uint64_t)status.st_size) {
+            /* The file ends inside the record: a damaged length must not
+             * allocate up to 36 GiB before the checksum refuses it. */
+            Py_RETURN_NONE;
         }
         big = PyMem_Malloc((size_t)size);
         if (big == NULL) {

@@ -171,6 +171,8 @@ class HistoricalStorage(Storage):
             raise CorruptionError(self.path, offset, "record header runs past the end of the file")
         size = journal.record_size(buf, version)
         if size > len(buf):
+            if offset + size > data_file.size():  # a damaged length: no 36 GiB read
+                raise CorruptionError(self.path, offset, "record runs past the end of the file")
             buf = data_file.pread(size, offset)
         # [FMT-023] A version 2 record is checked against its checksum.
         record = journal.decode_record_at(buf, offset, self.path, base=offset, version=version)

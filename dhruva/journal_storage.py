@@ -366,6 +366,10 @@ class JournalStorage(Storage):
             data_length, ref_count = _record_lengths(buf, 8)
             size = header_size + data_length + 8 * ref_count
             if size > len(buf):
+                # A damaged length must not make the read below ask for up
+                # to 36 GiB: a record that would run past the end is refused.
+                if offset + size > data_file.size():
+                    raise CorruptionError(self.path, offset, "record runs past the end of the file")
                 buf = data_file.pread(size, offset)
         except OSError as exc:
             # [FLT-084] A failed read fails this load only, naming file and offset.

@@ -320,6 +320,10 @@ class Persistent(PersistentBase):
         # The C version does the ordinary case (an exact dict), the same way.
         if _c_set_dict_state is not None and _c_set_dict_state(d, state) is None:
             return
+        if state is d:
+            # obj.__setstate__(obj.__getstate__()): the state is already in
+            # place, and clearing d would empty it.
+            return
         d.clear()
         # Unpickled attribute names are not interned strings, and CPython's
         # fast attribute lookup needs interned keys: without this, reading an

@@ -350,6 +350,20 @@ def test_unset_slots_are_left_out_of_the_state() -> None:
         _ = fresh.b
 
 
+def test_setting_an_objects_own_state_back_keeps_it() -> None:
+    """``obj.__setstate__(obj.__getstate__())``: for a Persistent the same dict."""
+    from dhruva.persistent_dict import PersistentDict
+    from dhruva.persistent_list import PersistentList
+    from dhruva.persistent_set import PersistentSet
+
+    objects = [*_persistent_objects(), PersistentDict(a=1), PersistentList([1]), PersistentSet([1])]
+    for obj in objects:
+        state = obj.__getstate__()
+        expected = copy.deepcopy(state)
+        obj.__setstate__(state)
+        assert obj.__getstate__() == expected, type(obj).__name__
+
+
 # -- pickling and copying outside a database --------------------------------------------------
 
 

@@ -18,7 +18,7 @@ from dhruva import journal, journal_walk
 from dhruva.backup import backup
 from dhruva.error import CorruptionError
 from dhruva.file_storage import FileStorage, FileStorage2
-from dhruva.history import list_transactions
+from dhruva.history import list_transactions, open_at
 from dhruva.tools import dbtools
 from dhruva.utils import int8_to_str
 
@@ -130,6 +130,34 @@ def test_a_record_whose_transaction_checksum_was_recomputed_still_fails_at_load(
         f"the record of oid 1 at offset {record2} (tid 1): record of oid 1 fails its "
         "checksum: its bytes changed after they were committed"
     ]
+
+
+@pytest.mark.req("FMT-023", "FLT-030")
+@pytest.mark.parametrize("cls", [FileStorage, FileStorage2])
+def test_a_damaged_record_length_is_refused_before_it_is_read(
+    tmp_path: Path, cls: type[FileStorage2]
+) -> None:
+    """Lengths of 4 GiB data and 4 Gi references: refused, not a 36 GiB read."""
+    path = str(tmp_path / "db.dhruva")
+    with cls(path) as storage:
+        commit(storage, (0, b"root", [1]), (1, b"hello", []))
+    version = journal.decode_file_header(Path(path).read_bytes(), path).major
+    offsets = current_records(path)
+    record = offsets[oid(1)][0] - journal.record_header_size(version)
+    # Both are opened before the damage is done: opening walks the
+    # transaction (FileStorage2, the view) and would find the damage then.
+    storage, view = cls(path, readonly=True), open_at(path, 1)
+    with open(path, "r+b") as file:
+        file.seek(record + 8)  # data_length and ref_count, after the oid
+        file.write(b"\xff" * 8)
+    with storage:
+        assert storage.load(oid(0)).data == b"root"
+        with pytest.raises(CorruptionError) as info:
+            storage.load(oid(1))
+    assert info.value.path == path and info.value.offset == record
+    with view, pytest.raises(CorruptionError) as info:
+        view.load(oid(1))
+    assert info.value.offset == record
 
 
 # --- old files ---------------------------------------------------------------------------
