@@ -921,6 +921,9 @@ static PyObject *str_p_note_change = NULL;
 static PyObject *str_setstate = NULL;
 static PyObject *str_class = NULL;
 static PyObject *str_p_class = NULL;
+static PyObject *str_p_tracked_class = NULL;
+static PyObject *str_p_set_status_ghost = NULL;
+static PyObject *value_zero = NULL;
 static Py_ssize_t off_status = -1, off_serial = -1, off_size = -1, off_oid = -1,
                   off_connection = -1;
 
@@ -975,8 +978,12 @@ speedups_configure_persistent(PyObject *module, PyObject *args)
         str_p_class = PyUnicode_InternFromString("_p_class");
         str_load_state = PyUnicode_InternFromString("load_state");
         str_note_read = PyUnicode_InternFromString("note_read");
+        str_p_tracked_class = PyUnicode_InternFromString("_p_tracked_class");
+        str_p_set_status_ghost = PyUnicode_InternFromString("_p_set_status_ghost");
+        value_zero = PyLong_FromLong(0);
         if (str_p_note_change == NULL || str_setstate == NULL || str_class == NULL ||
-            str_p_class == NULL || str_load_state == NULL || str_note_read == NULL) {
+            str_p_class == NULL || str_load_state == NULL || str_note_read == NULL ||
+            str_p_tracked_class == NULL || str_p_set_status_ghost == NULL || value_zero == NULL) {
             return NULL;
         }
     }
@@ -1188,6 +1195,118 @@ speedups_mark_saved(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return set_saved(obj, args[1], args[2]);
 }
 
+/* clock_batch(batch, loaded, changed, cache_size, cache_bytes, loaded_bytes, budget)
+ *     -> (loaded_bytes, budget, within)
+ *
+ * One batch of Connection.shrink_cache's clock hand, the same steps as its
+ * Python loop: ``batch`` is a list of (oid, obj) from the old end of
+ * ``loaded``; ``cache_bytes`` is -1 for no byte bound.  A saved, unchanged
+ * object in its tracked class is ghosted (its own _p_set_status_ghost) and
+ * leaves ``loaded``; one in its real class is armed (enters the tracked
+ * class); either kind that stays moves to the young end.  ``within`` is
+ * True once the cache is within its bounds (the hand stops).  The arming
+ * pass over a cache that filled up is the cost this saves: every object, once.
+ */
+static PyObject *
+speedups_clock_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 7 || persistent_base == NULL) {
+        PyErr_SetString(PyExc_TypeError,
+                        "clock_batch(batch, loaded, changed, cache_size, cache_bytes, "
+                        "loaded_bytes, budget), once configured");
+        return NULL;
+    }
+    PyObject *batch = args[0], *loaded = args[1], *changed = args[2];
+    if (!PyList_CheckExact(batch) || !PyDict_CheckExact(loaded) || !PyDict_CheckExact(changed)) {
+        PyErr_SetString(PyExc_TypeError, "clock_batch() takes a list and two dicts");
+        return NULL;
+    }
+    long long cache_size, cache_bytes, loaded_bytes, budget;
+    if (((cache_size = PyLong_AsLongLong(args[3])) == -1 && PyErr_Occurred()) ||
+        ((cache_bytes = PyLong_AsLongLong(args[4])) == -1 && PyErr_Occurred()) ||
+        ((loaded_bytes = PyLong_AsLongLong(args[5])) == -1 && PyErr_Occurred()) ||
+        ((budget = PyLong_AsLongLong(args[6])) == -1 && PyErr_Occurred())) {
+        return NULL;
+    }
+    int within = 0;
+    Py_ssize_t count = PyList_GET_SIZE(batch);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int over = PyDict_GET_SIZE(loaded) > cache_size ||
+                   (cache_bytes >= 0 && loaded_bytes > cache_bytes);
+        if (budget <= 0 || !over) {
+            within = !over;
+            break;
+        }
+        budget -= 1;
+        PyObject *entry = PyList_GET_ITEM(batch, i);
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2 ||
+            !PyObject_TypeCheck(PyTuple_GET_ITEM(entry, 1), persistent_base)) {
+            PyErr_SetString(PyExc_TypeError, "clock_batch() takes (oid, persistent object) pairs");
+            goto failed;
+        }
+        PyObject *oid = PyTuple_GET_ITEM(entry, 0), *obj = PyTuple_GET_ITEM(entry, 1);
+        int in_changed = PyDict_Contains(changed, oid);
+        if (in_changed < 0) {
+            goto failed;
+        }
+        int saved = 0;
+        if (!in_changed) {
+            PyObject *status = SLOT(obj, off_status);
+            saved = status == NULL ? 0 : PyObject_RichCompareBool(status, value_saved, Py_EQ);
+            if (saved < 0) {
+                goto failed;
+            }
+        }
+        if (saved) {
+            PyObject *real = PyObject_GetAttr((PyObject *)Py_TYPE(obj), str_p_class);
+            if (real == NULL) {
+                goto failed;
+            }
+            PyObject *tracked = PyObject_GetAttr(real, str_p_tracked_class);
+            if (tracked == NULL) {
+                Py_DECREF(real);
+                goto failed;
+            }
+            int is_tracked = (PyObject *)Py_TYPE(obj) == tracked;
+            int failed = 0;
+            if (is_tracked) {
+                /* Not used since it was armed: it goes. */
+                PyObject *done = PyObject_CallMethodNoArgs(obj, str_p_set_status_ghost);
+                failed = done == NULL || PyDict_DelItem(loaded, oid) < 0;
+                Py_XDECREF(done);
+                if (!failed) {
+                    PyObject *size = SLOT(obj, off_size);
+                    long long bytes = size == NULL ? 0 : PyLong_AsLongLong(size);
+                    failed = bytes == -1 && PyErr_Occurred();
+                    if (!failed) {
+                        loaded_bytes -= bytes;
+                        slot_set(obj, off_size, value_zero);
+                    }
+                }
+            }
+            else if ((PyObject *)Py_TYPE(obj) == real) {
+                failed = PyObject_GenericSetAttr(obj, str_class, tracked) < 0;
+            }
+            Py_DECREF(real);
+            Py_DECREF(tracked);
+            if (failed) {
+                goto failed;
+            }
+            if (is_tracked) {
+                continue;
+            }
+        }
+        /* Armed now, or it cannot go now (changed, or not saved): to the young end.
+         * The batch list holds a reference to oid and obj meanwhile. */
+        if (PyDict_DelItem(loaded, oid) < 0 || PyDict_SetItem(loaded, oid, obj) < 0) {
+            goto failed;
+        }
+    }
+    return Py_BuildValue("LLO", loaded_bytes, budget, within ? Py_True : Py_False);
+failed:
+    return NULL;
+}
+
 /* attach(obj, oid, connection) -> None: a new object's _p_oid, _p_connection, _p_status. */
 static PyObject *
 speedups_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -1376,6 +1495,9 @@ static PyMethodDef speedups_methods[] = {
      "persistent_id(base, reference, obj) -> reference(obj) | None"},
     {"attach", (PyCFunction)(void (*)(void))speedups_attach, METH_FASTCALL,
      "attach(obj, oid, connection): a new object's _p_oid, _p_connection, _p_status"},
+    {"clock_batch", (PyCFunction)(void (*)(void))speedups_clock_batch, METH_FASTCALL,
+     "clock_batch(batch, loaded, changed, cache_size, cache_bytes, loaded_bytes, budget) -> "
+     "(loaded_bytes, budget, within)"},
     {"mark_saved", (PyCFunction)(void (*)(void))speedups_mark_saved, METH_FASTCALL,
      "mark_saved(obj, serial, size) -> previous _p_size"},
     {"set_dict_state", (PyCFunction)(void (*)(void))speedups_set_dict_state, METH_FASTCALL,

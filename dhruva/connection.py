@@ -101,6 +101,7 @@ _setattr = object.__setattr__
 _getattribute = object.__getattribute__
 _c_install_state = speedups.install_state
 _c_mark_saved = speedups.mark_saved
+_c_clock_batch = speedups.clock_batch
 
 ROOT_WAIT_S = 10.0
 """How long get_root() waits for another client's commit of a new root."""
@@ -974,6 +975,22 @@ class Connection:
             batch = list(islice(loaded.items(), max(len(loaded) - self._cache_size, 0) + 64))
             if not batch:
                 return
+            if _c_clock_batch is not None:
+                # The same steps in C (the arming pass of a cache that
+                # filled up touches every object once).
+                cache_bytes = self._cache_bytes
+                self._loaded_bytes, budget, within = _c_clock_batch(
+                    batch,
+                    loaded,
+                    changed,
+                    self._cache_size,
+                    -1 if cache_bytes is None else cache_bytes,
+                    self._loaded_bytes,
+                    budget,
+                )
+                if within:
+                    return
+                continue
             for oid, obj in batch:
                 if budget <= 0 or not self._over_limit():
                     return

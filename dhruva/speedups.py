@@ -26,6 +26,7 @@ __all__ = [
     "ENABLED",
     "PURE_PYTHON_VARIABLE",
     "attach",
+    "clock_batch",
     "encode_transaction",
     "index_offset",
     "install_persistent",
@@ -79,6 +80,15 @@ install_state: Callable[[Any, Any, int, int], int] | None = None
 #: ``mark_saved(obj, serial, size)``: the commit's step for a written object (its real
 #: class, SAVED, ``_p_serial``, ``_p_size``); returns the previous ``_p_size``.
 mark_saved: Callable[[Any, int, int], int] | None = None
+#: ``clock_batch(batch, loaded, changed, cache_size, cache_bytes, loaded_bytes, budget)``:
+#: one batch of Connection.shrink_cache's clock hand (``cache_bytes`` -1 for no byte
+#: bound); returns ``(loaded_bytes, budget, within)``.  Usable once
+#: :func:`install_persistent` ran.
+_ClockBatch = Callable[
+    [list[tuple[bytes, Any]], dict[bytes, Any], dict[bytes, Any], int, int, int, int],
+    tuple[int, int, bool],
+]
+clock_batch: _ClockBatch | None = None
 #: ``attach(obj, oid, connection)``: a new object's ``_p_oid``, ``_p_connection`` and
 #: ``_p_status`` UNSAVED, set as ObjectWriter.reference attaches it.
 attach: Callable[[Any, bytes, Any], None] | None = None
@@ -127,6 +137,7 @@ def install_persistent(
 if _c is not None:
     install_state = _c.install_state
     mark_saved = _c.mark_saved
+    clock_batch = _c.clock_batch
     attach = _c.attach
     persistent_id = _c.persistent_id
     # What read_state itself hands to its fallback when pickle.loads fails.

@@ -377,3 +377,81 @@ def test_plain_loads_reads_big_and_negative_ints_and_special_floats() -> None:
     value = [2**64 + 5, -(2**70), -1, 255, 256, 65535, 65536, -(2**31), float("inf"), -0.0]
     handled, got = _c.plain_loads(pickle.dumps(value, 5))
     assert handled and repr(got) == repr(value)
+
+
+# --- the cache's clock hand (Connection.shrink_cache) ----------------------------------------
+
+
+def _clock_run(seed: int) -> list[Any]:
+    """Reads, writes and shrinks of a mixed cache; what the cache holds after each step."""
+    rng = random.Random(seed)
+    connection = Connection(MemoryStorage())
+    root = connection.get_root()
+    objects: list[Any] = []
+    for n in range(120):
+        obj: Any = Item(n) if n % 3 else Slotted()
+        if n % 3 == 0:
+            obj.x = "s" * (n % 17)
+        objects.append(obj)
+    root["all"] = objects
+    connection.commit()
+
+    def seen() -> Any:
+        return (
+            [
+                (int.from_bytes(oid, "big"), obj._p_status, obj._p_is_tracked())
+                for oid, obj in connection._loaded.items()
+            ],
+            connection.get_loaded_bytes(),
+            connection.get_cache_count(),
+        )
+
+    steps = []
+    for _ in range(12):
+        for obj in rng.sample(objects, 30):
+            if obj._p_is_ghost() or rng.random() < 0.5:
+                _ = obj.x if isinstance(obj, Slotted) else obj.a  # a read: loads or untracks
+            else:
+                setattr(obj, "x" if isinstance(obj, Slotted) else "a", rng.random())
+        connection.set_cache_size(rng.randrange(0, 130))
+        connection.set_cache_bytes(rng.choice([None, rng.randrange(0, 4000)]))
+        connection.shrink_cache()
+        steps.append(seen())
+        connection.commit()
+        steps.append(seen())
+    return steps
+
+
+@pytest.mark.req("CONV-006")
+@pytest.mark.parametrize("seed", range(6))
+def test_the_clock_hand_leaves_the_cache_as_the_python_one_does(seed: int) -> None:
+    from unittest import mock
+
+    from dhruva import connection as connection_module
+
+    with mock.patch.object(connection_module, "_c_clock_batch", None):
+        reference = _clock_run(seed)
+    assert _clock_run(seed) == reference
+    # The bounds hold after each shrink, except for objects that cannot go.
+    for loaded, _bytes, _count in reference:
+        assert all(status in (SAVED, UNSAVED, GHOST) for _oid, status, _tracked in loaded)
+
+
+@needs_c
+def test_clock_batch_refuses_what_is_not_the_cache() -> None:
+    connection = Connection(MemoryStorage())
+    connection.get_root()["a"] = Item(1)
+    connection.commit()
+    loaded, changed = connection._loaded, connection._changed
+    batch = list(loaded.items())
+    with pytest.raises(TypeError):
+        _c.clock_batch(tuple(batch), loaded, changed, 0, -1, 0, 10)
+    with pytest.raises(TypeError):
+        _c.clock_batch([(b"\0" * 8, object())], loaded, changed, 0, -1, 0, 10)
+    with pytest.raises(TypeError):
+        _c.clock_batch([(b"\0" * 8,)], loaded, changed, 0, -1, 0, 10)
+    with pytest.raises(TypeError):
+        _c.clock_batch(batch, loaded, changed, 0, -1, 0)
+    before = list(loaded)
+    assert _c.clock_batch(batch, loaded, changed, 10**6, -1, 0, 10) == (0, 10, True)
+    assert list(loaded) == before  # within bounds: the hand did nothing
