@@ -397,6 +397,66 @@ def test_pipelined_requests_in_one_chunk_are_answered_in_order() -> None:
     ]
 
 
+@pytest.mark.req("WIRE-024")
+def test_a_load_read_alone_is_the_same_event_in_the_same_order() -> None:
+    """One whole LOAD per read skips the frame decoder; nothing else may change."""
+    load = wire.Load(OID).encode()
+    record = wire.RecordMessage(Record(OID, b"v", b""))
+    # Alone, after an answered request: the event, and the answer in order.
+    session, clock = ready_session()
+    clock.now += 5
+    session.receive_data(load)
+    assert session.last_active == clock.now
+    assert session.next_event() == Load(OID)
+    assert session.outstanding == Load(OID)
+    assert session.next_event() is PAUSED  # answered once, as any request
+    session.send(record)
+    assert session.next_event() is NEED_DATA
+    assert take_output(session) == [record]
+    # While a COMMIT is outstanding, and behind a request still queued: in order.
+    session.receive_data(wire.Commit([Record(OID, b"w", b"")]).encode())
+    assert isinstance(session.next_event(), Commit)
+    session.receive_data(load)
+    assert session.next_event() is PAUSED
+    session.send(wire.Committed([]))
+    assert session.next_event() == Load(OID)
+    session.send(record)
+    session.receive_data(wire.Empty(wire.MessageType.SIZE).encode())
+    session.receive_data(load)
+    assert session.next_event() == Size()
+    session.send(wire.SizeIs(1))
+    assert session.next_event() == Load(OID)
+    session.send(record)
+    assert take_output(session) == [wire.Committed([]), record, wire.SizeIs(1), record]
+    # Behind half a frame: the decoder's, and an error for what it makes.
+    session.receive_data(load[:3])
+    session.receive_data(load)
+    assert_fatal(session, wire.ErrorCode.MALFORMED)
+
+
+def test_a_load_before_hello_or_after_close_is_not_served() -> None:
+    session, _ = make()
+    session.receive_data(wire.Load(OID).encode())
+    assert_fatal(session, wire.ErrorCode.HANDSHAKE_REQUIRED)
+    # A LOAD received and not handed out yet keeps an idle session open
+    # (the queue's rule); once answered, idleness closes it.
+    session, clock = ready_session(limits=ServerLimits(idle_timeout_s=1.0))
+    session.receive_data(wire.Load(OID).encode())
+    assert session.requests_waiting
+    clock.now += 5
+    assert session.expire(clock.now) is False
+    assert session.next_event() == Load(OID)
+    session.send(wire.RecordMessage(Record(OID, b"v", b"")))
+    clock.now += 5
+    session.expire(clock.now)
+    assert session.closed and not session.requests_waiting
+    # A LOAD read after the session closed is ignored.
+    session.receive_data(wire.Load(OID).encode())
+    assert not session.requests_waiting
+    found = events(session)
+    assert not any(isinstance(event, Load) for event in found)
+
+
 @pytest.mark.req("WIRE-010", "WIRE-024")
 def test_a_frame_split_across_many_chunks() -> None:
     session, _ = make()

@@ -441,7 +441,7 @@ class SocketLoop:
         if session.reading_paused != client.paused:
             self.check_pressure(client)
         self.update_events(client)
-        if not out and session.queue and session.outstanding is None:
+        if not out and session.requests_waiting and session.outstanding is None:
             # Output drained below the high-water mark: resume its requests.
             self._serve_client(client)
 
