@@ -278,8 +278,13 @@ def test_encode_transaction_leaves_a_sequence_that_is_not_a_list_to_the_python_e
 # --- read_record --------------------------------------------------------------------------
 
 
-#: The C version reads 4096 bytes first, and the rest of a longer record after.
-FIRST_READ = 4096
+#: The C version reads this many bytes first, and the rest of a longer record after.
+FIRST_READ = journal_storage.LOAD_READ_BYTES
+
+
+@needs_c
+def test_the_c_first_read_is_the_python_one() -> None:
+    assert _c.FIRST_READ == FIRST_READ
 
 
 def write_file(path: str, version: int) -> dict[bytes, int]:
@@ -299,7 +304,7 @@ def write_file(path: str, version: int) -> dict[bytes, int]:
     with FileStorage(path) as storage:
         assert storage.format_version == version
         commit(storage, (0, b"root", [1, 2]), (1, b"", []), (2, rng.randbytes(50), [0, 1]))
-        # Records of 4095, 4096 and 4097 bytes, and far longer ones.
+        # Records of FIRST_READ - 1, FIRST_READ and FIRST_READ + 1 bytes, and far longer ones.
         header = journal.record_header_size(version)
         edges = [(10 + i, rng.randbytes(FIRST_READ - header - 1 + i), []) for i in range(3)]
         commit(storage, *edges, (13, rng.randbytes(5000), [0]), (14, rng.randbytes(70_000), [0, 1]))
@@ -439,7 +444,7 @@ def test_read_record_refuses_a_flipped_byte_and_a_truncated_file(
         assert pure_read_record(str(truncated), offset, version, key) is None
         with opened(str(truncated)) as fd:
             assert _c.read_record(fd, offset, version, key) is None, cut - offset
-    # Its last byte changed: past the first 4096 bytes for the large ones.
+    # Its last byte changed: past the first FIRST_READ bytes for the large ones.
     damaged = bytearray(buf)
     damaged[end - 1] ^= 0x01
     Path(path).write_bytes(damaged)
