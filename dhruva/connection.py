@@ -412,7 +412,14 @@ class Connection:
         if self._refresh_pending:
             self._refresh_snapshot()
         # [CONN-040] A snapshot storage answers as of the snapshot: no read conflict.
-        record = self._storage.load(oid) if self._snapshots else self._load_record(oid)
+        if self._snapshots:
+            record = self._storage.load(oid)
+        else:
+            # _load_record, inline: one Python call less on every cold read.
+            try:
+                record = self._storage.load(oid)
+            except ReadConflictError as error:
+                record = self._after_read_conflict(oid, error)
         data = record.data
         try:
             # The reference list lets a record that references nothing be
@@ -465,21 +472,25 @@ class Connection:
             return self._storage.load(oid)
         try:
             return self._storage.load(oid)
-        except ReadConflictError:
-            conflict = bool(self._changed) or self._load_count != self._loads_at_start
-            for other in self._storage.sync():
-                obj = self._objects.get(other)
-                if obj is None or obj._p_status == GHOST:
-                    continue
-                conflict = True
-                if other in self._changed:
-                    # The change was made on a stale state; commit must refuse it.
-                    self._conflicts.add(other)
-                else:
-                    self._ghostify(obj)
-            if conflict:
-                raise
-            return self._storage.load(oid)
+        except ReadConflictError as error:
+            return self._after_read_conflict(oid, error)
+
+    def _after_read_conflict(self, oid: bytes, error: ReadConflictError) -> Record:
+        """Synchronize after ``error``; load ``oid`` again, or raise ``error`` (CONN-015)."""
+        conflict = bool(self._changed) or self._load_count != self._loads_at_start
+        for other in self._storage.sync():
+            obj = self._objects.get(other)
+            if obj is None or obj._p_status == GHOST:
+                continue
+            conflict = True
+            if other in self._changed:
+                # The change was made on a stale state; commit must refuse it.
+                self._conflicts.add(other)
+            else:
+                self._ghostify(obj)
+        if conflict:
+            raise error
+        return self._storage.load(oid)
 
     def _install_state(self, obj: PersistentBase, data: bytes, oid: bytes | None = None) -> None:
         """Decode ``data`` and make it the state of the ghost ``obj`` (of oid ``oid``)."""
