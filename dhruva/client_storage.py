@@ -90,6 +90,7 @@ from dhruva.storage import (
 from dhruva.utils import OID_SIZE, int8_to_str, str_to_int8
 
 _RECV_SIZE = 1 << 18
+_LOAD_FRAME_HEAD = wire.LOAD_FRAME_HEAD
 _LIST_PAGE = 4096
 _BULK_PAGE = 2048
 _PREFETCH_CACHE_MAX = 16384
@@ -546,14 +547,24 @@ class ClientStorage(Storage):
         A prefetched record is the state as of the last synchronization,
         exactly what the server would answer now [WIRE-056].
         """
+        # [SAPI-006] A bad oid would make a malformed LOAD, which costs the
+        # connection (and an unhashable one a TypeError from the dict below).
+        if type(oid) is not bytes or len(oid) != OID_SIZE:
+            check_oid(oid)
         record = self._prefetched.get(oid)
         if record is not None:
             self._after_commit = None
             return record
-        # [SAPI-006] A bad oid would make a malformed LOAD, which costs the connection.
-        check_oid(oid)
-        reply = self._request(wire.Load(oid))
+        # _request(wire.Load(oid)), inline: the frame is its head and the oid.
+        if self._broken is not None or self._closed:
+            self._check_usable()
+        self._send(_LOAD_FRAME_HEAD + oid)
+        reply = self._receive()
+        if isinstance(reply, wire.Error):
+            raise self._error(reply)
         self._after_commit = None
+        if type(reply) is wire.RecordMessage:
+            return reply.record
         if isinstance(reply, wire.RecordPrefetch):
             self._keep_prefetched(reply.prefetched)
             return reply.record

@@ -802,6 +802,9 @@ _MESSAGE_TYPES: dict[int, MessageType] = {kind.value: kind for kind in MessageTy
 _RECORD_TYPE = MessageType.RECORD.value
 _RECORD_DATA_AT = 1 + _RECORD_HEAD.size  # a RECORD's data, after its type byte and head
 _LOAD_TYPE = MessageType.LOAD.value
+#: The first bytes of every LOAD frame, ``Load(oid).encode()`` without its oid:
+#: the frame length (9) and the type byte.
+LOAD_FRAME_HEAD = FRAME_HEADER.pack(1 + OID_SIZE) + bytes([_LOAD_TYPE])
 
 
 def decode_message(payload: bytes) -> Message:

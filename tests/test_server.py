@@ -180,6 +180,29 @@ def test_staged_records_dropped_when_client_vanishes(serve: Callable[..., Runnin
     client.close()
 
 
+@pytest.mark.req("SAPI-006")
+def test_a_load_that_fails_says_why_and_the_next_one_works(serve: Callable[..., Running]) -> None:
+    running = serve()
+    client = ClientStorage(running.address)
+    (oid,) = [client.new_oid()]
+    commit(client, {oid: b"here"})
+    with pytest.raises(DhruvaKeyError):
+        client.load(p64(999))
+    for bad in (b"short", "x" * 8, bytearray(8), None):
+        with pytest.raises(ValueError, match="an oid is 8 bytes"):
+            client.load(bad)  # type: ignore[arg-type]
+    assert client.load(oid).data == b"here"  # the connection is still whole
+    client.close()
+    with pytest.raises(DhruvaError, match="is closed") as closed:
+        client.load(oid)
+    assert not isinstance(closed.value, ServerConnectionError)
+    other = ClientStorage(running.address)
+    running.stop()
+    for _ in range(2):  # the loss, then the same error for every later request
+        with pytest.raises(ServerConnectionError):
+            other.load(oid)
+
+
 # --- consistency -------------------------------------------------------------------
 
 

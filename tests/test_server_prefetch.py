@@ -20,10 +20,19 @@ class Counting(ClientStorage):
 
     loads = 0
     prefetch_answers = 0
+    _asked_load = False
 
-    def _request(self, message: wire.Message, *more: bytes) -> wire.Message:
-        reply = super()._request(message, *more)
-        if isinstance(message, wire.Load):
+    # What went out and came back, at the socket's edge: load() writes its
+    # LOAD frame without _request.
+    def _send(self, data: bytes) -> None:
+        payloads = wire.FrameDecoder().feed(data)
+        self._asked_load = isinstance(wire.decode_message(payloads[-1]), wire.Load)
+        super()._send(data)
+
+    def _receive(self) -> wire.Message:
+        reply = super()._receive()
+        if self._asked_load:
+            self._asked_load = False
             self.loads += 1
             if isinstance(reply, wire.RecordPrefetch):
                 self.prefetch_answers += 1
@@ -131,14 +140,14 @@ def test_prefetch_bounds(serve: Serve) -> None:
     oids = make_tree(writer, 40, fanout=8)
     reader = ClientStorage(server.address)
     captured: list[wire.Message] = []
-    original = reader._request
+    original = reader._receive
 
-    def spy(message: wire.Message, *more: bytes) -> wire.Message:
-        reply = original(message, *more)
+    def spy() -> wire.Message:
+        reply = original()
         captured.append(reply)
         return reply
 
-    reader._request = spy  # type: ignore[method-assign]
+    reader._receive = spy  # type: ignore[method-assign]
     for oid in oids:
         reader.load(oid)
     sizes = [len(m.prefetched) for m in captured if isinstance(m, wire.RecordPrefetch)]

@@ -69,9 +69,9 @@ OUTPUT_HIGH_WATER = 16 << 20
 CLOSING_GRACE_S = 2.0
 """How long a closed session whose peer does not read its last answer is kept."""
 
-# One whole LOAD frame: length 9 (type byte and oid), the type, the oid.
-_LOAD_FRAME_SIZE = wire.FRAME_HEADER.size + 1 + OID_SIZE
-_LOAD_FRAME_HEAD = wire.FRAME_HEADER.pack(1 + OID_SIZE) + bytes([wire.MessageType.LOAD])
+# One whole LOAD frame: its head (length and type), then the oid.
+_LOAD_FRAME_HEAD = wire.LOAD_FRAME_HEAD
+_LOAD_FRAME_SIZE = len(_LOAD_FRAME_HEAD) + OID_SIZE
 
 FEATURES = "stage commit-sync bulk-load list-oids prefetch pack-progress"
 """The features this server announces in HELLO_OK and AUTH_OK (plus ``snapshots``
