@@ -473,7 +473,21 @@ class RecordMessage:
     type = MessageType.RECORD
 
     def encode(self) -> bytes:
-        return frame(bytes([self.type]) + record_body(self.record))
+        return encode_record_message(self.record)
+
+
+_RECORD_FRAME_HEAD = struct.Struct(">IB8sII")  # frame length, type, record head
+
+
+def encode_record_message(record: Record) -> bytes:
+    """Return ``RecordMessage(record).encode()``: the answer to every cold read, in one pass."""
+    data = record.data
+    refs = record.refs
+    length = 1 + _RECORD_HEAD.size + len(data) + len(refs)
+    if length > MAX_FRAME_SIZE:
+        return frame(bytes([MessageType.RECORD]) + record_body(record))  # raises ProtocolError
+    head = _RECORD_FRAME_HEAD.pack(length, MessageType.RECORD, record.oid, len(data), len(refs))
+    return b"".join((head, data, refs))
 
 
 @dataclass(frozen=True, slots=True)

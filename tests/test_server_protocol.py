@@ -434,6 +434,19 @@ def test_a_load_read_alone_is_the_same_event_in_the_same_order() -> None:
     assert_fatal(session, wire.ErrorCode.MALFORMED)
 
 
+def test_send_record_answers_as_send_does() -> None:
+    record = Record(OID, b"v", (3).to_bytes(8, "big"))
+    session, _ = ready_session()
+    with pytest.raises(ProtocolError):
+        session.send_record(record)  # nothing outstanding
+    session.receive_data(wire.Load(OID).encode() + wire.BulkLoad([OID]).encode())
+    assert session.next_event() == Load(OID)
+    session.send_record(record)
+    assert session.next_event() == BulkLoad([OID])
+    session.send_record(record)  # not a LOAD's answer: the general send
+    assert take_output(session) == [wire.RecordMessage(record)] * 2
+
+
 def test_a_load_before_hello_or_after_close_is_not_served() -> None:
     session, _ = make()
     session.receive_data(wire.Load(OID).encode())

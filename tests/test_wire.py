@@ -264,6 +264,31 @@ def test_records_round_trip(records: list[Record]) -> None:
     assert list(decoded.records) == records
 
 
+@settings(max_examples=200)
+@given(
+    record=st.builds(
+        Record,
+        st.binary(min_size=8, max_size=8),
+        st.binary(max_size=300),
+        st.lists(st.binary(min_size=8, max_size=8), max_size=4).map(b"".join),
+    )
+)
+def test_a_record_answer_is_its_frame_in_the_spec_layout(record: Record) -> None:
+    """encode_record_message, the load's one-pass encoder, against frame(type + body)."""
+    expected = wire.frame(bytes([wire.MessageType.RECORD]) + wire.record_body(record))
+    assert wire.encode_record_message(record) == expected
+    assert wire.RecordMessage(record).encode() == expected
+    assert wire.decode_message(expected[4:]) == wire.RecordMessage(record)
+    assert wire.LOAD_FRAME_HEAD + record.oid == wire.Load(record.oid).encode()
+
+
+@pytest.mark.req("WIRE-011")
+def test_a_record_answer_over_the_frame_limit_is_refused() -> None:
+    big = Record(p64(1), b"\0" * (wire.MAX_FRAME_SIZE - 16), b"")  # 1 + 16 + data: one over
+    with pytest.raises(ProtocolError):
+        wire.encode_record_message(big)
+
+
 # --- vectors -----------------------------------------------------------------------
 
 

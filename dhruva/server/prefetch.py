@@ -121,23 +121,25 @@ class Prefetcher:
         max_records = self.max_records
         sent = state.prefetched
         frontier = state.frontier
-        number = str_to_int8(record.oid)
+        oid = record.oid
+        number = int.from_bytes(oid, "big")  # str_to_int8, inline (every LOAD comes here)
         in_order = number == state.readahead_next
         reach = max(2 * state.window, _PREDICTED_REACH_MIN)
-        if in_order or _near_head(frontier, record.oid, reach):
+        if in_order or (oid in frontier and _near_head(frontier, oid, reach)):
             state.window = min(max(2 * state.window, 1), max_records)
         else:
             # Not predicted: what the answers carried was not what the client
             # needed next (also when the frontier, full, dropped the oid).
             state.window //= 2  # down to 0: a client reading at random gets no extra
-        frontier.pop(record.oid, None)
+        frontier.pop(oid, None)
         window = min(state.window, max_records)
         state.readahead_next = number + 1
         if len(sent) >= _PREFETCHED_MAX:
             # Forgetting only costs resending; memory stays bounded.
             sent.clear()
-        sent.add(record.oid)
-        state.extend_frontier(record.refs)
+        sent.add(oid)
+        if record.refs:
+            state.extend_frontier(record.refs)
         if window == 0:
             return []
         budget = self.max_bytes

@@ -744,6 +744,15 @@ class ServerSession:
         if type(request) is Stop:
             self._close()
 
+    def send_record(self, record: Record) -> None:
+        """``send(wire.RecordMessage(record))``, without building the message (a load's answer)."""
+        request = self._outstanding
+        if type(request) is not Load:
+            self.send(wire.RecordMessage(record))  # raises or answers as send does
+            return
+        self._outstanding = None
+        self._out += wire.encode_record_message(record)
+
     def send_error(
         self, code: wire.ErrorCode, message: str, oids: list[bytes] | None = None
     ) -> None:

@@ -690,7 +690,7 @@ class StorageServer:
             if prefetched:
                 answer_to.send(wire.RecordPrefetch(record, prefetched))
                 return
-        answer_to.send(wire.RecordMessage(record))
+        answer_to.send_record(record)
 
     def _bulk_load(self, client: Client, event: session.BulkLoad) -> None:
         if self._read_conflicts(client, event.oids):
