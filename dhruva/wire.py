@@ -205,6 +205,12 @@ class FrameDecoder:
         """Add ``data`` and return every payload it completes, in order."""
         if self._broken is not None:
             raise self._broken
+        if not self._buffer and len(data) > FRAME_HEADER.size:
+            # The common case, a read that is exactly one whole frame: its
+            # payload, without passing through the buffer.
+            (length,) = FRAME_HEADER.unpack_from(data)
+            if length == len(data) - FRAME_HEADER.size and length <= self.max_frame_size:
+                return [bytes(data[FRAME_HEADER.size :])]
         self._buffer += data
         payloads: list[bytes] = []
         buffer = self._buffer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import itertools
 from pathlib import Path
 
 import pytest
@@ -228,6 +229,42 @@ def test_fuzz_decoder_raises_only_protocol_error(chunks: list[bytes]) -> None:
                     pass
     except ProtocolError:
         pass
+
+
+def _decode_all(decoder: wire.FrameDecoder, chunks: list[bytes]) -> tuple[list[bytes], str]:
+    payloads: list[bytes] = []
+    try:
+        for chunk in chunks:
+            payloads.extend(decoder.feed(chunk))
+    except ProtocolError as error:
+        return payloads, type(error).__name__
+    return payloads, ""
+
+
+@pytest.mark.req("WIRE-010", "WIRE-012")
+@settings(max_examples=400, deadline=None)
+@given(
+    payloads=st.lists(st.binary(min_size=1, max_size=40), max_size=6),
+    tail=st.binary(max_size=12),
+    cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=6),
+)
+def test_any_split_of_a_stream_gives_the_payloads_byte_by_byte_feeding_gives(
+    payloads: list[bytes], tail: bytes, cuts: list[int]
+) -> None:
+    """A read of exactly one whole frame skips the buffer; the payloads and errors agree."""
+    stream = b"".join(wire.FRAME_HEADER.pack(len(p)) + p for p in payloads) + tail
+    bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    chunks = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    # Whole frames as separate reads too, the case the shortcut takes.
+    frames = [wire.FRAME_HEADER.pack(len(p)) + p for p in payloads]
+    bytewise, error = _decode_all(wire.FrameDecoder(16), [bytes([b]) for b in stream])
+    splits = [chunks, frames] if not tail else [chunks]
+    for split in splits:
+        found, found_error = _decode_all(wire.FrameDecoder(16), split)
+        # The same error; a feed that raises returns none of the frames it
+        # completed before the bad one, so a chunk may lose a few.
+        assert found_error == error
+        assert found == bytewise if not error else found == bytewise[: len(found)]
 
 
 @pytest.mark.req("WIRE-013")
