@@ -156,6 +156,12 @@ def _check_everyday(everyday: dict[str, Any] | None, systems: list[str]) -> None
         assert isinstance(row["memory_mb"], float)
     assert everyday["targets"]["cold"] in (True, False)
     assert everyday["targets"]["server"] in (True, False)
+    # The floors, the same work without a database, measured in the same rounds.
+    floors = everyday["floors"]
+    assert len(everyday["floor_samples"]) == sizes.rounds
+    for key in ("bulk_per_s", "cold_us", "server_per_s"):
+        assert isinstance(floors[key], float) and floors[key] > 0, (key, floors[key])
+    assert everyday["plain_memory_mb"] == floors["memory_mb"]
 
 
 def test_dhruva_figures_run_at_tiny_sizes(tmp_path: Path) -> None:

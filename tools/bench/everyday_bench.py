@@ -19,6 +19,14 @@ pickle serializer, each system's FileStorage.  Four figures:
     127.0.0.1, one client in a new process doing (a)'s random cold loads
     through a Connection; loads/s.
 
+Each round also measures the **floor** of each figure, the same work with no
+database, in its own process: pread and ``pickle.loads`` of one Item's state
+at a known offset (a); plain objects in plain dicts (b); ``pickle.dumps`` of
+each state and an append with one fdatasync per chunk (c); a one-process
+record server answering an 8-byte number with the state, one round trip per
+load (d).  The table prints dhruva's cost as a multiple of the floor's: the
+machine's speed moves between moments, that multiple much less.
+
 Theory of operation: every measurement runs in a process of its own
 (``python everyday_bench.py --worker SPEC``, printing one JSON object), so
 "cold" means an empty object cache and a fresh interpreter, and RSS is not
@@ -326,7 +334,147 @@ def _plain_memory(spec: dict[str, Any]) -> dict[str, Any]:
     return {"memory_mb": (after - before) / 1e6}
 
 
+# --- the floors: the same work with no database ------------------------------------
+#
+# What this machine does, in the same run, for each figure without any object
+# database: the rows the systems are read against (issue 13's "floor" column;
+# on a shared machine the speed moves by a factor of two between moments, the
+# ratio to the floor much less).
+
+
+def _item_states(spec: dict[str, Any]) -> list[bytes]:
+    """Every Item's state (its attribute dict), pickled as the systems pickle it."""
+    import pickle
+
+    return [
+        pickle.dumps(
+            {"a": n, "b": f"item{n}", "c": n * 0.5, "d": [n, n + 1, n + 2]},
+            pickle.HIGHEST_PROTOCOL,
+        )
+        for n in range(spec["chunks"] * spec["per_chunk"])
+    ]
+
+
+def _floor_file(spec: dict[str, Any], states: list[bytes]) -> tuple[str, list[tuple[int, int]]]:
+    """Append every state to a new file, one fdatasync per chunk; (path, [(offset, length)])."""
+    sync = getattr(os, "fdatasync", os.fsync)
+    path = os.path.join(spec["directory"], "floor.records")
+    places: list[tuple[int, int]] = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+    try:
+        offset = 0
+        per_chunk = spec["per_chunk"]
+        for start in range(0, len(states), per_chunk):
+            chunk = states[start : start + per_chunk]
+            for state in chunk:
+                places.append((offset, len(state)))
+                offset += len(state)
+            os.write(fd, b"".join(chunk))
+            sync(fd)
+    finally:
+        os.close(fd)
+    return path, places
+
+
+def _floor_bulk(spec: dict[str, Any]) -> dict[str, Any]:
+    """(c)'s floor: pickle each new Item's state and append the chunk, fdatasync per chunk."""
+    import pickle
+
+    start_s = time.perf_counter()
+    states = [
+        pickle.dumps(
+            {"a": n, "b": f"item{n}", "c": n * 0.5, "d": [n, n + 1, n + 2]},
+            pickle.HIGHEST_PROTOCOL,
+        )
+        for n in range(spec["chunks"] * spec["per_chunk"])
+    ]
+    _floor_file(spec, states)
+    return {"bulk_per_s": len(states) / (time.perf_counter() - start_s)}
+
+
+def _floor_picks(spec: dict[str, Any]) -> list[int]:
+    return random.Random(13).sample(range(spec["chunks"] * spec["per_chunk"]), spec["touches"])
+
+
+def _floor_cold(spec: dict[str, Any]) -> dict[str, Any]:
+    """(a)'s floor: pread one state at a known offset and unpickle it, at random."""
+    import pickle
+
+    path, places = _floor_file(spec, _item_states(spec))
+    picks = _floor_picks(spec)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        start_s = time.perf_counter()
+        for n in picks:
+            offset, length = places[n]
+            state = pickle.loads(os.pread(fd, length, offset))
+        elapsed_s = time.perf_counter() - start_s
+    finally:
+        os.close(fd)
+    if state["a"] != picks[-1]:
+        raise AssertionError("the floor read back the wrong state")
+    return {"cold_us": elapsed_s / len(picks) * 1e6}
+
+
+def _floor_server(spec: dict[str, Any]) -> dict[str, Any]:
+    """(d)'s floor: a record server process, one round trip per load (8-byte number in,
+    4-byte length and the state out, read with pread), the client unpickling each answer."""
+    import pickle
+    import socket
+    import struct
+
+    path, places = _floor_file(spec, _item_states(spec))
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    pid = os.fork()
+    if pid == 0:  # the server: answer one client until it closes
+        try:
+            connection, _ = listener.accept()
+            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            fd = os.open(path, os.O_RDONLY)
+            while True:
+                request = connection.recv(8)
+                if len(request) != 8:
+                    break
+                offset, length = places[int.from_bytes(request, "big")]
+                connection.sendall(struct.pack(">I", length) + os.pread(fd, length, offset))
+        finally:
+            os._exit(0)
+    try:
+        client = socket.create_connection(listener.getsockname())
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        picks = _floor_picks(spec)
+        start_s = time.perf_counter()
+        for n in picks:
+            client.sendall(n.to_bytes(8, "big"))
+            answer = client.recv(65536)
+            while len(answer) < 4 or len(answer) < 4 + int.from_bytes(answer[:4], "big"):
+                answer += client.recv(65536)
+            state = pickle.loads(answer[4:])
+        elapsed_s = time.perf_counter() - start_s
+        client.close()
+    finally:
+        listener.close()
+        os.waitpid(pid, 0)
+    if state["a"] != picks[-1]:
+        raise AssertionError("the floor server answered the wrong state")
+    return {"server_per_s": len(picks) / elapsed_s}
+
+
+def _floors(spec: dict[str, Any]) -> dict[str, Any]:
+    """Every floor, each in a process of its own as the systems' cells are."""
+    found: dict[str, Any] = {}
+    for mode in ("floor_bulk", "floor_cold", "floor_server"):
+        found.update(_run_worker({**spec, "mode": mode}))
+    found.update(_run_worker({**spec, "mode": "plain_memory"}))
+    return found
+
+
 WORKER_MODES: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "floor_bulk": _floor_bulk,
+    "floor_cold": _floor_cold,
+    "floor_server": _floor_server,
     "build": _build,
     "cold": _cold,
     "memory": _memory,
@@ -400,11 +548,9 @@ def bench_everyday(
         rows[system.name] = {"system": system.name, "label": system.label, "error": reason}
         rows[system.name]["samples"] = []
     with tempfile.TemporaryDirectory(prefix="bench-everyday-") as directory:
-        plain_samples = []
+        floor_samples = []
         for round_index in range(sizes.rounds):
-            plain_samples.append(
-                _run_worker({"mode": "plain_memory", **asdict(sizes)})["memory_mb"]
-            )
+            floor_samples.append(_floors({**asdict(sizes), "directory": directory}))
             for system in chosen:
                 row = rows[system.name]
                 if row["error"] is not None:
@@ -422,12 +568,26 @@ def bench_everyday(
         if row["error"] is None and samples:
             for key in samples[0]:
                 row[key] = statistics.median(sample[key] for sample in samples)
+    floors = {key: statistics.median(sample[key] for sample in floor_samples) for key in FIGURES}
     return {
         "sizes": asdict(sizes),
         "rows": list(rows.values()),
-        "plain_memory_mb": statistics.median(plain_samples),
+        "plain_memory_mb": floors["memory_mb"],
+        "floors": floors,
+        "floor_samples": floor_samples,
         "targets": _verdicts(rows.get("dhruva")),
     }
+
+
+#: The four figures' keys, as in a row and in ``floors``.
+FIGURES = ("cold_us", "memory_mb", "bulk_per_s", "server_per_s")
+
+
+def cost_over_floor(row: dict[str, Any], floors: dict[str, Any], key: str) -> float:
+    """``row``'s cost as a multiple of the floor's: time or MB, or the inverse of a rate."""
+    if key.endswith("_per_s"):
+        return float(floors[key]) / float(row[key])
+    return float(row[key]) / float(floors[key])
 
 
 def _verdicts(dhruva: dict[str, Any] | None) -> dict[str, bool | None]:
@@ -466,7 +626,16 @@ def format_table(result: dict[str, Any]) -> str:
                 _cell(row, "server_per_s", ",.0f"),
             ]
         )
-    body.append(["plain objects (floor)", "-", f"{result['plain_memory_mb']:.1f}", "-", "-"])
+    floors = result["floors"]
+    body.append(
+        [
+            "floor (no database)",
+            _cell(floors, "cold_us", ".2f"),
+            _cell(floors, "memory_mb", ".1f"),
+            _cell(floors, "bulk_per_s", ",.0f"),
+            _cell(floors, "server_per_s", ",.0f"),
+        ]
+    )
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     total = sizes["chunks"] * sizes["per_chunk"]
     lines = [
@@ -489,6 +658,20 @@ def format_table(result: dict[str, Any]) -> str:
         ("server", f"server cold loads >= {TARGET_SERVER_PER_S:,.0f}/s"),
     ):
         lines.append(f"  target: dhruva {text} -> {verdict[targets[key]]}")
+    dhruva = next((row for row in result["rows"] if row["system"] == "dhruva"), None)
+    if dhruva is not None and dhruva["error"] is None and dhruva["samples"]:
+        ratios = [
+            f"{name} {cost_over_floor(dhruva, floors, key):.2f}x"
+            for name, key in zip(("cold", "memory", "bulk", "server"), FIGURES, strict=True)
+            if key in dhruva and floors.get(key)
+        ]
+        lines.append("  dhruva's cost / the floor's (time, MB, 1/rate): " + ", ".join(ratios))
+    lines.append(
+        "  note: floor = the same work without a database, in this run: pread + "
+        "pickle.loads of a state (cold), plain objects in dicts (MB), pickle.dumps + "
+        "append with one fdatasync per chunk (bulk), a one-process record server with "
+        "one round trip per load (server)"
+    )
     lines.append(
         "  note: each cell is a new process; cold = chunks loaded, Items ghosts; "
         "MB = RSS growth loading every Item; server = the system's own server "
