@@ -41,7 +41,18 @@ CONFORMANCE_BACKENDS = [
     "server-postgres",
 ]
 
-nox.options.sessions = ["tests", "tests_bare", "conformance", "lint", "typecheck", "docs"]
+#: The newer interpreters ``tests_newer`` runs the unit tests on, beside PYTHON.
+NEWER_PYTHONS = ["3.12", "3.13"]
+
+nox.options.sessions = [
+    "tests",
+    "tests_newer",
+    "tests_bare",
+    "conformance",
+    "lint",
+    "typecheck",
+    "docs",
+]
 nox.options.reuse_existing_virtualenvs = True
 # A session whose interpreter is missing is a failure, not a silent skip.
 nox.options.error_on_missing_interpreters = True
@@ -85,6 +96,18 @@ def tests(session: nox.Session) -> None:
     # The optional serializers' extras too, so their tests run instead of skipping;
     # postgres so that tests/test_postgres_storage.py runs on a throwaway cluster.
     install_dhruva(session, "test", "msgspec", "dill", "postgres")
+    session.run("pytest", "tests/", *session.posargs, env={**C_PATH, EXPECT_SPEEDUPS: "1"})
+
+
+@nox.session(python=NEWER_PYTHONS)
+def tests_newer(session: nox.Session) -> None:
+    """Run the unit tests with the C extension on each newer Python dhruva supports.
+
+    Python 3.13 changed what the C pickler accepts (a ``persistent_id`` set on
+    an instance of ``pickle.Pickler`` itself is refused), and the extension is
+    compiled against each version's C API: both are only seen by running there.
+    """
+    install_dhruva(session, "test")
     session.run("pytest", "tests/", *session.posargs, env={**C_PATH, EXPECT_SPEEDUPS: "1"})
 
 

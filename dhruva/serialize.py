@@ -197,6 +197,15 @@ def _class_prefix(cls: type) -> bytes:
     return prefix
 
 
+class _StatePickler(pickle.Pickler):
+    """The C Pickler, subclassed so that an instance takes a ``persistent_id`` of its own.
+
+    Python 3.11 and 3.12 let a ``pickle.Pickler`` instance be given one;
+    3.13 makes the attribute read-only there, but an instance of a subclass
+    keeps it in its ``__dict__``, and the C pickler calls it from there.
+    """
+
+
 _REFERENCING_CLASSES: set[type] = set()
 _dumps = pickle.dumps
 _dispatch_seen = -1  # the size of copyreg.dispatch_table when last scanned
@@ -480,8 +489,9 @@ class PickleSerializer(Serializer):
                 probe.active = False
         file = io.BytesIO()
         file.write(prefix)
-        pickler = pickle.Pickler(file, PICKLE_PROTOCOL)
-        # The C Pickler takes persistent_id as an instance attribute.
+        pickler = _StatePickler(file, PICKLE_PROTOCOL)
+        # The C Pickler takes persistent_id as an instance attribute (a
+        # subclass's instance: Python 3.13 refuses it on the base class's).
         pickler.persistent_id = persistent_id_function(reference)  # type: ignore[method-assign]
         pickler.dump(state)
         return file.getvalue()

@@ -506,6 +506,18 @@ def _record(cls: type, state: Any, *, one_pickler: bool) -> bytes:
     return file.getvalue()
 
 
+class _Finding(pickle.Unpickler):
+    """Reads a state pickle alone, noting the persistent ids it meets."""
+
+    def __init__(self, file: Any) -> None:
+        super().__init__(file)
+        self.found: list[Any] = []
+
+    def persistent_load(self, pid: Any) -> Any:
+        self.found.append(pid)
+        return ("ghost", pid[0])
+
+
 @pytest.mark.req("OBJ-009", "OBJ-002")
 def test_the_writer_memoizes_nothing_in_the_class_pickle_and_starts_a_fresh_state_pickle() -> None:
     import pickletools
@@ -531,13 +543,11 @@ def test_the_writer_memoizes_nothing_in_the_class_pickle_and_starts_a_fresh_stat
         ]
         assert pickle.loads(data[1:end]) is Item
         # The state pickle is complete by itself: no GET of the class pickle's memo.
-        unpickler = pickle.Unpickler(io.BytesIO(data[end:]))
-        found: list[Any] = []
-        unpickler.persistent_load = lambda pid, found=found: found.append(pid) or ("ghost", pid[0])
+        unpickler = _Finding(io.BytesIO(data[end:]))
         state = unpickler.load()
         assert state["n"] in (3, 4)
         if oid == item._p_oid:
-            assert found == [(item.other._p_oid, Item)]
+            assert unpickler.found == [(item.other._p_oid, Item)]
 
 
 @pytest.mark.req("OBJ-009", "OBJ-003")
