@@ -41,6 +41,10 @@ from dhruva.utils import ROOT_OID
 MODULE = __name__
 
 
+class _IdPickler(pickle.Pickler):
+    """pickle.Pickler, whose instances take a persistent_id (Python 3.13 refuses it on the base)."""
+
+
 class Item(Persistent):
     def __init__(self, n: int = 0) -> None:
         self.n = n
@@ -675,7 +679,7 @@ def _slow_encode(cls: type, state: Any, refs: list[bytes]) -> bytes:
     pickler = pickle.Pickler(file, protocol=5)
     pickler.fast = True
     pickler.dump(cls)
-    pickler = pickle.Pickler(file, protocol=5)
+    pickler = _IdPickler(file, protocol=5)
 
     def persistent_id(obj: Any) -> Any:
         if isinstance(obj, Persistent):

@@ -88,6 +88,10 @@ CALL_SITES: list[tuple[ModuleType, str, str]] = [
 ]
 
 
+class _IdPickler(pickle.Pickler):
+    """pickle.Pickler, whose instances take a persistent_id (Python 3.13 refuses it on the base)."""
+
+
 @contextlib.contextmanager
 def pure(module: ModuleType, name: str) -> Iterator[None]:
     """Run the block with ``module.name`` (a ``_c_...`` global) None: the Python path."""
@@ -789,7 +793,7 @@ def state_pickle_record(state: Any, persistent_id: Any = None) -> bytes:
     """A record of dhruva's form (OBJ-009) whose state pickle is written here."""
     file = io.BytesIO()
     file.write(encode({})[: 1 + len(class_pickle_of(encode({})))])
-    pickler = pickle.Pickler(file, protocol=5)
+    pickler = _IdPickler(file, protocol=5)
     if persistent_id is not None:
         pickler.persistent_id = persistent_id  # type: ignore[method-assign]
     pickler.dump(state)
