@@ -62,6 +62,14 @@ def flip(path: str, position: int, bit: int) -> None:
         file.write(bytes([byte ^ (1 << bit)]))
 
 
+def root_and_hello(tmp_path: Path, cls: type[FileStorage2]) -> str:
+    """A new data file of one transaction: oid 0 ("root", referencing 1) and oid 1 ("hello")."""
+    path = str(tmp_path / "db.dhruva")
+    with cls(path) as storage:
+        commit(storage, (0, b"root", [1]), (1, b"hello", []))
+    return path
+
+
 # --- issue 10 item 3: a bit flip in a committed record is never served ----------------
 
 
@@ -104,9 +112,7 @@ def test_bit_flips_in_current_records_are_never_served_as_data(tmp_path: Path) -
 def test_a_record_whose_transaction_checksum_was_recomputed_still_fails_at_load(
     tmp_path: Path, cls: type[FileStorage2]
 ) -> None:
-    path = str(tmp_path / "db.dhruva")
-    with cls(path) as storage:
-        commit(storage, (0, b"root", [1]), (1, b"hello", []))
+    path = root_and_hello(tmp_path, cls)
     data = bytearray(Path(path).read_bytes())
     txn_offset = journal.FILE_HEADER_SIZE
     record2 = txn_offset + journal.TXN_HEADER_SIZE + journal.RECORD_HEADER_SIZE + 4 + 8
@@ -138,9 +144,7 @@ def test_a_damaged_record_length_is_refused_before_it_is_read(
     tmp_path: Path, cls: type[FileStorage2]
 ) -> None:
     """Lengths of 4 GiB data and 4 Gi references: refused, not a 36 GiB read."""
-    path = str(tmp_path / "db.dhruva")
-    with cls(path) as storage:
-        commit(storage, (0, b"root", [1]), (1, b"hello", []))
+    path = root_and_hello(tmp_path, cls)
     version = journal.decode_file_header(Path(path).read_bytes(), path).major
     offsets = current_records(path)
     record = offsets[oid(1)][0] - journal.record_header_size(version)
