@@ -17,7 +17,9 @@ asked for (docs/guide/speedups.md).
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import nox
@@ -44,9 +46,57 @@ CONFORMANCE_BACKENDS = [
 #: The newer interpreters ``tests_newer`` runs the unit tests on, beside PYTHON.
 NEWER_PYTHONS = ["3.12", "3.13"]
 
+
+def _runs(executable: str) -> bool:
+    """Whether ``executable`` is a Python that starts (a pyenv shim of a version
+    that is installed but not selected is on PATH and exits 127)."""
+    try:
+        completed = subprocess.run([executable, "-c", "pass"], capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return completed.returncode == 0
+
+
+def _find_newer_pythons() -> list[str]:
+    """The versions of NEWER_PYTHONS this machine can run, each made findable as ``pythonX.Y``.
+
+    One on PATH that starts is used as it is; otherwise the newest
+    ``versions/X.Y.*`` under pyenv's root (``$PYENV_ROOT``, else ``~/.pyenv``)
+    goes to the front of PATH, where nox looks for it.
+    """
+    found: list[str] = []
+    roots = [os.environ.get("PYENV_ROOT", ""), str(Path.home() / ".pyenv")]
+    for version in NEWER_PYTHONS:
+        name = f"python{version}"
+        on_path = shutil.which(name)
+        if on_path is not None and _runs(on_path):
+            found.append(version)
+            continue
+        candidates = [
+            executable
+            for root in roots
+            if root
+            for executable in Path(root, "versions").glob(f"{version}.*/bin/{name}")
+        ]
+
+        def release(executable: Path) -> tuple[int, ...]:
+            patch = executable.parent.parent.name.split(".")[2]
+            return (int(patch),) if patch.isdigit() else (-1,)
+
+        for executable in sorted(candidates, key=release, reverse=True):
+            if _runs(str(executable)):
+                os.environ["PATH"] = f"{executable.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+                found.append(version)
+                break
+    return found
+
+
+#: The newer versions found; tests_newer is a default session when there is one.
+NEWER_FOUND = _find_newer_pythons()
+
 nox.options.sessions = [
     "tests",
-    "tests_newer",
+    *(["tests_newer"] if NEWER_FOUND else []),
     "tests_bare",
     "conformance",
     "lint",
@@ -99,13 +149,15 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", "tests/", *session.posargs, env={**C_PATH, EXPECT_SPEEDUPS: "1"})
 
 
-@nox.session(python=NEWER_PYTHONS)
+@nox.session(python=NEWER_FOUND or NEWER_PYTHONS)
 def tests_newer(session: nox.Session) -> None:
     """Run the unit tests with the C extension on each newer Python dhruva supports.
 
     Python 3.13 changed what the C pickler accepts (a ``persistent_id`` set on
     an instance of ``pickle.Pickler`` itself is refused), and the extension is
     compiled against each version's C API: both are only seen by running there.
+    A default session on every machine that has one of them (found on PATH or
+    under pyenv's root); asked for by name where none is, it fails.
     """
     install_dhruva(session, "test")
     session.run("pytest", "tests/", *session.posargs, env={**C_PATH, EXPECT_SPEEDUPS: "1"})
