@@ -1198,7 +1198,7 @@ speedups_mark_saved(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* clock_batch(batch, loaded, changed, cache_size, cache_bytes, loaded_bytes, budget)
- *     -> (loaded_bytes, budget, within)
+ *     -> (loaded_bytes, budget, within) | None
  *
  * One batch of Connection.shrink_cache's clock hand, the same steps as its
  * Python loop: ``batch`` is a list of (oid, obj) from the old end of
@@ -1206,7 +1206,9 @@ speedups_mark_saved(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * object in its tracked class is ghosted (its own _p_set_status_ghost) and
  * leaves ``loaded``; one in its real class is armed (enters the tracked
  * class); either kind that stays moves to the young end.  ``within`` is
- * True once the cache is within its bounds (the hand stops).  The arming
+ * True once the cache is within its bounds (the hand stops).  None, with
+ * nothing changed, for a batch that is not a list of (bytes, persistent
+ * object) pairs or arguments of other types: the Python loop decides.  The arming
  * pass over a cache that filled up is the cost this saves: every object, once.
  */
 static PyObject *
@@ -1220,18 +1222,28 @@ speedups_clock_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyObject *batch = args[0], *loaded = args[1], *changed = args[2];
     if (!PyList_CheckExact(batch) || !PyDict_CheckExact(loaded) || !PyDict_CheckExact(changed)) {
-        PyErr_SetString(PyExc_TypeError, "clock_batch() takes a list and two dicts");
-        return NULL;
+        Py_RETURN_NONE; /* not the cache: the Python hand decides (CONV-007) */
     }
     long long cache_size, cache_bytes, loaded_bytes, budget;
     if (((cache_size = PyLong_AsLongLong(args[3])) == -1 && PyErr_Occurred()) ||
         ((cache_bytes = PyLong_AsLongLong(args[4])) == -1 && PyErr_Occurred()) ||
         ((loaded_bytes = PyLong_AsLongLong(args[5])) == -1 && PyErr_Occurred()) ||
         ((budget = PyLong_AsLongLong(args[6])) == -1 && PyErr_Occurred())) {
-        return NULL;
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(batch);
+    /* Every entry is checked before any is touched: a batch this does not
+     * handle whole is handed back unchanged. */
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *entry = PyList_GET_ITEM(batch, i);
+        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2 ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(entry, 0)) ||
+            !PyObject_TypeCheck(PyTuple_GET_ITEM(entry, 1), persistent_base)) {
+            Py_RETURN_NONE;
+        }
     }
     int within = 0;
-    Py_ssize_t count = PyList_GET_SIZE(batch);
     for (Py_ssize_t i = 0; i < count; i++) {
         int over = PyDict_GET_SIZE(loaded) > cache_size ||
                    (cache_bytes >= 0 && loaded_bytes > cache_bytes);
@@ -1241,11 +1253,6 @@ speedups_clock_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         }
         budget -= 1;
         PyObject *entry = PyList_GET_ITEM(batch, i);
-        if (!PyTuple_CheckExact(entry) || PyTuple_GET_SIZE(entry) != 2 ||
-            !PyObject_TypeCheck(PyTuple_GET_ITEM(entry, 1), persistent_base)) {
-            PyErr_SetString(PyExc_TypeError, "clock_batch() takes (oid, persistent object) pairs");
-            goto failed;
-        }
         PyObject *oid = PyTuple_GET_ITEM(entry, 0), *obj = PyTuple_GET_ITEM(entry, 1);
         int in_changed = PyDict_Contains(changed, oid);
         if (in_changed < 0) {

@@ -988,9 +988,9 @@ class Connection:
                 return
             if _c_clock_batch is not None:
                 # The same steps in C (the arming pass of a cache that
-                # filled up touches every object once).
+                # filled up touches every object once); None: not done.
                 cache_bytes = self._cache_bytes
-                self._loaded_bytes, budget, within = _c_clock_batch(
+                done = _c_clock_batch(
                     batch,
                     loaded,
                     changed,
@@ -999,9 +999,11 @@ class Connection:
                     self._loaded_bytes,
                     budget,
                 )
-                if within:
-                    return
-                continue
+                if done is not None:
+                    self._loaded_bytes, budget, within = done
+                    if within:
+                        return
+                    continue
             for oid, obj in batch:
                 if budget <= 0 or not self._over_limit():
                     return

@@ -82,11 +82,12 @@ install_state: Callable[[Any, Any, int, int], int] | None = None
 mark_saved: Callable[[Any, int, int], int] | None = None
 #: ``clock_batch(batch, loaded, changed, cache_size, cache_bytes, loaded_bytes, budget)``:
 #: one batch of Connection.shrink_cache's clock hand (``cache_bytes`` -1 for no byte
-#: bound); returns ``(loaded_bytes, budget, within)``.  Usable once
+#: bound); returns ``(loaded_bytes, budget, within)``, or None (nothing changed) for a
+#: batch that is not a list of (bytes, persistent object) pairs.  Usable once
 #: :func:`install_persistent` ran.
 _ClockBatch = Callable[
     [list[tuple[bytes, Any]], dict[bytes, Any], dict[bytes, Any], int, int, int, int],
-    tuple[int, int, bool],
+    tuple[int, int, bool] | None,
 ]
 clock_batch: _ClockBatch | None = None
 #: ``attach(obj, oid, connection)``: a new object's ``_p_oid``, ``_p_connection`` and

@@ -382,6 +382,12 @@ def test_plain_loads_reads_big_and_negative_ints_and_special_floats() -> None:
 # --- the cache's clock hand (Connection.shrink_cache) ----------------------------------------
 
 
+def _nothing() -> Any:
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
 def _clock_run(seed: int) -> list[Any]:
     """Reads, writes and shrinks of a mixed cache; what the cache holds after each step."""
     rng = random.Random(seed)
@@ -438,20 +444,47 @@ def test_the_clock_hand_leaves_the_cache_as_the_python_one_does(seed: int) -> No
 
 
 @needs_c
-def test_clock_batch_refuses_what_is_not_the_cache() -> None:
+@pytest.mark.req("CONV-007")
+def test_clock_batch_hands_back_what_is_not_the_cache() -> None:
     connection = Connection(MemoryStorage())
-    connection.get_root()["a"] = Item(1)
+    root = connection.get_root()
+    root["a"], root["b"] = Item(1), Item(2)
     connection.commit()
     loaded, changed = connection._loaded, connection._changed
     batch = list(loaded.items())
+    before = [(oid, type(obj)) for oid, obj in loaded.items()]
+    for unusual in (
+        (tuple(batch), loaded, changed, 0, -1, 0, 10),
+        ([*batch, (b"\0" * 8, object())], loaded, changed, 0, -1, 0, 10),
+        ([*batch, (b"\0" * 8,)], loaded, changed, 0, -1, 0, 10),
+        ([*batch, (bytearray(8), batch[0][1])], loaded, changed, 0, -1, 0, 10),
+        (batch, loaded, changed, "0", -1, 0, 10),
+        (batch, loaded, changed, 0, -1, 0, 2**70),
+    ):
+        assert _c.clock_batch(*unusual) is None
+        # Nothing armed, ghosted or moved, even for the good entries before the bad one.
+        assert [(oid, type(obj)) for oid, obj in loaded.items()] == before
     with pytest.raises(TypeError):
-        _c.clock_batch(tuple(batch), loaded, changed, 0, -1, 0, 10)
-    with pytest.raises(TypeError):
-        _c.clock_batch([(b"\0" * 8, object())], loaded, changed, 0, -1, 0, 10)
-    with pytest.raises(TypeError):
-        _c.clock_batch([(b"\0" * 8,)], loaded, changed, 0, -1, 0, 10)
-    with pytest.raises(TypeError):
-        _c.clock_batch(batch, loaded, changed, 0, -1, 0)
-    before = list(loaded)
+        _c.clock_batch(batch, loaded, changed, 0, -1, 0)  # the call itself is wrong
     assert _c.clock_batch(batch, loaded, changed, 10**6, -1, 0, 10) == (0, 10, True)
-    assert list(loaded) == before  # within bounds: the hand did nothing
+    assert [(oid, type(obj)) for oid, obj in loaded.items()] == before  # within bounds
+
+
+def test_a_cache_entry_that_is_not_persistent_fails_as_in_python() -> None:
+    """What the C hand hands back, the Python hand decides: its AttributeError."""
+    from unittest import mock
+
+    from dhruva import connection as connection_module
+
+    def shrink_with_a_stranger(pure: bool) -> str:
+        connection = Connection(MemoryStorage())
+        connection.get_root()["a"] = Item(1)
+        connection.commit()
+        connection._loaded[(9).to_bytes(8, "big")] = object()  # type: ignore[assignment]
+        connection.set_cache_size(0)
+        path = mock.patch.object(connection_module, "_c_clock_batch", None) if pure else _nothing()
+        with path, pytest.raises(AttributeError) as info:
+            connection.shrink_cache()
+        return type(info.value).__name__
+
+    assert shrink_with_a_stranger(True) == shrink_with_a_stranger(False) == "AttributeError"
