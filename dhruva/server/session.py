@@ -71,7 +71,8 @@ CLOSING_GRACE_S = 2.0
 
 # One whole LOAD frame: its head (length and type), then the oid.
 _LOAD_FRAME_HEAD = wire.LOAD_FRAME_HEAD
-_LOAD_FRAME_SIZE = len(_LOAD_FRAME_HEAD) + OID_SIZE
+_LOAD_OID_AT = len(_LOAD_FRAME_HEAD)
+_LOAD_FRAME_SIZE = _LOAD_OID_AT + OID_SIZE
 
 FEATURES = "stage commit-sync bulk-load list-oids prefetch pack-progress"
 """The features this server announces in HELLO_OK and AUTH_OK (plus ``snapshots``
@@ -430,7 +431,7 @@ class ServerSession:
             # The hot path of a reading client: exactly one whole LOAD, with
             # nothing before it.  The event is what the decoder, the queue
             # and _handle would make of it, without them.
-            self._ready_load = Load(bytes(data[5:]))
+            self._ready_load = Load(data[_LOAD_OID_AT:])
             return
         try:
             payloads = self._decoder.feed(data)
