@@ -639,7 +639,7 @@ class Connection:
                 _setattr(obj, "_p_serial", serial)
                 previous = obj._p_size
                 _setattr(obj, "_p_size", size)
-            if getattr(type(obj), "_p_blob", False):
+            if type(obj)._p_blob:
                 obj._p_drop_file()  # type: ignore[attr-defined]
             self._loaded_bytes += size - previous
             loaded[written_oid] = obj
@@ -651,7 +651,7 @@ class Connection:
 
     def _write(self, writer: ObjectWriter) -> list[tuple[bytes, bytes, bytes]]:
         """Serialize the changes and store them in one storage transaction."""
-        records = list(writer.gen_records(list(self._changed.values())))
+        records = writer.records(list(self._changed.values()))
         blobs = self._blobs_to_store(writer)
         storage = self._storage
         storage.begin()
@@ -684,7 +684,7 @@ class Connection:
         """Return (oid, temporary file) of every written Blob with new content."""
         blobs: list[tuple[bytes, str]] = []
         for obj in (*self._changed.values(), *writer.attached):
-            if getattr(type(obj), "_p_blob", False):
+            if type(obj)._p_blob:
                 path = obj._p_blob_pending()  # type: ignore[attr-defined]
                 if path is not None:
                     assert obj._p_oid is not None
@@ -861,7 +861,7 @@ class Connection:
         """
         self._check_open()
         if any(
-            getattr(type(obj), "_p_blob", False) and obj._p_blob_pending() is not None  # type: ignore[attr-defined]
+            type(obj)._p_blob and obj._p_blob_pending() is not None  # type: ignore[attr-defined]
             for obj in self._changed.values()
         ):
             raise DhruvaError(
@@ -870,7 +870,7 @@ class Connection:
             )
         writer = ObjectWriter(self, self._serializer)
         try:
-            records = list(writer.gen_records(list(self._changed.values())))
+            records = writer.records(list(self._changed.values()))
         except BaseException:
             for obj in writer.attached:
                 self._detach(obj)

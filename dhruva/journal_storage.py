@@ -89,7 +89,7 @@ from dhruva.storage import (
     check_record,
     check_snapshot_tid,
 )
-from dhruva.utils import OID_SIZE, int8_to_str, str_to_int8
+from dhruva.utils import OID_SIZE, pack_int8, str_to_int8
 
 log = logging.getLogger("dhruva.file_storage")
 
@@ -334,7 +334,7 @@ class JournalStorage(Storage):
         # [SAPI-010] Beyond every stored oid and every oid handed out by this open.
         oid = self._next_oid
         self._next_oid = oid + 1
-        return int8_to_str(oid)
+        return pack_int8(oid)
 
     def load(self, oid: bytes) -> Record:
         # The hot path of every cold read: the checks of _check_open inline,

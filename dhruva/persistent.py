@@ -148,6 +148,9 @@ class PersistentBase:
     _p_ghost_class: ClassVar[type]
     _p_tracked_class: ClassVar[type]
     _p_hidden_kind: ClassVar[str | None] = None
+    # True for Blob: its content is stored beside the record (a class
+    # attribute here, so that a commit's test of it raises nothing).
+    _p_blob: ClassVar[bool] = False
 
     _p_status: int
     _p_serial: int

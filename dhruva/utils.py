@@ -13,6 +13,10 @@ ROOT_OID = b"\x00" * OID_SIZE
 """The oid of the root object (spec DM-002)."""
 
 
+#: int8_to_str itself, the C method: for the loops that make an oid per object.
+pack_int8 = _U64.pack
+
+
 def int8_to_str(n: int) -> bytes:
     """Return the 8-byte big-endian oid for the integer ``n`` (Durus's name)."""
     return _U64.pack(n)
