@@ -14,7 +14,7 @@ from typing import Any
 
 import dhruva_conformance
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
@@ -627,4 +627,33 @@ def test_checkpoint_fsyncs_entries_before_writing_the_meta(
     assert snapshots == [
         (struct.pack(">Q", 1100), None),
         (struct.pack(">Q", 1100), Meta(2, 1200, 8, 2, 3, 0x11)),
+    ]
+
+
+def _runs_one_by_one(oids: list[int]) -> list[tuple[int, int]]:
+    """_runs's ranges, found one oid at a time (the reference the comprehension must match)."""
+    runs: list[tuple[int, int]] = []
+    for oid in oids:
+        if runs and oid == runs[-1][1] + 1 and oid - runs[-1][0] < file_index.RUN_MAX_ENTRIES:
+            runs[-1] = (runs[-1][0], oid)
+        else:
+            runs.append((oid, oid))
+    return runs
+
+
+@given(st.sets(st.integers(0, 3 * file_index.RUN_MAX_ENTRIES), max_size=300))
+def test_runs_cover_consecutive_oids_only(numbers: set[int]) -> None:
+    oids = sorted(numbers)
+    assert list(file_index._runs(oids)) == _runs_one_by_one(oids)
+
+
+def test_runs_split_a_long_range_at_the_run_limit() -> None:
+    limit = file_index.RUN_MAX_ENTRIES
+    oids = [5, *range(7, 7 + 2 * limit + 3)]
+    assert list(file_index._runs(oids)) == _runs_one_by_one(oids)
+    assert list(file_index._runs(oids)) == [
+        (5, 5),
+        (7, 6 + limit),
+        (7 + limit, 6 + 2 * limit),
+        (7 + 2 * limit, 9 + 2 * limit),
     ]
