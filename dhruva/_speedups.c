@@ -926,6 +926,9 @@ static PyObject *str_p_class = NULL;
 static PyObject *str_p_tracked_class = NULL;
 static PyObject *str_p_set_status_ghost = NULL;
 static PyObject *value_zero = NULL;
+/* The ObjectWriter attributes reference() reads. */
+static PyObject *str_connection = NULL, *str_new_oid = NULL, *str_attached = NULL,
+                *str_queue = NULL, *str_refs = NULL, *str_reference = NULL;
 static Py_ssize_t off_status = -1, off_serial = -1, off_size = -1, off_oid = -1,
                   off_connection = -1;
 
@@ -983,6 +986,16 @@ speedups_configure_persistent(PyObject *module, PyObject *args)
         str_p_tracked_class = PyUnicode_InternFromString("_p_tracked_class");
         str_p_set_status_ghost = PyUnicode_InternFromString("_p_set_status_ghost");
         value_zero = PyLong_FromLong(0);
+        str_connection = PyUnicode_InternFromString("connection");
+        str_new_oid = PyUnicode_InternFromString("_new_oid");
+        str_attached = PyUnicode_InternFromString("attached");
+        str_queue = PyUnicode_InternFromString("queue");
+        str_refs = PyUnicode_InternFromString("_refs");
+        str_reference = PyUnicode_InternFromString("reference");
+        if (str_connection == NULL || str_new_oid == NULL || str_attached == NULL ||
+            str_queue == NULL || str_refs == NULL || str_reference == NULL) {
+            return NULL;
+        }
         if (str_p_note_change == NULL || str_setstate == NULL || str_class == NULL ||
             str_p_class == NULL || str_load_state == NULL || str_note_read == NULL ||
             str_p_tracked_class == NULL || str_p_set_status_ghost == NULL || value_zero == NULL) {
@@ -1144,6 +1157,90 @@ speedups_persistent_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     return PyObject_CallOneArg(args[1], args[2]);
 }
 
+/* Append ``obj`` to the list (or sequence with append) ``writer.<name>``; -1 on an error. */
+static int
+append_to(PyObject *writer, PyObject *name, PyObject *obj)
+{
+    PyObject *target = PyObject_GetAttr(writer, name);
+    if (target == NULL) {
+        return -1;
+    }
+    int failed;
+    if (PyList_CheckExact(target)) {
+        failed = PyList_Append(target, obj);
+    } else {
+        PyObject *done = PyObject_CallMethod(target, "append", "O", obj);
+        failed = done == NULL ? -1 : 0;
+        Py_XDECREF(done);
+    }
+    Py_DECREF(target);
+    return failed;
+}
+
+/* reference(writer, obj) -> (oid, class)
+ *
+ * ObjectWriter.reference, the same steps: a new object (no connection) gets
+ * ``writer._new_oid()`` and is attached to ``writer.connection`` (status
+ * UNSAVED) and appended to ``writer.attached`` and ``writer.queue``; then
+ * ``writer._refs[oid] = None``.  Anything else -- not a persistent object,
+ * an object of another connection, slots unset -- goes to the Python
+ * ``writer.reference(obj)``, which decides (InvalidObjectReference).
+ */
+static PyObject *
+speedups_reference(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || persistent_base == NULL) {
+        PyErr_SetString(PyExc_TypeError, "reference(writer, obj), once configured");
+        return NULL;
+    }
+    PyObject *writer = args[0], *obj = args[1];
+    PyObject *connection = PyObject_TypeCheck(obj, persistent_base)
+                               ? SLOT(obj, off_connection) : NULL;
+    if (connection == NULL || SLOT(obj, off_oid) == NULL) {
+        return PyObject_CallMethodOneArg(writer, str_reference, obj);
+    }
+    PyObject *own = PyObject_GetAttr(writer, str_connection);
+    if (own == NULL) {
+        return NULL;
+    }
+    if (connection != Py_None && connection != own) {
+        Py_DECREF(own);
+        return PyObject_CallMethodOneArg(writer, str_reference, obj);
+    }
+    if (connection == Py_None) {
+        /* [OBJ-006] A new object is stored in the same transaction. */
+        PyObject *new_oid = PyObject_CallMethodNoArgs(writer, str_new_oid);
+        if (new_oid == NULL) {
+            Py_DECREF(own);
+            return NULL;
+        }
+        slot_set(obj, off_oid, new_oid);
+        slot_set(obj, off_connection, own);
+        slot_set(obj, off_status, value_unsaved);
+        Py_DECREF(new_oid);
+        if (append_to(writer, str_attached, obj) < 0 || append_to(writer, str_queue, obj) < 0) {
+            Py_DECREF(own);
+            return NULL;
+        }
+    }
+    Py_DECREF(own);
+    PyObject *oid = SLOT(obj, off_oid);
+    Py_INCREF(oid);
+    PyObject *result = NULL;
+    /* [OBJ-005] Each referenced oid once, in first-seen order. */
+    PyObject *refs = PyObject_GetAttr(writer, str_refs);
+    if (refs != NULL && PyObject_SetItem(refs, oid, Py_None) == 0) {
+        PyObject *cls = PyObject_GetAttr((PyObject *)Py_TYPE(obj), str_p_class);
+        if (cls != NULL) {
+            result = PyTuple_Pack(2, oid, cls);
+            Py_DECREF(cls);
+        }
+    }
+    Py_XDECREF(refs);
+    Py_DECREF(oid);
+    return result;
+}
+
 /* Put ``obj`` back in its real class (out of the ghost or tracked class); -1 on an error. */
 static int
 restore_real_class(PyObject *obj)
@@ -1174,27 +1271,71 @@ set_saved(PyObject *obj, PyObject *serial, PyObject *size)
     return previous;
 }
 
-/* mark_saved(obj, serial, size) -> the previous _p_size
+/* mark_all_saved(objects, sizes, serial, loaded) -> the change in loaded bytes
  *
- * The commit's step for each written object: its real class (out of the
- * tracked class), status SAVED, ``_p_serial`` ``serial``, ``_p_size`` ``size``.
+ * The commit's step for each written object of the list ``objects``, in
+ * order, as Connection.commit's Python loop does it: its real class (out
+ * of the tracked class), status SAVED, ``_p_serial`` ``serial``,
+ * ``_p_size`` ``sizes[oid]``, and ``loaded[oid] = obj``.  Returns the sum
+ * of each new size less the object's previous ``_p_size``.  An object that
+ * is not persistent raises TypeError; an oid missing from ``sizes``
+ * KeyError, the objects before it marked (as the Python loop leaves them).
  */
 static PyObject *
-speedups_mark_saved(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+speedups_mark_all_saved(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 3 || persistent_base == NULL) {
-        PyErr_SetString(PyExc_TypeError, "mark_saved(obj, serial, size), once configured");
+    if (nargs != 4 || persistent_base == NULL || !PyList_CheckExact(args[0]) ||
+        !PyDict_CheckExact(args[1]) || !PyDict_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "mark_all_saved(list, dict, serial, dict), once configured");
         return NULL;
     }
-    PyObject *obj = args[0];
-    if (!PyObject_TypeCheck(obj, persistent_base)) {
-        PyErr_SetString(PyExc_TypeError, "mark_saved() takes a persistent object");
-        return NULL;
+    PyObject *objects = args[0], *sizes = args[1], *serial = args[2], *loaded = args[3];
+    Py_ssize_t delta = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(objects); i++) {
+        PyObject *obj = PyList_GET_ITEM(objects, i);
+        Py_INCREF(obj);
+        PyObject *oid = NULL, *previous = NULL;
+        int failed = 1;
+        if (!PyObject_TypeCheck(obj, persistent_base)) {
+            PyErr_SetString(PyExc_TypeError, "mark_all_saved() takes persistent objects");
+            goto next;
+        }
+        oid = SLOT(obj, off_oid);
+        if (oid == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "_p_oid");
+            goto next;
+        }
+        Py_INCREF(oid);
+        PyObject *size = PyDict_GetItemWithError(sizes, oid); /* borrowed */
+        if (size == NULL) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetObject(PyExc_KeyError, oid);
+            }
+            goto next;
+        }
+        Py_INCREF(size);
+        if (restore_real_class(obj) < 0 || (previous = set_saved(obj, serial, size)) == NULL) {
+            Py_DECREF(size);
+            goto next;
+        }
+        Py_ssize_t new_size = PyLong_AsSsize_t(size);
+        Py_ssize_t old_size = PyLong_AsSsize_t(previous);
+        Py_DECREF(size);
+        if ((new_size == -1 || old_size == -1) && PyErr_Occurred()) {
+            goto next;
+        }
+        delta += new_size - old_size;
+        failed = PyDict_SetItem(loaded, oid, obj) < 0;
+    next:
+        Py_XDECREF(previous);
+        Py_XDECREF(oid);
+        Py_DECREF(obj);
+        if (failed) {
+            return NULL;
+        }
     }
-    if (restore_real_class(obj) < 0) {
-        return NULL;
-    }
-    return set_saved(obj, args[1], args[2]);
+    return PyLong_FromSsize_t(delta);
 }
 
 /* clock_batch(batch, loaded, changed, cache_size, cache_bytes, loaded_bytes, budget)
@@ -1502,13 +1643,15 @@ static PyMethodDef speedups_methods[] = {
      "install_state(obj, state, serial, size) -> previous _p_size"},
     {"persistent_id", (PyCFunction)(void (*)(void))speedups_persistent_id, METH_FASTCALL,
      "persistent_id(base, reference, obj) -> reference(obj) | None"},
+    {"reference", (PyCFunction)(void (*)(void))speedups_reference, METH_FASTCALL,
+     "reference(writer, obj) -> (oid, class): ObjectWriter.reference"},
     {"attach", (PyCFunction)(void (*)(void))speedups_attach, METH_FASTCALL,
      "attach(obj, oid, connection): a new object's _p_oid, _p_connection, _p_status"},
     {"clock_batch", (PyCFunction)(void (*)(void))speedups_clock_batch, METH_FASTCALL,
      "clock_batch(batch, loaded, changed, cache_size, cache_bytes, loaded_bytes, budget) -> "
      "(loaded_bytes, budget, within)"},
-    {"mark_saved", (PyCFunction)(void (*)(void))speedups_mark_saved, METH_FASTCALL,
-     "mark_saved(obj, serial, size) -> previous _p_size"},
+    {"mark_all_saved", (PyCFunction)(void (*)(void))speedups_mark_all_saved, METH_FASTCALL,
+     "mark_all_saved(objects, sizes, serial, loaded) -> the change in loaded bytes"},
     {"set_dict_state", (PyCFunction)(void (*)(void))speedups_set_dict_state, METH_FASTCALL,
      "set_dict_state(d, state) -> None | NotImplemented"},
     {NULL, NULL, 0, NULL},

@@ -100,7 +100,7 @@ from dhruva.utils import ROOT_OID, int8_to_str, str_to_int8
 _setattr = object.__setattr__
 _getattribute = object.__getattribute__
 _c_install_state = speedups.install_state
-_c_mark_saved = speedups.mark_saved
+_c_mark_all_saved = speedups.mark_all_saved
 _c_clock_batch = speedups.clock_batch
 
 ROOT_WAIT_S = 10.0
@@ -607,7 +607,7 @@ class Connection:
             return
         rounds = 0
         while True:
-            writer = ObjectWriter(self, self._serializer)
+            writer = ObjectWriter(self, self._serializer, self._oid_source())
             try:
                 records = self._write(writer)
                 break
@@ -628,21 +628,24 @@ class Connection:
         written: list[PersistentBase] = list(self._changed.values())
         objects.add_all(writer.attached)
         written.extend(writer.attached)
-        for obj in written:
-            written_oid = obj._p_oid
-            assert written_oid is not None
-            size = sizes[written_oid]
-            if _c_mark_saved is not None:
-                previous = _c_mark_saved(obj, serial, size)  # the same three steps in C
-            else:
+        if _c_mark_all_saved is not None:
+            # The loop below, in C.
+            self._loaded_bytes += _c_mark_all_saved(written, sizes, serial, loaded)
+        else:
+            grown = 0
+            for obj in written:
+                written_oid = obj._p_oid
+                assert written_oid is not None
+                size = sizes[written_oid]
                 obj._p_set_status_saved()
                 _setattr(obj, "_p_serial", serial)
-                previous = obj._p_size
+                grown += size - obj._p_size
                 _setattr(obj, "_p_size", size)
+                loaded[written_oid] = obj
+            self._loaded_bytes += grown
+        for obj in written:
             if type(obj)._p_blob:
                 obj._p_drop_file()  # type: ignore[attr-defined]
-            self._loaded_bytes += size - previous
-            loaded[written_oid] = obj
         self._changed.clear()
         self._savepoint_new.clear()
         self._transaction_serial += 1
@@ -868,7 +871,7 @@ class Connection:
                 "a savepoint cannot capture blob content written in this transaction; "
                 "commit the blob first or take the savepoint before writing it"
             )
-        writer = ObjectWriter(self, self._serializer)
+        writer = ObjectWriter(self, self._serializer, self._oid_source())
         try:
             records = writer.records(list(self._changed.values()))
         except BaseException:
@@ -1024,6 +1027,12 @@ class Connection:
     def new_oid(self) -> bytes:
         """Return a new oid from the storage."""
         return self._storage.new_oid()
+
+    def _oid_source(self) -> Callable[[], bytes]:
+        """The new-oid call of a commit's writer: the storage's, unless new_oid is overridden."""
+        if type(self).new_oid is Connection.new_oid:
+            return self._storage.new_oid
+        return self.new_oid
 
     def get_serializer(self) -> Serializer:
         """Return the serializer this connection writes records with."""

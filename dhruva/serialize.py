@@ -59,6 +59,7 @@ _loads = pickle.loads
 _c_read_pickle_state = speedups.read_pickle_state
 _c_persistent_id = speedups.persistent_id
 _c_attach = speedups.attach
+_c_reference = speedups.reference
 #: The bound of each per-class cache below (class pickles, verdicts, referencing classes).
 _CLASS_CACHE_MAX = 4096
 
@@ -642,12 +643,24 @@ class ObjectWriter:
     (pickle by default).
     """
 
-    def __init__(self, connection: Any, serializer: Serializer | None = None) -> None:
+    def __init__(
+        self,
+        connection: Any,
+        serializer: Serializer | None = None,
+        new_oid: Callable[[], bytes] | None = None,
+    ) -> None:
         self.connection = connection
         self.serializer = serializer if serializer is not None else PickleSerializer()
         self._encode = self.serializer.encode
-        self._reference = self.reference
-        self._new_oid = connection.new_oid
+        # What a serializer calls for each persistent object in a state: the
+        # C version of reference() where it can stand in for it (not for a
+        # subclass's own reference).
+        self._reference: Reference = self.reference
+        if _c_reference is not None and type(self).reference is ObjectWriter.reference:
+            self._reference = functools.partial(_c_reference, self)
+        # Where new oids come from: ``connection.new_oid`` unless the caller
+        # names its source (the Connection names its storage's, a call fewer).
+        self._new_oid = new_oid if new_oid is not None else connection.new_oid
         # The oids the state being encoded references, once each in
         # first-seen order (a dict of bytes keys: no set beside a list, and
         # nothing for the garbage collector to track).

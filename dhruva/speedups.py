@@ -31,10 +31,11 @@ __all__ = [
     "index_offset",
     "install_persistent",
     "install_state",
-    "mark_saved",
+    "mark_all_saved",
     "persistent_id",
     "read_pickle_state",
     "read_record",
+    "reference",
     "set_dict_state",
 ]
 
@@ -77,9 +78,10 @@ read_pickle_state = None  # type: ignore[assignment]
 #: ``_p_size``.  Usable once :func:`install_persistent` ran.
 install_state: Callable[[Any, Any, int, int], int] | None = None
 
-#: ``mark_saved(obj, serial, size)``: the commit's step for a written object (its real
-#: class, SAVED, ``_p_serial``, ``_p_size``); returns the previous ``_p_size``.
-mark_saved: Callable[[Any, int, int], int] | None = None
+#: ``mark_all_saved(objects, sizes, serial, loaded)``: the commit's step for each written
+#: object, in order (its real class, SAVED, ``_p_serial``, ``_p_size`` ``sizes[oid]``,
+#: ``loaded[oid] = obj``); returns the sum of the new sizes less the previous ones.
+mark_all_saved: Callable[[list[Any], dict[bytes, int], int, dict[bytes, Any]], int] | None = None
 #: ``clock_batch(batch, loaded, changed, cache_size, cache_bytes, loaded_bytes, budget)``:
 #: one batch of Connection.shrink_cache's clock hand (``cache_bytes`` -1 for no byte
 #: bound); returns ``(loaded_bytes, budget, within)``, or None (nothing changed) for a
@@ -93,6 +95,10 @@ clock_batch: _ClockBatch | None = None
 #: ``attach(obj, oid, connection)``: a new object's ``_p_oid``, ``_p_connection`` and
 #: ``_p_status`` UNSAVED, set as ObjectWriter.reference attaches it.
 attach: Callable[[Any, bytes, Any], None] | None = None
+#: ``reference(writer, obj)``: ObjectWriter.reference (a new object gets
+#: ``writer._new_oid()`` and is attached); anything unusual goes to
+#: ``writer.reference(obj)``.  Usable once :func:`install_persistent` ran.
+reference: Callable[[Any, Any], tuple[bytes, type]] | None = None
 #: ``persistent_id(base, reference, obj)``: ``reference(obj)`` if ``obj`` is a ``base``,
 #: else None (a record pickler's persistent_id, bound with functools.partial).
 persistent_id: Callable[[type, Callable[[Any], Any], Any], Any] | None = None
@@ -137,9 +143,10 @@ def install_persistent(
 
 if _c is not None:
     install_state = _c.install_state
-    mark_saved = _c.mark_saved
+    mark_all_saved = _c.mark_all_saved
     clock_batch = _c.clock_batch
     attach = _c.attach
+    reference = _c.reference
     persistent_id = _c.persistent_id
     # What read_state itself hands to its fallback when pickle.loads fails.
     _c.configure(Record, pickle.loads, (pickle.UnpicklingError, ImportError, AttributeError))

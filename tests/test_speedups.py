@@ -83,7 +83,7 @@ CALL_SITES: list[tuple[ModuleType, str, str]] = [
     (serialize, "_c_persistent_id", "persistent_id"),
     (serialize, "_c_attach", "attach"),
     (connection, "_c_install_state", "install_state"),
-    (connection, "_c_mark_saved", "mark_saved"),
+    (connection, "_c_mark_all_saved", "mark_all_saved"),
     (connection, "_c_clock_batch", "clock_batch"),
 ]
 

@@ -2,7 +2,7 @@
 
 Theory of operation.  ``dhruva.speedups.install_persistent`` gives
 PersistentBase a C ``__new__`` and ``__setattr__``; the Connection ends a load
-with ``install_state`` and a commit with ``mark_saved``; ObjectWriter attaches
+with ``install_state`` and a commit with ``mark_all_saved``; ObjectWriter attaches
 a new object with ``attach`` and pickles with the C ``persistent_id``; and
 ``read_pickle_state`` reads a plain state pickle with ``plain_loads``
 (tests/test_speedups.py covers the other functions).  The behaviour tests
@@ -488,3 +488,125 @@ def test_a_cache_entry_that_is_not_persistent_fails_as_in_python() -> None:
         return type(info.value).__name__
 
     assert shrink_with_a_stranger(True) == shrink_with_a_stranger(False) == "AttributeError"
+
+
+# -- the commit's writer: reference and mark_all_saved ------------------------------------------
+
+
+def _commit_run(seed: int) -> list[Any]:
+    """Commits of new objects reaching new objects, and of changed ones; what each leaves."""
+    rng = random.Random(seed)
+    storage = MemoryStorage()
+    connection = Connection(storage)
+    root = connection.get_root()
+    made: list[Any] = []
+    steps: list[Any] = []
+    for _ in range(6):
+        for _ in range(rng.randrange(1, 40)):
+            obj: Any = Item(rng.random()) if rng.random() < 0.7 else Slotted()
+            if isinstance(obj, Slotted):
+                obj.x = rng.choice(made) if made else None
+            elif made and rng.random() < 0.5:
+                obj.a = [rng.choice(made), Item(len(made)), rng.choice(made)]
+            made.append(obj)
+        root[len(steps)] = made[-rng.randrange(1, len(made) + 1) :]
+        for obj in rng.sample(made, min(5, len(made))):
+            if obj._p_oid is not None and not obj._p_is_ghost():
+                setattr(obj, "y" if isinstance(obj, Slotted) else "a", rng.random())
+        connection.commit()
+        steps.append(
+            (
+                [
+                    (int.from_bytes(oid, "big"), type(obj).__name__, obj._p_status, obj._p_size)
+                    for oid, obj in connection._loaded.items()
+                ],
+                connection.get_loaded_bytes(),
+                sorted(
+                    (oid, storage.load(oid).data, storage.load(oid).refs)
+                    for oid in connection._loaded
+                ),
+            )
+        )
+    return steps
+
+
+@pytest.mark.req("CONV-006")
+@pytest.mark.parametrize("seed", range(5))
+def test_a_commit_writes_and_marks_as_the_python_one_does(seed: int) -> None:
+    from unittest import mock
+
+    from dhruva import connection as connection_module
+    from dhruva import serialize
+
+    with (
+        mock.patch.object(connection_module, "_c_mark_all_saved", None),
+        mock.patch.object(serialize, "_c_reference", None),
+    ):
+        reference = _commit_run(seed)
+    assert _commit_run(seed) == reference
+
+
+def test_an_object_of_another_connection_is_refused_on_both_paths() -> None:
+    from unittest import mock
+
+    from dhruva import serialize
+    from dhruva.error import InvalidObjectReference
+
+    def refusal() -> str:
+        other = Connection(MemoryStorage())
+        other.get_root()["x"] = stranger = Item(1)
+        other.commit()
+        connection = Connection(MemoryStorage())
+        connection.get_root()["y"] = Item([stranger])
+        with pytest.raises(InvalidObjectReference) as failure:
+            connection.commit()
+        connection.abort()
+        return str(failure.value)
+
+    with mock.patch.object(serialize, "_c_reference", None):
+        expected = refusal()
+    assert refusal() == expected
+    assert "another connection" in expected
+
+
+def test_a_writer_subclass_keeps_its_own_reference() -> None:
+    from dhruva.serialize import ObjectWriter
+
+    seen: list[Any] = []
+
+    class Noting(ObjectWriter):
+        def reference(self, obj: PersistentBase) -> tuple[bytes, type]:
+            seen.append(obj)
+            return super().reference(obj)
+
+    connection = Connection(MemoryStorage())
+    inner = Item(1)
+    outer = Item(inner)
+    connection.get_root()["o"] = outer
+    writer = Noting(connection)
+    records = writer.records([connection.get_root()])
+    assert seen == [outer, inner]
+    assert [oid for oid, _data, _refs in records] == [
+        connection.get_root()._p_oid,
+        outer._p_oid,
+        inner._p_oid,
+    ]
+    for obj in writer.attached:
+        connection._detach(obj)
+
+
+@needs_c
+def test_mark_all_saved_refuses_what_the_python_loop_cannot_take() -> None:
+    connection = Connection(MemoryStorage())
+    root = connection.get_root()
+    root["a"] = item = Item(1)
+    connection.commit()
+    loaded = connection._loaded
+    with pytest.raises(TypeError):
+        _c.mark_all_saved((item,), {}, 1, loaded)
+    with pytest.raises(TypeError):
+        _c.mark_all_saved([object()], {}, 1, loaded)
+    with pytest.raises(KeyError):
+        _c.mark_all_saved([item], {}, 1, loaded)
+    assert _c.mark_all_saved([item], {item._p_oid: item._p_size + 5}, 7, loaded) == 5
+    assert item._p_serial == 7 and item._p_status == SAVED
