@@ -1177,6 +1177,69 @@ append_to(PyObject *writer, PyObject *name, PyObject *obj)
     return failed;
 }
 
+/* A weak reference to ``obj`` without a callback, not tracked by the garbage
+ * collector.  Such a reference refers to nothing the collector follows (its
+ * referent is not a reference it counts), and the collector handles one to
+ * an unreachable object without moving it between its lists (only
+ * references with callbacks are moved), so it never needs to be tracked;
+ * the connection's cache then adds no object per entry to every full
+ * collection. */
+static PyObject *
+new_object_ref(PyObject *obj)
+{
+    PyObject *ref = PyWeakref_NewRef(obj, NULL);
+    if (ref != NULL && PyObject_GC_IsTracked(ref)) {
+        PyObject_GC_UnTrack(ref);
+    }
+    return ref;
+}
+
+/* object_ref(obj) -> weakref.ref(obj), untracked (see new_object_ref). */
+static PyObject *
+speedups_object_ref(PyObject *module, PyObject *obj)
+{
+    return new_object_ref(obj);
+}
+
+/* add_object_refs(data, objects)
+ *
+ * ``data[obj._p_oid] = object_ref(obj)`` for each persistent object of the
+ * list ``objects``, in order (_ObjectMap.add_all).
+ */
+static PyObject *
+speedups_add_object_refs(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || persistent_base == NULL || !PyDict_Check(args[0]) ||
+        !PyList_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "add_object_refs(dict, list), once configured");
+        return NULL;
+    }
+    PyObject *data = args[0], *objects = args[1];
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(objects); i++) {
+        PyObject *obj = PyList_GET_ITEM(objects, i);
+        if (!PyObject_TypeCheck(obj, persistent_base)) {
+            PyErr_SetString(PyExc_TypeError, "add_object_refs() takes persistent objects");
+            return NULL;
+        }
+        PyObject *key = SLOT(obj, off_oid);
+        if (key == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "_p_oid");
+            return NULL;
+        }
+        Py_INCREF(obj);
+        Py_INCREF(key);
+        PyObject *ref = new_object_ref(obj);
+        int failed = ref == NULL || PyDict_SetItem(data, key, ref) < 0;
+        Py_XDECREF(ref);
+        Py_DECREF(key);
+        Py_DECREF(obj);
+        if (failed) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 /* reference(writer, obj) -> (oid, class)
  *
  * ObjectWriter.reference, the same steps: a new object (no connection) gets
@@ -1643,6 +1706,10 @@ static PyMethodDef speedups_methods[] = {
      "install_state(obj, state, serial, size) -> previous _p_size"},
     {"persistent_id", (PyCFunction)(void (*)(void))speedups_persistent_id, METH_FASTCALL,
      "persistent_id(base, reference, obj) -> reference(obj) | None"},
+    {"object_ref", (PyCFunction)speedups_object_ref, METH_O,
+     "object_ref(obj) -> weakref.ref(obj), not tracked by the garbage collector"},
+    {"add_object_refs", (PyCFunction)(void (*)(void))speedups_add_object_refs, METH_FASTCALL,
+     "add_object_refs(data, objects): data[obj._p_oid] = object_ref(obj) for each"},
     {"reference", (PyCFunction)(void (*)(void))speedups_reference, METH_FASTCALL,
      "reference(writer, obj) -> (oid, class): ObjectWriter.reference"},
     {"attach", (PyCFunction)(void (*)(void))speedups_attach, METH_FASTCALL,

@@ -102,6 +102,9 @@ _getattribute = object.__getattribute__
 _c_install_state = speedups.install_state
 _c_mark_all_saved = speedups.mark_all_saved
 _c_clock_batch = speedups.clock_batch
+_c_add_object_refs = speedups.add_object_refs
+# A weak reference without a callback, not tracked by the garbage collector with C.
+_new_ref: Callable[[Any], weakref.ref[Any]] = speedups.object_ref or weakref.ref
 
 ROOT_WAIT_S = 10.0
 """How long get_root() waits for another client's commit of a new root."""
@@ -125,40 +128,80 @@ def _as_oid(oid: bytes | int) -> bytes:
     raise TypeError(f"an oid is an int or 8 bytes, not {oid!r}")
 
 
-class _ObjectRef(weakref.ref):  # type: ignore[type-arg]
-    """A weak reference with its key, made without KeyedRef's Python ``__new__``."""
-
-    __slots__ = ("key",)
-    key: bytes
+#: An _ObjectMap sweeps out its dead entries once it holds more than this many, and
+#: then whenever it has doubled since its last sweep.
+SWEEP_MIN_ENTRIES = 1024
 
 
-class _ObjectMap(weakref.WeakValueDictionary[bytes, PersistentBase]):
-    """The connection's oid -> object map: a WeakValueDictionary with a cheaper insert.
+class _ObjectMap:
+    """The connection's oid -> object map: weak references, dead ones found lazily.
 
-    ``WeakValueDictionary.__setitem__`` makes a ``KeyedRef``, whose
-    ``__new__`` and ``__init__`` are Python code: a third of the cost of
-    attaching a new object at commit and of every new ghost.  The same
-    reference, with the key the dictionary's removal callback reads, is
-    made here by the C constructor alone.
+    Each entry is a plain weak reference, without a callback.  An entry whose
+    object is gone is dropped when it is next looked up, and all of them by a
+    sweep each time the map has doubled since the last one (amortized O(1)
+    an insert), so ``len()`` and ``in`` see only live objects.  A weak
+    reference without a callback refers to nothing the garbage collector
+    follows: with dhruva.speedups the map's references are not tracked by
+    it, and a cache of n objects no longer adds n objects to every full
+    collection (WeakValueDictionary's references, with their callback, are
+    tracked and have to be).
     """
 
-    def __setitem__(self, key: bytes, value: PersistentBase) -> None:
-        if self._pending_removals:  # type: ignore[attr-defined]
-            self._commit_removals()  # type: ignore[attr-defined]
-        ref = _ObjectRef(value, self._remove)  # type: ignore[attr-defined]
-        ref.key = key
-        self.data[key] = ref  # type: ignore[attr-defined]
+    __slots__ = ("_sweep_at", "data")
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, weakref.ref[PersistentBase]] = {}
+        self._sweep_at = SWEEP_MIN_ENTRIES
+
+    def get(self, oid: bytes, default: PersistentBase | None = None) -> PersistentBase | None:
+        ref = self.data.get(oid)
+        if ref is not None:
+            obj = ref()
+            if obj is not None:
+                return obj
+            del self.data[oid]
+        return default
+
+    def __getitem__(self, oid: bytes) -> PersistentBase:
+        obj = self.get(oid)
+        if obj is None:
+            raise KeyError(oid)
+        return obj
+
+    def __contains__(self, oid: object) -> bool:
+        return type(oid) is bytes and self.get(oid) is not None
+
+    def __setitem__(self, oid: bytes, obj: PersistentBase) -> None:
+        data = self.data
+        data[oid] = _new_ref(obj)
+        if len(data) > self._sweep_at:
+            self._sweep()
 
     def add_all(self, objects: list[PersistentBase]) -> None:
         """``self[obj._p_oid] = obj`` for each of ``objects`` (a commit's new objects)."""
-        if self._pending_removals:  # type: ignore[attr-defined]
-            self._commit_removals()  # type: ignore[attr-defined]
-        data = self.data  # type: ignore[attr-defined]
-        remove = self._remove  # type: ignore[attr-defined]
-        for obj in objects:
-            ref = _ObjectRef(obj, remove)
-            ref.key = key = _getattribute(obj, "_p_oid")
-            data[key] = ref
+        data = self.data
+        if _c_add_object_refs is not None:
+            _c_add_object_refs(data, objects)  # the loop below, in C
+        else:
+            for obj in objects:
+                data[_getattribute(obj, "_p_oid")] = _new_ref(obj)
+        if len(data) > self._sweep_at:
+            self._sweep()
+
+    def pop(self, oid: bytes, default: PersistentBase | None = None) -> PersistentBase | None:
+        ref = self.data.pop(oid, None)
+        obj = None if ref is None else ref()
+        return default if obj is None else obj
+
+    def __len__(self) -> int:
+        self._sweep()
+        return len(self.data)
+
+    def _sweep(self) -> None:
+        data = self.data
+        for oid in [oid for oid, ref in data.items() if ref() is None]:
+            del data[oid]
+        self._sweep_at = max(2 * len(data), SWEEP_MIN_ENTRIES)
 
 
 class Connection:

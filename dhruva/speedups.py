@@ -25,6 +25,7 @@ from dhruva.record import Record
 __all__ = [
     "ENABLED",
     "PURE_PYTHON_VARIABLE",
+    "add_object_refs",
     "attach",
     "clock_batch",
     "encode_transaction",
@@ -32,6 +33,7 @@ __all__ = [
     "install_persistent",
     "install_state",
     "mark_all_saved",
+    "object_ref",
     "persistent_id",
     "read_pickle_state",
     "read_record",
@@ -95,6 +97,12 @@ clock_batch: _ClockBatch | None = None
 #: ``attach(obj, oid, connection)``: a new object's ``_p_oid``, ``_p_connection`` and
 #: ``_p_status`` UNSAVED, set as ObjectWriter.reference attaches it.
 attach: Callable[[Any, bytes, Any], None] | None = None
+#: ``object_ref(obj)``: ``weakref.ref(obj)``, not tracked by the garbage collector (a
+#: weak reference without a callback refers to nothing the collector follows).
+object_ref: Callable[[Any], Any] | None = None
+#: ``add_object_refs(data, objects)``: ``data[obj._p_oid] = object_ref(obj)`` for each
+#: persistent object, in order.
+add_object_refs: Callable[[dict[bytes, Any], list[Any]], None] | None = None
 #: ``reference(writer, obj)``: ObjectWriter.reference (a new object gets
 #: ``writer._new_oid()`` and is attached); anything unusual goes to
 #: ``writer.reference(obj)``.  Usable once :func:`install_persistent` ran.
@@ -147,6 +155,8 @@ if _c is not None:
     clock_batch = _c.clock_batch
     attach = _c.attach
     reference = _c.reference
+    object_ref = _c.object_ref
+    add_object_refs = _c.add_object_refs
     persistent_id = _c.persistent_id
     # What read_state itself hands to its fallback when pickle.loads fails.
     _c.configure(Record, pickle.loads, (pickle.UnpicklingError, ImportError, AttributeError))

@@ -547,8 +547,8 @@ def test_get_root_waits_for_another_client_creating_the_root() -> None:
 
 @pytest.mark.req("CONN-020")
 def test_the_object_map_holds_objects_weakly() -> None:
-    # The connection's oid -> object map makes its weak references itself
-    # (without KeyedRef); an object nothing else holds must still leave it.
+    # The connection's oid -> object map holds plain weak references, found
+    # dead lazily; an object nothing else holds must still leave it.
     connection = Connection(MemoryStorage())
     connection.root["kept"] = kept = Persistent()
     connection.root["dropped"] = Persistent()
@@ -567,3 +567,64 @@ def test_the_object_map_holds_objects_weakly() -> None:
     del ghost
     gc.collect()
     assert int8_to_str(999) not in connection._objects
+
+
+class _Item(Persistent):
+    def __init__(self, a: Any) -> None:
+        self.a = a
+
+
+@pytest.mark.req("CONN-020")
+def test_the_object_map_sweeps_its_dead_entries_and_counts_only_live_ones() -> None:
+    from dhruva import connection as connection_module
+
+    connection = Connection(MemoryStorage())
+    objects = connection._objects
+    ghosts = [connection.get_ghost(int8_to_str(n), Persistent) for n in range(1000, 1100)]
+    assert connection.get_cache_count() == 101  # the root too
+    del ghosts[50:]
+    gc.collect()
+    assert connection.get_cache_count() == 51
+    assert len(objects.data) == 51  # counting swept them out
+    # An insert sweeps once the map has doubled since its last sweep.
+    many = [
+        connection.get_ghost(int8_to_str(n), Persistent)
+        for n in range(2000, 2000 + 2 * connection_module.SWEEP_MIN_ENTRIES)
+    ]
+    del many
+    gc.collect()
+    assert len(objects.data) > 2 * connection_module.SWEEP_MIN_ENTRIES  # dead, not swept yet
+    # Ghosts that die at once, until the insert that crosses the bound sweeps.
+    for number in range(5000, 5000 + objects._sweep_at - len(objects.data) + 1):
+        connection.get_ghost(int8_to_str(number), Persistent)
+    assert len(objects.data) == 52  # the last ghost swept in before it died
+    assert connection.get_cache_count() == 51
+    assert objects.pop(int8_to_str(1000)) is ghosts[0]
+    assert objects.pop(int8_to_str(1000)) is None
+    with pytest.raises(KeyError):
+        objects[int8_to_str(1000)]
+
+
+def test_an_object_of_the_cache_in_cyclic_garbage_is_collected() -> None:
+    # The map's weak references have no callback (with the C extension the
+    # collector does not track them): a ghost that only a reference cycle
+    # holds is collected, and its entry leaves the map.
+    storage = MemoryStorage()
+    writer = Connection(storage)
+    writer.root["a"] = _Item(1)
+    writer.commit()
+    connection = Connection(storage)
+    root = connection.root
+    ghost = root["a"]
+    oid = ghost._p_oid
+    assert ghost._p_status == GHOST and oid not in connection._loaded
+    cycle: list[Any] = [ghost]
+    cycle.append(cycle)
+    del ghost, root
+    connection.set_cache_size(0)
+    for _ in range(3):
+        connection.shrink_cache()  # the root too becomes a ghost, and lets go of "a"
+    del cycle
+    assert gc.collect() > 0
+    assert connection._objects.get(oid) is None
+    assert connection.root["a"].a == 1  # a new ghost, loaded

@@ -32,6 +32,7 @@ import pickle
 import random
 import sys
 import tempfile
+import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -85,6 +86,8 @@ CALL_SITES: list[tuple[ModuleType, str, str]] = [
     (connection, "_c_install_state", "install_state"),
     (connection, "_c_mark_all_saved", "mark_all_saved"),
     (connection, "_c_clock_batch", "clock_batch"),
+    (connection, "_c_add_object_refs", "add_object_refs"),
+    (serialize, "_c_reference", "reference"),
 ]
 
 
@@ -141,6 +144,8 @@ def test_every_caller_holds_the_c_function_exactly_when_it_is_in_use() -> None:
         else:
             assert function is getattr(_c, exported), f"{module.__name__}.{name}"
             assert getattr(speedups, exported) is function
+    # The cache's weak references: the C maker, or weakref.ref itself.
+    assert connection._new_ref is (weakref.ref if _c is None else _c.object_ref)
 
 
 # --- crc32 --------------------------------------------------------------------------------
