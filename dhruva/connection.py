@@ -329,6 +329,7 @@ class Connection:
             registry=registry,
             class_map=ClassMap(class_map) if class_map else None,
         )
+        self._state_readers = self._reader.state_readers
         self._root_class = root_class
         self._root_pending = False
         self._ensure_root(root_class, root_data is not None)
@@ -466,8 +467,12 @@ class Connection:
         data = record.data
         try:
             # The reference list lets a record that references nothing be
-            # read without a Python-level unpickler (OBJ-009).
-            state = self._reader.get_state(data, record.refs)
+            # read without a Python-level unpickler (OBJ-009).  The reader's
+            # state reader for the record's code, as get_state finds it.
+            try:
+                state = self._state_readers[data[0]](data, record.refs)
+            except (KeyError, IndexError):
+                state = self._reader.get_state(data, record.refs)
         except SerializationError as exc:
             exc.add_note(f"while loading the object with oid {str_to_int8(oid)}")
             raise

@@ -778,7 +778,10 @@ class ObjectReader:
         pickle_decoder = PickleDecoder(get_ghost, find_class, self.class_map)
         # Keyed by the code byte as an int: ``data[0]`` is the cheapest lookup.
         self._decoders: dict[int, RecordDecoder] = {PICKLE_CODE[0]: pickle_decoder}
-        self._state_readers: dict[int, Callable[[bytes, bytes | None], Any]] = {
+        #: The state reader of each serializer code met so far (keyed by the
+        #: code byte as an int), filled by :meth:`get_state`: a caller may look
+        #: one up itself, falling back to get_state on KeyError or IndexError.
+        self.state_readers: dict[int, Callable[[bytes, bytes | None], Any]] = {
             PICKLE_CODE[0]: pickle_decoder.state_reader()
         }
 
@@ -817,7 +820,7 @@ class ObjectReader:
         class map included.
         """
         try:
-            return self._state_readers[data[0]](data, refs)
+            return self.state_readers[data[0]](data, refs)
         except (KeyError, IndexError):
             pass
         decoder = self.decoder_for(data)
@@ -832,5 +835,5 @@ class ObjectReader:
             def reader(data: bytes, refs: bytes | None) -> Any:
                 return state_of(data)
 
-        self._state_readers[data[0]] = reader
+        self.state_readers[data[0]] = reader
         return reader(data, refs)
