@@ -1177,6 +1177,96 @@ append_to(PyObject *writer, PyObject *name, PyObject *obj)
     return failed;
 }
 
+/* Whether ``value`` is plain data: exact None, bool, int, float, str, bytes,
+ * and lists, tuples and dicts of them, at most ``depth`` levels deep; each
+ * container entry takes one of ``*budget``.  Pickle writes such values by
+ * their types alone (before it consults copyreg or any reducer), so a
+ * plain value holds no persistent object and pickles the same everywhere. */
+static int
+is_plain(PyObject *value, int depth, Py_ssize_t *budget)
+{
+    PyTypeObject *type = Py_TYPE(value);
+    if (value == Py_None || type == &PyBool_Type || type == &PyLong_Type ||
+        type == &PyFloat_Type || type == &PyUnicode_Type || type == &PyBytes_Type) {
+        return 1;
+    }
+    if (depth <= 0) {
+        return 0;
+    }
+    if (type == &PyList_Type || type == &PyTuple_Type) {
+        Py_ssize_t n = Py_SIZE(value);
+        if ((*budget -= n) < 0) {
+            return 0;
+        }
+        PyObject **items = type == &PyList_Type ? ((PyListObject *)value)->ob_item
+                                                : ((PyTupleObject *)value)->ob_item;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            /* A list cannot change here: nothing but type checks runs. */
+            if (!is_plain(items[i], depth - 1, budget)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    if (type == &PyDict_Type) {
+        if ((*budget -= PyDict_GET_SIZE(value)) < 0) {
+            return 0;
+        }
+        Py_ssize_t pos = 0;
+        PyObject *key, *item;
+        while (PyDict_Next(value, &pos, &key, &item)) {
+            if (!is_plain(key, depth - 1, budget) || !is_plain(item, depth - 1, budget)) {
+                return 0;
+            }
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* encode_plain(prefix, state, dumps) -> prefix + dumps(state, 5) | None
+ *
+ * PickleSerializer.encode's record for a state of plain data (see
+ * is_plain, nested at most 16 deep and 4096 entries in all), made without
+ * the persistent-object probe: such a state holds no persistent object.
+ * None for any other state, untouched: the Python path then decides.
+ */
+static PyObject *
+speedups_encode_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3 || !PyBytes_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "encode_plain(prefix, state, dumps)");
+        return NULL;
+    }
+    Py_ssize_t budget = 4096;
+    if (!is_plain(args[1], 16, &budget)) {
+        Py_RETURN_NONE;
+    }
+    PyObject *protocol = PyLong_FromLong(5);
+    if (protocol == NULL) {
+        return NULL;
+    }
+    PyObject *call[2] = {args[1], protocol};
+    PyObject *pickled = PyObject_Vectorcall(args[2], call, 2, NULL);
+    Py_DECREF(protocol);
+    if (pickled == NULL) {
+        return NULL;
+    }
+    if (!PyBytes_CheckExact(pickled)) {
+        Py_DECREF(pickled);
+        PyErr_SetString(PyExc_TypeError, "encode_plain(): dumps did not return bytes");
+        return NULL;
+    }
+    Py_ssize_t head = PyBytes_GET_SIZE(args[0]), body = PyBytes_GET_SIZE(pickled);
+    PyObject *data = PyBytes_FromStringAndSize(NULL, head + body);
+    if (data != NULL) {
+        memcpy(PyBytes_AS_STRING(data), PyBytes_AS_STRING(args[0]), head);
+        memcpy(PyBytes_AS_STRING(data) + head, PyBytes_AS_STRING(pickled), body);
+    }
+    Py_DECREF(pickled);
+    return data;
+}
+
 /* A weak reference to ``obj`` without a callback, not tracked by the garbage
  * collector.  Such a reference refers to nothing the collector follows (its
  * referent is not a reference it counts), and the collector handles one to
@@ -1706,6 +1796,8 @@ static PyMethodDef speedups_methods[] = {
      "install_state(obj, state, serial, size) -> previous _p_size"},
     {"persistent_id", (PyCFunction)(void (*)(void))speedups_persistent_id, METH_FASTCALL,
      "persistent_id(base, reference, obj) -> reference(obj) | None"},
+    {"encode_plain", (PyCFunction)(void (*)(void))speedups_encode_plain, METH_FASTCALL,
+     "encode_plain(prefix, state, dumps) -> prefix + dumps(state, 5) | None"},
     {"object_ref", (PyCFunction)speedups_object_ref, METH_O,
      "object_ref(obj) -> weakref.ref(obj), not tracked by the garbage collector"},
     {"add_object_refs", (PyCFunction)(void (*)(void))speedups_add_object_refs, METH_FASTCALL,

@@ -60,6 +60,7 @@ _c_read_pickle_state = speedups.read_pickle_state
 _c_persistent_id = speedups.persistent_id
 _c_attach = speedups.attach
 _c_reference = speedups.reference
+_c_encode_plain = speedups.encode_plain
 #: The bound of each per-class cache below (class pickles, verdicts, referencing classes).
 _CLASS_CACHE_MAX = 4096
 
@@ -464,6 +465,12 @@ class PickleSerializer(Serializer):
         # class; then the state by a fresh pickler (clear_memo() would cost
         # time proportional to the largest memo seen so far).
         prefix = _CLASS_PREFIXES.get(cls) or _class_prefix(cls)
+        if _c_encode_plain is not None:
+            # A state of plain data (ints, strs, lists, dicts...) holds no
+            # persistent object: the same bytes as below, without the probe.
+            data = _c_encode_plain(prefix, state, _dumps)
+            if data is not None:
+                return data
         if cls not in _REFERENCING_CLASSES and (
             # _probe_is_sound(), its answer when nothing changed since it last ran
             (
@@ -729,6 +736,9 @@ class ObjectWriter:
         encode = self._encode
         reference = self._reference
         join = b"".join
+        # One dict of references, replaced only after a state that used it
+        # (most states reference nothing).
+        refs = self._refs = {}
         while queue:
             obj = pop()
             oid = obj._p_oid
@@ -736,7 +746,6 @@ class ObjectWriter:
             if oid in seen:
                 continue
             seen.add(oid)
-            self._refs = {}
             state = obj.__getstate__()
             try:
                 data = encode(type(obj)._p_class, state, reference)
@@ -744,7 +753,11 @@ class ObjectWriter:
                 raise
             except Exception as exc:
                 raise self._failure(obj, state, exc) from exc
-            append((oid, data, join(self._refs)))
+            if refs:
+                append((oid, data, join(refs)))
+                refs = self._refs = {}
+            else:
+                append((oid, data, b""))
         return records
 
     def gen_records(self, changed: list[PersistentBase]) -> Iterator[tuple[bytes, bytes, bytes]]:

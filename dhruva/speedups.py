@@ -28,6 +28,7 @@ __all__ = [
     "add_object_refs",
     "attach",
     "clock_batch",
+    "encode_plain",
     "encode_transaction",
     "index_offset",
     "install_persistent",
@@ -97,6 +98,10 @@ clock_batch: _ClockBatch | None = None
 #: ``attach(obj, oid, connection)``: a new object's ``_p_oid``, ``_p_connection`` and
 #: ``_p_status`` UNSAVED, set as ObjectWriter.reference attaches it.
 attach: Callable[[Any, bytes, Any], None] | None = None
+#: ``encode_plain(prefix, state, dumps)``: ``prefix + dumps(state, 5)`` for a state of
+#: plain data (exact None, bools, ints, floats, strs, bytes, and lists, tuples and
+#: dicts of them), which holds no persistent object; None for any other state.
+encode_plain: Callable[[bytes, Any, Callable[..., bytes]], bytes | None] | None = None
 #: ``object_ref(obj)``: ``weakref.ref(obj)``, not tracked by the garbage collector (a
 #: weak reference without a callback refers to nothing the collector follows).
 object_ref: Callable[[Any], Any] | None = None
@@ -156,6 +161,7 @@ if _c is not None:
     attach = _c.attach
     reference = _c.reference
     object_ref = _c.object_ref
+    encode_plain = _c.encode_plain
     add_object_refs = _c.add_object_refs
     persistent_id = _c.persistent_id
     # What read_state itself hands to its fallback when pickle.loads fails.

@@ -88,6 +88,7 @@ CALL_SITES: list[tuple[ModuleType, str, str]] = [
     (connection, "_c_clock_batch", "clock_batch"),
     (connection, "_c_add_object_refs", "add_object_refs"),
     (serialize, "_c_reference", "reference"),
+    (serialize, "_c_encode_plain", "encode_plain"),
 ]
 
 

@@ -610,3 +610,80 @@ def test_mark_all_saved_refuses_what_the_python_loop_cannot_take() -> None:
         _c.mark_all_saved([item], {}, 1, loaded)
     assert _c.mark_all_saved([item], {item._p_oid: item._p_size + 5}, 7, loaded) == 5
     assert item._p_serial == 7 and item._p_status == SAVED
+
+
+# -- encode_plain -------------------------------------------------------------------------------
+
+
+class _Str(str):
+    pass
+
+
+class _Dict(dict):  # type: ignore[type-arg]
+    pass
+
+
+def _encode_both(state: Any) -> tuple[bytes, bytes]:
+    """PickleSerializer.encode of ``state`` with encode_plain and without it."""
+    from unittest import mock
+
+    from dhruva import serialize
+
+    serializer = serialize.PickleSerializer()
+    with mock.patch.object(serialize, "_c_encode_plain", None):
+        expected = serializer.encode(Item, state, lambda obj: (b"\0" * 8, Item))
+    return serializer.encode(Item, state, lambda obj: (b"\0" * 8, Item)), expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.text(), _plain))
+def test_encode_writes_a_plain_state_as_the_python_path_does(state: dict[str, Any]) -> None:
+    got, expected = _encode_both(state)
+    assert got == expected
+
+
+@needs_c
+@pytest.mark.req("CONV-007")
+def test_encode_plain_hands_back_every_state_that_is_not_plain_data() -> None:
+    prefix = b"p"
+    assert _c.encode_plain(prefix, {"a": [1, (2.5, "x"), {b"k": None}], 3: True}, pickle.dumps) == (
+        prefix + pickle.dumps({"a": [1, (2.5, "x"), {b"k": None}], 3: True}, 5)
+    )
+    deep: Any = 1
+    for _ in range(16):
+        deep = [deep]
+    assert _c.encode_plain(prefix, deep, pickle.dumps) is not None
+    for unusual in (
+        {"a": Item(1)},  # a persistent object inside
+        {"a": [1, [Item(1)]]},
+        {"a": _Str("x")},  # subclasses of plain types
+        _Dict(a=1),
+        {"a": {1, 2}},  # a set
+        {"a": object()},
+        [deep],  # 17 levels
+        list(range(5000)),  # more entries than the budget
+    ):
+        assert _c.encode_plain(prefix, unusual, pickle.dumps) is None
+    for state in ({"a": _Str("x")}, _Dict(a=1), {"a": {1, 2}}, [deep], list(range(5000))):
+        got, expected = _encode_both(state)
+        assert got == expected
+    with pytest.raises(TypeError):
+        _c.encode_plain("p", {}, pickle.dumps)
+
+
+def test_a_persistent_object_in_a_state_is_a_reference_on_both_paths() -> None:
+    from unittest import mock
+
+    from dhruva import serialize
+
+    def records() -> list[tuple[bytes, bytes, bytes]]:
+        connection = Connection(MemoryStorage())
+        connection.get_root()["x"] = Item({"plain": [1, 2], "inner": Item(5)})
+        connection.commit()
+        storage = connection.get_storage()
+        return [(oid, storage.load(oid).data, storage.load(oid).refs) for oid in connection._loaded]
+
+    with mock.patch.object(serialize, "_c_encode_plain", None):
+        expected = records()
+    assert records() == expected
+    assert any(refs for _oid, _data, refs in expected)
