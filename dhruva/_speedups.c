@@ -1147,14 +1147,23 @@ speedups_persistent_id(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         PyErr_SetString(PyExc_TypeError, "persistent_id(base, reference, obj)");
         return NULL;
     }
-    int is_persistent = PyObject_IsInstance(args[2], args[0]);
+    PyObject *obj = args[2];
+    PyTypeObject *type = Py_TYPE(obj);
+    /* The values of a state: exact builtins, whose __class__ no one can
+     * change, are no persistent object (isinstance would look __class__ up). */
+    if (obj == Py_None || type == &PyLong_Type || type == &PyUnicode_Type ||
+        type == &PyFloat_Type || type == &PyBytes_Type || type == &PyBool_Type ||
+        type == &PyTuple_Type || type == &PyList_Type || type == &PyDict_Type) {
+        Py_RETURN_NONE;
+    }
+    int is_persistent = PyObject_IsInstance(obj, args[0]);
     if (is_persistent < 0) {
         return NULL;
     }
     if (!is_persistent) {
         Py_RETURN_NONE;
     }
-    return PyObject_CallOneArg(args[1], args[2]);
+    return PyObject_CallOneArg(args[1], obj);
 }
 
 /* Append ``obj`` to the list (or sequence with append) ``writer.<name>``; -1 on an error. */

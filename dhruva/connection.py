@@ -72,7 +72,7 @@ from itertools import islice
 from types import MappingProxyType, TracebackType
 from typing import Any, BinaryIO, TypeVar
 
-from dhruva import speedups
+from dhruva import persistent, speedups
 from dhruva.class_registry import AllowEntry, ClassMap, ClassRegistry
 from dhruva.error import (
     ConflictError,
@@ -691,9 +691,10 @@ class Connection:
                 _setattr(obj, "_p_size", size)
                 loaded[written_oid] = obj
             self._loaded_bytes += grown
-        for obj in written:
-            if type(obj)._p_blob:
-                obj._p_drop_file()  # type: ignore[attr-defined]
+        if persistent.blob_classes_defined:
+            for obj in written:
+                if type(obj)._p_blob:
+                    obj._p_drop_file()  # type: ignore[attr-defined]
         self._changed.clear()
         self._savepoint_new.clear()
         self._transaction_serial += 1
@@ -707,8 +708,9 @@ class Connection:
         storage = self._storage
         storage.begin()
         try:
+            store = storage.store
             for oid, data, refs in records:
-                storage.store(oid, data, refs)
+                store(oid, data, refs)
             for oid, path in blobs:
                 # [BLOB-010] The content streams from the temporary file.
                 with open(path, "rb") as file:
@@ -734,6 +736,8 @@ class Connection:
     def _blobs_to_store(self, writer: ObjectWriter) -> list[tuple[bytes, str]]:
         """Return (oid, temporary file) of every written Blob with new content."""
         blobs: list[tuple[bytes, str]] = []
+        if not persistent.blob_classes_defined:
+            return blobs  # no class of blobs exists, so none is written
         for obj in (*self._changed.values(), *writer.attached):
             if type(obj)._p_blob:
                 path = obj._p_blob_pending()  # type: ignore[attr-defined]

@@ -72,6 +72,9 @@ class _ReferenceProbe(threading.local):
 reference_probe = _ReferenceProbe()
 #: Set when a persistent class defines its own ``__reduce_ex__`` (the probe would not run).
 reduce_overridden = False
+#: Set once a persistent class with ``_p_blob`` (Blob, a subclass) exists: until then a
+#: commit has no blob to look for among the objects it writes.
+blob_classes_defined = False
 
 
 class ConnectionLike(Protocol):
@@ -168,6 +171,9 @@ class PersistentBase:
         if "__reduce_ex__" in cls.__dict__:
             global reduce_overridden
             reduce_overridden = True
+        if cls._p_blob:
+            global blob_classes_defined
+            blob_classes_defined = True
         if _dict_state_base is not None and issubclass(cls, _dict_state_base):
             slots = cls.__dict__.get("__slots__", ())
             if isinstance(slots, str):
