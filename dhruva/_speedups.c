@@ -1233,6 +1233,311 @@ is_plain(PyObject *value, int depth, Py_ssize_t *budget)
     return 0;
 }
 
+/* --- plain_dump: pickle.dumps(value, 5) of plain data, byte for byte ----------
+ *
+ * The opcodes _pickle.c writes for exact None, bools, ints, floats, strs,
+ * bytes, lists, tuples and dicts at protocol 5: PROTO, one FRAME, the
+ * memo (MEMOIZE after each str, bytes, list, dict and non-empty tuple;
+ * BINGET for one met again), APPEND(S) and SETITEM(S) in batches of 1000,
+ * and STOP.  A value it does not write exactly as pickle would -- an int
+ * beyond 32 bits, a str that is not ASCII, more than PD_MEMO_MAX memoized
+ * objects, a pickle of more than PD_MAX_BYTES (pickle frames large ones
+ * differently) -- is handed back, and the caller calls pickle.dumps.  The
+ * buffer and memo are static: nothing here runs Python code or releases the
+ * GIL while they are in use. */
+
+#define PD_MAX_BYTES (32 * 1024)
+#define PD_MEMO_MAX 256
+#define PD_MEMO_SLOTS 1024 /* a power of two, four times PD_MEMO_MAX */
+#define PD_BATCH 1000
+
+static unsigned char pd_buf[PD_MAX_BYTES + 64];
+static Py_ssize_t pd_len;
+static PyObject *pd_memo_keys[PD_MEMO_SLOTS];
+static int pd_memo_index[PD_MEMO_SLOTS];
+static int pd_memo_used[PD_MEMO_MAX];
+static int pd_memo_count;
+
+/* 0 when ``n`` more bytes fit, else 1 (hand back). */
+static inline int
+pd_room(Py_ssize_t n)
+{
+    return n > PD_MAX_BYTES - pd_len;
+}
+
+static inline int
+pd_byte(unsigned char c)
+{
+    if (pd_room(1)) {
+        return 1;
+    }
+    pd_buf[pd_len++] = c;
+    return 0;
+}
+
+static inline int
+pd_write(const void *data, Py_ssize_t n)
+{
+    if (pd_room(n)) {
+        return 1;
+    }
+    memcpy(pd_buf + pd_len, data, (size_t)n);
+    pd_len += n;
+    return 0;
+}
+
+static inline Py_ssize_t
+pd_slot(PyObject *obj)
+{
+    return (Py_ssize_t)(((uintptr_t)obj >> 4) * 0x9E3779B1u) & (PD_MEMO_SLOTS - 1);
+}
+
+/* The memo index of ``obj``, or -1. */
+static int
+pd_memo_get(PyObject *obj)
+{
+    for (Py_ssize_t i = pd_slot(obj);; i = (i + 1) & (PD_MEMO_SLOTS - 1)) {
+        if (pd_memo_keys[i] == obj) {
+            return pd_memo_index[i];
+        }
+        if (pd_memo_keys[i] == NULL) {
+            return -1;
+        }
+    }
+}
+
+/* MEMOIZE ``obj``; 1 past PD_MEMO_MAX (hand back). */
+static int
+pd_memo_put(PyObject *obj)
+{
+    if (pd_memo_count >= PD_MEMO_MAX || pd_byte(0x94)) {
+        return 1;
+    }
+    Py_ssize_t i = pd_slot(obj);
+    while (pd_memo_keys[i] != NULL) {
+        i = (i + 1) & (PD_MEMO_SLOTS - 1);
+    }
+    pd_memo_keys[i] = obj;
+    pd_memo_index[i] = pd_memo_count;
+    pd_memo_used[pd_memo_count++] = (int)i;
+    return 0;
+}
+
+static void
+pd_memo_clear(void)
+{
+    for (int k = 0; k < pd_memo_count; k++) {
+        pd_memo_keys[pd_memo_used[k]] = NULL;
+    }
+    pd_memo_count = 0;
+}
+
+static inline int
+pd_size_op(unsigned char short_op, unsigned char long_op, Py_ssize_t n)
+{
+    if (n < 256) {
+        unsigned char head[2] = {short_op, (unsigned char)n};
+        return pd_write(head, 2);
+    }
+    unsigned char head[5] = {long_op, (unsigned char)(n & 0xff), (unsigned char)((n >> 8) & 0xff),
+                             (unsigned char)((n >> 16) & 0xff), (unsigned char)((n >> 24) & 0xff)};
+    return pd_write(head, 5);
+}
+
+/* 0 written, 1 hand back, -1 an error (set). */
+static int
+pd_save(PyObject *obj)
+{
+    PyTypeObject *type = Py_TYPE(obj);
+    if (obj == Py_None) {
+        return pd_byte('N');
+    }
+    if (obj == Py_True || obj == Py_False) {
+        return pd_byte(obj == Py_True ? 0x88 : 0x89);
+    }
+    if (type == &PyLong_Type) {
+        int overflow;
+        long long value = PyLong_AsLongLongAndOverflow(obj, &overflow);
+        if (value == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (overflow || value < -2147483647LL - 1 || value > 2147483647LL) {
+            return 1; /* LONG1: pickle's own */
+        }
+        unsigned char data[5];
+        data[1] = (unsigned char)(value & 0xff);
+        data[2] = (unsigned char)((value >> 8) & 0xff);
+        data[3] = (unsigned char)((value >> 16) & 0xff);
+        data[4] = (unsigned char)((value >> 24) & 0xff);
+        if (data[4] != 0 || data[3] != 0) {
+            data[0] = 'J'; /* BININT */
+            return pd_write(data, 5);
+        }
+        if (data[2] != 0) {
+            data[0] = 'M'; /* BININT2 */
+            return pd_write(data, 3);
+        }
+        data[0] = 'K'; /* BININT1 */
+        return pd_write(data, 2);
+    }
+    if (type == &PyFloat_Type) {
+        unsigned char data[9];
+        data[0] = 'G'; /* BINFLOAT */
+        if (PyFloat_Pack8(PyFloat_AS_DOUBLE(obj), (char *)data + 1, 0) < 0) {
+            return -1;
+        }
+        return pd_write(data, 9);
+    }
+    int index = pd_memo_get(obj);
+    if (index >= 0) {
+        unsigned char data[2] = {'h', (unsigned char)index}; /* BINGET */
+        return pd_write(data, 2);
+    }
+    int done;
+    if (type == &PyUnicode_Type) {
+        if (!PyUnicode_IS_ASCII(obj)) {
+            return 1;
+        }
+        Py_ssize_t n = PyUnicode_GET_LENGTH(obj);
+        /* SHORT_BINUNICODE, BINUNICODE */
+        if ((done = pd_size_op(0x8c, 'X', n)) != 0 || (done = pd_write(PyUnicode_DATA(obj), n)) != 0) {
+            return done;
+        }
+        return pd_memo_put(obj);
+    }
+    if (type == &PyBytes_Type) {
+        Py_ssize_t n = PyBytes_GET_SIZE(obj);
+        /* SHORT_BINBYTES, BINBYTES */
+        if ((done = pd_size_op('C', 'B', n)) != 0 ||
+            (done = pd_write(PyBytes_AS_STRING(obj), n)) != 0) {
+            return done;
+        }
+        return pd_memo_put(obj);
+    }
+    if (type == &PyList_Type) {
+        if ((done = pd_byte(']')) != 0 || (done = pd_memo_put(obj)) != 0) { /* EMPTY_LIST */
+            return done;
+        }
+        Py_ssize_t n = PyList_GET_SIZE(obj);
+        if (n == 1) {
+            if ((done = pd_save(PyList_GET_ITEM(obj, 0))) != 0) {
+                return done;
+            }
+            return pd_byte('a'); /* APPEND */
+        }
+        for (Py_ssize_t total = 0; total < n;) {
+            if ((done = pd_byte('(')) != 0) { /* MARK */
+                return done;
+            }
+            for (int batch = 0; total < n && batch < PD_BATCH; batch++, total++) {
+                if ((done = pd_save(PyList_GET_ITEM(obj, total))) != 0) {
+                    return done;
+                }
+            }
+            if ((done = pd_byte('e')) != 0) { /* APPENDS */
+                return done;
+            }
+        }
+        return 0;
+    }
+    if (type == &PyDict_Type) {
+        if ((done = pd_byte('}')) != 0 || (done = pd_memo_put(obj)) != 0) { /* EMPTY_DICT */
+            return done;
+        }
+        Py_ssize_t n = PyDict_GET_SIZE(obj), pos = 0;
+        PyObject *key, *value;
+        if (n == 0) {
+            return 0;
+        }
+        if (n == 1) {
+            PyDict_Next(obj, &pos, &key, &value);
+            if ((done = pd_save(key)) != 0 || (done = pd_save(value)) != 0) {
+                return done;
+            }
+            return pd_byte('s'); /* SETITEM */
+        }
+        int batch;
+        do { /* as pickle: a size that is a multiple of 1000 ends with an empty batch */
+            if ((done = pd_byte('(')) != 0) {
+                return done;
+            }
+            for (batch = 0; batch < PD_BATCH && PyDict_Next(obj, &pos, &key, &value); batch++) {
+                if ((done = pd_save(key)) != 0 || (done = pd_save(value)) != 0) {
+                    return done;
+                }
+            }
+            if ((done = pd_byte('u')) != 0) { /* SETITEMS */
+                return done;
+            }
+        } while (batch == PD_BATCH);
+        return 0;
+    }
+    if (type == &PyTuple_Type) {
+        Py_ssize_t n = PyTuple_GET_SIZE(obj);
+        if (n == 0) {
+            return pd_byte(')'); /* EMPTY_TUPLE, not memoized */
+        }
+        if (n > 3 && (done = pd_byte('(')) != 0) {
+            return done;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if ((done = pd_save(PyTuple_GET_ITEM(obj, i))) != 0) {
+                return done;
+            }
+        }
+        if (pd_memo_get(obj) >= 0) {
+            return 1; /* a recursive tuple: pickle's own */
+        }
+        /* TUPLE1, TUPLE2, TUPLE3, TUPLE */
+        if ((done = pd_byte(n == 1 ? 0x85 : n == 2 ? 0x86 : n == 3 ? 0x87 : 't')) != 0) {
+            return done;
+        }
+        return pd_memo_put(obj);
+    }
+    return 1;
+}
+
+/* ``prefix`` + pickle.dumps(value, 5) as new bytes; None to hand back; NULL on an error. */
+static PyObject *
+plain_dump(PyObject *prefix, PyObject *value)
+{
+    Py_ssize_t head = PyBytes_GET_SIZE(prefix);
+    pd_len = 0;
+    int done = pd_write("\x80\x05\x95\0\0\0\0\0\0\0\0", 11); /* PROTO 5, FRAME (its size below) */
+    if (done == 0) {
+        done = pd_save(value);
+    }
+    if (done == 0) {
+        done = pd_byte('.'); /* STOP */
+    }
+    pd_memo_clear();
+    if (done != 0) {
+        if (done > 0) {
+            Py_RETURN_NONE;
+        }
+        return NULL;
+    }
+    Py_ssize_t frame = pd_len - 11, start = 11;
+    if (frame >= 4) {
+        for (int k = 0; k < 8; k++) {
+            pd_buf[3 + k] = (unsigned char)(((uint64_t)frame >> (8 * k)) & 0xff);
+        }
+        start = 0;
+    }
+    else {
+        /* A frame under 4 bytes is not framed (pickle drops its header). */
+        pd_buf[9] = 0x80;
+        pd_buf[10] = 0x05;
+        start = 9;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(NULL, head + pd_len - start);
+    if (data != NULL) {
+        memcpy(PyBytes_AS_STRING(data), PyBytes_AS_STRING(prefix), (size_t)head);
+        memcpy(PyBytes_AS_STRING(data) + head, pd_buf + start, (size_t)(pd_len - start));
+    }
+    return data;
+}
+
 /* encode_plain(prefix, state, dumps) -> prefix + dumps(state, 5) | None
  *
  * PickleSerializer.encode's record for a state of plain data (see
@@ -1251,6 +1556,11 @@ speedups_encode_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (!is_plain(args[1], 16, &budget)) {
         Py_RETURN_NONE;
     }
+    PyObject *written = plain_dump(args[0], args[1]);
+    if (written != Py_None) {
+        return written; /* the bytes, or NULL on an error */
+    }
+    Py_DECREF(written);
     PyObject *protocol = PyLong_FromLong(5);
     if (protocol == NULL) {
         return NULL;

@@ -687,3 +687,92 @@ def test_a_persistent_object_in_a_state_is_a_reference_on_both_paths() -> None:
         expected = records()
     assert records() == expected
     assert any(refs for _oid, _data, refs in expected)
+
+
+def _refusing_dumps(*args: Any) -> bytes:
+    raise AssertionError("encode_plain called pickle.dumps for a value it writes itself")
+
+
+_written_leaf = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**31), 2**31 - 1)
+    | st.floats()
+    | st.text(st.characters(max_codepoint=127), max_size=300)
+    | st.binary(max_size=300)
+)
+#: Values encode_plain pickles itself: plain data without big ints or non-ASCII strs.
+_written = st.recursive(
+    _written_leaf,
+    lambda children: (
+        st.lists(children)
+        | st.tuples(children)
+        | st.tuples(children, children)
+        | st.tuples(children, children, children)
+        | st.lists(children, min_size=4).map(tuple)
+        | st.dictionaries(st.text(st.characters(max_codepoint=127)) | st.integers(0, 300), children)
+    ),
+    max_leaves=40,
+)
+
+
+@needs_c
+@pytest.mark.req("CONV-006")
+@settings(max_examples=500, deadline=None)
+@given(_written)
+def test_encode_plain_writes_what_pickle_dumps_writes_byte_for_byte(value: Any) -> None:
+    assert _c.encode_plain(b"p", value, _refusing_dumps) == b"p" + pickle.dumps(value, 5)
+
+
+@needs_c
+@pytest.mark.req("CONV-006")
+@settings(max_examples=300, deadline=None)
+@given(_plain)
+def test_encode_plain_of_any_plain_value_is_pickle_dumps(value: Any) -> None:
+    assert _c.encode_plain(b"p", value, pickle.dumps) == b"p" + pickle.dumps(value, 5)
+
+
+@needs_c
+@pytest.mark.req("CONV-006")
+def test_encode_plain_batches_frames_and_memo_as_pickle_does() -> None:
+    shared_str, shared_tuple, shared_list = "shared", (1, 2), [1]
+    values: list[Any] = [
+        None,
+        0,
+        255,
+        256,
+        65535,
+        65536,
+        -1,
+        -(2**31),
+        2**31 - 1,
+        -0.0,
+        float("inf"),
+        "",
+        "x" * 300,
+        b"",
+        b"y" * 300,
+        [],
+        [1],
+        list(range(1000)),
+        list(range(1001)),
+        list(range(2500)),
+        {},
+        {"a": 1},
+        {n: n for n in range(1000)},  # pickle ends a multiple of 1000 with an empty batch
+        {n: n for n in range(2000)},
+        {n: n for n in range(1001)},
+        (),
+        (1,),
+        (1, 2, 3),
+        (1, 2, 3, 4),
+        [shared_str, shared_str, {"k": shared_list, "j": shared_list}],
+        [shared_tuple, shared_tuple, (), ()],
+        [str(n) for n in range(300)],  # more than 256 memoized objects
+    ]
+    for value in values:
+        assert _c.encode_plain(b"p", value, pickle.dumps) == b"p" + pickle.dumps(value, 5), value
+    # Handed to pickle.dumps: beyond 32-bit ints, non-ASCII strs, a pickle over 32 KiB.
+    for value in (2**31, -(2**31) - 1, "é", ["x" * 40_000], [str(n) for n in range(300)]):
+        with pytest.raises(AssertionError):
+            _c.encode_plain(b"p", value, _refusing_dumps)
