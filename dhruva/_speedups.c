@@ -976,31 +976,35 @@ speedups_configure_persistent(PyObject *module, PyObject *args)
     if (connection < 0) {
         return NULL;
     }
-    if (str_p_note_change == NULL) {
-        str_p_note_change = PyUnicode_InternFromString("_p_note_change");
-        str_setstate = PyUnicode_InternFromString("__setstate__");
-        str_class = PyUnicode_InternFromString("__class__");
-        str_p_class = PyUnicode_InternFromString("_p_class");
-        str_load_state = PyUnicode_InternFromString("load_state");
-        str_note_read = PyUnicode_InternFromString("note_read");
-        str_p_tracked_class = PyUnicode_InternFromString("_p_tracked_class");
-        str_p_set_status_ghost = PyUnicode_InternFromString("_p_set_status_ghost");
-        value_zero = PyLong_FromLong(0);
-        str_connection = PyUnicode_InternFromString("connection");
-        str_new_oid = PyUnicode_InternFromString("_new_oid");
-        str_attached = PyUnicode_InternFromString("attached");
-        str_queue = PyUnicode_InternFromString("queue");
-        str_refs = PyUnicode_InternFromString("_refs");
-        str_reference = PyUnicode_InternFromString("reference");
-        if (str_connection == NULL || str_new_oid == NULL || str_attached == NULL ||
-            str_queue == NULL || str_refs == NULL || str_reference == NULL) {
+    if (value_zero == NULL) { /* set last: a failure part way is tried again */
+        struct {
+            PyObject **name;
+            const char *text;
+        } names[] = {
+            {&str_p_note_change, "_p_note_change"},
+            {&str_setstate, "__setstate__"},
+            {&str_class, "__class__"},
+            {&str_p_class, "_p_class"},
+            {&str_load_state, "load_state"},
+            {&str_note_read, "note_read"},
+            {&str_p_tracked_class, "_p_tracked_class"},
+            {&str_p_set_status_ghost, "_p_set_status_ghost"},
+            {&str_connection, "connection"},
+            {&str_new_oid, "_new_oid"},
+            {&str_attached, "attached"},
+            {&str_queue, "queue"},
+            {&str_refs, "_refs"},
+            {&str_reference, "reference"},
+        };
+        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+            if ((*names[i].name = PyUnicode_InternFromString(names[i].text)) == NULL) {
+                return NULL;
+            }
+        }
+        if ((value_zero = PyLong_FromLong(0)) == NULL) {
             return NULL;
         }
-        if (str_p_note_change == NULL || str_setstate == NULL || str_class == NULL ||
-            str_p_class == NULL || str_load_state == NULL || str_note_read == NULL ||
-            str_p_tracked_class == NULL || str_p_set_status_ghost == NULL || value_zero == NULL) {
-            return NULL;
-        }
+    }
     }
     off_status = status;
     off_serial = serial;

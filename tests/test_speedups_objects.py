@@ -297,17 +297,22 @@ def test_persistent_id_follows_isinstance_as_the_python_one_does() -> None:
 _leaf = (
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text() | st.binary()
 )
-_plain = st.recursive(
-    _leaf,
-    lambda children: (
+
+
+def _containers(children: Any, keys: Any) -> Any:
+    """Lists, tuples of every length pickle writes differently, and dicts of ``children``."""
+    return (
         st.lists(children)
         | st.tuples(children)
         | st.tuples(children, children)
         | st.tuples(children, children, children)
         | st.lists(children, min_size=4).map(tuple)
-        | st.dictionaries(st.text() | st.integers(), children)
-    ),
-    max_leaves=25,
+        | st.dictionaries(keys, children)
+    )
+
+
+_plain = st.recursive(
+    _leaf, lambda children: _containers(children, st.text() | st.integers()), max_leaves=25
 )
 
 
@@ -704,13 +709,8 @@ _written_leaf = (
 #: Values encode_plain pickles itself: plain data without big ints or non-ASCII strs.
 _written = st.recursive(
     _written_leaf,
-    lambda children: (
-        st.lists(children)
-        | st.tuples(children)
-        | st.tuples(children, children)
-        | st.tuples(children, children, children)
-        | st.lists(children, min_size=4).map(tuple)
-        | st.dictionaries(st.text(st.characters(max_codepoint=127)) | st.integers(0, 300), children)
+    lambda children: _containers(
+        children, st.text(st.characters(max_codepoint=127)) | st.integers(0, 300)
     ),
     max_leaves=40,
 )
