@@ -330,6 +330,7 @@ class Connection:
             class_map=ClassMap(class_map) if class_map else None,
         )
         self._state_readers = self._reader.state_readers
+        self._new_oid_source = self._oid_source()
         self._root_class = root_class
         self._root_pending = False
         self._ensure_root(root_class, root_data is not None)
@@ -655,7 +656,7 @@ class Connection:
             return
         rounds = 0
         while True:
-            writer = ObjectWriter(self, self._serializer, self._oid_source())
+            writer = ObjectWriter(self, self._serializer, self._new_oid_source)
             try:
                 records = self._write(writer)
                 break
@@ -923,7 +924,7 @@ class Connection:
                 "a savepoint cannot capture blob content written in this transaction; "
                 "commit the blob first or take the savepoint before writing it"
             )
-        writer = ObjectWriter(self, self._serializer, self._oid_source())
+        writer = ObjectWriter(self, self._serializer, self._new_oid_source)
         try:
             records = writer.records(list(self._changed.values()))
         except BaseException:
@@ -1024,8 +1025,11 @@ class Connection:
         bytes of records (CONN-020, CONN-022).  Changed objects are never
         ghosted.
         """
-        if not self._over_limit():
-            return
+        cache_bytes = self._cache_bytes
+        if len(self._loaded) <= self._cache_size and (
+            cache_bytes is None or self._loaded_bytes <= cache_bytes
+        ):
+            return  # within bounds: _over_limit, inline (every commit comes here)
         loaded = self._loaded
         changed = self._changed
         # A clock with a second chance, at most two passes of the hand: an

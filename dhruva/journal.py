@@ -690,7 +690,8 @@ def trailer_crc_before(buf: Buffer, end: int, base: int = 0) -> int:
 
     The on-disk index records it to recognise the transaction it covers up to.
     """
-    return CommitTrailer.unpack_from(buf, end - base - TXN_TRAILER_SIZE).crc
+    crc: int = TXN_TRAILER.unpack_from(buf, end - base - TXN_TRAILER_SIZE)[1]
+    return crc
 
 
 # --- records -------------------------------------------------------------------

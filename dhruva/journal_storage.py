@@ -421,7 +421,8 @@ class JournalStorage(Storage):
         return previous
 
     def begin(self) -> None:
-        self._check_writable()
+        if self._file is None or self._broken is not None or self.readonly:
+            self._check_writable()  # raises; the checks inline, as in store()
         if self._pending is not None:
             raise DhruvaError("a transaction is already open")
         self._pending = {}
@@ -483,7 +484,9 @@ class JournalStorage(Storage):
         return staged
 
     def end(self) -> None:
-        data_file = self._check_writable()
+        data_file = self._file
+        if data_file is None or self._broken is not None or self.readonly:
+            data_file = self._check_writable()  # raises
         pending = self._pending
         if pending is None:
             raise DhruvaError("end() without begin()")
@@ -545,7 +548,7 @@ class JournalStorage(Storage):
         self._last_time_us = time_us
         self._last_trailer_crc = journal.trailer_crc_before(txn, len(txn))
         ledger.supersede(tid, previous)
-        highest = str_to_int8(max(pending)) + 1
+        highest = int.from_bytes(max(pending), "big") + 1  # str_to_int8, without its call
         if highest > self._next_oid:
             self._next_oid = highest
         self._after_commit()

@@ -103,9 +103,12 @@ class VersionLedger:
         with nothing): a commit whose old versions are not kept makes every
         snapshot before it unanswerable.
         """
-        self._latest = max(self._latest, tid)
-        if not self.wanted(tid):
-            self.oldest = max(self.oldest, tid)
+        if tid > self._latest:
+            self._latest = tid
+        if not (self._floor is not None and self._floor < tid and self.limit_bytes > 0):
+            # Not wanted(tid), inline: every commit comes here.
+            if tid > self.oldest:
+                self.oldest = tid
             return
         versions = self._versions
         order = self._order
