@@ -1005,7 +1005,6 @@ speedups_configure_persistent(PyObject *module, PyObject *args)
             return NULL;
         }
     }
-    }
     off_status = status;
     off_serial = serial;
     off_size = size;
