@@ -1347,9 +1347,10 @@ pd_size_op(unsigned char short_op, unsigned char long_op, Py_ssize_t n)
     return pd_write(head, 5);
 }
 
-/* 0 written, 1 hand back, -1 an error (set). */
+/* 0 written, 1 hand back, -1 an error (set).  Containers nest at most ``depth``
+ * deep (the C stack's bound; is_plain's too). */
 static int
-pd_save(PyObject *obj)
+pd_save(PyObject *obj, int depth)
 {
     PyTypeObject *type = Py_TYPE(obj);
     if (obj == Py_None) {
@@ -1397,6 +1398,9 @@ pd_save(PyObject *obj)
         return pd_write(data, 2);
     }
     int done;
+    if (depth <= 0 && (type == &PyList_Type || type == &PyDict_Type || type == &PyTuple_Type)) {
+        return 1;
+    }
     if (type == &PyUnicode_Type) {
         if (!PyUnicode_IS_ASCII(obj)) {
             return 1;
@@ -1423,7 +1427,7 @@ pd_save(PyObject *obj)
         }
         Py_ssize_t n = PyList_GET_SIZE(obj);
         if (n == 1) {
-            if ((done = pd_save(PyList_GET_ITEM(obj, 0))) != 0) {
+            if ((done = pd_save(PyList_GET_ITEM(obj, 0), depth - 1)) != 0) {
                 return done;
             }
             return pd_byte('a'); /* APPEND */
@@ -1433,7 +1437,7 @@ pd_save(PyObject *obj)
                 return done;
             }
             for (int batch = 0; total < n && batch < PD_BATCH; batch++, total++) {
-                if ((done = pd_save(PyList_GET_ITEM(obj, total))) != 0) {
+                if ((done = pd_save(PyList_GET_ITEM(obj, total), depth - 1)) != 0) {
                     return done;
                 }
             }
@@ -1454,7 +1458,7 @@ pd_save(PyObject *obj)
         }
         if (n == 1) {
             PyDict_Next(obj, &pos, &key, &value);
-            if ((done = pd_save(key)) != 0 || (done = pd_save(value)) != 0) {
+            if ((done = pd_save(key, depth - 1)) != 0 || (done = pd_save(value, depth - 1)) != 0) {
                 return done;
             }
             return pd_byte('s'); /* SETITEM */
@@ -1465,7 +1469,7 @@ pd_save(PyObject *obj)
                 return done;
             }
             for (batch = 0; batch < PD_BATCH && PyDict_Next(obj, &pos, &key, &value); batch++) {
-                if ((done = pd_save(key)) != 0 || (done = pd_save(value)) != 0) {
+                if ((done = pd_save(key, depth - 1)) != 0 || (done = pd_save(value, depth - 1)) != 0) {
                     return done;
                 }
             }
@@ -1484,7 +1488,7 @@ pd_save(PyObject *obj)
             return done;
         }
         for (Py_ssize_t i = 0; i < n; i++) {
-            if ((done = pd_save(PyTuple_GET_ITEM(obj, i))) != 0) {
+            if ((done = pd_save(PyTuple_GET_ITEM(obj, i), depth - 1)) != 0) {
                 return done;
             }
         }
@@ -1508,7 +1512,7 @@ plain_dump(PyObject *prefix, PyObject *value)
     pd_len = 0;
     int done = pd_write("\x80\x05\x95\0\0\0\0\0\0\0\0", 11); /* PROTO 5, FRAME (its size below) */
     if (done == 0) {
-        done = pd_save(value);
+        done = pd_save(value, 16);
     }
     if (done == 0) {
         done = pd_byte('.'); /* STOP */
@@ -1543,9 +1547,10 @@ plain_dump(PyObject *prefix, PyObject *value)
 
 /* encode_plain(prefix, state, dumps) -> prefix + dumps(state, 5) | None
  *
- * PickleSerializer.encode's record for a state of plain data (see
- * is_plain, nested at most 16 deep and 4096 entries in all), made without
+ * PickleSerializer.encode's record for a state of plain data, made without
  * the persistent-object probe: such a state holds no persistent object.
+ * plain_dump writes most; one it hands back is pickled by ``dumps`` if
+ * is_plain says it is plain (nested at most 16 deep, 4096 entries in all).
  * None for any other state, untouched: the Python path then decides.
  */
 static PyObject *
@@ -1555,15 +1560,17 @@ speedups_encode_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "encode_plain(prefix, state, dumps)");
         return NULL;
     }
-    Py_ssize_t budget = 4096;
-    if (!is_plain(args[1], 16, &budget)) {
-        Py_RETURN_NONE;
-    }
+    /* plain_dump answers most states, and hands back any it does not write
+     * (a persistent object inside among them); only those are walked again. */
     PyObject *written = plain_dump(args[0], args[1]);
     if (written != Py_None) {
         return written; /* the bytes, or NULL on an error */
     }
     Py_DECREF(written);
+    Py_ssize_t budget = 4096;
+    if (!is_plain(args[1], 16, &budget)) {
+        Py_RETURN_NONE;
+    }
     PyObject *protocol = PyLong_FromLong(5);
     if (protocol == NULL) {
         return NULL;

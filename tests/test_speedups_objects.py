@@ -666,7 +666,7 @@ def test_encode_plain_hands_back_every_state_that_is_not_plain_data() -> None:
         {"a": {1, 2}},  # a set
         {"a": object()},
         [deep],  # 17 levels
-        list(range(5000)),  # more entries than the budget
+        [{1, 2}] * 3000,  # not plain, and more entries than is_plain's budget
     ):
         assert _c.encode_plain(prefix, unusual, pickle.dumps) is None
     for state in ({"a": _Str("x")}, _Dict(a=1), {"a": {1, 2}}, [deep], list(range(5000))):
@@ -769,7 +769,11 @@ def test_encode_plain_batches_frames_and_memo_as_pickle_does() -> None:
         [shared_str, shared_str, {"k": shared_list, "j": shared_list}],
         [shared_tuple, shared_tuple, (), ()],
         [str(n) for n in range(300)],  # more than 256 memoized objects
+        list(range(5000)),  # more entries than is_plain's budget, written by plain_dump
     ]
+    recursive: list[Any] = [1]
+    recursive.append(recursive)  # the memo answers the inner reference, as in pickle
+    values.append(recursive)
     for value in values:
         assert _c.encode_plain(b"p", value, pickle.dumps) == b"p" + pickle.dumps(value, 5), value
     # Handed to pickle.dumps: beyond 32-bit ints, non-ASCII strs, a pickle over 32 KiB.
