@@ -920,6 +920,7 @@ static PyObject *str_note_read = NULL;
 static PyObject *value_unsaved = NULL;
 static PyObject *value_saved = NULL;
 static PyObject *str_p_note_change = NULL;
+static PyObject *str_note_change = NULL;
 static PyObject *str_setstate = NULL;
 static PyObject *str_class = NULL;
 static PyObject *str_p_class = NULL;
@@ -982,6 +983,7 @@ speedups_configure_persistent(PyObject *module, PyObject *args)
             const char *text;
         } names[] = {
             {&str_p_note_change, "_p_note_change"},
+            {&str_note_change, "note_change"},
             {&str_setstate, "__setstate__"},
             {&str_class, "__class__"},
             {&str_p_class, "_p_class"},
@@ -1071,6 +1073,42 @@ is_p_name(PyObject *name)
 }
 
 /* PersistentBase.__setattr__(self, name, value), as a method descriptor. */
+/* self._p_note_change(), for a change to ``self`` whose status is ``status``.
+ *
+ * The common case inline: PersistentBase's own _p_note_change (not a
+ * subclass's), a saved object in its real class (not a ghost, not tracked),
+ * and a metaclass that is ``type``; then, as the Python method does, the
+ * status becomes UNSAVED and ``connection.note_change(self)`` is called.
+ * Everything else calls the method. */
+static int
+note_change_inline(PyObject *self, PyObject *status)
+{
+    PyTypeObject *type = Py_TYPE(self);
+    PyObject *result;
+    if (status == value_saved && Py_IS_TYPE(type, &PyType_Type)
+        && _PyType_Lookup(type, str_p_note_change)
+               == _PyType_Lookup(persistent_base, str_p_note_change)
+        && _PyType_Lookup(type, str_p_class) == (PyObject *)type) {
+        Py_INCREF(value_unsaved);
+        Py_XSETREF(SLOT(self, off_status), value_unsaved);
+        PyObject *connection = SLOT(self, off_connection);
+        if (connection == NULL || connection == Py_None) {
+            return 0;
+        }
+        Py_INCREF(connection); /* note_change may drop the object's own reference */
+        result = PyObject_CallMethodOneArg(connection, str_note_change, self);
+        Py_DECREF(connection);
+    }
+    else {
+        result = PyObject_CallMethodNoArgs(self, str_p_note_change);
+    }
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
 static PyObject *
 persistent_setattr(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1104,11 +1142,9 @@ persistent_setattr(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
             return NULL;
         }
         if (changed) {
-            PyObject *result = PyObject_CallMethodNoArgs(self, str_p_note_change);
-            if (result == NULL) {
+            if (note_change_inline(self, status) < 0) {
                 return NULL;
             }
-            Py_DECREF(result);
         }
     }
     if (PyObject_GenericSetAttr(self, name, args[1]) < 0) {

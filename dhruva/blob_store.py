@@ -148,7 +148,7 @@ class BlobStore:
         for path in staged.values():
             _remove(path)
 
-    def undo(self, tid: int, oids: set[bytes]) -> None:
+    def undo(self, tid: int, oids: Iterable[bytes]) -> None:
         """Remove the blob files ``commit(tid)`` made (its transaction failed afterwards)."""
         for oid in oids:
             _remove(os.path.join(self.directory, oid_name(oid), tid_name(tid)))

@@ -331,6 +331,9 @@ class Connection:
         )
         self._state_readers = self._reader.state_readers
         self._new_oid_source = self._oid_source()
+        # The writer of every commit, restarted for each (one per connection:
+        # building one per commit was a tenth of a one-object commit).
+        self._writer = ObjectWriter(self, self._serializer, self._new_oid_source)
         self._root_class = root_class
         self._root_pending = False
         self._ensure_root(root_class, root_data is not None)
@@ -644,7 +647,8 @@ class Connection:
         stored.  In every failing case nothing is written and the connection
         stays usable.
         """
-        self._check_open()
+        if self._closed:
+            self._check_open()  # raises; the check inline (every commit comes here)
         if self._conflicts:
             # [CONN-016] Changes made on states another client replaced.
             raise WriteConflictError(sorted(self._conflicts))
@@ -655,8 +659,9 @@ class Connection:
             self._end_transaction()
             return
         rounds = 0
+        writer = self._writer
         while True:
-            writer = ObjectWriter(self, self._serializer, self._new_oid_source)
+            writer.restart()
             try:
                 records = self._write(writer)
                 break
@@ -675,8 +680,10 @@ class Connection:
         sizes = {oid: len(data) for oid, data, _refs in records}
         serial = self._transaction_serial
         written: list[PersistentBase] = list(self._changed.values())
-        objects.add_all(writer.attached)
-        written.extend(writer.attached)
+        attached = writer.attached
+        if attached:
+            objects.add_all(attached)
+            written.extend(attached)
         if _c_mark_all_saved is not None:
             # The loop below, in C.
             self._loaded_bytes += _c_mark_all_saved(written, sizes, serial, loaded)
@@ -705,7 +712,7 @@ class Connection:
     def _write(self, writer: ObjectWriter) -> list[tuple[bytes, bytes, bytes]]:
         """Serialize the changes and store them in one storage transaction."""
         records = writer.records(list(self._changed.values()))
-        blobs = self._blobs_to_store(writer)
+        blobs = self._blobs_to_store(writer) if persistent.blob_classes_defined else ()
         storage = self._storage
         storage.begin()
         try:

@@ -130,12 +130,18 @@ class OSFile:
         return b"".join(parts)
 
     def pwrite(self, data: bytes, offset: int) -> None:
-        view = memoryview(data)
-        while view:
-            written = os.pwrite(self.fd, view, offset)
-            view = view[written:]
+        end = offset + len(data)
+        written = os.pwrite(self.fd, data, offset)
+        if written != len(data):
+            # A short write (a signal, a full disk on the way): write the rest.
+            view = memoryview(data)[written:]
             offset += written
-        self._size = max(self._size, offset)
+            while view:
+                written = os.pwrite(self.fd, view, offset)
+                view = view[written:]
+                offset += written
+        if end > self._size:
+            self._size = end
 
     def append(self, data: bytes) -> int:
         offset = self._size

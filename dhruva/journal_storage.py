@@ -56,6 +56,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from typing import Any, BinaryIO
 
 from dhruva import journal, speedups
@@ -90,6 +91,12 @@ from dhruva.storage import (
     check_snapshot_tid,
 )
 from dhruva.utils import OID_SIZE, pack_int8, str_to_int8
+
+#: journal.encode_transaction's C part (None without the extension).
+_c_encode_transaction = speedups.encode_transaction
+_unpack_trailer = journal.TXN_TRAILER.unpack_from
+#: What end() stages when no blob store exists: nothing.
+_NO_BLOBS: frozenset[bytes] = frozenset()
 
 log = logging.getLogger("dhruva.file_storage")
 
@@ -393,7 +400,8 @@ class JournalStorage(Storage):
 
         One writer per file (FLT-010): the read point is always the last commit.
         """
-        self._check_open()
+        if self._file is None or self._broken is not None:
+            self._check_open()  # raises; the checks inline (every commit comes here)
         return self._last_tid
 
     def load_at(self, oid: bytes, tid: int) -> Record:
@@ -491,7 +499,8 @@ class JournalStorage(Storage):
         if pending is None:
             raise DhruvaError("end() without begin()")
         self._pending = None
-        staged = self._staged_blobs(pending)
+        # No blob store yet: no blob staged, and no call to find that out.
+        staged = self._staged_blobs(pending) if self._blob_store is not None else _NO_BLOBS
         if not pending:
             return  # [RCV-013] An empty transaction writes nothing.
         if self._unclean_tail is not None:
@@ -504,8 +513,14 @@ class JournalStorage(Storage):
         previous = self._previous_versions(list(pending)) if ledger.wanted(tid) else ()
         # [FMT-016] Commit times never go backwards within a file.
         time_us = max(time.time_ns() // 1000, self._last_time_us)
-        # [FMT-021] Appended in the layout of the file's own version.
-        txn = journal.encode_transaction(tid, time_us, records, self.format_version)
+        # [FMT-021] Appended in the layout of the file's own version; the C
+        # encoder called here, journal.encode_transaction when it declines.
+        version = self.format_version
+        txn = None
+        if _c_encode_transaction is not None:
+            txn = _c_encode_transaction(tid, time_us, records, version)
+        if txn is None:
+            txn = journal.encode_transaction(tid, time_us, records, version)
         offset = self._end
         if staged:
             assert self._blob_store is not None
@@ -539,21 +554,26 @@ class JournalStorage(Storage):
         # [RCV-011] Visible only once durable: the index changes after the sync.
         index = self._index
         position = offset + journal.TXN_HEADER_SIZE
-        header_size = journal.record_header_size(self.format_version)
+        header_size = (
+            journal.RECORD_HEADER_SIZE
+            if version == journal.MAJOR_VERSION
+            else journal.record_header_size(version)
+        )
         for oid, data, refs in records:
             index[oid] = position
             position += header_size + len(data) + len(refs)
         self._end = offset + len(txn)
         self._last_tid = tid
         self._last_time_us = time_us
-        self._last_trailer_crc = journal.trailer_crc_before(txn, len(txn))
+        # journal.trailer_crc_before(txn, len(txn)), without its call.
+        self._last_trailer_crc = _unpack_trailer(txn, len(txn) - journal.TXN_TRAILER_SIZE)[1]
         ledger.supersede(tid, previous)
         highest = int.from_bytes(max(pending), "big") + 1  # str_to_int8, without its call
         if highest > self._next_oid:
             self._next_oid = highest
         self._after_commit()
 
-    def _undo_blobs(self, tid: int, staged: set[bytes]) -> None:
+    def _undo_blobs(self, tid: int, staged: AbstractSet[bytes]) -> None:
         """Remove the blob files of a commit that failed after they were named."""
         assert self._blob_store is not None
         try:
@@ -589,7 +609,8 @@ class JournalStorage(Storage):
 
     def sync(self) -> list[bytes]:
         """Return []: a file storage has no other writers (FLT-010)."""
-        self._check_open()
+        if self._file is None or self._broken is not None:
+            self._check_open()  # raises; the checks inline (every commit comes here)
         return []
 
     def iter_oids(self) -> Iterator[bytes]:

@@ -675,6 +675,16 @@ class ObjectWriter:
         self.attached: list[PersistentBase] = []
         self.queue: list[PersistentBase] = []
 
+    def restart(self) -> None:
+        """Begin a new commit with this writer: nothing attached, nothing queued.
+
+        ``attached`` becomes a new list, so a list the caller took from the
+        previous commit stays as it was.
+        """
+        self._refs = {}
+        self.attached = []
+        self.queue = []
+
     def reference(self, obj: PersistentBase) -> tuple[bytes, type]:
         """Return the persistent id of ``obj``, attaching it if it is new."""
         connection = obj._p_connection

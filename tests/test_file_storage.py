@@ -237,6 +237,30 @@ def test_commit_uses_fdatasync(
     assert real is expected
 
 
+def test_a_short_write_is_finished(
+    cls: type[JournalStorage], path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # os.pwrite may write less than asked (a signal, a disk filling up): the
+    # file layer writes the rest, and the commit is whole after reopen.
+    real = os.pwrite
+    sizes: list[int] = []
+
+    def short_pwrite(fd: int, data: Any, offset: int) -> int:
+        length = len(data)
+        sizes.append(length)
+        return real(fd, bytes(data)[: max(1, length // 3)], offset)
+
+    big = bytes(range(256)) * 40
+    with cls(path) as storage:
+        monkeypatch.setattr(fileio.os, "pwrite", short_pwrite)
+        commit(storage, (1, big, []))
+        monkeypatch.undo()
+        assert len(sizes) > 2 and sizes[1] < sizes[0]
+        assert storage.load(oid(1)).data == big
+    with cls(path) as storage:
+        assert storage.load(oid(1)).data == big
+
+
 @pytest.mark.req("FLT-005", "FLT-070", "FLT-071", "RCV-011")
 def test_failed_sync_is_not_retried_and_the_storage_recovers(
     cls: type[JournalStorage], path: str

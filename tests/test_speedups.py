@@ -77,6 +77,7 @@ U64_MAX = 2**64 - 1
 #: Where each caller keeps its C function: (module, global name, name in dhruva.speedups).
 CALL_SITES: list[tuple[ModuleType, str, str]] = [
     (journal, "_c_encode_transaction", "encode_transaction"),
+    (journal_storage, "_c_encode_transaction", "encode_transaction"),
     (journal_storage, "_c_read_record", "read_record"),
     (file_index, "_c_index_offset", "index_offset"),
     (serialize, "_c_read_pickle_state", "read_pickle_state"),

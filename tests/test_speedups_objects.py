@@ -205,6 +205,87 @@ def test_a_tracked_object_reports_its_first_use_once() -> None:
     assert len(second._reads) == before + 1
 
 
+class NotingOwnChange(Persistent):
+    """A class with a _p_note_change of its own: setattr calls it."""
+
+    notes = 0
+
+    def _p_note_change(self) -> None:
+        type(self).notes += 1
+        super()._p_note_change()
+
+
+class _NoteRecorder:
+    """A connection stand-in that records note_change calls."""
+
+    def __init__(self) -> None:
+        self.noted: list[PersistentBase] = []
+
+    def note_change(self, obj: PersistentBase) -> None:
+        self.noted.append(obj)
+
+
+def _saved_with(obj: PersistentBase, connection: Any) -> None:
+    object.__setattr__(obj, "_p_oid", b"\0" * 7 + b"\1")
+    object.__setattr__(obj, "_p_connection", connection)
+    object.__setattr__(obj, "_p_status", SAVED)
+
+
+def test_a_change_to_a_saved_object_is_noted_once_with_its_connection() -> None:
+    # The C setattr notes the common case itself (a saved object in its class).
+    recorder = _NoteRecorder()
+    item = Item(1)
+    _saved_with(item, recorder)
+    item.a = 2
+    item.b = 3
+    assert recorder.noted == [item]
+    assert item._p_status == UNSAVED and type(item) is Item
+    assert (item.a, item.b) == (2, 3)
+
+
+def test_a_change_to_a_saved_object_without_a_connection_only_marks_it() -> None:
+    item = Item(1)
+    _saved_with(item, None)
+    item.a = 2
+    assert item._p_status == UNSAVED and item.a == 2
+
+
+def test_a_class_of_its_own_note_change_is_called_by_setattr() -> None:
+    recorder = _NoteRecorder()
+    item = NotingOwnChange()
+    _saved_with(item, recorder)
+    NotingOwnChange.notes = 0
+    item.a = 1
+    assert NotingOwnChange.notes == 1 and recorder.noted == [item]
+    assert item._p_status == UNSAVED
+
+
+def test_a_change_to_a_tracked_object_puts_it_back_in_its_class() -> None:
+    storage = MemoryStorage()
+    first = Connection(storage)
+    first.get_root()["item"] = Item(1)
+    first.commit()
+    item = first.get_root()["item"]
+    item._p_set_tracked()
+    assert item._p_is_tracked()
+    item.a = 5
+    assert type(item) is Item and item._p_status == UNSAVED
+    first.commit()
+    assert Connection(storage).get_root()["item"].a == 5
+
+
+def test_a_change_whose_connection_fails_raises_and_sets_nothing() -> None:
+    class Refuses:
+        def note_change(self, obj: PersistentBase) -> None:
+            raise RuntimeError("refused")
+
+    item = Item(1)
+    _saved_with(item, Refuses())
+    with pytest.raises(RuntimeError, match="refused"):
+        item.a = 2
+    assert item.__dict__["a"] == 1
+
+
 def test_setattr_of_an_object_that_is_not_persistent_fails_as_in_python() -> None:
     class Plain:
         pass
