@@ -628,3 +628,28 @@ def test_an_object_of_the_cache_in_cyclic_garbage_is_collected() -> None:
     assert gc.collect() > 0
     assert connection._objects.get(oid) is None
     assert connection.root["a"].a == 1  # a new ghost, loaded
+
+
+def test_each_commit_starts_its_writer_afresh() -> None:
+    # The connection keeps one ObjectWriter; every commit restarts it, so what
+    # one commit attached (or a failed one queued) does not reach the next.
+    connection = connect()
+    root = connection.get_root()
+    root.a = first = Item(1)
+    connection.commit()
+    writer = connection._writer
+    attached = writer.attached
+    assert attached == [first]
+    bad = Item(2)
+    bad.callback = lambda: None  # a state pickle refuses
+    root.bad = bad
+    with pytest.raises(SerializationError):
+        connection.commit()
+    assert attached == [first]  # the list the first commit left is untouched
+    connection.abort()
+    root = connection.get_root()
+    root.b = second = Item(2)
+    connection.commit()
+    assert connection._writer is writer and writer.attached == [second]
+    assert writer.queue == [] and attached == [first]
+    assert connect(connection._storage).get_root().b.n == 2
