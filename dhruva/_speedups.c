@@ -1072,7 +1072,6 @@ is_p_name(PyObject *name)
            PyUnicode_READ_CHAR(name, 1) == 'p' && PyUnicode_READ_CHAR(name, 2) == '_';
 }
 
-/* PersistentBase.__setattr__(self, name, value), as a method descriptor. */
 /* self._p_note_change(), for a change to ``self`` whose status is ``status``.
  *
  * The common case inline: PersistentBase's own _p_note_change (not a
@@ -1109,6 +1108,7 @@ note_change_inline(PyObject *self, PyObject *status)
     return 0;
 }
 
+/* PersistentBase.__setattr__(self, name, value), as a method descriptor. */
 static PyObject *
 persistent_setattr(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
