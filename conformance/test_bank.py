@@ -97,6 +97,16 @@ def logged(connection):
     connection.abort()
     return {entry[0] for entry in connection.root["log"][ident]}
 
+def reconnect():
+    # A new connection can be lost again at its first reads: connect once
+    # more, as an application would.  Returns it and this client's log.
+    while True:
+        connection = connect()
+        try:
+            return connection, logged(connection)
+        except LOST:
+            print("lost", flush=True)
+
 rng = random.Random(int(seed))
 connection = connect()
 count = len(connection.root["accounts"])
@@ -122,8 +132,8 @@ while done < transfers:
         except LOST:
             # In doubt: the commit may or may not have happened; the log says.
             print("lost", flush=True)
-            connection = connect()
-            if transfer_id in logged(connection):
+            connection, seen = reconnect()
+            if transfer_id in seen:
                 print("recovered", transfer_id, flush=True)
                 done += 1
                 break
@@ -135,7 +145,7 @@ while done < transfers:
             print("audit", total, flush=True)
         except LOST:
             print("lost", flush=True)
-            connection = connect()
+            connection, _seen = reconnect()
         except DhruvaError as error:
             print("auditfail", type(error).__name__, flush=True)
 print("done", flush=True)
