@@ -742,10 +742,12 @@ class Connection:
         return records
 
     def _blobs_to_store(self, writer: ObjectWriter) -> list[tuple[bytes, str]]:
-        """Return (oid, temporary file) of every written Blob with new content."""
+        """Return (oid, temporary file) of every written Blob with new content.
+
+        ``_write`` calls it only once a class of blobs exists
+        (``persistent.blob_classes_defined``): until then none is written.
+        """
         blobs: list[tuple[bytes, str]] = []
-        if not persistent.blob_classes_defined:
-            return blobs  # no class of blobs exists, so none is written
         for obj in (*self._changed.values(), *writer.attached):
             if type(obj)._p_blob:
                 path = obj._p_blob_pending()  # type: ignore[attr-defined]
