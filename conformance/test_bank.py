@@ -52,12 +52,15 @@ READY_TIMEOUT_S = 60.0
 RUN_TIMEOUT_S = 240.0
 
 HOST = """
-import os, sys, threading
+import logging, os, sys, threading
 from dhruva_conformance.backends import create_backend
 from dhruva_conformance.server_backends import ServedStorage
 from dhruva.server.storage_server import StorageServer
 
 name, directory, socket_path, reopen = sys.argv[1:5]
+# The server's account of its clients (connects, drops and why) goes to
+# the host's log file, which a failing test shows.
+logging.basicConfig(level=logging.INFO, format="%(created).3f host: %(message)s")
 storage = create_backend(name, directory).open(reopen=reopen == "1")
 if isinstance(storage, ServedStorage):
     # The back-end is already a server: its clients use its socket.
@@ -74,9 +77,15 @@ from dhruva.client_storage import ClientStorage, ServerConnectionError
 from dhruva.connection import Connection
 from dhruva.error import ConflictError, DhruvaError, ReadConflictError
 
-mode, where, name, directory, ident, transfers, audit_every, seed = sys.argv[1:9]
-transfers, audit_every = int(transfers), int(audit_every)
+mode, where, name, directory, ident, transfers, audit_every, count, seed = sys.argv[1:10]
+transfers, audit_every, count = int(transfers), int(audit_every), int(count)
 LOST = (ServerConnectionError, OSError)
+
+def lost(during, error):
+    # Counted by the test from stdout; told with its cause on stderr, which
+    # a failing test shows.
+    print("lost", during, flush=True)
+    print(f"{time.time():.3f} lost during {during}: {error!r}", file=sys.stderr, flush=True)
 
 def connect():
     deadline = time.monotonic() + 60
@@ -97,19 +106,20 @@ def logged(connection):
     connection.abort()
     return {entry[0] for entry in connection.root["log"][ident]}
 
-def reconnect():
-    # A new connection can be lost again at its first reads: connect once
-    # more, as an application would.  Returns it and this client's log.
+def reconnect(during):
+    # A new connection can be lost at its first reads: the client may have
+    # connected just before the kill (at its start, too, if it started
+    # late).  Connect once more, as an application would.  Returns the
+    # connection and this client's log.
     while True:
         connection = connect()
         try:
             return connection, logged(connection)
-        except LOST:
-            print("lost", flush=True)
+        except LOST as error:
+            lost(during, error)
 
 rng = random.Random(int(seed))
-connection = connect()
-count = len(connection.root["accounts"])
+connection, _seen = reconnect("start")
 done = 0
 while done < transfers:
     transfer_id = f"{ident}-{done}"
@@ -129,10 +139,10 @@ while done < transfers:
         except ConflictError as conflict:
             kind = "read" if isinstance(conflict, ReadConflictError) else "write"
             print("conflict", kind, flush=True)
-        except LOST:
+        except LOST as error:
             # In doubt: the commit may or may not have happened; the log says.
-            print("lost", flush=True)
-            connection, seen = reconnect()
+            lost("transfer", error)
+            connection, seen = reconnect("recovery")
             if transfer_id in seen:
                 print("recovered", transfer_id, flush=True)
                 done += 1
@@ -143,34 +153,45 @@ while done < transfers:
             total = sum(account.balance for account in connection.root["accounts"])
             connection.commit()
             print("audit", total, flush=True)
-        except LOST:
-            print("lost", flush=True)
-            connection, _seen = reconnect()
+        except LOST as error:
+            lost("audit", error)
+            connection, _seen = reconnect("recovery")
         except DhruvaError as error:
             print("auditfail", type(error).__name__, flush=True)
 print("done", flush=True)
 """
 
 
-def _start_host(factory: StorageFactory, socket_path: str) -> tuple[Any, str]:
-    """Start the host process serving the back-end; return it and its socket path."""
+def _start_host(factory: StorageFactory, socket_path: str, logs: Path) -> tuple[Any, str]:
+    """Start the host process serving the back-end; return it and its socket path.
+
+    The host's stderr, its server's log included, goes to a new
+    ``host-N.err`` in ``logs`` (see ``_host_logs``).
+    """
     # A back-end that cannot reopen is created afresh in the host (memory).
     reopen = "1" if CAP_REOPEN in factory.capabilities else "0"
     directory = str(factory.directory)  # type: ignore[attr-defined]
-    host = subprocess.Popen(
-        [sys.executable, "-c", HOST, factory.name, directory, socket_path, reopen],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=child_environment(),
-        text=True,
-    )
+    log_path = logs / f"host-{len(list(logs.glob('host-*.err')))}.err"
+    with open(log_path, "w") as errors:
+        host = subprocess.Popen(
+            [sys.executable, "-c", HOST, factory.name, directory, socket_path, reopen],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            env=child_environment(),
+            text=True,
+        )
     assert host.stdout is not None
     line = host.stdout.readline().split()
     if not line or line[0] != "ready":
         _stop(host)
-        assert host.stderr is not None
-        pytest.fail(f"the host did not start: {host.stderr.read()}")
+        pytest.fail(f"the host did not start: {log_path.read_text()}")
     return host, line[1]
+
+
+def _host_logs(logs: Path) -> str:
+    """What the hosts started in ``logs`` wrote, oldest first, for a failure message."""
+    paths = sorted(logs.glob("host-*.err"), key=lambda path: int(path.stem.split("-")[1]))
+    return "".join(f"\n--- {path.name}\n{path.read_text()}" for path in paths)
 
 
 def _stop(process: Any) -> None:
@@ -229,7 +250,7 @@ def _run_clients(
     clients = []
     for n in range(CLIENTS):
         arguments = [mode, where, factory.name, directory, str(n), str(TRANSFERS)]
-        arguments += [str(AUDIT_EVERY), str(1000 + n)]
+        arguments += [str(AUDIT_EVERY), str(ACCOUNTS), str(1000 + n)]
         with open(logs / f"client-{n}.err", "w") as errors:
             clients.append(
                 subprocess.Popen(
@@ -262,8 +283,8 @@ def _run_clients(
             client.wait(timeout=max(1.0, deadline - time.monotonic()))
             errors = (logs / f"client-{n}.err").read_text()
             lines = (first if n == 0 else []) + [line for line in rest.split("\n") if line]
-            assert client.returncode == 0, f"client {n} failed: {errors}"
-            assert "done" in lines, f"client {n} did not finish: {errors}"
+            assert client.returncode == 0, f"client {n} failed: {errors}{_host_logs(logs)}"
+            assert "done" in lines, f"client {n} did not finish: {errors}{_host_logs(logs)}"
             results.append(lines)
         return results
     finally:
@@ -297,7 +318,7 @@ def _open_client(where: str) -> ClientStorage:
 def test_bank_through_the_server(storage_factory: StorageFactory, tmp_path: Path) -> None:
     _needs_registered(storage_factory)
     storage_factory.open().close()
-    host, where = _start_host(storage_factory, str(tmp_path / "bank.sock"))
+    host, where = _start_host(storage_factory, str(tmp_path / "bank.sock"), tmp_path)
     try:
         storage = _open_client(where)
         _setup(storage)
@@ -320,7 +341,7 @@ def test_bank_survives_sigkill_of_the_server(
     _needs_registered(storage_factory)
     storage_factory.open().close()
     socket_path = str(tmp_path / "bank.sock")
-    host, where = _start_host(storage_factory, socket_path)
+    host, where = _start_host(storage_factory, socket_path, tmp_path)
     hosts = [host]
     try:
         storage = _open_client(where)
@@ -331,7 +352,7 @@ def test_bank_survives_sigkill_of_the_server(
             _stop(hosts[-1])  # SIGKILL, by pid
             if os.path.exists(where):
                 os.unlink(where)  # the dead server's socket file
-            hosts.append(_start_host(storage_factory, socket_path)[0])
+            hosts.append(_start_host(storage_factory, socket_path, tmp_path)[0])
 
         results = _run_clients("server", where, storage_factory, tmp_path, kill=kill_and_restart)
         _check_audits(results)
