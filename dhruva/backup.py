@@ -235,6 +235,6 @@ def backup(source_path: str, dest_path: str) -> CopyResult:
         result = copy_prefix(source, walk.end, dest_path, expected=(count, walk.last_tid))
     finally:
         source.close()
-    return CopyResult(
-        result.path, result.transactions, result.last_tid, result.size_bytes, size - walk.end
-    )
+    # [RCV-060] Free space after the last transaction is not a commit left out.
+    dropped = size - walk.end if walk.tail is not None else 0
+    return CopyResult(result.path, result.transactions, result.last_tid, result.size_bytes, dropped)

@@ -650,12 +650,21 @@ def scan(
         return ScanResult(spans, pos, None, None, False, last_crc)
     # [RCV-002] Damage is a torn tail only if nothing proves it committed.
     proof = damage_proof(view, pos, base=base, version=version, committed_end=committed_end)
+    if proof is None and is_free_space(view[pos - base :]):
+        # [RCV-060] Zero bytes after the last transaction: the writer's free space.
+        return ScanResult(spans, pos, None, None, False, last_crc)
     if proof is not None:
         # [RCV-003] [RCV-008] The file is corrupt.
         if not repair:
             raise damage_error(path, pos, reason, proof, code)
         return ScanResult(spans, pos, (pos, limit), reason, True, last_crc, code)
     return ScanResult(spans, pos, (pos, limit), reason, False, last_crc, code)
+
+
+def is_free_space(buf: Buffer) -> bool:
+    """Return True when every byte of ``buf`` is zero: free space, not a torn tail (RCV-060)."""
+    view = _as_view(buf)
+    return view == bytes(len(view))
 
 
 def find_valid_transaction(

@@ -139,6 +139,8 @@ class JournalWalk:
         )
         if proof is not None:
             raise journal.damage_error(self.path, position, reason, proof, code)
+        if journal.is_free_space(rest):
+            return  # [RCV-060] Zero bytes after the last transaction: free space.
         self.tail = (position, self.size)
         self.tail_reason = reason
         self.tail_code = code

@@ -125,6 +125,7 @@ def current_records(storage: Any) -> dict[str, dict[str, Any]]:
     "RCV-050",
     "RCV-051",
     "RCV-052",
+    "RCV-060",
 )
 @pytest.mark.parametrize("name", RECOVERY_NAMES)
 def test_recovery_vector_through_the_codec(name: str) -> None:
@@ -230,6 +231,8 @@ def test_recovery_vector_through_the_storages(
         storage.close()
     assert path.read_bytes()[: expect["end"]] == data[: expect["end"]]
     if outcome == "valid":
+        # [RCV-060] Free space after the last transaction is kept as it is.
+        assert path.read_bytes() == data, "a writable open of a valid file writes nothing"
         assert set_aside(path) is None
     else:
         assert path.stat().st_size == expect["end"]

@@ -168,7 +168,10 @@ def offset_after(parts: list[tuple[str, bytes]]) -> int:
     return sum(len(part) for _label, part in parts)
 
 
-def valid(name: str, description: str, txns: list[bytes], requirements: list[str]) -> Vector:
+def valid(
+    name: str, description: str, txns: list[bytes], requirements: list[str], free: int = 0
+) -> Vector:
+    """A file of the valid transactions ``txns``, then ``free`` zero bytes of free space."""
     parts = good(*txns)
     last = header_of(txns[-1]).tid if txns else 0
     expect = {
@@ -177,6 +180,8 @@ def valid(name: str, description: str, txns: list[bytes], requirements: list[str
         "end": offset_after(parts),
         "current": current(last),
     }
+    if free:
+        parts.append(("free space: zeros", bytes(free)))
     return Vector(name, description, parts, expect, requirements)
 
 
@@ -264,6 +269,20 @@ def vectors() -> list[Vector]:
             [T1, T2, T3],
             ["FMT-001", "FMT-010", "FMT-012", "FMT-014"],
         ),
+        valid(
+            "valid-free-space",
+            "two transactions, then zeros: free space, or a commit none of whose bytes arrived",
+            [T1, T2],
+            ["FMT-001", "RCV-060"],
+            free=len(T3),
+        ),
+        valid(
+            "valid-empty-free-space",
+            "a file header, no transaction, then 256 zero bytes of free space",
+            [],
+            ["FMT-001", "RCV-060"],
+            free=256,
+        ),
         Vector(
             "valid-future-minor",
             "a header of a later minor version, with flags and reserved bytes set: read as usual",
@@ -292,12 +311,13 @@ def vectors() -> list[Vector]:
             TORN,
         ),
         bad(
-            "torn-zero-fill",
-            "the last transaction's bytes all read back as zeros",
+            "torn-before-free-space",
+            "the last transaction's trailer zeroed, then free space (zeros)",
             [T1, T2],
-            ("tid 3, zeroed", bytes(len(T3))),
-            "txn-tag",
-            TORN,
+            ("tid 3, trailer zeroed", T3[: body_end(T3)] + bytes(journal.TXN_TRAILER_SIZE)),
+            "commit-tag",
+            [*TORN, "RCV-060"],
+            after=[("free space: zeros", bytes(200))],
         ),
         bad(
             "torn-garbage",
