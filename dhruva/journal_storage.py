@@ -20,9 +20,12 @@ index*, FileStorage's ``PATH.index``) and answers for it through
 longer match ``_end`` and only a reopen can tell (a failed rename of pack);
 ``_unclean_tail`` when a commit's write or sync failed, so bytes after
 ``_end`` are unknown while everything before it is committed and synced.
+``_allocated`` is the file's size: the bytes from ``_end`` to it are zeros,
+free space that the next small commits overwrite (RCV-060).
 
 Order of a commit (``end()``): encode the transaction in memory; one
-``pwrite`` at ``_end``; one ``sync``; only then note the records in the
+``pwrite`` at ``_end`` (followed by ``FREE_SPACE_BYTES`` of zeros when a small
+transaction does not fit in the free space); one ``sync``; only then note the records in the
 ``_index``, move ``_end`` and the tid state, and call ``_after_commit``.  A
 crash before the sync returns loses this commit and nothing else (RCV-010,
 RCV-011).  An I/O error (a full disk) does the same: ``end()`` raises, loads
@@ -106,6 +109,15 @@ LOAD_READ_BYTES = 1024
 _record_lengths = journal.RECORD_LENGTHS.unpack_from
 _c_read_record = speedups.read_record
 _OPEN_ATTEMPTS = 3
+#: [RCV-060] A small transaction that does not fit in the free space is
+#: written with this many zero bytes after it, in the same write and sync.
+#: The commits after it then overwrite allocated, initialised bytes, and
+#: their sync flushes data only: an append also changes the file's size,
+#: which costs every sync a journal commit of the file system.
+FREE_SPACE_BYTES = 64 * 1024
+#: Only transactions up to this size get free space after them: a larger one
+#: pays for its sync in the bytes it writes, and zeros as large would double them.
+FREE_SPACE_MAX_TXN = FREE_SPACE_BYTES // 8
 
 
 class JournalStorage(Storage):
@@ -129,6 +141,7 @@ class JournalStorage(Storage):
         self._index: dict[bytes, int] = {}
         self._pending: dict[bytes, tuple[bytes, bytes, bytes]] | None = None
         self._end = journal.FILE_HEADER_SIZE
+        self._allocated = journal.FILE_HEADER_SIZE
         self._last_tid = 0
         self._last_time_us = 0
         self._last_trailer_crc = 0
@@ -143,6 +156,8 @@ class JournalStorage(Storage):
         self._file = self._open_data_file()
         try:
             self._recover()
+            # [RCV-060] What lies between _end and the file's size is free space.
+            self._allocated = self._file.size()
         except BaseException:
             self._file.close()
             self._file = None
@@ -522,6 +537,10 @@ class JournalStorage(Storage):
         if txn is None:
             txn = journal.encode_transaction(tid, time_us, records, version)
         offset = self._end
+        written = txn
+        if offset + len(txn) > self._allocated and len(txn) <= FREE_SPACE_MAX_TXN:
+            # [RCV-060] Free space for the commits that follow, in this write.
+            written = txn + bytes(FREE_SPACE_BYTES)
         if staged:
             assert self._blob_store is not None
             # [BLOB-020] The blobs get their names before the journal write:
@@ -529,7 +548,7 @@ class JournalStorage(Storage):
             self._blob_store.commit(tid)
         try:
             # [RCV-010] One write of the whole transaction, then one sync.
-            data_file.pwrite(txn, offset)
+            data_file.pwrite(written, offset)
             data_file.sync()
         except BaseException as exc:
             if staged:
@@ -563,6 +582,8 @@ class JournalStorage(Storage):
             index[oid] = position
             position += header_size + len(data) + len(refs)
         self._end = offset + len(txn)
+        if offset + len(written) > self._allocated:
+            self._allocated = offset + len(written)
         self._last_tid = tid
         self._last_time_us = time_us
         # journal.trailer_crc_before(txn, len(txn)), without its call.
@@ -594,6 +615,7 @@ class JournalStorage(Storage):
         """
         data_file.truncate(self._end)
         data_file.sync()
+        self._allocated = self._end
         log.warning(
             "%s: the file was cut back to offset %d after the failed commit (%s); commits continue",
             self.path,
@@ -762,7 +784,7 @@ class JournalStorage(Storage):
         if old_file is not None:
             old_file.close()
         self.file_id = file_id
-        self._end = new_file.size()
+        self._end = self._allocated = new_file.size()
         trailer = new_file.pread(journal.TXN_TRAILER_SIZE, self._end - journal.TXN_TRAILER_SIZE)
         self._last_trailer_crc = journal.CommitTrailer.unpack_from(trailer).crc
         self._replace_index(new_index)

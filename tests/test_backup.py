@@ -130,11 +130,18 @@ def test_a_commit_in_progress_is_left_out(tmp_path: Path) -> None:
             storage.store(int8_to_str(0), b"%d" % number, b"")
             storage.store(int8_to_str(number), b"obj %d " % number, b"")
             storage.end()
+    data = Path(source).read_bytes()
+    end = journal.scan(data, journal.FILE_HEADER_SIZE, source).end
+    # [RCV-060] The writer left free space after its last commit: not left out.
+    clean = backup(source, str(tmp_path / "clean"))
+    assert end < len(data) and clean.dropped_tail_bytes == 0 and clean.size_bytes == end
     whole = journal.encode_transaction(4, 0, [(int8_to_str(4), b"late", b"")])
-    with open(source, "ab") as file:
+    with open(source, "r+b") as file:
+        file.seek(end)  # the next commit goes over the free space
         file.write(whole[:-3])  # what a reader can see while the commit is written
+    size = os.path.getsize(source)
     result = backup(source, str(tmp_path / "copy"))
-    assert result.dropped_tail_bytes == len(whole) - 3
+    assert result.dropped_tail_bytes == size - end
     assert result.last_tid == 3 and result.transactions == 3
     assert check_copy(str(tmp_path / "copy"), 3) == 3
 

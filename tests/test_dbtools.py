@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _journal_storages import data_end
 
 from dhruva import journal
 from dhruva.connection import Connection
@@ -88,12 +89,15 @@ def test_verify_clean_database(db: Path, capsys: pytest.CaptureFixture[str]) -> 
 def test_read_only_tools_change_nothing_and_report_a_torn_tail(
     db: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with open(db, "ab") as file:
-        file.write(journal.TXN_TAG + b"\x00" * 30)  # an interrupted commit
+    end = data_end(str(db))
+    with open(db, "r+b") as file:
+        file.seek(end)  # an interrupted commit, over the free space (RCV-060)
+        file.write(journal.TXN_TAG + b"\x00" * 30)
+    torn = os.path.getsize(db) - end  # the commit's 34 bytes and the free space after them
     before = snapshot(db.parent)
     status, out, _err = run(capsys, "verify", str(db))
     assert status == 0
-    assert "WARNING: 34 bytes at offset" in out and "not a complete transaction" in out
+    assert f"WARNING: {torn} bytes at offset {end}" in out and "not a complete transaction" in out
     assert run(capsys, "dump", str(db))[0] == 0
     assert run(capsys, "dump", "--json", str(db))[0] == 0
     assert run(capsys, "stats", str(db))[0] == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _journal_storages import commit, contents, oid
+from _journal_storages import commit, contents, data_end, drop_free_space, oid
 
 from dhruva import fileio, journal
 from dhruva.error import (
@@ -27,6 +27,7 @@ from dhruva.file_index import DiskIndex
 from dhruva.file_storage import FileStorage, FileStorage2, TempFileStorage
 from dhruva.file_storage2 import JournalStorage
 from dhruva.fileio import OS_FILES, DataFile
+from dhruva.journal_storage import FREE_SPACE_BYTES, FREE_SPACE_MAX_TXN
 from dhruva.storage import (
     CAP_BLOBS,
     CAP_DURABLE,
@@ -220,6 +221,110 @@ def test_one_write_and_one_sync_per_commit(cls: type[JournalStorage], path: str)
             assert len(writes) == 1 and writes[0][1] == path
             assert layer.ops("sync") == [("sync", path)]
             assert storage.load(oid(0)).data == b"data %d 0" % round_number
+
+
+@pytest.mark.req("RCV-060", "RCV-010")
+def test_small_commits_write_into_free_space(cls: type[JournalStorage], path: str) -> None:
+    layer = RecordingLayer()
+    with cls(path, file_layer=layer) as storage:
+        layer.log.clear()
+        commit(storage, (0, b"root", []))
+        # The first small commit writes its transaction and the free space in one write.
+        ((_op, _path, written, offset),) = layer.ops("pwrite")
+        end = data_end(path)
+        assert offset == journal.FILE_HEADER_SIZE
+        assert written == end - offset + FREE_SPACE_BYTES
+        assert os.path.getsize(path) == end + FREE_SPACE_BYTES
+        assert Path(path).read_bytes()[end:] == bytes(FREE_SPACE_BYTES)
+        # The next ones land in it: the file's size does not change.
+        size = os.path.getsize(path)
+        for n in range(1, 20):
+            layer.log.clear()
+            commit(storage, (n, b"value %d" % n, []))
+            ((_op, _path, written, offset),) = layer.ops("pwrite")
+            assert offset == end and written == data_end(path) - end
+            end = data_end(path)
+            assert os.path.getsize(path) == size
+        assert size > end
+        # A transaction larger than FREE_SPACE_MAX_TXN that does not fit is written alone.
+        big = b"x" * (size - end + 1)
+        assert len(big) > FREE_SPACE_MAX_TXN
+        commit(storage, (100, big, []))
+        assert os.path.getsize(path) == data_end(path)
+        # The small commit after it makes free space again.
+        commit(storage, (101, b"small", []))
+        assert os.path.getsize(path) == data_end(path) + FREE_SPACE_BYTES
+    with cls(path) as storage:
+        assert storage.load(oid(19)).data == b"value 19"
+        assert storage.load(oid(100)).data == big
+        assert storage.load(oid(101)).data == b"small"
+
+
+@pytest.mark.req("RCV-060", "RCV-004", "RCV-005")
+def test_free_space_is_kept_by_every_open(
+    cls: type[JournalStorage], path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with cls(path) as storage:
+        commit(storage, (0, b"root", [1]), (1, b"one", []))
+        commit(storage, (1, b"two", []))
+    data = Path(path).read_bytes()
+    end = data_end(path)
+    assert end < len(data)
+    with caplog.at_level(logging.WARNING):
+        for readonly in (True, False):
+            with cls(path, readonly=readonly) as storage:
+                assert contents(storage) == {0: b"root", 1: b"two"}
+            assert Path(path).read_bytes() == data, "free space is neither set aside nor cut"
+    assert not os.path.exists(path + ".tr0")
+    assert caplog.text == ""
+    # The next commit goes at the end of data, over the free space.
+    with cls(path) as storage:
+        commit(storage, (2, b"three", []))
+    assert os.path.getsize(path) == len(data)
+    assert data_end(path) > end
+    with cls(path, readonly=True) as storage:
+        assert contents(storage) == {0: b"root", 1: b"two", 2: b"three"}
+
+
+@pytest.mark.req("RCV-060", "RCV-002", "RCV-005")
+def test_a_commit_torn_in_free_space_is_set_aside_with_it(
+    cls: type[JournalStorage], path: str
+) -> None:
+    with cls(path) as storage:
+        commit(storage, (0, b"root", []))
+    end = data_end(path)
+    size = os.path.getsize(path)
+    txn = journal.encode_transaction(2, 0, [(oid(0), b"lost", b"")])
+    with open(path, "r+b") as file:
+        file.seek(end)
+        file.write(txn[:-5])  # a crash during the write: its last bytes never arrived
+    with cls(path) as storage:
+        assert storage.load(oid(0)).data == b"root"
+    assert os.path.getsize(path) == end
+    aside = Path(path + ".tr0").read_bytes()
+    assert len(aside) == size - end and aside.startswith(txn[:-5])
+    with cls(path) as storage:
+        commit(storage, (1, b"after", []))
+    with cls(path, readonly=True) as storage:
+        assert contents(storage) == {0: b"root", 1: b"after"}
+
+
+@pytest.mark.req("RCV-060", "FLT-071")
+def test_a_failed_commit_cuts_the_free_space_and_commits_go_on(path: str) -> None:
+    layer = RecordingLayer()
+    with FileStorage2(path, file_layer=layer) as storage:
+        commit(storage, (0, b"root", []))
+        end = data_end(path)
+        storage._file._fail_sync = True  # type: ignore[union-attr]
+        with pytest.raises(OSError):
+            commit(storage, (1, b"failed", []))
+        storage._file._fail_sync = False  # type: ignore[union-attr]
+        commit(storage, (2, b"next", []))
+        # The cut removed the free space; the next small commit made it again.
+        assert os.path.getsize(path) == data_end(path) + FREE_SPACE_BYTES
+        assert data_end(path) > end
+    with FileStorage2(path, readonly=True) as storage:
+        assert contents(storage) == {0: b"root", 2: b"next"}
 
 
 @pytest.mark.req("FLT-004")
@@ -433,12 +538,16 @@ def test_readonly_refuses_writes(cls: type[JournalStorage], path: str) -> None:
 
 
 def make_db(cls: type[JournalStorage], path: str, count: int = 3) -> list[int]:
-    """Commit ``count`` transactions; return the file size after each."""
+    """Commit ``count`` transactions; return the end of data after each.
+
+    The file is left ending at its last transaction, without free space.
+    """
     sizes = []
     with cls(path) as storage:
         for n in range(count):
             commit(storage, (0, b"root %d" % n, [n + 1]), (n + 1, b"obj %d" % n, []))
-            sizes.append(os.path.getsize(path))
+            sizes.append(data_end(path))
+    drop_free_space(path)
     return sizes
 
 
@@ -662,15 +771,18 @@ def test_open_scans_only_the_tail(path: str) -> None:
     with FileStorage(path) as storage:
         for n in range(200):
             commit(storage, (n, b"x" * 500, []))
-    size = os.path.getsize(path)
+    size = data_end(path)
     # Three more commits that the index does not cover (FileStorage2 keeps no index).
     with FileStorage2(path) as storage:
         commit(storage, (1, b"tail 1", []), (500, b"tail new", []))
         commit(storage, (2, b"tail 2", []))
-    tail_bytes = os.path.getsize(path) - size
+    tail_bytes = data_end(path) - size
+    free_space = os.path.getsize(path) - data_end(path)
+    assert 0 < free_space <= FREE_SPACE_BYTES
     layer = RecordingLayer()
     with FileStorage(path, file_layer=layer) as storage:
-        assert open_reads(layer) < tail_bytes + 200
+        # The tail, and the free space after it (RCV-060), which must read as zeros.
+        assert open_reads(layer) < tail_bytes + free_space + 200
         assert storage.load(oid(1)).data == b"tail 1"
         assert storage.load(oid(2)).data == b"tail 2"
         assert storage.load(oid(3)).data == b"x" * 500
@@ -695,6 +807,7 @@ def test_unusable_index_is_rebuilt(tmp_path: Path, how: str) -> None:
             commit(storage, (0, b"other", []))
         shutil.copy(other + ".index", index_path)
     elif how == "data truncated":
+        drop_free_space(path)
         data = Path(path).read_bytes()
         Path(path).write_bytes(data[:-10])
     else:
@@ -717,6 +830,7 @@ def test_index_mismatch_on_the_covered_transaction_is_rebuilt(tmp_path: Path) ->
     with FileStorage(path) as storage:
         commit(storage, (0, b"a", []))
         commit(storage, (1, b"b", []))
+    drop_free_space(path)
     data = bytearray(Path(path).read_bytes())
     data[-12] ^= 0xFF  # the last trailer's crc: the index no longer recognises it
     Path(path).write_bytes(bytes(data))

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
-from _journal_storages import commit, contents, oid
+from _journal_storages import commit, contents, data_end, oid
 
 from dhruva import journal
 from dhruva.connection import Connection
@@ -33,7 +33,7 @@ def test_list_transactions(cls: type[JournalStorage], path: str) -> None:
     assert [t.record_count for t in listed] == [2, 2, 1]
     assert listed[0].offset == journal.FILE_HEADER_SIZE
     assert all(a.offset + a.size_bytes == b.offset for a, b in itertools.pairwise(listed))
-    assert listed[-1].offset + listed[-1].size_bytes == os.path.getsize(path)
+    assert listed[-1].offset + listed[-1].size_bytes == data_end(path)
     assert [t.time_us for t in listed] == sorted(t.time_us for t in listed)
     assert listed[0].time.tzinfo is not None
 
