@@ -49,8 +49,12 @@ def written(storage_factory: StorageFactory) -> Written:
     data = Path(storage_factory.paths()[0]).read_bytes()
     spans = transaction_spans(data)
     assert len(spans) == len(commits), "the data file does not hold one transaction per commit"
-    assert spans[-1][1] == len(data)
-    return data, commits, spans
+    end = spans[-1][1]
+    # [RCV-060] A writer may leave zero bytes of free space after the last
+    # transaction; the cases below cut the transactions, and add free space
+    # of their own where they test it.
+    assert data[end:] == bytes(len(data) - end), "non-zero bytes after the last transaction"
+    return data[:end], commits, spans
 
 
 def tail_files(data_path: str) -> list[Path]:
@@ -62,11 +66,15 @@ def reopen(factory: StorageFactory) -> Storage:
     return factory.open(reopen=True)
 
 
-def check_cut(factory: StorageFactory, written: Written, cut: int) -> None:
-    """Reopen a copy of the data file cut to ``cut`` bytes and check everything."""
+def check_cut(factory: StorageFactory, written: Written, cut: int, free: int = 0) -> None:
+    """Reopen a copy of the data file cut to ``cut`` bytes and check everything.
+
+    ``free`` zero bytes follow the cut, as when a commit written into free
+    space ([RCV-060]) is torn.
+    """
     data, commits, spans = written
-    context = f"data file cut at {cut} of {len(data)} bytes"
-    factory.replace_data_file(data[:cut])
+    context = f"data file cut at {cut} of {len(data)} bytes, then {free} zero bytes"
+    factory.replace_data_file(data[:cut] + bytes(free))
     data_path = factory.paths()[0]
     storage = reopen(factory)
     complete = sum(1 for _start, end in spans if end <= cut)
@@ -77,12 +85,17 @@ def check_cut(factory: StorageFactory, written: Written, cut: int) -> None:
     assert visible == complete, f"{context}: a partial transaction became visible"
     tails = tail_files(data_path)
     if cut > boundary:
-        # [RCV] The torn tail is set aside as PATH.trN, not destroyed.
+        # [RCV-005] The torn tail is set aside as PATH.trN, not destroyed,
+        # with the zeros after it ([RCV-060]).
         assert Path(data_path).stat().st_size == boundary, f"{context}: tail not cut off"
         assert [p.name for p in tails] == [Path(data_path).name + ".tr0"], context
-        assert tails[0].read_bytes() == data[boundary:cut], f"{context}: .tr0 content"
+        torn = data[boundary:cut] + bytes(free)
+        assert tails[0].read_bytes() == torn, f"{context}: .tr0 content"
     else:
+        # [RCV-060] Free space after a clean cut is kept, not reported.
         assert tails == [], f"{context}: a clean cut left {tails}"
+        size = Path(data_path).stat().st_size
+        assert size == cut + free, f"{context}: the file is {size} bytes after the open"
     # P4: the store takes new commits, which survive another reopen.
     storage = check_accepts_commits(
         lambda: reopen(factory), storage, state_after(commits, complete), context
@@ -131,6 +144,40 @@ def test_cut_at_every_byte_of_the_last_two_transactions(
     data, _commits, spans = written
     for cut in range(spans[-2][0], len(data) + 1):
         check_cut(storage_factory, written, cut)
+
+
+@pytest.mark.req("CONF-041", "CONF-042", "CONF-050", "RCV-060", "RCV-002")
+def test_free_space_after_the_last_transaction_is_kept(
+    storage_factory: StorageFactory, written: Written
+) -> None:
+    data, _commits, spans = written
+    for cut in (FILE_HEADER_SIZE, spans[0][1], len(data)):
+        for free in (1, 40, 4096, 65536):
+            check_cut(storage_factory, written, cut, free)
+
+
+@pytest.mark.req("CONF-041", "CONF-042", "CONF-043", "CONF-050", "RCV-060", "RCV-005", "FLT-001")
+def test_a_commit_torn_in_free_space_is_set_aside_with_the_zeros(
+    storage_factory: StorageFactory, written: Written
+) -> None:
+    """A crash while the last commit was written over free space: a prefix of
+    it then zeros, or its bytes with the first sector's worth never written."""
+    data, commits, spans = written
+    start, end = spans[-1]
+    for cut in range(start + 1, end):
+        check_cut(storage_factory, written, cut, free=4096)
+    # The write reached the disk out of order: the header is still zeros.
+    for hole in (4, 8, 40):
+        damaged = data[:start] + bytes(hole) + data[start + hole :] + bytes(4096)
+        storage_factory.replace_data_file(damaged)
+        data_path = storage_factory.paths()[0]
+        storage = reopen(storage_factory)
+        context = f"the last transaction's first {hole} bytes left zero"
+        assert check_recovered(storage, commits, len(spans) - 1, context) == len(spans) - 1
+        assert Path(data_path).stat().st_size == start, f"{context}: tail not cut off"
+        tails = tail_files(data_path)
+        assert [p.read_bytes() for p in tails] == [damaged[start:]], context
+        storage.close()
 
 
 # --- bit flips ------------------------------------------------------------------------
