@@ -325,6 +325,21 @@ ALL_BACKENDS: list[Backend] = [
 MAIN_SYSTEMS = ("dhruva", "durus", "zodb")
 
 
+def committed_bytes(path: Path | str) -> int:
+    """The size of the database file at ``path``, less a dhruva file's free space (RCV-060).
+
+    A dhruva data file may end with zeros allocated for the commits to come
+    (spec/file-format.md, RCV-060); they are not the size of what was committed.
+    """
+    from dhruva import journal  # imported where used, as for each backend above
+
+    with open(path, "rb") as file:
+        data = file.read()
+    if not data.startswith(journal.MAGIC):
+        return len(data)
+    return journal.scan(data, journal.FILE_HEADER_SIZE, str(path)).end
+
+
 def remove_database(backend: Backend, path: Path) -> None:
     """Delete every file of the database at ``path``, including side files."""
     for candidate in path.parent.glob(path.name + "*"):

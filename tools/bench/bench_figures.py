@@ -30,7 +30,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench_backends import Backend, remove_database
+from bench_backends import Backend, committed_bytes, remove_database
 from bench_models import PlainItem
 
 Cell = float | str | None
@@ -424,10 +424,10 @@ def _commit_cells(bench: Bench, backend: Backend) -> dict[str, Cell]:
         session.root["obj"] = backend.new_item(0)
         session.commit()
         obj = session.root["obj"]
-        size_before = path.stat().st_size
+        size_before = committed_bytes(path)
         warm_count = 20
         _commits_s(session, obj, -warm_count, warm_count)  # warm-up, untimed
-        commit_bytes = (path.stat().st_size - size_before) / warm_count
+        commit_bytes = (committed_bytes(path) - size_before) / warm_count
         payload = b"\x5a" * max(1, round(commit_bytes))
         fd = os.open(bare_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
         _bare_appends_s(fd, payload, warm_count)

@@ -31,7 +31,6 @@ about a minute on a 2-core machine).  The result dict is JSON-ready.
 
 from __future__ import annotations
 
-import os
 import random
 import statistics
 import sys
@@ -39,6 +38,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from bench_backends import committed_bytes
 
 from dhruva.btree import BNode16, BTree
 from dhruva.connection import Connection
@@ -174,14 +175,14 @@ def bench_btree(n: int = 1_000_000, directory: str | None = None) -> dict[str, A
         records, data_bytes, file_bytes, seconds = [], [], [], []
         for key in _new_keys(rng, present, COMMIT_PROBES):
             storage.records = storage.data_bytes = 0
-            file_size = os.path.getsize(path)
+            file_size = committed_bytes(path)
             started = time.perf_counter()
             tree[key] = "v"
             connection.commit()
             seconds.append(time.perf_counter() - started)
             records.append(storage.records)
             data_bytes.append(storage.data_bytes)
-            file_bytes.append(os.path.getsize(path) - file_size)
+            file_bytes.append(committed_bytes(path) - file_size)
         connection.close()
     return {
         "node_class": "BNode16",
