@@ -55,6 +55,7 @@ without touching the storage's attributes.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -118,6 +119,9 @@ FREE_SPACE_BYTES = 64 * 1024
 #: Only transactions up to this size get free space after them: a larger one
 #: pays for its sync in the bytes it writes, and zeros as large would double them.
 FREE_SPACE_MAX_TXN = FREE_SPACE_BYTES // 8
+
+#: The errnos of a write that found no room: it is written again without free space.
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class JournalStorage(Storage):
@@ -548,7 +552,17 @@ class JournalStorage(Storage):
             self._blob_store.commit(tid)
         try:
             # [RCV-010] One write of the whole transaction, then one sync.
-            data_file.pwrite(written, offset)
+            try:
+                data_file.pwrite(written, offset)
+            except OSError as exc:
+                if written is txn or exc.errno not in _NO_SPACE:
+                    raise
+                # [RCV-060] No room for the free space: the transaction alone,
+                # so that a nearly full disk takes what fits.  A failed write
+                # (not a failed sync) may be written again.
+                data_file.truncate(offset)
+                written = txn
+                data_file.pwrite(txn, offset)
             data_file.sync()
         except BaseException as exc:
             if staged:

@@ -43,6 +43,10 @@ class FaultFile:
 
     def pwrite(self, data: bytes, offset: int) -> None:
         self._check_space()
+        room = self._layer.room
+        if room is not None and offset + len(data) > self._inner.size() + room:
+            self._layer.refused += 1
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         self._inner.pwrite(data, offset)
 
     def append(self, data: bytes) -> int:
@@ -78,12 +82,15 @@ class FaultLayer:
 
     ``full`` is True (every write refused), False, or a predicate on the
     file's path (a disk full only for some files); ``bad_spans`` lists
-    ``(path, start, stop)`` byte ranges whose reads fail with EIO.
+    ``(path, start, stop)`` byte ranges whose reads fail with EIO.  ``room``,
+    when set, is how many bytes a ``pwrite`` may grow a file by (a disk
+    nearly full); a longer one is refused with ENOSPC and writes nothing.
     ``refused`` and ``failed_reads`` count the faults delivered.
     """
 
     def __init__(self) -> None:
         self.full: bool | Callable[[str], bool] = False
+        self.room: int | None = None
         self.bad_spans: list[tuple[str, int, int]] = []
         self.refused = 0
         self.failed_reads = 0

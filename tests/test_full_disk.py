@@ -92,6 +92,32 @@ def test_index_growth_on_a_full_disk_is_an_error_not_a_signal(path: str) -> None
     index.close()
 
 
+@pytest.mark.req("RCV-060", "FLT-070")
+def test_a_nearly_full_disk_takes_small_commits_without_free_space(
+    cls: type[JournalStorage], path: str
+) -> None:
+    layer = FaultLayer()
+    storage = cls(path, file_layer=layer)
+    commit(storage, (0, b"root", []))
+    free_end = os.path.getsize(path)
+    assert free_end >= 64 * 1024, "the first commit left no free space"
+    # Fill the free space, then leave the disk room for 4 KiB more: a commit
+    # that does not fit is written without the 64 KiB of free space after it.
+    layer.room = 4096
+    number = 1
+    while os.path.getsize(path) <= free_end + 1024:
+        commit(storage, (number, b"x" * 100, []))
+        number += 1
+    assert number > 300, "the free space held too few commits"
+    refused = layer.refused
+    assert refused >= 1, "no commit was refused its free space"
+    storage.close()
+    with cls(path, readonly=True) as reopened:
+        assert reopened.get_size() == number
+        assert reopened.load(oid(number - 1)).data == b"x" * 100
+    assert not os.path.exists(path + ".tr0")
+
+
 # --- a real full disk: a small tmpfs ----------------------------------------------------
 
 _SCENARIO = """
