@@ -109,8 +109,7 @@ def test_a_nearly_full_disk_takes_small_commits_without_free_space(
         commit(storage, (number, b"x" * 100, []))
         number += 1
     assert number > 300, "the free space held too few commits"
-    refused = layer.refused
-    assert refused >= 1, "no commit was refused its free space"
+    assert layer.refused >= 1, "no commit was refused its free space"
     storage.close()
     with cls(path, readonly=True) as reopened:
         assert reopened.get_size() == number

@@ -325,19 +325,23 @@ ALL_BACKENDS: list[Backend] = [
 MAIN_SYSTEMS = ("dhruva", "durus", "zodb")
 
 
-def committed_bytes(path: Path | str) -> int:
+def committed_bytes(path: Path | str, start: int = 0) -> int:
     """The size of the database file at ``path``, less a dhruva file's free space (RCV-060).
 
     A dhruva data file may end with zeros allocated for the commits to come
     (spec/file-format.md, RCV-060); they are not the size of what was committed.
+    ``start``, when given, is an end this function returned before for the
+    same file: only the transactions after it are read.
     """
     from dhruva import journal  # imported where used, as for each backend above
 
     with open(path, "rb") as file:
+        if file.read(len(journal.MAGIC)) != journal.MAGIC:
+            return os.fstat(file.fileno()).st_size
+        start = max(start, journal.FILE_HEADER_SIZE)
+        file.seek(start)
         data = file.read()
-    if not data.startswith(journal.MAGIC):
-        return len(data)
-    return journal.scan(data, journal.FILE_HEADER_SIZE, str(path)).end
+    return journal.scan(data, start, str(path), base=start).end
 
 
 def remove_database(backend: Backend, path: Path) -> None:

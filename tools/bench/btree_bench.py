@@ -173,16 +173,18 @@ def bench_btree(n: int = 1_000_000, directory: str | None = None) -> dict[str, A
             rows.append(_probe(connection, storage, tree, rng, present, probe))
             assert len(tree) == size
         records, data_bytes, file_bytes, seconds = [], [], [], []
+        file_size = committed_bytes(path)
         for key in _new_keys(rng, present, COMMIT_PROBES):
             storage.records = storage.data_bytes = 0
-            file_size = committed_bytes(path)
             started = time.perf_counter()
             tree[key] = "v"
             connection.commit()
             seconds.append(time.perf_counter() - started)
             records.append(storage.records)
             data_bytes.append(storage.data_bytes)
-            file_bytes.append(committed_bytes(path) - file_size)
+            end = committed_bytes(path, file_size)
+            file_bytes.append(end - file_size)
+            file_size = end
         connection.close()
     return {
         "node_class": "BNode16",
