@@ -38,7 +38,6 @@ covers it, the flag is ignored.
 
 from __future__ import annotations
 
-import itertools
 import mmap
 import struct
 import sys
@@ -64,6 +63,9 @@ ENTRIES_OFFSET = 3 * PAGE_SIZE
 
 ADDED_FLAG = 1 << 63
 OFFSET_MASK = ADDED_FLAG - 1
+#: Offsets below this leave the top byte of their entry zero; ADDED_FLAG is then that byte.
+_FLAG_BYTE_FREE = 1 << 56
+_ADDED_FLAG_BYTE = (ADDED_FLAG >> 56).to_bytes(1, "big")
 MAX_OID = (1 << 40) - 1
 """The highest oid number an index holds (a 8 TiB sparse array); higher -> ValueError."""
 
@@ -415,10 +417,19 @@ class DiskIndex:
             # dense); every oid of a run is in entries.
             count = last - first + 1
             layout = struct.Struct(f">{count}Q")
-            raws = layout.unpack(self._read_bytes(first, count))
-            offsets = [entries[oid] for oid in range(first, last + 1)]
+            raw_bytes = self._read_bytes(first, count)
+            offsets = list(map(entries.__getitem__, range(first, last + 1)))
+            if raw_bytes == bytes(len(raw_bytes)) and max(offsets) < _FLAG_BYTE_FREE:
+                # Oids new to the index (a bulk insert): each entry is an added
+                # one.  No offset reaches the top byte, so ADDED_FLAG is that
+                # byte of each big-endian word: one slice sets them all.
+                packed = bytearray(layout.pack(*offsets))
+                packed[0::ENTRY_SIZE] = _ADDED_FLAG_BYTE * count
+                data_file.pwrite(bytes(packed), ENTRIES_OFFSET + first * ENTRY_SIZE)
+                entry_count += count
+                continue
+            raws = layout.unpack(raw_bytes)
             if not any(raws):
-                # Oids new to the index (a bulk insert): each entry is an added one.
                 words = [offset | ADDED_FLAG for offset in offsets]
                 entry_count += count
             else:
@@ -509,25 +520,51 @@ def _refuse_entries(
 
 
 def _runs(oids: list[int]) -> Iterator[tuple[int, int]]:
-    """Yield ``(first, last)`` ranges of consecutive oids covering the sorted ``oids``.
+    """Yield ``(first, last)`` ranges of consecutive oids covering ``oids`` (sorted, distinct).
 
     Only consecutive oids are merged: an entry the checkpoint does not change
     is never rewritten, not even with its own bytes, because a torn write can
     leave zeros where it lands ([IDX-031]; the conformance suite's ``zeros``
     crash mode found the gap-merging version of this wrong).
     """
-    if not oids:
-        return
-    # Where consecutive oids stop (one comprehension; most commits have few breaks).
-    breaks = [i for i, (a, b) in enumerate(itertools.pairwise(oids), 1) if b != a + 1]
+    count = len(oids)
     start = 0
-    for end in (*breaks, len(oids)):
+    while start < count:
+        end = _run_end(oids, start)
         first, last = oids[start], oids[end - 1]
         while last - first >= RUN_MAX_ENTRIES:
             yield first, first + RUN_MAX_ENTRIES - 1
             first += RUN_MAX_ENTRIES
         yield first, last
         start = end
+
+
+def _run_end(oids: list[int], start: int) -> int:
+    """The index just past the run of consecutive oids that begins at ``oids[start]``.
+
+    In sorted, distinct oids, ``oids[k] - oids[start] == k - start`` holds for
+    every k of that run and for none after it (the gaps only add up), so the
+    end is found by galloping then halving: O(log length) probes a run, not
+    one a oid (a bulk insert's tail is a few runs of thousands of new oids).
+    """
+    first = oids[start]
+    last_index = len(oids) - 1
+    inside, step = start, 1  # inside: an index known to be in the run
+    while True:
+        probe = min(inside + step, last_index)
+        if probe == inside:
+            return inside + 1  # the run reaches the end of the list
+        if oids[probe] - first != probe - start:
+            break
+        inside, step = probe, 2 * step
+    outside = probe  # past the run: the end lies in (inside, outside]
+    while outside - inside > 1:
+        middle = (inside + outside) // 2
+        if oids[middle] - first == middle - start:
+            inside = middle
+        else:
+            outside = middle
+    return inside + 1
 
 
 def _validate(pages: bytes, file_id: bytes, readonly: bool, size: int) -> tuple[Meta, int] | None:

@@ -187,6 +187,27 @@ def test_reopen_after_checkpoints_alternates_slots(path: str) -> None:
         assert index.lookup(3) == 1200  # below covered_offset: the flag is ignored
 
 
+@pytest.mark.req("IDX-035")
+@pytest.mark.parametrize("base", [2000, (1 << 56) - 64, 1 << 56, 1 << 60])
+def test_a_checkpoint_of_oids_new_to_the_index_flags_each_entry_added(
+    path: str, base: int
+) -> None:
+    # A bulk insert's run of new oids sets ADDED_FLAG by one slice of the top
+    # bytes while every offset leaves that byte free; above it, word by word.
+    # Both must write offset | ADDED_FLAG.
+    offsets = {oid: base + 10 * oid for oid in range(3, 40)}  # _create has oids 0..2
+    covered = base + 10 * 40
+    with _create(path) as index:
+        index.checkpoint(offsets, covered, 8, 0x11, 39)
+        assert index.entry_count == 3 + len(offsets)
+    raw = _read(path, ENTRIES_OFFSET + 3 * 8, 8 * len(offsets))
+    assert struct.unpack(f">{len(offsets)}Q", raw) == tuple(
+        offset | ADDED_FLAG for offset in offsets.values()
+    )
+    with _open(path, readonly=True) as index:
+        assert [index.lookup(oid) for oid in offsets] == list(offsets.values())
+
+
 @pytest.mark.req("IDX-030")
 def test_checkpoint_without_changes_writes_nothing(path: str) -> None:
     with _create(path) as index:
@@ -644,6 +665,26 @@ def _runs_one_by_one(oids: list[int]) -> list[tuple[int, int]]:
 @given(st.sets(st.integers(0, 3 * file_index.RUN_MAX_ENTRIES), max_size=300))
 def test_runs_cover_consecutive_oids_only(numbers: set[int]) -> None:
     oids = sorted(numbers)
+    assert list(file_index._runs(oids)) == _runs_one_by_one(oids)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 3 * file_index.RUN_MAX_ENTRIES), st.integers(1, 300)),
+        max_size=12,
+    )
+)
+def test_runs_of_ranges_cover_consecutive_oids_only(ranges: list[tuple[int, int]]) -> None:
+    # Unions of ranges: runs of every length, touching, overlapping or apart.
+    oids = sorted({oid for start, length in ranges for oid in range(start, start + length)})
+    assert list(file_index._runs(oids)) == _runs_one_by_one(oids)
+
+
+@pytest.mark.parametrize(
+    "start, count", [(0, 1), (9, 2), (3, 700), (1, 2 * file_index.RUN_MAX_ENTRIES + 5)]
+)
+def test_runs_of_consecutive_oids_only(start: int, count: int) -> None:
+    oids = list(range(start, start + count))
     assert list(file_index._runs(oids)) == _runs_one_by_one(oids)
 
 
