@@ -181,9 +181,37 @@ pread_full(int fd, unsigned char *buf, Py_ssize_t length, long long offset)
     return got;
 }
 
-/* The first read of a load: journal_storage.LOAD_READ_BYTES, the same (a test checks).
- * Most object records fit; reading 4096 bytes cost a third more than 1024. */
+/* The first read of a load at most: journal_storage.LOAD_READ_BYTES, the same (a test
+ * checks).  Most object records fit; reading 4096 bytes cost a third more than 1024. */
 #define FIRST_READ 1024
+/* The first read adapts between FIRST_READ_MIN and FIRST_READ: after
+ * FIRST_READ_STREAK records in a row that fit in half of it, it halves; a
+ * record that does not fit (a second pread) sets it back to FIRST_READ.  A
+ * file of small records is then read 256 bytes at a time (a random cold read
+ * of a 140-byte record cost about 0.1 us less than with 1024). */
+#define FIRST_READ_MIN 256
+#define FIRST_READ_STREAK 32
+static Py_ssize_t first_read = FIRST_READ;
+static int first_read_streak = 0;
+
+/* Adapt first_read to a record of ``size`` bytes read with a first read of ``asked``. */
+static inline void
+first_read_learn(uint64_t size, Py_ssize_t asked)
+{
+    if (size > (uint64_t)asked) {
+        first_read = FIRST_READ;
+        first_read_streak = 0;
+    }
+    else if (size <= (uint64_t)asked / 2 && asked > FIRST_READ_MIN) {
+        if (++first_read_streak >= FIRST_READ_STREAK) {
+            first_read = asked / 2;
+            first_read_streak = 0;
+        }
+    }
+    else {
+        first_read_streak = 0;
+    }
+}
 
 /* read_record(fd, offset, version, oid) -> Record | None
  *
@@ -213,7 +241,8 @@ speedups_read_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     Py_ssize_t header_size = version >= 2 ? 20 : 16;
     unsigned char first[FIRST_READ];
-    Py_ssize_t got = pread_full((int)fd, first, FIRST_READ, offset);
+    Py_ssize_t asked = first_read; /* read before the pread releases the GIL */
+    Py_ssize_t got = pread_full((int)fd, first, asked, offset);
     if (got < header_size) {
         Py_RETURN_NONE;
     }
@@ -225,9 +254,10 @@ speedups_read_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     uint64_t size = (uint64_t)header_size + data_length + 8 * ref_count;
     unsigned char *buf = first;
     unsigned char *big = NULL;
+    first_read_learn(size, asked);
     if (size > (uint64_t)got) {
         struct stat status;
-        if (got < FIRST_READ || size > (uint64_t)PY_SSIZE_T_MAX || fstat((int)fd, &status) != 0 ||
+        if (got < asked || size > (uint64_t)PY_SSIZE_T_MAX || fstat((int)fd, &status) != 0 ||
             (uint64_t)offset + size > (uint64_t)status.st_size) {
             /* The file ends inside the record: a damaged length must not
              * allocate up to 36 GiB before the checksum refuses it. */
@@ -257,6 +287,13 @@ speedups_read_record(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     result = new_record(oid, data, (Py_ssize_t)data_length, data + data_length, refs_length);
     PyMem_Free(big);
     return result;
+}
+
+/* first_read() -> the size of read_record's next first read (it adapts). */
+static PyObject *
+speedups_first_read(PyObject *module, PyObject *unused)
+{
+    return PyLong_FromSsize_t(first_read);
 }
 
 /* --- the on-disk index ------------------------------------------------------ */
@@ -319,6 +356,141 @@ speedups_index_offset(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* --- transactions ----------------------------------------------------------- */
+
+/* file_load(storage, fallback, osfile_type, oid) -> Record
+ *
+ * FileStorage.load without a Python frame: the oid's offset from
+ * ``storage._index`` (the tail) or the ``.index`` file's map
+ * (index_offset), then the record (read_record).  Anything else (a closed
+ * or broken storage, a file layer other than ``osfile_type``, an oid the
+ * index does not hold, a record read_record hands back, any error on the
+ * way) is ``fallback(storage, oid)``: JournalStorage.load, which answers or
+ * raises the typed error.
+ */
+enum {
+    FL_FILE, FL_BROKEN, FL_INDEX, FL_DISK, FL_MAP, FL_CAPACITY, FL_COVERED, FL_LAST, FL_FD,
+    FL_VERSION, FL_NAMES
+};
+static const char *const file_load_names[FL_NAMES] = {
+    "_file", "_broken", "_index", "_disk", "_map", "_capacity", "covered_offset",
+    "_disk_max_oid", "fd", "format_version",
+};
+static PyObject *file_load_strs[FL_NAMES];
+
+/* ``obj``'s attribute number ``which`` of file_load_names, or NULL, no error set. */
+static PyObject *
+file_load_attr(PyObject *obj, int which)
+{
+    if (file_load_strs[which] == NULL &&
+        (file_load_strs[which] = PyUnicode_InternFromString(file_load_names[which])) == NULL) {
+        PyErr_Clear();
+        return NULL;
+    }
+    PyObject *value = PyObject_GetAttr(obj, file_load_strs[which]);
+    if (value == NULL) {
+        PyErr_Clear();
+    }
+    return value;
+}
+
+static PyObject *
+speedups_file_load(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "file_load(storage, fallback, osfile_type, oid)");
+        return NULL;
+    }
+    PyObject *storage = args[0], *oid = args[3];
+    PyObject *file = NULL, *index = NULL, *offset = NULL, *fd = NULL, *version = NULL;
+    PyObject *record = NULL;
+    if (!PyBytes_CheckExact(oid) || PyBytes_GET_SIZE(oid) != 8) {
+        goto fallback;
+    }
+    if ((file = file_load_attr(storage, FL_FILE)) == NULL || (PyObject *)Py_TYPE(file) != args[2]) {
+        goto fallback;
+    }
+    {
+        PyObject *broken = file_load_attr(storage, FL_BROKEN);
+        int healthy = broken == Py_None;
+        Py_XDECREF(broken);
+        if (!healthy) {
+            goto fallback;
+        }
+    }
+    if ((index = file_load_attr(storage, FL_INDEX)) == NULL || !PyDict_CheckExact(index)) {
+        goto fallback;
+    }
+    offset = PyDict_GetItemWithError(index, oid); /* borrowed */
+    if (offset != NULL) {
+        Py_INCREF(offset);
+    }
+    else {
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            goto fallback;
+        }
+        PyObject *disk = file_load_attr(storage, FL_DISK);
+        if (disk == NULL || disk == Py_None) {
+            Py_XDECREF(disk);
+            goto fallback;
+        }
+        PyObject *mapping = file_load_attr(disk, FL_MAP);
+        PyObject *capacity = file_load_attr(disk, FL_CAPACITY);
+        PyObject *covered = file_load_attr(disk, FL_COVERED);
+        PyObject *last = file_load_attr(storage, FL_LAST);
+        Py_DECREF(disk);
+        if (mapping != NULL && mapping != Py_None && capacity != NULL && PyLong_CheckExact(capacity) &&
+            covered != NULL && last != NULL && PyLong_CheckExact(last)) {
+            long long top = PyLong_AsLongLong(capacity) - 1, highest = PyLong_AsLongLong(last);
+            PyObject *bound = NULL;
+            if (!PyErr_Occurred()) {
+                bound = PyLong_FromLongLong(highest < top ? highest : top);
+            }
+            if (bound != NULL) {
+                PyObject *lookup[4] = {mapping, oid, bound, covered};
+                offset = speedups_index_offset(module, lookup, 4);
+                Py_DECREF(bound);
+            }
+        }
+        Py_XDECREF(mapping);
+        Py_XDECREF(capacity);
+        Py_XDECREF(covered);
+        Py_XDECREF(last);
+        if (offset == NULL) {
+            PyErr_Clear();
+            goto fallback;
+        }
+        /* None: the map does not hold the entry; 0: no entry (the fallback raises). */
+        if (offset == Py_None || !PyLong_CheckExact(offset) || PyObject_Not(offset)) {
+            goto fallback;
+        }
+    }
+    if ((fd = file_load_attr(file, FL_FD)) == NULL ||
+        (version = file_load_attr(storage, FL_VERSION)) == NULL) {
+        goto fallback;
+    }
+    {
+        PyObject *read[4] = {fd, offset, version, oid};
+        record = speedups_read_record(module, read, 4);
+    }
+    if (record == NULL) {
+        PyErr_Clear();
+    }
+    else if (record == Py_None) {
+        Py_CLEAR(record);
+    }
+fallback:
+    Py_XDECREF(file);
+    Py_XDECREF(index);
+    Py_XDECREF(offset);
+    Py_XDECREF(fd);
+    Py_XDECREF(version);
+    if (record != NULL) {
+        return record;
+    }
+    PyObject *call[2] = {storage, oid};
+    return PyObject_Vectorcall(args[1], call, 2, NULL);
+}
 
 /* encode_transaction(tid, time_us, records, version) -> bytes | None
  *
@@ -799,6 +971,10 @@ speedups_plain_loads(PyObject *module, PyObject *arg)
  * of the kinds read_state lets through to its fallback, is
  * ``fallback(data, refs)``.
  */
+/* The class pickles dict of read_pickle_state's last fast read, and a class pickle
+ * it holds as memo-free (True); both owned, or both NULL. */
+static PyObject *known_pickles = NULL, *known_pickle = NULL;
+
 static PyObject *
 speedups_read_pickle_state(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -823,14 +999,32 @@ speedups_read_pickle_state(PyObject *module, PyObject *const *args, Py_ssize_t n
             }
             if (frame <= (uint64_t)(length - 12)) {
                 Py_ssize_t end = 12 + (Py_ssize_t)frame;
-                PyObject *class_pickle = PyBytes_FromStringAndSize((const char *)p + 1, end - 1);
-                if (class_pickle == NULL) {
-                    return NULL;
+                PyObject *memo_free;
+                if (known_pickles == class_pickles && PyBytes_GET_SIZE(known_pickle) == end - 1 &&
+                    memcmp(PyBytes_AS_STRING(known_pickle), p + 1, (size_t)(end - 1)) == 0) {
+                    memo_free = Py_True; /* the class pickle of the last record read here */
                 }
-                PyObject *memo_free = PyDict_GetItemWithError(class_pickles, class_pickle);
-                Py_DECREF(class_pickle);
-                if (memo_free == NULL && PyErr_Occurred()) {
-                    return NULL;
+                else {
+                    PyObject *class_pickle =
+                        PyBytes_FromStringAndSize((const char *)p + 1, end - 1);
+                    if (class_pickle == NULL) {
+                        return NULL;
+                    }
+                    memo_free = PyDict_GetItemWithError(class_pickles, class_pickle);
+                    if (memo_free == NULL && PyErr_Occurred()) {
+                        Py_DECREF(class_pickle);
+                        return NULL;
+                    }
+                    if (memo_free == Py_True) {
+                        /* Remembered with its dict (held, so that its address is not
+                         * another dict's later): a True verdict is never taken back. */
+                        Py_INCREF(class_pickles);
+                        Py_XSETREF(known_pickles, class_pickles);
+                        Py_XSETREF(known_pickle, class_pickle);
+                    }
+                    else {
+                        Py_DECREF(class_pickle);
+                    }
                 }
                 if (memo_free == Py_True) {
                     PyObject *state;
@@ -922,6 +1116,7 @@ static PyObject *value_saved = NULL;
 static PyObject *str_p_note_change = NULL;
 static PyObject *str_note_change = NULL;
 static PyObject *str_setstate = NULL;
+static PyObject *str_getstate_name = NULL;
 static PyObject *str_class = NULL;
 static PyObject *str_p_class = NULL;
 static PyObject *str_p_tracked_class = NULL;
@@ -985,6 +1180,7 @@ speedups_configure_persistent(PyObject *module, PyObject *args)
             {&str_p_note_change, "_p_note_change"},
             {&str_note_change, "note_change"},
             {&str_setstate, "__setstate__"},
+            {&str_getstate_name, "__getstate__"},
             {&str_class, "__class__"},
             {&str_p_class, "_p_class"},
             {&str_load_state, "load_state"},
@@ -1632,6 +1828,101 @@ speedups_encode_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return data;
 }
 
+/* encode_records(queue, seen, records, prefixes, getstate, fallback) -> None
+ *
+ * ObjectWriter.records' loop: pop each object off the list ``queue`` (from
+ * its end) until it is empty; one whose oid is in the set ``seen`` is
+ * skipped.  An object of a class with a known record prefix
+ * (``prefixes[type(obj)]``, serialize._CLASS_PREFIXES), the default
+ * ``__getstate__`` (``getstate``, Persistent's) and a state of plain data
+ * that plain_dump writes is appended to ``records`` as ``(oid, prefix +
+ * state pickle, b"")``, its oid added to ``seen``: the bytes
+ * PickleSerializer.encode makes.  Any other object is handed to
+ * ``fallback(obj)``, the Python step, which does the same (or raises), and
+ * may push more objects onto ``queue`` (the new objects its state
+ * references).
+ */
+static PyObject *
+speedups_encode_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 6 || persistent_base == NULL || !PyList_CheckExact(args[0]) ||
+        !PySet_CheckExact(args[1]) || !PyList_CheckExact(args[2]) || !PyDict_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "encode_records(queue: list, seen: set, records: list, prefixes: dict, "
+                        "getstate, fallback), once configured");
+        return NULL;
+    }
+    PyObject *queue = args[0], *seen = args[1], *records = args[2], *prefixes = args[3];
+    PyObject *getstate = args[4], *fallback = args[5];
+    static PyObject *empty = NULL;
+    if (empty == NULL && (empty = PyBytes_FromStringAndSize(NULL, 0)) == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n;
+    while ((n = PyList_GET_SIZE(queue)) > 0) {
+        PyObject *obj = PyList_GET_ITEM(queue, n - 1);
+        Py_INCREF(obj);
+        if (PyList_SetSlice(queue, n - 1, n, NULL) < 0) {
+            Py_DECREF(obj);
+            return NULL;
+        }
+        PyObject *oid = PyObject_TypeCheck(obj, persistent_base) ? SLOT(obj, off_oid) : NULL;
+        PyObject *prefix = NULL, *data = NULL;
+        if (oid != NULL && PyBytes_CheckExact(oid)) {
+            int found = PySet_Contains(seen, oid);
+            if (found != 0) {
+                Py_DECREF(obj);
+                if (found < 0) {
+                    return NULL;
+                }
+                continue;
+            }
+            if (_PyType_Lookup(Py_TYPE(obj), str_getstate_name) == getstate) {
+                prefix = PyDict_GetItemWithError(prefixes, (PyObject *)Py_TYPE(obj)); /* borrowed */
+                if (prefix == NULL && PyErr_Occurred()) {
+                    Py_DECREF(obj);
+                    return NULL;
+                }
+            }
+        }
+        if (prefix != NULL && PyBytes_CheckExact(prefix)) {
+            PyObject *state = PyObject_GenericGetDict(obj, NULL);
+            if (state == NULL) {
+                PyErr_Clear(); /* the fallback's __getstate__ says what is wrong */
+            }
+            else {
+                data = PyDict_CheckExact(state) ? plain_dump(prefix, state) : Py_NewRef(Py_None);
+                Py_DECREF(state);
+                if (data == NULL) {
+                    Py_DECREF(obj);
+                    return NULL;
+                }
+                if (data == Py_None) {
+                    Py_CLEAR(data);
+                }
+            }
+        }
+        if (data == NULL) {
+            PyObject *done = PyObject_CallOneArg(fallback, obj);
+            Py_DECREF(obj);
+            if (done == NULL) {
+                return NULL;
+            }
+            Py_DECREF(done);
+            continue;
+        }
+        PyObject *record = PyTuple_Pack(3, oid, data, empty);
+        Py_DECREF(data);
+        int failed = record == NULL || PySet_Add(seen, oid) < 0 || PyList_Append(records, record) < 0;
+        Py_XDECREF(record);
+        Py_DECREF(obj);
+        if (failed) {
+            return NULL;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
 /* A weak reference to ``obj`` without a callback, not tracked by the garbage
  * collector.  Such a reference refers to nothing the collector follows (its
  * referent is not a reference it counts), and the collector handles one to
@@ -2144,6 +2435,10 @@ static PyMethodDef speedups_methods[] = {
      METH_FASTCALL, "read_pickle_state(class_pickles, fallback, data, refs) -> state"},
     {"read_record", (PyCFunction)(void (*)(void))speedups_read_record, METH_FASTCALL,
      "read_record(fd, offset, version, oid) -> Record | None"},
+    {"first_read", speedups_first_read, METH_NOARGS,
+     "first_read() -> the size of read_record's next first read (it adapts, 256..1024)"},
+    {"file_load", (PyCFunction)(void (*)(void))speedups_file_load, METH_FASTCALL,
+     "file_load(storage, fallback, osfile_type, oid) -> Record: FileStorage.load"},
     {"index_offset", (PyCFunction)(void (*)(void))speedups_index_offset, METH_FASTCALL,
      "index_offset(mapping, oid, last, covered_offset) -> int | None"},
     {"encode_transaction", (PyCFunction)(void (*)(void))speedups_encode_transaction,
@@ -2161,6 +2456,8 @@ static PyMethodDef speedups_methods[] = {
      "install_state(obj, state, serial, size) -> previous _p_size"},
     {"persistent_id", (PyCFunction)(void (*)(void))speedups_persistent_id, METH_FASTCALL,
      "persistent_id(base, reference, obj) -> reference(obj) | None"},
+    {"encode_records", (PyCFunction)(void (*)(void))speedups_encode_records, METH_FASTCALL,
+     "encode_records(queue, seen, records, prefixes, getstate, fallback): ObjectWriter.records"},
     {"encode_plain", (PyCFunction)(void (*)(void))speedups_encode_plain, METH_FASTCALL,
      "encode_plain(prefix, state, dumps) -> prefix + dumps(state, 5) | None"},
     {"object_ref", (PyCFunction)speedups_object_ref, METH_O,

@@ -23,6 +23,7 @@ costs one full scan at the next open, never data.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import struct
@@ -33,7 +34,7 @@ from dhruva import journal, speedups
 from dhruva.file_index import MAX_OID as INDEX_MAX_OID
 from dhruva.file_index import DiskIndex
 from dhruva.file_storage2 import FileStorage2
-from dhruva.fileio import FileLayer
+from dhruva.fileio import FileLayer, OSFile
 from dhruva.journal_storage import JournalStorage
 from dhruva.utils import int8_to_str, str_to_int8
 
@@ -41,6 +42,7 @@ __all__ = ["CHECKPOINT_BYTES", "FileStorage", "FileStorage2", "TempFileStorage"]
 
 log = logging.getLogger("dhruva.file_storage")
 _c_index_offset = speedups.index_offset
+_c_file_load = speedups.file_load
 
 #: Tail bytes after which a commit also checkpoints the index ([IDX-040]).
 CHECKPOINT_BYTES = 4 << 20
@@ -74,6 +76,14 @@ class FileStorage(JournalStorage):
             os.close(fd)
         self.index_path = os.fspath(path) + ".index"
         super().__init__(path, readonly=readonly, repair=repair, file_layer=file_layer)
+        if _c_file_load is not None and type(self).load is JournalStorage.load:
+            # load(), as one C call on every cold read: the same lookups and
+            # record read, and JournalStorage.load for everything unusual
+            # (read on each call: a reopened or packed file, a broken
+            # storage, a file layer of another kind).
+            self.load = functools.partial(  # type: ignore[method-assign]
+                _c_file_load, self, JournalStorage.load, OSFile
+            )
 
     # --- open --------------------------------------------------------------------
 

@@ -61,6 +61,9 @@ _c_persistent_id = speedups.persistent_id
 _c_attach = speedups.attach
 _c_reference = speedups.reference
 _c_encode_plain = speedups.encode_plain
+_c_encode_records = speedups.encode_records
+#: Persistent's own ``__getstate__`` (its ``__dict__``): what the C records loop reads itself.
+_default_getstate = persistent.Persistent.__dict__["__getstate__"]
 #: The bound of each per-class cache below (class pickles, verdicts, referencing classes).
 _CLASS_CACHE_MAX = 4096
 
@@ -668,6 +671,15 @@ class ObjectWriter:
         # Where new oids come from: ``connection.new_oid`` unless the caller
         # names its source (the Connection names its storage's, a call fewer).
         self._new_oid = new_oid if new_oid is not None else connection.new_oid
+        # records() in C: only where it makes the very bytes encode() would
+        # (the pickle serializer's own encode, the C reference, the writer's
+        # own _encode_one).
+        self._c_records = (
+            _c_encode_records is not None
+            and self._reference is not self.reference
+            and type(self.serializer).encode is PickleSerializer.encode
+            and type(self)._encode_one is ObjectWriter._encode_one
+        )
         # The oids the state being encoded references, once each in
         # first-seen order (a dict of bytes keys: no set beside a list, and
         # nothing for the garbage collector to track).
@@ -734,41 +746,65 @@ class ObjectWriter:
     def records(self, changed: list[PersistentBase]) -> list[tuple[bytes, bytes, bytes]]:
         """Return ``(oid, data, refs)`` of the changed objects and of every new object they reach.
 
-        Each once, as ``get_state`` encodes it; the loop is get_state's, inline
-        (a commit of many new objects makes one Python call fewer per object).
+        Each once, as ``get_state`` encodes it, in the order of a stack:
+        ``changed`` is pushed, and each new object a state references is
+        pushed as it is found (``reference``).  With dhruva.speedups and the
+        pickle serializer the loop runs in C, which encodes the ordinary
+        object (the default ``__getstate__``, a state of plain data) itself
+        and hands each other one to ``_encode_one``.
         """
         records: list[tuple[bytes, bytes, bytes]] = []
-        append = records.append
         seen: set[bytes] = set()
         queue = self.queue
         queue.extend(changed)
+        self._refs = {}
+        if self._c_records:
+            assert _c_encode_records is not None
+            _c_encode_records(
+                queue,
+                seen,
+                records,
+                _CLASS_PREFIXES,
+                _default_getstate,
+                functools.partial(self._encode_one, seen, records.append),
+            )
+            return records
+        encode_one = self._encode_one
+        append = records.append
         pop = queue.pop
-        encode = self._encode
-        reference = self._reference
-        join = b"".join
-        # One dict of references, replaced only after a state that used it
-        # (most states reference nothing).
-        refs = self._refs = {}
         while queue:
-            obj = pop()
-            oid = obj._p_oid
-            assert oid is not None
-            if oid in seen:
-                continue
-            seen.add(oid)
-            state = obj.__getstate__()
-            try:
-                data = encode(type(obj)._p_class, state, reference)
-            except (InvalidObjectReference, SerializationError):
-                raise
-            except Exception as exc:
-                raise self._failure(obj, state, exc) from exc
-            if refs:
-                append((oid, data, join(refs)))
-                refs = self._refs = {}
-            else:
-                append((oid, data, b""))
+            encode_one(seen, append, pop())
         return records
+
+    def _encode_one(
+        self,
+        seen: set[bytes],
+        append: Callable[[tuple[bytes, bytes, bytes]], None],
+        obj: PersistentBase,
+    ) -> None:
+        """Append ``obj``'s record unless its oid is in ``seen`` (one step of ``records``).
+
+        ``self._refs`` is empty on entry, and left empty: a state that
+        referenced nothing leaves the same dict for the next one.
+        """
+        oid = obj._p_oid
+        assert oid is not None
+        if oid in seen:
+            return
+        seen.add(oid)
+        state = obj.__getstate__()
+        refs = self._refs
+        try:
+            data = self._encode(type(obj)._p_class, state, self._reference)
+        except (InvalidObjectReference, SerializationError):
+            raise
+        except Exception as exc:
+            raise self._failure(obj, state, exc) from exc
+        if refs:
+            append((oid, data, b"".join(refs)))
+            self._refs = {}
+        else:
+            append((oid, data, b""))
 
     def gen_records(self, changed: list[PersistentBase]) -> Iterator[tuple[bytes, bytes, bytes]]:
         """Yield ``(oid, data, refs)`` for the changed objects and every new object they reach."""

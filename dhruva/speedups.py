@@ -29,7 +29,9 @@ __all__ = [
     "attach",
     "clock_batch",
     "encode_plain",
+    "encode_records",
     "encode_transaction",
+    "file_load",
     "index_offset",
     "install_persistent",
     "install_state",
@@ -62,6 +64,9 @@ read_record: Callable[[int, int, int, bytes], Record | None] | None = None
 #: ``index_offset(mapping, oid, last, covered_offset)``: DiskIndex.lookup_oid from the
 #: index file's map, or None when the map does not hold the entry.
 index_offset: Callable[[Any, bytes, int, int], int | None] | None = None
+#: ``file_load(storage, fallback, osfile_type, oid)``: FileStorage.load in one C call (the
+#: tail index, the ``.index`` map, read_record); ``fallback(storage, oid)`` for anything else.
+file_load: Callable[[Any, Callable[[Any, bytes], Record], type, bytes], Record] | None = None
 #: ``encode_transaction(tid, time_us, records, version)``: journal.encode_transaction's
 #: bytes, or None where it would raise or a field is not exact bytes.
 encode_transaction: Callable[[int, int, list[tuple[bytes, bytes, bytes]], int], bytes | None] | None
@@ -102,6 +107,16 @@ attach: Callable[[Any, bytes, Any], None] | None = None
 #: plain data (exact None, bools, ints, floats, strs, bytes, and lists, tuples and
 #: dicts of them), which holds no persistent object; None for any other state.
 encode_plain: Callable[[bytes, Any, Callable[..., bytes]], bytes | None] | None = None
+#: ``encode_records(queue, seen, records, prefixes, getstate, fallback)``: ObjectWriter.records'
+#: loop over ``queue`` (popped from its end until empty, an oid in ``seen`` skipped).  An
+#: object of a class in ``prefixes`` (class -> record prefix) whose ``__getstate__`` is
+#: ``getstate`` and whose state :data:`encode_plain` writes without ``dumps`` is appended
+#: to ``records`` as ``(oid, data, b"")``; any other goes to ``fallback(obj)``.  Usable
+#: once :func:`install_persistent` ran.
+_EncodeRecords = Callable[
+    [list[Any], set[bytes], list[tuple[bytes, bytes, bytes]], dict[type, bytes], Any, Any], None
+]
+encode_records: _EncodeRecords | None = None
 #: ``object_ref(obj)``: ``weakref.ref(obj)``, not tracked by the garbage collector (a
 #: weak reference without a callback refers to nothing the collector follows).
 object_ref: Callable[[Any], Any] | None = None
@@ -162,6 +177,7 @@ if _c is not None:
     reference = _c.reference
     object_ref = _c.object_ref
     encode_plain = _c.encode_plain
+    encode_records = _c.encode_records
     add_object_refs = _c.add_object_refs
     persistent_id = _c.persistent_id
     # What read_state itself hands to its fallback when pickle.loads fails.
@@ -169,5 +185,6 @@ if _c is not None:
     read_pickle_state = _c.read_pickle_state
     read_record = _c.read_record
     index_offset = _c.index_offset
+    file_load = _c.file_load
     encode_transaction = _c.encode_transaction
     set_dict_state = _c.set_dict_state

@@ -47,7 +47,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dhruva
-from dhruva import connection, file_index, journal, journal_storage, persistent, serialize, speedups
+from dhruva import (
+    connection,
+    file_index,
+    file_storage,
+    journal,
+    journal_storage,
+    persistent,
+    serialize,
+    speedups,
+)
 from dhruva.class_registry import ClassMap, ClassRegistry
 from dhruva.connection import Connection
 from dhruva.error import CorruptionError, ForbiddenClassError, MissingClassError
@@ -80,6 +89,8 @@ CALL_SITES: list[tuple[ModuleType, str, str]] = [
     (journal_storage, "_c_encode_transaction", "encode_transaction"),
     (journal_storage, "_c_read_record", "read_record"),
     (file_index, "_c_index_offset", "index_offset"),
+    (file_storage, "_c_file_load", "file_load"),
+    (serialize, "_c_encode_records", "encode_records"),
     (serialize, "_c_read_pickle_state", "read_pickle_state"),
     (persistent, "_c_set_dict_state", "set_dict_state"),
     (serialize, "_c_persistent_id", "persistent_id"),
@@ -391,6 +402,54 @@ def test_read_record_equals_the_python_decoder(
 
 
 @needs_c
+@pytest.mark.parametrize("version", journal.SUPPORTED_VERSIONS, ids=lambda v: f"v{v}")
+def test_the_first_read_shrinks_for_small_records_and_grows_back(
+    tmp_path: Path, version: int
+) -> None:
+    # Every record read equals the Python decoder's whatever the first read
+    # has come to: 1024 bytes, then 512 and 256 after runs of small records,
+    # 1024 again after one that does not fit, and a record that ends the file.
+    path = str(tmp_path / "db.dhruva")
+    rng = random.Random(version)
+    write_file(path, version)
+    header = journal.record_header_size(version)
+    sizes = [120, 127, 128, 129, 255, 256, 257, 511, 512, 513, 1023, 1024, 1025, 3000]
+    with FileStorage(path) as storage:
+        commit(storage, *((100 + i, rng.randbytes(60), []) for i in range(80)))
+        commit(storage, *((200 + i, rng.randbytes(n - header), []) for i, n in enumerate(sizes)))
+        commit(storage, (300, rng.randbytes(200 - header), []))  # the last record of the file
+    buf = Path(path).read_bytes()
+    offsets: dict[bytes, int] = {}
+    journal.scan(buf, journal.FILE_HEADER_SIZE, path, index=offsets, version=version)
+    small = [oid(100 + i) for i in range(80)]
+    seen: list[int] = []
+    with opened(path) as fd:
+
+        def check(key: bytes) -> None:
+            record = _c.read_record(fd, offsets[key], version, key)
+            assert record == pure_read_record(path, offsets[key], version, key)
+
+        check(oid(200 + sizes.index(3000)))  # a record that never fits: back to the most
+        assert _c.first_read() == FIRST_READ
+        for key in small:
+            check(key)
+            seen.append(_c.first_read())
+        assert seen[0] == FIRST_READ and seen[-1] == 256, seen
+        assert {512, 256} <= set(seen)
+        for i in range(len(sizes)):
+            for key in small:
+                check(key)  # back down to 256 (32 records a halving) before each edge
+            assert _c.first_read() == 256
+            check(oid(200 + i))
+            assert _c.first_read() == (256 if sizes[i] <= 256 else FIRST_READ)
+        for key in small[:40]:
+            check(key)
+        check(oid(300))
+        # A record past the end is still refused once the first read is short.
+        assert _c.read_record(fd, len(buf) - 8, version, oid(300)) is None
+
+
+@needs_c
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_read_record_near_record_starts_equals_the_python_decoder(
@@ -600,6 +659,85 @@ def test_index_offset_leaves_anything_unusual_to_the_python_lookup(tmp_path: Pat
 
 
 # --- read_pickle_state --------------------------------------------------------------------
+
+
+# --- file_load -----------------------------------------------------------------------------
+
+
+def _loads(storage: FileStorage, keys: list[bytes]) -> list[Any]:
+    """What ``storage.load`` gives for each key: the record, or the error's type and oid."""
+    found: list[Any] = []
+    for key in keys:
+        try:
+            found.append(storage.load(key))
+        except Exception as error:  # the error itself is what is compared
+            found.append((type(error).__name__, getattr(error, "oid", None)))
+    return found
+
+
+@needs_c
+@pytest.mark.req("SAPI-020", "SAPI-021")
+def test_file_load_answers_as_journal_storage_load(tmp_path: Path) -> None:
+    from dhruva.journal_storage import JournalStorage
+
+    path = str(tmp_path / "db.dhruva")
+    with FileStorage(path) as storage:
+        commit(storage, *((n, f"first {n}".encode(), [0]) for n in range(0, 40)))
+        storage.checkpoint()  # these in the .index file
+        commit(storage, *((n, f"second {n}".encode(), []) for n in range(30, 50)))  # the tail
+    keys = [oid(n) for n in range(0, 60)] + [oid(2**40 + 5), oid(3)[:7] + b"\xff", b"short"]
+    with FileStorage(path, readonly=True) as storage:
+        assert isinstance(storage, FileStorage)
+        assert isinstance(storage.load, functools.partial)
+        assert storage._disk is not None and len(storage._index) == 0  # all in the .index
+        # The reference: JournalStorage.load itself, on the same open storage.
+        expected = [
+            JournalStorage.load(storage, key) if n < 50 else None
+            for n, key in enumerate(keys[:50])
+        ]
+        found = _loads(storage, keys)
+        assert found[:50] == expected
+        assert [error for error in found[50:]] == (
+            [("DhruvaKeyError", key) for key in keys[50:62]] + [("ValueError", None)]
+        )
+    with FileStorage(path) as storage:
+        assert isinstance(storage, FileStorage)
+        commit(storage, (5, b"third 5", []))  # a writable open: the tail dict answers oid 5
+        assert storage.load(oid(5)).data == b"third 5"
+        assert _loads(storage, keys[:50]) == [JournalStorage.load(storage, k) for k in keys[:50]]
+    with pure(file_storage, "_c_file_load"), FileStorage(path, readonly=True) as storage:
+        assert not isinstance(storage.load, functools.partial)  # the method itself
+
+
+@needs_c
+def test_file_load_hands_every_unusual_storage_to_journal_storage_load(tmp_path: Path) -> None:
+    from _fault_layers import FaultLayer
+
+    from dhruva.error import DhruvaError
+
+    path = str(tmp_path / "db.dhruva")
+    with FileStorage(path) as storage:
+        commit(storage, (0, b"root", []), (1, b"one", []))
+    # Another file layer: the C read is not used, the answers are the same.
+    with FileStorage(path, readonly=True, file_layer=FaultLayer()) as storage:
+        assert storage.load(oid(1)).data == b"one"
+    storage = FileStorage(path)
+    storage._broken = "a test broke it"
+    with pytest.raises(DhruvaError, match="a test broke it"):
+        storage.load(oid(1))
+    storage._broken = None
+    assert storage.load(oid(1)).data == b"one"
+    storage.close()
+    with pytest.raises(DhruvaError, match="closed"):
+        storage.load(oid(1))
+    # A subclass with a load of its own keeps it.
+
+    class Own(FileStorage):
+        def load(self, key: bytes) -> Record:
+            return Record(key, b"own", b"")
+
+    with Own(path, readonly=True) as own:
+        assert own.load(oid(1)).data == b"own"
 
 
 class Item(Persistent):

@@ -579,6 +579,36 @@ def test_a_cache_entry_that_is_not_persistent_fails_as_in_python() -> None:
 # -- the commit's writer: reference and mark_all_saved ------------------------------------------
 
 
+class OwnState(Persistent):
+    """A state made by a __getstate__ of its own (the C records loop hands it back)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "extra": len(self.__dict__)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__({k: v for k, v in state.items() if k != "extra"})
+
+
+def _new_object(rng: random.Random, made: list[Any]) -> Any:
+    """One new object of the kinds a commit meets: plain states, references, others."""
+    kind = rng.random()
+    if kind < 0.4:
+        return Item(rng.random())
+    if kind < 0.55:
+        obj: Any = Slotted()
+        obj.x = rng.choice(made) if made else None
+        return obj
+    if kind < 0.65:
+        return OwnState(rng.randrange(100))
+    if kind < 0.75:
+        return Item({rng.randrange(5), "a set is not plain data"})
+    if kind < 0.8:
+        return Item(Item(Item(rng.random())))  # new objects inside new objects
+    if made:
+        return Item([rng.choice(made), Item(len(made)), rng.choice(made)])
+    return Item(None)
+
+
 def _commit_run(seed: int) -> list[Any]:
     """Commits of new objects reaching new objects, and of changed ones; what each leaves."""
     rng = random.Random(seed)
@@ -589,12 +619,7 @@ def _commit_run(seed: int) -> list[Any]:
     steps: list[Any] = []
     for _ in range(6):
         for _ in range(rng.randrange(1, 40)):
-            obj: Any = Item(rng.random()) if rng.random() < 0.7 else Slotted()
-            if isinstance(obj, Slotted):
-                obj.x = rng.choice(made) if made else None
-            elif made and rng.random() < 0.5:
-                obj.a = [rng.choice(made), Item(len(made)), rng.choice(made)]
-            made.append(obj)
+            made.append(_new_object(rng, made))
         root[len(steps)] = made[-rng.randrange(1, len(made) + 1) :]
         for obj in rng.sample(made, min(5, len(made))):
             if obj._p_oid is not None and not obj._p_is_ghost():
@@ -627,9 +652,81 @@ def test_a_commit_writes_and_marks_as_the_python_one_does(seed: int) -> None:
     with (
         mock.patch.object(connection_module, "_c_mark_all_saved", None),
         mock.patch.object(serialize, "_c_reference", None),
+        mock.patch.object(serialize, "_c_encode_records", None),
     ):
         reference = _commit_run(seed)
     assert _commit_run(seed) == reference
+
+
+@pytest.mark.req("CONV-006")
+@pytest.mark.parametrize("seed", range(5))
+def test_the_records_loop_writes_what_the_python_loop_writes(seed: int) -> None:
+    from unittest import mock
+
+    from dhruva import serialize
+
+    with mock.patch.object(serialize, "_c_encode_records", None):
+        reference = _commit_run(seed)
+    assert _commit_run(seed) == reference
+
+
+def test_the_records_loop_runs_in_c_only_for_the_pickle_writer() -> None:
+    from dhruva import serialize
+    from dhruva.serialize import ObjectWriter
+
+    class Own(ObjectWriter):
+        def _encode_one(self, seen: Any, append: Any, obj: PersistentBase) -> None:
+            super()._encode_one(seen, append, obj)
+
+    connection = Connection(MemoryStorage())
+    assert connection._writer._c_records is (serialize._c_encode_records is not None)
+    assert not Own(connection)._c_records
+    for name in ("msgspec", "dill"):
+        try:
+            other = Connection(MemoryStorage(), serializer=name)
+        except SerializationError:
+            continue  # its optional package is not installed
+        assert not other._writer._c_records
+
+
+def test_a_state_that_cannot_be_stored_fails_alike_on_both_paths() -> None:
+    from unittest import mock
+
+    from dhruva import serialize
+
+    def failure() -> tuple[str, str, bool]:
+        connection = Connection(MemoryStorage())
+        root = connection.get_root()
+        root["ok"] = Item(1)
+        root["bad"] = Item([1, lambda: None])
+        with pytest.raises(SerializationError) as raised:
+            connection.commit()
+        connection.abort()
+        return type(raised.value).__name__, str(raised.value), root._p_is_ghost()
+
+    with mock.patch.object(serialize, "_c_encode_records", None):
+        expected = failure()
+    assert failure() == expected
+    assert "lambda" in expected[1]
+
+
+@needs_c
+def test_encode_records_refuses_arguments_of_the_wrong_kinds() -> None:
+    from dhruva import serialize
+
+    getstate = serialize._default_getstate
+    with pytest.raises(TypeError):
+        _c.encode_records((), set(), [], {}, getstate, print)
+    with pytest.raises(TypeError):
+        _c.encode_records([], [], [], {}, getstate, print)
+    with pytest.raises(TypeError):
+        _c.encode_records([], set(), (), {}, getstate, print)
+    with pytest.raises(TypeError):
+        _c.encode_records([], set(), [], [], getstate, print)
+    # Anything that is not an ordinary persistent object goes to the fallback.
+    handed: list[Any] = []
+    _c.encode_records([object(), Item(1)], set(), [], {}, getstate, handed.append)
+    assert [type(obj) for obj in handed] == [Item, object]
 
 
 def test_an_object_of_another_connection_is_refused_on_both_paths() -> None:
