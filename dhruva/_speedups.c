@@ -2284,6 +2284,13 @@ speedups_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
+/* Set by configure_connection(): Connection (exact), its Python load_state, and the
+ * errors load_state treats apart.  connection_load_state() stands in for that
+ * load_state while the class still has it. */
+static PyObject *connection_type = NULL, *connection_load_state_py = NULL;
+static PyObject *read_conflict_error = NULL, *serialization_error = NULL;
+static PyObject *connection_load_state(PyObject *module, PyObject *connection, PyObject *obj);
+
 /* The ghost class's __getattribute__ (persistent._ghost_getattribute): a _p_
  * name is read as it is; any other loads the state first, through the
  * object's connection. */
@@ -2304,7 +2311,14 @@ ghost_getattribute(PyObject *self, PyObject *name)
         return PyObject_GetAttr((PyObject *)Py_TYPE(self), str_p_class);
     }
     Py_INCREF(connection);
-    PyObject *result = PyObject_CallMethodOneArg(connection, str_load_state, self);
+    PyObject *result;
+    if ((PyObject *)Py_TYPE(connection) == connection_type && connection_type != NULL &&
+        _PyType_Lookup(Py_TYPE(connection), str_load_state) == connection_load_state_py) {
+        result = connection_load_state(NULL, connection, self);
+    }
+    else {
+        result = PyObject_CallMethodOneArg(connection, str_load_state, self);
+    }
     Py_DECREF(connection);
     if (result == NULL) {
         return NULL;
@@ -2423,6 +2437,283 @@ installed:
     return set_saved(obj, args[2], args[3]);
 }
 
+/* --- Connection.load_state ---------------------------------------------------- */
+
+enum {
+    LS_REFRESH, LS_SNAPSHOTS, LS_STORAGE, LS_LOAD, LS_AFTER_CONFLICT, LS_READERS, LS_READER,
+    LS_GET_STATE, LS_SERIAL, LS_LOADED, LS_READS, LS_LOADED_BYTES, LS_LOAD_COUNT, LS_ADD_NOTE,
+    LS_NAMES
+};
+static const char *const load_state_names[LS_NAMES] = {
+    "_refresh_pending", "_snapshots", "_storage", "load", "_after_read_conflict",
+    "_state_readers", "_reader", "get_state", "_transaction_serial", "_loaded", "_reads",
+    "_loaded_bytes", "_load_count", "add_note",
+};
+static PyObject *load_state_strs[LS_NAMES];
+
+/* The interned name number ``which``; NULL with an error only when out of memory. */
+static inline PyObject *
+ls_name(int which)
+{
+    if (load_state_strs[which] == NULL) {
+        load_state_strs[which] = PyUnicode_InternFromString(load_state_names[which]);
+    }
+    return load_state_strs[which];
+}
+
+static PyObject *
+ls_get(PyObject *obj, int which)
+{
+    PyObject *name = ls_name(which);
+    return name == NULL ? NULL : PyObject_GetAttr(obj, name);
+}
+
+/* The SerializationError being raised gets load_state's note naming the oid. */
+static void
+ls_note_oid(PyObject *oid)
+{
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL && value != NULL) {
+        PyException_SetTraceback(value, traceback);
+    }
+    const unsigned char *o = (const unsigned char *)PyBytes_AS_STRING(oid);
+    unsigned long long number = (unsigned long long)get_u32(o) << 32 | get_u32(o + 4);
+    PyObject *note = PyUnicode_FromFormat("while loading the object with oid %llu", number);
+    PyObject *name = ls_name(LS_ADD_NOTE);
+    PyObject *done = note == NULL || name == NULL || value == NULL
+                         ? NULL
+                         : PyObject_CallMethodOneArg(value, name, note);
+    Py_XDECREF(note);
+    if (done == NULL) {
+        /* The note could not be added: the error it failed with goes (as in Python). */
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+        return;
+    }
+    Py_DECREF(done);
+    PyErr_Restore(type, value, traceback);
+}
+
+/* Connection.load_state(obj) for an exact Connection, step for step (the Python method is
+ * the reference; a refresh pending goes to it).  Returns None, or NULL with the error. */
+static PyObject *
+connection_load_state(PyObject *module, PyObject *connection, PyObject *obj)
+{
+    PyObject *oid = PyObject_TypeCheck(obj, persistent_base) ? SLOT(obj, off_oid) : NULL;
+    PyObject *flag = oid != NULL && PyBytes_CheckExact(oid) && PyBytes_GET_SIZE(oid) == 8
+                         ? ls_get(connection, LS_REFRESH)
+                         : NULL;
+    if (flag != Py_False) {
+        /* Not the ordinary load (a refresh of the snapshot first, an odd oid): Python's. */
+        if (flag == NULL && PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_XDECREF(flag);
+        PyObject *call[2] = {connection, obj};
+        return PyObject_Vectorcall(connection_load_state_py, call, 2, NULL);
+    }
+    Py_DECREF(flag);
+    Py_INCREF(oid);
+    PyObject *storage = NULL, *record = NULL, *data = NULL, *refs = NULL, *state = NULL;
+    PyObject *result = NULL;
+    int snapshots = -1;
+    {
+        PyObject *value = ls_get(connection, LS_SNAPSHOTS);
+        if (value != NULL) {
+            snapshots = PyObject_IsTrue(value);
+            Py_DECREF(value);
+        }
+    }
+    if (snapshots < 0 || (storage = ls_get(connection, LS_STORAGE)) == NULL) {
+        goto done;
+    }
+    {
+        PyObject *name = ls_name(LS_LOAD);
+        record = name == NULL ? NULL : PyObject_CallMethodOneArg(storage, name, oid);
+    }
+    if (record == NULL) {
+        /* [CONN-015] A read conflict is resolved when it is safe to, as in Python. */
+        if (snapshots || !PyErr_ExceptionMatches(read_conflict_error)) {
+            goto done;
+        }
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        PyErr_NormalizeException(&type, &value, &traceback);
+        if (traceback != NULL && value != NULL) {
+            PyException_SetTraceback(value, traceback);
+        }
+        PyObject *name = ls_name(LS_AFTER_CONFLICT);
+        PyObject *args[3] = {connection, oid, value};
+        record = name == NULL ? NULL
+                              : PyObject_VectorcallMethod(name, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                                          NULL);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+        if (record == NULL) {
+            goto done;
+        }
+    }
+    if ((PyTypeObject *)Py_TYPE(record) == record_type && PyTuple_GET_SIZE(record) == 3) {
+        data = Py_NewRef(PyTuple_GET_ITEM(record, 1));
+        refs = Py_NewRef(PyTuple_GET_ITEM(record, 2));
+    }
+    else if ((data = PyObject_GetAttrString(record, "data")) == NULL ||
+             (refs = PyObject_GetAttrString(record, "refs")) == NULL) {
+        goto done;
+    }
+    {
+        /* self._state_readers[data[0]](data, refs), and on KeyError or IndexError
+         * self._reader.get_state(data, refs). */
+        PyObject *readers = ls_get(connection, LS_READERS);
+        if (readers == NULL) {
+            goto done;
+        }
+        PyObject *code = PySequence_GetItem(data, 0);
+        PyObject *reader = code == NULL ? NULL : PyObject_GetItem(readers, code);
+        Py_XDECREF(code);
+        Py_DECREF(readers);
+        if (reader != NULL) {
+            PyObject *call[2] = {data, refs};
+            state = PyObject_Vectorcall(reader, call, 2, NULL);
+            Py_DECREF(reader);
+        }
+        if (state == NULL && (PyErr_ExceptionMatches(PyExc_KeyError) ||
+                              PyErr_ExceptionMatches(PyExc_IndexError))) {
+            PyErr_Clear();
+            PyObject *decoder = ls_get(connection, LS_READER);
+            PyObject *name = ls_name(LS_GET_STATE);
+            if (decoder != NULL && name != NULL) {
+                PyObject *args[3] = {decoder, data, refs};
+                state = PyObject_VectorcallMethod(name, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            }
+            Py_XDECREF(decoder);
+        }
+        if (state == NULL) {
+            if (PyErr_ExceptionMatches(serialization_error)) {
+                ls_note_oid(oid);
+            }
+            goto done;
+        }
+    }
+    {
+        Py_ssize_t length = PyObject_Size(data);
+        PyObject *serial = length < 0 ? NULL : ls_get(connection, LS_SERIAL);
+        PyObject *size = serial == NULL ? NULL : PyLong_FromSsize_t(length);
+        PyObject *previous = NULL;
+        if (size != NULL) {
+            PyObject *install[4] = {obj, state, serial, size};
+            previous = speedups_install_state(module, install, 4);
+            if (previous == NULL) {
+                /* As in Python: the object becomes a ghost again, the error goes on. */
+                PyObject *type, *value, *traceback;
+                PyErr_Fetch(&type, &value, &traceback);
+                PyObject *ghosted = PyObject_CallMethodNoArgs(obj, str_p_set_status_ghost);
+                if (ghosted == NULL) {
+                    Py_XDECREF(type);
+                    Py_XDECREF(value);
+                    Py_XDECREF(traceback);
+                }
+                else {
+                    Py_DECREF(ghosted);
+                    PyErr_Restore(type, value, traceback);
+                }
+            }
+        }
+        Py_XDECREF(serial);
+        if (previous == NULL) {
+            Py_XDECREF(size);
+            goto done;
+        }
+        /* self._loaded[oid] = obj; self._reads.append(obj);
+         * self._loaded_bytes += size - previous; self._load_count += 1 */
+        PyObject *loaded = ls_get(connection, LS_LOADED);
+        int failed = loaded == NULL || PyObject_SetItem(loaded, oid, obj) < 0;
+        Py_XDECREF(loaded);
+        if (!failed) {
+            PyObject *reads = ls_get(connection, LS_READS);
+            if (reads == NULL) {
+                failed = 1;
+            }
+            else if (PyList_CheckExact(reads)) {
+                failed = PyList_Append(reads, obj) < 0;
+            }
+            else {
+                PyObject *appended = PyObject_CallMethod(reads, "append", "O", obj);
+                failed = appended == NULL;
+                Py_XDECREF(appended);
+            }
+            Py_XDECREF(reads);
+        }
+        if (!failed) {
+            PyObject *grown = PyNumber_Subtract(size, previous);
+            PyObject *before = grown == NULL ? NULL : ls_get(connection, LS_LOADED_BYTES);
+            PyObject *after = before == NULL ? NULL : PyNumber_Add(before, grown);
+            failed = after == NULL || PyObject_SetAttr(connection, ls_name(LS_LOADED_BYTES), after) < 0;
+            Py_XDECREF(grown);
+            Py_XDECREF(before);
+            Py_XDECREF(after);
+        }
+        if (!failed) {
+            PyObject *count = ls_get(connection, LS_LOAD_COUNT);
+            PyObject *one = PyLong_FromLong(1);
+            PyObject *after = count == NULL || one == NULL ? NULL : PyNumber_Add(count, one);
+            failed = after == NULL || PyObject_SetAttr(connection, ls_name(LS_LOAD_COUNT), after) < 0;
+            Py_XDECREF(count);
+            Py_XDECREF(one);
+            Py_XDECREF(after);
+        }
+        Py_DECREF(size);
+        Py_DECREF(previous);
+        if (!failed) {
+            result = Py_NewRef(Py_None);
+        }
+    }
+done:
+    Py_DECREF(oid);
+    Py_XDECREF(storage);
+    Py_XDECREF(record);
+    Py_XDECREF(data);
+    Py_XDECREF(refs);
+    Py_XDECREF(state);
+    return result;
+}
+
+/* load_state(connection, obj): Connection.load_state's steps in C (for the tests). */
+static PyObject *
+speedups_load_state(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || connection_load_state_py == NULL || persistent_base == NULL) {
+        PyErr_SetString(PyExc_TypeError, "load_state(connection, obj), once configured");
+        return NULL;
+    }
+    return connection_load_state(module, args[0], args[1]);
+}
+
+/* configure_connection(Connection, Connection.load_state, ReadConflictError,
+ * SerializationError): what the ghost hook's load calls and catches. */
+static PyObject *
+speedups_configure_connection(PyObject *module, PyObject *args)
+{
+    PyObject *type, *function, *conflict, *serialization;
+    if (!PyArg_ParseTuple(args, "O!OO!O!:configure_connection", &PyType_Type, &type, &function,
+                          &PyType_Type, &conflict, &PyType_Type, &serialization)) {
+        return NULL;
+    }
+    Py_INCREF(type);
+    Py_XSETREF(connection_type, type);
+    Py_INCREF(function);
+    Py_XSETREF(connection_load_state_py, function);
+    Py_INCREF(conflict);
+    Py_XSETREF(read_conflict_error, conflict);
+    Py_INCREF(serialization);
+    Py_XSETREF(serialization_error, serialization);
+    Py_RETURN_NONE;
+}
+
 /* --- the module -------------------------------------------------------------- */
 
 static PyMethodDef speedups_methods[] = {
@@ -2452,6 +2743,11 @@ static PyMethodDef speedups_methods[] = {
      "getattribute_descriptors() -> (ghost, tracked): the __getattribute__ hooks in C"},
     {"setattr_descriptor", speedups_setattr_descriptor, METH_O,
      "setattr_descriptor(PersistentBase): its __setattr__ as a C method descriptor"},
+    {"load_state", (PyCFunction)(void (*)(void))speedups_load_state, METH_FASTCALL,
+     "load_state(connection, obj): Connection.load_state's steps"},
+    {"configure_connection", speedups_configure_connection, METH_VARARGS,
+     "configure_connection(Connection, Connection.load_state, ReadConflictError, "
+     "SerializationError)"},
     {"install_state", (PyCFunction)(void (*)(void))speedups_install_state, METH_FASTCALL,
      "install_state(obj, state, serial, size) -> previous _p_size"},
     {"persistent_id", (PyCFunction)(void (*)(void))speedups_persistent_id, METH_FASTCALL,

@@ -1152,6 +1152,15 @@ class Connection:
         self.close()
 
 
+if speedups.configure_connection is not None:
+    # The C ghost hook then loads a Connection's ghost with load_state's own
+    # steps in C, while Connection.load_state is this very function; a
+    # subclass, or a load_state replaced, is called as a method.
+    speedups.configure_connection(
+        Connection, Connection.load_state, ReadConflictError, SerializationError
+    )
+
+
 def touch_every_reference(connection: Connection, *words: str | bytes) -> None:
     """Mark changed every stored object whose record data contains one of ``words``.
 

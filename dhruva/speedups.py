@@ -28,6 +28,7 @@ __all__ = [
     "add_object_refs",
     "attach",
     "clock_batch",
+    "configure_connection",
     "encode_plain",
     "encode_records",
     "encode_transaction",
@@ -103,6 +104,10 @@ clock_batch: _ClockBatch | None = None
 #: ``attach(obj, oid, connection)``: a new object's ``_p_oid``, ``_p_connection`` and
 #: ``_p_status`` UNSAVED, set as ObjectWriter.reference attaches it.
 attach: Callable[[Any, bytes, Any], None] | None = None
+#: ``configure_connection(Connection, load_state, ReadConflictError, SerializationError)``:
+#: from then on the C ghost hook does ``load_state``'s steps itself for an exact
+#: Connection whose class still has that ``load_state`` (a refresh pending goes to it).
+configure_connection: Callable[[type, Callable[..., Any], type, type], None] | None = None
 #: ``encode_plain(prefix, state, dumps)``: ``prefix + dumps(state, 5)`` for a state of
 #: plain data (exact None, bools, ints, floats, strs, bytes, and lists, tuples and
 #: dicts of them), which holds no persistent object; None for any other state.
@@ -178,6 +183,7 @@ if _c is not None:
     object_ref = _c.object_ref
     encode_plain = _c.encode_plain
     encode_records = _c.encode_records
+    configure_connection = _c.configure_connection
     add_object_refs = _c.add_object_refs
     persistent_id = _c.persistent_id
     # What read_state itself hands to its fallback when pickle.loads fails.

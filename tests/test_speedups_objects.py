@@ -14,6 +14,7 @@ Python ones do; the tests marked ``needs_c`` look at the C functions directly
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import pickle
 import random
@@ -958,3 +959,130 @@ def test_encode_plain_batches_frames_and_memo_as_pickle_does() -> None:
     for value in (2**31, -(2**31) - 1, "é", ["x" * 40_000], [str(n) for n in range(300)]):
         with pytest.raises(AssertionError):
             _c.encode_plain(b"p", value, _refusing_dumps)
+
+
+# -- the ghost hook's load: Connection.load_state's steps in C --------------------------------
+
+
+class _Conflicting(MemoryStorage):
+    """Loads of oids in ``stale`` raise ReadConflictError until the next sync (no snapshots)."""
+
+    capabilities = frozenset({"pack"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stale: set[bytes] = set()
+        self.invalid: list[bytes] = []
+
+    def load(self, oid: bytes) -> Any:
+        if oid in self.stale:
+            from dhruva.error import ReadConflictError
+
+            raise ReadConflictError([oid])
+        return super().load(oid)
+
+    def sync(self) -> list[bytes]:
+        self.stale.clear()
+        invalid, self.invalid = self.invalid, []
+        return invalid
+
+
+def _load_run(python: bool, seed: int) -> list[Any]:
+    """Ghost loads of every kind, and what each leaves: through the C steps or Python's."""
+    from unittest import mock
+
+    from dhruva.error import ReadConflictError
+
+    rng = random.Random(seed)
+    storage = _Conflicting()
+    writer = Connection(storage)
+    root = writer.get_root()
+    kinds = [Item, Counting, OwnState, Refusing, Slotted]
+    for n in range(60):
+        cls = kinds[rng.randrange(len(kinds))]
+        obj: Any = cls() if cls is Slotted else cls(n) if cls is not Counting else Counting()
+        if cls is Slotted:
+            obj.x = n
+        root[n] = obj
+    writer.commit()
+    original = Connection.load_state
+    patch: Any = contextlib.nullcontext()
+    if python:  # a load_state of the class's own: the hook calls it as a method
+        patch = mock.patch.object(
+            Connection, "load_state", lambda self, obj: original(self, obj)
+        )
+    seen: list[Any] = []
+    with patch:
+        reader = Connection(storage)
+        chunk = reader.get_root()
+        for n in rng.sample(range(60), 60):
+            obj = chunk[n]
+            Refusing.fail = rng.random() < 0.1
+            if rng.random() < 0.1:
+                storage.stale = {obj._p_oid}
+                storage.invalid = [obj._p_oid]
+            try:
+                read = obj.x if isinstance(obj, Slotted) else obj.__dict__.get("a")
+                value = (read, obj._p_status)
+            except (ValueError, ReadConflictError) as error:
+                value = (type(error).__name__, str(error), obj._p_status)
+            Refusing.fail = False
+            seen.append(value)
+            if rng.random() < 0.2:
+                reader.abort()
+        seen.append(
+            (
+                [(k, o._p_status, o._p_size) for k, o in reader._loaded.items()],
+                [o._p_oid for o in reader._reads],
+                reader.get_loaded_bytes(),
+                reader.get_load_count(),
+            )
+        )
+    return seen
+
+
+@pytest.mark.req("CONN-015")
+@pytest.mark.parametrize("seed", range(6))
+def test_the_c_load_does_what_load_state_does(seed: int) -> None:
+    assert _load_run(True, seed) == _load_run(False, seed)
+
+
+def test_a_load_that_cannot_find_the_class_names_the_oid_on_both_paths() -> None:
+    import types
+    from unittest import mock
+
+    module = types.ModuleType("dhruva_test_vanishing")
+
+    class Thing(Persistent):
+        pass
+
+    Thing.__module__, Thing.__qualname__ = module.__name__, "Thing"
+    module.Thing = Thing  # type: ignore[attr-defined]
+    storage = MemoryStorage()
+    with mock.patch.dict(sys.modules, {module.__name__: module}):
+        writer = Connection(storage)
+        writer.get_root()["v"] = Thing()
+        writer.commit()
+
+    def failure() -> tuple[str, list[str]]:
+        reader = Connection(storage)
+        with mock.patch.dict(sys.modules, {module.__name__: module}):
+            ghost = reader.get_root()["v"]  # the root's state names the class: it is there
+        with pytest.raises(SerializationError) as raised:
+            ghost.anything  # noqa: B018 -- the ghost's own record: the class is gone
+        return type(raised.value).__name__, getattr(raised.value, "__notes__", [])
+
+    original = Connection.load_state
+    with mock.patch.object(Connection, "load_state", lambda self, obj: original(self, obj)):
+        expected = failure()
+    assert failure() == expected
+    assert expected[0] == "MissingClassError"
+    assert any("while loading the object with oid" in note for note in expected[1])
+
+
+@needs_c
+def test_load_state_in_c_refuses_what_it_is_not_configured_for() -> None:
+    with pytest.raises(TypeError):
+        _c.load_state(Connection(MemoryStorage()))
+    with pytest.raises(TypeError):
+        _c.configure_connection(Connection, Connection.load_state, 1, SerializationError)
