@@ -1986,6 +1986,66 @@ speedups_add_object_refs(PyObject *module, PyObject *const *args, Py_ssize_t nar
     Py_RETURN_NONE;
 }
 
+/* sweep_refs(data) -> None
+ *
+ * Delete every entry of the dict ``data`` whose weak reference is dead
+ * (_ObjectMap._sweep: ``del data[oid]`` for each ``oid, ref`` with ``ref() is
+ * None``); a value that is not a plain weak reference is called, as there.
+ */
+static PyObject *
+speedups_sweep_refs(PyObject *module, PyObject *data)
+{
+    if (!PyDict_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "sweep_refs(dict)");
+        return NULL;
+    }
+    PyObject *dead = PyList_New(0);
+    if (dead == NULL) {
+        return NULL;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *ref;
+    while (PyDict_Next(data, &pos, &key, &ref)) {
+        int gone;
+        if (PyWeakref_CheckRefExact(ref)) {
+#if PY_VERSION_HEX >= 0x030D0000
+            PyObject *obj = NULL;
+            if (PyWeakref_GetRef(ref, &obj) < 0) {
+                Py_DECREF(dead);
+                return NULL;
+            }
+            gone = obj == NULL;
+            Py_XDECREF(obj);
+#else
+            gone = PyWeakref_GET_OBJECT(ref) == Py_None;
+#endif
+        }
+        else {
+            Py_INCREF(ref);
+            PyObject *obj = PyObject_CallNoArgs(ref);
+            Py_DECREF(ref);
+            if (obj == NULL) {
+                Py_DECREF(dead);
+                return NULL;
+            }
+            gone = obj == Py_None;
+            Py_DECREF(obj);
+        }
+        if (gone && PyList_Append(dead, key) < 0) {
+            Py_DECREF(dead);
+            return NULL;
+        }
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dead); i++) {
+        if (PyDict_DelItem(data, PyList_GET_ITEM(dead, i)) < 0) {
+            Py_DECREF(dead);
+            return NULL;
+        }
+    }
+    Py_DECREF(dead);
+    Py_RETURN_NONE;
+}
+
 /* reference(writer, obj) -> (oid, class)
  *
  * ObjectWriter.reference, the same steps: a new object (no connection) gets
@@ -2758,6 +2818,8 @@ static PyMethodDef speedups_methods[] = {
      "encode_plain(prefix, state, dumps) -> prefix + dumps(state, 5) | None"},
     {"object_ref", (PyCFunction)speedups_object_ref, METH_O,
      "object_ref(obj) -> weakref.ref(obj), not tracked by the garbage collector"},
+    {"sweep_refs", (PyCFunction)speedups_sweep_refs, METH_O,
+     "sweep_refs(data): del data[oid] for each entry whose weak reference is dead"},
     {"add_object_refs", (PyCFunction)(void (*)(void))speedups_add_object_refs, METH_FASTCALL,
      "add_object_refs(data, objects): data[obj._p_oid] = object_ref(obj) for each"},
     {"reference", (PyCFunction)(void (*)(void))speedups_reference, METH_FASTCALL,

@@ -69,6 +69,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from itertools import islice
+from operator import itemgetter
 from types import MappingProxyType, TracebackType
 from typing import Any, BinaryIO, TypeVar
 
@@ -103,6 +104,9 @@ _c_install_state = speedups.install_state
 _c_mark_all_saved = speedups.mark_all_saved
 _c_clock_batch = speedups.clock_batch
 _c_add_object_refs = speedups.add_object_refs
+_c_sweep_refs = speedups.sweep_refs
+_oid_of = itemgetter(0)
+_data_of = itemgetter(1)
 # A weak reference without a callback, not tracked by the garbage collector with C.
 _new_ref: Callable[[Any], weakref.ref[Any]] = speedups.object_ref or weakref.ref
 
@@ -199,8 +203,11 @@ class _ObjectMap:
 
     def _sweep(self) -> None:
         data = self.data
-        for oid in [oid for oid, ref in data.items() if ref() is None]:
-            del data[oid]
+        if _c_sweep_refs is not None:
+            _c_sweep_refs(data)  # the loop below, in C
+        else:
+            for oid in [oid for oid, ref in data.items() if ref() is None]:
+                del data[oid]
         self._sweep_at = max(2 * len(data), SWEEP_MIN_ENTRIES)
 
 
@@ -677,7 +684,8 @@ class Connection:
                 raise
         objects = self._objects
         loaded = self._loaded
-        sizes = {oid: len(data) for oid, data, _refs in records}
+        # {oid: len(data)} of each record, through C iterators (a commit of many objects).
+        sizes = dict(zip(map(_oid_of, records), map(len, map(_data_of, records)), strict=True))
         serial = self._transaction_serial
         written: list[PersistentBase] = list(self._changed.values())
         attached = writer.attached

@@ -731,17 +731,17 @@ class ObjectWriter:
         foreign object.
         """
         self._refs = {}
-        state = obj.__getstate__()
+        data = self._encoded(obj, obj.__getstate__())
+        return data, b"".join(self._refs)
+
+    def _encoded(self, obj: PersistentBase, state: Any) -> bytes:
+        """``obj``'s record data for ``state``; an encoder's failure as SerializationError."""
         try:
-            data = self._encode(type(obj)._p_class, state, self._reference)
+            return self._encode(type(obj)._p_class, state, self._reference)
         except (InvalidObjectReference, SerializationError):
             raise
         except Exception as exc:
-            raise self._failure(obj, state, exc) from exc
-        return data, b"".join(self._refs)
-
-    def _failure(self, obj: PersistentBase, state: Any, exc: Exception) -> SerializationError:
-        return SerializationError(self.serializer.explain_failure(obj, state, exc))
+            raise SerializationError(self.serializer.explain_failure(obj, state, exc)) from exc
 
     def records(self, changed: list[PersistentBase]) -> list[tuple[bytes, bytes, bytes]]:
         """Return ``(oid, data, refs)`` of the changed objects and of every new object they reach.
@@ -792,14 +792,8 @@ class ObjectWriter:
         if oid in seen:
             return
         seen.add(oid)
-        state = obj.__getstate__()
         refs = self._refs
-        try:
-            data = self._encode(type(obj)._p_class, state, self._reference)
-        except (InvalidObjectReference, SerializationError):
-            raise
-        except Exception as exc:
-            raise self._failure(obj, state, exc) from exc
+        data = self._encoded(obj, obj.__getstate__())
         if refs:
             append((oid, data, b"".join(refs)))
             self._refs = {}

@@ -43,6 +43,7 @@ __all__ = [
     "read_record",
     "reference",
     "set_dict_state",
+    "sweep_refs",
 ]
 
 #: Set to a non-empty value, this environment variable turns the C versions off.
@@ -128,6 +129,8 @@ object_ref: Callable[[Any], Any] | None = None
 #: ``add_object_refs(data, objects)``: ``data[obj._p_oid] = object_ref(obj)`` for each
 #: persistent object, in order.
 add_object_refs: Callable[[dict[bytes, Any], list[Any]], None] | None = None
+#: ``sweep_refs(data)``: ``del data[oid]`` for each entry whose weak reference is dead.
+sweep_refs: Callable[[dict[bytes, Any]], None] | None = None
 #: ``reference(writer, obj)``: ObjectWriter.reference (a new object gets
 #: ``writer._new_oid()`` and is attached); anything unusual goes to
 #: ``writer.reference(obj)``.  Usable once :func:`install_persistent` ran.
@@ -185,6 +188,7 @@ if _c is not None:
     encode_records = _c.encode_records
     configure_connection = _c.configure_connection
     add_object_refs = _c.add_object_refs
+    sweep_refs = _c.sweep_refs
     persistent_id = _c.persistent_id
     # What read_state itself hands to its fallback when pickle.loads fails.
     _c.configure(Record, pickle.loads, (pickle.UnpicklingError, ImportError, AttributeError))

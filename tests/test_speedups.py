@@ -99,6 +99,7 @@ CALL_SITES: list[tuple[ModuleType, str, str]] = [
     (connection, "_c_mark_all_saved", "mark_all_saved"),
     (connection, "_c_clock_batch", "clock_batch"),
     (connection, "_c_add_object_refs", "add_object_refs"),
+    (connection, "_c_sweep_refs", "sweep_refs"),
     (serialize, "_c_reference", "reference"),
     (serialize, "_c_encode_plain", "encode_plain"),
 ]

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_connection import ConflictingStorage
 
 from dhruva import speedups
 from dhruva.connection import Connection
@@ -964,29 +965,6 @@ def test_encode_plain_batches_frames_and_memo_as_pickle_does() -> None:
 # -- the ghost hook's load: Connection.load_state's steps in C --------------------------------
 
 
-class _Conflicting(MemoryStorage):
-    """Loads of oids in ``stale`` raise ReadConflictError until the next sync (no snapshots)."""
-
-    capabilities = frozenset({"pack"})
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stale: set[bytes] = set()
-        self.invalid: list[bytes] = []
-
-    def load(self, oid: bytes) -> Any:
-        if oid in self.stale:
-            from dhruva.error import ReadConflictError
-
-            raise ReadConflictError([oid])
-        return super().load(oid)
-
-    def sync(self) -> list[bytes]:
-        self.stale.clear()
-        invalid, self.invalid = self.invalid, []
-        return invalid
-
-
 def _load_run(python: bool, seed: int) -> list[Any]:
     """Ghost loads of every kind, and what each leaves: through the C steps or Python's."""
     from unittest import mock
@@ -994,7 +972,7 @@ def _load_run(python: bool, seed: int) -> list[Any]:
     from dhruva.error import ReadConflictError
 
     rng = random.Random(seed)
-    storage = _Conflicting()
+    storage = ConflictingStorage()
     writer = Connection(storage)
     root = writer.get_root()
     kinds = [Item, Counting, OwnState, Refusing, Slotted]
@@ -1086,3 +1064,48 @@ def test_load_state_in_c_refuses_what_it_is_not_configured_for() -> None:
         _c.load_state(Connection(MemoryStorage()))
     with pytest.raises(TypeError):
         _c.configure_connection(Connection, Connection.load_state, 1, SerializationError)
+
+
+# -- the cache's map: dead weak references swept -----------------------------------------------
+
+
+def _sweep_run(seed: int) -> list[Any]:
+    """An oid -> weak reference map with some referents gone, swept; what is left, in order."""
+    import weakref
+
+    from dhruva.connection import _ObjectMap
+
+    rng = random.Random(seed)
+    objects = _ObjectMap()
+    kept: list[Any] = []
+    for n in range(200):
+        obj = Item(n)
+        key = n.to_bytes(8, "big")
+        objects.data[key] = weakref.ref(obj)  # a plain weak reference, as weakref.ref makes
+        if rng.random() < 0.6:
+            kept.append(obj)
+    objects.data[b"callable"] = lambda: None  # not a weak reference: called, as in Python
+    objects._sweep()
+    return [(key, ref() is not None) for key, ref in objects.data.items()]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_the_sweep_keeps_what_the_python_sweep_keeps(seed: int) -> None:
+    from unittest import mock
+
+    from dhruva import connection as connection_module
+
+    with mock.patch.object(connection_module, "_c_sweep_refs", None):
+        expected = _sweep_run(seed)
+    assert _sweep_run(seed) == expected
+    assert all(alive for _key, alive in expected) and len(expected) < 200
+
+
+@needs_c
+def test_sweep_refs_takes_a_dict_only() -> None:
+    with pytest.raises(TypeError):
+        _c.sweep_refs([])
+    failing = {b"x": lambda: 1 / 0}
+    with pytest.raises(ZeroDivisionError):
+        _c.sweep_refs(failing)
+    assert list(failing) == [b"x"]
