@@ -367,6 +367,66 @@ speedups_index_offset(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * way) is ``fallback(storage, oid)``: JournalStorage.load, which answers or
  * raises the typed error.
  */
+/* --- attributes read from an instance's __dict__ --------------------------------
+ *
+ * A lookup of an instance attribute goes through the type (for a data
+ * descriptor) before the instance's __dict__; when the type has no data
+ * descriptor of a name, the __dict__ is where the lookup finds it, and a
+ * dict lookup is a third of the cost.  The verdict for a type is kept with
+ * its version tag, which any change to the type or its bases replaces. */
+typedef struct {
+    PyTypeObject *type; /* compared only, never dereferenced once stale */
+    unsigned int version;
+    int safe;
+} dict_reads;
+
+/* ``obj``'s __dict__ (a new reference) when none of ``names`` is a data descriptor of
+ * its type, else NULL; no error set either way. */
+static PyObject *
+instance_dict(dict_reads *cache, PyObject *obj, PyObject *const *names, int count)
+{
+    PyTypeObject *type = Py_TYPE(obj);
+    if (cache->type != type || cache->version != type->tp_version_tag ||
+        !PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG)) {
+        int safe = type->tp_dictoffset != 0;
+        for (int i = 0; safe && i < count; i++) {
+            PyObject *descr = names[i] == NULL ? NULL : _PyType_Lookup(type, names[i]);
+            safe = names[i] != NULL && (descr == NULL || Py_TYPE(descr)->tp_descr_set == NULL);
+        }
+        cache->type = type;
+        cache->version = type->tp_version_tag;
+        cache->safe = safe && PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG);
+    }
+    if (!cache->safe) {
+        return NULL;
+    }
+    PyObject *d = PyObject_GenericGetDict(obj, NULL);
+    if (d == NULL) {
+        PyErr_Clear();
+    }
+    else if (!PyDict_CheckExact(d)) {
+        Py_CLEAR(d);
+    }
+    return d;
+}
+
+/* The attribute ``name`` of ``obj``, from its __dict__ ``d`` when there (``d`` may be NULL),
+ * else by PyObject_GetAttr; a new reference, or NULL with the error. */
+static PyObject *
+dict_get(PyObject *d, PyObject *obj, PyObject *name)
+{
+    if (d != NULL) {
+        PyObject *value = PyDict_GetItemWithError(d, name);
+        if (value != NULL) {
+            return Py_NewRef(value);
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return PyObject_GetAttr(obj, name);
+}
+
 enum {
     FL_FILE, FL_BROKEN, FL_INDEX, FL_DISK, FL_MAP, FL_CAPACITY, FL_COVERED, FL_LAST, FL_FD,
     FL_VERSION, FL_NAMES
@@ -377,20 +437,44 @@ static const char *const file_load_names[FL_NAMES] = {
 };
 static PyObject *file_load_strs[FL_NAMES];
 
-/* ``obj``'s attribute number ``which`` of file_load_names, or NULL, no error set. */
+static dict_reads file_load_reads, file_load_disk_reads;
+/* The storage's own names and its index's, read from a __dict__ where instance_dict allows. */
+static const int file_load_own[] = {FL_FILE, FL_BROKEN, FL_INDEX, FL_DISK, FL_LAST, FL_VERSION};
+static const int file_load_disk[] = {FL_MAP, FL_CAPACITY, FL_COVERED};
+
+/* ``obj``'s attribute number ``which`` of file_load_names (from the __dict__ ``d`` when
+ * not NULL), or NULL, no error set. */
 static PyObject *
-file_load_attr(PyObject *obj, int which)
+file_load_attr(PyObject *d, PyObject *obj, int which)
 {
     if (file_load_strs[which] == NULL &&
         (file_load_strs[which] = PyUnicode_InternFromString(file_load_names[which])) == NULL) {
         PyErr_Clear();
         return NULL;
     }
-    PyObject *value = PyObject_GetAttr(obj, file_load_strs[which]);
+    PyObject *value = dict_get(d, obj, file_load_strs[which]);
     if (value == NULL) {
         PyErr_Clear();
     }
     return value;
+}
+
+/* ``obj``'s __dict__ for file_load_attr of the ``count`` names ``which`` (a new
+ * reference), or NULL. */
+static PyObject *
+file_load_dict(dict_reads *cache, PyObject *obj, const int *which, int count)
+{
+    PyObject *names[FL_NAMES];
+    for (int i = 0; i < count; i++) {
+        int k = which[i];
+        if (file_load_strs[k] == NULL &&
+            (file_load_strs[k] = PyUnicode_InternFromString(file_load_names[k])) == NULL) {
+            PyErr_Clear();
+            return NULL;
+        }
+        names[i] = file_load_strs[k];
+    }
+    return instance_dict(cache, obj, names, count);
 }
 
 static PyObject *
@@ -403,21 +487,23 @@ speedups_file_load(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *storage = args[0], *oid = args[3];
     PyObject *file = NULL, *index = NULL, *offset = NULL, *fd = NULL, *version = NULL;
     PyObject *record = NULL;
+    PyObject *own = NULL;
     if (!PyBytes_CheckExact(oid) || PyBytes_GET_SIZE(oid) != 8) {
         goto fallback;
     }
-    if ((file = file_load_attr(storage, FL_FILE)) == NULL || (PyObject *)Py_TYPE(file) != args[2]) {
+    own = file_load_dict(&file_load_reads, storage, file_load_own, 6);
+    if ((file = file_load_attr(own, storage, FL_FILE)) == NULL || (PyObject *)Py_TYPE(file) != args[2]) {
         goto fallback;
     }
     {
-        PyObject *broken = file_load_attr(storage, FL_BROKEN);
+        PyObject *broken = file_load_attr(own, storage, FL_BROKEN);
         int healthy = broken == Py_None;
         Py_XDECREF(broken);
         if (!healthy) {
             goto fallback;
         }
     }
-    if ((index = file_load_attr(storage, FL_INDEX)) == NULL || !PyDict_CheckExact(index)) {
+    if ((index = file_load_attr(own, storage, FL_INDEX)) == NULL || !PyDict_CheckExact(index)) {
         goto fallback;
     }
     offset = PyDict_GetItemWithError(index, oid); /* borrowed */
@@ -429,15 +515,17 @@ speedups_file_load(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             PyErr_Clear();
             goto fallback;
         }
-        PyObject *disk = file_load_attr(storage, FL_DISK);
+        PyObject *disk = file_load_attr(own, storage, FL_DISK);
         if (disk == NULL || disk == Py_None) {
             Py_XDECREF(disk);
             goto fallback;
         }
-        PyObject *mapping = file_load_attr(disk, FL_MAP);
-        PyObject *capacity = file_load_attr(disk, FL_CAPACITY);
-        PyObject *covered = file_load_attr(disk, FL_COVERED);
-        PyObject *last = file_load_attr(storage, FL_LAST);
+        PyObject *disk_dict = file_load_dict(&file_load_disk_reads, disk, file_load_disk, 3);
+        PyObject *mapping = file_load_attr(disk_dict, disk, FL_MAP);
+        PyObject *capacity = file_load_attr(disk_dict, disk, FL_CAPACITY);
+        PyObject *covered = file_load_attr(disk_dict, disk, FL_COVERED);
+        PyObject *last = file_load_attr(own, storage, FL_LAST);
+        Py_XDECREF(disk_dict);
         Py_DECREF(disk);
         if (mapping != NULL && mapping != Py_None && capacity != NULL && PyLong_CheckExact(capacity) &&
             covered != NULL && last != NULL && PyLong_CheckExact(last)) {
@@ -465,8 +553,8 @@ speedups_file_load(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             goto fallback;
         }
     }
-    if ((fd = file_load_attr(file, FL_FD)) == NULL ||
-        (version = file_load_attr(storage, FL_VERSION)) == NULL) {
+    if ((fd = file_load_attr(NULL, file, FL_FD)) == NULL ||
+        (version = file_load_attr(own, storage, FL_VERSION)) == NULL) {
         goto fallback;
     }
     {
@@ -480,6 +568,7 @@ speedups_file_load(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         Py_CLEAR(record);
     }
 fallback:
+    Py_XDECREF(own);
     Py_XDECREF(file);
     Py_XDECREF(index);
     Py_XDECREF(offset);
@@ -2521,11 +2610,45 @@ ls_name(int which)
     return load_state_strs[which];
 }
 
+/* ``obj``'s attribute number ``which`` (from its __dict__ ``d`` when not NULL). */
 static PyObject *
-ls_get(PyObject *obj, int which)
+ls_get(PyObject *d, PyObject *obj, int which)
 {
     PyObject *name = ls_name(which);
-    return name == NULL ? NULL : PyObject_GetAttr(obj, name);
+    return name == NULL ? NULL : dict_get(d, obj, name);
+}
+
+/* ``obj.<which> = value`` (into its __dict__ ``d`` when not NULL); -1 on an error. */
+static int
+ls_set(PyObject *d, PyObject *obj, int which, PyObject *value)
+{
+    PyObject *name = ls_name(which);
+    if (name == NULL) {
+        return -1;
+    }
+    return d != NULL ? PyDict_SetItem(d, name, value) : PyObject_SetAttr(obj, name, value);
+}
+
+static dict_reads load_state_reads;
+/* The connection's own attributes that connection_load_state reads and sets. */
+static const int load_state_own[] = {
+    LS_REFRESH, LS_SNAPSHOTS, LS_STORAGE, LS_READERS, LS_READER, LS_SERIAL, LS_LOADED, LS_READS,
+    LS_LOADED_BYTES, LS_LOAD_COUNT,
+};
+#define LS_OWN (int)(sizeof(load_state_own) / sizeof(load_state_own[0]))
+
+/* The connection's __dict__ for ls_get and ls_set (a new reference), or NULL. */
+static PyObject *
+load_state_dict(PyObject *connection)
+{
+    PyObject *names[LS_OWN];
+    for (int i = 0; i < LS_OWN; i++) {
+        if ((names[i] = ls_name(load_state_own[i])) == NULL) {
+            PyErr_Clear();
+            return NULL;
+        }
+    }
+    return instance_dict(&load_state_reads, connection, names, LS_OWN);
 }
 
 /* The SerializationError being raised gets load_state's note naming the oid. */
@@ -2563,11 +2686,13 @@ static PyObject *
 connection_load_state(PyObject *module, PyObject *connection, PyObject *obj)
 {
     PyObject *oid = PyObject_TypeCheck(obj, persistent_base) ? SLOT(obj, off_oid) : NULL;
+    PyObject *own = oid != NULL ? load_state_dict(connection) : NULL;
     PyObject *flag = oid != NULL && PyBytes_CheckExact(oid) && PyBytes_GET_SIZE(oid) == 8
-                         ? ls_get(connection, LS_REFRESH)
+                         ? ls_get(own, connection, LS_REFRESH)
                          : NULL;
     if (flag != Py_False) {
         /* Not the ordinary load (a refresh of the snapshot first, an odd oid): Python's. */
+        Py_XDECREF(own);
         if (flag == NULL && PyErr_Occurred()) {
             return NULL;
         }
@@ -2581,13 +2706,13 @@ connection_load_state(PyObject *module, PyObject *connection, PyObject *obj)
     PyObject *result = NULL;
     int snapshots = -1;
     {
-        PyObject *value = ls_get(connection, LS_SNAPSHOTS);
+        PyObject *value = ls_get(own, connection, LS_SNAPSHOTS);
         if (value != NULL) {
             snapshots = PyObject_IsTrue(value);
             Py_DECREF(value);
         }
     }
-    if (snapshots < 0 || (storage = ls_get(connection, LS_STORAGE)) == NULL) {
+    if (snapshots < 0 || (storage = ls_get(own, connection, LS_STORAGE)) == NULL) {
         goto done;
     }
     {
@@ -2628,7 +2753,7 @@ connection_load_state(PyObject *module, PyObject *connection, PyObject *obj)
     {
         /* self._state_readers[data[0]](data, refs), and on KeyError or IndexError
          * self._reader.get_state(data, refs). */
-        PyObject *readers = ls_get(connection, LS_READERS);
+        PyObject *readers = ls_get(own, connection, LS_READERS);
         if (readers == NULL) {
             goto done;
         }
@@ -2644,7 +2769,7 @@ connection_load_state(PyObject *module, PyObject *connection, PyObject *obj)
         if (state == NULL && (PyErr_ExceptionMatches(PyExc_KeyError) ||
                               PyErr_ExceptionMatches(PyExc_IndexError))) {
             PyErr_Clear();
-            PyObject *decoder = ls_get(connection, LS_READER);
+            PyObject *decoder = ls_get(own, connection, LS_READER);
             PyObject *name = ls_name(LS_GET_STATE);
             if (decoder != NULL && name != NULL) {
                 PyObject *args[3] = {decoder, data, refs};
@@ -2661,7 +2786,7 @@ connection_load_state(PyObject *module, PyObject *connection, PyObject *obj)
     }
     {
         Py_ssize_t length = PyObject_Size(data);
-        PyObject *serial = length < 0 ? NULL : ls_get(connection, LS_SERIAL);
+        PyObject *serial = length < 0 ? NULL : ls_get(own, connection, LS_SERIAL);
         PyObject *size = serial == NULL ? NULL : PyLong_FromSsize_t(length);
         PyObject *previous = NULL;
         if (size != NULL) {
@@ -2690,11 +2815,11 @@ connection_load_state(PyObject *module, PyObject *connection, PyObject *obj)
         }
         /* self._loaded[oid] = obj; self._reads.append(obj);
          * self._loaded_bytes += size - previous; self._load_count += 1 */
-        PyObject *loaded = ls_get(connection, LS_LOADED);
+        PyObject *loaded = ls_get(own, connection, LS_LOADED);
         int failed = loaded == NULL || PyObject_SetItem(loaded, oid, obj) < 0;
         Py_XDECREF(loaded);
         if (!failed) {
-            PyObject *reads = ls_get(connection, LS_READS);
+            PyObject *reads = ls_get(own, connection, LS_READS);
             if (reads == NULL) {
                 failed = 1;
             }
@@ -2710,18 +2835,18 @@ connection_load_state(PyObject *module, PyObject *connection, PyObject *obj)
         }
         if (!failed) {
             PyObject *grown = PyNumber_Subtract(size, previous);
-            PyObject *before = grown == NULL ? NULL : ls_get(connection, LS_LOADED_BYTES);
+            PyObject *before = grown == NULL ? NULL : ls_get(own, connection, LS_LOADED_BYTES);
             PyObject *after = before == NULL ? NULL : PyNumber_Add(before, grown);
-            failed = after == NULL || PyObject_SetAttr(connection, ls_name(LS_LOADED_BYTES), after) < 0;
+            failed = after == NULL || ls_set(own, connection, LS_LOADED_BYTES, after) < 0;
             Py_XDECREF(grown);
             Py_XDECREF(before);
             Py_XDECREF(after);
         }
         if (!failed) {
-            PyObject *count = ls_get(connection, LS_LOAD_COUNT);
+            PyObject *count = ls_get(own, connection, LS_LOAD_COUNT);
             PyObject *one = PyLong_FromLong(1);
             PyObject *after = count == NULL || one == NULL ? NULL : PyNumber_Add(count, one);
-            failed = after == NULL || PyObject_SetAttr(connection, ls_name(LS_LOAD_COUNT), after) < 0;
+            failed = after == NULL || ls_set(own, connection, LS_LOAD_COUNT, after) < 0;
             Py_XDECREF(count);
             Py_XDECREF(one);
             Py_XDECREF(after);
@@ -2733,6 +2858,7 @@ connection_load_state(PyObject *module, PyObject *connection, PyObject *obj)
         }
     }
 done:
+    Py_XDECREF(own);
     Py_DECREF(oid);
     Py_XDECREF(storage);
     Py_XDECREF(record);

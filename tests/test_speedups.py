@@ -741,6 +741,35 @@ def test_file_load_hands_every_unusual_storage_to_journal_storage_load(tmp_path:
         assert own.load(oid(1)).data == b"own"
 
 
+@needs_c
+def test_file_load_reads_the_instance_dict_only_where_a_lookup_would(tmp_path: Path) -> None:
+    from dhruva.error import DhruvaError
+
+    path = str(tmp_path / "db.dhruva")
+    with FileStorage(path) as storage:
+        commit(storage, (0, b"root", []), (1, b"one", []))
+
+    def broken_unless_healed(self: Any) -> Any:
+        return self.__dict__.get("_broken") or self.__dict__.get("_verdict")
+
+    class Plain(FileStorage):
+        pass
+
+    with Plain(path, readonly=True) as storage:
+        assert isinstance(storage, Plain)
+        assert storage.load(oid(1)).data == b"one"  # the C path has judged Plain safe
+        storage.__dict__["_verdict"] = "broken by a property"
+        # A data descriptor added to the class later: attribute lookup now finds it
+        # first, and so must the C path (the type's version tag changed).
+        Plain._broken = property(  # type: ignore[attr-defined]
+            broken_unless_healed, lambda self, value: self.__dict__.__setitem__("_broken", value)
+        )
+        with pytest.raises(DhruvaError, match="broken by a property"):
+            storage.load(oid(1))
+        del Plain._broken  # type: ignore[attr-defined]
+        assert storage.load(oid(1)).data == b"one"
+
+
 class Item(Persistent):
     def __init__(self, n: int = 0) -> None:
         self.n = n
