@@ -672,11 +672,11 @@ class ObjectWriter:
         # names its source (the Connection names its storage's, a call fewer).
         self._new_oid = new_oid if new_oid is not None else connection.new_oid
         # records() in C: only where it makes the very bytes encode() would
-        # (the pickle serializer's own encode, the C reference, the writer's
-        # own _encode_one).
+        # (the pickle serializer's own encode, the writer's own _encode_one;
+        # a state it encodes itself references nothing, so whichever
+        # reference the writer has is not needed there).
         self._c_records = (
             _c_encode_records is not None
-            and self._reference is not self.reference
             and type(self.serializer).encode is PickleSerializer.encode
             and type(self)._encode_one is ObjectWriter._encode_one
         )
