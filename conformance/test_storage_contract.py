@@ -167,6 +167,48 @@ def test_last_store_in_a_transaction_wins(storage: Storage) -> None:
     assert storage.load(a) == Record(a, b"third", b"")
 
 
+@pytest.mark.req("SAPI-038", "SAPI-032")
+def test_store_many_stores_each_triple_in_order(storage: Storage) -> None:
+    a, b, c, d = fresh_oids(storage, 4)
+    storage.begin()
+    storage.store(a, b"stored first", b"")
+    storage.store_many([(a, b"a1", b""), (b, b"b1", a), (a, b"a2", b + c)])
+    storage.store_many([])
+    storage.store_many((oid, b"from a generator", b"") for oid in (c, d))
+    storage.store(d, b"stored last", b"")
+    storage.end()
+    assert list(storage.bulk_load([a, b, c, d])) == [
+        Record(a, b"a2", b + c),
+        Record(b, b"b1", a),
+        Record(c, b"from a generator", b""),
+        Record(d, b"stored last", b""),
+    ]
+
+
+@pytest.mark.req("SAPI-038", "SAPI-003", "SAPI-004", "SAPI-031")
+def test_store_many_refuses_the_first_malformed_triple_as_store_does(storage: Storage) -> None:
+    a, b, c = fresh_oids(storage, 3)
+    with pytest.raises(DhruvaError):
+        storage.store_many([(a, b"outside a transaction", b"")])
+    bad: list[tuple[object, type[Exception]]] = [
+        ((b"short", b"x", b""), ValueError),
+        ((c, b"x", b"1234567"), ValueError),
+        ((c, "text is not bytes", b""), TypeError),
+        ((c, b"two fields"), ValueError),
+    ]
+    for triple, error in bad:
+        storage.begin()
+        with pytest.raises(error):
+            storage.store_many([(a, b"before", b""), triple, (b, b"after", b"")])  # type: ignore[list-item]
+        # The triple before it is staged, none after: end() commits exactly that.
+        storage.end()
+        assert storage.load(a) == Record(a, b"before", b"")
+        with pytest.raises(DhruvaKeyError):
+            storage.load(b)
+    with pytest.raises(DhruvaKeyError):
+        storage.load(c)
+
+
 @pytest.mark.req("SAPI-003", "SAPI-004")
 def test_store_rejects_malformed_records(storage: Storage) -> None:
     (a,) = fresh_oids(storage, 1)

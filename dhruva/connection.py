@@ -724,9 +724,7 @@ class Connection:
         storage = self._storage
         storage.begin()
         try:
-            store = storage.store
-            for oid, data, refs in records:
-                store(oid, data, refs)
+            storage.store_many(records)
             for oid, path in blobs:
                 # [BLOB-010] The content streams from the temporary file.
                 with open(path, "rb") as file:

@@ -92,6 +92,17 @@ class Storage:
         """Add a record to the open transaction (last store of an oid wins)."""
         raise NotImplementedError
 
+    def store_many(self, records: Iterable[tuple[bytes, bytes, bytes]]) -> None:
+        """``store(oid, data, refs)`` for each triple of ``records``, in order (SAPI-038).
+
+        The first triple ``store`` refuses raises what ``store`` raises, with
+        the triples before it stored and none after.  A back-end may stage
+        the triples in one step; this generic version calls ``store``.
+        """
+        store = self.store
+        for oid, data, refs in records:
+            store(oid, data, refs)
+
     def end(self) -> None:
         """Commit the open transaction: durable and visible when this returns.
 

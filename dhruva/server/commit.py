@@ -237,8 +237,7 @@ class Committer(Generic[C]):
                 storage.begin()
                 try:
                     for records, blobs in accepted_records:
-                        for record in records:
-                            storage.store(record.oid, record.data, record.refs)
+                        storage.store_many(records)
                         # [SRV-122] The blobs in the same transaction as the records.
                         for oid, file in blobs:
                             storage.store_blob(oid, file)
