@@ -581,6 +581,135 @@ fallback:
     return PyObject_Vectorcall(args[1], call, 2, NULL);
 }
 
+/* journal_new_oid(storage, fallback) -> bytes
+ *
+ * JournalStorage.new_oid in one C call: while the storage is open,
+ * healthy and writable (``_file`` not None, ``_broken`` None, ``readonly``
+ * False), ``_next_oid`` n becomes n + 1 and n is returned as 8 big-endian
+ * bytes.  The four attributes are read from and written to the storage's
+ * __dict__, so only for a type with the generic attribute access and no
+ * data descriptor of those names; anything else (a closed, broken or
+ * read-only storage, a next oid of 2**64 - 1 or past it, another layout) is
+ * ``fallback(storage)``, JournalStorage.new_oid, which raises or does it.
+ */
+enum { NO_FILE, NO_BROKEN, NO_READONLY, NO_NEXT, NO_NAMES };
+static const char *const new_oid_names[NO_NAMES] = {"_file", "_broken", "readonly", "_next_oid"};
+static PyObject *new_oid_strs[NO_NAMES];
+static dict_reads new_oid_reads;
+
+static PyObject *
+speedups_journal_new_oid(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "journal_new_oid(storage, fallback)");
+        return NULL;
+    }
+    PyObject *storage = args[0];
+    for (int i = 0; i < NO_NAMES; i++) {
+        if (new_oid_strs[i] == NULL &&
+            (new_oid_strs[i] = PyUnicode_InternFromString(new_oid_names[i])) == NULL) {
+            return NULL;
+        }
+    }
+    PyTypeObject *type = Py_TYPE(storage);
+    PyObject *d = NULL;
+    if (type->tp_getattro == PyObject_GenericGetAttr &&
+        type->tp_setattro == PyObject_GenericSetAttr) {
+        d = instance_dict(&new_oid_reads, storage, new_oid_strs, NO_NAMES);
+    }
+    if (d != NULL) {
+        PyObject *values[NO_NAMES];
+        for (int i = 0; i < NO_NAMES; i++) {
+            values[i] = PyDict_GetItemWithError(d, new_oid_strs[i]); /* borrowed */
+            if (values[i] == NULL) {
+                PyErr_Clear(); /* missing: the fallback says what is wrong */
+                goto fallback;
+            }
+        }
+        if (values[NO_FILE] == Py_None || values[NO_BROKEN] != Py_None ||
+            values[NO_READONLY] != Py_False || !PyLong_CheckExact(values[NO_NEXT])) {
+            goto fallback;
+        }
+        unsigned long long n = PyLong_AsUnsignedLongLong(values[NO_NEXT]);
+        if (n == (unsigned long long)-1 && PyErr_Occurred()) {
+            PyErr_Clear(); /* negative or past 2**64: pack_int8 there raises */
+            goto fallback;
+        }
+        if (n == 0xFFFFFFFFFFFFFFFFULL) {
+            goto fallback; /* n + 1 would not fit */
+        }
+        PyObject *next = PyLong_FromUnsignedLongLong(n + 1);
+        if (next == NULL) {
+            Py_DECREF(d);
+            return NULL;
+        }
+        PyObject *oid = PyBytes_FromStringAndSize(NULL, 8);
+        if (oid == NULL || PyDict_SetItem(d, new_oid_strs[NO_NEXT], next) < 0) {
+            Py_XDECREF(oid);
+            Py_DECREF(next);
+            Py_DECREF(d);
+            return NULL;
+        }
+        Py_DECREF(next);
+        Py_DECREF(d);
+        unsigned char *out = (unsigned char *)PyBytes_AS_STRING(oid);
+        for (int i = 7; i >= 0; i--) {
+            out[i] = (unsigned char)(n & 0xFF);
+            n >>= 8;
+        }
+        return oid;
+    }
+fallback:
+    Py_XDECREF(d);
+    return PyObject_CallOneArg(args[1], storage);
+}
+
+/* stage_records(pending, records) -> bool
+ *
+ * JournalStorage.store_many's step: when ``records`` is a list of exact
+ * 3-tuples ``(oid, data, refs)`` of exact bytes, each oid of 8 bytes and
+ * each refs a multiple of 8 long (every record store() takes as it is),
+ * ``pending[oid] = record`` for each in order, and True.  Otherwise False,
+ * with ``pending`` untouched: store() then takes them one by one, and
+ * refuses or converts each as it does.
+ */
+static PyObject *
+speedups_stage_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || !PyDict_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "stage_records(pending: dict, records)");
+        return NULL;
+    }
+    PyObject *pending = args[0], *records = args[1];
+    if (!PyList_CheckExact(records)) {
+        Py_RETURN_FALSE;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(records);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 3) {
+            Py_RETURN_FALSE;
+        }
+        PyObject *oid = PyTuple_GET_ITEM(record, 0), *data = PyTuple_GET_ITEM(record, 1);
+        PyObject *refs = PyTuple_GET_ITEM(record, 2);
+        if (!PyBytes_CheckExact(oid) || PyBytes_GET_SIZE(oid) != 8 || !PyBytes_CheckExact(data) ||
+            !PyBytes_CheckExact(refs) || PyBytes_GET_SIZE(refs) % 8 != 0) {
+            Py_RETURN_FALSE;
+        }
+    }
+    /* Only type checks ran above: the list and its tuples are as they were. */
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        Py_INCREF(record);
+        int failed = PyDict_SetItem(pending, PyTuple_GET_ITEM(record, 0), record);
+        Py_DECREF(record);
+        if (failed < 0) {
+            return NULL;
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
 /* encode_transaction(tid, time_us, records, version) -> bytes | None
  *
  * The bytes journal.encode_transaction returns, or None where it would
@@ -2914,6 +3043,10 @@ static PyMethodDef speedups_methods[] = {
      "read_record(fd, offset, version, oid) -> Record | None"},
     {"first_read", speedups_first_read, METH_NOARGS,
      "first_read() -> the size of read_record's next first read (it adapts, 256..1024)"},
+    {"stage_records", (PyCFunction)(void (*)(void))speedups_stage_records, METH_FASTCALL,
+     "stage_records(pending, records) -> bool: JournalStorage.store_many's staging"},
+    {"journal_new_oid", (PyCFunction)(void (*)(void))speedups_journal_new_oid, METH_FASTCALL,
+     "journal_new_oid(storage, fallback) -> bytes: JournalStorage.new_oid"},
     {"file_load", (PyCFunction)(void (*)(void))speedups_file_load, METH_FASTCALL,
      "file_load(storage, fallback, osfile_type, oid) -> Record: FileStorage.load"},
     {"index_offset", (PyCFunction)(void (*)(void))speedups_index_offset, METH_FASTCALL,

@@ -56,10 +56,11 @@ without touching the storage's attributes.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from itertools import accumulate, repeat
 from operator import add as _add
@@ -115,6 +116,8 @@ log = logging.getLogger("dhruva.file_storage")
 LOAD_READ_BYTES = 1024
 _record_lengths = journal.RECORD_LENGTHS.unpack_from
 _c_read_record = speedups.read_record
+_c_journal_new_oid = speedups.journal_new_oid
+_c_stage_records = speedups.stage_records
 _OPEN_ATTEMPTS = 3
 #: [RCV-060] A small transaction that does not fit in the free space is
 #: written with this many zero bytes after it, in the same write and sync.
@@ -182,6 +185,13 @@ class JournalStorage(Storage):
             self._blob_store = BlobStore(blob_directory(self.path), readonly=readonly)
             # [BLOB-021] What a crash left: staged files, blobs of uncommitted tids.
             self._blob_store.recover(self._last_tid)
+        if _c_journal_new_oid is not None and type(self).new_oid is JournalStorage.new_oid:
+            # new_oid(), as one C call for each new object of a commit: the
+            # same checks and counter, and JournalStorage.new_oid whenever the
+            # storage is closed, broken or read-only (it raises there).
+            self.new_oid = functools.partial(  # type: ignore[method-assign]
+                _c_journal_new_oid, self, JournalStorage.new_oid
+            )
 
     # --- opening and recovery ---------------------------------------------------
 
@@ -479,6 +489,30 @@ class JournalStorage(Storage):
             check_record(oid, data, refs)
             data = bytes(data)
         pending[oid] = (oid, data, refs)
+
+    def store_many(self, records: Iterable[tuple[bytes, bytes, bytes]]) -> None:
+        """``store()`` of each triple, in order (SAPI-038): a commit's records in one call.
+
+        With dhruva.speedups a list of records that store() takes as they are
+        (exact bytes of the right shapes, in exact tuples: what the
+        Connection's writer makes) is staged in one C step; anything else,
+        and a subclass's own store(), goes through store() one by one.
+        """
+        pending = self._pending
+        if (
+            _c_stage_records is not None
+            and pending is not None
+            and self._file is not None
+            and self._broken is None
+            and not self.readonly
+            # Not a subclass's store(), nor one set on the instance (a test's).
+            and getattr(self.store, "__func__", None) is JournalStorage.store
+            and _c_stage_records(pending, records)
+        ):
+            return
+        store = self.store
+        for oid, data, refs in records:
+            store(oid, data, refs)
 
     # --- blobs (spec: blobs.md) ------------------------------------------------------
 

@@ -36,6 +36,7 @@ __all__ = [
     "index_offset",
     "install_persistent",
     "install_state",
+    "journal_new_oid",
     "mark_all_saved",
     "object_ref",
     "persistent_id",
@@ -43,6 +44,7 @@ __all__ = [
     "read_record",
     "reference",
     "set_dict_state",
+    "stage_records",
     "sweep_refs",
 ]
 
@@ -69,6 +71,13 @@ index_offset: Callable[[Any, bytes, int, int], int | None] | None = None
 #: ``file_load(storage, fallback, osfile_type, oid)``: FileStorage.load in one C call (the
 #: tail index, the ``.index`` map, read_record); ``fallback(storage, oid)`` for anything else.
 file_load: Callable[[Any, Callable[[Any, bytes], Record], type, bytes], Record] | None = None
+#: ``journal_new_oid(storage, fallback)``: JournalStorage.new_oid in one C call (the
+#: storage's ``__dict__``); ``fallback(storage)`` when it is closed, broken, read-only or unusual.
+journal_new_oid: Callable[[Any, Callable[[Any], bytes]], bytes] | None = None
+#: ``stage_records(pending, records)``: ``pending[oid] = record`` for each record of the
+#: list ``records`` and True, when every one is an exact (oid, data, refs) tuple that
+#: store() takes as it is; else False, ``pending`` untouched (JournalStorage.store_many).
+stage_records: Callable[[dict[bytes, tuple[bytes, bytes, bytes]], Any], bool] | None = None
 #: ``encode_transaction(tid, time_us, records, version)``: journal.encode_transaction's
 #: bytes, or None where it would raise or a field is not exact bytes.
 encode_transaction: Callable[[int, int, list[tuple[bytes, bytes, bytes]], int], bytes | None] | None
@@ -196,5 +205,7 @@ if _c is not None:
     read_record = _c.read_record
     index_offset = _c.index_offset
     file_load = _c.file_load
+    journal_new_oid = _c.journal_new_oid
+    stage_records = _c.stage_records
     encode_transaction = _c.encode_transaction
     set_dict_state = _c.set_dict_state

@@ -59,7 +59,7 @@ from dhruva import (
 )
 from dhruva.class_registry import ClassMap, ClassRegistry
 from dhruva.connection import Connection
-from dhruva.error import CorruptionError, ForbiddenClassError, MissingClassError
+from dhruva.error import CorruptionError, ForbiddenClassError, MissingClassError, ReadOnlyError
 from dhruva.file_index import ADDED_FLAG, ENTRIES_OFFSET, DiskIndex
 from dhruva.file_storage import FileStorage, FileStorage2
 from dhruva.persistent import Persistent
@@ -90,6 +90,8 @@ CALL_SITES: list[tuple[ModuleType, str, str]] = [
     (journal_storage, "_c_read_record", "read_record"),
     (file_index, "_c_index_offset", "index_offset"),
     (file_storage, "_c_file_load", "file_load"),
+    (journal_storage, "_c_journal_new_oid", "journal_new_oid"),
+    (journal_storage, "_c_stage_records", "stage_records"),
     (serialize, "_c_encode_records", "encode_records"),
     (serialize, "_c_read_pickle_state", "read_pickle_state"),
     (persistent, "_c_set_dict_state", "set_dict_state"),
@@ -693,8 +695,7 @@ def test_file_load_answers_as_journal_storage_load(tmp_path: Path) -> None:
         assert storage._disk is not None and len(storage._index) == 0  # all in the .index
         # The reference: JournalStorage.load itself, on the same open storage.
         expected = [
-            JournalStorage.load(storage, key) if n < 50 else None
-            for n, key in enumerate(keys[:50])
+            JournalStorage.load(storage, key) if n < 50 else None for n, key in enumerate(keys[:50])
         ]
         found = _loads(storage, keys)
         assert found[:50] == expected
@@ -768,6 +769,204 @@ def test_file_load_reads_the_instance_dict_only_where_a_lookup_would(tmp_path: P
             storage.load(oid(1))
         del Plain._broken  # type: ignore[attr-defined]
         assert storage.load(oid(1)).data == b"one"
+
+
+# --- journal_new_oid -----------------------------------------------------------------------
+
+
+def _oids(storage: FileStorage, count: int) -> list[Any]:
+    """``count`` calls of ``storage.new_oid``: each oid, or the error's type and message."""
+    found: list[Any] = []
+    for _ in range(count):
+        try:
+            found.append(storage.new_oid())
+        except Exception as error:  # the error itself is what is compared
+            found.append((type(error).__name__, str(error)))
+    return found
+
+
+@needs_c
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.req("SAPI-010")
+def test_journal_new_oid_hands_out_what_journal_storage_new_oid_does(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    from dhruva.journal_storage import JournalStorage
+
+    path = str(tmp_path / "db.dhruva")
+    with cls(path) as storage:
+        assert isinstance(storage.new_oid, functools.partial)
+        commit(storage, (7, b"seven", []))  # stored: new oids start beyond it
+        c_oids = _oids(storage, 5)
+    with pure(journal_storage, "_c_journal_new_oid"), cls(path) as storage:
+        assert not isinstance(storage.new_oid, functools.partial)  # the method itself
+        assert _oids(storage, 5) == c_oids == [oid(n) for n in range(8, 13)]
+    with cls(path) as storage:
+        # Both paths share the counter, in either order.
+        first = storage.new_oid()
+        second = JournalStorage.new_oid(storage)
+        assert [first, second, storage.new_oid()] == [oid(8), oid(9), oid(10)]
+        assert storage._next_oid == 11
+        # The last oid there is: the C counter would overflow, the method hands it out.
+        storage._next_oid = U64_MAX
+        assert storage.new_oid() == b"\xff" * 8
+        with pytest.raises(Exception) as past_c:
+            storage.new_oid()
+        storage._next_oid = 2**64
+        with pure(journal_storage, "_c_journal_new_oid"), pytest.raises(Exception) as past_py:
+            JournalStorage.new_oid(storage)
+        assert type(past_c.value) is type(past_py.value)
+        storage._next_oid = U64_MAX - 1
+        assert storage.new_oid() == b"\xff" * 7 + b"\xfe"
+        assert storage._next_oid == U64_MAX
+        storage._next_oid = 100
+
+
+@needs_c
+def test_journal_new_oid_hands_every_unusual_storage_to_journal_storage_new_oid(
+    tmp_path: Path,
+) -> None:
+    from dhruva.error import DhruvaError, ReadOnlyError
+
+    path = str(tmp_path / "db.dhruva")
+    with FileStorage(path) as storage:
+        commit(storage, (0, b"root", []))
+    with FileStorage(path, readonly=True) as storage, pytest.raises(ReadOnlyError):
+        storage.new_oid()
+    storage = FileStorage(path)
+    storage._broken = "a test broke it"
+    with pytest.raises(DhruvaError, match="a test broke it"):
+        storage.new_oid()
+    storage._broken = None
+    assert storage.new_oid() == oid(1)
+    storage.readonly = 1  # type: ignore[assignment]  # truthy, not False: the method decides
+    with pytest.raises(ReadOnlyError):
+        storage.new_oid()
+    storage.readonly = False
+    storage.close()
+    with pytest.raises(DhruvaError, match="closed"):
+        storage.new_oid()
+
+    # A subclass with a new_oid of its own keeps it.
+    class Own(FileStorage):
+        def new_oid(self) -> bytes:
+            return b"\x00" * 7 + b"\x2a"
+
+    with Own(path) as own:
+        assert own.new_oid() == oid(42)
+
+    # One that changes attribute access is handed to the method, which sees it.
+    class Audited(FileStorage):
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name == "_next_oid":
+                self.__dict__.setdefault("audit", []).append(value)
+            super().__setattr__(name, value)
+
+    with Audited(path) as audited:
+        assert audited.new_oid() == oid(1)
+        assert audited.new_oid() == oid(2)
+        assert audited.__dict__["audit"][-2:] == [2, 3]
+
+    # A data descriptor added to the class later is seen at once (the version tag).
+    class Plain(FileStorage):
+        pass
+
+    with Plain(path) as plain:
+        assert plain.new_oid() == oid(1)  # the C path has judged Plain safe
+        Plain.readonly = property(lambda self: True)  # type: ignore[assignment,method-assign]
+        with pytest.raises(ReadOnlyError):
+            plain.new_oid()
+        del Plain.readonly
+        plain.__dict__["readonly"] = False
+        assert plain.new_oid() == oid(2)
+
+
+# --- stage_records ---------------------------------------------------------------------------
+
+
+def _staged(storage: FileStorage, records: Any) -> list[Any]:
+    """What ``store_many(records)`` stages in a new transaction (then aborted), or the error."""
+    storage.begin()
+    try:
+        storage.store_many(records)
+        assert storage._pending is not None
+        return [(key, *value) for key, value in storage._pending.items()]
+    except Exception as error:  # the error itself is what is compared
+        return [(type(error).__name__, str(error))]
+    finally:
+        storage.abort_transaction()
+
+
+@needs_c
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.req("SAPI-038")
+def test_store_many_stages_what_store_does_on_both_paths(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    a, b, c = oid(1), oid(2), oid(3)
+    cases: list[Any] = [
+        [(a, b"one", b""), (b, b"two", a + c), (a, b"last wins", b"")],
+        [],
+        [Record(a, b"a named tuple", b""), (b, b"plain", b"")],
+        [(a, bytearray(b"bytes-like"), b"")],
+        [(a, b"x", b"1234567")],
+        [(a, b"fine", b""), (b"short", b"x", b""), (c, b"never", b"")],
+        [(a, "text", b"")],
+        [(a, b"two fields")],
+        ((key, b"generated", b"") for key in (a, b)),
+    ]
+    with cls(str(tmp_path / "db.dhruva")) as storage:
+        with_c = [_staged(storage, case) for case in cases[:-1]]
+        with pure(journal_storage, "_c_stage_records"):
+            without = [_staged(storage, case) for case in cases[:-1]]
+        assert with_c == without
+        assert with_c[0] == [(a, a, b"last wins", b""), (b, b, b"two", a + c)]
+        assert with_c[5][0][0] == "ValueError"
+        assert _staged(storage, cases[-1]) == [(a, a, b"generated", b""), (b, b, b"generated", b"")]
+        # The C step keeps the writer's tuples themselves; store() makes its own.
+        records = [(a, b"one", b"")]
+        storage.begin()
+        storage.store_many(records)
+        assert storage._pending is not None and storage._pending[a] is records[0]
+        storage.abort_transaction()
+        # Outside a transaction, closed: what store() raises.
+        assert _staged_outside(storage) == "DhruvaError"
+
+
+def _staged_outside(storage: FileStorage) -> str:
+    try:
+        storage.store_many([(oid(1), b"x", b"")])
+    except Exception as error:
+        return type(error).__name__
+    return "nothing raised"
+
+
+@needs_c
+def test_store_many_calls_a_subclass_s_own_store(tmp_path: Path) -> None:
+    seen: list[bytes] = []
+
+    class Counting(FileStorage):
+        def store(self, oid: bytes, data: bytes, refs: bytes = b"") -> None:
+            seen.append(oid)
+            super().store(oid, data, refs)
+
+    with Counting(str(tmp_path / "db.dhruva")) as storage:
+        commit(storage, (0, b"root", []))
+        storage.begin()
+        storage.store_many([(oid(1), b"one", b""), (oid(2), b"two", b"")])
+        storage.end()
+        assert seen == [oid(0), oid(1), oid(2)]
+        assert storage.load(oid(2)).data == b"two"
+    # So does a store() set on the instance.
+    with FileStorage(str(tmp_path / "db.dhruva")) as plain:
+        plain.store = lambda key, data, refs=b"": seen.append(key)  # type: ignore[method-assign]
+        plain.begin()
+        plain.store_many([(oid(3), b"three", b"")])
+        plain.abort_transaction()
+        assert seen[-1] == oid(3)
+    readonly = FileStorage(str(tmp_path / "db.dhruva"), readonly=True)
+    with readonly, pytest.raises(ReadOnlyError):
+        readonly.store_many([(oid(1), b"x", b"")])
 
 
 class Item(Persistent):
