@@ -905,6 +905,57 @@ get_le(const unsigned char *p, int size)
     return value;
 }
 
+/* The attribute names of loaded states: the interned str keys copy_state put
+ * into an instance's __dict__, a few of them, each in the slot of its ASCII
+ * bytes.  plain_loads takes a str it meets from here when the bytes match,
+ * instead of decoding a new one that copy_state would then look up in the
+ * interned table: the same value (a str is immutable), and no string is
+ * interned that would not have been. */
+#define KEY_CACHE_SLOTS 64
+#define KEY_CACHE_LONGEST 32
+static PyObject *key_cache[KEY_CACHE_SLOTS];
+
+static inline unsigned int
+key_cache_slot(const unsigned char *text, Py_ssize_t length)
+{
+    unsigned int h = (unsigned int)length;
+    if (length > 0) {
+        h = h * 31u + text[0];
+        h = h * 31u + text[length - 1];
+        h = h * 31u + text[length / 2];
+    }
+    return h & (KEY_CACHE_SLOTS - 1);
+}
+
+/* The cached str whose ASCII characters are ``text``, a new reference; NULL if none. */
+static inline PyObject *
+key_cache_find(const unsigned char *text, Py_ssize_t length)
+{
+    if (length > KEY_CACHE_LONGEST) {
+        return NULL;
+    }
+    PyObject *key = key_cache[key_cache_slot(text, length)];
+    if (key != NULL && PyUnicode_GET_LENGTH(key) == length &&
+        memcmp(PyUnicode_1BYTE_DATA(key), text, (size_t)length) == 0) {
+        return Py_NewRef(key);
+    }
+    return NULL;
+}
+
+/* Remember the interned exact str ``key`` (ASCII, short), replacing its slot's. */
+static inline void
+key_cache_store(PyObject *key)
+{
+    if (PyUnicode_CheckExact(key) && PyUnicode_CHECK_INTERNED(key) && PyUnicode_IS_ASCII(key) &&
+        PyUnicode_GET_LENGTH(key) <= KEY_CACHE_LONGEST) {
+        Py_ssize_t length = PyUnicode_GET_LENGTH(key);
+        PyObject **slot = &key_cache[key_cache_slot(PyUnicode_1BYTE_DATA(key), length)];
+        if (*slot != key) {
+            Py_XSETREF(*slot, Py_NewRef(key));
+        }
+    }
+}
+
 static int
 plain_loads(const unsigned char *p, Py_ssize_t n, PyObject **result)
 {
@@ -1013,7 +1064,10 @@ plain_loads(const unsigned char *p, Py_ssize_t n, PyObject **result)
             }
             length = (Py_ssize_t)declared;
             if (op == 0x8c || op == 'X' || op == 0x8d) {
-                PUSH(PyUnicode_DecodeUTF8((const char *)p + pos, length, "surrogatepass"));
+                PyObject *known = key_cache_find(p + pos, length);
+                PUSH(known != NULL ? known
+                                   : PyUnicode_DecodeUTF8((const char *)p + pos, length,
+                                                          "surrogatepass"));
             }
             else {
                 PUSH(PyBytes_FromStringAndSize((const char *)p + pos, length));
@@ -1282,6 +1336,7 @@ copy_state(PyObject *d, PyObject *state)
         Py_INCREF(key);
         if (PyUnicode_CheckExact(key)) {
             PyUnicode_InternInPlace(&key);
+            key_cache_store(key);
         }
         int failed = PyDict_SetItem(d, key, value);
         Py_DECREF(key);

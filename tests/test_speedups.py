@@ -1060,6 +1060,31 @@ def test_read_pickle_state_equals_read_state_for_a_record_without_references(
 
 
 @needs_c
+def test_read_pickle_state_takes_known_attribute_names_from_its_cache() -> None:
+    names = ["abcxd", "alpha", "x" * 32, "y" * 33, "caf\u00e9"]
+    # set_dict_state interns the keys it copies in, and keeps the short ASCII ones.
+    warm = Item()
+    assert _c.set_dict_state(warm.__dict__, {fresh(name): 0 for name in names}) is None
+    colliding = "abcyd"  # the length, first, middle and last character of "abcxd": its slot
+    state = {fresh(name): fresh(name) for name in names} | {colliding: "abcxd", "abcxd2": 1}
+    data = encode(state)
+    decoder = PickleDecoder(get_ghost, None)
+    fallback = Fallback(decoder)
+    answer = _c.read_pickle_state({class_pickle_of(data): True}, fallback, data, b"")
+    assert fallback.calls == 0
+    assert answer == decoder.read_state(data, b"") == state
+    assert list(answer) == list(state)
+    found = {key: key for key in answer}
+    # Known names come back as the interned strings themselves, values equal to one too.
+    for name in ("abcxd", "alpha", "x" * 32):
+        assert found[name] is sys.intern(name)
+        assert answer[name] is found[name]
+    # Longer or non-ASCII names and the colliding one are decoded afresh.
+    assert found["y" * 33] is not sys.intern("y" * 33)
+    assert found[colliding] == colliding and answer[colliding] == "abcxd"
+
+
+@needs_c
 def test_read_pickle_state_hands_everything_else_to_read_state() -> None:
     state = {"n": 1, "s": "x" * 3, "kind": Item}
     data = encode(state)
