@@ -1398,6 +1398,8 @@ static PyObject *value_zero = NULL;
 /* The ObjectWriter attributes reference() reads. */
 static PyObject *str_connection = NULL, *str_new_oid = NULL, *str_attached = NULL,
                 *str_queue = NULL, *str_refs = NULL, *str_reference = NULL;
+static PyObject *str_module_name = NULL; /* "__module__" (plain_dump's classes) */
+static PyObject *pd_extension_registry = NULL; /* copyreg._extension_registry */
 static Py_ssize_t off_status = -1, off_serial = -1, off_size = -1, off_oid = -1,
                   off_connection = -1;
 
@@ -1466,6 +1468,7 @@ speedups_configure_persistent(PyObject *module, PyObject *args)
             {&str_queue, "queue"},
             {&str_refs, "_refs"},
             {&str_reference, "reference"},
+            {&str_module_name, "__module__"},
         };
         for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
             if ((*names[i].name = PyUnicode_InternFromString(names[i].text)) == NULL) {
@@ -1473,6 +1476,18 @@ speedups_configure_persistent(PyObject *module, PyObject *args)
             }
         }
         if ((value_zero = PyLong_FromLong(0)) == NULL) {
+            return NULL;
+        }
+    }
+    if (pd_extension_registry == NULL) {
+        /* pickle's registry of extension codes (copyreg.add_extension). */
+        PyObject *copyreg = PyImport_ImportModule("copyreg");
+        if (copyreg == NULL) {
+            return NULL;
+        }
+        pd_extension_registry = PyObject_GetAttrString(copyreg, "_extension_registry");
+        Py_DECREF(copyreg);
+        if (pd_extension_registry == NULL) {
             return NULL;
         }
     }
@@ -1750,13 +1765,22 @@ is_plain(PyObject *value, int depth, Py_ssize_t *budget)
  * and STOP.  A value it does not write exactly as pickle would -- an int
  * beyond 32 bits, a str that is not ASCII, more than PD_MEMO_MAX memoized
  * objects, a pickle of more than PD_MAX_BYTES (pickle frames large ones
- * differently) -- is handed back, and the caller calls pickle.dumps.  The
- * buffer and memo are static: nothing here runs Python code or releases the
- * GIL while they are in use. */
+ * differently) -- is handed back, and the caller calls pickle.dumps.
+ *
+ * Given an ObjectWriter (``pd_writer``, from encode_records), it also writes
+ * the persistent objects inside a state as the writer's pickler does: the
+ * persistent id ``reference(writer, obj)`` returns, ``(oid, class)``, saved
+ * as a tuple (the oid bytes memoized, the class as a global the first time,
+ * then from the memo; the tuple memoized too), then BINPERSID.  reference()
+ * may run Python code (a storage's new_oid), so from the first reference on
+ * every memoized object is held (``pd_keep``) and every container item is
+ * held while it is written: nothing the memo names can be freed and its
+ * address reused.  The buffer and memo are static; a plain_dump entered
+ * while one is running (from that Python code) hands back at once. */
 
 #define PD_MAX_BYTES (32 * 1024)
-#define PD_MEMO_MAX 256
-#define PD_MEMO_SLOTS 1024 /* a power of two, four times PD_MEMO_MAX */
+#define PD_MEMO_MAX 4096
+#define PD_MEMO_SLOTS 16384 /* a power of two, four times PD_MEMO_MAX */
 #define PD_BATCH 1000
 
 static unsigned char pd_buf[PD_MAX_BYTES + 64];
@@ -1764,7 +1788,11 @@ static Py_ssize_t pd_len;
 static PyObject *pd_memo_keys[PD_MEMO_SLOTS];
 static int pd_memo_index[PD_MEMO_SLOTS];
 static int pd_memo_used[PD_MEMO_MAX];
-static int pd_memo_count;
+static int pd_memo_count; /* memo indices handed out (pickle's memo size) */
+static int pd_memo_entries; /* of them, the ones in the table (pd_memo_used) */
+static int pd_busy;
+static PyObject *pd_writer; /* borrowed, while a dump runs for encode_records; else NULL */
+static PyObject *pd_keep;   /* a list holding the memoized objects once Python code may run */
 
 /* 0 when ``n`` more bytes fit, else 1 (hand back). */
 static inline int
@@ -1814,30 +1842,66 @@ pd_memo_get(PyObject *obj)
     }
 }
 
-/* MEMOIZE ``obj``; 1 past PD_MEMO_MAX (hand back). */
+/* MEMOIZE ``obj``; 1 past PD_MEMO_MAX (hand back), -1 on an error. */
 static int
 pd_memo_put(PyObject *obj)
 {
     if (pd_memo_count >= PD_MEMO_MAX || pd_byte(0x94)) {
         return 1;
     }
+    if (pd_keep != NULL && PyList_Append(pd_keep, obj) < 0) {
+        return -1;
+    }
     Py_ssize_t i = pd_slot(obj);
     while (pd_memo_keys[i] != NULL) {
         i = (i + 1) & (PD_MEMO_SLOTS - 1);
     }
     pd_memo_keys[i] = obj;
-    pd_memo_index[i] = pd_memo_count;
-    pd_memo_used[pd_memo_count++] = (int)i;
+    pd_memo_index[i] = pd_memo_count++;
+    pd_memo_used[pd_memo_entries++] = (int)i;
     return 0;
+}
+
+/* BINGET or LONG_BINGET of memo entry ``index``. */
+static int
+pd_memo_write_get(int index)
+{
+    if (index < 256) {
+        unsigned char data[2] = {'h', (unsigned char)index}; /* BINGET */
+        return pd_write(data, 2);
+    }
+    unsigned char data[5] = {'j', (unsigned char)(index & 0xff), (unsigned char)((index >> 8) & 0xff),
+                             (unsigned char)((index >> 16) & 0xff),
+                             (unsigned char)((index >> 24) & 0xff)}; /* LONG_BINGET */
+    return pd_write(data, 5);
 }
 
 static void
 pd_memo_clear(void)
 {
-    for (int k = 0; k < pd_memo_count; k++) {
+    for (int k = 0; k < pd_memo_entries; k++) {
         pd_memo_keys[pd_memo_used[k]] = NULL;
     }
     pd_memo_count = 0;
+    pd_memo_entries = 0;
+}
+
+/* Hold every memoized object from here on (Python code is about to run). */
+static int
+pd_hold_memo(void)
+{
+    if (pd_keep != NULL) {
+        return 0;
+    }
+    PyObject *keep = PyList_New(pd_memo_entries);
+    if (keep == NULL) {
+        return -1;
+    }
+    for (int k = 0; k < pd_memo_entries; k++) {
+        PyList_SET_ITEM(keep, k, Py_NewRef(pd_memo_keys[pd_memo_used[k]]));
+    }
+    pd_keep = keep;
+    return 0;
 }
 
 static inline int
@@ -1850,6 +1914,20 @@ pd_size_op(unsigned char short_op, unsigned char long_op, Py_ssize_t n)
     unsigned char head[5] = {long_op, (unsigned char)(n & 0xff), (unsigned char)((n >> 8) & 0xff),
                              (unsigned char)((n >> 16) & 0xff), (unsigned char)((n >> 24) & 0xff)};
     return pd_write(head, 5);
+}
+
+static int pd_save(PyObject *obj, int depth);
+static int pd_save_persistent(PyObject *obj);
+static PyObject *speedups_reference(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+
+/* pd_save of ``item`` of a container, held while it is written. */
+static inline int
+pd_save_item(PyObject *item, int depth)
+{
+    Py_INCREF(item);
+    int done = pd_save(item, depth);
+    Py_DECREF(item);
+    return done;
 }
 
 /* 0 written, 1 hand back, -1 an error (set).  Containers nest at most ``depth``
@@ -1899,8 +1977,7 @@ pd_save(PyObject *obj, int depth)
     }
     int index = pd_memo_get(obj);
     if (index >= 0) {
-        unsigned char data[2] = {'h', (unsigned char)index}; /* BINGET */
-        return pd_write(data, 2);
+        return pd_memo_write_get(index);
     }
     int done;
     if (depth <= 0 && (type == &PyList_Type || type == &PyDict_Type || type == &PyTuple_Type)) {
@@ -1930,19 +2007,21 @@ pd_save(PyObject *obj, int depth)
         if ((done = pd_byte(']')) != 0 || (done = pd_memo_put(obj)) != 0) { /* EMPTY_LIST */
             return done;
         }
-        Py_ssize_t n = PyList_GET_SIZE(obj);
-        if (n == 1) {
-            if ((done = pd_save(PyList_GET_ITEM(obj, 0), depth - 1)) != 0) {
+        /* As pickle's batch_list_exact: the list's size read again at each
+         * step (Python code run by a reference could change it). */
+        if (PyList_GET_SIZE(obj) == 1) {
+            if ((done = pd_save_item(PyList_GET_ITEM(obj, 0), depth - 1)) != 0) {
                 return done;
             }
             return pd_byte('a'); /* APPEND */
         }
-        for (Py_ssize_t total = 0; total < n;) {
+        for (Py_ssize_t total = 0; total < PyList_GET_SIZE(obj);) {
             if ((done = pd_byte('(')) != 0) { /* MARK */
                 return done;
             }
-            for (int batch = 0; total < n && batch < PD_BATCH; batch++, total++) {
-                if ((done = pd_save(PyList_GET_ITEM(obj, total), depth - 1)) != 0) {
+            for (int batch = 0; total < PyList_GET_SIZE(obj) && batch < PD_BATCH;
+                 batch++, total++) {
+                if ((done = pd_save_item(PyList_GET_ITEM(obj, total), depth - 1)) != 0) {
                     return done;
                 }
             }
@@ -1963,7 +2042,13 @@ pd_save(PyObject *obj, int depth)
         }
         if (n == 1) {
             PyDict_Next(obj, &pos, &key, &value);
-            if ((done = pd_save(key, depth - 1)) != 0 || (done = pd_save(value, depth - 1)) != 0) {
+            Py_INCREF(value);
+            done = pd_save_item(key, depth - 1);
+            if (done == 0) {
+                done = pd_save(value, depth - 1);
+            }
+            Py_DECREF(value);
+            if (done != 0) {
                 return done;
             }
             return pd_byte('s'); /* SETITEM */
@@ -1974,12 +2059,21 @@ pd_save(PyObject *obj, int depth)
                 return done;
             }
             for (batch = 0; batch < PD_BATCH && PyDict_Next(obj, &pos, &key, &value); batch++) {
-                if ((done = pd_save(key, depth - 1)) != 0 || (done = pd_save(value, depth - 1)) != 0) {
+                Py_INCREF(value);
+                done = pd_save_item(key, depth - 1);
+                if (done == 0) {
+                    done = pd_save(value, depth - 1);
+                }
+                Py_DECREF(value);
+                if (done != 0) {
                     return done;
                 }
             }
             if ((done = pd_byte('u')) != 0) { /* SETITEMS */
                 return done;
+            }
+            if (PyDict_GET_SIZE(obj) != n) {
+                return 1; /* changed while written: pickle raises RuntimeError */
             }
         } while (batch == PD_BATCH);
         return 0;
@@ -2006,13 +2100,135 @@ pd_save(PyObject *obj, int depth)
         }
         return pd_memo_put(obj);
     }
+    if (pd_writer != NULL && persistent_base != NULL && PyObject_TypeCheck(obj, persistent_base)) {
+        return pd_save_persistent(obj);
+    }
     return 1;
 }
 
-/* ``prefix`` + pickle.dumps(value, 5) as new bytes; None to hand back; NULL on an error. */
-static PyObject *
-plain_dump(PyObject *prefix, PyObject *value)
+/* A class as pickle's save_global writes it at protocol 5: its module and
+ * qualified name (each memoized, or from the memo), STACK_GLOBAL, MEMOIZE.
+ * Only a class of the plain metaclass that the module holds under its name
+ * (pickle's check that the global is found), named without a dot, while
+ * copyreg's extension registry is empty (pickle's EXT codes): anything else
+ * is handed back.  Runs no Python code. */
+static int
+pd_save_global(PyObject *cls)
 {
+    if (!Py_IS_TYPE(cls, &PyType_Type) ||
+        !PyType_HasFeature((PyTypeObject *)cls, Py_TPFLAGS_HEAPTYPE) ||
+        pd_extension_registry == NULL || !PyDict_CheckExact(pd_extension_registry) ||
+        PyDict_GET_SIZE(pd_extension_registry) != 0) {
+        return 1;
+    }
+    PyObject *qualname = ((PyHeapTypeObject *)cls)->ht_qualname; /* type.__qualname__ */
+    PyObject *module_name = PyDict_GetItemWithError(((PyTypeObject *)cls)->tp_dict, str_module_name);
+    if (module_name == NULL) {
+        return PyErr_Occurred() ? -1 : 1;
+    }
+    if (!PyUnicode_CheckExact(qualname) || !PyUnicode_CheckExact(module_name) ||
+        !PyUnicode_IS_ASCII(qualname) || PyUnicode_GET_LENGTH(qualname) < 1 ||
+        memchr(PyUnicode_DATA(qualname), '.', (size_t)PyUnicode_GET_LENGTH(qualname)) != NULL ||
+        ((const char *)PyUnicode_DATA(qualname))[0] == '_') {
+        return 1;
+    }
+    PyObject *modules = PyImport_GetModuleDict(); /* borrowed: sys.modules */
+    if (modules == NULL || !PyDict_CheckExact(modules)) {
+        return 1;
+    }
+    Py_INCREF(module_name);
+    Py_INCREF(qualname);
+    int done = 1;
+    PyObject *module = PyDict_GetItemWithError(modules, module_name); /* borrowed */
+    if (module == NULL) {
+        done = PyErr_Occurred() ? -1 : 1;
+    }
+    else if (PyModule_CheckExact(module)) {
+        PyObject *found = PyDict_GetItemWithError(PyModule_GetDict(module), qualname);
+        if (found == cls) {
+            done = pd_save(module_name, 1);
+            if (done == 0) {
+                done = pd_save(qualname, 1);
+            }
+            if (done == 0) {
+                done = pd_byte(0x93); /* STACK_GLOBAL */
+            }
+            if (done == 0) {
+                done = pd_memo_put(cls);
+            }
+        }
+        else if (found == NULL && PyErr_Occurred()) {
+            done = -1;
+        }
+    }
+    Py_DECREF(qualname);
+    Py_DECREF(module_name);
+    return done;
+}
+
+/* A persistent object inside a state, as the writer's pickler writes it:
+ * pid = reference(writer, obj), saved as the tuple it is, then BINPERSID.
+ * reference() may run Python code (a storage's new_oid): the memo is held
+ * from here on.  An Exception it raises is cleared and the state handed
+ * back (the Python path raises it again, as SerializationError where it
+ * wraps it); any other (KeyboardInterrupt) goes up. */
+static int
+pd_save_persistent(PyObject *obj)
+{
+    if (pd_hold_memo() < 0) {
+        return -1;
+    }
+    PyObject *call[2] = {pd_writer, obj};
+    PyObject *pid = speedups_reference(NULL, call, 2);
+    if (pid == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_Exception)) {
+            PyErr_Clear();
+            return 1;
+        }
+        return -1;
+    }
+    int done = 1;
+    if (PyTuple_CheckExact(pid) && PyTuple_GET_SIZE(pid) == 2 &&
+        PyBytes_CheckExact(PyTuple_GET_ITEM(pid, 0)) && PyBytes_GET_SIZE(PyTuple_GET_ITEM(pid, 0)) == 8 &&
+        PyType_Check(PyTuple_GET_ITEM(pid, 1))) {
+        int index = pd_memo_get(pid);
+        if (index >= 0) {
+            done = pd_memo_write_get(index);
+        }
+        else {
+            PyObject *cls = PyTuple_GET_ITEM(pid, 1);
+            done = pd_save(PyTuple_GET_ITEM(pid, 0), 1);
+            if (done == 0) {
+                int known = pd_memo_get(cls);
+                done = known >= 0 ? pd_memo_write_get(known) : pd_save_global(cls);
+            }
+            if (done == 0) {
+                done = pd_byte(0x86); /* TUPLE2 */
+            }
+            if (done == 0) {
+                done = pd_memo_put(pid); /* held by pd_keep */
+            }
+        }
+        if (done == 0) {
+            done = pd_byte('Q'); /* BINPERSID */
+        }
+    }
+    Py_DECREF(pid);
+    return done;
+}
+
+/* ``prefix`` + pickle.dumps(value, 5) as new bytes; None to hand back; NULL on an error.
+ * Given a ``writer`` (an ObjectWriter whose reference is speedups.reference),
+ * a persistent object inside is written as its pickler writes it; without
+ * one (NULL), it is handed back. */
+static PyObject *
+plain_dump(PyObject *prefix, PyObject *value, PyObject *writer)
+{
+    if (pd_busy) {
+        Py_RETURN_NONE; /* entered from the Python code a reference ran */
+    }
+    pd_busy = 1;
+    pd_writer = writer;
     Py_ssize_t head = PyBytes_GET_SIZE(prefix);
     pd_len = 0;
     int done = pd_write("\x80\x05\x95\0\0\0\0\0\0\0\0", 11); /* PROTO 5, FRAME (its size below) */
@@ -2023,6 +2239,11 @@ plain_dump(PyObject *prefix, PyObject *value)
         done = pd_byte('.'); /* STOP */
     }
     pd_memo_clear();
+    pd_writer = NULL;
+    PyObject *keep = pd_keep;
+    pd_keep = NULL;
+    pd_busy = 0;
+    Py_XDECREF(keep); /* last: freeing what it held may run Python code */
     if (done != 0) {
         if (done > 0) {
             Py_RETURN_NONE;
@@ -2067,7 +2288,7 @@ speedups_encode_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     /* plain_dump answers most states, and hands back any it does not write
      * (a persistent object inside among them); only those are walked again. */
-    PyObject *written = plain_dump(args[0], args[1]);
+    PyObject *written = plain_dump(args[0], args[1], NULL);
     if (written != Py_None) {
         return written; /* the bytes, or NULL on an error */
     }
@@ -2101,7 +2322,51 @@ speedups_encode_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     return data;
 }
 
-/* encode_records(queue, seen, records, prefixes, getstate, fallback) -> None
+/* b"".join(refs), the keys of the dict ``refs`` (bytes); NULL with TypeError otherwise. */
+static PyObject *
+join_refs(PyObject *refs)
+{
+    Py_ssize_t pos = 0, size = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(refs, &pos, &key, &value)) {
+        if (!PyBytes_CheckExact(key)) {
+            PyErr_SetString(PyExc_TypeError, "encode_records(): writer._refs holds a key that is not bytes");
+            return NULL;
+        }
+        size += PyBytes_GET_SIZE(key);
+    }
+    PyObject *joined = PyBytes_FromStringAndSize(NULL, size);
+    if (joined == NULL) {
+        return NULL;
+    }
+    char *at = PyBytes_AS_STRING(joined);
+    pos = 0;
+    while (PyDict_Next(refs, &pos, &key, &value) && size > 0) {
+        Py_ssize_t n = PyBytes_GET_SIZE(key);
+        if (n > size) {
+            break; /* cannot happen: nothing ran since they were counted */
+        }
+        memcpy(at, PyBytes_AS_STRING(key), (size_t)n);
+        at += n;
+        size -= n;
+    }
+    return joined;
+}
+
+/* writer._refs = {} */
+static int
+reset_refs(PyObject *writer)
+{
+    PyObject *fresh = PyDict_New();
+    if (fresh == NULL) {
+        return -1;
+    }
+    int failed = PyObject_SetAttr(writer, str_refs, fresh);
+    Py_DECREF(fresh);
+    return failed;
+}
+
+/* encode_records(queue, seen, records, prefixes, getstate, fallback[, writer, slots_getstate]) -> None
  *
  * ObjectWriter.records' loop: pop each object off the list ``queue`` (from
  * its end) until it is empty; one whose oid is in the set ``seen`` is
@@ -2114,19 +2379,30 @@ speedups_encode_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * ``fallback(obj)``, the Python step, which does the same (or raises), and
  * may push more objects onto ``queue`` (the new objects its state
  * references).
+ *
+ * Given the ObjectWriter ``writer`` (None: not), whose reference is
+ * speedups.reference, a state may hold persistent objects: plain_dump
+ * writes each as the writer's pickler does (reference(writer, obj) pushes
+ * the new ones onto ``queue``), and the record's refs are the writer's
+ * ``_refs``, joined, which then become a new dict.  An object whose
+ * ``__getstate__`` is ``slots_getstate`` (PersistentObject's:
+ * PersistentDict, PersistentList...) has its state from that call.  A state
+ * handed back leaves ``writer._refs`` empty for the fallback.
  */
 static PyObject *
 speedups_encode_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 6 || persistent_base == NULL || !PyList_CheckExact(args[0]) ||
+    if ((nargs != 6 && nargs != 8) || persistent_base == NULL || !PyList_CheckExact(args[0]) ||
         !PySet_CheckExact(args[1]) || !PyList_CheckExact(args[2]) || !PyDict_CheckExact(args[3])) {
         PyErr_SetString(PyExc_TypeError,
                         "encode_records(queue: list, seen: set, records: list, prefixes: dict, "
-                        "getstate, fallback), once configured");
+                        "getstate, fallback[, writer, slots_getstate]), once configured");
         return NULL;
     }
     PyObject *queue = args[0], *seen = args[1], *records = args[2], *prefixes = args[3];
     PyObject *getstate = args[4], *fallback = args[5];
+    PyObject *writer = nargs == 8 && args[6] != Py_None ? args[6] : NULL;
+    PyObject *slots_getstate = nargs == 8 && writer != NULL ? args[7] : NULL;
     static PyObject *empty = NULL;
     if (empty == NULL && (empty = PyBytes_FromStringAndSize(NULL, 0)) == NULL) {
         return NULL;
@@ -2140,7 +2416,8 @@ speedups_encode_records(PyObject *module, PyObject *const *args, Py_ssize_t narg
             return NULL;
         }
         PyObject *oid = PyObject_TypeCheck(obj, persistent_base) ? SLOT(obj, off_oid) : NULL;
-        PyObject *prefix = NULL, *data = NULL;
+        PyObject *prefix = NULL, *data = NULL, *refs = NULL;
+        int sloted = 0;
         if (oid != NULL && PyBytes_CheckExact(oid)) {
             int found = PySet_Contains(seen, oid);
             if (found != 0) {
@@ -2150,7 +2427,9 @@ speedups_encode_records(PyObject *module, PyObject *const *args, Py_ssize_t narg
                 }
                 continue;
             }
-            if (_PyType_Lookup(Py_TYPE(obj), str_getstate_name) == getstate) {
+            PyObject *own_getstate = _PyType_Lookup(Py_TYPE(obj), str_getstate_name);
+            sloted = slots_getstate != NULL && own_getstate == slots_getstate;
+            if (own_getstate == getstate || sloted) {
                 prefix = PyDict_GetItemWithError(prefixes, (PyObject *)Py_TYPE(obj)); /* borrowed */
                 if (prefix == NULL && PyErr_Occurred()) {
                     Py_DECREF(obj);
@@ -2159,20 +2438,58 @@ speedups_encode_records(PyObject *module, PyObject *const *args, Py_ssize_t narg
             }
         }
         if (prefix != NULL && PyBytes_CheckExact(prefix)) {
-            PyObject *state = PyObject_GenericGetDict(obj, NULL);
+            /* The oid and prefix are held: reference() may run Python code. */
+            Py_INCREF(oid);
+            Py_INCREF(prefix);
+            PyObject *state = sloted ? PyObject_CallOneArg(slots_getstate, obj)
+                                     : PyObject_GenericGetDict(obj, NULL);
             if (state == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                    Py_DECREF(prefix);
+                    Py_DECREF(oid);
+                    Py_DECREF(obj);
+                    return NULL;
+                }
                 PyErr_Clear(); /* the fallback's __getstate__ says what is wrong */
             }
             else {
-                data = PyDict_CheckExact(state) ? plain_dump(prefix, state) : Py_NewRef(Py_None);
+                data = PyDict_CheckExact(state) ? plain_dump(prefix, state, writer) : Py_NewRef(Py_None);
                 Py_DECREF(state);
+                if (data != NULL && writer != NULL) {
+                    /* The refs reference() gathered: the record's, or none (a hand back). */
+                    PyObject *gathered = PyObject_GetAttr(writer, str_refs);
+                    if (gathered == NULL) {
+                        Py_CLEAR(data);
+                    }
+                    else if (!PyDict_CheckExact(gathered)) {
+                        PyErr_SetString(PyExc_TypeError, "encode_records(): writer._refs is not a dict");
+                        Py_CLEAR(data);
+                    }
+                    else if (PyDict_GET_SIZE(gathered) > 0) {
+                        if (data != Py_None && (refs = join_refs(gathered)) == NULL) {
+                            Py_CLEAR(data);
+                        }
+                        else if (reset_refs(writer) < 0) {
+                            Py_CLEAR(data);
+                        }
+                    }
+                    Py_XDECREF(gathered);
+                }
                 if (data == NULL) {
+                    Py_XDECREF(refs);
+                    Py_DECREF(prefix);
+                    Py_DECREF(oid);
                     Py_DECREF(obj);
                     return NULL;
                 }
                 if (data == Py_None) {
                     Py_CLEAR(data);
+                    Py_CLEAR(refs);
                 }
+            }
+            Py_DECREF(prefix);
+            if (data == NULL) {
+                Py_DECREF(oid);
             }
         }
         if (data == NULL) {
@@ -2184,10 +2501,12 @@ speedups_encode_records(PyObject *module, PyObject *const *args, Py_ssize_t narg
             Py_DECREF(done);
             continue;
         }
-        PyObject *record = PyTuple_Pack(3, oid, data, empty);
+        PyObject *record = PyTuple_Pack(3, oid, data, refs != NULL ? refs : empty);
         Py_DECREF(data);
+        Py_XDECREF(refs);
         int failed = record == NULL || PySet_Add(seen, oid) < 0 || PyList_Append(records, record) < 0;
         Py_XDECREF(record);
+        Py_DECREF(oid);
         Py_DECREF(obj);
         if (failed) {
             return NULL;

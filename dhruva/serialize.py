@@ -64,6 +64,8 @@ _c_encode_plain = speedups.encode_plain
 _c_encode_records = speedups.encode_records
 #: Persistent's own ``__getstate__`` (its ``__dict__``): what the C records loop reads itself.
 _default_getstate = persistent.Persistent.__dict__["__getstate__"]
+#: PersistentObject's (its slots' values): a state the C loop asks for, then writes itself.
+_slots_getstate = persistent.PersistentObject.__dict__["__getstate__"]
 #: The bound of each per-class cache below (class pickles, verdicts, referencing classes).
 _CLASS_CACHE_MAX = 4096
 
@@ -666,8 +668,9 @@ class ObjectWriter:
         # C version of reference() where it can stand in for it (not for a
         # subclass's own reference).
         self._reference: Reference = self.reference
+        self._c_own_reference: Reference | None = None
         if _c_reference is not None and type(self).reference is ObjectWriter.reference:
-            self._reference = functools.partial(_c_reference, self)
+            self._reference = self._c_own_reference = functools.partial(_c_reference, self)
         # Where new oids come from: ``connection.new_oid`` unless the caller
         # names its source (the Connection names its storage's, a call fewer).
         self._new_oid = new_oid if new_oid is not None else connection.new_oid
@@ -767,6 +770,10 @@ class ObjectWriter:
                 _CLASS_PREFIXES,
                 _default_getstate,
                 functools.partial(self._encode_one, seen, records.append),
+                # The C step writes the persistent objects in a state only
+                # as the C reference() of this writer would (its own).
+                self if self._reference is self._c_own_reference else None,
+                _slots_getstate,
             )
             return records
         encode_one = self._encode_one

@@ -122,14 +122,27 @@ configure_connection: Callable[[type, Callable[..., Any], type, type], None] | N
 #: plain data (exact None, bools, ints, floats, strs, bytes, and lists, tuples and
 #: dicts of them), which holds no persistent object; None for any other state.
 encode_plain: Callable[[bytes, Any, Callable[..., bytes]], bytes | None] | None = None
-#: ``encode_records(queue, seen, records, prefixes, getstate, fallback)``: ObjectWriter.records'
-#: loop over ``queue`` (popped from its end until empty, an oid in ``seen`` skipped).  An
-#: object of a class in ``prefixes`` (class -> record prefix) whose ``__getstate__`` is
-#: ``getstate`` and whose state :data:`encode_plain` writes without ``dumps`` is appended
-#: to ``records`` as ``(oid, data, b"")``; any other goes to ``fallback(obj)``.  Usable
-#: once :func:`install_persistent` ran.
+#: ``encode_records(queue, seen, records, prefixes, getstate, fallback, writer,
+#: slots_getstate)``: ObjectWriter.records' loop over ``queue`` (popped from its end until
+#: empty, an oid in ``seen`` skipped).  An object of a class in ``prefixes`` (class ->
+#: record prefix) whose ``__getstate__`` is ``getstate`` (its ``__dict__``) or
+#: ``slots_getstate`` (called) and whose state the C pickler writes is appended to
+#: ``records`` as ``(oid, data, refs)``: the persistent objects inside through
+#: ``reference(writer, obj)``, the refs from ``writer._refs`` (``writer`` None: a state
+#: holding one is not written); any other goes to ``fallback(obj)``.  Usable once
+#: :func:`install_persistent` ran.
 _EncodeRecords = Callable[
-    [list[Any], set[bytes], list[tuple[bytes, bytes, bytes]], dict[type, bytes], Any, Any], None
+    [
+        list[Any],
+        set[bytes],
+        list[tuple[bytes, bytes, bytes]],
+        dict[type, bytes],
+        Any,
+        Any,
+        Any,
+        Any,
+    ],
+    None,
 ]
 encode_records: _EncodeRecords | None = None
 #: ``object_ref(obj)``: ``weakref.ref(obj)``, not tracked by the garbage collector (a

@@ -30,6 +30,8 @@ from dhruva import speedups
 from dhruva.connection import Connection
 from dhruva.error import SerializationError
 from dhruva.persistent import GHOST, SAVED, UNSAVED, Persistent, PersistentBase, PersistentObject
+from dhruva.persistent_dict import PersistentDict
+from dhruva.persistent_list import PersistentList
 from dhruva.storage import MemoryStorage
 
 _c: Any = importlib.import_module("dhruva._speedups") if speedups.ENABLED else None
@@ -780,6 +782,198 @@ def test_a_writer_subclass_keeps_its_own_reference() -> None:
         connection._detach(obj)
 
 
+class Other(Persistent):
+    """A second persistent class: its global is written once per state, then from the memo."""
+
+    def __init__(self, a: Any = None) -> None:
+        self.a = a
+
+
+def _value_with_references(rng: random.Random, made: list[Any], key: int) -> Any:
+    """A value of a state that holds persistent objects, new and stored, in every place."""
+    kind = rng.random()
+    if kind < 0.4:
+        return Item(key)
+    if kind < 0.5 and made:
+        return rng.choice(made)  # met again, in this state or another
+    if kind < 0.6:
+        return (Other(key), Item(key), key)
+    if kind < 0.7 and made:
+        stored = [obj for obj in made if obj._p_oid is not None]
+        # An oid bytes object as a plain value too: memoized once, for both uses.
+        return [rng.choice(made), rng.choice(made), stored[0]._p_oid if stored else None]
+    if kind < 0.8:
+        return {Item(key): Other(key)}  # a persistent object as a dict key
+    if kind < 0.9:
+        slotted = Slotted()
+        slotted.x = Item([key, "in a slot"])
+        return slotted
+    return PersistentList([Item(key), f"s{key}"])
+
+
+def _reference_run(seed: int) -> list[Any]:
+    """Commits of PersistentDicts of up to 1,000 values that reference persistent objects."""
+    rng = random.Random(seed)
+    storage = MemoryStorage()
+    connection = Connection(storage)
+    root = connection.get_root()
+    made: list[Any] = []
+    for step in range(6):
+        chunk: PersistentDict[Any, Any] = PersistentDict()
+        for key in range(rng.choice((1, 10, 300, 1000))):
+            value = _value_with_references(rng, made, key)
+            chunk[key if rng.random() < 0.7 else f"k{key}"] = value
+            if isinstance(value, PersistentBase):
+                made.append(value)
+        root[step] = chunk
+        if step % 2:
+            root[step - 1]["again"] = chunk  # a changed chunk, written again
+        connection.commit()
+    return sorted(
+        (oid, storage.load(oid).data, storage.load(oid).refs) for oid in connection._loaded
+    )
+
+
+@pytest.mark.req("CONV-006")
+@pytest.mark.parametrize("seed", range(4))
+def test_the_records_loop_writes_references_as_the_python_pickler_does(seed: int) -> None:
+    """Byte for byte, refs in order: the C loop's persistent ids against the C Pickler's."""
+    from unittest import mock
+
+    from dhruva import serialize
+
+    with mock.patch.object(serialize, "_c_encode_records", None):
+        reference = _reference_run(seed)
+    assert _reference_run(seed) == reference
+
+
+class HookedStorage(MemoryStorage):
+    """A storage whose new_oid runs a hook: Python code in the middle of a state's pickle."""
+
+    hook: Any = None
+
+    def new_oid(self) -> bytes:
+        if self.hook is not None:
+            self.hook()
+        return super().new_oid()
+
+
+def _changed_while_written() -> list[Any]:
+    from dhruva import serialize
+
+    storage = HookedStorage()
+    connection = Connection(storage)
+    root = connection.get_root()
+    victim: list[Any] = [f"s{n}" for n in range(300)] + [Item(n) for n in range(8)]
+    calls = []
+
+    def hook() -> None:
+        calls.append(None)
+        if len(calls) == 3:  # the list's second Item is being written
+            # The list is emptied, which frees the strs already written, and refilled
+            # with strs made after that: the memo must not take one at a freed one's
+            # address for a str it knows.
+            del victim[:]
+            victim.extend([0] * 302)
+            victim.extend(f"s{n}" for n in range(300))
+            # Another state encoded now (from this hook) is answered without the
+            # writer's buffer, which is in use.
+            assert serialize.PickleSerializer().encode(Item, {"a": [1, "b"]}, print) == (
+                serialize._class_prefix(Item) + pickle.dumps({"a": [1, "b"]}, 5)
+            )
+
+    root["v"] = Item(victim)
+    storage.hook = hook
+    connection.commit()
+    storage.hook = None
+    assert len(calls) == 3
+    return sorted(
+        (oid, storage.load(oid).data, storage.load(oid).refs) for oid in connection._loaded
+    )
+
+
+def test_a_state_changed_by_a_new_oid_is_written_as_the_python_pickler_writes_it() -> None:
+    from unittest import mock
+
+    from dhruva import serialize
+
+    with mock.patch.object(serialize, "_c_encode_records", None):
+        expected = _changed_while_written()
+    assert _changed_while_written() == expected
+
+
+def test_an_interrupt_in_new_oid_is_not_swallowed_on_either_path() -> None:
+    from unittest import mock
+
+    from dhruva import serialize
+
+    def interrupted() -> str:
+        storage = HookedStorage()
+        connection = Connection(storage)
+        connection.get_root()["v"] = Item([Item(1)])
+
+        def hook() -> None:
+            if len(connection._writer.attached) == 1:
+                storage.hook = None  # once: a path that swallowed it would then commit
+                raise KeyboardInterrupt("stop")
+
+        storage.hook = hook
+        with pytest.raises(KeyboardInterrupt) as raised:
+            connection.commit()
+        storage.hook = None
+        connection.abort()
+        return str(raised.value)
+
+    with mock.patch.object(serialize, "_c_encode_records", None):
+        expected = interrupted()
+    assert interrupted() == expected == "stop"
+
+
+def _unfindable_class_failure() -> tuple[str, str]:
+    class Local(Persistent):  # pickle cannot name it: its qualname holds <locals>
+        pass
+
+    connection = Connection(MemoryStorage())
+    connection.get_root()["v"] = Item([Local()])
+    with pytest.raises(SerializationError) as raised:
+        connection.commit()
+    connection.abort()
+    return type(raised.value).__name__, str(raised.value)
+
+
+def test_a_reference_to_a_class_pickle_cannot_name_fails_alike_on_both_paths() -> None:
+    from unittest import mock
+
+    from dhruva import serialize
+
+    with mock.patch.object(serialize, "_c_encode_records", None):
+        expected = _unfindable_class_failure()
+    assert _unfindable_class_failure() == expected
+
+
+def test_a_class_with_an_extension_code_is_written_as_pickle_writes_it() -> None:
+    import copyreg
+    from unittest import mock
+
+    from dhruva import serialize
+
+    def written() -> list[Any]:
+        storage = MemoryStorage()
+        connection = Connection(storage)
+        connection.get_root()["v"] = Item([Other(1), Other(2)])
+        connection.commit()
+        return sorted((oid, storage.load(oid).data) for oid in connection._loaded)
+
+    copyreg.add_extension(Other.__module__, Other.__qualname__, 0x7FFF0001)
+    try:
+        with mock.patch.object(serialize, "_c_encode_records", None):
+            expected = written()
+        assert written() == expected
+        assert any(b"\x84\x01\x00\xff\x7f" in data for _oid, data in expected)  # EXT4
+    finally:
+        copyreg.remove_extension(Other.__module__, Other.__qualname__, 0x7FFF0001)
+
+
 @needs_c
 def test_mark_all_saved_refuses_what_the_python_loop_cannot_take() -> None:
     connection = Connection(MemoryStorage())
@@ -949,6 +1143,7 @@ def test_encode_plain_batches_frames_and_memo_as_pickle_does() -> None:
         [shared_str, shared_str, {"k": shared_list, "j": shared_list}],
         [shared_tuple, shared_tuple, (), ()],
         [str(n) for n in range(300)],  # more than 256 memoized objects
+        [str(n) for n in range(300)] * 2,  # ... and met again: LONG_BINGET past the 256th
         list(range(5000)),  # more entries than is_plain's budget, written by plain_dump
     ]
     recursive: list[Any] = [1]
@@ -957,9 +1152,12 @@ def test_encode_plain_batches_frames_and_memo_as_pickle_does() -> None:
     for value in values:
         assert _c.encode_plain(b"p", value, pickle.dumps) == b"p" + pickle.dumps(value, 5), value
     # Handed to pickle.dumps: beyond 32-bit ints, non-ASCII strs, a pickle over 32 KiB.
-    for value in (2**31, -(2**31) - 1, "é", ["x" * 40_000], [str(n) for n in range(300)]):
+    for value in (2**31, -(2**31) - 1, "é", ["x" * 40_000]):
         with pytest.raises(AssertionError):
             _c.encode_plain(b"p", value, _refusing_dumps)
+    # More than 4096 memoized objects (in under 32 KiB) is handed back too; so many
+    # entries are past is_plain's budget, so the Python path decides.
+    assert _c.encode_plain(b"p", [str(n) for n in range(4100)], _refusing_dumps) is None
 
 
 # -- the ghost hook's load: Connection.load_state's steps in C --------------------------------
@@ -986,9 +1184,7 @@ def _load_run(python: bool, seed: int) -> list[Any]:
     original = Connection.load_state
     patch: Any = contextlib.nullcontext()
     if python:  # a load_state of the class's own: the hook calls it as a method
-        patch = mock.patch.object(
-            Connection, "load_state", lambda self, obj: original(self, obj)
-        )
+        patch = mock.patch.object(Connection, "load_state", lambda self, obj: original(self, obj))
     seen: list[Any] = []
     with patch:
         reader = Connection(storage)
