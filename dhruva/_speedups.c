@@ -710,6 +710,64 @@ speedups_stage_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_TRUE;
 }
 
+/* index_records(index, records, position, header_size) -> bool
+ *
+ * JournalStorage.end()'s index update, once a transaction is durable:
+ * ``index[oid] = position`` for each ``(oid, data, refs)`` of the list
+ * ``records`` in order, each record's position ``header_size + len(data) +
+ * len(refs)`` after the one before it, the first at ``position``.  False,
+ * with ``index`` untouched, unless ``index`` is an exact dict and every
+ * record an exact 3-tuple of exact bytes: the caller's Python chain then
+ * does it.
+ */
+static PyObject *
+speedups_index_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4 || !PyLong_CheckExact(args[2]) || !PyLong_CheckExact(args[3])) {
+        PyErr_SetString(PyExc_TypeError, "index_records(index, records, position: int, header_size: int)");
+        return NULL;
+    }
+    PyObject *index = args[0], *records = args[1];
+    Py_ssize_t position = PyLong_AsSsize_t(args[2]);
+    if (position == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_ssize_t header_size = PyLong_AsSsize_t(args[3]);
+    if (header_size == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!PyDict_CheckExact(index) || !PyList_CheckExact(records) || position < 0 || header_size < 0) {
+        Py_RETURN_FALSE;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(records);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 3 ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(record, 0)) ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(record, 1)) ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(record, 2))) {
+            Py_RETURN_FALSE;
+        }
+    }
+    /* Only type checks ran above; a bytes key's hash and equality run no
+     * Python code, so the list and its tuples stay as they were. */
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        PyObject *at = PyLong_FromSsize_t(position);
+        if (at == NULL) {
+            return NULL;
+        }
+        int failed = PyDict_SetItem(index, PyTuple_GET_ITEM(record, 0), at);
+        Py_DECREF(at);
+        if (failed < 0) {
+            return NULL;
+        }
+        position += header_size + PyBytes_GET_SIZE(PyTuple_GET_ITEM(record, 1)) +
+                    PyBytes_GET_SIZE(PyTuple_GET_ITEM(record, 2));
+    }
+    Py_RETURN_TRUE;
+}
+
 /* encode_transaction(tid, time_us, records, version) -> bytes | None
  *
  * The bytes journal.encode_transaction returns, or None where it would
@@ -3425,6 +3483,8 @@ static PyMethodDef speedups_methods[] = {
      "file_load(storage, fallback, osfile_type, oid) -> Record: FileStorage.load"},
     {"index_offset", (PyCFunction)(void (*)(void))speedups_index_offset, METH_FASTCALL,
      "index_offset(mapping, oid, last, covered_offset) -> int | None"},
+    {"index_records", (PyCFunction)(void (*)(void))speedups_index_records, METH_FASTCALL,
+     "index_records(index, records, position, header_size) -> bool: JournalStorage.end's index update"},
     {"encode_transaction", (PyCFunction)(void (*)(void))speedups_encode_transaction,
      METH_FASTCALL, "encode_transaction(tid, time_us, records, version) -> bytes | None"},
     {"configure_persistent", speedups_configure_persistent, METH_VARARGS,

@@ -118,6 +118,7 @@ _record_lengths = journal.RECORD_LENGTHS.unpack_from
 _c_read_record = speedups.read_record
 _c_journal_new_oid = speedups.journal_new_oid
 _c_stage_records = speedups.stage_records
+_c_index_records = speedups.index_records
 _OPEN_ATTEMPTS = 3
 #: [RCV-060] A small transaction that does not fit in the free space is
 #: written with this many zero bytes after it, in the same write and sync.
@@ -633,11 +634,13 @@ class JournalStorage(Storage):
             else journal.record_header_size(version)
         )
         # index[oid] = position for each record, the positions summed from the
-        # record sizes: a chain of C iterators, no Python step per record.
-        steps = map(_add, map(len, map(_data_of, records)), map(len, map(_refs_of, records)))
-        positions = accumulate(map(_add, steps, repeat(header_size)), initial=position)
-        # (positions holds one more: the end of the last record.)
-        index.update(zip(map(_oid_of, records), positions, strict=False))
+        # record sizes: in one C call, or a chain of C iterators, no Python
+        # step per record.
+        if _c_index_records is None or not _c_index_records(index, records, position, header_size):
+            steps = map(_add, map(len, map(_data_of, records)), map(len, map(_refs_of, records)))
+            positions = accumulate(map(_add, steps, repeat(header_size)), initial=position)
+            # (positions holds one more: the end of the last record.)
+            index.update(zip(map(_oid_of, records), positions, strict=False))
         self._end = offset + len(txn)
         if offset + len(written) > self._allocated:
             self._allocated = offset + len(written)

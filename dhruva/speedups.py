@@ -34,6 +34,7 @@ __all__ = [
     "encode_transaction",
     "file_load",
     "index_offset",
+    "index_records",
     "install_persistent",
     "install_state",
     "journal_new_oid",
@@ -68,6 +69,11 @@ read_record: Callable[[int, int, int, bytes], Record | None] | None = None
 #: ``index_offset(mapping, oid, last, covered_offset)``: DiskIndex.lookup_oid from the
 #: index file's map, or None when the map does not hold the entry.
 index_offset: Callable[[Any, bytes, int, int], int | None] | None = None
+#: ``index_records(index, records, position, header_size)``: ``index[oid] = position`` for
+#: each ``(oid, data, refs)`` of a durable transaction, the positions summed from the
+#: record sizes (JournalStorage.end); False, ``index`` untouched, for anything but an exact
+#: dict and exact 3-tuples of exact bytes.
+index_records: Callable[[dict[bytes, int], list[Any], int, int], bool] | None = None
 #: ``file_load(storage, fallback, osfile_type, oid)``: FileStorage.load in one C call (the
 #: tail index, the ``.index`` map, read_record); ``fallback(storage, oid)`` for anything else.
 file_load: Callable[[Any, Callable[[Any, bytes], Record], type, bytes], Record] | None = None
@@ -217,6 +223,7 @@ if _c is not None:
     read_pickle_state = _c.read_pickle_state
     read_record = _c.read_record
     index_offset = _c.index_offset
+    index_records = _c.index_records
     file_load = _c.file_load
     journal_new_oid = _c.journal_new_oid
     stage_records = _c.stage_records

@@ -92,6 +92,7 @@ CALL_SITES: list[tuple[ModuleType, str, str]] = [
     (file_storage, "_c_file_load", "file_load"),
     (journal_storage, "_c_journal_new_oid", "journal_new_oid"),
     (journal_storage, "_c_stage_records", "stage_records"),
+    (journal_storage, "_c_index_records", "index_records"),
     (serialize, "_c_encode_records", "encode_records"),
     (serialize, "_c_read_pickle_state", "read_pickle_state"),
     (persistent, "_c_set_dict_state", "set_dict_state"),
@@ -967,6 +968,72 @@ def test_store_many_calls_a_subclass_s_own_store(tmp_path: Path) -> None:
     readonly = FileStorage(str(tmp_path / "db.dhruva"), readonly=True)
     with readonly, pytest.raises(ReadOnlyError):
         readonly.store_many([(oid(1), b"x", b"")])
+
+
+# --- index_records ---------------------------------------------------------------------------
+
+
+def _indexed(storage: FileStorage, transactions: list[list[tuple[bytes, bytes, bytes]]]) -> Any:
+    """The index and every record's load after committing ``transactions`` in turn."""
+    for records in transactions:
+        storage.begin()
+        storage.store_many(records)
+        storage.end()
+    index = dict(storage._index)
+    return index, sorted((key, storage.load(key)) for key in index)
+
+
+@needs_c
+@pytest.mark.parametrize("cls", CLASSES)
+def test_index_records_puts_each_record_where_the_python_chain_does(
+    tmp_path: Path, cls: type[FileStorage]
+) -> None:
+    rng = random.Random(7)
+
+    def transaction(size: int) -> list[tuple[bytes, bytes, bytes]]:
+        keys = rng.sample(range(1, 400), size)
+        return [
+            (
+                oid(key),
+                rng.randbytes(rng.randrange(0, 300)),
+                b"".join(map(oid, range(rng.randrange(4)))),
+            )
+            for key in keys
+        ]
+
+    transactions = [transaction(size) for size in (1, 2, 17, 250, 3, 399)]
+    with cls(str(tmp_path / "c.dhruva")) as storage:
+        with_c = _indexed(storage, transactions)
+    with pure(journal_storage, "_c_index_records"), cls(str(tmp_path / "py.dhruva")) as storage:
+        without = _indexed(storage, transactions)
+    assert with_c == without
+    assert len(with_c[0]) == len({key for records in transactions for key, _d, _r in records})
+    # Reopened (the file's own scan and .index), every record loads as it did.
+    with cls(str(tmp_path / "c.dhruva")) as storage:
+        assert sorted((key, storage.load(key)) for key in with_c[0]) == with_c[1]
+
+
+@needs_c
+def test_index_records_declines_what_it_does_not_take_leaving_the_index_untouched() -> None:
+    a, b = oid(1), oid(2)
+    index = {a: 5}
+    for index_of, records in (
+        (index, [(a, b"x", b""), Record(b, b"a named tuple", b"")]),
+        (index, [(a, b"x", b""), (b, bytearray(b"bytes-like"), b"")]),
+        (index, [(a, b"x", b""), (b, b"x", bytearray(8))]),
+        (index, [(a, b"x", b""), (bytearray(b), b"x", b"")]),
+        (index, [(a, b"x", b""), (b, b"two fields")]),
+        (index, ((a, b"x", b""),)),
+        (index, [(a, b"x", b""), [b, b"a list", b""]]),
+        (OrderedDict(index), [(a, b"x", b"")]),
+    ):
+        assert speedups.index_records is not None
+        assert speedups.index_records(index_of, records, 100, 16) is False
+        assert index_of == {a: 5}
+    assert speedups.index_records(index, [(b, b"xyz", b"12345678"), (a, b"", b"")], 100, 16) is True
+    assert index == {a: 100 + 16 + 3 + 8, b: 100}
+    with pytest.raises(TypeError):
+        speedups.index_records(index, [], 1.5, 16)
 
 
 class Item(Persistent):
