@@ -753,8 +753,10 @@ class ObjectWriter:
         ``changed`` is pushed, and each new object a state references is
         pushed as it is found (``reference``).  With dhruva.speedups and the
         pickle serializer the loop runs in C, which encodes the ordinary
-        object (the default ``__getstate__``, a state of plain data) itself
-        and hands each other one to ``_encode_one``.
+        object itself (Persistent's or PersistentObject's ``__getstate__``, a
+        state of plain data and persistent objects, these through the C
+        ``reference`` of this writer) and hands each other one to
+        ``_encode_one``.
         """
         records: list[tuple[bytes, bytes, bytes]] = []
         seen: set[bytes] = set()
