@@ -2277,11 +2277,16 @@ pd_save_persistent(PyObject *obj)
 
 /* ``prefix`` + pickle.dumps(value, 5) as new bytes; None to hand back; NULL on an error.
  * Given a ``writer`` (an ObjectWriter whose reference is speedups.reference),
- * a persistent object inside is written as its pickler writes it; without
- * one (NULL), it is handed back. */
+ * a persistent object inside is written as its pickler writes it, and
+ * ``*referenced`` says whether reference() ran (then the writer's ``_refs``
+ * hold what it gathered, whatever the answer); without one (NULL), a
+ * persistent object is handed back. */
 static PyObject *
-plain_dump(PyObject *prefix, PyObject *value, PyObject *writer)
+plain_dump(PyObject *prefix, PyObject *value, PyObject *writer, int *referenced)
 {
+    if (referenced != NULL) {
+        *referenced = 0;
+    }
     if (pd_busy) {
         Py_RETURN_NONE; /* entered from the Python code a reference ran */
     }
@@ -2298,8 +2303,11 @@ plain_dump(PyObject *prefix, PyObject *value, PyObject *writer)
     }
     pd_memo_clear();
     pd_writer = NULL;
-    PyObject *keep = pd_keep;
+    PyObject *keep = pd_keep; /* set from the first reference on (pd_hold_memo) */
     pd_keep = NULL;
+    if (referenced != NULL) {
+        *referenced = keep != NULL;
+    }
     pd_busy = 0;
     Py_XDECREF(keep); /* last: freeing what it held may run Python code */
     if (done != 0) {
@@ -2346,7 +2354,7 @@ speedups_encode_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     /* plain_dump answers most states, and hands back any it does not write
      * (a persistent object inside among them); only those are walked again. */
-    PyObject *written = plain_dump(args[0], args[1], NULL);
+    PyObject *written = plain_dump(args[0], args[1], NULL, NULL);
     if (written != Py_None) {
         return written; /* the bytes, or NULL on an error */
     }
@@ -2397,16 +2405,12 @@ join_refs(PyObject *refs)
     if (joined == NULL) {
         return NULL;
     }
+    /* The same keys again: the allocation runs no Python code. */
     char *at = PyBytes_AS_STRING(joined);
     pos = 0;
-    while (PyDict_Next(refs, &pos, &key, &value) && size > 0) {
-        Py_ssize_t n = PyBytes_GET_SIZE(key);
-        if (n > size) {
-            break; /* cannot happen: nothing ran since they were counted */
-        }
-        memcpy(at, PyBytes_AS_STRING(key), (size_t)n);
-        at += n;
-        size -= n;
+    while (PyDict_Next(refs, &pos, &key, &value)) {
+        memcpy(at, PyBytes_AS_STRING(key), (size_t)PyBytes_GET_SIZE(key));
+        at += PyBytes_GET_SIZE(key);
     }
     return joined;
 }
@@ -2475,7 +2479,7 @@ speedups_encode_records(PyObject *module, PyObject *const *args, Py_ssize_t narg
         }
         PyObject *oid = PyObject_TypeCheck(obj, persistent_base) ? SLOT(obj, off_oid) : NULL;
         PyObject *prefix = NULL, *data = NULL, *refs = NULL;
-        int sloted = 0;
+        int slotted = 0, referenced = 0;
         if (oid != NULL && PyBytes_CheckExact(oid)) {
             int found = PySet_Contains(seen, oid);
             if (found != 0) {
@@ -2486,8 +2490,8 @@ speedups_encode_records(PyObject *module, PyObject *const *args, Py_ssize_t narg
                 continue;
             }
             PyObject *own_getstate = _PyType_Lookup(Py_TYPE(obj), str_getstate_name);
-            sloted = slots_getstate != NULL && own_getstate == slots_getstate;
-            if (own_getstate == getstate || sloted) {
+            slotted = slots_getstate != NULL && own_getstate == slots_getstate;
+            if (own_getstate == getstate || slotted) {
                 prefix = PyDict_GetItemWithError(prefixes, (PyObject *)Py_TYPE(obj)); /* borrowed */
                 if (prefix == NULL && PyErr_Occurred()) {
                     Py_DECREF(obj);
@@ -2499,7 +2503,7 @@ speedups_encode_records(PyObject *module, PyObject *const *args, Py_ssize_t narg
             /* The oid and prefix are held: reference() may run Python code. */
             Py_INCREF(oid);
             Py_INCREF(prefix);
-            PyObject *state = sloted ? PyObject_CallOneArg(slots_getstate, obj)
+            PyObject *state = slotted ? PyObject_CallOneArg(slots_getstate, obj)
                                      : PyObject_GenericGetDict(obj, NULL);
             if (state == NULL) {
                 if (!PyErr_ExceptionMatches(PyExc_Exception)) {
@@ -2511,9 +2515,10 @@ speedups_encode_records(PyObject *module, PyObject *const *args, Py_ssize_t narg
                 PyErr_Clear(); /* the fallback's __getstate__ says what is wrong */
             }
             else {
-                data = PyDict_CheckExact(state) ? plain_dump(prefix, state, writer) : Py_NewRef(Py_None);
+                data = PyDict_CheckExact(state) ? plain_dump(prefix, state, writer, &referenced)
+                                                : Py_NewRef(Py_None);
                 Py_DECREF(state);
-                if (data != NULL && writer != NULL) {
+                if (data != NULL && referenced) {
                     /* The refs reference() gathered: the record's, or none (a hand back). */
                     PyObject *gathered = PyObject_GetAttr(writer, str_refs);
                     if (gathered == NULL) {
