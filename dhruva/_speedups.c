@@ -710,15 +710,16 @@ speedups_stage_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_TRUE;
 }
 
-/* index_records(index, records, position, header_size) -> bool
+/* index_records(index, records, position, header_size) -> bytes | None | False
  *
  * JournalStorage.end()'s index update, once a transaction is durable:
  * ``index[oid] = position`` for each ``(oid, data, refs)`` of the list
  * ``records`` in order, each record's position ``header_size + len(data) +
- * len(refs)`` after the one before it, the first at ``position``.  False,
- * with ``index`` untouched, unless ``index`` is an exact dict and every
- * record an exact 3-tuple of exact bytes: the caller's Python chain then
- * does it.
+ * len(refs)`` after the one before it, the first at ``position``.  Returns
+ * the greatest oid of the records (``max`` of bytes), None for no records.
+ * False, with ``index`` untouched, unless ``index`` is an exact dict and
+ * every record an exact 3-tuple of exact bytes: the caller's Python chain
+ * then does it.
  */
 static PyObject *
 speedups_index_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -765,22 +766,164 @@ speedups_index_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         position += header_size + PyBytes_GET_SIZE(PyTuple_GET_ITEM(record, 1)) +
                     PyBytes_GET_SIZE(PyTuple_GET_ITEM(record, 2));
     }
-    Py_RETURN_TRUE;
+    /* The greatest oid, compared as bytes are (memcmp, then the shorter first). */
+    PyObject *highest = NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *oid = PyTuple_GET_ITEM(PyList_GET_ITEM(records, i), 0);
+        if (highest == NULL) {
+            highest = oid;
+            continue;
+        }
+        Py_ssize_t a = PyBytes_GET_SIZE(oid), b = PyBytes_GET_SIZE(highest);
+        int order = memcmp(PyBytes_AS_STRING(oid), PyBytes_AS_STRING(highest), (size_t)(a < b ? a : b));
+        if (order > 0 || (order == 0 && a > b)) {
+            highest = oid;
+        }
+    }
+    return Py_NewRef(highest != NULL ? highest : Py_None);
 }
 
-/* encode_transaction(tid, time_us, records, version) -> bytes | None
+/* tail_entries(tail) -> ({number: offset}, greatest number) | None
+ *
+ * FileStorage.checkpoint's conversion of its tail index: each 8-byte oid key
+ * as its big-endian number (struct ">Q"), the offsets as they are, in one
+ * presized dict, with the greatest number (str_to_int8(max(tail))).  None for
+ * an empty dict, anything but an exact dict, a key that is not 8 exact
+ * bytes or an offset that is not an exact int: the Python steps then do it.
+ */
+static PyObject *
+speedups_tail_entries(PyObject *module, PyObject *tail)
+{
+    if (!PyDict_CheckExact(tail) || PyDict_GET_SIZE(tail) == 0) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(tail, &pos, &key, &value)) {
+        if (!PyBytes_CheckExact(key) || PyBytes_GET_SIZE(key) != 8 || !PyLong_CheckExact(value)) {
+            Py_RETURN_NONE;
+        }
+    }
+    /* Int keys and values: hashing and comparing them runs no Python code, so
+     * ``tail`` stays as it is while the loop runs. */
+    PyObject *entries = _PyDict_NewPresized(PyDict_GET_SIZE(tail));
+    if (entries == NULL) {
+        return NULL;
+    }
+    uint64_t greatest = 0;
+    pos = 0;
+    while (PyDict_Next(tail, &pos, &key, &value)) {
+        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(key);
+        uint64_t number = (uint64_t)get_u32(p) << 32 | get_u32(p + 4);
+        if (number > greatest) {
+            greatest = number;
+        }
+        PyObject *k = PyLong_FromUnsignedLongLong(number);
+        int failed = k == NULL || PyDict_SetItem(entries, k, value) < 0;
+        Py_XDECREF(k);
+        if (failed) {
+            Py_DECREF(entries);
+            return NULL;
+        }
+    }
+    PyObject *top = PyLong_FromUnsignedLongLong(greatest);
+    if (top == NULL) {
+        Py_DECREF(entries);
+        return NULL;
+    }
+    return Py_BuildValue("(NN)", entries, top);
+}
+
+/* entry_bounds(entries) -> (min key, max key, min value, max value) | None
+ *
+ * DiskIndex.checkpoint's four bounds (``min(entries)``, ``max(entries)``,
+ * ``min(entries.values())``, ``max(entries.values())``) in one pass.  None
+ * for an empty dict, anything but an exact dict, or a key or value that is
+ * not an exact int within a signed 64-bit one: the builtins then do it.
+ */
+static PyObject *
+speedups_entry_bounds(PyObject *module, PyObject *entries)
+{
+    if (!PyDict_CheckExact(entries) || PyDict_GET_SIZE(entries) == 0) {
+        Py_RETURN_NONE;
+    }
+    long long low_key = LLONG_MAX, high_key = LLONG_MIN, low = LLONG_MAX, high = LLONG_MIN;
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(entries, &pos, &key, &value)) {
+        if (!PyLong_CheckExact(key) || !PyLong_CheckExact(value)) {
+            Py_RETURN_NONE;
+        }
+        int overflow_key = 0, overflow_value = 0;
+        long long k = PyLong_AsLongLongAndOverflow(key, &overflow_key);
+        long long v = PyLong_AsLongLongAndOverflow(value, &overflow_value);
+        if (overflow_key || overflow_value) {
+            Py_RETURN_NONE;
+        }
+        if (k < low_key) low_key = k;
+        if (k > high_key) high_key = k;
+        if (v < low) low = v;
+        if (v > high) high = v;
+    }
+    return Py_BuildValue("(LLLL)", low_key, high_key, low, high);
+}
+
+/* record_sizes(records) -> {oid: len(data)} | None
+ *
+ * Connection.commit's ``dict(zip(map(_oid_of, records), map(len,
+ * map(_data_of, records))))`` for a list of exact 3-tuples whose oid and
+ * data are exact bytes, in one presized dict; None for anything else (the
+ * Python expression then decides).
+ */
+static PyObject *
+speedups_record_sizes(PyObject *module, PyObject *records)
+{
+    if (!PyList_CheckExact(records)) {
+        Py_RETURN_NONE;
+    }
+    Py_ssize_t count = PyList_GET_SIZE(records);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 3 ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(record, 0)) ||
+            !PyBytes_CheckExact(PyTuple_GET_ITEM(record, 1))) {
+            Py_RETURN_NONE;
+        }
+    }
+    /* Bytes keys: hashing and comparing them runs no Python code. */
+    PyObject *sizes = _PyDict_NewPresized(count);
+    if (sizes == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        PyObject *size = PyLong_FromSsize_t(PyBytes_GET_SIZE(PyTuple_GET_ITEM(record, 1)));
+        int failed = size == NULL || PyDict_SetItem(sizes, PyTuple_GET_ITEM(record, 0), size) < 0;
+        Py_XDECREF(size);
+        if (failed) {
+            Py_DECREF(sizes);
+            return NULL;
+        }
+    }
+    return sizes;
+}
+
+/* encode_transaction(tid, time_us, records, version[, distinct]) -> bytes | None
  *
  * The bytes journal.encode_transaction returns, or None where it would
  * raise (it is then called to raise) or where a record is not a 3-tuple of
- * exact bytes (it is then called to encode).
+ * exact bytes (it is then called to encode).  ``distinct`` True: the caller
+ * vouches that no oid appears twice (the records are the values of a dict
+ * keyed by their oids), which is then not checked again.
  */
 static PyObject *
 speedups_encode_transaction(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "encode_transaction(tid, time_us, records, version)");
+    if (nargs != 4 && nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "encode_transaction(tid, time_us, records, version[, distinct])");
         return NULL;
     }
+    int distinct = nargs == 5 && args[4] == Py_True;
     unsigned long long tid = PyLong_AsUnsignedLongLong(args[0]);
     if (tid == (unsigned long long)-1 && PyErr_Occurred()) {
         PyErr_Clear();
@@ -820,7 +963,7 @@ speedups_encode_transaction(PyObject *module, PyObject *const *args, Py_ssize_t 
         }
         body_length += header_size + PyBytes_GET_SIZE(data) + PyBytes_GET_SIZE(refs);
     }
-    if (count > 1) {
+    if (count > 1 && !distinct) {
         /* [FMT-013] An oid appears at most once per transaction. */
         PyObject *seen = PySet_New(NULL);
         if (seen == NULL) {
@@ -2710,6 +2853,53 @@ speedups_sweep_refs(PyObject *module, PyObject *data)
  * an object of another connection, slots unset -- goes to the Python
  * ``writer.reference(obj)``, which decides (InvalidObjectReference).
  */
+/* ``type._p_class`` (borrowed): the class attribute itself when ``type`` is an
+ * ordinary class (metaclass ``type``, so no metaclass descriptor can come
+ * first) and the attribute is a class; NULL, no error set, otherwise. */
+static inline PyObject *
+p_class_of(PyTypeObject *type)
+{
+    if (Py_TYPE(type) != &PyType_Type) {
+        return NULL;
+    }
+    PyObject *cls = _PyType_Lookup(type, str_p_class); /* borrowed */
+    return cls != NULL && PyType_CheckExact(cls) ? cls : NULL;
+}
+
+/* The writer attributes reference() reads, from the writer's __dict__ when no
+ * name is a data descriptor of its type (instance_dict); every call reads them
+ * anew, as ObjectWriter.reference does. */
+enum { WR_CONNECTION, WR_NEW_OID, WR_ATTACHED, WR_QUEUE, WR_REFS, WR_NAMES };
+static dict_reads writer_reads;
+
+/* ``d[name]`` (borrowed) when ``d`` is not NULL and holds it, else NULL, no error set. */
+static inline PyObject *
+dict_peek(PyObject *d, PyObject *name)
+{
+    if (d == NULL) {
+        return NULL;
+    }
+    PyObject *value = PyDict_GetItemWithError(d, name);
+    if (value == NULL) {
+        PyErr_Clear();
+    }
+    return value;
+}
+
+/* ``writer.<name>.append(obj)``, the list from the writer's __dict__ ``d`` when there. */
+static int
+append_to_dict(PyObject *d, PyObject *writer, PyObject *name, PyObject *obj)
+{
+    PyObject *target = dict_peek(d, name);
+    if (target != NULL && PyList_CheckExact(target)) {
+        Py_INCREF(target); /* the append may free the dict's entry (it runs no code, but) */
+        int failed = PyList_Append(target, obj);
+        Py_DECREF(target);
+        return failed;
+    }
+    return append_to(writer, name, obj);
+}
+
 static PyObject *
 speedups_reference(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -2723,27 +2913,42 @@ speedups_reference(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (connection == NULL || SLOT(obj, off_oid) == NULL) {
         return PyObject_CallMethodOneArg(writer, str_reference, obj);
     }
-    PyObject *own = PyObject_GetAttr(writer, str_connection);
-    if (own == NULL) {
+    PyObject *names[WR_NAMES] = {str_connection, str_new_oid, str_attached, str_queue, str_refs};
+    PyObject *d = instance_dict(&writer_reads, writer, names, WR_NAMES);
+    PyObject *own = dict_peek(d, str_connection);
+    if (own != NULL) {
+        Py_INCREF(own);
+    }
+    else if ((own = PyObject_GetAttr(writer, str_connection)) == NULL) {
+        Py_XDECREF(d);
         return NULL;
     }
     if (connection != Py_None && connection != own) {
         Py_DECREF(own);
+        Py_XDECREF(d);
         return PyObject_CallMethodOneArg(writer, str_reference, obj);
     }
     if (connection == Py_None) {
         /* [OBJ-006] A new object is stored in the same transaction. */
-        PyObject *new_oid = PyObject_CallMethodNoArgs(writer, str_new_oid);
+        PyObject *source = dict_peek(d, str_new_oid);
+        PyObject *new_oid = source != NULL ? PyObject_CallNoArgs(source)
+                                           : PyObject_CallMethodNoArgs(writer, str_new_oid);
         if (new_oid == NULL) {
             Py_DECREF(own);
+            Py_XDECREF(d);
             return NULL;
         }
         slot_set(obj, off_oid, new_oid);
         slot_set(obj, off_connection, own);
         slot_set(obj, off_status, value_unsaved);
         Py_DECREF(new_oid);
-        if (append_to(writer, str_attached, obj) < 0 || append_to(writer, str_queue, obj) < 0) {
+        /* The new oid's source may have run Python code: the dict is found again. */
+        Py_XDECREF(d);
+        d = instance_dict(&writer_reads, writer, names, WR_NAMES);
+        if (append_to_dict(d, writer, str_attached, obj) < 0 ||
+            append_to_dict(d, writer, str_queue, obj) < 0) {
             Py_DECREF(own);
+            Py_XDECREF(d);
             return NULL;
         }
     }
@@ -2752,10 +2957,23 @@ speedups_reference(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_INCREF(oid);
     PyObject *result = NULL;
     /* [OBJ-005] Each referenced oid once, in first-seen order. */
-    PyObject *refs = PyObject_GetAttr(writer, str_refs);
-    if (refs != NULL && PyObject_SetItem(refs, oid, Py_None) == 0) {
-        PyObject *cls = PyObject_GetAttr((PyObject *)Py_TYPE(obj), str_p_class);
+    PyObject *refs = dict_peek(d, str_refs);
+    if (refs != NULL) {
+        Py_INCREF(refs);
+    }
+    else {
+        refs = PyObject_GetAttr(writer, str_refs);
+    }
+    Py_XDECREF(d);
+    int stored = refs == NULL ? -1
+                 : PyDict_CheckExact(refs) ? PyDict_SetItem(refs, oid, Py_None)
+                                           : PyObject_SetItem(refs, oid, Py_None);
+    if (stored == 0) {
+        PyObject *cls = p_class_of(Py_TYPE(obj));
         if (cls != NULL) {
+            result = PyTuple_Pack(2, oid, cls);
+        }
+        else if ((cls = PyObject_GetAttr((PyObject *)Py_TYPE(obj), str_p_class)) != NULL) {
             result = PyTuple_Pack(2, oid, cls);
             Py_DECREF(cls);
         }
@@ -2769,8 +2987,14 @@ speedups_reference(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 static int
 restore_real_class(PyObject *obj)
 {
-    PyObject *real = PyObject_GetAttr((PyObject *)Py_TYPE(obj), str_p_class);
-    if (real == NULL) {
+    PyObject *real = p_class_of(Py_TYPE(obj));
+    if (real == (PyObject *)Py_TYPE(obj)) {
+        return 0; /* in its real class already */
+    }
+    if (real != NULL) {
+        Py_INCREF(real);
+    }
+    else if ((real = PyObject_GetAttr((PyObject *)Py_TYPE(obj), str_p_class)) == NULL) {
         return -1;
     }
     int failed = (PyObject *)Py_TYPE(obj) != real && PyObject_GenericSetAttr(obj, str_class, real) < 0;
@@ -3488,10 +3712,17 @@ static PyMethodDef speedups_methods[] = {
      "file_load(storage, fallback, osfile_type, oid) -> Record: FileStorage.load"},
     {"index_offset", (PyCFunction)(void (*)(void))speedups_index_offset, METH_FASTCALL,
      "index_offset(mapping, oid, last, covered_offset) -> int | None"},
+    {"tail_entries", (PyCFunction)speedups_tail_entries, METH_O,
+     "tail_entries(tail) -> ({number: offset}, greatest number) | None"},
+    {"entry_bounds", (PyCFunction)speedups_entry_bounds, METH_O,
+     "entry_bounds(entries) -> (min key, max key, min value, max value) | None"},
+    {"record_sizes", (PyCFunction)speedups_record_sizes, METH_O,
+     "record_sizes(records) -> {oid: len(data)} | None"},
     {"index_records", (PyCFunction)(void (*)(void))speedups_index_records, METH_FASTCALL,
-     "index_records(index, records, position, header_size) -> bool: JournalStorage.end's index update"},
+     "index_records(index, records, position, header_size) -> the greatest oid | None | False: "
+     "JournalStorage.end's index update"},
     {"encode_transaction", (PyCFunction)(void (*)(void))speedups_encode_transaction,
-     METH_FASTCALL, "encode_transaction(tid, time_us, records, version) -> bytes | None"},
+     METH_FASTCALL, "encode_transaction(tid, time_us, records, version[, distinct]) -> bytes | None"},
     {"configure_persistent", speedups_configure_persistent, METH_VARARGS,
      "configure_persistent(PersistentBase, Persistent, Persistent.__setstate__, "
      "PersistentBase.__setattr__, UNSAVED, SAVED, ghost and tracked __getattribute__)"},

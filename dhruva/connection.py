@@ -102,6 +102,7 @@ _setattr = object.__setattr__
 _getattribute = object.__getattribute__
 _c_install_state = speedups.install_state
 _c_mark_all_saved = speedups.mark_all_saved
+_c_record_sizes = speedups.record_sizes
 _c_clock_batch = speedups.clock_batch
 _c_add_object_refs = speedups.add_object_refs
 _c_sweep_refs = speedups.sweep_refs
@@ -684,8 +685,10 @@ class Connection:
                 raise
         objects = self._objects
         loaded = self._loaded
-        # {oid: len(data)} of each record, through C iterators (a commit of many objects).
-        sizes = dict(zip(map(_oid_of, records), map(len, map(_data_of, records)), strict=True))
+        # {oid: len(data)} of each record: one C call, or C iterators (a commit of many objects).
+        sizes = _c_record_sizes(records) if _c_record_sizes is not None else None
+        if sizes is None:
+            sizes = dict(zip(map(_oid_of, records), map(len, map(_data_of, records)), strict=True))
         serial = self._transaction_serial
         written: list[PersistentBase] = list(self._changed.values())
         attached = writer.attached

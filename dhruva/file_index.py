@@ -84,6 +84,7 @@ _ENTRY = struct.Struct(">Q")
 assert _ENTRY.size == ENTRY_SIZE
 _unpack_entry = _ENTRY.unpack_from
 _c_index_offset = speedups.index_offset
+_c_entry_bounds = speedups.entry_bounds
 
 _ITER_CHUNK_ENTRIES = 1 << 16
 
@@ -399,14 +400,20 @@ class DiskIndex:
         _check_max_oid(max_oid)
         if max_oid < self.max_oid:
             raise ValueError(f"max_oid {max_oid} is below {self.max_oid}")
-        # Four comparisons at C speed; the per-entry loop only finds the culprit.
-        if entries and (
-            min(entries) < 0
-            or max(entries) > max_oid
-            or min(entries.values()) < old_covered
-            or max(entries.values()) >= covered_offset
-        ):
-            _refuse_entries(entries, old_covered, covered_offset, max_oid)
+        # Four bounds at C speed (one pass, or four builtins); the per-entry
+        # loop only finds the culprit.
+        bounds = None
+        if entries:
+            bounds = _c_entry_bounds(entries) if _c_entry_bounds is not None else None
+            if bounds is None:
+                bounds = (min(entries), max(entries), min(entries.values()), max(entries.values()))
+            if (
+                bounds[0] < 0
+                or bounds[1] > max_oid
+                or bounds[2] < old_covered
+                or bounds[3] >= covered_offset
+            ):
+                _refuse_entries(entries, old_covered, covered_offset, max_oid)
         if not entries and covered_offset == old_covered and max_oid == self.max_oid:
             return  # Nothing changed: no writes, no fsync.
         if max_oid >= self._capacity:
@@ -419,7 +426,11 @@ class DiskIndex:
             layout = struct.Struct(f">{count}Q")
             raw_bytes = self._read_bytes(first, count)
             offsets = list(map(entries.__getitem__, range(first, last + 1)))
-            if raw_bytes == bytes(len(raw_bytes)) and max(offsets) < _FLAG_BYTE_FREE:
+            if raw_bytes == bytes(len(raw_bytes)) and (
+                # (No offset at all reaches the top byte, or none of this run.)
+                (bounds is not None and bounds[3] < _FLAG_BYTE_FREE)
+                or max(offsets) < _FLAG_BYTE_FREE
+            ):
                 # Oids new to the index (a bulk insert): each entry is an added
                 # one.  No offset reaches the top byte, so ADDED_FLAG is that
                 # byte of each big-endian word: one slice sets them all.

@@ -43,6 +43,7 @@ __all__ = ["CHECKPOINT_BYTES", "FileStorage", "FileStorage2", "TempFileStorage"]
 log = logging.getLogger("dhruva.file_storage")
 _c_index_offset = speedups.index_offset
 _c_file_load = speedups.file_load
+_c_tail_entries = speedups.tail_entries
 
 #: Tail bytes after which a commit also checkpoints the index ([IDX-040]).
 CHECKPOINT_BYTES = 4 << 20
@@ -274,15 +275,22 @@ class FileStorage(JournalStorage):
             return
         tail = self._index
         max_oid = self._disk_max_oid
-        if tail:
-            max_oid = max(max_oid, str_to_int8(max(tail)))
+        # {oid number: offset} and the greatest number: one C call, or every
+        # oid at once (one unpack of the joined keys, not a call per oid).
+        converted = _c_tail_entries(tail) if _c_tail_entries is not None else None
+        if converted is None:
+            numbers = struct.unpack(f">{len(tail)}Q", b"".join(tail))
+            entries = dict(zip(numbers, tail.values(), strict=True))
+            if tail:
+                max_oid = max(max_oid, str_to_int8(max(tail)))
+        else:
+            entries, greatest = converted
+            max_oid = max(max_oid, greatest)
         if not self._index_can_hold(max_oid):
             self._drop_disk_index()
             return
-        # Every oid at once: one unpack of the joined keys, not a call per oid.
-        numbers = struct.unpack(f">{len(tail)}Q", b"".join(tail))
         disk.checkpoint(
-            dict(zip(numbers, tail.values(), strict=True)),
+            entries,
             self._end,
             self._last_tid,
             self._last_trailer_crc,

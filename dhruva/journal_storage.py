@@ -578,7 +578,8 @@ class JournalStorage(Storage):
         version = self.format_version
         txn = None
         if _c_encode_transaction is not None:
-            txn = _c_encode_transaction(tid, time_us, records, version)
+            # The values of ``pending``, keyed by oid: no oid twice ([FMT-013]).
+            txn = _c_encode_transaction(tid, time_us, records, version, True)
         if txn is None:
             txn = journal.encode_transaction(tid, time_us, records, version)
         offset = self._end
@@ -636,11 +637,18 @@ class JournalStorage(Storage):
         # index[oid] = position for each record, the positions summed from the
         # record sizes: in one C call, or a chain of C iterators, no Python
         # step per record.
-        if _c_index_records is None or not _c_index_records(index, records, position, header_size):
+        # It also returns the greatest oid (the oids are the keys of pending).
+        greatest = (
+            False
+            if _c_index_records is None
+            else _c_index_records(index, records, position, header_size)
+        )
+        if not isinstance(greatest, bytes):
             steps = map(_add, map(len, map(_data_of, records)), map(len, map(_refs_of, records)))
             positions = accumulate(map(_add, steps, repeat(header_size)), initial=position)
             # (positions holds one more: the end of the last record.)
             index.update(zip(map(_oid_of, records), positions, strict=False))
+            greatest = max(pending)
         self._end = offset + len(txn)
         if offset + len(written) > self._allocated:
             self._allocated = offset + len(written)
@@ -649,7 +657,7 @@ class JournalStorage(Storage):
         # journal.trailer_crc_before(txn, len(txn)), without its call.
         self._last_trailer_crc = _unpack_trailer(txn, len(txn) - journal.TXN_TRAILER_SIZE)[1]
         ledger.supersede(tid, previous)
-        highest = int.from_bytes(max(pending), "big") + 1  # str_to_int8, without its call
+        highest = int.from_bytes(greatest, "big") + 1  # str_to_int8, without its call
         if highest > self._next_oid:
             self._next_oid = highest
         self._after_commit()

@@ -71,9 +71,20 @@ read_record: Callable[[int, int, int, bytes], Record | None] | None = None
 index_offset: Callable[[Any, bytes, int, int], int | None] | None = None
 #: ``index_records(index, records, position, header_size)``: ``index[oid] = position`` for
 #: each ``(oid, data, refs)`` of a durable transaction, the positions summed from the
-#: record sizes (JournalStorage.end); False, ``index`` untouched, for anything but an exact
-#: dict and exact 3-tuples of exact bytes.
-index_records: Callable[[dict[bytes, int], list[Any], int, int], bool] | None = None
+#: record sizes (JournalStorage.end); returns the greatest oid (None for no records).
+#: False, ``index`` untouched, for anything but an exact dict and exact 3-tuples of exact
+#: bytes.
+index_records: Callable[[dict[bytes, int], list[Any], int, int], bytes | bool | None] | None
+index_records = None
+#: ``tail_entries(tail)``: FileStorage.checkpoint's ``{oid number: offset}`` of its tail
+#: index and the greatest number, or None for an empty or unusual one.
+tail_entries: Callable[[Any], tuple[dict[int, int], int] | None] | None = None
+#: ``entry_bounds(entries)``: DiskIndex.checkpoint's ``(min key, max key, min value, max
+#: value)`` in one pass, or None for an empty or unusual dict (the builtins decide).
+entry_bounds: Callable[[Any], tuple[int, int, int, int] | None] | None = None
+#: ``record_sizes(records)``: ``{oid: len(data)}`` of a list of exact (oid, data, refs)
+#: tuples of bytes, one presized dict (Connection.commit); None for anything else.
+record_sizes: Callable[[Any], dict[bytes, int] | None] | None = None
 #: ``file_load(storage, fallback, osfile_type, oid)``: FileStorage.load in one C call (the
 #: tail index, the ``.index`` map, read_record); ``fallback(storage, oid)`` for anything else.
 file_load: Callable[[Any, Callable[[Any, bytes], Record], type, bytes], Record] | None = None
@@ -84,10 +95,10 @@ journal_new_oid: Callable[[Any, Callable[[Any], bytes]], bytes] | None = None
 #: list ``records`` and True, when every one is an exact (oid, data, refs) tuple that
 #: store() takes as it is; else False, ``pending`` untouched (JournalStorage.store_many).
 stage_records: Callable[[dict[bytes, tuple[bytes, bytes, bytes]], Any], bool] | None = None
-#: ``encode_transaction(tid, time_us, records, version)``: journal.encode_transaction's
-#: bytes, or None where it would raise or a field is not exact bytes.
-encode_transaction: Callable[[int, int, list[tuple[bytes, bytes, bytes]], int], bytes | None] | None
-encode_transaction = None
+#: ``encode_transaction(tid, time_us, records, version[, distinct])``:
+#: journal.encode_transaction's bytes, or None where it would raise or a field is not exact
+#: bytes.  ``distinct`` True: the caller vouches that no oid repeats (not checked again).
+encode_transaction: Callable[..., bytes | None] | None = None
 #: ``set_dict_state(d, state)``: Persistent.__setstate__ for exact dicts, or
 #: NotImplemented (``d`` untouched) for anything else.
 set_dict_state: Callable[[dict[str, Any], Any], Any] | None = None
@@ -224,6 +235,9 @@ if _c is not None:
     read_record = _c.read_record
     index_offset = _c.index_offset
     index_records = _c.index_records
+    record_sizes = _c.record_sizes
+    tail_entries = _c.tail_entries
+    entry_bounds = _c.entry_bounds
     file_load = _c.file_load
     journal_new_oid = _c.journal_new_oid
     stage_records = _c.stage_records

@@ -30,12 +30,14 @@ import io
 import os
 import pickle
 import random
+import struct
 import sys
 import tempfile
 import weakref
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterator
+from operator import itemgetter
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -93,6 +95,9 @@ CALL_SITES: list[tuple[ModuleType, str, str]] = [
     (journal_storage, "_c_journal_new_oid", "journal_new_oid"),
     (journal_storage, "_c_stage_records", "stage_records"),
     (journal_storage, "_c_index_records", "index_records"),
+    (connection, "_c_record_sizes", "record_sizes"),
+    (file_storage, "_c_tail_entries", "tail_entries"),
+    (file_index, "_c_entry_bounds", "entry_bounds"),
     (serialize, "_c_encode_records", "encode_records"),
     (serialize, "_c_read_pickle_state", "read_pickle_state"),
     (persistent, "_c_set_dict_state", "set_dict_state"),
@@ -1030,10 +1035,83 @@ def test_index_records_declines_what_it_does_not_take_leaving_the_index_untouche
         assert speedups.index_records is not None
         assert speedups.index_records(index_of, records, 100, 16) is False
         assert index_of == {a: 5}
-    assert speedups.index_records(index, [(b, b"xyz", b"12345678"), (a, b"", b"")], 100, 16) is True
+    assert speedups.index_records(index, [(b, b"xyz", b"12345678"), (a, b"", b"")], 100, 16) == b
     assert index == {a: 100 + 16 + 3 + 8, b: 100}
+    assert speedups.index_records(index, [], 100, 16) is None
     with pytest.raises(TypeError):
         speedups.index_records(index, [], 1.5, 16)
+
+
+@needs_c
+@settings(max_examples=200)
+@given(st.lists(st.binary(min_size=0, max_size=10), min_size=1, max_size=40, unique=True))
+def test_index_records_returns_the_greatest_oid_as_max_does(oids: list[bytes]) -> None:
+    """Of any bytes, shorter and longer ones mixed: max's order (memcmp, then length)."""
+    assert speedups.index_records is not None
+    records = [(key, b"", b"") for key in oids]
+    assert speedups.index_records({}, records, 0, 16) == max(oids)
+
+
+@pytest.mark.req("SAPI-010")
+@pytest.mark.parametrize("cls", CLASSES)
+@pytest.mark.parametrize("c_path", [True, False], ids=["c", "python"])
+def test_end_moves_the_next_oid_past_the_greatest_stored_one(
+    tmp_path: Path, cls: type[FileStorage], c_path: bool
+) -> None:
+    """Both paths of end(): an oid the application chose, past the counter, moves it."""
+    context = contextlib.nullcontext() if c_path else pure(journal_storage, "_c_index_records")
+    with context, cls(str(tmp_path / "next.dhruva")) as storage:
+        first = storage.new_oid()
+        storage.begin()
+        storage.store_many([(oid(40), b"x", b""), (oid(900), b"y", b""), (oid(7), b"z", b"")])
+        storage.end()
+        assert int.from_bytes(storage.new_oid(), "big") == 901
+        assert int.from_bytes(first, "big") < 7
+
+
+# --- record_sizes -----------------------------------------------------------------------------
+
+
+@needs_c
+@settings(max_examples=100)
+@given(records_strategy)
+def test_record_sizes_equals_the_python_expression(
+    records: list[tuple[bytes, bytes, bytes]],
+) -> None:
+    assert speedups.record_sizes is not None
+    expected = dict(
+        zip(map(itemgetter(0), records), map(len, map(itemgetter(1), records)), strict=True)
+    )
+    assert speedups.record_sizes(records) == expected
+    assert list(speedups.record_sizes(records)) == list(expected)
+
+
+@needs_c
+def test_record_sizes_declines_anything_but_a_list_of_byte_triples() -> None:
+    assert speedups.record_sizes is not None
+    a = oid(1)
+    for records in (
+        ((a, b"x", b""),),
+        [(a, b"x", b""), [a, b"a list", b""]],
+        [(a, bytearray(b"x"), b"")],
+        [(bytearray(a), b"x", b"")],
+        [(a, b"two fields")],
+        [Record(a, b"a named tuple", b"")],
+        "not a list",
+    ):
+        assert speedups.record_sizes(records) is None
+    assert speedups.record_sizes([]) == {}
+
+
+@needs_c
+@pytest.mark.req("FMT-013")
+def test_encode_transaction_told_distinct_skips_only_the_duplicate_check() -> None:
+    records = [(oid(1), b"a", b""), (oid(2), b"b", oid(1))]
+    expected = pure_encode(7, 8, records, journal.FORMAT_V2)
+    assert _c.encode_transaction(7, 8, records, journal.FORMAT_V2, True) == expected
+    # Not told (or told False), a repeated oid is still left to the Python encoder to refuse.
+    assert _c.encode_transaction(5, 0, _duplicate(), journal.FORMAT_V2) is None
+    assert _c.encode_transaction(5, 0, _duplicate(), journal.FORMAT_V2, False) is None
 
 
 class Item(Persistent):
@@ -1386,3 +1464,125 @@ def test_set_dict_state_leaves_anything_but_a_dict_to_setstate() -> None:
     d = {"a": 1}
     assert _c.set_dict_state(d, d) is NotImplemented and d == {"a": 1}  # state is d
     assert _c.set_dict_state(Sub(), {"a": 1}) is NotImplemented  # d not an exact dict
+
+
+# --- tail_entries and entry_bounds (the index checkpoint) -----------------------------------
+
+
+@needs_c
+@settings(max_examples=200)
+@given(
+    st.dictionaries(
+        st.integers(min_value=0, max_value=U64_MAX).map(lambda n: n.to_bytes(8, "big")),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        min_size=1,
+        max_size=50,
+    )
+)
+def test_tail_entries_equals_the_python_conversion(tail: dict[bytes, int]) -> None:
+    assert speedups.tail_entries is not None
+    numbers = struct.unpack(f">{len(tail)}Q", b"".join(tail))
+    entries, greatest = speedups.tail_entries(tail)
+    assert entries == dict(zip(numbers, tail.values(), strict=True))
+    assert list(entries) == list(numbers)
+    assert greatest == int.from_bytes(max(tail), "big")
+
+
+@needs_c
+def test_tail_entries_declines_an_empty_or_unusual_tail() -> None:
+    assert speedups.tail_entries is not None
+    for tail in (
+        {},
+        {oid(1): 5, b"short": 6},
+        {oid(1): 5, memoryview(oid(2)): 6},
+        {oid(1): 5, oid(2): 6.0},
+        {oid(1): 5, oid(2): True},
+        OrderedDict({oid(1): 5}),
+        [(oid(1), 5)],
+    ):
+        assert speedups.tail_entries(tail) is None
+
+
+@needs_c
+@settings(max_examples=200)
+@given(
+    st.dictionaries(
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1),
+        min_size=1,
+        max_size=50,
+    )
+)
+def test_entry_bounds_equals_the_four_builtins(entries: dict[int, int]) -> None:
+    assert speedups.entry_bounds is not None
+    assert speedups.entry_bounds(entries) == (
+        min(entries),
+        max(entries),
+        min(entries.values()),
+        max(entries.values()),
+    )
+
+
+@needs_c
+def test_entry_bounds_declines_an_empty_or_unusual_dict() -> None:
+    assert speedups.entry_bounds is not None
+    for entries in (
+        {},
+        {1: 2, 3: 2**63},
+        {1: 2, -(2**63) - 1: 2},
+        {1: 2, 3: 4.0},
+        {1: 2, 3: True},
+        OrderedDict({1: 2}),
+        [(1, 2)],
+    ):
+        assert speedups.entry_bounds(entries) is None
+
+
+@pytest.mark.req("IDX-031")
+@pytest.mark.parametrize("c_path", [True, False], ids=["c", "python"])
+def test_checkpoint_refuses_entries_outside_the_tail_on_both_paths(
+    tmp_path: Path, c_path: bool
+) -> None:
+    context = contextlib.nullcontext() if c_path else pure(file_index, "_c_entry_bounds")
+    covered = 1000
+    with (
+        context,
+        DiskIndex.create(str(tmp_path / "x.index"), bytes(16), {3: 100}, covered, 1, 0, 3) as index,
+    ):
+        index.checkpoint({3: covered, 9: covered + 10}, covered + 20, 2, 0, 9)
+        for entries, max_oid, match in (
+            ({4: covered + 20, 5: covered}, 9, "is outside"),
+            ({4: covered + 25, 5: covered + 60}, 9, "is outside"),
+            ({4: covered + 25, 12: covered + 30}, 9, "outside 0..max_oid"),
+        ):
+            with pytest.raises(ValueError, match=match):
+                index.checkpoint(entries, covered + 50, 3, 0, max_oid)
+        assert index.lookup(3) == covered and index.lookup(9) == covered + 10
+        assert index.covered_offset == covered + 20
+
+
+@pytest.mark.parametrize("c_path", [True, False], ids=["c", "python"])
+def test_a_checkpointed_index_reopens_to_the_same_records_on_both_paths(
+    tmp_path: Path, c_path: bool
+) -> None:
+    """FileStorage.checkpoint with tail_entries and entry_bounds, or the Python steps."""
+    cls = FileStorage  # the storage with a .index sidecar
+    path = str(tmp_path / f"ck-{c_path}.dhruva")
+    with contextlib.ExitStack() as patches:
+        if not c_path:
+            patches.enter_context(pure(file_storage, "_c_tail_entries"))
+            patches.enter_context(pure(file_index, "_c_entry_bounds"))
+        with cls(path) as storage:
+            keys = [*range(1, 300), 5000, 70, 4]
+            for first in range(0, len(keys), 50):
+                storage.begin()
+                storage.store_many([(oid(k), b"v%d" % k, b"") for k in keys[first : first + 50]])
+                storage.end()
+            storage.checkpoint()
+            assert not storage._index
+            assert storage._disk_max_oid == 5000
+            expected = {k: storage.load(oid(k)) for k in keys}
+    with cls(path) as storage:
+        assert storage._disk is not None and storage._disk.max_oid == 5000
+        assert {k: storage.load(oid(k)) for k in keys} == expected
+        assert int.from_bytes(storage.new_oid(), "big") == 5001
