@@ -975,9 +975,9 @@ speedups_encode_transaction(PyObject *module, PyObject *const *args, Py_ssize_t 
                 return NULL;
             }
         }
-        Py_ssize_t distinct = PySet_GET_SIZE(seen);
+        Py_ssize_t unique = PySet_GET_SIZE(seen);
         Py_DECREF(seen);
-        if (distinct != count) {
+        if (unique != count) {
             Py_RETURN_NONE;
         }
     }
@@ -1158,7 +1158,7 @@ key_cache_store(PyObject *key)
 }
 
 static int
-plain_loads(const unsigned char *p, Py_ssize_t n, PyObject **result)
+plain_loads_into(const unsigned char *p, Py_ssize_t n, PyObject *target, PyObject **result)
 {
     PyObject *stack_own[PLAIN_INLINE], *memo_own[PLAIN_INLINE];
     plain_stack stack = {stack_own, 0, PLAIN_INLINE};
@@ -1198,7 +1198,8 @@ plain_loads(const unsigned char *p, Py_ssize_t n, PyObject **result)
             pos += 8;
             break;
         case '.': /* STOP */
-            if (stack.length != 1 || mark_count != 0) {
+            if (stack.length != 1 || mark_count != 0 ||
+                (target != NULL && stack.items[0] != target)) {
                 goto done;
             }
             *result = stack.items[0];
@@ -1277,6 +1278,11 @@ plain_loads(const unsigned char *p, Py_ssize_t n, PyObject **result)
             break;
         }
         case '}': /* EMPTY_DICT */
+            if (target != NULL && stack.length == 0 && mark_count == 0 && memo.length == 0) {
+                /* The state's own dict is ``target``: the first object of the pickle. */
+                PUSH(Py_NewRef(target));
+                break;
+            }
             PUSH(PyDict_New());
             break;
         case ']': /* EMPTY_LIST */
@@ -1373,6 +1379,11 @@ plain_loads(const unsigned char *p, Py_ssize_t n, PyObject **result)
                 goto done;
             }
             for (Py_ssize_t i = start; i < stack.length; i += 2) {
+                if (dict == target && PyUnicode_CheckExact(stack.items[i])) {
+                    /* An attribute name, interned as copy_state interns it. */
+                    PyUnicode_InternInPlace(&stack.items[i]);
+                    key_cache_store(stack.items[i]);
+                }
                 if (PyDict_SetItem(dict, stack.items[i], stack.items[i + 1]) < 0) {
                     goto done;
                 }
@@ -1398,7 +1409,9 @@ plain_loads(const unsigned char *p, Py_ssize_t n, PyObject **result)
             NEED(size);
             uint64_t index = get_le(p + pos, size);
             pos += size;
-            if (index >= (uint64_t)memo.length) {
+            if (index >= (uint64_t)memo.length ||
+                (target != NULL && memo.items[index] == target)) {
+                /* (A state that holds itself: its own dict, not the object's.) */
                 goto done;
             }
             PUSH(Py_NewRef(memo.items[index]));
@@ -1417,6 +1430,13 @@ done:
         PyErr_Clear(); /* whatever went wrong, pickle.loads decides it */
     }
     return handled;
+}
+
+/* plain_loads_into without a target: the pickle's object in ``*result``. */
+static int
+plain_loads(const unsigned char *p, Py_ssize_t n, PyObject **result)
+{
+    return plain_loads_into(p, n, NULL, result);
 }
 
 /* plain_loads(data) -> (True, object) | (False, None): the function above, for the tests. */
@@ -1448,6 +1468,83 @@ speedups_plain_loads(PyObject *module, PyObject *arg)
  * it holds as memo-free (True); both owned, or both NULL. */
 static PyObject *known_pickles = NULL, *known_pickle = NULL;
 
+/* read_pickle_state's fast read of ``data``: the state, or NULL -- with an
+ * error set, that error; with none, the record is the fallback's.  Given
+ * ``target``, an empty exact dict, a dict state is decoded straight into it
+ * (its str keys interned) and ``target`` itself returned; a try that fails
+ * leaves it empty, and the state is then read as without it. */
+static PyObject *
+pickle_state_fast(PyObject *class_pickles, PyObject *data, PyObject *refs, PyObject *target)
+{
+    if (!(PyDict_CheckExact(class_pickles) && PyBytes_CheckExact(data) && PyBytes_CheckExact(refs) &&
+          PyBytes_GET_SIZE(refs) == 0 && PyBytes_GET_SIZE(data) >= 12)) {
+        return NULL;
+    }
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t length = PyBytes_GET_SIZE(data);
+    if (!(p[1] == 0x80 && p[2] == 0x05 && p[3] == 0x95)) {
+        return NULL;
+    }
+    /* PROTO 5, FRAME and pickle's little-endian frame length. */
+    uint64_t frame = 0;
+    for (int i = 7; i >= 0; i--) {
+        frame = frame << 8 | p[4 + i];
+    }
+    if (frame > (uint64_t)(length - 12)) {
+        return NULL;
+    }
+    Py_ssize_t end = 12 + (Py_ssize_t)frame;
+    PyObject *memo_free;
+    if (known_pickles == class_pickles && PyBytes_GET_SIZE(known_pickle) == end - 1 &&
+        memcmp(PyBytes_AS_STRING(known_pickle), p + 1, (size_t)(end - 1)) == 0) {
+        memo_free = Py_True; /* the class pickle of the last record read here */
+    }
+    else {
+        PyObject *class_pickle = PyBytes_FromStringAndSize((const char *)p + 1, end - 1);
+        if (class_pickle == NULL) {
+            return NULL;
+        }
+        memo_free = PyDict_GetItemWithError(class_pickles, class_pickle);
+        if (memo_free == NULL && PyErr_Occurred()) {
+            Py_DECREF(class_pickle);
+            return NULL;
+        }
+        if (memo_free == Py_True) {
+            /* Remembered with its dict (held, so that its address is not
+             * another dict's later): a True verdict is never taken back. */
+            Py_INCREF(class_pickles);
+            Py_XSETREF(known_pickles, class_pickles);
+            Py_XSETREF(known_pickle, class_pickle);
+        }
+        else {
+            Py_DECREF(class_pickle);
+        }
+    }
+    if (memo_free != Py_True) {
+        return NULL;
+    }
+    PyObject *state;
+    if (target != NULL) {
+        if (plain_loads_into(p + end, length - end, target, &state)) {
+            return state; /* target itself */
+        }
+        PyDict_Clear(target);
+    }
+    if (plain_loads(p + end, length - end, &state)) {
+        return state;
+    }
+    PyObject *state_pickle = PyBytes_FromStringAndSize((const char *)p + end, length - end);
+    if (state_pickle == NULL) {
+        return NULL;
+    }
+    state = PyObject_CallOneArg(pickle_loads, state_pickle);
+    Py_DECREF(state_pickle);
+    if (state == NULL && PyErr_ExceptionMatches(loads_errors)) {
+        PyErr_Clear(); /* the fallback raises the error it would have raised */
+    }
+    return state;
+}
+
 static PyObject *
 speedups_read_pickle_state(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -1456,71 +1553,96 @@ speedups_read_pickle_state(PyObject *module, PyObject *const *args, Py_ssize_t n
                         "read_pickle_state(class_pickles, fallback, data, refs), once configured");
         return NULL;
     }
-    PyObject *class_pickles = args[0];
-    PyObject *fallback = args[1];
-    PyObject *data = args[2];
-    PyObject *refs = args[3];
-    if (PyDict_CheckExact(class_pickles) && PyBytes_CheckExact(data) && PyBytes_CheckExact(refs) &&
-        PyBytes_GET_SIZE(refs) == 0 && PyBytes_GET_SIZE(data) >= 12) {
-        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
-        Py_ssize_t length = PyBytes_GET_SIZE(data);
-        if (p[1] == 0x80 && p[2] == 0x05 && p[3] == 0x95) {
-            /* PROTO 5, FRAME and pickle's little-endian frame length. */
-            uint64_t frame = 0;
-            for (int i = 7; i >= 0; i--) {
-                frame = frame << 8 | p[4 + i];
-            }
-            if (frame <= (uint64_t)(length - 12)) {
-                Py_ssize_t end = 12 + (Py_ssize_t)frame;
-                PyObject *memo_free;
-                if (known_pickles == class_pickles && PyBytes_GET_SIZE(known_pickle) == end - 1 &&
-                    memcmp(PyBytes_AS_STRING(known_pickle), p + 1, (size_t)(end - 1)) == 0) {
-                    memo_free = Py_True; /* the class pickle of the last record read here */
-                }
-                else {
-                    PyObject *class_pickle =
-                        PyBytes_FromStringAndSize((const char *)p + 1, end - 1);
-                    if (class_pickle == NULL) {
-                        return NULL;
-                    }
-                    memo_free = PyDict_GetItemWithError(class_pickles, class_pickle);
-                    if (memo_free == NULL && PyErr_Occurred()) {
-                        Py_DECREF(class_pickle);
-                        return NULL;
-                    }
-                    if (memo_free == Py_True) {
-                        /* Remembered with its dict (held, so that its address is not
-                         * another dict's later): a True verdict is never taken back. */
-                        Py_INCREF(class_pickles);
-                        Py_XSETREF(known_pickles, class_pickles);
-                        Py_XSETREF(known_pickle, class_pickle);
-                    }
-                    else {
-                        Py_DECREF(class_pickle);
-                    }
-                }
-                if (memo_free == Py_True) {
-                    PyObject *state;
-                    if (plain_loads(p + end, length - end, &state)) {
-                        return state;
-                    }
-                    PyObject *state_pickle =
-                        PyBytes_FromStringAndSize((const char *)p + end, length - end);
-                    if (state_pickle == NULL) {
-                        return NULL;
-                    }
-                    state = PyObject_CallOneArg(pickle_loads, state_pickle);
-                    Py_DECREF(state_pickle);
-                    if (state != NULL || !PyErr_ExceptionMatches(loads_errors)) {
-                        return state;
-                    }
-                    PyErr_Clear(); /* the fallback raises the error it would have raised */
-                }
-            }
-        }
+    PyObject *state = pickle_state_fast(args[0], args[2], args[3], NULL);
+    if (state != NULL || PyErr_Occurred()) {
+        return state;
     }
-    PyObject *fallback_args[2] = {data, refs};
-    return PyObject_Vectorcall(fallback, fallback_args, 2, NULL);
+    PyObject *fallback_args[2] = {args[2], args[3]};
+    return PyObject_Vectorcall(args[1], fallback_args, 2, NULL);
+}
+
+/* state_reader(class_pickles, fallback) -> a callable ``reader(data, refs)``
+ *
+ * read_pickle_state(class_pickles, fallback, data, refs), with the first two
+ * bound (as functools.partial binds them); the ghost hook's load also knows
+ * it, and decodes a dict state through it straight into the object's
+ * __dict__ (read_into_dict).  Its two fields never change. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *class_pickles;
+    PyObject *fallback;
+    vectorcallfunc vectorcall;
+} StateReader;
+
+static PyObject *
+state_reader_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
+        PyErr_SetString(PyExc_TypeError, "a state reader takes (data, refs)");
+        return NULL;
+    }
+    StateReader *reader = (StateReader *)self;
+    PyObject *state = pickle_state_fast(reader->class_pickles, args[0], args[1], NULL);
+    if (state != NULL || PyErr_Occurred()) {
+        return state;
+    }
+    return PyObject_Vectorcall(reader->fallback, args, 2, NULL);
+}
+
+static int
+state_reader_traverse(StateReader *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->class_pickles);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int
+state_reader_clear(StateReader *self)
+{
+    Py_CLEAR(self->class_pickles);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void
+state_reader_dealloc(StateReader *self)
+{
+    PyObject_GC_UnTrack(self);
+    state_reader_clear(self);
+    PyObject_GC_Del(self);
+}
+
+static PyTypeObject StateReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "dhruva._speedups.StateReader",
+    .tp_basicsize = sizeof(StateReader),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "read_pickle_state with class_pickles and fallback bound: reader(data, refs).",
+    .tp_traverse = (traverseproc)state_reader_traverse,
+    .tp_clear = (inquiry)state_reader_clear,
+    .tp_dealloc = (destructor)state_reader_dealloc,
+    .tp_call = PyVectorcall_Call,
+    .tp_vectorcall_offset = offsetof(StateReader, vectorcall),
+};
+
+static PyObject *
+speedups_state_reader(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2 || pickle_loads == NULL) {
+        PyErr_SetString(PyExc_TypeError, "state_reader(class_pickles, fallback), once configured");
+        return NULL;
+    }
+    StateReader *reader = PyObject_GC_New(StateReader, &StateReaderType);
+    if (reader == NULL) {
+        return NULL;
+    }
+    reader->class_pickles = Py_NewRef(args[0]);
+    reader->fallback = Py_NewRef(args[1]);
+    reader->vectorcall = state_reader_vectorcall;
+    PyObject_GC_Track(reader);
+    return (PyObject *)reader;
 }
 
 /* --- states ---------------------------------------------------------------- */
@@ -3227,6 +3349,7 @@ speedups_attach(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
  * errors load_state treats apart.  connection_load_state() stands in for that
  * load_state while the class still has it. */
 static PyObject *connection_type = NULL, *connection_load_state_py = NULL;
+
 static PyObject *read_conflict_error = NULL, *serialization_error = NULL;
 static PyObject *connection_load_state(PyObject *module, PyObject *connection, PyObject *obj);
 
@@ -3470,6 +3593,46 @@ ls_note_oid(PyObject *oid)
     PyErr_Restore(type, value, traceback);
 }
 
+/* ``reader(data, refs)`` for a ghost ``obj``, decoding a dict state straight
+ * into its __dict__ when it can: ``reader`` is a StateReader, ``obj``'s real
+ * class has Persistent's own __setstate__ (which copies a dict state into
+ * the __dict__, its str keys interned) and the __dict__ is an empty exact
+ * dict.  Then 1 with the __dict__ itself in ``*state``, filled as that
+ * __setstate__ fills it (no temporary state dict); or 0 with the state read
+ * as ``reader`` reads it (the __dict__ left empty), NULL with its error.
+ * -1, nothing read and no error set, where it does not apply: the caller
+ * calls ``reader``. */
+static int
+read_into_dict(PyObject *reader, PyObject *obj, PyObject *data, PyObject *refs, PyObject **state)
+{
+    *state = NULL;
+    if (Py_TYPE(reader) != &StateReaderType || dict_state_setstate == NULL) {
+        return -1;
+    }
+    PyObject *real = p_class_of(Py_TYPE(obj));
+    if (real == NULL || _PyType_Lookup((PyTypeObject *)real, str_setstate) != dict_state_setstate) {
+        return -1;
+    }
+    PyObject *d = PyObject_GenericGetDict(obj, NULL);
+    if (d == NULL || !PyDict_CheckExact(d) || PyDict_GET_SIZE(d) != 0) {
+        Py_XDECREF(d);
+        PyErr_Clear(); /* the reader, called as always, and install_state decide */
+        return -1;
+    }
+    /* The reader's steps (state_reader_vectorcall), with the __dict__ as the target. */
+    StateReader *bound = (StateReader *)reader;
+    Py_INCREF(bound);
+    *state = pickle_state_fast(bound->class_pickles, data, refs, d);
+    if (*state == NULL && !PyErr_Occurred()) {
+        PyObject *call[2] = {data, refs};
+        *state = PyObject_Vectorcall(bound->fallback, call, 2, NULL);
+    }
+    Py_DECREF(bound);
+    int into = *state == d;
+    Py_DECREF(d);
+    return into;
+}
+
 /* Connection.load_state(obj) for an exact Connection, step for step (the Python method is
  * the reference; a refresh pending goes to it).  Returns None, or NULL with the error. */
 static PyObject *
@@ -3494,7 +3657,7 @@ connection_load_state(PyObject *module, PyObject *connection, PyObject *obj)
     Py_INCREF(oid);
     PyObject *storage = NULL, *record = NULL, *data = NULL, *refs = NULL, *state = NULL;
     PyObject *result = NULL;
-    int snapshots = -1;
+    int snapshots = -1, into = 0;
     {
         PyObject *value = ls_get(own, connection, LS_SNAPSHOTS);
         if (value != NULL) {
@@ -3552,8 +3715,12 @@ connection_load_state(PyObject *module, PyObject *connection, PyObject *obj)
         Py_XDECREF(code);
         Py_DECREF(readers);
         if (reader != NULL) {
-            PyObject *call[2] = {data, refs};
-            state = PyObject_Vectorcall(reader, call, 2, NULL);
+            into = read_into_dict(reader, obj, data, refs, &state);
+            if (into < 0) {
+                into = 0;
+                PyObject *call[2] = {data, refs};
+                state = PyObject_Vectorcall(reader, call, 2, NULL);
+            }
             Py_DECREF(reader);
         }
         if (state == NULL && (PyErr_ExceptionMatches(PyExc_KeyError) ||
@@ -3579,9 +3746,15 @@ connection_load_state(PyObject *module, PyObject *connection, PyObject *obj)
         PyObject *serial = length < 0 ? NULL : ls_get(own, connection, LS_SERIAL);
         PyObject *size = serial == NULL ? NULL : PyLong_FromSsize_t(length);
         PyObject *previous = NULL;
-        if (size != NULL) {
+        if (size != NULL && into) {
+            /* The state is in the object's __dict__ already: install_state's other steps. */
+            previous = restore_real_class(obj) < 0 ? NULL : set_saved(obj, serial, size);
+        }
+        else if (size != NULL) {
             PyObject *install[4] = {obj, state, serial, size};
             previous = speedups_install_state(module, install, 4);
+        }
+        if (size != NULL) {
             if (previous == NULL) {
                 /* As in Python: the object becomes a ghost again, the error goes on. */
                 PyObject *type, *value, *traceback;
@@ -3700,6 +3873,8 @@ static PyMethodDef speedups_methods[] = {
      "plain_loads(data) -> (True, obj) | (False, None): pickle.loads of plain data, or not"},
     {"read_pickle_state", (PyCFunction)(void (*)(void))speedups_read_pickle_state,
      METH_FASTCALL, "read_pickle_state(class_pickles, fallback, data, refs) -> state"},
+    {"state_reader", (PyCFunction)(void (*)(void))speedups_state_reader, METH_FASTCALL,
+     "state_reader(class_pickles, fallback) -> reader(data, refs): read_pickle_state, bound"},
     {"read_record", (PyCFunction)(void (*)(void))speedups_read_record, METH_FASTCALL,
      "read_record(fd, offset, version, oid) -> Record | None"},
     {"first_read", speedups_first_read, METH_NOARGS,
@@ -3778,7 +3953,11 @@ PyInit__speedups(void)
 {
     crc_init();
     PyObject *module = PyModule_Create(&speedups_module);
-    if (module != NULL && PyModule_AddIntConstant(module, "FIRST_READ", FIRST_READ) < 0) {
+    if (module == NULL) {
+        return NULL;
+    }
+    if (PyType_Ready(&StateReaderType) < 0 ||
+        PyModule_AddIntConstant(module, "FIRST_READ", FIRST_READ) < 0) {
         Py_DECREF(module);
         return NULL;
     }

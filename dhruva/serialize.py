@@ -57,6 +57,7 @@ DILL_CODE = b"D"
 PICKLE_PROTOCOL = 5
 _loads = pickle.loads
 _c_read_pickle_state = speedups.read_pickle_state
+_c_state_reader = speedups.state_reader
 _c_persistent_id = speedups.persistent_id
 _c_attach = speedups.attach
 _c_reference = speedups.reference
@@ -396,8 +397,10 @@ class PickleDecoder(TwoPickleDecoder):
         The C version does read_state's fast case (no references, globals
         resolved as pickle's own) and calls read_state for anything else.
         """
-        if _c_read_pickle_state is not None and self._plain:
-            return functools.partial(_c_read_pickle_state, self._class_pickles, self.read_state)
+        if _c_read_pickle_state is not None and _c_state_reader is not None and self._plain:
+            # read_pickle_state with these two bound; the ghost hook's load also
+            # decodes a dict state through it straight into the object's __dict__.
+            return _c_state_reader(self._class_pickles, self.read_state)
         return self.read_state
 
     def read_state(self, data: bytes, refs: bytes | None) -> Any:

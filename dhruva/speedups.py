@@ -108,6 +108,13 @@ set_dict_state: Callable[[dict[str, Any], Any], Any] | None = None
 #: ``fallback(data, refs)``.
 read_pickle_state: Callable[[dict[bytes, bool], Callable[..., Any], bytes, bytes | None], Any]
 read_pickle_state = None  # type: ignore[assignment]
+#: ``state_reader(class_pickles, fallback)``: ``read_pickle_state`` with those two bound, a
+#: callable ``reader(data, refs)`` that the ghost hook's load also decodes through straight
+#: into the object's ``__dict__`` (a dict state, Persistent's own ``__setstate__``).
+state_reader: Callable[
+    [dict[bytes, bool], Callable[..., Any]], Callable[[bytes, bytes | None], Any]
+]
+state_reader = None  # type: ignore[assignment]
 
 #: ``install_state(obj, state, serial, size)``: the end of Connection's load of a ghost
 #: (its real class, its state, SAVED, ``_p_serial``, ``_p_size``); returns the previous
@@ -232,6 +239,7 @@ if _c is not None:
     # What read_state itself hands to its fallback when pickle.loads fails.
     _c.configure(Record, pickle.loads, (pickle.UnpicklingError, ImportError, AttributeError))
     read_pickle_state = _c.read_pickle_state
+    state_reader = _c.state_reader
     read_record = _c.read_record
     index_offset = _c.index_offset
     index_records = _c.index_records

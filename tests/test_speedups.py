@@ -100,6 +100,7 @@ CALL_SITES: list[tuple[ModuleType, str, str]] = [
     (file_index, "_c_entry_bounds", "entry_bounds"),
     (serialize, "_c_encode_records", "encode_records"),
     (serialize, "_c_read_pickle_state", "read_pickle_state"),
+    (serialize, "_c_state_reader", "state_reader"),
     (persistent, "_c_set_dict_state", "set_dict_state"),
     (serialize, "_c_persistent_id", "persistent_id"),
     (serialize, "_c_attach", "attach"),
@@ -1196,7 +1197,7 @@ def test_read_pickle_state_equals_read_state_for_a_record_without_references(
     learner = PickleDecoder(get_ghost, None)
     learner.read_state = Fallback(learner)  # type: ignore[method-assign]
     reader = learner.state_reader()
-    assert isinstance(reader, functools.partial) and reader.func is _c.read_pickle_state
+    assert type(reader) is type(_c.state_reader({}, fallback))
     assert reader(data, b"") == expected and learner.read_state.calls == 1
     assert reader(data, b"") == expected and learner.read_state.calls == 1
     with pure(serialize, "_c_read_pickle_state"):

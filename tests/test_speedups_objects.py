@@ -1305,3 +1305,131 @@ def test_sweep_refs_takes_a_dict_only() -> None:
     with pytest.raises(ZeroDivisionError):
         _c.sweep_refs(failing)
     assert list(failing) == [b"x"]
+
+
+# --- the state decoded straight into the object's __dict__ (read_into_dict) ----------------
+
+
+class Plain(Persistent):
+    pass
+
+
+def _states_loaded(python: bool, states: list[Any]) -> list[Any]:
+    """Each state committed on a Plain, then loaded by a new connection's ghost hook.
+
+    ``python``: Connection.load_state called as a method (the Python steps);
+    else the C hook's own, which decodes a dict state into the __dict__.
+    """
+    from unittest import mock
+
+    storage = MemoryStorage()
+    writer = Connection(storage)
+    root = writer.get_root()
+    for n, state in enumerate(states):
+        obj = Plain()
+        obj.__dict__.update(state)
+        root[n] = obj
+    writer.commit()
+    original = Connection.load_state
+    patch: Any = contextlib.nullcontext()
+    if python:
+        patch = mock.patch.object(Connection, "load_state", lambda self, obj: original(self, obj))
+    seen: list[Any] = []
+    with patch:
+        reader = Connection(storage)
+        for n in range(len(states)):
+            obj = reader.get_root()[n]
+            assert obj._p_status == GHOST
+            d = obj.__dict__  # through the ghost hook: the load
+            seen.append(
+                (
+                    repr(d),
+                    [type(k).__name__ for k in d],
+                    # Every str key interned, as Persistent.__setstate__ interns them.
+                    all(sys.intern(k) is k for k in d if type(k) is str),
+                    obj._p_status,
+                    obj._p_size,
+                    type(obj).__name__,
+                )
+            )
+        seen.append((reader.get_loaded_bytes(), reader.get_load_count()))
+    return seen
+
+
+_attribute_states = st.dictionaries(
+    # Attribute names (none a method's: a state may not shadow __getstate__).
+    st.text(min_size=1, max_size=12).filter(lambda name: not name.startswith("_")),
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False)
+        | st.text(max_size=8),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+        max_leaves=8,
+    ),
+    max_size=8,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_attribute_states, min_size=1, max_size=6))
+def test_a_state_decoded_into_the_dict_is_the_state_setstate_installs(
+    states: list[dict[str, Any]],
+) -> None:
+    assert _states_loaded(False, states) == _states_loaded(True, states)
+
+
+def test_a_state_that_holds_itself_or_is_unusual_loads_as_in_python() -> None:
+    shared: list[int] = [1, 2]
+    states: list[Any] = [
+        {},
+        {"a": shared, "b": shared},  # one list twice: the memo
+        {"x" * 40: 1, "caf\u00e9": "\u00e9t\u00e9", "n": 2**80, "f": -0.0},
+        {"t": (1, (2, 3)), "b": b"bytes", "s": {1, 2}},  # a set: pickle.loads reads it
+    ]
+    assert _states_loaded(False, states) == _states_loaded(True, states)
+
+
+@needs_c
+def test_the_dict_decode_leaves_a_self_referencing_state_to_its_own_dict() -> None:
+    storage = MemoryStorage()
+    writer = Connection(storage)
+    obj = Plain()
+    obj.me = obj.__dict__  # the state holds itself
+    writer.get_root()["o"] = obj
+    writer.get_root()["first"] = Plain()
+    writer.commit()
+    reader = Connection(storage)
+    # The first Plain read teaches the reader its class pickle; the C read is then taken.
+    reader.get_root()["first"].__dict__  # noqa: B018
+    loaded = reader.get_root()["o"]
+    assert loaded._p_status == GHOST
+    loaded.__dict__  # noqa: B018 -- the ghost hook's load
+    # As Persistent.__setstate__ leaves it: the attribute is the state pickle's own dict,
+    # a copy, not the object's __dict__.
+    assert loaded.me is not loaded.__dict__
+    assert loaded.me["me"] is loaded.me
+
+
+@needs_c
+def test_the_state_reader_is_read_pickle_state_with_its_two_arguments_bound() -> None:
+    import gc
+
+    calls: list[Any] = []
+
+    def fallback(data: bytes, refs: bytes | None) -> str:
+        calls.append((data, refs))
+        return "fallback"
+
+    known: dict[bytes, bool] = {}
+    reader = _c.state_reader(known, fallback)
+    assert reader(b"not a pickle", b"") == "fallback" and calls == [(b"not a pickle", b"")]
+    assert known in gc.get_referents(reader) and fallback in gc.get_referents(reader)
+    for bad in ((), (b"x",), (b"x", b"", b"")):
+        with pytest.raises(TypeError):
+            reader(*bad)
+    with pytest.raises(TypeError):
+        reader(b"x", refs=b"")
+    with pytest.raises(TypeError):
+        _c.state_reader(known)
