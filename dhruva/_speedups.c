@@ -710,6 +710,25 @@ speedups_stage_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_TRUE;
 }
 
+/* Whether every item of the list ``records`` is an exact 3-tuple whose first
+ * ``fields`` items are exact bytes (the triples a commit's writer makes). */
+static int
+byte_triples(PyObject *records, int fields)
+{
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(records); i++) {
+        PyObject *record = PyList_GET_ITEM(records, i);
+        if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 3) {
+            return 0;
+        }
+        for (int k = 0; k < fields; k++) {
+            if (!PyBytes_CheckExact(PyTuple_GET_ITEM(record, k))) {
+                return 0;
+            }
+        }
+    }
+    return 1;
+}
+
 /* index_records(index, records, position, header_size) -> bytes | None | False
  *
  * JournalStorage.end()'s index update, once a transaction is durable:
@@ -741,14 +760,8 @@ speedups_index_records(PyObject *module, PyObject *const *args, Py_ssize_t nargs
         Py_RETURN_FALSE;
     }
     Py_ssize_t count = PyList_GET_SIZE(records);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *record = PyList_GET_ITEM(records, i);
-        if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 3 ||
-            !PyBytes_CheckExact(PyTuple_GET_ITEM(record, 0)) ||
-            !PyBytes_CheckExact(PyTuple_GET_ITEM(record, 1)) ||
-            !PyBytes_CheckExact(PyTuple_GET_ITEM(record, 2))) {
-            Py_RETURN_FALSE;
-        }
+    if (!byte_triples(records, 3)) {
+        Py_RETURN_FALSE;
     }
     /* Only type checks ran above; a bytes key's hash and equality run no
      * Python code, so the list and its tuples stay as they were. */
@@ -882,13 +895,8 @@ speedups_record_sizes(PyObject *module, PyObject *records)
         Py_RETURN_NONE;
     }
     Py_ssize_t count = PyList_GET_SIZE(records);
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *record = PyList_GET_ITEM(records, i);
-        if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 3 ||
-            !PyBytes_CheckExact(PyTuple_GET_ITEM(record, 0)) ||
-            !PyBytes_CheckExact(PyTuple_GET_ITEM(record, 1))) {
-            Py_RETURN_NONE;
-        }
+    if (!byte_triples(records, 2)) {
+        Py_RETURN_NONE;
     }
     /* Bytes keys: hashing and comparing them runs no Python code. */
     PyObject *sizes = _PyDict_NewPresized(count);
@@ -3619,6 +3627,9 @@ read_into_dict(PyObject *reader, PyObject *obj, PyObject *data, PyObject *refs, 
         PyErr_Clear(); /* the reader, called as always, and install_state decide */
         return -1;
     }
+    /* Cleared, as copy_state clears it: an empty dict that shared its class's keys
+     * becomes a small one of its own, 184 bytes with four attributes, not 272. */
+    PyDict_Clear(d);
     /* The reader's steps (state_reader_vectorcall), with the __dict__ as the target. */
     StateReader *bound = (StateReader *)reader;
     Py_INCREF(bound);

@@ -1347,6 +1347,8 @@ def _states_loaded(python: bool, states: list[Any]) -> list[Any]:
                     [type(k).__name__ for k in d],
                     # Every str key interned, as Persistent.__setstate__ interns them.
                     all(sys.intern(k) is k for k in d if type(k) is str),
+                    # The same dict layout (its size): memory per loaded object.
+                    sys.getsizeof(d),
                     obj._p_status,
                     obj._p_size,
                     type(obj).__name__,
